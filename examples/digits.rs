@@ -1,0 +1,4 @@
+//! The main example (grown by the trainer work).
+fn main() {
+    println!("digits: not built yet");
+}

@@ -1,0 +1,34 @@
+//! The crate's top-level error: one variant per concern, each wrapping that concern's own
+//! `thiserror` enum so callers can match on what they need.
+
+use crate::hparams::HparamError;
+use crate::module::StateError;
+
+/// Any error from lightning-core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A hyperparameter could not be read, built or overridden.
+    #[error(transparent)]
+    Hparams(#[from] HparamError),
+    /// A state_dict could not be loaded into a module.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A libtorch call failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// An I/O error outside the checkpoint format (logs, directories).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, with a message that says what and where.
+    #[error("{0}")]
+    Msg(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
