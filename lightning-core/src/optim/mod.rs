@@ -1,0 +1,51 @@
+//! Optimizers (SGD, Adam, AdamW) and LR schedulers with `torch.optim`'s state layout, so
+//! their state goes into checkpoints and Python can load it.
+//!
+//! API contract (the trainer codes against it; bodies are filled in by the optimizer work).
+
+use crate::value::Value;
+use tch::Tensor;
+
+/// Errors building or restoring optimizers and schedulers.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    /// A state_dict did not match the optimizer (names what and where).
+    #[error("optimizer state: {0}")]
+    State(String),
+    /// An invalid hyperparameter (e.g. negative lr).
+    #[error("invalid optimizer setting: {0}")]
+    Config(String),
+    /// A libtorch or CUDA failure.
+    #[error("optimizer backend: {0}")]
+    Backend(String),
+}
+
+/// An optimizer over a set of parameter tensors, in param groups.
+pub trait Optimizer: Send {
+    /// One update from the parameters' `.grad()`s.
+    fn step(&mut self) -> Result<(), OptimError>;
+    /// Zeroes (or drops) every parameter's gradient.
+    fn zero_grad(&mut self);
+    /// Every parameter, in param-group order (the order of `state` indices).
+    fn params(&self) -> Vec<Tensor>;
+    /// The learning rate of each param group.
+    fn lrs(&self) -> Vec<f64>;
+    /// Sets the learning rate of one param group (used by schedulers).
+    fn set_lr(&mut self, group: usize, lr: f64);
+    /// `torch.optim.Optimizer.state_dict()` layout: `{"state": {i: {...}}, "param_groups": [...]}`.
+    fn state_dict(&self) -> Value;
+    /// Restores from [`Optimizer::state_dict`]'s layout (ours or Python's).
+    fn load_state_dict(&mut self, state: &Value) -> Result<(), OptimError>;
+}
+
+/// A learning-rate scheduler with `torch.optim.lr_scheduler`'s state layout.
+pub trait LrScheduler: Send {
+    /// Advances one step (an epoch or a batch, by the trainer's `interval`) and sets the lrs.
+    fn step(&mut self, opt: &mut dyn Optimizer);
+    /// The lrs after the last step (`get_last_lr()`).
+    fn last_lr(&self) -> Vec<f64>;
+    /// The scheduler's `__dict__` as torch saves it.
+    fn state_dict(&self) -> Value;
+    /// Restores from [`LrScheduler::state_dict`]'s layout.
+    fn load_state_dict(&mut self, state: &Value) -> Result<(), OptimError>;
+}
