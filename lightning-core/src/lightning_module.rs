@@ -15,7 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
-use crate::module::{TensorKind, Traverse};
+use crate::module::Traverse;
 use crate::optim::{LrScheduler, Optimizer};
 use crate::value::Value;
 use tch::Tensor;
@@ -101,17 +101,6 @@ pub trait LightningModule: Traverse + HasHparams + Sized {
     fn on_load_checkpoint(&mut self, ckpt: &Value) -> Result<()> {
         let _ = ckpt;
         Ok(())
-    }
-
-    /// The trainable parameters in declaration order (what an optimizer is built over).
-    fn parameters(&self) -> Vec<Tensor> {
-        let mut out = Vec::new();
-        self.visit("", &mut |_, t, kind| {
-            if kind == TensorKind::Parameter {
-                out.push(t.shallow_clone());
-            }
-        });
-        out
     }
 }
 

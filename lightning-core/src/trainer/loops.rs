@@ -191,14 +191,6 @@ impl Trainer {
             seed: self.cfg.seed.unwrap_or_else(random_seed),
             ..RunState::default()
         };
-        move_to_device(model, self.cfg.device);
-        let mut optim = model.configure_optimizers()?;
-        self.logger = None;
-        if self.cfg.logger {
-            let l = CsvLogger::new_version(&self.cfg.default_root_dir)?;
-            l.log_hparams(&model.hparams().to_value())?;
-            self.logger = Some(l);
-        }
         if self.cfg.enable_checkpointing
             && !self.callbacks.iter().any(|c| c.is_checkpoint_callback())
         {
@@ -207,13 +199,29 @@ impl Trainer {
             }
         }
         self.cb_states.clear();
-        if let Some(path) = match &ckpt_path {
+        // The checkpoint is found and read before anything is set up (bad paths fail fast).
+        let resume = match &ckpt_path {
             Some(p) => self.resolve_ckpt(p)?,
             None => None,
-        } {
-            let ckpt = checkpoint::load(&path)
-                .map_err(|e| Error::Msg(format!("loading checkpoint: {e}")))?;
-            restore::require_training_state(&ckpt, &path)?;
+        };
+        let resume = match resume {
+            Some(path) => {
+                let ckpt = checkpoint::load(&path)
+                    .map_err(|e| Error::Msg(format!("loading checkpoint: {e}")))?;
+                restore::require_training_state(&ckpt, &path)?;
+                Some((path, ckpt))
+            }
+            None => None,
+        };
+        move_to_device(model, self.cfg.device);
+        let mut optim = model.configure_optimizers()?;
+        self.logger = None;
+        if self.cfg.logger {
+            let l = CsvLogger::new_version(&self.cfg.default_root_dir)?;
+            l.log_hparams(&model.hparams().to_value())?;
+            self.logger = Some(l);
+        }
+        if let Some((path, ckpt)) = resume {
             // Lightning's order: model, datamodule, callbacks, precision, loops, optimizers, schedulers.
             model.on_load_checkpoint(&ckpt)?;
             let sd = ckpt.get("state_dict").unwrap_or(&Value::None);
