@@ -263,7 +263,7 @@ impl TrainerBuilder {
                 )))
             }
         }
-        if cfg.gradient_clip_val.is_some_and(|v| !(v >= 0.0)) {
+        if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
             return Err(Error::Msg(format!(
                 "gradient_clip_val must be >= 0, got {:?}",
                 cfg.gradient_clip_val
@@ -303,6 +303,12 @@ pub(crate) struct RunState {
     pub sanity_checking: bool,
     pub is_last_batch: bool,
     pub resumed_from: Option<PathBuf>,
+    /// Whether `fit` (not validate/test/predict) is running.
+    pub fitting: bool,
+    /// Validation batches per validation run in this `fit`.
+    pub num_val_batches: usize,
+    /// Whether a validation run completed in this `fit`.
+    pub val_ran: bool,
     pub should_stop: bool,
     pub preempted: bool,
 }
@@ -413,6 +419,8 @@ pub(crate) struct Ctx<'a, M: LightningModule> {
     /// States of every callback in order; the caller's slot holds its pre-hook state.
     pub states: &'a mut Vec<(String, crate::value::Value)>,
     pub caller: usize,
+    /// Set by [`TrainerContext::request_stop`]; the trainer stops after the hook.
+    pub stop_requested: bool,
 }
 
 impl<M: LightningModule> Ctx<'_, M> {
@@ -467,20 +475,28 @@ impl<M: LightningModule> TrainerContext for Ctx<'_, M> {
     fn is_last_batch(&self) -> bool {
         self.run.is_last_batch
     }
+    fn is_fitting(&self) -> bool {
+        self.run.fitting
+    }
+    fn num_val_batches(&self) -> usize {
+        self.run.num_val_batches
+    }
+    fn check_val_every_n_epoch(&self) -> Option<i64> {
+        Some(self.cfg.check_val_every_n_epoch as i64)
+    }
+    fn val_check_within_epoch(&self) -> bool {
+        self.cfg.val_check_interval.is_some()
+    }
+    fn validation_ran(&self) -> bool {
+        self.run.val_ran
+    }
+    fn request_stop(&mut self) {
+        self.stop_requested = true;
+    }
 }
 
 /// A callback hook, as a function of the callback and the context.
 pub(crate) type Hook = fn(&mut dyn Callback, &mut dyn TrainerContext) -> Result<()>;
-
-/// Moves every tensor of `model` to `device` in place (parameters stay leaves).
-pub(crate) fn move_to_device<M: LightningModule>(model: &mut M, device: Device) {
-    model.visit_mut("", &mut |_, t, _| {
-        if t.device() != device {
-            let moved = t.to_device(device);
-            tch::no_grad(|| t.set_data(&moved));
-        }
-    });
-}
 
 /// Clips the gradients of `params` as `torch.nn.utils.clip_grad_{norm,value}_`.
 pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm) {
