@@ -158,7 +158,8 @@ pub fn type_error<T: HparamValue>(field: &str, found: &Value) -> HparamError {
     }
 }
 
-fn parse_error<T: HparamValue>(field: &str, s: &str) -> HparamError {
+/// The error for an override string that does not parse as `T`.
+pub fn parse_error<T: HparamValue>(field: &str, s: &str) -> HparamError {
     HparamError::Parse {
         field: field.to_owned(),
         value: s.to_owned(),

@@ -327,7 +327,10 @@ pub trait Layer: ModuleT + Traverse {}
 impl<T: ModuleT + Traverse> Layer for T {}
 
 /// A parameter-free step of a [`Sequential`] (an activation, a reshape).
-pub struct FnLayer(Box<dyn Fn(&Tensor, bool) -> Tensor + Send>);
+pub struct FnLayer(Box<LayerFn>);
+
+/// The function a [`FnLayer`] applies: `(input, train) -> output`.
+pub type LayerFn = dyn Fn(&Tensor, bool) -> Tensor + Send;
 
 impl std::fmt::Debug for FnLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -371,7 +374,8 @@ impl Sequential {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Appends a layer.
+    /// Appends a layer (named as tch's `Sequential::add`).
+    #[allow(clippy::should_implement_trait)]
     pub fn add<L: Layer + 'static>(mut self, layer: L) -> Self {
         self.layers.push(Box::new(layer));
         self
