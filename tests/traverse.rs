@@ -91,7 +91,10 @@ fn names_follow_declaration_order_and_attributes() {
     net.visit("", &mut |n, _, k| seen.push((n.to_owned(), k)));
     let p = TensorKind::Parameter;
     let b = TensorKind::Buffer { persistent: true };
+    // PyTorch's order: the module's own tensors (parameters, then buffers) before its children.
     let expected = vec![
+        ("scale", b),
+        ("cache", TensorKind::Buffer { persistent: false }),
         ("fc1.weight", p),
         ("fc1.bias", p),
         ("blocks.0.fc.weight", p),
@@ -110,8 +113,6 @@ fn names_follow_declaration_order_and_attributes() {
         ("blocks.1.norm.num_batches_tracked", b),
         ("head.weight", p),
         ("head.bias", p),
-        ("scale", b),
-        ("cache", TensorKind::Buffer { persistent: false }),
     ];
     let expected: Vec<(String, TensorKind)> = expected
         .into_iter()

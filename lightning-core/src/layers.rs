@@ -26,6 +26,9 @@ impl Traverse for Tensor {
         };
         f(prefix, self, kind);
     }
+    fn is_tensor(&self) -> bool {
+        true
+    }
 }
 
 /// Implements Traverse for a struct from a list of `"name" => field` entries; a field may
@@ -74,6 +77,9 @@ impl<T: Traverse> Traverse for Option<T> {
             x.visit_mut(prefix, f);
         }
     }
+    fn is_tensor(&self) -> bool {
+        self.as_ref().is_some_and(|x| x.is_tensor())
+    }
 }
 
 impl<T: Traverse + ?Sized> Traverse for Box<T> {
@@ -82,6 +88,9 @@ impl<T: Traverse + ?Sized> Traverse for Box<T> {
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind)) {
         (**self).visit_mut(prefix, f);
+    }
+    fn is_tensor(&self) -> bool {
+        (**self).is_tensor()
     }
 }
 

@@ -139,26 +139,21 @@ fn impls(m: &ModuleInput) -> TokenStream {
         quote!(#p::Traverse),
     );
     let (impl_g, ty_g, where_c) = tr_generics.split_for_impl();
-    let visits = traversed.iter().map(|(f, buffer)| {
-        let (ty, member, name) = (f.ty, f.member, &f.name);
-        match buffer {
-            None => quote_spanned! {ty.span()=>
-                <#ty as #p::Traverse>::visit(&self.#member, &#p::join_name(__prefix, #name), __f);
-            },
-            Some(persistent) => quote_spanned! {ty.span()=>
-                #p::visit_as_buffer::<#ty>(&self.#member, &#p::join_name(__prefix, #name), #persistent, __f);
-            },
+    let buffer = |b: &Option<bool>| match b {
+        Some(persistent) => quote!(#p::Option::Some(#persistent)),
+        None => quote!(#p::Option::None),
+    };
+    // Spanned at the field type, so a type without `Traverse` is reported on the field.
+    let visits = traversed.iter().map(|(f, b)| {
+        let (ty, member, name, b) = (f.ty, f.member, &f.name, buffer(b));
+        quote_spanned! {ty.span()=>
+            #p::visit_field::<#ty>(&self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
         }
     });
-    let visits_mut = traversed.iter().map(|(f, buffer)| {
-        let (ty, member, name) = (f.ty, f.member, &f.name);
-        match buffer {
-            None => quote_spanned! {ty.span()=>
-                <#ty as #p::Traverse>::visit_mut(&mut self.#member, &#p::join_name(__prefix, #name), __f);
-            },
-            Some(persistent) => quote_spanned! {ty.span()=>
-                #p::visit_mut_as_buffer::<#ty>(&mut self.#member, &#p::join_name(__prefix, #name), #persistent, __f);
-            },
+    let visits_mut = traversed.iter().map(|(f, b)| {
+        let (ty, member, name, b) = (f.ty, f.member, &f.name, buffer(b));
+        quote_spanned! {ty.span()=>
+            #p::visit_field_mut::<#ty>(&mut self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
         }
     });
     quote! {
@@ -173,14 +168,19 @@ fn impls(m: &ModuleInput) -> TokenStream {
                     __prefix: &str,
                     __f: &mut dyn ::core::ops::FnMut(&str, &#p::tch::Tensor, #p::TensorKind),
                 ) {
-                    #(#visits)*
+                    // PyTorch's order: own parameters, own buffers, then children.
+                    for __pass in 0..3u8 {
+                        #(#visits)*
+                    }
                 }
                 fn visit_mut(
                     &mut self,
                     __prefix: &str,
                     __f: &mut dyn ::core::ops::FnMut(&str, &mut #p::tch::Tensor, #p::TensorKind),
                 ) {
-                    #(#visits_mut)*
+                    for __pass in 0..3u8 {
+                        #(#visits_mut)*
+                    }
                 }
             }
         };
