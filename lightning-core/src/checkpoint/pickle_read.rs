@@ -612,7 +612,11 @@ impl Vm<'_, '_> {
             }),
             _ => false,
         };
-        if empty {
+        // `state_dict()` OrderedDicts carry a `_metadata` attribute (module versions), set by
+        // BUILD with a dict; the value tree has no attributes, so it is dropped.
+        let attrs = matches!(self.arena[obj], Node::OrderedDict(_))
+            && matches!(self.arena[state], Node::Dict(_));
+        if empty || attrs {
             return Ok(());
         }
         let t = self.arena[obj].type_name();
