@@ -332,7 +332,7 @@ impl Vm<'_, '_> {
     }
 
     fn set_items(&mut self, target: Id, items: Vec<Id>) -> Result<(), CheckpointError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let pairs = items.chunks(2).map(|p| (p[0], p[1]));
