@@ -113,6 +113,16 @@ fn nvrtc_candidates() -> Vec<PathBuf> {
     out
 }
 
+/// `dlopen(path, RTLD_NOW | RTLD_GLOBAL)`; the handle is kept for the process.
+fn dlopen_global(path: &std::path::Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: loading an NVIDIA runtime library by path; its initializers only set up the
+    // library itself.
+    !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
+}
+
 /// Makes NVRTC loadable: cudarc's default lookup, else `dlopen` of a known path with
 /// `RTLD_GLOBAL` (cudarc's later lookup by soname then finds the loaded library).
 pub fn ensure_nvrtc() -> Result<(), CudaError> {
@@ -127,12 +137,20 @@ pub fn ensure_nvrtc() -> Result<(), CudaError> {
             if !path.exists() {
                 continue;
             }
-            let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            // SAFETY: dlopen of an NVRTC library by path; the handle is kept for the process.
-            let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-            if !h.is_null() && unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            // NVRTC dlopens its builtins library by soname at compile time: load the one
+            // next to it first so that lookup finds it.
+            if let Some(dir) = path.parent() {
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    for e in entries.flatten() {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        if name.starts_with("libnvrtc-builtins.so.") {
+                            dlopen_global(&e.path());
+                        }
+                    }
+                }
+            }
+            if dlopen_global(path) && unsafe { cudarc::nvrtc::sys::is_culib_present() } {
                 return Ok(());
             }
         }

@@ -373,7 +373,7 @@ impl Schedule {
                             std::cmp::Ordering::Greater => -1,
                         };
                         let lr: Vec<f64> = base_lrs.iter().map(|&b| s.lr(b, e)).collect();
-                        Value::Dict(s.full_state(base_lrs, e, &lr, 1))
+                        Value::Dict(s.full_state(base_lrs, e, &lr, (e + 1).max(1)))
                     })
                     .collect();
                 put("_schedulers", Value::List(subs));

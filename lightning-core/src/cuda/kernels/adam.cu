@@ -45,13 +45,13 @@ __device__ void adam_impl(const i64* tensors, const i64* chunks, AdamArgs a) {
     float* m = reinterpret_cast<float*>(c.t[2]);
     float* v = reinterpret_cast<float*>(c.t[3]);
     float* vm = (a.flags & 1) ? reinterpret_cast<float*>(c.t[4]) : 0;
-    FOR_CHUNK(c,
-        {
+    for_chunk(c,
+        [&](i64 i) {
             float pp = Elem<T>::load(p, i), mm = m[i], vv = v[i];
             adam_elem(pp, Elem<T>::load(g, i), mm, vv, vm ? vm + i : 0, a);
             Elem<T>::store(p, i, pp); m[i] = mm; v[i] = vv;
         },
-        {
+        [&](i64 i) {
             float4 pp = Elem<T>::load4(p, i), gg = Elem<T>::load4(g, i);
             float4 mm = Elem<float>::load4(m, i), vv = Elem<float>::load4(v, i);
             float4 xx = vm ? Elem<float>::load4(vm, i) : make_float4(0.f, 0.f, 0.f, 0.f);
@@ -65,7 +65,7 @@ __device__ void adam_impl(const i64* tensors, const i64* chunks, AdamArgs a) {
             Elem<float>::store4(m, i, mm);
             Elem<float>::store4(v, i, vv);
             if (vm) Elem<float>::store4(vm, i, xx);
-        })
+        });
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) adam_f32(const i64* t, const i64* c, AdamArgs a) { adam_impl<float>(t, c, a); }

@@ -10,18 +10,18 @@ __device__ void unscale_impl(const i64* tensors, const i64* chunks, const float*
     S* g = reinterpret_cast<S*>(c.t[0]);
     const float inv = *inv_scale_p;
     bool bad = false;
-    FOR_CHUNK(c,
-        {
+    for_chunk(c,
+        [&](i64 i) {
             float x = Elem<T>::load(g, i);
             bad |= !isfinite(x);
             Elem<T>::store(g, i, x * inv);
         },
-        {
+        [&](i64 i) {
             float4 x = Elem<T>::load4(g, i);
             bad |= !(isfinite(x.x) && isfinite(x.y) && isfinite(x.z) && isfinite(x.w));
             x.x *= inv; x.y *= inv; x.z *= inv; x.w *= inv;
             Elem<T>::store4(g, i, x);
-        })
+        });
     if (__syncthreads_or(bad) && threadIdx.x == 0) *found_inf = 1.0f;
 }
 

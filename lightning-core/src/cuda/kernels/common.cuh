@@ -99,15 +99,11 @@ __device__ __forceinline__ Chunk my_chunk(const i64* tensors, const i64* chunks)
     return c;
 }
 
-// Calls op(i, k, vec...) style element loops: the float4 body over aligned groups of 4, then a
-// scalar loop for the rest. F receives (index) and processes one element; FV processes 4.
-#define FOR_CHUNK(c, SCALAR_BODY, VEC_BODY)                                                   \
-    {                                                                                          \
-        i64 vend = (c).aligned ? (c).start + (((c).end - (c).start) & ~(i64)3) : (c).start;    \
-        for (i64 i = (c).start + 4 * (i64)threadIdx.x; i < vend; i += 4 * (i64)blockDim.x) {   \
-            VEC_BODY                                                                           \
-        }                                                                                      \
-        for (i64 i = vend + threadIdx.x; i < (c).end; i += blockDim.x) {                       \
-            SCALAR_BODY                                                                        \
-        }                                                                                      \
-    }
+// Runs `vec(i)` for each aligned group of 4 elements (i = first of the 4), then `scalar(i)`
+// for the remaining elements of the chunk; threads stride by blockDim.
+template <typename FS, typename FV>
+__device__ __forceinline__ void for_chunk(const Chunk& c, FS scalar, FV vec) {
+    i64 vend = c.aligned ? c.start + ((c.end - c.start) & ~(i64)3) : c.start;
+    for (i64 i = c.start + 4 * (i64)threadIdx.x; i < vend; i += 4 * (i64)blockDim.x) vec(i);
+    for (i64 i = vend + threadIdx.x; i < c.end; i += blockDim.x) scalar(i);
+}

@@ -24,15 +24,15 @@ __device__ void sumsq_impl(const i64* tensors, const i64* chunks, double* acc) {
     Chunk c = my_chunk(tensors, chunks);
     const S* g = reinterpret_cast<const S*>(c.t[0]);
     float s = 0.f;
-    FOR_CHUNK(c,
-        {
+    for_chunk(c,
+        [&](i64 i) {
             float x = Elem<T>::load(g, i);
             s += x * x;
         },
-        {
+        [&](i64 i) {
             float4 x = Elem<T>::load4(g, i);
             s += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
-        })
+        });
     s = block_sum(s);
     if (threadIdx.x == 0) atomicAdd(acc, (double)s);
 }
@@ -46,13 +46,13 @@ __device__ void clip_impl(const i64* tensors, const i64* chunks, const double* a
     float total = (float)sqrt(*acc);
     if (blockIdx.x == 0 && threadIdx.x == 0) *norm_out = total;
     float coef = fminf(max_norm / (total + 1e-6f), 1.0f);
-    FOR_CHUNK(c,
-        { Elem<T>::store(g, i, Elem<T>::load(g, i) * coef); },
-        {
+    for_chunk(c,
+        [&](i64 i) { Elem<T>::store(g, i, Elem<T>::load(g, i) * coef); },
+        [&](i64 i) {
             float4 x = Elem<T>::load4(g, i);
             x.x *= coef; x.y *= coef; x.z *= coef; x.w *= coef;
             Elem<T>::store4(g, i, x);
-        })
+        });
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) sumsq_f32(const i64* t, const i64* c, double* acc) { sumsq_impl<float>(t, c, acc); }

@@ -30,14 +30,14 @@ __device__ void sgd_impl(const i64* tensors, const i64* chunks, SgdArgs a) {
     const S* g = reinterpret_cast<const S*>(c.t[1]);
     S* b = (a.flags & 4) ? reinterpret_cast<S*>(c.t[2]) : 0;
     bool first = c.t[7] != 0;
-    FOR_CHUNK(c,
-        {
+    for_chunk(c,
+        [&](i64 i) {
             float pp = Elem<T>::load(p, i), bb = (b && !first) ? Elem<T>::load(b, i) : 0.f;
             sgd_elem(pp, Elem<T>::load(g, i), bb, first, a);
             Elem<T>::store(p, i, pp);
             if (b) Elem<T>::store(b, i, bb);
         },
-        {
+        [&](i64 i) {
             float4 pp = Elem<T>::load4(p, i), gg = Elem<T>::load4(g, i);
             float4 bb = (b && !first) ? Elem<T>::load4(b, i) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
@@ -48,7 +48,7 @@ __device__ void sgd_impl(const i64* tensors, const i64* chunks, SgdArgs a) {
             }
             Elem<T>::store4(p, i, pp);
             if (b) Elem<T>::store4(b, i, bb);
-        })
+        });
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) sgd_f32(const i64* t, const i64* c, SgdArgs a) { sgd_impl<float>(t, c, a); }
