@@ -585,6 +585,24 @@ impl ModelCheckpoint {
         self.every_n_epochs >= 1 && (t.current_epoch() + 1) % self.every_n_epochs == 0
     }
 
+    /// The save at train-epoch or validation end: top-k when the epoch is due; `last` only
+    /// when that saved a file (Lightning 2.6), or to re-point a `link`.
+    fn save_due_at_epoch_end(
+        &mut self,
+        t: &mut dyn TrainerContext,
+        cands: &Metrics,
+    ) -> crate::Result<()> {
+        if self.epoch_due(t) {
+            self.save_topk(t, cands)?;
+        }
+        if self.last_global_step_saved == t.global_step()
+            || (self.save_last == SaveLast::Link && self.last_checkpoint_saved.is_some())
+        {
+            self.save_last_checkpoint(t, cands)?;
+        }
+        Ok(())
+    }
+
     fn file_exists(t: &dyn TrainerContext, path: &Path) -> bool {
         t.is_global_zero() && path.exists()
     }
@@ -1111,15 +1129,7 @@ impl Callback for ModelCheckpoint {
                 return Ok(());
             }
             let cands = Self::monitor_candidates(t);
-            if me.epoch_due(t) {
-                me.save_topk(t, &cands)?;
-            }
-            if me.last_global_step_saved == t.global_step()
-                || (me.save_last == SaveLast::Link && me.last_checkpoint_saved.is_some())
-            {
-                me.save_last_checkpoint(t, &cands)?;
-            }
-            Ok(())
+            me.save_due_at_epoch_end(t, &cands)
         })
     }
 
@@ -1135,15 +1145,7 @@ impl Callback for ModelCheckpoint {
                 me.defer_save_until_validation = false;
                 return Ok(());
             }
-            if me.epoch_due(t) {
-                me.save_topk(t, &cands)?;
-            }
-            if me.last_global_step_saved == t.global_step()
-                || (me.save_last == SaveLast::Link && me.last_checkpoint_saved.is_some())
-            {
-                me.save_last_checkpoint(t, &cands)?;
-            }
-            Ok(())
+            me.save_due_at_epoch_end(t, &cands)
         })
     }
 

@@ -388,6 +388,20 @@ pub fn format_value(v: MetricValue, spec_text: &str) -> Result<String, String> {
                 };
                 Ok(pad(&spec, &format!("{sign}{prefix}"), &digits, '>'))
             }
+            Some('c') => {
+                if spec.precision.is_some()
+                    || spec.sign.is_some()
+                    || spec.alt
+                    || spec.grouping.is_some()
+                {
+                    return Err("option not allowed with integer format specifier 'c'".into());
+                }
+                let c = u32::try_from(i)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .ok_or("%c arg not in range(0x110000)")?;
+                Ok(pad(&spec, "", &c.to_string(), '>'))
+            }
             Some('e' | 'E' | 'f' | 'F' | 'g' | 'G' | '%') => format_float(i as f64, &spec),
             Some(c) => Err(format!(
                 "Unknown format code '{c}' for object of type 'int'"
