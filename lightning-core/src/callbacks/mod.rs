@@ -44,14 +44,6 @@ pub trait TrainerContext {
     }
     /// Wall time spent training so far (for `train_time_interval`).
     fn train_time(&self) -> Duration;
-    /// Whether the sanity-check validation is running (callbacks save nothing then).
-    fn sanity_checking(&self) -> bool {
-        false
-    }
-    /// Whether this batch is the last of the epoch.
-    fn is_last_batch(&self) -> bool {
-        false
-    }
     /// Whether the trainer is running `fit` (callbacks save nothing in validate/test/predict).
     fn is_fitting(&self) -> bool {
         true
@@ -77,6 +69,32 @@ pub trait TrainerContext {
     }
     /// Asks the trainer to stop at the next opportunity (Lightning's `trainer.should_stop = True`).
     fn request_stop(&mut self) {}
+    /// Whether the sanity-check validation is running (callbacks save nothing then).
+    fn sanity_checking(&self) -> bool {
+        false
+    }
+    /// Whether this batch is the last of the epoch.
+    fn is_last_batch(&self) -> bool {
+        false
+    }
+    /// Saves a checkpoint from inside `caller`'s hook, with `caller`'s current state in the
+    /// file's `callbacks` dict (a callback is mutably borrowed while its hook runs, so the
+    /// trainer cannot read its state itself; plain `save_checkpoint` writes the state the
+    /// caller had before the hook).
+    fn save_checkpoint_from(
+        &mut self,
+        path: &Path,
+        weights_only: bool,
+        caller: &dyn Callback,
+    ) -> crate::Result<()> {
+        let _ = caller;
+        self.save_checkpoint(path, weights_only)
+    }
+    /// Waits until every checkpoint save in flight (async checkpointing) is durable, and
+    /// returns its error if one failed. Call before deleting a file a newer save replaces.
+    fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
+        Ok(())
+    }
 }
 
 /// A trainer hook. Every method has a default that does nothing.
@@ -120,6 +138,22 @@ pub trait Callback: Send + Any {
     /// Restores [`Callback::state_dict`]'s output on resume.
     fn load_state_dict(&mut self, _state: &Value) -> crate::Result<()> {
         Ok(())
+    }
+    /// Where this callback writes checkpoints (set for `ModelCheckpoint` once its directory
+    /// is known); the trainer searches these for `ckpt_path = Last` and writes its
+    /// preemption checkpoint to the first.
+    fn checkpoint_dirpath(&self) -> Option<PathBuf> {
+        None
+    }
+    /// The best checkpoint so far (for `ckpt_path = Best`); `None` for non-checkpointing
+    /// callbacks or before any save.
+    fn best_model_path(&self) -> Option<PathBuf> {
+        None
+    }
+    /// Whether this callback is a checkpointing callback (then the trainer adds no default
+    /// `ModelCheckpoint`).
+    fn is_checkpoint_callback(&self) -> bool {
+        false
     }
     /// For downcasting (`trainer.callback::<ModelCheckpoint>()`).
     fn as_any(&self) -> &dyn Any;

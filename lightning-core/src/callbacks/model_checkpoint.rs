@@ -617,7 +617,8 @@ impl ModelCheckpoint {
                 })?;
             }
         }
-        t.save_checkpoint(path, self.save_weights_only)?;
+        // the file holds this callback's state as updated for this save (as Lightning's)
+        t.save_checkpoint_from(path, self.save_weights_only, &*self)?;
         self.last_global_step_saved = t.global_step();
         self.last_checkpoint_saved = Some(path.to_owned());
         Ok(())
@@ -831,6 +832,8 @@ impl ModelCheckpoint {
             match me.last_checkpoint_saved.clone() {
                 Some(target) if me.save_last == SaveLast::Link && me.save_top_k != 0 => {
                     if t.is_global_zero() {
+                        // the target must be complete on disk before `last` points at it
+                        t.wait_for_pending_saves()?;
                         link_checkpoint(&target, &path)?;
                     }
                 }
@@ -871,11 +874,14 @@ impl ModelCheckpoint {
 
     /// Deletes the files queued by this hook's saves (rank 0 only), skipping any file that is
     /// tracked again (best, top-k, last, newest) or is the resumed-from checkpoint.
-    fn flush_removals(&mut self, t: &dyn TrainerContext) {
+    /// Waits for in-flight (async) saves first: a file goes only once its replacement is
+    /// durable; if that save failed, nothing is deleted and its error is returned.
+    fn flush_removals(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         let queued = std::mem::take(&mut self.pending_removals);
-        if !t.is_global_zero() {
-            return;
+        if !t.is_global_zero() || queued.is_empty() {
+            return Ok(());
         }
+        t.wait_for_pending_saves()?;
         for path in queued {
             let tracked = self.book.best_k_models.contains_key(&path)
                 || self.book.best_model_path.as_deref() == Some(&path)
@@ -894,6 +900,7 @@ impl ModelCheckpoint {
                 tracing::warn!("could not remove old checkpoint {}: {e}", path.display());
             }
         }
+        Ok(())
     }
 
     /// Runs a hook body, then deletes what it queued (only when it succeeded).
@@ -903,13 +910,13 @@ impl ModelCheckpoint {
         f: impl FnOnce(&mut Self, &mut dyn TrainerContext) -> crate::Result<()>,
     ) -> crate::Result<()> {
         self.ensure_setup(t)?;
-        let r = f(self, t);
-        if r.is_ok() {
-            self.flush_removals(t);
-        } else {
-            self.pending_removals.clear();
+        match f(self, t) {
+            Ok(()) => self.flush_removals(t),
+            Err(e) => {
+                self.pending_removals.clear();
+                Err(e)
+            }
         }
-        r
     }
 
     fn path_str(p: &Option<PathBuf>) -> Value {
@@ -1229,6 +1236,18 @@ impl Callback for ModelCheckpoint {
             self.pending_state = Some(state.clone());
         }
         Ok(())
+    }
+
+    fn checkpoint_dirpath(&self) -> Option<PathBuf> {
+        self.dirpath.clone()
+    }
+
+    fn best_model_path(&self) -> Option<PathBuf> {
+        self.book.best_model_path.clone()
+    }
+
+    fn is_checkpoint_callback(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -21,6 +21,9 @@ pub(crate) struct FakeTrainer {
     pub cve: Option<i64>,
     pub resumed: Option<PathBuf>,
     pub saves: Vec<(PathBuf, bool)>,
+    /// `best_model_path` in the state written into each file (from `save_checkpoint_from`).
+    pub saved_best: Vec<String>,
+    pub waits: usize,
     pub stop_requested: bool,
     pub fail_next_save: bool,
     pub val_ran: bool,
@@ -42,6 +45,8 @@ impl FakeTrainer {
             cve: Some(1),
             resumed: None,
             saves: vec![],
+            saved_best: vec![],
+            waits: 0,
             stop_requested: false,
             fail_next_save: false,
             val_ran: true,
@@ -70,6 +75,24 @@ impl TrainerContext for FakeTrainer {
         std::fs::write(&tmp, format!("epoch={} step={}", self.epoch, self.step)).unwrap();
         std::fs::rename(&tmp, path).unwrap();
         self.saves.push((path.to_owned(), weights_only));
+        Ok(())
+    }
+    fn save_checkpoint_from(
+        &mut self,
+        path: &Path,
+        weights_only: bool,
+        caller: &dyn Callback,
+    ) -> crate::Result<()> {
+        let state = caller.state_dict();
+        let best = state
+            .get("best_model_path")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        self.saved_best.push(best.to_owned());
+        self.save_checkpoint(path, weights_only)
+    }
+    fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
+        self.waits += 1;
         Ok(())
     }
     fn log_dir(&self) -> Option<PathBuf> {
@@ -188,6 +211,23 @@ fn top_k_keeps_the_best_and_deletes_worse_after_saving() {
     assert_eq!(cb.best_model_score(), Some(0.3));
     assert_eq!(cb.kth_value(), 0.4);
     assert_eq!(cb.current_score(), Some(0.3));
+    // each file holds the state updated for it; deletions waited for pending saves
+    let best = |n: &str| d.join(n).to_string_lossy().into_owned();
+    assert_eq!(
+        t.saved_best,
+        [
+            best("epoch=00-val_loss=0.50.ckpt"),
+            best("epoch=01-val_loss=0.40.ckpt"),
+            best("epoch=03-val_loss=0.30.ckpt")
+        ]
+    );
+    assert_eq!(t.waits, 1);
+    assert!(Callback::is_checkpoint_callback(&cb));
+    assert_eq!(Callback::checkpoint_dirpath(&cb), Some(d.clone()));
+    assert_eq!(
+        Callback::best_model_path(&cb),
+        Some(d.join("epoch=03-val_loss=0.30.ckpt"))
+    );
     let kept: Vec<_> = cb.best_k_models().keys().cloned().collect();
     assert_eq!(
         kept,
