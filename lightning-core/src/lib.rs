@@ -45,7 +45,9 @@ pub mod prelude {
 /// Used by code that `lightning-macros` generates; not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::hparams::{HparamError, HparamField, HparamValue, Hyperparameters};
+    pub use crate::hparams::{
+        DictReader, HparamError, HparamField, HparamValue, Hyperparameters, NoHparams,
+    };
     pub use crate::lightning_module::HasHparams;
     pub use crate::module::{join_name, TensorKind, Traverse};
     pub use crate::value::{Dict, Key, Value};

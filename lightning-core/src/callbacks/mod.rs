@@ -44,6 +44,14 @@ pub trait TrainerContext {
     }
     /// Wall time spent training so far (for `train_time_interval`).
     fn train_time(&self) -> Duration;
+    /// Whether the sanity-check validation is running (callbacks save nothing then).
+    fn sanity_checking(&self) -> bool {
+        false
+    }
+    /// Whether this batch is the last of the epoch.
+    fn is_last_batch(&self) -> bool {
+        false
+    }
     /// Whether the trainer is running `fit` (callbacks save nothing in validate/test/predict).
     fn is_fitting(&self) -> bool {
         true
@@ -69,14 +77,6 @@ pub trait TrainerContext {
     }
     /// Asks the trainer to stop at the next opportunity (Lightning's `trainer.should_stop = True`).
     fn request_stop(&mut self) {}
-    /// Whether the sanity-check validation is running (callbacks save nothing then).
-    fn sanity_checking(&self) -> bool {
-        false
-    }
-    /// Whether this batch is the last of the epoch.
-    fn is_last_batch(&self) -> bool {
-        false
-    }
     /// Saves a checkpoint from inside `caller`'s hook, with `caller`'s current state in the
     /// file's `callbacks` dict (a callback is mutably borrowed while its hook runs, so the
     /// trainer cannot read its state itself; plain `save_checkpoint` writes the state the
