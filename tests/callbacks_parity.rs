@@ -5,7 +5,8 @@
 use lightning_core::callbacks::pyformat::{
     format_checkpoint_template, format_value, MetricValue, Metrics,
 };
-use lightning_core::callbacks::{Callback, EarlyStopping, Mode, ModelCheckpoint};
+use lightning_core::callbacks::{Callback, EarlyStopping, Mode, ModelCheckpoint, TrainerContext};
+use lightning_core::Value;
 use serde_json::{json, Value as Json};
 use std::time::Duration;
 
@@ -320,4 +321,153 @@ print(json.dumps(out))
         return;
     };
     assert_eq!(Json::Array(ours), Json::Array(theirs));
+}
+
+/// A trainer stand-in whose saves are real checkpoint files holding the caller's state.
+struct FileTrainer {
+    epoch: i64,
+    step: i64,
+    metrics: indexmap::IndexMap<String, f64>,
+    root: std::path::PathBuf,
+}
+
+impl FileTrainer {
+    fn write(
+        &self,
+        path: &std::path::Path,
+        states: Vec<(String, Value)>,
+    ) -> lightning_core::Result<()> {
+        let mut cbs = Value::dict();
+        for (k, v) in states {
+            cbs.insert(k, v);
+        }
+        let mut ckpt = Value::dict();
+        ckpt.insert("epoch", self.epoch);
+        ckpt.insert("global_step", self.step);
+        ckpt.insert("pytorch-lightning_version", "2.6.6");
+        ckpt.insert("state_dict", Value::OrderedDict(Default::default()));
+        ckpt.insert("callbacks", cbs);
+        lightning_core::checkpoint::save(path, &ckpt)
+            .map_err(|e| lightning_core::Error::Msg(e.to_string()))
+    }
+}
+
+impl TrainerContext for FileTrainer {
+    fn current_epoch(&self) -> i64 {
+        self.epoch
+    }
+    fn global_step(&self) -> i64 {
+        self.step
+    }
+    fn callback_metrics(&self) -> &indexmap::IndexMap<String, f64> {
+        &self.metrics
+    }
+    fn save_checkpoint(&mut self, path: &std::path::Path, _w: bool) -> lightning_core::Result<()> {
+        self.write(path, vec![])
+    }
+    fn save_checkpoint_from(
+        &mut self,
+        path: &std::path::Path,
+        _w: bool,
+        caller: &dyn Callback,
+    ) -> lightning_core::Result<()> {
+        self.write(path, vec![(caller.state_key(), caller.state_dict())])
+    }
+    fn log_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    fn default_root_dir(&self) -> std::path::PathBuf {
+        self.root.clone()
+    }
+    fn train_time(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The saved `ModelCheckpoint` state crosses over both ways: Python Lightning restores ours
+/// from our `last.ckpt` (found under its own state key), and we restore one Lightning wrote.
+#[test]
+fn model_checkpoint_state_crosses_over_with_lightning() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = || {
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss")
+            .save_top_k(2)
+            .save_last(true)
+            .build()
+            .unwrap()
+    };
+    let mut cb = build();
+    let mut t = FileTrainer {
+        epoch: 0,
+        step: 0,
+        metrics: Default::default(),
+        root: dir.path().to_owned(),
+    };
+    cb.setup(&mut t).unwrap();
+    cb.on_fit_start(&mut t).unwrap();
+    for loss in [0.5f32, 0.25, 0.75, 0.125] {
+        t.step += 10;
+        t.metrics.insert("val_loss".into(), f64::from(loss));
+        cb.on_validation_end(&mut t).unwrap();
+        cb.on_train_epoch_end(&mut t).unwrap();
+        t.epoch += 1;
+    }
+    let d = cb.dirpath().unwrap().to_string_lossy().into_owned();
+    let last = cb.last_model_path().unwrap().to_string_lossy().into_owned();
+    let s = |p: Option<&std::path::Path>| p.map(|p| p.to_string_lossy().into_owned());
+    let ours = json!({
+        "best_model_path": s(cb.best_model_path()),
+        "best_model_score": cb.best_model_score(),
+        "best_k_models": cb.best_k_models().iter()
+            .map(|(p, v)| (p.to_string_lossy().into_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "kth_best_model_path": s(cb.kth_best_model_path()),
+        "kth_value": cb.kth_value(),
+        "last_model_path": s(cb.last_model_path()),
+    });
+    let script = r#"
+import json, sys, torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+a = json.loads(sys.argv[1])
+cb = ModelCheckpoint(dirpath=a["dir"], monitor="val_loss", save_top_k=2, save_last=True)
+ck = torch.load(a["last"], weights_only=True)
+cb.load_state_dict(ck["callbacks"][cb.state_key])
+f = lambda t: None if t is None else float(t)
+theirs = {"best_model_path": cb.best_model_path, "best_model_score": f(cb.best_model_score),
+    "best_k_models": {k: f(v) for k, v in cb.best_k_models.items()},
+    "kth_best_model_path": cb.kth_best_model_path, "kth_value": f(cb.kth_value),
+    "last_model_path": cb.last_model_path}
+# the other way: a state as a Lightning run leaves it (float32 tensors), saved with torch.save
+cb2 = ModelCheckpoint(dirpath=a["dir"], monitor="val_loss", save_top_k=2, save_last=True)
+p1, p2 = a["dir"] + "/epoch=1-step=20.ckpt", a["dir"] + "/epoch=3-step=40.ckpt"
+cb2.best_k_models = {p1: torch.tensor(0.25), p2: torch.tensor(0.125)}
+cb2.kth_best_model_path, cb2.kth_value = p1, torch.tensor(0.25)
+cb2.best_model_path, cb2.best_model_score = p2, torch.tensor(0.125)
+cb2.current_score, cb2.last_model_path = torch.tensor(0.125), a["dir"] + "/last.ckpt"
+torch.save({"callbacks": {cb2.state_key: cb2.state_dict()}}, a["out"])
+print(json.dumps([theirs]))
+"#;
+    let out = dir.path().join("from_python.ckpt");
+    let arg = json!({ "dir": d, "last": last, "out": out.to_string_lossy() });
+    let Some(theirs) = python(script, &arg) else {
+        return;
+    };
+    assert_eq!(theirs[0], ours);
+
+    let ckpt = lightning_core::checkpoint::load(&out).unwrap();
+    let mut cb2 = build();
+    let state = ckpt
+        .get("callbacks")
+        .and_then(|c| c.get(&cb2.state_key()))
+        .expect("state under our key");
+    cb2.load_state_dict(state).unwrap();
+    assert_eq!(cb2.best_model_score(), Some(0.125));
+    assert_eq!(cb2.best_model_path(), cb.best_model_path());
+    assert_eq!(cb2.best_k_models(), cb.best_k_models());
+    assert_eq!(
+        (cb2.kth_best_model_path(), cb2.kth_value()),
+        (cb.kth_best_model_path(), 0.25)
+    );
+    assert_eq!(cb2.last_model_path(), cb.last_model_path());
 }
