@@ -622,7 +622,7 @@ fn default_dirpath_and_subfolders_from_slashes() {
         set(&["epoch=0_val/loss=0.250.ckpt"])
     );
 
-    let (mut cb, mut t) = started(ModelCheckpoint::builder(), dir.path());
+    let (cb, _) = started(ModelCheckpoint::builder(), dir.path());
     assert_eq!(cb.dirpath(), Some(dir.path().join("checkpoints").as_path()));
 }
 
