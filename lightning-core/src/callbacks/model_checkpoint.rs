@@ -1082,9 +1082,23 @@ impl Callback for ModelCheckpoint {
         Ok(())
     }
 
+    /// Starts the time trigger's clock. When the run resumed from a file this callback wrote
+    /// (a tracked top-k or last file), that file is this step's save: it is not written again
+    /// at the same step, so a resumed run leaves the same files as an uninterrupted one.
     fn on_fit_start(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         self.ensure_setup(t)?;
         self.last_time_checked = Some(t.train_time());
+        if let Some(resumed) = t.resumed_from() {
+            let resumed = lexical_absolute(&resumed);
+            let ours = |p: &Path| lexical_absolute(p) == resumed;
+            let b = &self.book;
+            if b.best_k_models.keys().any(|p| ours(p))
+                || b.best_model_path.as_deref().is_some_and(ours)
+                || b.last_model_path.as_deref().is_some_and(ours)
+            {
+                self.last_global_step_saved = t.global_step();
+            }
+        }
         Ok(())
     }
 

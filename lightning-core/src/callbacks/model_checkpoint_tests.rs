@@ -926,3 +926,37 @@ fn format_checkpoint_name_joins_dirpath_version_and_prefix() {
         "{e}"
     );
 }
+
+#[test]
+fn resuming_from_our_own_file_does_not_save_that_step_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = || {
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .save_top_k(-1)
+            .save_last(true)
+    };
+    let (mut cb, mut t) = started(b(), dir.path());
+    epoch(&mut cb, &mut t, 4, None);
+    let uninterrupted = listing(dir.path());
+    // resume from last.ckpt (saved at step 4 with epoch=0-step=4): step 4 is not saved again
+    let state = cb.state_dict();
+    let mut cb2 = b().build().unwrap();
+    cb2.load_state_dict(&state).unwrap();
+    let mut t2 = FakeTrainer::new(dir.path());
+    t2.step = 4;
+    t2.resumed = cb.last_model_path().map(Path::to_owned);
+    start(&mut cb2, &mut t2);
+    cb2.on_train_epoch_end(&mut t2).unwrap();
+    assert!(t2.saves.is_empty());
+    assert_eq!(listing(dir.path()), uninterrupted);
+    // a file we did not write (a preemption checkpoint) does not count as our save
+    let mut cb3 = b().build().unwrap();
+    cb3.load_state_dict(&state).unwrap();
+    let mut t3 = FakeTrainer::new(dir.path());
+    t3.step = 4;
+    t3.resumed = Some(dir.path().join("preempted.ckpt"));
+    start(&mut cb3, &mut t3);
+    cb3.on_train_epoch_end(&mut t3).unwrap();
+    assert_eq!(t3.saves.len(), 2, "{:?}", t3.saves);
+}
