@@ -471,3 +471,286 @@ print(json.dumps([theirs]))
     );
     assert_eq!(cb2.last_model_path(), cb.last_model_path());
 }
+
+/// Lightning's loop order for one run: per epoch, `steps` batches (`on_train_batch_end` after
+/// each optimizer step), then one validation logging `values[epoch]` as `metric`
+/// (`on_validation_end`), then `on_train_epoch_end`; `on_fit_end` at the end.
+fn drive(
+    cb: &mut ModelCheckpoint,
+    root: &std::path::Path,
+    steps: i64,
+    metric: &str,
+    values: &[f32],
+) {
+    struct Looping {
+        inner: FileTrainer,
+        last_batch: bool,
+    }
+    impl TrainerContext for Looping {
+        fn current_epoch(&self) -> i64 {
+            self.inner.epoch
+        }
+        fn global_step(&self) -> i64 {
+            self.inner.step
+        }
+        fn callback_metrics(&self) -> &indexmap::IndexMap<String, f64> {
+            &self.inner.metrics
+        }
+        fn save_checkpoint(&mut self, p: &std::path::Path, w: bool) -> lightning_core::Result<()> {
+            self.inner.save_checkpoint(p, w)
+        }
+        fn save_checkpoint_from(
+            &mut self,
+            p: &std::path::Path,
+            w: bool,
+            c: &dyn Callback,
+        ) -> lightning_core::Result<()> {
+            self.inner.save_checkpoint_from(p, w, c)
+        }
+        fn log_dir(&self) -> Option<std::path::PathBuf> {
+            None
+        }
+        fn default_root_dir(&self) -> std::path::PathBuf {
+            self.inner.root.clone()
+        }
+        fn train_time(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn is_last_batch(&self) -> bool {
+            self.last_batch
+        }
+        fn num_val_batches(&self) -> usize {
+            2
+        }
+    }
+    let mut t = Looping {
+        inner: FileTrainer {
+            epoch: 0,
+            step: 0,
+            metrics: Default::default(),
+            root: root.to_owned(),
+        },
+        last_batch: false,
+    };
+    cb.setup(&mut t).unwrap();
+    cb.on_fit_start(&mut t).unwrap();
+    for v in values {
+        for b in 0..steps {
+            t.inner.step += 1;
+            t.last_batch = b + 1 == steps;
+            cb.on_train_batch_end(&mut t).unwrap();
+        }
+        t.inner.metrics.insert(metric.to_owned(), f64::from(*v));
+        cb.on_validation_end(&mut t).unwrap();
+        cb.on_train_epoch_end(&mut t).unwrap();
+        t.inner.epoch += 1;
+    }
+    cb.on_fit_end(&mut t).unwrap();
+}
+
+/// The same runs in Python Lightning (a real `Trainer` on a model that logs the given values)
+/// and in ours leave the same files, links, best/last paths and top-k scores.
+#[test]
+fn model_checkpoint_runs_leave_the_same_files_as_lightning() {
+    let nan = f32::NAN;
+    // (python kwargs, builder, steps per epoch, metric, values per epoch)
+    type Scenario = (
+        Json,
+        fn(std::path::PathBuf) -> lightning_core::callbacks::ModelCheckpointBuilder,
+        i64,
+        &'static str,
+        Vec<f32>,
+    );
+    let scenarios: Vec<Scenario> = vec![
+        (
+            json!({"monitor": "val_loss", "save_top_k": 2, "save_last": true}),
+            |d| {
+                ModelCheckpoint::builder()
+                    .dirpath(d)
+                    .monitor("val_loss")
+                    .save_top_k(2)
+                    .save_last(true)
+            },
+            2,
+            "val_loss",
+            vec![0.5, 0.3, 0.6, 0.2, nan],
+        ),
+        (
+            json!({"monitor": "val_acc", "mode": "max", "save_last": "link", "filename": "{epoch:02d}-{val_acc:.3f}"}),
+            |d| {
+                ModelCheckpoint::builder()
+                    .dirpath(d)
+                    .monitor("val_acc")
+                    .mode(Mode::Max)
+                    .save_last(lightning_core::callbacks::SaveLast::Link)
+                    .filename("{epoch:02d}-{val_acc:.3f}")
+            },
+            1,
+            "val_acc",
+            vec![0.25, 0.75, 0.5, 0.875],
+        ),
+        (
+            json!({"every_n_train_steps": 3, "save_top_k": -1, "filename": "{step}", "save_last": true}),
+            |d| {
+                ModelCheckpoint::builder()
+                    .dirpath(d)
+                    .every_n_train_steps(3)
+                    .save_top_k(-1)
+                    .filename("{step}")
+                    .save_last(true)
+            },
+            4,
+            "val_loss",
+            vec![1.0, 1.0],
+        ),
+        (
+            json!({"monitor": "val_loss", "every_n_train_steps": 2, "save_top_k": -1}),
+            |d| {
+                ModelCheckpoint::builder()
+                    .dirpath(d)
+                    .monitor("val_loss")
+                    .every_n_train_steps(2)
+                    .save_top_k(-1)
+            },
+            4,
+            "val_loss",
+            vec![0.5, 0.4, 0.3],
+        ),
+        (
+            json!({"monitor": "val_loss", "save_top_k": -1, "filename": "model"}),
+            |d| {
+                ModelCheckpoint::builder()
+                    .dirpath(d)
+                    .monitor("val_loss")
+                    .save_top_k(-1)
+                    .filename("model")
+            },
+            1,
+            "val_loss",
+            vec![0.5, 0.25, 0.125],
+        ),
+        (
+            json!({"save_top_k": 0, "save_last": true}),
+            |d| {
+                ModelCheckpoint::builder()
+                    .dirpath(d)
+                    .save_top_k(0)
+                    .save_last(true)
+            },
+            2,
+            "val_loss",
+            vec![1.0, 1.0],
+        ),
+    ];
+    let root = tempfile::tempdir().unwrap();
+    let mut ours = vec![];
+    let mut args = vec![];
+    for (i, (kwargs, build, steps, metric, values)) in scenarios.iter().enumerate() {
+        let ours_dir = root.path().join(format!("ours{i}"));
+        let theirs_dir = root.path().join(format!("theirs{i}"));
+        let mut cb = build(ours_dir.clone()).build().unwrap();
+        drive(&mut cb, root.path(), *steps, metric, values);
+        ours.push(summary(&cb, &ours_dir));
+        args.push(json!({
+            "kwargs": kwargs, "dir": theirs_dir.to_string_lossy(), "steps": steps,
+            "metric": metric, "values": values.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        }));
+    }
+    let script = r#"
+import json, os, sys, warnings, logging
+warnings.filterwarnings("ignore")
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+class M(BoringModel):
+    def __init__(self, metric, values):
+        super().__init__()
+        self.metric, self.values = metric, values
+    def validation_step(self, batch, batch_idx):
+        self.log(self.metric, torch.tensor(self.values[self.current_epoch]))
+        return super().validation_step(batch, batch_idx)
+
+def rel(d, p):
+    return os.path.relpath(p, d) if p else ""
+
+out = []
+for c in json.loads(sys.argv[1]):
+    d = os.path.realpath(c["dir"])
+    cb = ModelCheckpoint(dirpath=d, **c["kwargs"])
+    values = [float(v) for v in c["values"]]
+    t = Trainer(max_epochs=len(values), limit_train_batches=c["steps"], limit_val_batches=2,
+                num_sanity_val_steps=0, callbacks=[cb], logger=False, enable_progress_bar=False,
+                enable_model_summary=False, default_root_dir=d, accelerator="cpu")
+    t.fit(M(c["metric"], values))
+    files = {}
+    for base, _, names in os.walk(d):
+        for n in names:
+            p = os.path.join(base, n)
+            files[rel(d, p)] = os.readlink(p) if os.path.islink(p) else "file"
+    out.append({"files": files, "best": rel(d, cb.best_model_path), "last": rel(d, cb.last_model_path),
+        "kth": rel(d, cb.kth_best_model_path),
+        "top_k": {rel(d, k): repr(float(v)) for k, v in cb.best_k_models.items()},
+        "best_score": None if cb.best_model_score is None else repr(float(cb.best_model_score))})
+print(json.dumps(out))
+"#;
+    let Some(theirs) = python(script, &Json::Array(args)) else {
+        return;
+    };
+    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(o, t, "scenario {i}: {}", scenarios[i].0);
+    }
+}
+
+/// Files (`"file"` or a link's target), best/last/kth paths relative to `dir`, top-k scores.
+fn summary(cb: &ModelCheckpoint, dir: &std::path::Path) -> Json {
+    use lightning_core::callbacks::pyformat::repr_float;
+    let d = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let rel = |p: Option<&std::path::Path>| {
+        p.map_or(String::new(), |p| {
+            p.strip_prefix(&d)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let mut files = serde_json::Map::new();
+    fn walk(
+        base: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut serde_json::Map<String, Json>,
+    ) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let ty = e.file_type().unwrap();
+            if ty.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let what = if ty.is_symlink() {
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    "file".into()
+                };
+                out.insert(
+                    p.strip_prefix(base).unwrap().to_string_lossy().into_owned(),
+                    json!(what),
+                );
+            }
+        }
+    }
+    walk(&d, &d, &mut files);
+    json!({
+        "files": files,
+        "best": rel(cb.best_model_path()),
+        "last": rel(cb.last_model_path()),
+        "kth": rel(cb.kth_best_model_path()),
+        "top_k": cb.best_k_models().iter()
+            .map(|(p, v)| (rel(Some(p)), json!(repr_float(*v)))).collect::<serde_json::Map<_, _>>(),
+        "best_score": cb.best_model_score().map(repr_float),
+    })
+}
