@@ -754,3 +754,148 @@ fn summary(cb: &ModelCheckpoint, dir: &std::path::Path) -> Json {
         "best_score": cb.best_model_score().map(repr_float),
     })
 }
+
+/// `EarlyStopping` stops at the same epoch with the same counters as Lightning's, for
+/// patience, min_delta, max mode, thresholds and a non-finite value.
+#[test]
+fn early_stopping_matches_lightning() {
+    struct Stopper {
+        inner: FileTrainer,
+        stop: bool,
+    }
+    impl TrainerContext for Stopper {
+        fn current_epoch(&self) -> i64 {
+            self.inner.epoch
+        }
+        fn global_step(&self) -> i64 {
+            self.inner.step
+        }
+        fn callback_metrics(&self) -> &indexmap::IndexMap<String, f64> {
+            &self.inner.metrics
+        }
+        fn save_checkpoint(&mut self, p: &std::path::Path, w: bool) -> lightning_core::Result<()> {
+            self.inner.save_checkpoint(p, w)
+        }
+        fn log_dir(&self) -> Option<std::path::PathBuf> {
+            None
+        }
+        fn default_root_dir(&self) -> std::path::PathBuf {
+            self.inner.root.clone()
+        }
+        fn train_time(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn num_val_batches(&self) -> usize {
+            2
+        }
+        fn request_stop(&mut self) {
+            self.stop = true;
+        }
+    }
+    type Case = (
+        Json,
+        fn() -> lightning_core::callbacks::EarlyStoppingBuilder,
+        Vec<f32>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            json!({"patience": 2}),
+            || EarlyStopping::builder("m").patience(2),
+            vec![1.0, 0.5, 0.6, 0.7, 0.1, 0.1],
+        ),
+        (
+            json!({"patience": 1, "min_delta": 0.1}),
+            || EarlyStopping::builder("m").patience(1).min_delta(0.1),
+            vec![1.0, 0.95, 0.5, 0.45],
+        ),
+        (
+            json!({"mode": "max", "patience": 3}),
+            || EarlyStopping::builder("m").mode(Mode::Max).patience(3),
+            vec![0.1, 0.2, 0.2, 0.15, 0.3, 0.3, 0.3, 0.3],
+        ),
+        (
+            json!({"stopping_threshold": 0.2}),
+            || EarlyStopping::builder("m").stopping_threshold(0.2),
+            vec![1.0, 0.5, 0.1, 0.05],
+        ),
+        (
+            json!({"divergence_threshold": 2.0}),
+            || EarlyStopping::builder("m").divergence_threshold(2.0),
+            vec![1.0, 1.5, 2.5, 0.5],
+        ),
+        (
+            json!({}),
+            || EarlyStopping::builder("m"),
+            vec![1.0, f32::NAN, 0.5],
+        ),
+    ];
+    let root = tempfile::tempdir().unwrap();
+    let mut ours = vec![];
+    let mut args = vec![];
+    for (kwargs, build, values) in &cases {
+        let mut es = build().build().unwrap();
+        let mut t = Stopper {
+            inner: FileTrainer {
+                epoch: 0,
+                step: 0,
+                metrics: Default::default(),
+                root: root.path().to_owned(),
+            },
+            stop: false,
+        };
+        let mut epochs = 0;
+        for v in values {
+            t.inner.step += 1;
+            t.inner.metrics.insert("m".into(), f64::from(*v));
+            es.on_validation_end(&mut t).unwrap();
+            es.on_train_epoch_end(&mut t).unwrap();
+            epochs += 1;
+            t.inner.epoch += 1;
+            if t.stop {
+                break;
+            }
+        }
+        ours.push(json!({
+            "epochs": epochs, "stopped_epoch": es.stopped_epoch(), "wait_count": es.wait_count(),
+            "best": lightning_core::callbacks::pyformat::repr_float(es.best_score()),
+            "reason": es.stopping_reason() as i64,
+        }));
+        args.push(json!({ "kwargs": kwargs, "values": values.iter().map(|v| v.to_string()).collect::<Vec<_>>() }));
+    }
+    let script = r#"
+import json, sys, warnings, logging
+warnings.filterwarnings("ignore")
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+class M(BoringModel):
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+    def validation_step(self, batch, batch_idx):
+        self.log("m", torch.tensor(self.values[self.current_epoch]))
+        return super().validation_step(batch, batch_idx)
+
+out = []
+for c in json.loads(sys.argv[1]):
+    values = [float(v) for v in c["values"]]
+    es = EarlyStopping(monitor="m", **c["kwargs"])
+    t = Trainer(max_epochs=len(values), limit_train_batches=1, limit_val_batches=2,
+                num_sanity_val_steps=0, callbacks=[es], logger=False, enable_progress_bar=False,
+                enable_model_summary=False, enable_checkpointing=False, accelerator="cpu")
+    t.fit(M(values))
+    out.append({"epochs": t.current_epoch, "stopped_epoch": es.stopped_epoch,
+                "wait_count": es.wait_count, "best": repr(float(es.best_score)),
+                "reason": es.stopping_reason.value})
+print(json.dumps(out))
+"#;
+    let Some(theirs) = python(script, &Json::Array(args)) else {
+        return;
+    };
+    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(o, t, "case {i}: {}", cases[i].0);
+    }
+}
