@@ -473,7 +473,7 @@ impl Trainer {
                 .as_mut()
                 .ok_or_else(|| Error::Msg("fit: no optimizer configured".into()))?;
             if let Some(v) = self.cfg.gradient_clip_val {
-                clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm);
+                clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?;
             }
             o.optimizer.step().map_err(|e| {
                 Error::Msg(format!("optimizer step (epoch {epoch}, batch {idx}): {e}"))

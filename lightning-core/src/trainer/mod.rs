@@ -499,33 +499,12 @@ impl<M: LightningModule> TrainerContext for Ctx<'_, M> {
 pub(crate) type Hook = fn(&mut dyn Callback, &mut dyn TrainerContext) -> Result<()>;
 
 /// Clips the gradients of `params` as `torch.nn.utils.clip_grad_{norm,value}_`.
-pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm) {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
-        if grads.is_empty() {
-            return;
-        }
-        match algo {
-            ClipAlgorithm::Value => {
-                for mut g in grads {
-                    let _ = g.clamp_(-value, value);
-                }
-            }
-            ClipAlgorithm::Norm => {
-                let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-                let total = Tensor::stack(&norms, 0).norm();
-                let coef =
-                    (Tensor::from(value).to_device(total.device()) / (total + 1e-6)).clamp_max(1.0);
-                for mut g in grads {
-                    let _ = g.g_mul_(&coef.to_kind(g.kind()));
-                }
-            }
-        }
-    });
+pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm) -> Result<()> {
+    let r = match algo {
+        ClipAlgorithm::Norm => crate::optim::clip_grad_norm(params, value, 2.0).map(drop),
+        ClipAlgorithm::Value => crate::optim::clip_grad_value(params, value),
+    };
+    r.map_err(|e| Error::Msg(format!("gradient clipping: {e}")))
 }
 
 /// Lightning's default `max_epochs`: 1000 when neither limit is set, else unbounded (-1).
