@@ -1,0 +1,434 @@
+//! Kill -9 harness: a training run checkpointing every step (sync and async saves) is killed
+//! with SIGKILL at seeded pseudo-random points, 16 times per mode, and resumed with
+//! `--resume last` each time. After every kill, every `*.ckpt` in the checkpoint directory
+//! must read back completely (`checkpoint::verify` and `checkpoint::load`), and the finished
+//! run must end with bitwise the same weights and optimizer state as a run never killed.
+//! A second test sends SIGTERM (preemption) instead: the process exits 0 after saving
+//! `last.ckpt`, and resuming from it reaches the same final state.
+//!
+//! How the trainer process is run: this test binary re-executes itself with
+//! `CRASH_HARNESS_ROOT` set, filtered to the `child_process` test, which trains with the
+//! `Trainer` API (the same `ModelCheckpoint` setup as `examples/digits.rs`: top-k on a metric,
+//! `save_last`, `every_n_train_steps`). The digits example binary itself is not used because
+//! `cargo test --test crash_harness` (as CI and developers run it) does not build examples,
+//! so a path under `target/*/examples/` may be missing or stale; re-executing the test binary
+//! always runs the code under test.
+//!
+//! The kill points are seeded: `CRASH_HARNESS_SEED=<n>` replays a run (the seed is printed).
+//! The model is wide (~130 k parameters, ~1.5 MB checkpoints with Adam state) so that a save
+//! (write, fsync, rename, directory fsync) takes most of each step: kills land inside writes
+//! (a temporary file is left behind), between the rename and the top-k bookkeeping, and in
+//! the step itself. The harness prints how many kills interrupted a write.
+
+mod trainer_util;
+
+use lightning_core::callbacks::{Callback, Mode, ModelCheckpoint, SaveLast, TrainerContext};
+use lightning_core::checkpoint;
+use lightning_core::prelude::*;
+use lightning_core::trainer::{CkptPath, Trainer};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use trainer_util::{data, Tiny, TinyHp};
+
+const ROOT: &str = "CRASH_HARNESS_ROOT";
+const ASYNC: &str = "CRASH_HARNESS_ASYNC";
+const RESUME: &str = "CRASH_HARNESS_RESUME";
+/// Hidden width of the model: 8 * HIDDEN parameters (~1.5 MB per checkpoint with Adam).
+const HIDDEN: i64 = 16_384;
+/// 120 training rows in batches of 8: 15 steps per epoch.
+const EPOCHS: i64 = 8;
+const STEPS: i64 = 15 * EPOCHS;
+const KILLS_PER_MODE: usize = 16;
+
+/// Prints `step N` after each optimizer step, before the checkpoint callback saves.
+struct Announce;
+impl Callback for Announce {
+    fn state_key(&self) -> String {
+        "Announce".into()
+    }
+    fn on_train_batch_end(&mut self, t: &mut dyn TrainerContext) -> lightning_core::Result<()> {
+        println!("step {}", t.global_step());
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// One training process: fresh or resumed from `last`, sync or async saves, to `EPOCHS`.
+/// On completion it writes `root/final.ckpt` (weights, optimizer, loops).
+fn train_child(root: &Path, asynchronous: bool, resume: bool) -> lightning_core::Result<()> {
+    let hp = TinyHp {
+        hidden: HIDDEN,
+        lr: 0.01,
+        dropout: 0.1,
+        ..TinyHp::default()
+    };
+    let (mut m, _vs) = Tiny::new(hp, 7);
+    let ckpt = ModelCheckpoint::builder()
+        .dirpath(root.join("ck"))
+        .filename("{epoch}-{step}-{train_loss:.4f}")
+        .monitor("train_loss")
+        .mode(Mode::Min)
+        .save_top_k(2)
+        .save_last(SaveLast::True)
+        .every_n_train_steps(1)
+        .build()?;
+    let mut t = Trainer::builder()
+        .enable_progress_bar(false)
+        .logger(false)
+        .seed(11)
+        .default_root_dir(root)
+        .max_epochs(EPOCHS)
+        .async_checkpointing(asynchronous)
+        .callback(Announce)
+        .callback(ckpt)
+        .build()?;
+    t.fit(
+        &mut m,
+        &data(160, 8, true),
+        resume.then_some(CkptPath::Last),
+    )?;
+    if t.was_preempted() {
+        println!("preempted step={}", t.global_step());
+    } else {
+        t.save_checkpoint(&m, root.join("final.ckpt"), false)?;
+        println!("done step={}", t.global_step());
+    }
+    Ok(())
+}
+
+#[test]
+fn child_process() {
+    let Ok(root) = std::env::var(ROOT) else {
+        return;
+    };
+    let asynchronous = std::env::var(ASYNC).is_ok_and(|v| v == "1");
+    let resume = std::env::var(RESUME).is_ok_and(|v| v == "1");
+    if let Err(e) = train_child(Path::new(&root), asynchronous, resume) {
+        eprintln!("error: {e}");
+        std::process::exit(3);
+    }
+}
+
+fn spawn(root: &Path, asynchronous: bool, resume: bool) -> Child {
+    Command::new(std::env::current_exe().expect("test binary path"))
+        .args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROOT, root)
+        .env(ASYNC, if asynchronous { "1" } else { "0" })
+        .env(RESUME, if resume { "1" } else { "0" })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the training child")
+}
+
+/// A small deterministic generator (splitmix64) for the kill points.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("CRASH_HARNESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_C0DE)
+}
+
+/// Temporary files the atomic writer left (`.<name>.tmp-<pid>-<n>`): writes cut short.
+fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    list(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+        })
+        .collect()
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every file under a final `.ckpt` name reads back completely; returns how many there are.
+fn check_all_ckpts_load(dir: &Path, when: &str) -> usize {
+    let mut n = 0;
+    for p in list(dir) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            assert!(name.contains(".tmp-"), "{when}: unexpected file {name}");
+            continue;
+        }
+        assert!(name.ends_with(".ckpt"), "{when}: unexpected file {name}");
+        if let Err(e) = checkpoint::verify(&p) {
+            panic!("{when}: {name} does not verify after the kill: {e}");
+        }
+        let v = checkpoint::load(&p).unwrap_or_else(|e| panic!("{when}: {name}: {e}"));
+        assert!(
+            v.get("state_dict").is_some() && v.get("global_step").is_some(),
+            "{when}: {name} lacks state_dict/global_step"
+        );
+        n += 1;
+    }
+    n
+}
+
+/// name -> (kind, shape, bytes) of every tensor in the state dict and optimizer state.
+type Tensors = Vec<(String, String, Vec<i64>, Vec<u8>)>;
+
+fn final_state(path: &Path) -> (i64, Tensors) {
+    let v = checkpoint::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let step = v.get("global_step").and_then(Value::as_i64).unwrap();
+    let mut out = Tensors::new();
+    for key in ["state_dict", "optimizer_states"] {
+        let sub = v.get(key).unwrap_or_else(|| panic!("no {key}"));
+        sub.visit_tensors(key, &mut |name, t| {
+            let t = t.contiguous();
+            let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+            t.copy_data_u8(&mut bytes, t.numel());
+            out.push((name.to_owned(), format!("{:?}", t.kind()), t.size(), bytes));
+        });
+    }
+    assert!(out.len() > 4, "too few tensors in {}", path.display());
+    (step, out)
+}
+
+/// The uninterrupted run's final state, computed once per test process.
+fn reference() -> &'static (i64, Tensors) {
+    static REF: OnceLock<(i64, Tensors)> = OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = spawn(dir.path(), false, false).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "reference run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = final_state(&dir.path().join("final.ckpt"));
+        assert_eq!(r.0, STEPS);
+        r
+    })
+}
+
+fn assert_same_state(a: &(i64, Tensors), b: &(i64, Tensors), what: &str) {
+    assert_eq!(a.0, b.0, "{what}: global_step differs");
+    assert_eq!(a.1.len(), b.1.len(), "{what}: tensor count differs");
+    for (x, y) in a.1.iter().zip(&b.1) {
+        assert_eq!(
+            (&x.0, &x.1, &x.2),
+            (&y.0, &y.1, &y.2),
+            "{what}: tensor layout"
+        );
+        assert!(x.3 == y.3, "{what}: {} differs bitwise", x.0);
+    }
+}
+
+/// What a run of the child ended with.
+enum Outcome {
+    Killed,
+    Finished,
+}
+
+/// Runs one child; after `steps_before` step lines and a random delay within a step's
+/// duration, sends `signal` (none: let it finish).
+fn run_once(
+    root: &Path,
+    asynchronous: bool,
+    resume: bool,
+    kill: Option<(libc::c_int, u64, &mut Rng)>,
+) -> (Outcome, std::process::ExitStatus, Vec<String>, String) {
+    let mut child = spawn(root, asynchronous, resume);
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let mut outcome = Outcome::Finished;
+    if let Some((sig, steps_before, rng)) = kill {
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let is_step = line.starts_with("step ");
+            seen.push(line);
+            if is_step {
+                times.push(Instant::now());
+                if times.len() as u64 > steps_before {
+                    // A random point within one step (+ save) period, measured in this run.
+                    let period = times[times.len() - 1].duration_since(times[times.len() - 2]);
+                    let micros = period.as_micros().max(1) as u64;
+                    std::thread::sleep(Duration::from_micros(rng.below(micros)));
+                    // SAFETY: kill(2) on our own (not yet reaped) child.
+                    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+                    outcome = Outcome::Killed;
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "child made no progress"
+            );
+        }
+    }
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (outcome, status, seen, err)
+}
+
+fn kill_and_resume(asynchronous: bool) {
+    let mode = if asynchronous { "async" } else { "sync" };
+    let seed = seed() ^ asynchronous as u64;
+    println!("{mode}: kill points from seed {seed} (CRASH_HARNESS_SEED replays)");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let started = Instant::now();
+    let (mut kills, mut mid_write, mut runs) = (0, 0, 0);
+    let mut resume = false;
+    loop {
+        runs += 1;
+        assert!(runs < 3 * KILLS_PER_MODE, "{mode}: the run never finished");
+        let temps_before = temp_files(&ck).len();
+        if kills < KILLS_PER_MODE {
+            // Kill 1..=2 steps after this process starts stepping.
+            let steps_before = 1 + rng.below(2);
+            let (outcome, status, lines, err) = run_once(
+                dir.path(),
+                asynchronous,
+                resume,
+                Some((libc::SIGKILL, steps_before, &mut rng)),
+            );
+            resume = true;
+            if let Outcome::Finished = outcome {
+                // It ended before the kill point: it must have finished cleanly.
+                assert!(status.success(), "{mode}: {status}: {lines:?} {err}");
+                break;
+            }
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "{mode}: {err}");
+            kills += 1;
+            if temp_files(&ck).len() > temps_before {
+                mid_write += 1;
+            }
+            let when = format!("{mode} kill {kills} (after {lines:?})");
+            check_all_ckpts_load(&ck, &when);
+        } else {
+            let (_, status, lines, err) = run_once(dir.path(), asynchronous, resume, None);
+            assert!(
+                status.success(),
+                "{mode}: final run {status}: {lines:?} {err}"
+            );
+            assert!(
+                lines.iter().any(|l| l == &format!("done step={STEPS}")),
+                "{mode}: {lines:?}"
+            );
+            break;
+        }
+    }
+    let n = check_all_ckpts_load(&ck, &format!("{mode} end"));
+    assert!(ck.join("last.ckpt").is_file(), "{mode}: no last.ckpt");
+    println!(
+        "{mode}: {kills} SIGKILLs in {runs} runs ({mid_write} cut a write short, leaving a temp \
+         file), {n} checkpoints all load, {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= KILLS_PER_MODE, "{mode}: only {kills} kills");
+    let got = final_state(&dir.path().join("final.ckpt"));
+    assert_same_state(
+        reference(),
+        &got,
+        &format!("{mode}: killed {kills}x and resumed vs uninterrupted"),
+    );
+}
+
+#[test]
+fn sigkill_during_sync_saves_loses_nothing_and_resume_is_exact() {
+    if std::env::var(ROOT).is_ok() {
+        return;
+    }
+    kill_and_resume(false);
+}
+
+#[test]
+fn sigkill_during_async_saves_loses_nothing_and_resume_is_exact() {
+    if std::env::var(ROOT).is_ok() {
+        return;
+    }
+    kill_and_resume(true);
+}
+
+/// SIGTERM (preemption) at seeded points, async saves: exit 0, `last.ckpt` holds the step it
+/// stopped at, and resuming (three preemptions in a row) reaches the uninterrupted state.
+#[test]
+fn sigterm_preemption_saves_and_resume_is_exact() {
+    if std::env::var(ROOT).is_ok() {
+        return;
+    }
+    let mut rng = Rng(seed() ^ 0xFEED);
+    let dir = tempfile::tempdir().unwrap();
+    let mut resume = false;
+    for i in 0..3 {
+        let steps_before = 2 + rng.below(8);
+        let (outcome, status, lines, err) = run_once(
+            dir.path(),
+            true,
+            resume,
+            Some((libc::SIGTERM, steps_before, &mut rng)),
+        );
+        resume = true;
+        assert!(matches!(outcome, Outcome::Killed), "preemption {i}");
+        assert!(status.success(), "preemption {i}: {status}: {err}");
+        let summary = lines
+            .iter()
+            .find(|l| l.starts_with("preempted step="))
+            .unwrap_or_else(|| panic!("preemption {i}: no summary in {lines:?} {err}"));
+        let step: i64 = summary.rsplit('=').next().unwrap().parse().unwrap();
+        let last = checkpoint::load(&dir.path().join("ck/last.ckpt")).unwrap();
+        assert_eq!(
+            last.get("global_step").and_then(Value::as_i64),
+            Some(step),
+            "preemption {i}: last.ckpt is not the step the run stopped at"
+        );
+        assert!(
+            temp_files(&dir.path().join("ck")).is_empty(),
+            "a clean stop leaves no temp file"
+        );
+        check_all_ckpts_load(&dir.path().join("ck"), &format!("preemption {i}"));
+    }
+    let (_, status, lines, err) = run_once(dir.path(), true, true, None);
+    assert!(status.success(), "{lines:?} {err}");
+    let got = final_state(&dir.path().join("final.ckpt"));
+    assert_same_state(
+        reference(),
+        &got,
+        "preempted 3x and resumed vs uninterrupted",
+    );
+}
