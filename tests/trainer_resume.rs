@@ -354,3 +354,45 @@ fn model_checkpoint_every_n_steps_then_last_and_best_resume_exactly() {
         .unwrap();
     assert_same(&final_state(&m3, &mut t3, dir.path()), &want);
 }
+
+#[test]
+fn mixed_precision_scaler_state_is_saved_and_resumed_exactly() {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |epochs: i64, resume: Option<&Path>| {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(dir.path())
+            .max_epochs(epochs)
+            .precision("16-mixed")
+            .gradient_clip_val(0.5)
+            .enable_checkpointing(false)
+            .build()
+            .unwrap();
+        t.fit(&mut m, &data(80, 8, true), resume.map(CkptPath::from))
+            .unwrap();
+        final_state(&m, &mut t, dir.path())
+    };
+    let want = run(3, None);
+    let scaler = want
+        .get("MixedPrecision")
+        .expect("scaler state under Lightning's key");
+    assert_eq!(scaler.get("scale").and_then(Value::as_f64), Some(65536.0));
+    assert_eq!(
+        scaler.get("_growth_tracker").and_then(Value::as_i64),
+        Some(24)
+    );
+    let mid = dir.path().join("mid.ckpt");
+    let (mut m1, _vs1) = Tiny::new(TinyHp::default(), 5);
+    let mut t1 = builder(dir.path())
+        .max_epochs(1)
+        .precision("16-mixed")
+        .gradient_clip_val(0.5)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    t1.fit(&mut m1, &data(80, 8, true), None).unwrap();
+    t1.save_checkpoint(&m1, &mid, false).unwrap();
+    let got = run(3, Some(&mid));
+    assert_same(&got, &want);
+    assert!(Trainer::builder().precision("8-bit").build().is_err());
+}

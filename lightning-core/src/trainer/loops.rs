@@ -232,6 +232,7 @@ impl Trainer {
         };
         model.move_to(self.cfg.device);
         let mut optim = model.configure_optimizers()?;
+        self.run.scaler = self.precision.grad_scaler();
         if let Some(l) = &self.logger {
             l.log_hparams(&model.hparams().to_value())?;
         }
@@ -240,6 +241,16 @@ impl Trainer {
             model.on_load_checkpoint(&ckpt)?;
             restore::load_model_state(model, &ckpt, &path)?;
             self.restore_callbacks(&ckpt, &path)?;
+            if let (Some(scaler), Some(state)) =
+                (&mut self.run.scaler, ckpt.get(restore::PRECISION_KEY))
+            {
+                scaler.load_state_dict(state).map_err(|e| {
+                    Error::Msg(format!(
+                        "{}: restoring the grad scaler: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
             let pos = restore::loop_position(&ckpt, &path)?;
             if let (Some(saved), Some(given)) = (pos.seed, self.cfg.seed) {
                 if saved != given {
@@ -323,14 +334,15 @@ impl Trainer {
         let device = self.cfg.device;
         let (epoch, step) = (self.run.epoch, self.run.global_step);
         let metrics = &mut self.run.metrics;
+        let precision = self.precision;
         tch::no_grad(|| {
             for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
                 let batch = batch.to_device(device);
                 let mut ctx = StepContext::new(stage, epoch, step);
-                match stage {
-                    Stage::Test => model.test_step(&batch, idx, &mut ctx)?,
-                    _ => model.validation_step(&batch, idx, &mut ctx)?,
-                }
+                precision.autocast(|| match stage {
+                    Stage::Test => model.test_step(&batch, idx, &mut ctx),
+                    _ => model.validation_step(&batch, idx, &mut ctx),
+                })?;
                 metrics.record_step(&ctx.logged, stage, batch.size());
             }
             Ok(())
@@ -456,8 +468,13 @@ impl Trainer {
         // RNG (dropout etc.) depends only on (seed, epoch, batch): a resume reproduces it.
         tch::manual_seed(mix_seed(self.run.seed, &[epoch as u64, idx as u64]) as i64);
         let mut ctx = StepContext::new(Stage::Train, epoch, self.run.global_step);
-        let loss = model.training_step(&batch, idx, &mut ctx)?;
+        let precision = self.precision;
+        let loss = precision.autocast(|| model.training_step(&batch, idx, &mut ctx))?;
         let scaled = if acc > 1 { loss / acc as f64 } else { loss };
+        let scaled = match &self.run.scaler {
+            Some(s) => s.scale(&scaled),
+            None => scaled,
+        };
         scaled.f_backward().map_err(|e| {
             Error::Msg(format!(
                 "backward of training_step's loss (epoch {epoch}, batch {idx}): {e}"
@@ -472,12 +489,24 @@ impl Trainer {
                 .optim
                 .as_mut()
                 .ok_or_else(|| Error::Msg("fit: no optimizer configured".into()))?;
+            let step_err = |e: crate::optim::OptimError| {
+                Error::Msg(format!("optimizer step (epoch {epoch}, batch {idx}): {e}"))
+            };
             if let Some(v) = self.cfg.gradient_clip_val {
+                // Gradients are unscaled before clipping, as Lightning does.
+                if let Some(s) = &mut self.run.scaler {
+                    let _found_inf = s.unscale_(o.optimizer.as_ref()).map_err(step_err)?;
+                }
                 clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?;
             }
-            o.optimizer.step().map_err(|e| {
-                Error::Msg(format!("optimizer step (epoch {epoch}, batch {idx}): {e}"))
-            })?;
+            match &mut self.run.scaler {
+                // A step with inf/NaN gradients is skipped; the step still counts (Lightning).
+                Some(s) => {
+                    s.step(o.optimizer.as_mut()).map_err(step_err)?;
+                    s.update().map_err(step_err)?;
+                }
+                None => o.optimizer.step().map_err(step_err)?,
+            }
             o.optimizer.zero_grad();
             self.run.global_step += 1;
             let gs = self.run.global_step;

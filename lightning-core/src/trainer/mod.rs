@@ -28,6 +28,7 @@ mod saver;
 use crate::callbacks::{Callback, TrainerContext};
 use crate::error::{Error, Result};
 use crate::lightning_module::{LightningModule, OptimizerConfig};
+use crate::precision::{GradScaler, Precision};
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -255,14 +256,10 @@ impl TrainerBuilder {
     /// Checks the settings and builds the trainer.
     pub fn build(self) -> Result<Trainer> {
         let cfg = self.cfg;
-        match cfg.precision.as_str() {
-            "32-true" | "32" => {}
-            p => {
-                return Err(Error::Msg(format!(
-                    "precision {p:?} is not supported by this trainer yet; valid: \"32-true\""
-                )))
-            }
-        }
+        let precision: Precision = cfg
+            .precision
+            .parse()
+            .map_err(|e: crate::precision::PrecisionError| Error::Msg(e.to_string()))?;
         if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
             return Err(Error::Msg(format!(
                 "gradient_clip_val must be >= 0, got {:?}",
@@ -273,6 +270,7 @@ impl TrainerBuilder {
             return Err(Error::Msg("max_epochs and max_steps must be >= -1".into()));
         }
         Ok(Trainer {
+            precision,
             cfg,
             callbacks: self.callbacks,
             run: RunState::default(),
@@ -285,7 +283,7 @@ impl TrainerBuilder {
 }
 
 /// Progress of the run: what the loop state dict saves and a resume restores.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct RunState {
     pub epoch: i64,
     pub global_step: i64,
@@ -310,6 +308,8 @@ pub(crate) struct RunState {
     /// Whether a validation run completed in this `fit`.
     pub val_ran: bool,
     pub should_stop: bool,
+    /// The gradient scaler of `16-mixed`.
+    pub scaler: Option<GradScaler>,
     pub preempted: bool,
 }
 
@@ -322,6 +322,7 @@ impl RunState {
 /// Lightning's `Trainer`. Build it with [`Trainer::builder`].
 pub struct Trainer {
     cfg: TrainerConfig,
+    precision: Precision,
     callbacks: Vec<Box<dyn Callback>>,
     run: RunState,
     saver: saver::Saver,
