@@ -396,3 +396,42 @@ fn mixed_precision_scaler_state_is_saved_and_resumed_exactly() {
     assert_same(&got, &want);
     assert!(Trainer::builder().precision("8-bit").build().is_err());
 }
+
+#[test]
+fn model_checkpoint_save_on_exception_keeps_the_state_before_the_failing_step() {
+    use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let mc = ModelCheckpoint::builder()
+        .dirpath(&ck)
+        .save_on_exception(true)
+        .save_last(SaveLast::True)
+        .build()
+        .unwrap();
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+    m.fail_at = Some(11);
+    let mut t = builder(dir.path())
+        .max_epochs(3)
+        .callback(mc)
+        .build()
+        .unwrap();
+    assert!(t.fit(&mut m, &data(80, 8, true), None).is_err());
+    let last = checkpoint::load(&ck.join("last.ckpt")).unwrap();
+    assert_eq!(last.get("global_step").and_then(Value::as_i64), Some(11));
+    // It resumes: the failing step runs again (now succeeding) and training finishes.
+    let (mut m2, _vs2) = Tiny::new(TinyHp::default(), 5);
+    let mc = ModelCheckpoint::builder()
+        .dirpath(&ck)
+        .save_last(SaveLast::True)
+        .build()
+        .unwrap();
+    let mut t2 = builder(dir.path())
+        .max_epochs(3)
+        .callback(mc)
+        .build()
+        .unwrap();
+    t2.fit(&mut m2, &data(80, 8, true), Some(CkptPath::Last))
+        .unwrap();
+    assert_eq!(t2.global_step(), 24);
+}
