@@ -100,8 +100,7 @@ impl LightningModule for Mlp {
         Ok(loss)
     }
     fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
-        let opt = Adam::new(self.parameters(), AdamConfig::default())
-            .map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
+        let opt = Adam::new(self.parameters(), AdamConfig::default())?;
         Ok(OptimizerConfig::new(opt))
     }
 }

@@ -117,18 +117,14 @@ impl LightningModule for Mlp {
             lr: self.hp.lr,
             ..AdamConfig::default()
         };
-        let mut opt = Adam::new(self.parameters(), cfg).map_err(optim_err)?;
+        let mut opt = Adam::new(self.parameters(), cfg)?;
         let step = Schedule::Step {
             step_size: self.hp.step_size,
             gamma: self.hp.gamma,
         };
-        let sched = Scheduler::new(&mut opt, step).map_err(optim_err)?;
+        let sched = Scheduler::new(&mut opt, step)?;
         Ok(OptimizerConfig::new(opt).scheduler(sched))
     }
-}
-
-fn optim_err(e: lightning_core::optim::OptimError) -> lightning_core::Error {
-    lightning_core::Error::Msg(e.to_string())
 }
 
 #[derive(Parser, Debug)]

@@ -117,10 +117,15 @@ fn killed_runs_keep_loadable_checkpoints_and_resume_to_the_same_weights() {
     let mut kills = 0;
     for round in 0..30 {
         let mut cmd = Command::new(&exe);
-        cmd.args(["--exact", "child_process", "--nocapture", "--test-threads=1"])
-            .env(CHILD, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         if round % 2 == 1 {
             cmd.env("TRAINER_KILL9_ASYNC", "1");
         }
