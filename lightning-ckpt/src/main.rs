@@ -1,5 +1,345 @@
-//! `lightning-ckpt`: inspect, convert and diff checkpoint files (filled in by the checkpoint work).
+//! `lightning-ckpt`: inspect, convert and diff Lightning `.ckpt` and `.safetensors` files.
+//!
+//! ```text
+//! lightning-ckpt inspect FILE [--json] [--values]
+//! lightning-ckpt convert IN OUT        # by extension: .ckpt/.pt/.pth <-> .safetensors
+//! lightning-ckpt diff A B [--atol X]   # exit 0 same, 1 different, 2 error
+//! ```
+//!
+//! `inspect --json` prints one object (schema version 1):
+//! `{"schema": 1, "file", "format": "ckpt"|"safetensors", "keys": [top-level keys],
+//!   "epoch", "global_step", "pytorch_lightning_version", "hparams_name", "hyper_parameters"
+//!   (JSON of the dict, or null), "tensors": [{"path", "dtype", "shape", "numel", "sum",
+//!   "values"?}]}`. Paths join dict keys and list indices with dots
+//! (`optimizer_states.0.state.0.exp_avg`); dtypes use torch's names (`float32`, `bfloat16`);
+//! `sum` is computed in float64; non-finite numbers are the strings `"nan"`, `"inf"`, `"-inf"`;
+//! `values` (with `--values`) is the row-major flattened tensor as float64.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use lightning_core::checkpoint::{self, safetensors};
+use lightning_core::{Key, Value};
+use serde_json::{json, Value as J};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+#[derive(Parser)]
+#[command(
+    name = "lightning-ckpt",
+    version,
+    about = "Inspect, convert and diff Lightning checkpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show format, top-level keys, epoch/step, hyperparameters and every tensor.
+    Inspect {
+        /// A `.ckpt` (torch.save zip) or `.safetensors` file.
+        file: PathBuf,
+        /// Machine-readable JSON (schema in the crate docs and README).
+        #[arg(long)]
+        json: bool,
+        /// Also print every tensor's values, flattened.
+        #[arg(long)]
+        values: bool,
+    },
+    /// Convert between `.ckpt` and `.safetensors` (chosen by the output's extension).
+    Convert {
+        /// Input file.
+        input: PathBuf,
+        /// Output file; `.safetensors` exports weights + hparams, anything else writes a `.ckpt`.
+        output: PathBuf,
+    },
+    /// Compare two files: per-tensor max abs difference, values and keys only in one.
+    Diff {
+        /// First file.
+        a: PathBuf,
+        /// Second file.
+        b: PathBuf,
+        /// Largest absolute difference still counted as equal.
+        #[arg(long, default_value_t = 0.0)]
+        atol: f64,
+    },
+}
+
+fn is_safetensors(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// Loads either format into a checkpoint-shaped value tree.
+fn load_any(p: &Path) -> Result<Value> {
+    let v = if is_safetensors(p) {
+        safetensors::import(p)?
+    } else {
+        checkpoint::load(p)?
+    };
+    Ok(v)
+}
+
+/// torch's name for a dtype.
+fn dtype_name(k: Kind) -> String {
+    match k {
+        Kind::Double => "float64".into(),
+        Kind::Float => "float32".into(),
+        Kind::Half => "float16".into(),
+        Kind::BFloat16 => "bfloat16".into(),
+        Kind::Int64 => "int64".into(),
+        Kind::Int => "int32".into(),
+        Kind::Int16 => "int16".into(),
+        Kind::Int8 => "int8".into(),
+        Kind::Uint8 => "uint8".into(),
+        Kind::Bool => "bool".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn num(x: f64) -> J {
+    serde_json::Number::from_f64(x).map_or_else(
+        || {
+            J::String(if x.is_nan() {
+                "nan".into()
+            } else if x > 0.0 {
+                "inf".into()
+            } else {
+                "-inf".into()
+            })
+        },
+        J::Number,
+    )
+}
+
+/// JSON for any value (tensors become `{"tensor": {"dtype", "shape"}}`).
+fn to_json(v: &Value) -> J {
+    match v {
+        Value::None => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => json!(i),
+        Value::Float(x) => num(*x),
+        Value::Str(s) => J::String(s.clone()),
+        Value::List(v) | Value::Tuple(v) => J::Array(v.iter().map(to_json).collect()),
+        Value::Dict(d) | Value::OrderedDict(d) => {
+            J::Object(d.iter().map(|(k, x)| (k.to_string(), to_json(x))).collect())
+        }
+        Value::Tensor(t) => json!({"tensor": {"dtype": dtype_name(t.kind()), "shape": t.size()}}),
+    }
+}
+
+fn as_f64(t: &Tensor) -> Result<Tensor> {
+    Ok(t.f_to_kind(Kind::Double)?)
+}
+
+fn tensor_sum(t: &Tensor) -> Result<f64> {
+    Ok(as_f64(t)?.f_sum(Kind::Double)?.f_double_value(&[])?)
+}
+
+fn tensor_values(t: &Tensor) -> Result<Vec<f64>> {
+    let flat = as_f64(t)?.f_contiguous()?.f_view([-1])?;
+    Ok(Vec::<f64>::try_from(&flat)?)
+}
+
+fn inspect(file: &Path, as_json: bool, values: bool) -> Result<()> {
+    let v = load_any(file)?;
+    let format = if is_safetensors(file) {
+        "safetensors"
+    } else {
+        "ckpt"
+    };
+    let mut tensors = Vec::new();
+    let mut err = None;
+    v.visit_tensors("", &mut |path, t| {
+        let row = || -> Result<J> {
+            let mut o = json!({
+                "path": path,
+                "dtype": dtype_name(t.kind()),
+                "shape": t.size(),
+                "numel": t.numel(),
+                "sum": num(tensor_sum(t)?),
+            });
+            if values {
+                o["values"] = J::Array(tensor_values(t)?.into_iter().map(num).collect());
+            }
+            Ok(o)
+        };
+        match row() {
+            Ok(o) => tensors.push(o),
+            Err(e) => err = err.take().or(Some(e.context(format!("tensor {path}")))),
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let keys: Vec<String> = v
+        .as_dict()
+        .map(|d| d.keys().map(Key::to_string).collect())
+        .unwrap_or_default();
+    let get = |k: &str| v.get(k).map_or(J::Null, to_json);
+    let report = json!({
+        "schema": 1,
+        "file": file.display().to_string(),
+        "format": format,
+        "keys": keys,
+        "epoch": get("epoch"),
+        "global_step": get("global_step"),
+        "pytorch_lightning_version": get("pytorch-lightning_version"),
+        "hparams_name": get("hparams_name"),
+        "hyper_parameters": get("hyper_parameters"),
+        "tensors": tensors,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("file: {}", file.display());
+    println!("format: {format}");
+    println!("keys: {}", keys.join(", "));
+    for k in [
+        "epoch",
+        "global_step",
+        "pytorch_lightning_version",
+        "hparams_name",
+    ] {
+        if !report[k].is_null() {
+            println!("{k}: {}", report[k]);
+        }
+    }
+    if !report["hyper_parameters"].is_null() {
+        println!("hyper_parameters: {}", report["hyper_parameters"]);
+    }
+    println!("tensors ({}):", tensors.len());
+    for t in &tensors {
+        println!(
+            "  {}  {}  {}  sum={}",
+            t["path"].as_str().unwrap_or_default(),
+            t["dtype"].as_str().unwrap_or_default(),
+            t["shape"],
+            t["sum"]
+        );
+        if let Some(vals) = t.get("values") {
+            println!("    values={vals}");
+        }
+    }
+    Ok(())
+}
+
+fn convert(input: &Path, output: &Path) -> Result<()> {
+    let v = load_any(input)?;
+    if is_safetensors(output) {
+        safetensors::export(output, &v)?;
+    } else {
+        checkpoint::save(output, &v)?;
+    }
+    let mut n = 0;
+    v.visit_tensors("", &mut |_, _| n += 1);
+    println!("wrote {} ({n} tensors)", output.display());
+    Ok(())
+}
+
+/// Every leaf of the tree (tensors and scalars) by dotted path.
+fn leaves<'a>(v: &'a Value, prefix: String, out: &mut Vec<(String, &'a Value)>) {
+    let join = |k: String| {
+        if prefix.is_empty() {
+            k
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match v {
+        Value::List(items) | Value::Tuple(items) => {
+            for (i, x) in items.iter().enumerate() {
+                leaves(x, join(i.to_string()), out);
+            }
+        }
+        Value::Dict(d) | Value::OrderedDict(d) => {
+            for (k, x) in d {
+                leaves(x, join(k.to_string()), out);
+            }
+        }
+        _ => out.push((prefix, v)),
+    }
+}
+
+/// Prints the differences; returns whether the files differ.
+fn diff(a: &Path, b: &Path, atol: f64) -> Result<bool> {
+    let (va, vb) = (load_any(a)?, load_any(b)?);
+    let (mut la, mut lb) = (vec![], vec![]);
+    leaves(&va, String::new(), &mut la);
+    leaves(&vb, String::new(), &mut lb);
+    let mb: std::collections::HashMap<_, _> = lb.iter().cloned().collect();
+    let ma: std::collections::HashMap<_, _> = la.iter().cloned().collect();
+    let mut differ = false;
+    for (path, x) in &la {
+        let Some(y) = mb.get(path) else {
+            println!("only in {}: {path}", a.display());
+            differ = true;
+            continue;
+        };
+        match (x, y) {
+            (Value::Tensor(s), Value::Tensor(t)) => {
+                if s.kind() != t.kind() || s.size() != t.size() {
+                    println!(
+                        "{path}: {} {:?} vs {} {:?}",
+                        dtype_name(s.kind()),
+                        s.size(),
+                        dtype_name(t.kind()),
+                        t.size()
+                    );
+                    differ = true;
+                    continue;
+                }
+                let (s, t) = (as_f64(s)?, as_f64(t)?);
+                let both_nan = s.f_isnan()?.f_logical_and(&t.f_isnan()?)?;
+                let d = (&s - &t).f_abs()?.f_masked_fill(&both_nan, 0.0)?;
+                let max = if d.numel() == 0 {
+                    0.0
+                } else {
+                    d.f_nan_to_num(f64::INFINITY, None, None)?
+                        .f_max()?
+                        .f_double_value(&[])?
+                };
+                if max > atol {
+                    println!("{path}: max abs diff {max:e}");
+                    differ = true;
+                }
+            }
+            _ if x != y => {
+                println!("{path}: {} vs {}", to_json(x), to_json(y));
+                differ = true;
+            }
+            _ => {}
+        }
+    }
+    for (path, _) in &lb {
+        if !ma.contains_key(path) {
+            println!("only in {}: {path}", b.display());
+            differ = true;
+        }
+    }
+    if !differ {
+        println!("no differences");
+    }
+    Ok(differ)
+}
+
 fn main() {
-    eprintln!("lightning-ckpt: not built yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Inspect { file, json, values } => {
+            inspect(file, *json, *values).with_context(|| format!("inspect {}", file.display()))
+        }
+        Cmd::Convert { input, output } => convert(input, output)
+            .with_context(|| format!("convert {} -> {}", input.display(), output.display())),
+        Cmd::Diff { a, b, atol } => match diff(a, b, *atol) {
+            Ok(true) => std::process::exit(1),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("lightning-ckpt: {e:#}");
+        std::process::exit(2);
+    }
 }

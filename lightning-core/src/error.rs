@@ -13,6 +13,9 @@ pub enum Error {
     /// A state_dict could not be loaded into a module.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A callback was misconfigured or failed (`ModelCheckpoint`, `EarlyStopping`).
+    #[error(transparent)]
+    Callback(#[from] crate::callbacks::CallbackError),
     /// A libtorch call failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

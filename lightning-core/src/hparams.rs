@@ -1,7 +1,8 @@
 //! Hyperparameters: the trait `#[derive(Hyperparameters)]` implements, and the conversions
 //! between field types and the [`Value`] tree.
 
-use crate::value::Value;
+use crate::value::{Dict, Key, Value};
+use std::path::PathBuf;
 
 /// Errors reading, building or overriding hyperparameters. Each names the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,6 +44,14 @@ pub enum HparamError {
     /// An override was not of the form `key=value`.
     #[error("override {0:?} is not of the form key=value")]
     Syntax(String),
+    /// A YAML or JSON hparams document could not be read.
+    #[error("invalid {format} hparams document: {msg}")]
+    Document {
+        /// `"YAML"` or `"JSON"`.
+        format: &'static str,
+        /// What the parser reported (with line/column when known).
+        msg: String,
+    },
 }
 
 /// Description of one hyperparameter field, for `--help`-style listings.
@@ -82,4 +91,649 @@ pub trait HparamValue: Sized {
     fn from_value(value: &Value, field: &str) -> Result<Self, HparamError>;
     /// Parses an override string; `field` names the field for errors.
     fn parse_str(s: &str, field: &str) -> Result<Self, HparamError>;
+
+    /// The value used when the field is absent and has no `default`: an error naming the
+    /// field, except for nested configs, which are built from their own defaults.
+    fn from_missing(field: &str) -> Result<Self, HparamError> {
+        Err(HparamError::Missing {
+            field: field.to_owned(),
+        })
+    }
+
+    /// Applies a dotted override (`rest` is the part after `field.`). Only nested configs
+    /// have sub-fields; for other types every sub-key is unknown.
+    fn set_nested(&mut self, rest: &str, value: &str, field: &str) -> Result<(), HparamError> {
+        let _ = value;
+        Err(HparamError::Unknown {
+            field: crate::module::join_name(field, rest),
+            valid: vec![field.to_owned()],
+        })
+    }
+
+    /// The sub-fields of a nested config (empty for plain values).
+    fn nested_fields() -> Vec<HparamField> {
+        Vec::new()
+    }
+}
+
+impl HparamError {
+    /// Prefixes the field name(s) with `prefix.` (used when a nested config reports an error).
+    pub fn prefixed(self, prefix: &str) -> HparamError {
+        let p = |f: String| crate::module::join_name(prefix, &f);
+        match self {
+            HparamError::Missing { field } => HparamError::Missing { field: p(field) },
+            HparamError::Type {
+                field,
+                expected,
+                found,
+            } => HparamError::Type {
+                field: p(field),
+                expected,
+                found,
+            },
+            HparamError::Unknown { field, valid } => HparamError::Unknown {
+                field: p(field),
+                valid: valid.into_iter().map(p).collect(),
+            },
+            HparamError::Parse {
+                field,
+                value,
+                expected,
+            } => HparamError::Parse {
+                field: p(field),
+                value,
+                expected,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The error for a value of the wrong variant.
+pub fn type_error<T: HparamValue>(field: &str, found: &Value) -> HparamError {
+    HparamError::Type {
+        field: field.to_owned(),
+        expected: T::type_name(),
+        found: describe(found),
+    }
+}
+
+/// The error for an override string that does not parse as `T`.
+pub fn parse_error<T: HparamValue>(field: &str, s: &str) -> HparamError {
+    HparamError::Parse {
+        field: field.to_owned(),
+        value: s.to_owned(),
+        expected: T::type_name(),
+    }
+}
+
+/// A short rendering of a value for error messages: its type and, for scalars, the value.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => format!("bool {b}"),
+        Value::Int(i) => format!("int {i}"),
+        Value::Float(x) => format!("float {x}"),
+        Value::Str(s) => format!("str {s:?}"),
+        other => other.type_name().to_owned(),
+    }
+}
+
+macro_rules! int_hparam {
+    ($($t:ty),*) => {$(
+        impl HparamValue for $t {
+            fn type_name() -> String {
+                stringify!($t).to_owned()
+            }
+            /// Values above `i64::MAX` (only possible for `u64`/`usize`) are stored as floats.
+            #[allow(irrefutable_let_patterns)]
+            fn to_value(&self) -> Value {
+                match i64::try_from(*self) {
+                    Ok(i) => Value::Int(i),
+                    Err(_) => Value::Float(*self as f64),
+                }
+            }
+            fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+                match value {
+                    Value::Int(i) => <$t>::try_from(*i).map_err(|_| HparamError::Type {
+                        field: field.to_owned(),
+                        expected: format!("{} in {}..={}", stringify!($t), <$t>::MIN, <$t>::MAX),
+                        found: format!("int {i}"),
+                    }),
+                    other => Err(type_error::<Self>(field, other)),
+                }
+            }
+            fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+                s.trim().parse::<$t>().map_err(|_| parse_error::<Self>(field, s))
+            }
+        }
+    )*};
+}
+int_hparam!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+
+macro_rules! float_hparam {
+    ($($t:ty),*) => {$(
+        impl HparamValue for $t {
+            fn type_name() -> String {
+                stringify!($t).to_owned()
+            }
+            fn to_value(&self) -> Value {
+                Value::Float(f64::from(*self))
+            }
+            /// Accepts floats and ints (`lr: 1` in a YAML file is an int).
+            fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+                match value {
+                    Value::Float(x) => Ok(*x as $t),
+                    Value::Int(i) => Ok(*i as $t),
+                    other => Err(type_error::<Self>(field, other)),
+                }
+            }
+            fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+                s.trim().parse::<$t>().map_err(|_| parse_error::<Self>(field, s))
+            }
+        }
+    )*};
+}
+float_hparam!(f32, f64);
+
+impl HparamValue for bool {
+    fn type_name() -> String {
+        "bool".to_owned()
+    }
+    fn to_value(&self) -> Value {
+        Value::Bool(*self)
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        value
+            .as_bool()
+            .ok_or_else(|| type_error::<Self>(field, value))
+    }
+    /// Accepts `true`/`false` in any case (Python's `True`), and `1`/`0`.
+    fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(parse_error::<Self>(field, s)),
+        }
+    }
+}
+
+impl HparamValue for String {
+    fn type_name() -> String {
+        "String".to_owned()
+    }
+    fn to_value(&self) -> Value {
+        Value::Str(self.clone())
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| type_error::<Self>(field, value))
+    }
+    /// The string as given (not trimmed, not unquoted).
+    fn parse_str(s: &str, _field: &str) -> Result<Self, HparamError> {
+        Ok(s.to_owned())
+    }
+}
+
+impl HparamValue for PathBuf {
+    fn type_name() -> String {
+        "path".to_owned()
+    }
+    /// Stored as a string (lossy for non-UTF-8 paths, as Python's `str(path)` would fail).
+    fn to_value(&self) -> Value {
+        Value::Str(self.to_string_lossy().into_owned())
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        value
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| type_error::<Self>(field, value))
+    }
+    fn parse_str(s: &str, _field: &str) -> Result<Self, HparamError> {
+        Ok(PathBuf::from(s))
+    }
+}
+
+impl<T: HparamValue> HparamValue for Option<T> {
+    fn type_name() -> String {
+        format!("optional {}", T::type_name())
+    }
+    fn to_value(&self) -> Value {
+        self.as_ref().map_or(Value::None, T::to_value)
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        match value {
+            Value::None => Ok(None),
+            v => T::from_value(v, field).map(Some),
+        }
+    }
+    /// `None`, `none`, `null` and `~` give `None` (so `Option<String>` cannot hold those words
+    /// through a string override); anything else is parsed as `T`.
+    fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+        match s.trim() {
+            "None" | "none" | "null" | "~" => Ok(None),
+            _ => T::parse_str(s, field).map(Some),
+        }
+    }
+}
+
+impl<T: HparamValue> HparamValue for Vec<T> {
+    fn type_name() -> String {
+        format!("list of {}", T::type_name())
+    }
+    fn to_value(&self) -> Value {
+        Value::List(self.iter().map(T::to_value).collect())
+    }
+    /// Accepts lists and tuples; an item's error names it `field.i`.
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        let items = value
+            .as_seq()
+            .ok_or_else(|| type_error::<Self>(field, value))?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| T::from_value(v, &format!("{field}.{i}")))
+            .collect()
+    }
+    /// `[1, 2, 3]` (a YAML/JSON list) or `1,2,3`; an empty string or `[]` is an empty list.
+    fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+        let t = s.trim();
+        if t.starts_with('[') {
+            // Scalars go through `T::parse_str` on their text, so a u64 above i64::MAX
+            // (which the value tree cannot hold as an int) still parses exactly.
+            let y: serde_yaml::Value =
+                serde_yaml::from_str(t).map_err(|_| parse_error::<Self>(field, s))?;
+            let seq = y
+                .as_sequence()
+                .ok_or_else(|| parse_error::<Self>(field, s))?;
+            return seq
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let f = format!("{field}.{i}");
+                    match item {
+                        serde_yaml::Value::Number(n) => T::parse_str(&n.to_string(), &f),
+                        serde_yaml::Value::String(x) => T::parse_str(x, &f),
+                        serde_yaml::Value::Bool(b) => T::parse_str(&b.to_string(), &f),
+                        other => {
+                            let v = from_yaml_value(other).map_err(|_| parse_error::<T>(&f, s))?;
+                            T::from_value(&v, &f)
+                        }
+                    }
+                })
+                .collect();
+        }
+        if t.is_empty() {
+            return Ok(Vec::new());
+        }
+        t.split(',')
+            .enumerate()
+            .map(|(i, item)| T::parse_str(item.trim(), &format!("{field}.{i}")))
+            .collect()
+    }
+}
+
+/// Every [`Hyperparameters`] config is a field type too: it nests as a dict, and string
+/// overrides reach its fields with dotted keys (`model.hidden=128`).
+impl<H: Hyperparameters> HparamValue for H {
+    fn type_name() -> String {
+        let full = std::any::type_name::<H>();
+        full.rsplit("::").next().unwrap_or(full).to_owned()
+    }
+    fn to_value(&self) -> Value {
+        Hyperparameters::to_value(self)
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        <H as Hyperparameters>::from_value(value).map_err(|e| e.prefixed(field))
+    }
+    /// A YAML/JSON mapping of some of its fields (`{hidden: 3}`); the rest take defaults.
+    fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+        let v = from_yaml(s).map_err(|_| parse_error::<Self>(field, s))?;
+        <Self as HparamValue>::from_value(&v, field)
+    }
+    fn from_missing(field: &str) -> Result<Self, HparamError> {
+        <H as Hyperparameters>::from_value(&Value::dict()).map_err(|e| e.prefixed(field))
+    }
+    fn set_nested(&mut self, rest: &str, value: &str, field: &str) -> Result<(), HparamError> {
+        self.set_str(rest, value).map_err(|e| e.prefixed(field))
+    }
+    fn nested_fields() -> Vec<HparamField> {
+        H::fields()
+    }
+}
+
+/// The hyperparameters of a module without an `#[hparams]` field: an empty dict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoHparams;
+
+impl Hyperparameters for NoHparams {
+    fn to_value(&self) -> Value {
+        Value::dict()
+    }
+    /// Accepts an empty dict (or `None`); any key is unknown.
+    fn from_value(value: &Value) -> Result<Self, HparamError> {
+        DictReader::new::<Self>(value, &[])?;
+        Ok(NoHparams)
+    }
+    fn set_str(&mut self, key: &str, _value: &str) -> Result<(), HparamError> {
+        Err(HparamError::Unknown {
+            field: key.to_owned(),
+            valid: Vec::new(),
+        })
+    }
+    fn fields() -> Vec<HparamField> {
+        Vec::new()
+    }
+}
+
+/// Reads the dict a config is built from; used by the derive's `from_value`.
+#[doc(hidden)]
+pub struct DictReader<'a>(Option<&'a Dict>);
+
+impl<'a> DictReader<'a> {
+    /// Checks that `value` is a dict (or `None`, read as empty) whose keys are all in `valid`.
+    pub fn new<H: Hyperparameters>(value: &'a Value, valid: &[&str]) -> Result<Self, HparamError> {
+        let d = match value {
+            Value::None => return Ok(DictReader(None)),
+            v => v.as_dict().ok_or_else(|| HparamError::Type {
+                field: String::new(),
+                expected: format!("dict of {} fields", <H as HparamValue>::type_name()),
+                found: describe(v),
+            })?,
+        };
+        for k in d.keys() {
+            let known = matches!(k, Key::Str(s) if valid.contains(&s.as_str()));
+            if !known {
+                return Err(HparamError::Unknown {
+                    field: k.to_string(),
+                    valid: valid.iter().map(|s| (*s).to_owned()).collect(),
+                });
+            }
+        }
+        Ok(DictReader(Some(d)))
+    }
+
+    /// The value under `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&'a Value> {
+        self.0?.get(&Key::Str(name.to_owned()))
+    }
+}
+
+/// Splits an override `key=value` at the first `=`; the key is trimmed and must be non-empty.
+///
+/// ```
+/// use lightning_core::hparams::parse_override;
+/// assert_eq!(parse_override("lr=3e-4").unwrap(), ("lr".to_owned(), "3e-4".to_owned()));
+/// assert!(parse_override("lr").is_err());
+/// ```
+pub fn parse_override(s: &str) -> Result<(String, String), HparamError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(HparamError::Syntax(s.to_owned())),
+    }
+}
+
+/// Applies `key=value` overrides in order.
+pub fn apply_overrides<H: Hyperparameters>(
+    hp: &mut H,
+    overrides: &[&str],
+) -> Result<(), HparamError> {
+    for o in overrides {
+        let (k, v) = parse_override(o)?;
+        hp.set_str(&k, &v)?;
+    }
+    Ok(())
+}
+
+/// A tensor has no YAML/JSON form; it is written as a descriptive string.
+fn tensor_placeholder(t: &tch::Tensor) -> String {
+    format!("<Tensor {:?} {:?}>", t.kind(), t.size())
+}
+
+fn key_string(k: &Key) -> String {
+    k.to_string()
+}
+
+fn to_yaml_value(v: &Value) -> serde_yaml::Value {
+    use serde_yaml::Value as Y;
+    match v {
+        Value::None => Y::Null,
+        Value::Bool(b) => Y::Bool(*b),
+        Value::Int(i) => Y::Number((*i).into()),
+        Value::Float(x) => Y::Number((*x).into()),
+        Value::Str(s) => Y::String(s.clone()),
+        Value::List(items) | Value::Tuple(items) => {
+            Y::Sequence(items.iter().map(to_yaml_value).collect())
+        }
+        Value::Dict(d) | Value::OrderedDict(d) => Y::Mapping(
+            d.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Key::Str(s) => Y::String(s.clone()),
+                        Key::Int(i) => Y::Number((*i).into()),
+                    };
+                    (key, to_yaml_value(v))
+                })
+                .collect(),
+        ),
+        Value::Tensor(t) => Y::String(tensor_placeholder(t)),
+    }
+}
+
+fn from_yaml_value(y: &serde_yaml::Value) -> Result<Value, String> {
+    use serde_yaml::Value as Y;
+    Ok(match y {
+        Y::Null => Value::None,
+        Y::Bool(b) => Value::Bool(*b),
+        Y::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(
+                n.as_f64()
+                    .ok_or_else(|| format!("number {n} out of range"))?,
+            ),
+        },
+        Y::String(s) => Value::Str(s.clone()),
+        Y::Sequence(items) => Value::List(
+            items
+                .iter()
+                .map(from_yaml_value)
+                .collect::<Result<_, _>>()?,
+        ),
+        Y::Mapping(m) => {
+            let mut d = Dict::new();
+            for (k, v) in m {
+                let key = match k {
+                    Y::String(s) => Key::Str(s.clone()),
+                    Y::Number(n) if n.as_i64().is_some() => {
+                        Key::Int(n.as_i64().unwrap_or_default())
+                    }
+                    Y::Bool(b) => Key::Str(if *b { "True" } else { "False" }.to_owned()),
+                    other => return Err(format!("unsupported mapping key {other:?}")),
+                };
+                d.insert(key, from_yaml_value(v)?);
+            }
+            Value::Dict(d)
+        }
+        Y::Tagged(t) => from_yaml_value(&t.value)?,
+    })
+}
+
+/// Writes a value tree as YAML (what Lightning's `hparams.yaml` holds).
+///
+/// Tuples become sequences, int keys stay ints, non-finite floats become `.nan`/`.inf`; tensors
+/// have no YAML form and are written as a descriptive string (`"<Tensor Float [2, 3]>"`).
+///
+/// ```
+/// use lightning_core::{hparams, Value};
+/// let mut v = Value::dict();
+/// v.insert("lr", 0.001);
+/// v.insert("hidden", 64i64);
+/// let text = hparams::to_yaml(&v);
+/// assert_eq!(hparams::from_yaml(&text).unwrap(), v);
+/// ```
+pub fn to_yaml(v: &Value) -> String {
+    // Serializing an in-memory serde_yaml::Value (string/number/bool keys only) cannot fail.
+    serde_yaml::to_string(&to_yaml_value(v)).unwrap_or_default()
+}
+
+/// Reads a YAML document into a value tree (mappings become `Dict`s in file order; tags such
+/// as `!!python/tuple` are dropped and their content kept).
+pub fn from_yaml(text: &str) -> Result<Value, HparamError> {
+    let doc_err = |msg: String| HparamError::Document {
+        format: "YAML",
+        msg,
+    };
+    let y: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| doc_err(e.to_string()))?;
+    from_yaml_value(&y).map_err(doc_err)
+}
+
+fn to_json_value(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::None => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::Number((*i).into()),
+        Value::Float(x) => serde_json::Number::from_f64(*x).map_or(J::Null, J::Number),
+        Value::Str(s) => J::String(s.clone()),
+        Value::List(items) | Value::Tuple(items) => {
+            J::Array(items.iter().map(to_json_value).collect())
+        }
+        Value::Dict(d) | Value::OrderedDict(d) => J::Object(
+            d.iter()
+                .map(|(k, v)| (key_string(k), to_json_value(v)))
+                .collect(),
+        ),
+        Value::Tensor(t) => J::String(tensor_placeholder(t)),
+    }
+}
+
+fn from_json_value(j: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match j {
+        J::Null => Value::None,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::Str(s.clone()),
+        J::Array(items) => Value::List(items.iter().map(from_json_value).collect()),
+        J::Object(m) => Value::Dict(
+            m.iter()
+                .map(|(k, v)| (Key::Str(k.clone()), from_json_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Writes a value tree as pretty JSON (the safetensors export's metadata uses it).
+///
+/// JSON has no int keys (they become strings), no tuples (lists) and no NaN/inf (`null`);
+/// tensors are written as a descriptive string.
+pub fn to_json(v: &Value) -> String {
+    serde_json::to_string_pretty(&to_json_value(v)).unwrap_or_default()
+}
+
+/// Reads a JSON document into a value tree (objects become `Dict`s in file order).
+pub fn from_json(text: &str) -> Result<Value, HparamError> {
+    let j: serde_json::Value = serde_json::from_str(text).map_err(|e| HparamError::Document {
+        format: "JSON",
+        msg: e.to_string(),
+    })?;
+    Ok(from_json_value(&j))
+}
+
+/// Reads an hparams file by extension: `.json` as JSON, anything else as YAML.
+pub fn read_file(path: &std::path::Path) -> crate::Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+        context: format!("reading hparams file {}", path.display()),
+        source,
+    })?;
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let v = if is_json {
+        from_json(&text)
+    } else {
+        from_yaml(&text)
+    };
+    v.map_err(|e| crate::Error::Msg(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        let mut inner = Dict::new();
+        inner.insert(Key::Int(3), Value::from(vec![1.5f64, -2.0]));
+        let mut v = Value::dict();
+        v.insert("name", "mlp");
+        v.insert("hidden", 64i64);
+        v.insert("lr", 1e-3);
+        v.insert("flag", true);
+        v.insert("none", Value::None);
+        v.insert("inner", Value::Dict(inner));
+        v
+    }
+
+    #[test]
+    fn yaml_and_json_round_trip_a_tree() {
+        let v = sample();
+        assert_eq!(from_yaml(&to_yaml(&v)).unwrap(), v);
+        // JSON turns int keys into strings.
+        let j = from_json(&to_json(&v)).unwrap();
+        assert_eq!(j.get_path("inner.3.1"), Some(&Value::Float(-2.0)));
+        assert_eq!(j.get("lr"), Some(&Value::Float(1e-3)));
+    }
+
+    #[test]
+    fn bad_documents_are_errors() {
+        assert!(matches!(
+            from_yaml("a: [1, 2"),
+            Err(HparamError::Document { format: "YAML", .. })
+        ));
+        assert!(matches!(
+            from_json("{\"a\": }"),
+            Err(HparamError::Document { format: "JSON", .. })
+        ));
+    }
+
+    #[test]
+    fn scalar_parsing_names_field_and_type() {
+        assert_eq!(u8::parse_str("255", "x"), Ok(255));
+        let e = u8::parse_str("256", "x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hyperparameter `x`: cannot parse \"256\" as u8"
+        );
+        let e = u8::from_value(&Value::Int(-1), "x").unwrap_err();
+        assert!(e.to_string().contains("u8 in 0..=255"), "{e}");
+        assert_eq!(bool::parse_str("True", "b"), Ok(true));
+        assert_eq!(Option::<i64>::parse_str("None", "o"), Ok(None));
+        assert_eq!(Vec::<i64>::parse_str("[1, 2]", "v"), Ok(vec![1, 2]));
+        assert_eq!(Vec::<i64>::parse_str("1, 2,3", "v"), Ok(vec![1, 2, 3]));
+        let e = Vec::<i64>::parse_str("1,x", "v").unwrap_err();
+        assert!(
+            matches!(e, HparamError::Parse { ref field, .. } if field == "v.1"),
+            "{e}"
+        );
+        assert!(f64::from_value(&Value::Str("a".into()), "lr").is_err());
+    }
+
+    #[test]
+    fn no_hparams_is_an_empty_dict() {
+        assert_eq!(Hyperparameters::to_value(&NoHparams), Value::dict());
+        assert_eq!(
+            <NoHparams as Hyperparameters>::from_value(&Value::None),
+            Ok(NoHparams)
+        );
+        let mut d = Value::dict();
+        d.insert("x", 1i64);
+        assert!(matches!(
+            <NoHparams as Hyperparameters>::from_value(&d),
+            Err(HparamError::Unknown { .. })
+        ));
+    }
 }

@@ -37,6 +37,7 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::hparams::Hyperparameters;
     pub use crate::lightning_module::{HasHparams, LightningModule};
+    pub use crate::loader::LoadFromCheckpoint;
     pub use crate::module::{StateDict, Traverse};
     pub use crate::value::Value;
     pub use lightning_macros::{lightning_module, Hyperparameters};
@@ -45,9 +46,12 @@ pub mod prelude {
 /// Used by code that `lightning-macros` generates; not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::hparams::{HparamError, HparamField, HparamValue, Hyperparameters};
+    pub use crate::hparams::{
+        parse_error, type_error, DictReader, HparamError, HparamField, HparamValue,
+        Hyperparameters, NoHparams,
+    };
     pub use crate::lightning_module::HasHparams;
-    pub use crate::module::{join_name, TensorKind, Traverse};
+    pub use crate::module::{join_name, visit_field, visit_field_mut, TensorKind, Traverse};
     pub use crate::value::{Dict, Key, Value};
     pub use std::boxed::Box;
     pub use std::option::Option;

@@ -15,9 +15,12 @@ pub enum TensorKind {
     },
 }
 
-/// Joins a prefix and a field name with a dot, as PyTorch names submodules.
+/// Joins a prefix and a field name with a dot, as PyTorch names submodules; an empty part
+/// is left out (so a wrapper can pass its prefix through unchanged).
 pub fn join_name(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
+    if name.is_empty() {
+        prefix.to_owned()
+    } else if prefix.is_empty() {
         name.to_owned()
     } else {
         format!("{prefix}.{name}")
@@ -43,13 +46,45 @@ pub struct LoadReport {
     pub mismatched: Vec<(String, String, String)>,
 }
 
+impl LoadReport {
+    /// True when every key matched with the right shape and dtype.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// PyTorch's wording (`Missing key(s) in state_dict: "a", "b".`), one line per kind of problem.
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "missing keys: {:?}; unexpected keys: {:?}; mismatched: {:?}",
-            self.missing, self.unexpected, self.mismatched
-        )
+        let quoted = |keys: &[String]| {
+            keys.iter()
+                .map(|k| format!("\"{k}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.is_clean() {
+            return f.write_str("all keys matched successfully");
+        }
+        let mut lines = Vec::new();
+        if !self.missing.is_empty() {
+            lines.push(format!(
+                "Missing key(s) in state_dict: {}.",
+                quoted(&self.missing)
+            ));
+        }
+        if !self.unexpected.is_empty() {
+            lines.push(format!(
+                "Unexpected key(s) in state_dict: {}.",
+                quoted(&self.unexpected)
+            ));
+        }
+        for (k, expected, found) in &self.mismatched {
+            lines.push(format!(
+                "size or dtype mismatch for {k}: copying a param with {found} from checkpoint, \
+                 the {expected} in current model."
+            ));
+        }
+        f.write_str(&lines.join("\n\t"))
     }
 }
 
@@ -63,4 +98,220 @@ pub trait Traverse {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind));
     /// Calls `f(name, tensor, kind)` for every tensor under `prefix`, mutably.
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind));
+
+    /// Whether this is one tensor (a module's own parameter or buffer) rather than a
+    /// submodule. PyTorch lists a module's own parameters, then its own buffers, then its
+    /// children; the generated traversal follows that order using this.
+    fn is_tensor(&self) -> bool {
+        false
+    }
+
+    /// The persistent tensors (parameters and persistent buffers) by dotted name, detached
+    /// and sharing storage with the module (as PyTorch's `state_dict()`).
+    fn state_dict(&self) -> StateDict {
+        let mut sd = StateDict::new();
+        self.visit("", &mut |name, t, kind| {
+            if kind.is_persistent() {
+                sd.insert(name.to_owned(), t.detach());
+            }
+        });
+        sd
+    }
+
+    /// The parameters by dotted name (shallow clones that keep `requires_grad`).
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit("", &mut |name, t, kind| {
+            if kind == TensorKind::Parameter {
+                out.push((name.to_owned(), t.shallow_clone()));
+            }
+        });
+        out
+    }
+
+    /// Every buffer by dotted name, persistent or not.
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit("", &mut |name, t, kind| {
+            if kind != TensorKind::Parameter {
+                out.push((name.to_owned(), t.shallow_clone()));
+            }
+        });
+        out
+    }
+
+    /// The parameters in traversal order (what an optimizer gets).
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// The total number of parameter elements.
+    fn num_parameters(&self) -> i64 {
+        let mut n = 0;
+        self.visit("", &mut |_, t, kind| {
+            if kind == TensorKind::Parameter {
+                n += t.numel() as i64;
+            }
+        });
+        n
+    }
+
+    /// Copies `sd` into the module's tensors in place (under `no_grad`, keeping each tensor's
+    /// device, identity and `requires_grad`).
+    ///
+    /// Keys are compared by name: the module's persistent tensors absent from `sd` are
+    /// *missing*, keys of `sd` the module lacks are *unexpected*, and keys whose shape or dtype
+    /// differ are *mismatched*. With `strict`, any of those is a [`StateError`] and nothing is
+    /// copied; without it, every matching tensor is copied and the report lists the rest
+    /// (unlike PyTorch, which raises on size mismatches even when not strict).
+    fn load_state_dict(&mut self, sd: &StateDict, strict: bool) -> Result<LoadReport, StateError> {
+        let mut report = LoadReport::default();
+        let mut seen = std::collections::HashSet::new();
+        self.visit("", &mut |name, t, kind| {
+            if !kind.is_persistent() {
+                return;
+            }
+            seen.insert(name.to_owned());
+            match sd.get(name) {
+                None => report.missing.push(name.to_owned()),
+                Some(src) if src.size() != t.size() || src.kind() != t.kind() => report
+                    .mismatched
+                    .push((name.to_owned(), describe_tensor(t), describe_tensor(src))),
+                Some(_) => {}
+            }
+        });
+        report.unexpected = sd.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        if strict && !report.is_clean() {
+            return Err(StateError::Mismatch(report));
+        }
+        let bad: std::collections::HashSet<&str> = report
+            .mismatched
+            .iter()
+            .map(|(k, _, _)| k.as_str())
+            .collect();
+        tch::no_grad(|| {
+            self.visit_mut("", &mut |name, t, kind| {
+                if !kind.is_persistent() || bad.contains(name) {
+                    return;
+                }
+                if let Some(src) = sd.get(name) {
+                    t.copy_(src);
+                }
+            })
+        });
+        Ok(report)
+    }
+
+    /// Moves every tensor to `device` in place: each tensor keeps its identity (`set_data`),
+    /// so handles taken before (an optimizer's parameter list) see the moved data.
+    /// PyTorch's `module.to(device)`; not named `to_device` so it never shadows
+    /// `Tensor::to_device` on a `&mut Tensor`.
+    fn move_to(&mut self, device: tch::Device) {
+        tch::no_grad(|| {
+            self.visit_mut("", &mut |_, t, _| {
+                if t.device() != device {
+                    let moved = t.to_device(device);
+                    t.set_data(&moved);
+                }
+            })
+        });
+    }
+
+    /// Zeroes the gradient of every parameter that has one.
+    fn zero_grad(&mut self) {
+        self.visit_mut("", &mut |_, t, kind| {
+            if kind == TensorKind::Parameter {
+                t.zero_grad();
+            }
+        });
+    }
+}
+
+impl TensorKind {
+    /// Whether the tensor belongs in the state_dict (parameters and persistent buffers).
+    pub fn is_persistent(self) -> bool {
+        !matches!(self, TensorKind::Buffer { persistent: false })
+    }
+}
+
+/// `shape [2, 3], dtype Float`, for mismatch reports.
+fn describe_tensor(t: &Tensor) -> String {
+    format!("shape {:?}, dtype {:?}", t.size(), t.kind())
+}
+
+/// A state_dict as a value tree (`OrderedDict` of tensors), as stored in a checkpoint.
+pub fn state_dict_to_value(sd: &StateDict) -> crate::value::Value {
+    crate::value::Value::OrderedDict(
+        sd.iter()
+            .map(|(k, t)| {
+                (
+                    k.as_str().into(),
+                    crate::value::Value::Tensor(t.shallow_clone()),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Reads a checkpoint's `state_dict` value (a dict of tensors) into a [`StateDict`];
+/// a non-tensor entry is an error naming its key.
+pub fn state_dict_from_value(v: &crate::value::Value) -> crate::Result<StateDict> {
+    let d = v.as_dict().ok_or_else(|| {
+        crate::Error::Msg(format!(
+            "state_dict: expected a dict of tensors, found {}",
+            v.type_name()
+        ))
+    })?;
+    d.iter()
+        .map(|(k, v)| match v {
+            crate::value::Value::Tensor(t) => Ok((k.to_string(), t.shallow_clone())),
+            other => Err(crate::Error::Msg(format!(
+                "state_dict[{k:?}]: expected a tensor, found {}",
+                other.type_name()
+            ))),
+        })
+        .collect()
+}
+
+/// Visits one field of a generated traversal in one of PyTorch's three passes: `0` the
+/// module's own parameters, `1` its own buffers, `2` its children. `buffer` is
+/// `Some(persistent)` for a `#[state(buffer)]` field, whose tensors are reported as buffers.
+pub fn visit_field<T: Traverse + ?Sized>(
+    x: &T,
+    name: &str,
+    buffer: Option<bool>,
+    pass: u8,
+    f: &mut dyn FnMut(&str, &Tensor, TensorKind),
+) {
+    if x.is_tensor() == (pass == 2) {
+        return;
+    }
+    x.visit(name, &mut |n, t, k| {
+        let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
+        if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
+            f(n, t, k);
+        }
+    });
+}
+
+/// Mutable counterpart of [`visit_field`].
+pub fn visit_field_mut<T: Traverse + ?Sized>(
+    x: &mut T,
+    name: &str,
+    buffer: Option<bool>,
+    pass: u8,
+    f: &mut dyn FnMut(&str, &mut Tensor, TensorKind),
+) {
+    if x.is_tensor() == (pass == 2) {
+        return;
+    }
+    x.visit_mut(name, &mut |n, t, k| {
+        let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
+        if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
+            f(n, t, k);
+        }
+    });
 }

@@ -349,7 +349,10 @@ mod tests {
     #[test]
     fn visit_tensors_reports_dotted_paths() {
         let mut sd = Value::OrderedDict(Dict::new());
-        sd.insert("fc.weight", Tensor::zeros([2, 2], (tch::Kind::Float, tch::Device::Cpu)));
+        sd.insert(
+            "fc.weight",
+            Tensor::zeros([2, 2], (tch::Kind::Float, tch::Device::Cpu)),
+        );
         let mut top = Value::dict();
         top.insert("state_dict", sd);
         let mut seen = vec![];

@@ -5,6 +5,15 @@
 //! implements [`TrainerContext`]; callbacks see the run only through it, so they can be tested
 //! with a fake context. Both sides may add methods with default bodies.
 
+mod early_stopping;
+mod model_checkpoint;
+pub mod pyformat;
+
+pub use early_stopping::{EarlyStopping, EarlyStoppingBuilder, StoppingReason};
+pub use model_checkpoint::{
+    find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
+};
+
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::any::Any;
@@ -43,12 +52,60 @@ pub trait TrainerContext {
     fn is_last_batch(&self) -> bool {
         false
     }
+    /// Whether the trainer is running `fit` (callbacks save nothing in validate/test/predict).
+    fn is_fitting(&self) -> bool {
+        true
+    }
+    /// Validation batches per validation run (Lightning's `num_val_batches`); 0 means no
+    /// validation, so checkpoints are taken at train-epoch end.
+    fn num_val_batches(&self) -> usize {
+        0
+    }
+    /// Lightning's `check_val_every_n_epoch` (`None`: validation is scheduled by steps only).
+    fn check_val_every_n_epoch(&self) -> Option<i64> {
+        Some(1)
+    }
+    /// Whether validation runs inside the epoch rather than once at its end
+    /// (Lightning's `val_check_interval != 1.0`, or a time-based interval).
+    fn val_check_within_epoch(&self) -> bool {
+        false
+    }
+    /// Whether a validation run has completed in this `fit` (Lightning's `val_loop._has_run`):
+    /// a monitored key missing after that is an error, before it only a warning.
+    fn validation_ran(&self) -> bool {
+        true
+    }
+    /// Asks the trainer to stop at the next opportunity (Lightning's `trainer.should_stop = True`).
+    fn request_stop(&mut self) {}
+    /// Saves a checkpoint from inside `caller`'s hook, with `caller`'s current state in the
+    /// file's `callbacks` dict (a callback is mutably borrowed while its hook runs, so the
+    /// trainer cannot read its state itself; plain `save_checkpoint` writes the state the
+    /// caller had before the hook).
+    fn save_checkpoint_from(
+        &mut self,
+        path: &Path,
+        weights_only: bool,
+        caller: &dyn Callback,
+    ) -> crate::Result<()> {
+        let _ = caller;
+        self.save_checkpoint(path, weights_only)
+    }
+    /// Waits until every checkpoint save in flight (async checkpointing) is durable, and
+    /// returns its error if one failed. Call before deleting a file a newer save replaces.
+    fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
+        Ok(())
+    }
 }
 
 /// A trainer hook. Every method has a default that does nothing.
 pub trait Callback: Send + Any {
     /// The key of this callback's state in the checkpoint's `callbacks` dict.
     fn state_key(&self) -> String;
+    /// Called at the start of `fit`/`validate`/`test`, before a checkpoint's state is restored
+    /// into the callbacks (Lightning's `setup`): resolve directories here.
+    fn setup(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+        Ok(())
+    }
     /// Called once before training starts (after a resume has restored state).
     fn on_fit_start(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
         Ok(())
@@ -82,8 +139,92 @@ pub trait Callback: Send + Any {
     fn load_state_dict(&mut self, _state: &Value) -> crate::Result<()> {
         Ok(())
     }
+    /// Where this callback writes checkpoints (set for `ModelCheckpoint` once its directory
+    /// is known); the trainer searches these for `ckpt_path = Last` and writes its
+    /// preemption checkpoint to the first.
+    fn checkpoint_dirpath(&self) -> Option<PathBuf> {
+        None
+    }
+    /// The best checkpoint so far (for `ckpt_path = Best`); `None` for non-checkpointing
+    /// callbacks or before any save.
+    fn best_model_path(&self) -> Option<PathBuf> {
+        None
+    }
+    /// Whether this callback is a checkpointing callback (then the trainer adds no default
+    /// `ModelCheckpoint`).
+    fn is_checkpoint_callback(&self) -> bool {
+        false
+    }
     /// For downcasting (`trainer.callback::<ModelCheckpoint>()`).
     fn as_any(&self) -> &dyn Any;
     /// For downcasting, mutably.
     fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Errors from callbacks: bad configuration, a monitored metric that was never logged, a bad
+/// filename template, a file operation, or a malformed saved state.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// A callback option has an invalid value (the message names the option, as Lightning's).
+    #[error("{0}")]
+    Config(String),
+    /// `ModelCheckpoint(monitor=..)` found no such metric (Lightning's wording).
+    #[error(
+        "`ModelCheckpoint(monitor={})` could not find the monitored key in the returned metrics: {}. \
+         HINT: Did you call `log({}, value)` in the `LightningModule`?",
+        pyformat::repr_str(monitor),
+        keys_repr(keys),
+        pyformat::repr_str(monitor)
+    )]
+    MonitorNotFound {
+        /// The monitored key.
+        monitor: String,
+        /// The keys that were available.
+        keys: Vec<String>,
+    },
+    /// `EarlyStopping(monitor=..)` found no such metric (Lightning's wording).
+    #[error(
+        "Early stopping conditioned on metric `{monitor}` which is not available. Pass in or \
+         modify your `EarlyStopping` callback to use any of the following: `{}`",
+        keys.join("`, `")
+    )]
+    EarlyStoppingMetricNotFound {
+        /// The monitored key.
+        monitor: String,
+        /// The keys that were available.
+        keys: Vec<String>,
+    },
+    /// A checkpoint filename template could not be rendered.
+    #[error("ModelCheckpoint filename template {template:?}: {msg}")]
+    Template {
+        /// The template.
+        template: String,
+        /// What Python's `str.format` would have raised.
+        msg: String,
+    },
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A saved callback state has a missing or mistyped entry.
+    #[error("callback state {state_key}: key {key:?}: {msg}")]
+    State {
+        /// The callback's state key.
+        state_key: String,
+        /// The entry.
+        key: String,
+        /// What was expected and found.
+        msg: String,
+    },
+}
+
+/// Python's `repr(list_of_str)`.
+fn keys_repr(keys: &[String]) -> String {
+    let items: Vec<String> = keys.iter().map(|k| pyformat::repr_str(k)).collect();
+    format!("[{}]", items.join(", "))
 }

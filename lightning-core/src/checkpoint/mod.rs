@@ -3,10 +3,46 @@
 //! API contract (other modules code against it):
 //! - [`save`] writes a [`Value`] tree (a dict) durably and atomically to a path.
 //! - [`load`] reads a file into a [`Value`] tree with CPU tensors, never executing anything.
-//! (Bodies are filled in by the checkpoint-format work.)
+//! - [`load_with`] adds options (zero-copy memory map, device, CRC checks); [`verify`] checks
+//!   that a file reads back completely (used to pick the newest valid `last` checkpoint).
+//!
+//! Files written here load in Python with `torch.load(path, weights_only=True)` and
+//! `LightningModule.load_from_checkpoint`; files written by `torch.save` / Lightning load here.
+//!
+//! ```no_run
+//! use lightning_core::checkpoint::{self, layout::LIGHTNING_VERSION};
+//! use lightning_core::{Dict, Value};
+//! use tch::{Device, Kind, Tensor};
+//!
+//! let mut sd = Dict::new();
+//! sd.insert("fc.weight".into(), Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).into());
+//! let mut ckpt = Value::dict();
+//! ckpt.insert("epoch", 0i64);
+//! ckpt.insert("global_step", 10i64);
+//! ckpt.insert("pytorch-lightning_version", LIGHTNING_VERSION);
+//! ckpt.insert("state_dict", Value::OrderedDict(sd));
+//! let path = std::path::Path::new("model.ckpt");
+//! checkpoint::save(path, &ckpt)?;
+//! assert_eq!(checkpoint::load(path)?, ckpt);
+//! # Ok::<(), checkpoint::CheckpointError>(())
+//! ```
+
+pub mod layout;
+pub mod pickle_read;
+pub mod pickle_write;
+pub mod safetensors;
+pub mod tensor_io;
+pub mod zip_io;
 
 use crate::value::Value;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tch::Device;
+use tensor_io::{StorageLoader, StoragePlan};
+use zip_io::{ZipReader, ZipWriter};
 
 /// Errors reading or writing checkpoint files; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -28,21 +64,409 @@ pub enum CheckpointError {
         /// What is wrong, and where in the file.
         msg: String,
     },
+    /// The disk is full or the file-size limit was reached while saving (ENOSPC, EDQUOT,
+    /// EFBIG); the temporary file was removed and any older file at `path` is untouched.
+    #[error("{path}: not enough space to save the checkpoint ({needed} bytes needed): {source}")]
+    NoSpace {
+        /// The final path of the checkpoint.
+        path: PathBuf,
+        /// Bytes the file needs.
+        needed: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file ends before a structure it declares.
+    #[error("{path}: truncated file: {what} needs {needed} bytes, the file has {len}")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// What was being read.
+        what: String,
+        /// The offset it needs to reach.
+        needed: u64,
+        /// The file's (or the pickle's) length.
+        len: u64,
+    },
+    /// A record's data does not match its CRC-32 (the file is corrupt).
+    #[error("{path}: record {record} is corrupt: CRC-32 {found:08x}, expected {expected:08x}")]
+    Crc {
+        /// The file.
+        path: PathBuf,
+        /// The zip record.
+        record: String,
+        /// CRC from the directory.
+        expected: u32,
+        /// CRC of the data.
+        found: u32,
+    },
+    /// The pickle references a global outside the allowlist (as `weights_only=True` would).
+    #[error(
+        "{path}: the checkpoint references `{global}`, which is not allowed: only plain \
+         containers, numbers, strings and tensors are loaded (nothing is ever executed)"
+    )]
+    DisallowedGlobal {
+        /// The file.
+        path: PathBuf,
+        /// `module.name`.
+        global: String,
+    },
+    /// Something valid in torch but not supported here (a dtype, compression, bytes values).
+    #[error("{path}: unsupported: {what}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What.
+        what: String,
+    },
+    /// A safety limit was reached (nesting depth, shared-reference explosion).
+    #[error("{path}: limit exceeded: {what}")]
+    Limit {
+        /// The file.
+        path: PathBuf,
+        /// Which limit.
+        what: String,
+    },
 }
 
-/// Writes `ckpt` (a dict) to `path` as a Lightning/torch `.ckpt` file.
+impl CheckpointError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        CheckpointError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            CheckpointError::Io { path, .. }
+            | CheckpointError::Format { path, .. }
+            | CheckpointError::NoSpace { path, .. }
+            | CheckpointError::Truncated { path, .. }
+            | CheckpointError::Crc { path, .. }
+            | CheckpointError::DisallowedGlobal { path, .. }
+            | CheckpointError::Unsupported { path, .. }
+            | CheckpointError::Limit { path, .. } => path,
+        }
+    }
+}
+
+/// How [`save_with`] writes.
+#[derive(Clone, Debug)]
+pub struct SaveOptions {
+    /// fsync the file and its directory before returning (default true). Without it the
+    /// rename is still atomic, but a power loss may leave an empty or old file.
+    pub durable: bool,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions { durable: true }
+    }
+}
+
+/// How [`load_with`] reads.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Map the file privately and build CPU tensors over its aligned records without copying
+    /// (records that are not aligned are copied). The mapping stays for the life of the process
+    /// (tch has no tensor deleter hook), costs address space, not memory, until pages are
+    /// touched, and writes to the tensors never reach the file. Default false.
+    pub mmap: bool,
+    /// Device the tensors are placed on (one copy per storage; views stay shared). Default CPU.
+    pub device: Device,
+    /// Check every record's CRC-32 (default true; off makes mmap loads lazy).
+    pub verify_crc: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            mmap: false,
+            device: Device::Cpu,
+            verify_crc: true,
+        }
+    }
+}
+
+/// Writes `ckpt` (a dict) to `path` as a Lightning/torch `.ckpt` file, durably and atomically.
+///
+/// The file is written to a temporary file in the same directory, fsynced, renamed over
+/// `path`, and the directory is fsynced: `path` always holds either its old content or the
+/// complete new file. On error (disk full, size limit, permissions) the temporary file is
+/// removed and an existing file at `path` is untouched.
 pub fn save(path: &Path, ckpt: &Value) -> Result<(), CheckpointError> {
-    let _ = ckpt;
-    Err(CheckpointError::Format {
+    save_with(path, ckpt, &SaveOptions::default())
+}
+
+/// The bytes that go into a checkpoint file, prepared before anything touches the disk.
+struct Prepared {
+    pickle: Vec<u8>,
+    plan: StoragePlan,
+    needed: u64,
+}
+
+fn prepare(path: &Path, ckpt: &Value) -> Result<Prepared, CheckpointError> {
+    let unsupported = |what: String| CheckpointError::Unsupported {
         path: path.to_owned(),
-        msg: "checkpoint writer not built yet".into(),
+        what,
+    };
+    let plan = StoragePlan::new(ckpt).map_err(unsupported)?;
+    let pickle =
+        pickle_write::write_pickle(ckpt, &mut |t| plan.tensor_ref(t)).map_err(unsupported)?;
+    let needed = pickle.len() as u64
+        + plan
+            .storages
+            .iter()
+            .map(|s| s.nbytes() + zip_io::record_overhead(&s.key) + 16)
+            .sum::<u64>()
+        + 8 * zip_io::record_overhead(".data/serialization_id")
+        + 256;
+    Ok(Prepared {
+        pickle,
+        plan,
+        needed,
     })
+}
+
+fn write_archive<W: Write>(w: W, p: &Prepared) -> std::io::Result<(W, u64)> {
+    let mut z = ZipWriter::new(w);
+    let a = "archive";
+    z.add(&format!("{a}/data.pkl"), &[&p.pickle])?;
+    z.add(&format!("{a}/.format_version"), &[b"1"])?;
+    z.add(&format!("{a}/.storage_alignment"), &[b"64"])?;
+    z.add(&format!("{a}/byteorder"), &[b"little"])?;
+    for s in &p.plan.storages {
+        let host = s.host_bytes().map_err(std::io::Error::other)?;
+        z.add(&format!("{a}/data/{}", s.key), &[host.bytes()])?;
+    }
+    z.add(&format!("{a}/version"), &[b"3\n"])?;
+    z.add(
+        &format!("{a}/.data/serialization_id"),
+        &[serialization_id().as_bytes()],
+    )?;
+    z.finish()
+}
+
+/// 40 decimal digits, unique per save (torch writes one per file).
+fn serialization_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:020}{:010}{:010}",
+        nanos % 10u128.pow(20),
+        std::process::id(),
+        c % 10u64.pow(10)
+    )
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
+    )
+}
+
+/// [`save`] with options.
+pub fn save_with(path: &Path, ckpt: &Value, opts: &SaveOptions) -> Result<(), CheckpointError> {
+    let prepared = prepare(path, ckpt)?;
+    write_atomically(path, prepared.needed, opts.durable, |w| {
+        write_archive(w, &prepared).map(|(_, len)| len)
+    })
+}
+
+/// Writes a file atomically: `write` fills a temporary file in `path`'s directory (through a
+/// 1 MiB buffer) and returns its length; then fsync (when `durable`), rename over `path`, and
+/// fsync of the directory. On error the temporary file is removed and `path` is untouched;
+/// ENOSPC/EDQUOT/EFBIG become [`CheckpointError::NoSpace`] with `needed` bytes.
+pub(crate) fn write_atomically(
+    path: &Path,
+    needed: u64,
+    durable: bool,
+    write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<u64>,
+) -> Result<(), CheckpointError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| CheckpointError::Format {
+            path: path.to_owned(),
+            msg: "not a file path".into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let map_err = |e: std::io::Error| {
+        if is_no_space(&e) {
+            CheckpointError::NoSpace {
+                path: path.to_owned(),
+                needed,
+                source: e,
+            }
+        } else {
+            CheckpointError::io(path, e)
+        }
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(map_err)?;
+    let written = (|| -> std::io::Result<()> {
+        reserve(&file, needed)?;
+        let mut w = BufWriter::with_capacity(1 << 20, &file);
+        let len = write(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?;
+        file.set_len(len)?; // frees blocks reserved beyond the end
+        if durable {
+            file.sync_all()?;
+        }
+        Ok(())
+    })();
+    drop(file);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(map_err(e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(map_err(e));
+    }
+    if durable {
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| CheckpointError::io(&dir, e))?;
+    }
+    Ok(())
+}
+
+/// Reserves `len` bytes for `file` without changing its size, so a full disk is reported
+/// before anything is written; file systems without `fallocate` are fine.
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+    // SAFETY: plain syscall on an open descriptor.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if is_no_space(&e) {
+        Err(e)
+    } else {
+        Ok(()) // EOPNOTSUPP and friends: no reservation, the writes will tell
+    }
 }
 
 /// Reads a `.ckpt` file into a value tree with CPU tensors.
 pub fn load(path: &Path) -> Result<Value, CheckpointError> {
-    Err(CheckpointError::Format {
-        path: path.to_owned(),
-        msg: "checkpoint reader not built yet".into(),
+    load_with(path, &LoadOptions::default())
+}
+
+fn check_header_records(zip: &ZipReader, path: &Path) -> Result<(), CheckpointError> {
+    if zip.entry("byteorder").is_some() {
+        let b = zip.read_record("byteorder", true)?;
+        if b != b"little" {
+            return Err(CheckpointError::Unsupported {
+                path: path.to_owned(),
+                what: format!("byte order {:?}", String::from_utf8_lossy(&b)),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn read_tree(path: &Path, opts: &LoadOptions, skip_data: bool) -> Result<Value, CheckpointError> {
+    let zip = ZipReader::open(path)?;
+    check_header_records(&zip, path)?;
+    let pickle = zip.read_record("data.pkl", true)?;
+    let map: Option<&'static [u8]> = if opts.mmap && !skip_data {
+        // SAFETY: a private (copy-on-write) mapping; it is leaked so tensors built over it stay
+        // valid for the life of the process. Truncating the file while mapped is undefined.
+        let m = unsafe { memmap2::MmapOptions::new().map_copy(zip.file()) }
+            .map_err(|e| CheckpointError::io(path, e))?;
+        Some(Box::leak(Box::new(m)))
+    } else {
+        None
+    };
+    let loader = StorageLoader {
+        zip: &zip,
+        map,
+        verify_crc: opts.verify_crc,
+        device: opts.device,
+        skip_data,
+        path,
+    };
+    pickle_read::read_pickle(&pickle, path, &mut |k, kind, n| loader.load(k, kind, n))
+}
+
+/// Reads a `.ckpt` file with options (zero-copy mmap, target device, CRC checks).
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Value, CheckpointError> {
+    read_tree(path, opts, false)
+}
+
+/// What [`verify`] found in a complete, valid file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyReport {
+    /// Tensors in the tree.
+    pub tensors: usize,
+    /// Zip records, all CRC-checked.
+    pub records: usize,
+    /// The file's size.
+    pub bytes: u64,
+}
+
+/// Checks that `path` reads back completely: the zip directory, every record's CRC-32, the
+/// pickle, and every tensor's storage and geometry, in constant memory (tensor data is
+/// checksummed in 1 MiB chunks, not loaded).
+pub fn verify(path: &Path) -> Result<VerifyReport, CheckpointError> {
+    let zip = ZipReader::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for e in zip.entries() {
+        let mut crc = crc32fast::Hasher::new();
+        let mut off = 0u64;
+        while off < e.size {
+            let n = (e.size - off).min(buf.len() as u64) as usize;
+            zip.fill_at(&e.name, e.data_offset + off, &mut buf[..n])?;
+            crc.update(&buf[..n]);
+            off += n as u64;
+        }
+        let found = crc.finalize();
+        if found != e.crc {
+            return Err(CheckpointError::Crc {
+                path: path.to_owned(),
+                record: e.name.clone(),
+                expected: e.crc,
+                found,
+            });
+        }
+    }
+    let opts = LoadOptions {
+        verify_crc: false,
+        ..LoadOptions::default()
+    };
+    let tree = read_tree(path, &opts, true)?;
+    let mut tensors = 0;
+    tree.visit_tensors("", &mut |_, _| tensors += 1);
+    Ok(VerifyReport {
+        tensors,
+        records: zip.entries().len(),
+        bytes: zip.file_len(),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! Runs the built `lightning-ckpt` binary on files written by the library.
+
+use lightning_core::checkpoint;
+use lightning_core::{Dict, Key, Value};
+use std::path::Path;
+use std::process::{Command, Output};
+use tch::{Device, Kind, Tensor};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lightning-ckpt"))
+        .args(args)
+        .output()
+        .expect("start lightning-ckpt")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sample(w_scale: f64) -> Value {
+    let mut sd = Dict::new();
+    let w = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]) * w_scale;
+    sd.insert("net.0.weight".into(), w.into());
+    sd.insert(
+        "net.0.bias".into(),
+        Tensor::from_slice(&[1i64, 2])
+            .to_kind(Kind::BFloat16)
+            .into(),
+    );
+    let mut st = Dict::new();
+    let mut s0 = Dict::new();
+    s0.insert("exp_avg".into(), Tensor::from_slice(&[0.5f64, 0.25]).into());
+    st.insert(Key::Int(0), Value::Dict(s0));
+    let mut opt = Value::dict();
+    opt.insert("state", Value::Dict(st));
+    let mut hp = Value::dict();
+    hp.insert("hidden", 16i64);
+    hp.insert("lr", 0.001);
+    let mut top = Value::dict();
+    top.insert("epoch", 3i64);
+    top.insert("global_step", 42i64);
+    top.insert("pytorch-lightning_version", "2.6.6");
+    top.insert("state_dict", Value::OrderedDict(sd));
+    top.insert("optimizer_states", Value::List(vec![opt]));
+    top.insert("hparams_name", "kwargs");
+    top.insert("hyper_parameters", hp);
+    top
+}
+
+fn save(dir: &Path, name: &str, v: &Value) -> String {
+    let p = dir.join(name);
+    checkpoint::save(&p, v).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn inspect_json_lists_every_tensor_with_torch_dtypes_and_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = save(dir.path(), "a.ckpt", &sample(1.0));
+    let o = run(&["inspect", &a, "--json", "--values"]);
+    assert!(o.status.success(), "{o:?}");
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["schema"], 1);
+    assert_eq!(j["format"], "ckpt");
+    assert_eq!(j["epoch"], 3);
+    assert_eq!(j["global_step"], 42);
+    assert_eq!(j["hyper_parameters"]["hidden"], 16);
+    let paths: Vec<&str> = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "state_dict.net.0.weight",
+            "state_dict.net.0.bias",
+            "optimizer_states.0.state.0.exp_avg"
+        ]
+    );
+    let w = &j["tensors"][0];
+    assert_eq!(w["dtype"], "float32");
+    assert_eq!(w["shape"], serde_json::json!([2, 3]));
+    assert_eq!(w["sum"], 15.0);
+    assert_eq!(
+        w["values"],
+        serde_json::json!([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    );
+    assert_eq!(j["tensors"][1]["dtype"], "bfloat16");
+
+    let o = run(&["inspect", &a]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("state_dict.net.0.weight  float32  [2,3]  sum=15"),
+        "{text}"
+    );
+}
+
+#[test]
+fn convert_round_trips_through_safetensors_and_diff_reports_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = save(dir.path(), "a.ckpt", &sample(1.0));
+    let b = save(dir.path(), "b.ckpt", &sample(1.5));
+    let st = dir.path().join("a.safetensors").display().to_string();
+    let back = dir.path().join("back.ckpt").display().to_string();
+    assert!(run(&["convert", &a, &st]).status.success());
+    assert!(run(&["convert", &st, &back]).status.success());
+    let j: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["inspect", &st, "--json"]))).unwrap();
+    assert_eq!(j["format"], "safetensors");
+    assert_eq!(j["hyper_parameters"]["lr"], 0.001);
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 2);
+
+    let same = run(&["diff", &a, &a]);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    let d = run(&["diff", &a, &b]);
+    assert_eq!(d.status.code(), Some(1));
+    assert!(
+        stdout(&d).contains("state_dict.net.0.weight: max abs diff 2.5e0"),
+        "{}",
+        stdout(&d)
+    );
+    // The weights-only round trip lost the optimizer state: keys only in `a`.
+    let d = run(&["diff", &a, &back]);
+    assert_eq!(d.status.code(), Some(1));
+    assert!(stdout(&d).contains("only in"), "{}", stdout(&d));
+    assert!(!stdout(&d).contains("net.0.weight"), "{}", stdout(&d));
+}
+
+#[test]
+fn bad_files_exit_2_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("junk.ckpt");
+    std::fs::write(&p, [7u8; 300]).unwrap();
+    let o = run(&["inspect", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("junk.ckpt") && err.contains("not a zip archive"),
+        "{err}"
+    );
+}

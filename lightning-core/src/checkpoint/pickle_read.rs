@@ -1,0 +1,851 @@
+//! A pickle reader that never executes anything: a small VM over protocols 0-5's opcodes that
+//! builds an arena of plain nodes, resolves globals against an allowlist (what
+//! `torch.load(weights_only=True)` needs for checkpoints) and rejects every other global with
+//! an error naming it. Memory is bounded by the pickle's length (one arena node per opcode),
+//! nesting by [`MAX_DEPTH`], and shared references by a conversion budget.
+
+use super::CheckpointError;
+use crate::value::{Dict, Key, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Deepest container nesting accepted (real checkpoints nest fewer than 10 levels).
+pub const MAX_DEPTH: usize = 100;
+/// Most dimensions a tensor may have.
+const MAX_DIMS: usize = 64;
+
+type Id = usize;
+
+/// An allowlisted global.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Glob {
+    OrderedDict,
+    RebuildTensorV2,
+    RebuildTensor,
+    RebuildParameter,
+    RebuildParameterWithState,
+    RebuildFromTypeV2,
+    StorageType(Kind),
+    TensorType,
+    Dtype(&'static str),
+    Device,
+    Set,
+}
+
+#[derive(Debug)]
+enum Node {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(usize),
+    List(Vec<Id>),
+    Tuple(Vec<Id>),
+    Dict(Vec<(Id, Id)>),
+    OrderedDict(Vec<(Id, Id)>),
+    Set(Vec<Id>),
+    Global(Glob),
+    Storage(Kind, Tensor),
+    Tensor(Tensor),
+}
+
+impl Node {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Node::None => "None",
+            Node::Bool(_) => "bool",
+            Node::Int(_) => "int",
+            Node::Float(_) => "float",
+            Node::Str(_) => "str",
+            Node::Bytes(_) => "bytes",
+            Node::List(_) => "list",
+            Node::Tuple(_) => "tuple",
+            Node::Dict(_) => "dict",
+            Node::OrderedDict(_) => "OrderedDict",
+            Node::Set(_) => "set",
+            Node::Global(_) => "global",
+            Node::Storage(..) => "storage",
+            Node::Tensor(_) => "Tensor",
+        }
+    }
+}
+
+/// The storage class name (in module `torch`) for a dtype, and back.
+pub fn storage_type_name(kind: Kind) -> Option<&'static str> {
+    STORAGE_TYPES
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map(|(n, _)| *n)
+}
+
+const STORAGE_TYPES: [(&str, Kind); 10] = [
+    ("DoubleStorage", Kind::Double),
+    ("FloatStorage", Kind::Float),
+    ("HalfStorage", Kind::Half),
+    ("BFloat16Storage", Kind::BFloat16),
+    ("LongStorage", Kind::Int64),
+    ("IntStorage", Kind::Int),
+    ("ShortStorage", Kind::Int16),
+    ("CharStorage", Kind::Int8),
+    ("ByteStorage", Kind::Uint8),
+    ("BoolStorage", Kind::Bool),
+];
+
+const DTYPES: [&str; 24] = [
+    "float64",
+    "double",
+    "float32",
+    "float",
+    "float16",
+    "half",
+    "bfloat16",
+    "int64",
+    "long",
+    "int32",
+    "int",
+    "int16",
+    "short",
+    "int8",
+    "uint8",
+    "bool",
+    "complex64",
+    "complex128",
+    "cfloat",
+    "cdouble",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float8_e4m3fn",
+];
+
+fn resolve_global(module: &str, name: &str) -> Option<Glob> {
+    Some(match (module, name) {
+        ("collections", "OrderedDict") => Glob::OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2") => Glob::RebuildTensorV2,
+        ("torch._utils", "_rebuild_tensor") => Glob::RebuildTensor,
+        ("torch._utils", "_rebuild_parameter") => Glob::RebuildParameter,
+        ("torch._utils", "_rebuild_parameter_with_state") => Glob::RebuildParameterWithState,
+        ("torch._tensor", "_rebuild_from_type_v2") => Glob::RebuildFromTypeV2,
+        ("torch", "Tensor") | ("torch.nn.parameter", "Parameter") => Glob::TensorType,
+        ("torch", "device") => Glob::Device,
+        ("builtins", "set") | ("builtins", "frozenset") => Glob::Set,
+        ("torch", n) => {
+            if let Some((_, k)) = STORAGE_TYPES.iter().find(|(s, _)| *s == n) {
+                Glob::StorageType(*k)
+            } else {
+                Glob::Dtype(DTYPES.iter().find(|d| **d == n)?)
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Loads the storage `key` holding `numel` elements of `kind`.
+pub type StorageFn<'a> = dyn FnMut(&str, Kind, i64) -> Result<Tensor, CheckpointError> + 'a;
+
+struct Vm<'a, 'b> {
+    data: &'a [u8],
+    pos: usize,
+    path: PathBuf,
+    arena: Vec<Node>,
+    stack: Vec<Id>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, Id>,
+    storages: HashMap<String, (Kind, Tensor)>,
+    load: &'a mut StorageFn<'b>,
+}
+
+/// Runs the pickle `data` (from `path`, for error messages) and converts its result to a
+/// [`Value`]; persistent ids name storages that `load` reads.
+pub fn read_pickle(
+    data: &[u8],
+    path: &Path,
+    load: &mut StorageFn<'_>,
+) -> Result<Value, CheckpointError> {
+    let mut vm = Vm {
+        data,
+        pos: 0,
+        path: path.to_owned(),
+        arena: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        storages: HashMap::new(),
+        load,
+    };
+    let root = vm.run()?;
+    let mut budget = data.len().saturating_mul(4).max(1 << 20);
+    vm.convert(root, 0, &mut budget)
+}
+
+impl Vm<'_, '_> {
+    fn err(&self, msg: impl std::fmt::Display) -> CheckpointError {
+        CheckpointError::Format {
+            path: self.path.clone(),
+            msg: format!("data.pkl byte {}: {msg}", self.pos),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], CheckpointError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        match end {
+            Some(end) => {
+                let s = &self.data[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(CheckpointError::Truncated {
+                path: self.path.clone(),
+                what: format!("pickle operand at byte {} of data.pkl", self.pos),
+                needed: (self.pos as u64).saturating_add(n as u64),
+                len: self.data.len() as u64,
+            }),
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8, CheckpointError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, CheckpointError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, CheckpointError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, CheckpointError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn line(&mut self) -> Result<String, CheckpointError> {
+        let rest = &self.data[self.pos..];
+        let n = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or_else(|| self.err("unterminated text operand"))?;
+        let s = std::str::from_utf8(&rest[..n])
+            .map_err(|_| self.err("text operand is not UTF-8"))?
+            .to_owned();
+        self.pos += n + 1;
+        Ok(s)
+    }
+    fn utf8(&mut self, n: u64) -> Result<String, CheckpointError> {
+        let n = usize::try_from(n).map_err(|_| self.err("string length overflow"))?;
+        let b = self.take(n)?;
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(self.err("string is not valid UTF-8")),
+        }
+    }
+
+    fn push(&mut self, n: Node) {
+        self.arena.push(n);
+        self.stack.push(self.arena.len() - 1);
+    }
+    fn pop(&mut self) -> Result<Id, CheckpointError> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.err("stack underflow"));
+        }
+        self.stack.pop().ok_or_else(|| self.err("stack underflow"))
+    }
+    fn top(&self) -> Result<Id, CheckpointError> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.err("stack underflow"));
+        }
+        self.stack
+            .last()
+            .copied()
+            .ok_or_else(|| self.err("stack underflow"))
+    }
+    fn pop_mark(&mut self) -> Result<Vec<Id>, CheckpointError> {
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.err("no MARK on the stack"))?;
+        Ok(self.stack.split_off(m))
+    }
+    fn int_of(&self, id: Id, what: &str) -> Result<i64, CheckpointError> {
+        match &self.arena[id] {
+            Node::Int(i) => Ok(*i),
+            Node::Bool(b) => Ok(*b as i64),
+            n => Err(self.err(format!("{what}: expected int, found {}", n.type_name()))),
+        }
+    }
+    fn ints_of(&self, id: Id, what: &str) -> Result<Vec<i64>, CheckpointError> {
+        match &self.arena[id] {
+            Node::Tuple(v) | Node::List(v) => v.iter().map(|&i| self.int_of(i, what)).collect(),
+            n => Err(self.err(format!("{what}: expected tuple, found {}", n.type_name()))),
+        }
+    }
+    fn tuple_items(&self, id: Id, what: &str) -> Result<Vec<Id>, CheckpointError> {
+        match &self.arena[id] {
+            Node::Tuple(v) => Ok(v.clone()),
+            n => Err(self.err(format!("{what}: expected tuple, found {}", n.type_name()))),
+        }
+    }
+
+    fn memo_put(&mut self, k: u64) -> Result<(), CheckpointError> {
+        let t = self.top()?;
+        self.memo.insert(k, t);
+        Ok(())
+    }
+    fn memo_get(&mut self, k: u64) -> Result<(), CheckpointError> {
+        let id = *self
+            .memo
+            .get(&k)
+            .ok_or_else(|| self.err(format!("memo key {k} was never stored")))?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<(), CheckpointError> {
+        match resolve_global(module, name) {
+            Some(g) => {
+                self.push(Node::Global(g));
+                Ok(())
+            }
+            None => Err(CheckpointError::DisallowedGlobal {
+                path: self.path.clone(),
+                global: format!("{module}.{name}"),
+            }),
+        }
+    }
+
+    fn extend(&mut self, target: Id, items: Vec<Id>) -> Result<(), CheckpointError> {
+        match &mut self.arena[target] {
+            Node::List(v) | Node::Set(v) => {
+                v.extend(items);
+                Ok(())
+            }
+            n => {
+                let t = n.type_name();
+                Err(self.err(format!("APPEND/ADDITEMS to a {t}")))
+            }
+        }
+    }
+
+    fn set_items(&mut self, target: Id, items: Vec<Id>) -> Result<(), CheckpointError> {
+        if !items.len().is_multiple_of(2) {
+            return Err(self.err("SETITEMS with an odd number of items"));
+        }
+        let pairs = items.chunks(2).map(|p| (p[0], p[1]));
+        match &mut self.arena[target] {
+            Node::Dict(v) | Node::OrderedDict(v) => {
+                v.extend(pairs);
+                Ok(())
+            }
+            n => {
+                let t = n.type_name();
+                Err(self.err(format!("SETITEM(S) on a {t}")))
+            }
+        }
+    }
+
+    fn run(&mut self) -> Result<Id, CheckpointError> {
+        loop {
+            let at = self.pos;
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let p = self.u8()?;
+                    if p > 5 {
+                        return Err(self.err(format!("unsupported pickle protocol {p}")));
+                    }
+                }
+                0x95 => {
+                    self.u64()?; // FRAME: a length hint only
+                }
+                b'.' => return self.pop(),
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let t = self.top()?;
+                    self.stack.push(t);
+                }
+                b'N' => self.push(Node::None),
+                0x88 => self.push(Node::Bool(true)),
+                0x89 => self.push(Node::Bool(false)),
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.push(Node::Int(v.into()));
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push(Node::Int(v.into()));
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.push(Node::Int(v.into()));
+                }
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        self.u8()? as usize
+                    } else {
+                        self.u32()? as usize
+                    };
+                    let b = self.take(n)?;
+                    if n > 8 {
+                        return Err(self.err(format!("integer of {n} bytes exceeds 64 bits")));
+                    }
+                    let v = if n == 0 {
+                        0
+                    } else {
+                        let fill = if b[n - 1] & 0x80 != 0 { 0xFF } else { 0 };
+                        let mut a = [fill; 8];
+                        a[..n].copy_from_slice(b);
+                        i64::from_le_bytes(a)
+                    };
+                    self.push(Node::Int(v));
+                }
+                b'I' | b'L' => {
+                    let s = self.line()?;
+                    let s = s.trim_end_matches('L');
+                    let node = match s {
+                        "00" => Node::Bool(false),
+                        "01" => Node::Bool(true),
+                        _ => Node::Int(s.parse().map_err(|_| self.err(format!("bad int {s:?}")))?),
+                    };
+                    self.push(node);
+                }
+                b'G' => {
+                    let b = self.take(8)?;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    self.push(Node::Float(f64::from_be_bytes(a)));
+                }
+                b'F' => {
+                    let s = self.line()?;
+                    let v = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad float {s:?}")))?;
+                    self.push(Node::Float(v));
+                }
+                b'X' => {
+                    let n = self.u32()?;
+                    let s = self.utf8(n.into())?;
+                    self.push(Node::Str(s));
+                }
+                0x8c => {
+                    let n = self.u8()?;
+                    let s = self.utf8(n.into())?;
+                    self.push(Node::Str(s));
+                }
+                0x8d => {
+                    let n = self.u64()?;
+                    let s = self.utf8(n)?;
+                    self.push(Node::Str(s));
+                }
+                b'T' | b'U' => {
+                    // Python 2 str: bytes read as latin-1 text.
+                    let n = if op == b'T' {
+                        self.u32()? as usize
+                    } else {
+                        self.u8()? as usize
+                    };
+                    let s = self.take(n)?.iter().map(|&c| c as char).collect();
+                    self.push(Node::Str(s));
+                }
+                b'B' | b'C' | 0x8e => {
+                    let n = match op {
+                        b'B' => self.u32()? as u64,
+                        b'C' => self.u8()? as u64,
+                        _ => self.u64()?,
+                    };
+                    let n = usize::try_from(n).map_err(|_| self.err("bytes length overflow"))?;
+                    self.take(n)?;
+                    self.push(Node::Bytes(n));
+                }
+                b')' => self.push(Node::Tuple(vec![])),
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Tuple(items));
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    let floor = self.marks.last().copied().unwrap_or(0);
+                    if self.stack.len() < floor + n {
+                        return Err(self.err("stack underflow"));
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.push(Node::Tuple(items));
+                }
+                b']' => self.push(Node::List(vec![])),
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::List(items));
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    let l = self.top()?;
+                    self.extend(l, vec![v])?;
+                }
+                b'e' | 0x90 => {
+                    let items = self.pop_mark()?;
+                    let l = self.top()?;
+                    self.extend(l, items)?;
+                }
+                b'}' => self.push(Node::Dict(vec![])),
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Dict(vec![]));
+                    let d = self.top()?;
+                    self.set_items(d, items)?;
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let d = self.top()?;
+                    self.set_items(d, vec![k, v])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    let d = self.top()?;
+                    self.set_items(d, items)?;
+                }
+                0x8f => self.push(Node::Set(vec![])),
+                0x91 => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Set(items));
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.global(&module, &name)?;
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (&self.arena[module], &self.arena[name]) {
+                        (Node::Str(m), Node::Str(n)) => {
+                            let (m, n) = (m.clone(), n.clone());
+                            self.global(&m, &n)?;
+                        }
+                        _ => return Err(self.err("STACK_GLOBAL needs two strings")),
+                    }
+                }
+                b'R' | 0x81 => {
+                    let args = self.pop()?;
+                    let f = self.pop()?;
+                    let n = self.call(f, args)?;
+                    self.push(n);
+                }
+                0x92 => {
+                    let kwargs = self.pop()?;
+                    let args = self.pop()?;
+                    let f = self.pop()?;
+                    if !matches!(&self.arena[kwargs], Node::Dict(v) if v.is_empty()) {
+                        return Err(self.err("NEWOBJ_EX with keyword arguments"));
+                    }
+                    let n = self.call(f, args)?;
+                    self.push(n);
+                }
+                b'b' => {
+                    let state = self.pop()?;
+                    let obj = self.top()?;
+                    self.build(obj, state)?;
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let n = self.persistent(pid)?;
+                    self.push(n);
+                }
+                b'h' => {
+                    let k = self.u8()?;
+                    self.memo_get(k.into())?;
+                }
+                b'j' => {
+                    let k = self.u32()?;
+                    self.memo_get(k.into())?;
+                }
+                b'g' => {
+                    let s = self.line()?;
+                    let k = s.parse().map_err(|_| self.err("bad GET key"))?;
+                    self.memo_get(k)?;
+                }
+                b'q' => {
+                    let k = self.u8()?;
+                    self.memo_put(k.into())?;
+                }
+                b'r' => {
+                    let k = self.u32()?;
+                    self.memo_put(k.into())?;
+                }
+                b'p' => {
+                    let s = self.line()?;
+                    let k = s.parse().map_err(|_| self.err("bad PUT key"))?;
+                    self.memo_put(k)?;
+                }
+                0x94 => {
+                    let k = self.memo.len() as u64;
+                    self.memo_put(k)?;
+                }
+                _ => {
+                    self.pos = at;
+                    return Err(self.err(format!(
+                        "unsupported pickle opcode 0x{op:02x} (not allowed by weights_only loading)"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn build(&mut self, obj: Id, state: Id) -> Result<(), CheckpointError> {
+        let empty = match &self.arena[state] {
+            Node::None => true,
+            Node::Dict(v) | Node::OrderedDict(v) => v.is_empty(),
+            Node::Tuple(v) => v.iter().all(|&i| match &self.arena[i] {
+                Node::None => true,
+                Node::Dict(d) => d.is_empty(),
+                _ => false,
+            }),
+            _ => false,
+        };
+        // `state_dict()` OrderedDicts carry a `_metadata` attribute (module versions), set by
+        // BUILD with a dict; the value tree has no attributes, so it is dropped.
+        let attrs = matches!(self.arena[obj], Node::OrderedDict(_))
+            && matches!(self.arena[state], Node::Dict(_));
+        if empty || attrs {
+            return Ok(());
+        }
+        let t = self.arena[obj].type_name();
+        Err(self.err(format!("BUILD with state on a {t} is not supported")))
+    }
+
+    fn call(&mut self, f: Id, args: Id) -> Result<Node, CheckpointError> {
+        let g = match &self.arena[f] {
+            Node::Global(g) => *g,
+            n => return Err(self.err(format!("REDUCE on a {}, not a callable", n.type_name()))),
+        };
+        let a = self.tuple_items(args, "call arguments")?;
+        let arg = |i: usize| {
+            a.get(i)
+                .copied()
+                .ok_or_else(|| self.err(format!("{g:?} called with {} arguments", a.len())))
+        };
+        match g {
+            Glob::OrderedDict => {
+                let mut pairs = vec![];
+                if let Some(&items) = a.first() {
+                    match &self.arena[items] {
+                        Node::List(v) | Node::Tuple(v) => {
+                            for &p in v {
+                                let kv = self.tuple_items(p, "OrderedDict item")?;
+                                if kv.len() != 2 {
+                                    return Err(self.err("OrderedDict item is not a pair"));
+                                }
+                                pairs.push((kv[0], kv[1]));
+                            }
+                        }
+                        Node::Dict(v) | Node::OrderedDict(v) => pairs.extend(v.iter().copied()),
+                        n => {
+                            return Err(self
+                                .err(format!("OrderedDict({}) is not supported", n.type_name())))
+                        }
+                    }
+                }
+                Ok(Node::OrderedDict(pairs))
+            }
+            Glob::Set => {
+                let items = match a.first().map(|&i| &self.arena[i]) {
+                    None => vec![],
+                    Some(Node::List(v) | Node::Tuple(v) | Node::Set(v)) => v.clone(),
+                    Some(n) => {
+                        return Err(self.err(format!("set({}) is not supported", n.type_name())))
+                    }
+                };
+                Ok(Node::Set(items))
+            }
+            Glob::Device => {
+                let mut s = match &self.arena[arg(0)?] {
+                    Node::Str(s) => s.clone(),
+                    _ => return Err(self.err("torch.device needs a string")),
+                };
+                if let Some(&i) = a.get(1) {
+                    if let Node::Int(n) = self.arena[i] {
+                        s = format!("{s}:{n}");
+                    }
+                }
+                Ok(Node::Str(s))
+            }
+            Glob::RebuildTensorV2 | Glob::RebuildTensor => {
+                let storage = arg(0)?;
+                let offset = self.int_of(arg(1)?, "tensor offset")?;
+                let size = self.ints_of(arg(2)?, "tensor size")?;
+                let stride = self.ints_of(arg(3)?, "tensor stride")?;
+                self.view(storage, offset, &size, &stride).map(Node::Tensor)
+            }
+            Glob::RebuildParameter | Glob::RebuildParameterWithState => {
+                match &self.arena[arg(0)?] {
+                    Node::Tensor(t) => Ok(Node::Tensor(t.shallow_clone())),
+                    n => Err(self.err(format!("Parameter of a {}", n.type_name()))),
+                }
+            }
+            Glob::RebuildFromTypeV2 => {
+                let func = arg(0)?;
+                if !matches!(self.arena[arg(1)?], Node::Global(Glob::TensorType)) {
+                    return Err(self.err("_rebuild_from_type_v2 of a type other than Tensor"));
+                }
+                let inner = arg(2)?;
+                self.build(func, arg(3)?)?;
+                self.call(func, inner)
+            }
+            Glob::StorageType(_) | Glob::TensorType | Glob::Dtype(_) => {
+                Err(self.err(format!("{g:?} cannot be called here")))
+            }
+        }
+    }
+
+    fn persistent(&mut self, pid: Id) -> Result<Node, CheckpointError> {
+        let items = self.tuple_items(pid, "persistent id")?;
+        let s = |vm: &Self, i: usize| match items.get(i).map(|&x| &vm.arena[x]) {
+            Some(Node::Str(s)) => Ok(s.clone()),
+            _ => Err(vm.err(format!("persistent id item {i} is not a string"))),
+        };
+        if items.len() != 5 || s(self, 0)? != "storage" {
+            return Err(self.err("persistent id is not ('storage', type, key, location, numel)"));
+        }
+        let kind = match self.arena[items[1]] {
+            Node::Global(Glob::StorageType(k)) => k,
+            _ => return Err(self.err("persistent id names no known storage type")),
+        };
+        let key = s(self, 2)?;
+        if key.is_empty() || key.contains('/') || key.contains("..") {
+            return Err(self.err(format!("storage key {key:?} is not a plain name")));
+        }
+        let numel = self.int_of(items[4], "storage size")?;
+        if numel < 0 {
+            return Err(self.err(format!("storage {key} has negative size {numel}")));
+        }
+        if let Some((k, t)) = self.storages.get(&key) {
+            if *k != kind || t.numel() as i64 != numel {
+                return Err(self.err(format!("storage {key} used with two types or sizes")));
+            }
+            return Ok(Node::Storage(kind, t.shallow_clone()));
+        }
+        let t = (self.load)(&key, kind, numel)?;
+        self.storages.insert(key, (kind, t.shallow_clone()));
+        Ok(Node::Storage(kind, t))
+    }
+
+    fn view(
+        &self,
+        storage: Id,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
+    ) -> Result<Tensor, CheckpointError> {
+        let (kind, st) = match &self.arena[storage] {
+            Node::Storage(k, t) => (*k, t),
+            n => return Err(self.err(format!("tensor over a {}, not a storage", n.type_name()))),
+        };
+        if size.len() != stride.len() || size.len() > MAX_DIMS {
+            return Err(self.err(format!(
+                "tensor with {} sizes and {} strides",
+                size.len(),
+                stride.len()
+            )));
+        }
+        if offset < 0 || size.iter().any(|&s| s < 0) || stride.iter().any(|&s| s < 0) {
+            return Err(self.err("negative tensor offset, size or stride"));
+        }
+        let mut numel: i64 = 1;
+        let mut last: i64 = offset;
+        for (&n, &s) in size.iter().zip(stride) {
+            numel = numel
+                .checked_mul(n)
+                .ok_or_else(|| self.err("tensor size overflows"))?;
+            if n > 0 {
+                last = (n - 1)
+                    .checked_mul(s)
+                    .and_then(|x| x.checked_add(last))
+                    .ok_or_else(|| self.err("tensor extent overflows"))?;
+            }
+        }
+        let storage_numel = st.numel() as i64;
+        if numel == 0 {
+            return Tensor::f_empty(size, (kind, st.device())).map_err(|e| self.err(e));
+        }
+        if last >= storage_numel {
+            return Err(self.err(format!(
+                "tensor view reaches element {last} of a storage of {storage_numel}"
+            )));
+        }
+        st.f_as_strided(size, stride, offset)
+            .map_err(|e| self.err(e))
+    }
+
+    fn key(&self, id: Id) -> Result<Key, CheckpointError> {
+        match &self.arena[id] {
+            Node::Str(s) => Ok(Key::Str(s.clone())),
+            Node::Int(i) => Ok(Key::Int(*i)),
+            n => Err(self.err(format!(
+                "dict key of type {} is not supported",
+                n.type_name()
+            ))),
+        }
+    }
+
+    fn convert(&self, id: Id, depth: usize, budget: &mut usize) -> Result<Value, CheckpointError> {
+        if depth > MAX_DEPTH {
+            return Err(CheckpointError::Limit {
+                path: self.path.clone(),
+                what: format!("containers nested deeper than {MAX_DEPTH} levels"),
+            });
+        }
+        *budget = budget
+            .checked_sub(1)
+            .ok_or_else(|| CheckpointError::Limit {
+                path: self.path.clone(),
+                what: "too many shared references (the value tree would explode)".into(),
+            })?;
+        let seq = |v: &[Id], budget: &mut usize| -> Result<Vec<Value>, CheckpointError> {
+            v.iter()
+                .map(|&i| self.convert(i, depth + 1, budget))
+                .collect()
+        };
+        let dict = |v: &[(Id, Id)], budget: &mut usize| -> Result<Dict, CheckpointError> {
+            let mut d = Dict::with_capacity(v.len());
+            for &(k, x) in v {
+                d.insert(self.key(k)?, self.convert(x, depth + 1, budget)?);
+            }
+            Ok(d)
+        };
+        Ok(match &self.arena[id] {
+            Node::None => Value::None,
+            Node::Bool(b) => Value::Bool(*b),
+            Node::Int(i) => Value::Int(*i),
+            Node::Float(x) => Value::Float(*x),
+            Node::Str(s) => Value::Str(s.clone()),
+            Node::List(v) | Node::Set(v) => Value::List(seq(v, budget)?),
+            Node::Tuple(v) => Value::Tuple(seq(v, budget)?),
+            Node::Dict(v) => Value::Dict(dict(v, budget)?),
+            Node::OrderedDict(v) => Value::OrderedDict(dict(v, budget)?),
+            Node::Tensor(t) => Value::Tensor(t.shallow_clone()),
+            Node::Global(Glob::Dtype(d)) => Value::Str(format!("torch.{d}")),
+            Node::Bytes(n) => {
+                return Err(CheckpointError::Unsupported {
+                    path: self.path.clone(),
+                    what: format!("a bytes value ({n} bytes) in the checkpoint tree"),
+                })
+            }
+            n @ (Node::Global(_) | Node::Storage(..)) => {
+                return Err(CheckpointError::Unsupported {
+                    path: self.path.clone(),
+                    what: format!("a {} value in the checkpoint tree", n.type_name()),
+                })
+            }
+        })
+    }
+}

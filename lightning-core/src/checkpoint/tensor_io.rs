@@ -1,0 +1,256 @@
+//! Tensors to and from storage records: grouping views of one storage into one record,
+//! moving CUDA tensors to host memory, and building tensors over records (copied into fresh
+//! memory, or zero-copy over a private memory map of the file).
+
+use super::pickle_read::storage_type_name;
+use super::pickle_write::TensorRef;
+use super::zip_io::ZipReader;
+use super::CheckpointError;
+use crate::value::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// One storage record to write: the bytes `[start, end)` (in elements) of a storage.
+pub struct PlannedStorage {
+    /// Record key under `data/`.
+    pub key: String,
+    kind: Kind,
+    /// A tensor over the storage (any of its views).
+    base: Tensor,
+    start: i64,
+    end: i64,
+}
+
+impl PlannedStorage {
+    /// Bytes in the record.
+    pub fn nbytes(&self) -> u64 {
+        ((self.end - self.start) as u64) * self.kind.elt_size_in_bytes() as u64
+    }
+
+    /// The record's bytes in host memory: a contiguous CPU tensor and a byte view of it.
+    pub fn host_bytes(&self) -> Result<HostBytes, String> {
+        let n = self.end - self.start;
+        let chunk = tch::no_grad(|| {
+            let c = self.base.f_as_strided([n], [1], self.start)?;
+            if c.device() == Device::Cpu {
+                Ok(c)
+            } else {
+                c.f_to_device(Device::Cpu)
+            }
+        })
+        .map_err(|e| format!("storage {}: {e}", self.key))?;
+        Ok(HostBytes {
+            len: self.nbytes() as usize,
+            t: chunk,
+        })
+    }
+}
+
+/// A contiguous host tensor whose memory is read as bytes.
+pub struct HostBytes {
+    t: Tensor,
+    len: usize,
+}
+
+impl HostBytes {
+    /// The bytes (empty for an empty storage).
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `t` is a contiguous CPU tensor of exactly `len` bytes, alive as long as self.
+        unsafe { std::slice::from_raw_parts(self.t.data_ptr() as *const u8, self.len) }
+    }
+}
+
+type StorageId = (usize, Kind, Device);
+
+/// Which records a value tree's tensors are written to.
+#[derive(Default)]
+pub struct StoragePlan {
+    /// Storages in first-use order.
+    pub storages: Vec<PlannedStorage>,
+    index: HashMap<StorageId, usize>,
+}
+
+struct Geometry {
+    id: StorageId,
+    offset: i64,
+    end: i64,
+}
+
+fn geometry(t: &Tensor) -> Result<Geometry, String> {
+    let kind = t.f_kind().map_err(|e| e.to_string())?;
+    let elt = kind.elt_size_in_bytes();
+    if t.numel() == 0 {
+        return Ok(Geometry {
+            id: (0, kind, Device::Cpu),
+            offset: 0,
+            end: 0,
+        });
+    }
+    let base = tch::no_grad(|| t.f_as_strided([1], [1], 0)).map_err(|e| e.to_string())?;
+    let base_ptr = base.data_ptr() as usize;
+    let offset = ((t.data_ptr() as usize).wrapping_sub(base_ptr) / elt) as i64;
+    let end = t
+        .size()
+        .iter()
+        .zip(t.stride())
+        .fold(offset, |acc, (&n, s)| acc + (n - 1) * s)
+        + 1;
+    Ok(Geometry {
+        id: (base_ptr, kind, t.device()),
+        offset,
+        end,
+    })
+}
+
+impl StoragePlan {
+    /// Groups the tensors of `v` by storage.
+    pub fn new(v: &Value) -> Result<Self, String> {
+        let mut plan = StoragePlan::default();
+        let mut err = None;
+        v.visit_tensors("", &mut |path, t| {
+            if err.is_some() {
+                return;
+            }
+            if let Err(e) = plan.add(t) {
+                err = Some(format!("{path}: {e}"));
+            }
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(plan),
+        }
+    }
+
+    fn add(&mut self, t: &Tensor) -> Result<(), String> {
+        let kind = t.f_kind().map_err(|e| e.to_string())?;
+        if storage_type_name(kind).is_none() {
+            return Err(format!(
+                "dtype {kind:?} has no torch storage type (supported: f64, f32, f16, bf16, i64, i32, i16, i8, u8, bool)"
+            ));
+        }
+        let g = geometry(t)?;
+        match self.index.get(&g.id) {
+            Some(&i) => {
+                let s = &mut self.storages[i];
+                if g.end > g.offset {
+                    s.start = s.start.min(g.offset);
+                    s.end = s.end.max(g.end);
+                }
+            }
+            None => {
+                self.index.insert(g.id, self.storages.len());
+                self.storages.push(PlannedStorage {
+                    key: self.storages.len().to_string(),
+                    kind,
+                    base: t.shallow_clone(),
+                    start: g.offset,
+                    end: g.end,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The persistent id and geometry of one of the planned tensors.
+    pub fn tensor_ref(&self, t: &Tensor) -> Result<TensorRef, String> {
+        let g = geometry(t)?;
+        let s = self
+            .index
+            .get(&g.id)
+            .map(|&i| &self.storages[i])
+            .ok_or("tensor was not planned")?;
+        let storage_type = storage_type_name(s.kind).ok_or("unsupported dtype")?;
+        Ok(TensorRef {
+            storage_type,
+            key: s.key.clone(),
+            storage_numel: s.end - s.start,
+            offset: if t.numel() == 0 {
+                0
+            } else {
+                g.offset - s.start
+            },
+            size: t.size(),
+            stride: t.stride(),
+        })
+    }
+}
+
+/// How storages are materialized on load.
+pub struct StorageLoader<'a> {
+    /// The archive.
+    pub zip: &'a ZipReader,
+    /// The whole file mapped privately (copy-on-write), for zero-copy tensors.
+    pub map: Option<&'static [u8]>,
+    /// Check each record's CRC-32.
+    pub verify_crc: bool,
+    /// Where tensors go.
+    pub device: Device,
+    /// Allocate storages without reading them (structure checks only).
+    pub skip_data: bool,
+    /// Path for errors.
+    pub path: &'a Path,
+}
+
+impl StorageLoader<'_> {
+    /// Loads the storage `key` holding `numel` elements of `kind`.
+    pub fn load(&self, key: &str, kind: Kind, numel: i64) -> Result<Tensor, CheckpointError> {
+        let fmt = |msg: String| CheckpointError::Format {
+            path: self.path.to_owned(),
+            msg,
+        };
+        let name = format!("data/{key}");
+        let e = self
+            .zip
+            .entry(&name)
+            .ok_or_else(|| fmt(format!("missing record {}/{name}", self.zip.prefix())))?
+            .clone();
+        let elt = kind.elt_size_in_bytes() as u64;
+        let nbytes = (numel as u64)
+            .checked_mul(elt)
+            .ok_or_else(|| fmt(format!("storage {key}: size overflows")))?;
+        if nbytes != e.size {
+            return Err(fmt(format!(
+                "record {}: {} bytes, but the pickle says {numel} elements of {kind:?} ({nbytes} bytes)",
+                e.name, e.size
+            )));
+        }
+        let t = match self.map {
+            Some(map) if e.data_offset % elt == 0 && !self.skip_data => {
+                let start = e.data_offset as usize;
+                let bytes = &map[start..start + nbytes as usize];
+                if self.verify_crc {
+                    self.zip.check_crc(&e, bytes)?;
+                }
+                // SAFETY: the mapping is leaked (lives for the process) and private (writes to
+                // the tensor never reach the file); the range was checked against the file.
+                unsafe { Tensor::f_from_blob(bytes.as_ptr(), &[numel], &[1], kind, Device::Cpu) }
+                    .map_err(|err| fmt(format!("storage {key}: {err}")))?
+            }
+            _ => {
+                let t = Tensor::f_empty([numel], (kind, Device::Cpu))
+                    .map_err(|err| fmt(format!("storage {key}: {err}")))?;
+                if nbytes > 0 && !self.skip_data {
+                    // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `nbytes` bytes.
+                    let buf = unsafe {
+                        std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes as usize)
+                    };
+                    self.zip.fill_at(&e.name, e.data_offset, buf)?;
+                    if self.verify_crc {
+                        self.zip.check_crc(&e, buf)?;
+                    }
+                }
+                t
+            }
+        };
+        if self.device == Device::Cpu {
+            Ok(t)
+        } else {
+            t.f_to_device(self.device)
+                .map_err(|err| fmt(format!("storage {key} to {:?}: {err}", self.device)))
+        }
+    }
+}

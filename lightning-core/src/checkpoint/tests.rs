@@ -1,0 +1,218 @@
+use super::*;
+use crate::value::{Dict, Key};
+use tch::{Kind, Tensor};
+
+/// A tree exercising every dtype, view kind and container.
+pub(crate) fn sample_tree() -> Value {
+    let base = Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([4, 6]);
+    let mut sd = Dict::new();
+    sd.insert("base".into(), base.shallow_clone().into());
+    sd.insert("col".into(), base.select(1, 2).into()); // strided view, same storage
+    sd.insert("t".into(), base.tr().into()); // transposed view
+    sd.insert("scalar".into(), Tensor::from(3.5f64).into()); // 0-dim
+    sd.insert(
+        "empty".into(),
+        Tensor::zeros([0, 3], (Kind::Float, Device::Cpu)).into(),
+    );
+    for kind in [
+        Kind::Double,
+        Kind::Half,
+        Kind::BFloat16,
+        Kind::Int64,
+        Kind::Int,
+        Kind::Int16,
+        Kind::Int8,
+        Kind::Uint8,
+        Kind::Bool,
+    ] {
+        let t = Tensor::arange(6, (Kind::Int64, Device::Cpu)).to_kind(kind);
+        sd.insert(Key::Str(format!("{kind:?}")), t.into());
+    }
+    let mut state = Dict::new();
+    let mut s0 = Dict::new();
+    s0.insert("step".into(), Tensor::from(5.0f32).into());
+    s0.insert(
+        "exp_avg".into(),
+        Tensor::ones([3], (Kind::Float, Device::Cpu)).into(),
+    );
+    state.insert(Key::Int(0), Value::Dict(s0));
+    let mut opt = Value::dict();
+    opt.insert("state", Value::Dict(state));
+    opt.insert(
+        "param_groups",
+        Value::List(vec![{
+            let mut g = Value::dict();
+            g.insert("lr", 1e-3);
+            g.insert("betas", Value::Tuple(vec![0.9.into(), 0.999.into()]));
+            g.insert("params", vec![0i64, 1]);
+            g
+        }]),
+    );
+    let mut top = Value::dict();
+    top.insert("epoch", 2i64);
+    top.insert("global_step", 1i64 << 40);
+    top.insert("neg", -70000i64);
+    top.insert("min", i64::MIN);
+    top.insert("pytorch-lightning_version", "2.6.6");
+    top.insert("state_dict", Value::OrderedDict(sd));
+    top.insert("optimizer_states", Value::List(vec![opt]));
+    top.insert("none", Value::None);
+    top.insert("flag", false);
+    top.insert("unicode", "héllo ✓");
+    top.insert("nan", f64::NAN);
+    top.insert(
+        "big_tuple",
+        Value::Tuple((0..5i64).map(Value::from).collect()),
+    );
+    top.insert(
+        "long_list",
+        Value::List((0..2500i64).map(Value::from).collect()),
+    );
+    top
+}
+
+#[test]
+fn round_trip_keeps_values_dtypes_and_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.ckpt");
+    let v = sample_tree();
+    save(&p, &v).unwrap();
+    for opts in [
+        LoadOptions::default(),
+        LoadOptions {
+            mmap: true,
+            ..LoadOptions::default()
+        },
+    ] {
+        let back = load_with(&p, &opts).unwrap();
+        assert_eq!(back, v);
+        // Views of one storage come back sharing it: writing through one shows in the other.
+        let sd = back.get("state_dict").unwrap();
+        let base = sd.get("base").unwrap().as_tensor().unwrap();
+        let col = sd.get("col").unwrap().as_tensor().unwrap();
+        let _ = base.get(0).get(2).fill_(-1.0);
+        assert_eq!(col.double_value(&[0]), -1.0);
+    }
+    let report = verify(&p).unwrap();
+    assert_eq!(report.tensors, 16);
+    // No temp files left, and the base storage was written once (24 floats, not 24+4+24).
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let zip = ZipReader::open(&p).unwrap();
+    assert_eq!(zip.entry("data/0").unwrap().size, 24 * 4);
+}
+
+#[test]
+fn slice_of_a_large_tensor_saves_only_its_extent() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.ckpt");
+    let big = Tensor::arange(1000, (Kind::Int64, Device::Cpu));
+    let mut v = Value::dict();
+    v.insert("x", big.narrow(0, 500, 10));
+    save(&p, &v).unwrap();
+    assert_eq!(
+        ZipReader::open(&p).unwrap().entry("data/0").unwrap().size,
+        80
+    );
+    assert_eq!(load(&p).unwrap(), v);
+}
+
+fn corrupt(p: &Path, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut b = std::fs::read(p).unwrap();
+    f(&mut b);
+    let q = p.with_extension("bad");
+    std::fs::write(&q, b).unwrap();
+    q
+}
+
+#[test]
+fn damaged_files_give_precise_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.ckpt");
+    save(&p, &sample_tree()).unwrap();
+    let len = std::fs::metadata(&p).unwrap().len() as usize;
+
+    let q = corrupt(&p, |b| b.truncate(len / 2));
+    let e = load(&q).unwrap_err();
+    assert!(matches!(e, CheckpointError::Truncated { .. }), "{e}");
+    assert!(verify(&q).is_err());
+
+    // Flip a byte inside the data of record data/0.
+    let off = ZipReader::open(&p)
+        .unwrap()
+        .entry("data/0")
+        .unwrap()
+        .data_offset as usize;
+    let q = corrupt(&p, |b| b[off + 5] ^= 0x40);
+    let e = load(&q).unwrap_err();
+    assert!(
+        matches!(&e, CheckpointError::Crc { record, .. } if record == "archive/data/0"),
+        "{e}"
+    );
+    assert!(matches!(verify(&q), Err(CheckpointError::Crc { .. })));
+
+    std::fs::write(&q, b"definitely not a zip file, just some random bytes").unwrap();
+    let e = load(&q).unwrap_err();
+    assert!(e.to_string().contains("not a zip archive"), "{e}");
+}
+
+/// Builds a torch-style archive around a hand-written pickle.
+pub(crate) fn archive_with_pickle(p: &Path, pickle: &[u8]) {
+    let mut z = ZipWriter::new(File::create(p).unwrap());
+    z.add("archive/data.pkl", &[pickle]).unwrap();
+    z.add("archive/version", &[b"3\n"]).unwrap();
+    z.finish().unwrap();
+}
+
+#[test]
+fn disallowed_globals_are_named_and_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("evil.ckpt");
+    // os.system('echo pwned') as a pickle.
+    archive_with_pickle(
+        &p,
+        b"\x80\x02cos\nsystem\nX\x0b\x00\x00\x00echo pwned\x85R.",
+    );
+    let e = load(&p).unwrap_err();
+    assert!(
+        matches!(&e, CheckpointError::DisallowedGlobal { global, .. } if global == "os.system"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("`os.system`"));
+}
+
+#[test]
+fn protocol_4_opcodes_and_deep_nesting() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p4.ckpt");
+    // {'a': [1, 2], 's': {3}} with FRAME, SHORT_BINUNICODE, MEMOIZE, EMPTY_SET, ADDITEMS.
+    let pk = b"\x80\x04\x95\x20\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x01a\x94]\x94(K\x01K\x02e\x8c\x01s\x8f\x94(K\x03\x90u.";
+    archive_with_pickle(&p, pk);
+    let v = load(&p).unwrap();
+    assert_eq!(v.get("a"), Some(&Value::from(vec![1i64, 2])));
+    assert_eq!(v.get("s"), Some(&Value::from(vec![3i64])));
+
+    let mut deep = b"\x80\x02".to_vec();
+    deep.extend(std::iter::repeat_n(b']', 100_000));
+    deep.extend(std::iter::repeat_n(b'a', 99_999));
+    deep.push(b'.');
+    archive_with_pickle(&p, &deep);
+    assert!(matches!(load(&p), Err(CheckpointError::Limit { .. })));
+}
+
+#[test]
+fn failed_save_leaves_old_file_and_no_temp() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.ckpt");
+    save(&p, &sample_tree()).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    let mut bad = Value::dict();
+    bad.insert("c", Tensor::zeros([2], (Kind::ComplexFloat, Device::Cpu)));
+    let e = save(&p, &bad).unwrap_err();
+    assert!(e.to_string().contains("c: dtype"), "{e}");
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

@@ -1,0 +1,186 @@
+//! Checkpoint writing, synchronous or in the background.
+//!
+//! Async mode: the step loop only takes a snapshot (every tensor copied to host memory, pinned
+//! when the tensor is on a GPU), then a thread serializes and writes it with
+//! [`crate::checkpoint::save`] (atomic and durable). At most one save is in flight: the next
+//! one waits for it (the wait is logged). A failed background save is reported by the next
+//! call into the saver ([`Saver::poll`] every step) and by [`Saver::finish`] at the end of
+//! `fit`, which returns only once every pending save is durable.
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::value::Value;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+type Pending = (PathBuf, JoinHandle<Result<(), checkpoint::CheckpointError>>);
+
+/// Writes checkpoints for the trainer.
+#[derive(Default)]
+pub(crate) struct Saver {
+    asynchronous: bool,
+    pending: Option<Pending>,
+}
+
+impl Saver {
+    pub fn new(asynchronous: bool) -> Self {
+        Saver {
+            asynchronous,
+            pending: None,
+        }
+    }
+
+    /// Saves `ckpt` to `path`: directly, or (async) after a consistent snapshot.
+    pub fn save(&mut self, path: &Path, ckpt: Value) -> Result<()> {
+        if !self.asynchronous {
+            return checkpoint::save(path, &ckpt).map_err(save_err(path));
+        }
+        let snap = snapshot(&ckpt);
+        if self.pending.is_some() {
+            let t = Instant::now();
+            self.wait()?;
+            tracing::info!(
+                "async checkpoint: waited {:?} for the previous save before {}",
+                t.elapsed(),
+                path.display()
+            );
+        }
+        let owned = path.to_owned();
+        let handle = std::thread::Builder::new()
+            .name("ckpt-writer".into())
+            .spawn(move || checkpoint::save(&owned, &snap))
+            .map_err(|e| Error::Io {
+                context: format!("starting the checkpoint writer for {}", path.display()),
+                source: e,
+            })?;
+        self.pending = Some((path.to_owned(), handle));
+        Ok(())
+    }
+
+    /// Reports a background save that already failed (does not block).
+    pub fn poll(&mut self) -> Result<()> {
+        if self.pending.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            return self.wait();
+        }
+        Ok(())
+    }
+
+    /// Blocks until the save in flight (if any) is durable; returns its error.
+    pub fn wait(&mut self) -> Result<()> {
+        match self.pending.take() {
+            None => Ok(()),
+            Some((path, h)) => match h.join() {
+                Ok(r) => r.map_err(save_err(&path)),
+                Err(_) => Err(Error::Msg(format!(
+                    "the checkpoint writer for {} panicked",
+                    path.display()
+                ))),
+            },
+        }
+    }
+
+    /// Like [`Saver::wait`]; called when `fit` ends.
+    pub fn finish(&mut self) -> Result<()> {
+        self.wait()
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+fn save_err(path: &Path) -> impl FnOnce(checkpoint::CheckpointError) -> Error + '_ {
+    move |e| Error::Msg(format!("saving checkpoint {}: {e}", path.display()))
+}
+
+/// A deep copy of the tree with every tensor copied to host memory: later in-place updates
+/// (optimizer steps) cannot change what is written.
+pub(crate) fn snapshot(v: &Value) -> Value {
+    match v {
+        Value::Tensor(t) => Value::Tensor(host_copy(t)),
+        Value::List(xs) => Value::List(xs.iter().map(snapshot).collect()),
+        Value::Tuple(xs) => Value::Tuple(xs.iter().map(snapshot).collect()),
+        Value::Dict(d) => Value::Dict(d.iter().map(|(k, x)| (k.clone(), snapshot(x))).collect()),
+        Value::OrderedDict(d) => {
+            Value::OrderedDict(d.iter().map(|(k, x)| (k.clone(), snapshot(x))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn host_copy(t: &Tensor) -> Tensor {
+    let t = t.detach();
+    if t.device() == Device::Cpu {
+        return t.copy();
+    }
+    // A pinned destination makes the device->host copy run at full bus speed.
+    let dst = Tensor::empty(t.size(), (t.kind(), Device::Cpu)).pin_memory(t.device());
+    let mut dst = dst;
+    dst.copy_(&t);
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_is_independent_of_later_in_place_updates() {
+        let w = Tensor::from_slice(&[1.0f32, 2.0]);
+        let mut tree = Value::dict();
+        tree.insert("w", w.shallow_clone());
+        let snap = snapshot(&tree);
+        let mut w2 = w.shallow_clone();
+        let _ = w2.f_add_scalar_(5.0).unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(snap.get("w").unwrap().as_tensor().unwrap()).unwrap(),
+            vec![1.0, 2.0]
+        );
+        assert_eq!(Vec::<f32>::try_from(&w).unwrap(), vec![6.0, 7.0]);
+    }
+
+    #[test]
+    fn async_save_writes_the_snapshot_not_later_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = Tensor::ones([1 << 20], (tch::Kind::Float, Device::Cpu));
+        let mut tree = Value::dict();
+        tree.insert("w", big.shallow_clone());
+        let mut saver = Saver::new(true);
+        let (a, b) = (dir.path().join("a.ckpt"), dir.path().join("b.ckpt"));
+        saver.save(&a, tree.clone()).unwrap();
+        // Training goes on while the file is written: in-place updates right after.
+        let mut w = big.shallow_clone();
+        let _ = w.f_mul_scalar_(3.0).unwrap();
+        saver.save(&b, tree).unwrap(); // waits for `a` (one in flight)
+        let _ = w.f_add_scalar_(1.0).unwrap();
+        saver.finish().unwrap();
+        let read = |p: &Path| {
+            crate::checkpoint::load(p)
+                .unwrap()
+                .get("w")
+                .unwrap()
+                .as_tensor()
+                .unwrap()
+                .sum(tch::Kind::Double)
+                .double_value(&[])
+        };
+        assert_eq!(read(&a), (1 << 20) as f64);
+        assert_eq!(read(&b), 3.0 * (1 << 20) as f64);
+    }
+
+    #[test]
+    fn a_failed_background_save_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut saver = Saver::new(true);
+        let bad = dir.path().join("missing-dir/x.ckpt");
+        saver.save(&bad, Value::dict()).unwrap();
+        let e = saver.finish().unwrap_err().to_string();
+        assert!(e.contains("x.ckpt"), "{e}");
+    }
+}
