@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p lightning-core --bench optim` (needs a CUDA GPU; prints a skip otherwise).
 //! Under `cargo test --all-targets` (no `--bench` argument) it only prints how to run it.
-//! Env: `LIGHTNING_RS_PYTHON` (Python with torch for the anchors), `OPTIM_BENCH_NUMEL`
+//! Env: `LIGHTNING_RS_PYTHON` (Python with torch for the anchors), `OPTIM_ANCHOR_SCRIPT`
+//! (path of `optim_anchor.py` when the binary runs outside the source tree), `OPTIM_BENCH_NUMEL`
 //! (per tensor, default 4Mi), `OPTIM_BENCH_TENSORS` (default 64), `OPTIM_BENCH_REPS` (20).
 
 use lightning_core::optim::{clip_grad_norm, Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
@@ -35,9 +36,22 @@ fn timed(reps: i64, mut f: impl FnMut()) -> f64 {
 
 fn anchors(per: i64, nt: i64, reps: i64) -> Option<serde_json::Value> {
     let py = std::env::var("LIGHTNING_RS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/optim_anchor.py");
+    // The source tree's path, or relative to the working directory (binaries run elsewhere).
+    let built = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/optim_anchor.py");
+    let script = std::env::var("OPTIM_ANCHOR_SCRIPT").unwrap_or_else(|_| {
+        if std::path::Path::new(built).exists() {
+            built.to_owned()
+        } else {
+            "lightning-core/benches/optim_anchor.py".to_owned()
+        }
+    });
     let out = std::process::Command::new(&py)
-        .args([script, &per.to_string(), &nt.to_string(), &reps.to_string()])
+        .args([
+            script.as_str(),
+            &per.to_string(),
+            &nt.to_string(),
+            &reps.to_string(),
+        ])
         .output();
     match out {
         Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
@@ -76,7 +90,7 @@ fn main() {
     let src = Tensor::randn([per * nt], (Kind::Float, dev));
     let mut dst = src.empty_like();
     let copy_s = timed(reps, || {
-        let _ = dst.copy_(&src);
+        dst.copy_(&src);
     });
     drop((src, dst));
     let copy = gbps(8.0, copy_s);
@@ -147,7 +161,9 @@ fn main() {
     println!("| op (bytes/param) | ours GB/s | % of copy | torch fused GB/s | torch foreach GB/s | ours / torch best | our tch-ops GB/s |");
     println!("|---|---|---|---|---|---|---|");
     let a = |k: &str| anchor.as_ref().and_then(|a| a[k].as_f64());
-    let rows: [(&str, f64, f64, Option<f64>, Option<f64>, Option<f64>); 4] = [
+    // (name, bytes per param, our seconds, torch fused s, torch foreach s, our tch-ops s)
+    type Row<'a> = (&'a str, f64, f64, Option<f64>, Option<f64>, Option<f64>);
+    let rows: [Row; 4] = [
         (
             "AdamW step (28)",
             28.0,
