@@ -197,7 +197,7 @@ pub(crate) fn adam_update_ops(
         if c.decoupled_weight_decay {
             let _ = p.f_mul_scalar_(1.0 - c.lr * c.weight_decay)?;
         } else {
-            grad = grad.f_add(&p.f_mul_scalar(c.weight_decay)?)?;
+            grad = grad.f_add(&p.f_to_kind(grad.kind())?.f_mul_scalar(c.weight_decay)?)?;
         }
     }
     let _ = st.exp_avg.f_lerp_(&grad, 1.0 - beta1)?;
@@ -244,7 +244,7 @@ impl Optimizer for Adam {
                 }
                 let st = self.state[i].get_or_insert_with(|| AdamState::new(p, g.cfg.amsgrad));
                 st.step += 1.0;
-                if g.cfg.fused && crate::cuda::fused_supported(p) {
+                if g.cfg.fused && crate::cuda::fused_param_supported(p, &grad) {
                     fused.push(i);
                     continue;
                 }
