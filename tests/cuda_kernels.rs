@@ -232,11 +232,7 @@ fn fused_clip_and_unscale_match_on_gpu() {
         .map(|(p, g)| (p * g).sum(Kind::Float))
         .sum();
     loss.backward();
-    let expect: f64 = grads[0]
-        .iter()
-        .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-        .sum::<f64>()
-        .sqrt();
+    let expect = grad_norm(&p);
     let n = clip_grad_norm(&p, 1.0, 2.0).unwrap();
     assert_eq!(n.device(), dev, "norm stays on the device");
     let got = n.double_value(&[]);
@@ -244,11 +240,7 @@ fn fused_clip_and_unscale_match_on_gpu() {
         (got - expect).abs() / expect < 1e-5,
         "norm {got} vs {expect}"
     );
-    let after: f64 = p
-        .iter()
-        .map(|p| p.grad().square().sum(Kind::Double).double_value(&[]))
-        .sum::<f64>()
-        .sqrt();
+    let after = grad_norm(&p);
     assert!((after - 1.0).abs() < 1e-4, "clipped norm {after}");
 
     // Unscale: finite grads are divided by the scale; an inf sets found_inf and skips the step.
@@ -282,6 +274,20 @@ fn fused_clip_and_unscale_match_on_gpu() {
     assert_eq!(scaler.get_scale(), 32768.0);
 }
 
+/// The global 2-norm of the params' gradients, in f64.
+fn grad_norm(ps: &[Tensor]) -> f64 {
+    ps.iter()
+        .map(|p| {
+            p.grad()
+                .to_kind(Kind::Double)
+                .square()
+                .sum(Kind::Double)
+                .double_value(&[])
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
 #[test]
 fn low_precision_clip_and_unscale_on_gpu() {
     let Some(dev) = gpu() else { return };
@@ -294,33 +300,13 @@ fn low_precision_clip_and_unscale_on_gpu() {
             .map(|(p, g)| (p * g).sum(Kind::Float))
             .sum();
         loss.backward();
-        let expect: f64 = p
-            .iter()
-            .map(|p| {
-                p.grad()
-                    .to_kind(Kind::Double)
-                    .square()
-                    .sum(Kind::Double)
-                    .double_value(&[])
-            })
-            .sum::<f64>()
-            .sqrt();
+        let expect = grad_norm(&p);
         let n = clip_grad_norm(&p, 1.0, 2.0).unwrap().double_value(&[]);
         assert!(
             (n - expect).abs() / expect < 1e-4,
             "{kind:?} norm {n} vs {expect}"
         );
-        let after: f64 = p
-            .iter()
-            .map(|p| {
-                p.grad()
-                    .to_kind(Kind::Double)
-                    .square()
-                    .sum(Kind::Double)
-                    .double_value(&[])
-            })
-            .sum::<f64>()
-            .sqrt();
+        let after = grad_norm(&p);
         assert!((after - 1.0).abs() < 1e-2, "{kind:?} clipped norm {after}");
         let opt = Sgd::new(shallow(&p), SgdConfig::default()).unwrap();
         let before: Vec<Tensor> = p.iter().map(|p| p.grad().to_kind(Kind::Double)).collect();
