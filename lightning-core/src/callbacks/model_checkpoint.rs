@@ -585,6 +585,24 @@ impl ModelCheckpoint {
         self.every_n_epochs >= 1 && (t.current_epoch() + 1) % self.every_n_epochs == 0
     }
 
+    /// The save at train-epoch or validation end: top-k when the epoch is due; `last` only
+    /// when that saved a file (Lightning 2.6), or to re-point a `link`.
+    fn save_due_at_epoch_end(
+        &mut self,
+        t: &mut dyn TrainerContext,
+        cands: &Metrics,
+    ) -> crate::Result<()> {
+        if self.epoch_due(t) {
+            self.save_topk(t, cands)?;
+        }
+        if self.last_global_step_saved == t.global_step()
+            || (self.save_last == SaveLast::Link && self.last_checkpoint_saved.is_some())
+        {
+            self.save_last_checkpoint(t, cands)?;
+        }
+        Ok(())
+    }
+
     fn file_exists(t: &dyn TrainerContext, path: &Path) -> bool {
         t.is_global_zero() && path.exists()
     }
@@ -599,7 +617,8 @@ impl ModelCheckpoint {
                 })?;
             }
         }
-        t.save_checkpoint(path, self.save_weights_only)?;
+        // the file holds this callback's state as updated for this save (as Lightning's)
+        t.save_checkpoint_from(path, self.save_weights_only, &*self)?;
         self.last_global_step_saved = t.global_step();
         self.last_checkpoint_saved = Some(path.to_owned());
         Ok(())
@@ -813,6 +832,8 @@ impl ModelCheckpoint {
             match me.last_checkpoint_saved.clone() {
                 Some(target) if me.save_last == SaveLast::Link && me.save_top_k != 0 => {
                     if t.is_global_zero() {
+                        // the target must be complete on disk before `last` points at it
+                        t.wait_for_pending_saves()?;
                         link_checkpoint(&target, &path)?;
                     }
                 }
@@ -853,11 +874,14 @@ impl ModelCheckpoint {
 
     /// Deletes the files queued by this hook's saves (rank 0 only), skipping any file that is
     /// tracked again (best, top-k, last, newest) or is the resumed-from checkpoint.
-    fn flush_removals(&mut self, t: &dyn TrainerContext) {
+    /// Waits for in-flight (async) saves first: a file goes only once its replacement is
+    /// durable; if that save failed, nothing is deleted and its error is returned.
+    fn flush_removals(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         let queued = std::mem::take(&mut self.pending_removals);
-        if !t.is_global_zero() {
-            return;
+        if !t.is_global_zero() || queued.is_empty() {
+            return Ok(());
         }
+        t.wait_for_pending_saves()?;
         for path in queued {
             let tracked = self.book.best_k_models.contains_key(&path)
                 || self.book.best_model_path.as_deref() == Some(&path)
@@ -876,6 +900,7 @@ impl ModelCheckpoint {
                 tracing::warn!("could not remove old checkpoint {}: {e}", path.display());
             }
         }
+        Ok(())
     }
 
     /// Runs a hook body, then deletes what it queued (only when it succeeded).
@@ -885,13 +910,13 @@ impl ModelCheckpoint {
         f: impl FnOnce(&mut Self, &mut dyn TrainerContext) -> crate::Result<()>,
     ) -> crate::Result<()> {
         self.ensure_setup(t)?;
-        let r = f(self, t);
-        if r.is_ok() {
-            self.flush_removals(t);
-        } else {
-            self.pending_removals.clear();
+        match f(self, t) {
+            Ok(()) => self.flush_removals(t),
+            Err(e) => {
+                self.pending_removals.clear();
+                Err(e)
+            }
         }
-        r
     }
 
     fn path_str(p: &Option<PathBuf>) -> Value {
@@ -1057,9 +1082,23 @@ impl Callback for ModelCheckpoint {
         Ok(())
     }
 
+    /// Starts the time trigger's clock. When the run resumed from a file this callback wrote
+    /// (a tracked top-k or last file), that file is this step's save: it is not written again
+    /// at the same step, so a resumed run leaves the same files as an uninterrupted one.
     fn on_fit_start(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         self.ensure_setup(t)?;
         self.last_time_checked = Some(t.train_time());
+        if let Some(resumed) = t.resumed_from() {
+            let resumed = lexical_absolute(&resumed);
+            let ours = |p: &Path| lexical_absolute(p) == resumed;
+            let b = &self.book;
+            if b.best_k_models.keys().any(|p| ours(p))
+                || b.best_model_path.as_deref().is_some_and(ours)
+                || b.last_model_path.as_deref().is_some_and(ours)
+            {
+                self.last_global_step_saved = t.global_step();
+            }
+        }
         Ok(())
     }
 
@@ -1111,15 +1150,7 @@ impl Callback for ModelCheckpoint {
                 return Ok(());
             }
             let cands = Self::monitor_candidates(t);
-            if me.epoch_due(t) {
-                me.save_topk(t, &cands)?;
-            }
-            if me.last_global_step_saved == t.global_step()
-                || (me.save_last == SaveLast::Link && me.last_checkpoint_saved.is_some())
-            {
-                me.save_last_checkpoint(t, &cands)?;
-            }
-            Ok(())
+            me.save_due_at_epoch_end(t, &cands)
         })
     }
 
@@ -1135,15 +1166,7 @@ impl Callback for ModelCheckpoint {
                 me.defer_save_until_validation = false;
                 return Ok(());
             }
-            if me.epoch_due(t) {
-                me.save_topk(t, &cands)?;
-            }
-            if me.last_global_step_saved == t.global_step()
-                || (me.save_last == SaveLast::Link && me.last_checkpoint_saved.is_some())
-            {
-                me.save_last_checkpoint(t, &cands)?;
-            }
-            Ok(())
+            me.save_due_at_epoch_end(t, &cands)
         })
     }
 
@@ -1227,6 +1250,18 @@ impl Callback for ModelCheckpoint {
             self.pending_state = Some(state.clone());
         }
         Ok(())
+    }
+
+    fn checkpoint_dirpath(&self) -> Option<PathBuf> {
+        self.dirpath.clone()
+    }
+
+    fn best_model_path(&self) -> Option<PathBuf> {
+        self.book.best_model_path.clone()
+    }
+
+    fn is_checkpoint_callback(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn Any {
