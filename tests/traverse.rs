@@ -351,3 +351,25 @@ fn load_from_checkpoint_file_with_hparams_file_and_overrides_in_precedence_order
         .unwrap();
     assert!(e.to_string().contains("nope.ckpt"), "{e}");
 }
+
+/// `#[derive]` written before `#[lightning_module]` still works (the helper attributes are
+/// stripped before the derive sees the struct).
+#[derive(Debug)]
+#[lightning_module]
+struct DeriveFirst {
+    fc: nn::Linear,
+    #[state(skip)]
+    #[allow(dead_code)]
+    calls: usize,
+}
+
+#[test]
+fn derive_before_the_attribute_compiles() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = DeriveFirst {
+        fc: nn::linear(vs.root() / "fc", 1, 1, Default::default()),
+        calls: 0,
+    };
+    assert_eq!(m.state_dict().len(), 2);
+    assert!(format!("{m:?}").contains("DeriveFirst"));
+}

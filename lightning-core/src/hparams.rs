@@ -510,6 +510,32 @@ impl<'a> DictReader<'a> {
     }
 }
 
+/// A `--help`-style listing of a config's fields, one per line:
+/// `  name <type> (default: x)  description`; required fields say `(required)`.
+pub fn help<H: Hyperparameters>() -> String {
+    let fields = H::fields();
+    let width = fields
+        .iter()
+        .map(|f| f.name.len() + f.ty.len() + 3)
+        .max()
+        .unwrap_or(0);
+    fields
+        .iter()
+        .map(|f| {
+            let head = format!("{} <{}>", f.name, f.ty);
+            let default = f
+                .default
+                .as_deref()
+                .map_or_else(|| "(required)".to_owned(), |d| format!("(default: {d})"));
+            let doc = f.doc.replace('\n', " ");
+            format!("  {head:width$}  {default}  {doc}")
+                .trim_end()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Splits an override `key=value` at the first `=`; the key is trimmed and must be non-empty.
 ///
 /// ```
