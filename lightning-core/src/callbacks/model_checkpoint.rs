@@ -1067,8 +1067,13 @@ impl Callback for ModelCheckpoint {
         )
     }
 
+    /// Resolves `dirpath`, removes temporary links a killed run left there, and warns (as
+    /// Lightning) when a fit starts in a non-empty directory.
     fn setup(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         self.ensure_setup(t)?;
+        if let (true, Some(dir)) = (t.is_global_zero(), &self.dirpath) {
+            remove_stale_link_temps(dir);
+        }
         if t.is_global_zero() && t.is_fitting() && self.save_top_k != 0 {
             if let Some(dir) = &self.dirpath {
                 if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
@@ -1293,7 +1298,7 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
     let name = abs_link
         .file_name()
         .map_or("last".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-link-{}", std::process::id()));
+    let tmp = dir.join(link_temp_name(&name));
     let _ = std::fs::remove_file(&tmp);
     if let Ok(m) = std::fs::symlink_metadata(&abs_link) {
         if m.is_dir() {
@@ -1324,6 +1329,28 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The temporary name [`link_checkpoint`] creates next to `name` before renaming it over.
+fn link_temp_name(name: &str) -> String {
+    format!(".{name}{LINK_TEMP_MARK}{}", std::process::id())
+}
+
+const LINK_TEMP_MARK: &str = ".tmp-link-";
+
+/// Deletes `.<name>.tmp-link-<pid>` entries in `dir` (left when a run died mid-link).
+fn remove_stale_link_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(LINK_TEMP_MARK) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("could not remove stale {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// `os.path.abspath`: absolute, with `.` and `..` resolved lexically.

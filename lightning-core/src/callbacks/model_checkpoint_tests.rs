@@ -397,6 +397,12 @@ fn link_replaces_files_links_and_folders() {
         PathBuf::from("sub/c")
     );
     assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
+    // a temp link left by a killed run is cleaned up at setup
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("a", d.join(".last.ckpt.tmp-link-999999")).unwrap();
+    let _ = started(ModelCheckpoint::builder().dirpath(d), d);
+    assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
+    assert!(d.join("a").exists());
 }
 
 #[test]
