@@ -27,6 +27,7 @@ pub(crate) struct FakeTrainer {
     pub stop_requested: bool,
     pub fail_next_save: bool,
     pub val_ran: bool,
+    pub rank0: bool,
 }
 
 impl FakeTrainer {
@@ -50,6 +51,7 @@ impl FakeTrainer {
             stop_requested: false,
             fail_next_save: false,
             val_ran: true,
+            rank0: true,
         }
     }
 }
@@ -127,6 +129,9 @@ impl TrainerContext for FakeTrainer {
     }
     fn request_stop(&mut self) {
         self.stop_requested = true;
+    }
+    fn is_global_zero(&self) -> bool {
+        self.rank0
     }
 }
 
@@ -965,4 +970,30 @@ fn resuming_from_our_own_file_does_not_save_that_step_again() {
     start(&mut cb3, &mut t3);
     cb3.on_train_epoch_end(&mut t3).unwrap();
     assert_eq!(t3.saves.len(), 2, "{:?}", t3.saves);
+}
+
+#[test]
+fn other_ranks_save_through_the_trainer_but_never_delete_or_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cb = ModelCheckpoint::builder()
+        .dirpath(dir.path())
+        .monitor("val_loss")
+        .save_last(SaveLast::Link)
+        .build()
+        .unwrap();
+    let mut t = FakeTrainer::new(dir.path());
+    t.rank0 = false;
+    start(&mut cb, &mut t);
+    epoch(&mut cb, &mut t, 1, Some(("val_loss", 1.0)));
+    epoch(&mut cb, &mut t, 1, Some(("val_loss", 0.5)));
+    // the trainer was asked to save (it writes on rank 0 only); nothing was deleted or linked
+    assert_eq!(t.saves.len(), 2);
+    assert_eq!(
+        listing(dir.path()),
+        set(&["epoch=0-step=1.ckpt", "epoch=1-step=2.ckpt"])
+    );
+    assert_eq!(
+        cb.best_model_path(),
+        Some(dir.path().join("epoch=1-step=2.ckpt").as_path())
+    );
 }
