@@ -1282,6 +1282,27 @@ impl Callback for ModelCheckpoint {
 /// replacing what was there atomically: a temporary link is renamed over `link`, so a `last`
 /// file always exists once one was written.
 fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
+    link_or_copy(target, link, symlink)
+}
+
+/// Creates a symlink `link` -> `target` (`target` relative to `link`'s folder).
+fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    let r = std::os::unix::fs::symlink(target, link);
+    #[cfg(not(unix))]
+    let r = {
+        let _ = (target, link);
+        Err(std::io::ErrorKind::Unsupported.into())
+    };
+    r
+}
+
+/// [`link_checkpoint`] with the link-making function given (tests make it fail).
+fn link_or_copy(
+    target: &Path,
+    link: &Path,
+    make_link: fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), CallbackError> {
     let io = |what: &str, p: &Path| {
         let ctx = format!("{what} {}", p.display());
         move |source| CallbackError::Io {
@@ -1306,11 +1327,8 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
         }
     }
     let rel = relative_path(&abs_target, &dir);
-    #[cfg(unix)]
-    let linked = std::os::unix::fs::symlink(&rel, &tmp).is_ok();
-    #[cfg(not(unix))]
-    let linked = false;
-    if !linked {
+    if let Err(e) = make_link(&rel, &tmp) {
+        tracing::debug!("symlink {} failed ({e}); copying instead", tmp.display());
         // fall back to a durable copy
         let _ = std::fs::remove_file(&tmp);
         std::fs::copy(&abs_target, &tmp).map_err(io("copying checkpoint to", &tmp))?;

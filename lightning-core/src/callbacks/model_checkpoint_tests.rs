@@ -402,6 +402,15 @@ fn link_replaces_files_links_and_folders() {
         PathBuf::from("sub/c")
     );
     assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
+    // where links cannot be made, a copy takes the link's place
+    link_or_copy(&d.join("a"), &d.join("copied"), |_, _| {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    })
+    .unwrap();
+    assert!(!std::fs::symlink_metadata(d.join("copied"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(d.join("copied")).unwrap(), "a");
     // a temp link left by a killed run is cleaned up at setup
     #[cfg(unix)]
     std::os::unix::fs::symlink("a", d.join(".last.ckpt.tmp-link-999999")).unwrap();
