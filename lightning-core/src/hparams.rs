@@ -158,7 +158,8 @@ pub fn type_error<T: HparamValue>(field: &str, found: &Value) -> HparamError {
     }
 }
 
-fn parse_error<T: HparamValue>(field: &str, s: &str) -> HparamError {
+/// The error for an override string that does not parse as `T`.
+pub fn parse_error<T: HparamValue>(field: &str, s: &str) -> HparamError {
     HparamError::Parse {
         field: field.to_owned(),
         value: s.to_owned(),
@@ -339,8 +340,29 @@ impl<T: HparamValue> HparamValue for Vec<T> {
     fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
         let t = s.trim();
         if t.starts_with('[') {
-            let v = from_yaml(t).map_err(|_| parse_error::<Self>(field, s))?;
-            return Self::from_value(&v, field);
+            // Scalars go through `T::parse_str` on their text, so a u64 above i64::MAX
+            // (which the value tree cannot hold as an int) still parses exactly.
+            let y: serde_yaml::Value =
+                serde_yaml::from_str(t).map_err(|_| parse_error::<Self>(field, s))?;
+            let seq = y
+                .as_sequence()
+                .ok_or_else(|| parse_error::<Self>(field, s))?;
+            return seq
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let f = format!("{field}.{i}");
+                    match item {
+                        serde_yaml::Value::Number(n) => T::parse_str(&n.to_string(), &f),
+                        serde_yaml::Value::String(x) => T::parse_str(x, &f),
+                        serde_yaml::Value::Bool(b) => T::parse_str(&b.to_string(), &f),
+                        other => {
+                            let v = from_yaml_value(other).map_err(|_| parse_error::<T>(&f, s))?;
+                            T::from_value(&v, &f)
+                        }
+                    }
+                })
+                .collect();
         }
         if t.is_empty() {
             return Ok(Vec::new());

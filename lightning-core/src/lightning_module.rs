@@ -28,6 +28,12 @@ pub trait HasHparams {
     type Hparams: Hyperparameters;
     /// The module's hyperparameters.
     fn hparams(&self) -> &Self::Hparams;
+
+    /// The hyperparameters as a value tree: what `save_hyperparameters` stores in a
+    /// checkpoint's `hyper_parameters` (skipped fields left out).
+    fn hparams_value(&self) -> crate::value::Value {
+        crate::hparams::Hyperparameters::to_value(self.hparams())
+    }
 }
 
 /// A model that the trainer can fit and `load_from_checkpoint` can rebuild.

@@ -99,6 +99,13 @@ pub trait Traverse {
     /// Calls `f(name, tensor, kind)` for every tensor under `prefix`, mutably.
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind));
 
+    /// Whether this is one tensor (a module's own parameter or buffer) rather than a
+    /// submodule. PyTorch lists a module's own parameters, then its own buffers, then its
+    /// children; the generated traversal follows that order using this.
+    fn is_tensor(&self) -> bool {
+        false
+    }
+
     /// The persistent tensors (parameters and persistent buffers) by dotted name, detached
     /// and sharing storage with the module (as PyTorch's `state_dict()`).
     fn state_dict(&self) -> StateDict {
@@ -269,26 +276,42 @@ pub fn state_dict_from_value(v: &crate::value::Value) -> crate::Result<StateDict
         .collect()
 }
 
-/// Wraps a visitor so every tensor it sees is reported as a buffer (for `#[state(buffer)]`).
-pub fn visit_as_buffer<T: Traverse + ?Sized>(
+/// Visits one field of a generated traversal in one of PyTorch's three passes: `0` the
+/// module's own parameters, `1` its own buffers, `2` its children. `buffer` is
+/// `Some(persistent)` for a `#[state(buffer)]` field, whose tensors are reported as buffers.
+pub fn visit_field<T: Traverse + ?Sized>(
     x: &T,
-    prefix: &str,
-    persistent: bool,
+    name: &str,
+    buffer: Option<bool>,
+    pass: u8,
     f: &mut dyn FnMut(&str, &Tensor, TensorKind),
 ) {
-    x.visit(prefix, &mut |n, t, _| {
-        f(n, t, TensorKind::Buffer { persistent })
+    if x.is_tensor() == (pass == 2) {
+        return;
+    }
+    x.visit(name, &mut |n, t, k| {
+        let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
+        if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
+            f(n, t, k);
+        }
     });
 }
 
-/// Mutable counterpart of [`visit_as_buffer`].
-pub fn visit_mut_as_buffer<T: Traverse + ?Sized>(
+/// Mutable counterpart of [`visit_field`].
+pub fn visit_field_mut<T: Traverse + ?Sized>(
     x: &mut T,
-    prefix: &str,
-    persistent: bool,
+    name: &str,
+    buffer: Option<bool>,
+    pass: u8,
     f: &mut dyn FnMut(&str, &mut Tensor, TensorKind),
 ) {
-    x.visit_mut(prefix, &mut |n, t, _| {
-        f(n, t, TensorKind::Buffer { persistent })
+    if x.is_tensor() == (pass == 2) {
+        return;
+    }
+    x.visit_mut(name, &mut |n, t, k| {
+        let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
+        if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
+            f(n, t, k);
+        }
     });
 }

@@ -324,7 +324,7 @@ pub(crate) fn write_atomically(
         .create_new(true)
         .mode(0o644)
         .open(&tmp)
-        .map_err(|e| CheckpointError::io(&tmp, e))?;
+        .map_err(map_err)?;
     let written = (|| -> std::io::Result<()> {
         reserve(&file, needed)?;
         let mut w = BufWriter::with_capacity(1 << 20, &file);

@@ -332,7 +332,7 @@ impl Vm<'_, '_> {
     }
 
     fn set_items(&mut self, target: Id, items: Vec<Id>) -> Result<(), CheckpointError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let pairs = items.chunks(2).map(|p| (p[0], p[1]));
@@ -612,7 +612,11 @@ impl Vm<'_, '_> {
             }),
             _ => false,
         };
-        if empty {
+        // `state_dict()` OrderedDicts carry a `_metadata` attribute (module versions), set by
+        // BUILD with a dict; the value tree has no attributes, so it is dropped.
+        let attrs = matches!(self.arena[obj], Node::OrderedDict(_))
+            && matches!(self.arena[state], Node::Dict(_));
+        if empty || attrs {
             return Ok(());
         }
         let t = self.arena[obj].type_name();

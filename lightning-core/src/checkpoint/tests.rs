@@ -196,12 +196,8 @@ fn protocol_4_opcodes_and_deep_nesting() {
     assert_eq!(v.get("s"), Some(&Value::from(vec![3i64])));
 
     let mut deep = b"\x80\x02".to_vec();
-    for _ in 0..100_000 {
-        deep.push(b']');
-    }
-    for _ in 0..99_999 {
-        deep.push(b'a');
-    }
+    deep.extend(std::iter::repeat_n(b']', 100_000));
+    deep.extend(std::iter::repeat_n(b'a', 99_999));
     deep.push(b'.');
     archive_with_pickle(&p, &deep);
     assert!(matches!(load(&p), Err(CheckpointError::Limit { .. })));
