@@ -226,6 +226,20 @@ fn fields_list_dotted_names_types_docs_and_defaults() {
 }
 
 #[test]
+fn help_lists_every_field_with_type_default_and_doc() {
+    let text = hparams::help::<Config>();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), Config::fields().len());
+    assert!(lines[0].starts_with("  in_dim <i64>"), "{text}");
+    assert!(
+        lines[0].ends_with("(required)  Input width (required)."),
+        "{text}"
+    );
+    assert!(text.contains("optim.lr <f64>"), "{text}");
+    assert!(text.contains("(default: 1e-3)  Learning rate."), "{text}");
+}
+
+#[test]
 fn hparams_yaml_file_reads_back() {
     let c = from(&minimal()).unwrap();
     let text = hparams::to_yaml(&Hyperparameters::to_value(&c));
