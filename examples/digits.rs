@@ -162,6 +162,10 @@ struct Args {
     /// Load the best checkpoint (with the --set overrides) and report its accuracy.
     #[arg(long, global = true)]
     load_best: bool,
+    /// libtorch intra-op threads (0: libtorch's default). One is fastest for this tiny MLP,
+    /// and avoids oversubscribing shared machines.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: i32,
     /// Write checkpoints in the background.
     #[arg(long, global = true)]
     async_checkpointing: bool,
@@ -318,6 +322,9 @@ fn evaluate(args: &Args, ckpt: &Path, sets: &[String]) -> anyhow::Result<f64> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
     if let Some(Cmd::Demo) = args.cmd {
         let _ = std::fs::remove_dir_all(&args.root);
         let stop_at = (args.max_epochs / 3).max(1);
