@@ -138,6 +138,19 @@ pub struct TrainerConfig {
     pub log_every_n_steps: usize,
     pub async_checkpointing: bool,
     pub handle_signals: bool,
+    pub on_save_error: SaveErrorPolicy,
+}
+
+/// What the trainer does when writing a checkpoint fails (disk full, file too large,
+/// unwritable directory). Either way the failed file never appears under its final name
+/// and older checkpoints are kept (the checkpoint callback's bookkeeping is not updated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SaveErrorPolicy {
+    /// Stop training and return the error from `fit` (the default).
+    #[default]
+    Stop,
+    /// Log a warning and keep training (the next save tries again).
+    WarnAndContinue,
 }
 
 impl Default for TrainerConfig {
@@ -165,6 +178,7 @@ impl Default for TrainerConfig {
             log_every_n_steps: 50,
             async_checkpointing: false,
             handle_signals: true,
+            on_save_error: SaveErrorPolicy::Stop,
         }
     }
 }
@@ -232,6 +246,8 @@ impl TrainerBuilder {
         log_every_n_steps: usize => log_every_n_steps = |v: usize| v.max(1));
     setter!(/// Write checkpoints in the background after a host-memory snapshot (default off).
         async_checkpointing: bool => async_checkpointing = |v| v);
+    setter!(/// What to do when a checkpoint cannot be written (default: stop with the error).
+        on_save_error: SaveErrorPolicy => on_save_error = |v| v);
     setter!(/// On SIGTERM/SIGUSR1: finish the step, save `last.ckpt`, stop (default on).
         handle_signals: bool => handle_signals = |v| v);
 
