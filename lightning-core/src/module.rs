@@ -281,6 +281,12 @@ pub trait Traverse {
                 if t.device() != device {
                     let moved = t.to_device(device);
                     t.set_data(&moved);
+                    // Move an existing gradient too, as PyTorch's `module.to` does.
+                    let mut grad = t.grad();
+                    if grad.defined() && grad.device() != device {
+                        let moved = grad.to_device(device);
+                        grad.set_data(&moved);
+                    }
                 }
             })
         });
