@@ -123,7 +123,11 @@ impl<'a> HparamsInput<'a> {
 fn saved_name(ident: &Ident, rename: Option<&syn::LitStr>) -> (String, TokenStream) {
     match rename {
         Some(lit) => (lit.value(), lit.to_token_stream()),
-        None => (ident.to_string(), ident.to_token_stream()),
+        // `r#type` is saved as `type`, as Python would name it.
+        None => (
+            ident.to_string().trim_start_matches("r#").to_owned(),
+            ident.to_token_stream(),
+        ),
     }
 }
 
