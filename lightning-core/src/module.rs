@@ -187,8 +187,7 @@ pub trait Traverse {
             return;
         }
         self.visit(name, &mut |n, t, k| {
-            let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
-            if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
+            if let Some(k) = in_pass(k, buffer, pass) {
                 f(n, t, k);
             }
         });
@@ -206,8 +205,7 @@ pub trait Traverse {
             return;
         }
         self.visit_mut(name, &mut |n, t, k| {
-            let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
-            if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
+            if let Some(k) = in_pass(k, buffer, pass) {
                 f(n, t, k);
             }
         });
@@ -341,6 +339,13 @@ pub trait Traverse {
             }
         });
     }
+}
+
+/// The kind a tensor is reported with in `pass` (a `#[state(buffer)]` field's tensors are
+/// buffers), or `None` when it belongs to another pass.
+fn in_pass(kind: TensorKind, buffer: Option<bool>, pass: u8) -> Option<TensorKind> {
+    let k = buffer.map_or(kind, |persistent| TensorKind::Buffer { persistent });
+    (pass == 2 || (k == TensorKind::Parameter) == (pass == 0)).then_some(k)
 }
 
 impl TensorKind {
