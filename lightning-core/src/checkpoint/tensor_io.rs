@@ -238,9 +238,19 @@ impl StorageLoader<'_> {
                     let buf = unsafe {
                         std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes as usize)
                     };
-                    self.zip.fill_at(&e.name, e.data_offset, buf)?;
+                    // Read in 1 MiB chunks, checksumming each while it is still in cache.
+                    let mut crc = crc32fast::Hasher::new();
+                    let mut off = 0usize;
+                    for chunk in buf.chunks_mut(1 << 20) {
+                        self.zip
+                            .fill_at(&e.name, e.data_offset + off as u64, chunk)?;
+                        if self.verify_crc {
+                            crc.update(chunk);
+                        }
+                        off += chunk.len();
+                    }
                     if self.verify_crc {
-                        self.zip.check_crc(&e, buf)?;
+                        self.zip.check_crc_value(&e, crc.finalize())?;
                     }
                 }
                 t

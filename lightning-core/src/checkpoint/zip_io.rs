@@ -472,7 +472,11 @@ impl ZipReader {
 
     /// Checks a record's bytes against its CRC-32.
     pub fn check_crc(&self, e: &Entry, data: &[u8]) -> Result<(), CheckpointError> {
-        let found = crc32fast::hash(data);
+        self.check_crc_value(e, crc32fast::hash(data))
+    }
+
+    /// Checks a CRC-32 computed by the caller against the record's.
+    pub fn check_crc_value(&self, e: &Entry, found: u32) -> Result<(), CheckpointError> {
         if found != e.crc {
             return Err(CheckpointError::Crc {
                 path: self.path.clone(),
