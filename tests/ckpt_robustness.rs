@@ -142,10 +142,11 @@ proptest! {
         std::fs::write(&q, apply(&bytes, &m)).unwrap();
         let (r, peak) = load_measured(&q);
         prop_assert!(peak <= alloc_bound(bytes.len()), "{m:?}: {peak} bytes");
+        let verified = checkpoint::verify(&q);
+        prop_assert_eq!(r.is_ok(), verified.is_ok(), "load {:?} vs verify {:?}", r.as_ref().err(), verified);
         if let Ok(got) = r {
             prop_assert_eq!(got, v);
         }
-        let _ = checkpoint::verify(&q);
     }
 
     /// Hostile pickles inside a well-formed zip (valid CRCs): truncated, bit-flipped, with

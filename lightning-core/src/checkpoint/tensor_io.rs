@@ -193,6 +193,8 @@ pub struct StorageLoader<'a> {
     pub skip_data: bool,
     /// Path for errors.
     pub path: &'a Path,
+    /// Records read so far (full names).
+    pub used: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl StorageLoader<'_> {
@@ -208,6 +210,7 @@ impl StorageLoader<'_> {
             .entry(&name)
             .ok_or_else(|| fmt(format!("missing record {}/{name}", self.zip.prefix())))?
             .clone();
+        self.used.borrow_mut().insert(e.name.clone());
         let elt = kind.elt_size_in_bytes() as u64;
         let nbytes = (numel as u64)
             .checked_mul(elt)
