@@ -58,6 +58,10 @@ fn small_tree() -> Value {
             .to_kind(Kind::BFloat16)
             .into(),
     );
+    sd.insert(
+        "e".into(),
+        Tensor::zeros([0], (Kind::Float, Device::Cpu)).into(),
+    );
     let mut st = Dict::new();
     st.insert(Key::Int(0), Value::from(vec![1.5f64, 2.5]));
     let mut v = Value::dict();
