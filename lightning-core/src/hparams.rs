@@ -69,6 +69,51 @@ pub struct HparamField {
 
 /// A config struct whose fields are saved as a checkpoint's `hyper_parameters`.
 /// Derive it with `#[derive(Hyperparameters)]`.
+///
+/// Field types: integers, floats, `bool`, `String`, `PathBuf`, `Option<T>`, `Vec<T>`, nested
+/// configs (dotted keys: `optim.lr`) and enums of unit variants (derive `Hyperparameters` on
+/// the enum too; it is stored as the variant's name, or its `#[hparam(rename = "..")]`).
+/// Attributes: `#[hparam(default = <expr>)]`, `#[hparam(skip)]` (never saved, like
+/// `save_hyperparameters(ignore=[..])`; needs a default; still settable by overrides),
+/// `#[hparam(rename = "name")]`. Doc comments become [`HparamField::doc`].
+///
+/// ```
+/// use lightning_core::prelude::*;
+///
+/// #[derive(Hyperparameters, Clone, Copy, Debug, PartialEq)]
+/// pub enum Act { Relu, Gelu }
+///
+/// #[derive(Hyperparameters, Clone, Debug)]
+/// pub struct MlpConfig {
+///     /// Input features (no default: required).
+///     pub in_dim: i64,
+///     #[hparam(default = 64)]
+///     pub hidden: i64,
+///     #[hparam(default = 1e-3)]
+///     pub lr: f64,
+///     #[hparam(default = Act::Relu)]
+///     pub act: Act,
+///     #[hparam(skip, default = false)]
+///     pub verbose: bool,
+/// }
+///
+/// let mut saved = Value::dict();
+/// saved.insert("in_dim", 4i64);
+/// let mut hp = MlpConfig::from_value(&saved)?;          // missing fields take defaults
+/// assert_eq!((hp.hidden, hp.act), (64, Act::Relu));
+/// hp.set_str("lr", "3e-4")?;                            // `key=value` overrides
+/// hp.set_str("act", "Gelu")?;
+/// assert_eq!(hp.to_value().get("lr"), Some(&Value::Float(3e-4)));
+/// assert!(hp.to_value().get("verbose").is_none());    // skipped: never saved
+/// let err = hp.set_str("hiden", "3").unwrap_err();
+/// assert!(err.to_string().contains("valid names: in_dim, hidden, lr, act, verbose"));
+/// # Ok::<(), lightning_core::HparamError>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a hyperparameters config",
+    label = "not a config",
+    note = "a config is a struct with named fields and `#[derive(Hyperparameters)]`; plain field types are integers, floats, bool, String, PathBuf, Option<T>, Vec<T> and unit enums"
+)]
 pub trait Hyperparameters: Sized + Clone + 'static {
     /// The fields as a `dict` (skipped fields left out).
     fn to_value(&self) -> Value;
@@ -82,6 +127,11 @@ pub trait Hyperparameters: Sized + Clone + 'static {
 
 /// A type that can be a hyperparameter field (implemented for scalars, strings, paths,
 /// `Option`, `Vec`, nested [`Hyperparameters`] and unit enums by the derive).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a hyperparameter type",
+    label = "not a hyperparameter type",
+    note = "supported: integers, floats, bool, String, PathBuf, Option<T>, Vec<T>, and types with `#[derive(Hyperparameters)]` (configs, unit enums)"
+)]
 pub trait HparamValue: Sized {
     /// The type's name for error messages (`"i64"`, `"list of f64"`).
     fn type_name() -> String;
@@ -158,7 +208,8 @@ pub fn type_error<T: HparamValue>(field: &str, found: &Value) -> HparamError {
     }
 }
 
-fn parse_error<T: HparamValue>(field: &str, s: &str) -> HparamError {
+/// The error for an override string that does not parse as `T`.
+pub fn parse_error<T: HparamValue>(field: &str, s: &str) -> HparamError {
     HparamError::Parse {
         field: field.to_owned(),
         value: s.to_owned(),
@@ -339,8 +390,29 @@ impl<T: HparamValue> HparamValue for Vec<T> {
     fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
         let t = s.trim();
         if t.starts_with('[') {
-            let v = from_yaml(t).map_err(|_| parse_error::<Self>(field, s))?;
-            return Self::from_value(&v, field);
+            // Scalars go through `T::parse_str` on their text, so a u64 above i64::MAX
+            // (which the value tree cannot hold as an int) still parses exactly.
+            let y: serde_yaml::Value =
+                serde_yaml::from_str(t).map_err(|_| parse_error::<Self>(field, s))?;
+            let seq = y
+                .as_sequence()
+                .ok_or_else(|| parse_error::<Self>(field, s))?;
+            return seq
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let f = format!("{field}.{i}");
+                    match item {
+                        serde_yaml::Value::Number(n) => T::parse_str(&n.to_string(), &f),
+                        serde_yaml::Value::String(x) => T::parse_str(x, &f),
+                        serde_yaml::Value::Bool(b) => T::parse_str(&b.to_string(), &f),
+                        other => {
+                            let v = from_yaml_value(other).map_err(|_| parse_error::<T>(&f, s))?;
+                            T::from_value(&v, &f)
+                        }
+                    }
+                })
+                .collect();
         }
         if t.is_empty() {
             return Ok(Vec::new());
@@ -436,6 +508,32 @@ impl<'a> DictReader<'a> {
     pub fn get(&self, name: &str) -> Option<&'a Value> {
         self.0?.get(&Key::Str(name.to_owned()))
     }
+}
+
+/// A `--help`-style listing of a config's fields, one per line:
+/// `  name <type> (default: x)  description`; required fields say `(required)`.
+pub fn help<H: Hyperparameters>() -> String {
+    let fields = H::fields();
+    let width = fields
+        .iter()
+        .map(|f| f.name.len() + f.ty.len() + 3)
+        .max()
+        .unwrap_or(0);
+    fields
+        .iter()
+        .map(|f| {
+            let head = format!("{} <{}>", f.name, f.ty);
+            let default = f
+                .default
+                .as_deref()
+                .map_or_else(|| "(required)".to_owned(), |d| format!("(default: {d})"));
+            let doc = f.doc.replace('\n', " ");
+            format!("  {head:width$}  {default}  {doc}")
+                .trim_end()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Splits an override `key=value` at the first `=`; the key is trimmed and must be non-empty.

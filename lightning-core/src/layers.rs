@@ -26,6 +26,9 @@ impl Traverse for Tensor {
         };
         f(prefix, self, kind);
     }
+    fn is_tensor(&self) -> bool {
+        true
+    }
 }
 
 /// Implements Traverse for a struct from a list of `"name" => field` entries; a field may
@@ -74,6 +77,9 @@ impl<T: Traverse> Traverse for Option<T> {
             x.visit_mut(prefix, f);
         }
     }
+    fn is_tensor(&self) -> bool {
+        self.as_ref().is_some_and(|x| x.is_tensor())
+    }
 }
 
 impl<T: Traverse + ?Sized> Traverse for Box<T> {
@@ -82,6 +88,9 @@ impl<T: Traverse + ?Sized> Traverse for Box<T> {
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind)) {
         (**self).visit_mut(prefix, f);
+    }
+    fn is_tensor(&self) -> bool {
+        (**self).is_tensor()
     }
 }
 
@@ -327,7 +336,10 @@ pub trait Layer: ModuleT + Traverse {}
 impl<T: ModuleT + Traverse> Layer for T {}
 
 /// A parameter-free step of a [`Sequential`] (an activation, a reshape).
-pub struct FnLayer(Box<dyn Fn(&Tensor, bool) -> Tensor + Send>);
+pub struct FnLayer(Box<LayerFn>);
+
+/// The function a [`FnLayer`] applies: `(input, train) -> output`.
+pub type LayerFn = dyn Fn(&Tensor, bool) -> Tensor + Send;
 
 impl std::fmt::Debug for FnLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -371,7 +383,8 @@ impl Sequential {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Appends a layer.
+    /// Appends a layer (named as tch's `Sequential::add`).
+    #[allow(clippy::should_implement_trait)]
     pub fn add<L: Layer + 'static>(mut self, layer: L) -> Self {
         self.layers.push(Box::new(layer));
         self

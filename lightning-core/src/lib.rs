@@ -37,6 +37,7 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::hparams::Hyperparameters;
     pub use crate::lightning_module::{HasHparams, LightningModule};
+    pub use crate::loader::LoadFromCheckpoint;
     pub use crate::module::{StateDict, Traverse};
     pub use crate::value::Value;
     pub use lightning_macros::{lightning_module, Hyperparameters};
@@ -46,10 +47,11 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::hparams::{
-        DictReader, HparamError, HparamField, HparamValue, Hyperparameters, NoHparams,
+        parse_error, type_error, DictReader, HparamError, HparamField, HparamValue,
+        Hyperparameters, NoHparams,
     };
     pub use crate::lightning_module::HasHparams;
-    pub use crate::module::{join_name, TensorKind, Traverse};
+    pub use crate::module::{join_name, visit_field, visit_field_mut, TensorKind, Traverse};
     pub use crate::value::{Dict, Key, Value};
     pub use std::boxed::Box;
     pub use std::option::Option;

@@ -28,6 +28,12 @@ pub trait HasHparams {
     type Hparams: Hyperparameters;
     /// The module's hyperparameters.
     fn hparams(&self) -> &Self::Hparams;
+
+    /// The hyperparameters as a value tree: what `save_hyperparameters` stores in a
+    /// checkpoint's `hyper_parameters` (skipped fields left out).
+    fn hparams_value(&self) -> crate::value::Value {
+        crate::hparams::Hyperparameters::to_value(self.hparams())
+    }
 }
 
 /// A model that the trainer can fit and `load_from_checkpoint` can rebuild.
@@ -323,7 +329,7 @@ mod tests {
     fn log_defaults_follow_the_stage_and_options_chain() {
         let mut ctx = StepContext::new(Stage::Train, 0, 0);
         ctx.log("loss", 1.5).prog_bar(true);
-        ctx.log("acc", &Tensor::from(0.25f64))
+        ctx.log("acc", Tensor::from(0.25f64))
             .on_epoch(true)
             .on_step(false);
         ctx.log("loss", 2.0f32).prog_bar(true);

@@ -585,6 +585,24 @@ impl ModelCheckpoint {
         self.every_n_epochs >= 1 && (t.current_epoch() + 1) % self.every_n_epochs == 0
     }
 
+    /// The save at train-epoch or validation end: top-k when the epoch is due; `last` only
+    /// when that saved a file (Lightning 2.6), or to re-point a `link`.
+    fn save_due_at_epoch_end(
+        &mut self,
+        t: &mut dyn TrainerContext,
+        cands: &Metrics,
+    ) -> crate::Result<()> {
+        if self.epoch_due(t) {
+            self.save_topk(t, cands)?;
+        }
+        if self.last_global_step_saved == t.global_step()
+            || (self.save_last == SaveLast::Link && self.last_checkpoint_saved.is_some())
+        {
+            self.save_last_checkpoint(t, cands)?;
+        }
+        Ok(())
+    }
+
     fn file_exists(t: &dyn TrainerContext, path: &Path) -> bool {
         t.is_global_zero() && path.exists()
     }
@@ -599,7 +617,8 @@ impl ModelCheckpoint {
                 })?;
             }
         }
-        t.save_checkpoint(path, self.save_weights_only)?;
+        // the file holds this callback's state as updated for this save (as Lightning's)
+        t.save_checkpoint_from(path, self.save_weights_only, &*self)?;
         self.last_global_step_saved = t.global_step();
         self.last_checkpoint_saved = Some(path.to_owned());
         Ok(())
@@ -813,6 +832,8 @@ impl ModelCheckpoint {
             match me.last_checkpoint_saved.clone() {
                 Some(target) if me.save_last == SaveLast::Link && me.save_top_k != 0 => {
                     if t.is_global_zero() {
+                        // the target must be complete on disk before `last` points at it
+                        t.wait_for_pending_saves()?;
                         link_checkpoint(&target, &path)?;
                     }
                 }
@@ -853,11 +874,14 @@ impl ModelCheckpoint {
 
     /// Deletes the files queued by this hook's saves (rank 0 only), skipping any file that is
     /// tracked again (best, top-k, last, newest) or is the resumed-from checkpoint.
-    fn flush_removals(&mut self, t: &dyn TrainerContext) {
+    /// Waits for in-flight (async) saves first: a file goes only once its replacement is
+    /// durable; if that save failed, nothing is deleted and its error is returned.
+    fn flush_removals(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         let queued = std::mem::take(&mut self.pending_removals);
-        if !t.is_global_zero() {
-            return;
+        if !t.is_global_zero() || queued.is_empty() {
+            return Ok(());
         }
+        t.wait_for_pending_saves()?;
         for path in queued {
             let tracked = self.book.best_k_models.contains_key(&path)
                 || self.book.best_model_path.as_deref() == Some(&path)
@@ -876,6 +900,7 @@ impl ModelCheckpoint {
                 tracing::warn!("could not remove old checkpoint {}: {e}", path.display());
             }
         }
+        Ok(())
     }
 
     /// Runs a hook body, then deletes what it queued (only when it succeeded).
@@ -885,13 +910,13 @@ impl ModelCheckpoint {
         f: impl FnOnce(&mut Self, &mut dyn TrainerContext) -> crate::Result<()>,
     ) -> crate::Result<()> {
         self.ensure_setup(t)?;
-        let r = f(self, t);
-        if r.is_ok() {
-            self.flush_removals(t);
-        } else {
-            self.pending_removals.clear();
+        match f(self, t) {
+            Ok(()) => self.flush_removals(t),
+            Err(e) => {
+                self.pending_removals.clear();
+                Err(e)
+            }
         }
-        r
     }
 
     fn path_str(p: &Option<PathBuf>) -> Value {
@@ -1042,8 +1067,13 @@ impl Callback for ModelCheckpoint {
         )
     }
 
+    /// Resolves `dirpath`, removes temporary links a killed run left there, and warns (as
+    /// Lightning) when a fit starts in a non-empty directory.
     fn setup(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         self.ensure_setup(t)?;
+        if let (true, Some(dir)) = (t.is_global_zero(), &self.dirpath) {
+            remove_stale_link_temps(dir);
+        }
         if t.is_global_zero() && t.is_fitting() && self.save_top_k != 0 {
             if let Some(dir) = &self.dirpath {
                 if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
@@ -1057,9 +1087,23 @@ impl Callback for ModelCheckpoint {
         Ok(())
     }
 
+    /// Starts the time trigger's clock. When the run resumed from a file this callback wrote
+    /// (a tracked top-k or last file), that file is this step's save: it is not written again
+    /// at the same step, so a resumed run leaves the same files as an uninterrupted one.
     fn on_fit_start(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         self.ensure_setup(t)?;
         self.last_time_checked = Some(t.train_time());
+        if let Some(resumed) = t.resumed_from() {
+            let resumed = lexical_absolute(&resumed);
+            let ours = |p: &Path| lexical_absolute(p) == resumed;
+            let b = &self.book;
+            if b.best_k_models.keys().any(|p| ours(p))
+                || b.best_model_path.as_deref().is_some_and(ours)
+                || b.last_model_path.as_deref().is_some_and(ours)
+            {
+                self.last_global_step_saved = t.global_step();
+            }
+        }
         Ok(())
     }
 
@@ -1111,15 +1155,7 @@ impl Callback for ModelCheckpoint {
                 return Ok(());
             }
             let cands = Self::monitor_candidates(t);
-            if me.epoch_due(t) {
-                me.save_topk(t, &cands)?;
-            }
-            if me.last_global_step_saved == t.global_step()
-                || (me.save_last == SaveLast::Link && me.last_checkpoint_saved.is_some())
-            {
-                me.save_last_checkpoint(t, &cands)?;
-            }
-            Ok(())
+            me.save_due_at_epoch_end(t, &cands)
         })
     }
 
@@ -1135,15 +1171,7 @@ impl Callback for ModelCheckpoint {
                 me.defer_save_until_validation = false;
                 return Ok(());
             }
-            if me.epoch_due(t) {
-                me.save_topk(t, &cands)?;
-            }
-            if me.last_global_step_saved == t.global_step()
-                || (me.save_last == SaveLast::Link && me.last_checkpoint_saved.is_some())
-            {
-                me.save_last_checkpoint(t, &cands)?;
-            }
-            Ok(())
+            me.save_due_at_epoch_end(t, &cands)
         })
     }
 
@@ -1229,6 +1257,18 @@ impl Callback for ModelCheckpoint {
         Ok(())
     }
 
+    fn checkpoint_dirpath(&self) -> Option<PathBuf> {
+        self.dirpath.clone()
+    }
+
+    fn best_model_path(&self) -> Option<PathBuf> {
+        self.book.best_model_path.clone()
+    }
+
+    fn is_checkpoint_callback(&self) -> bool {
+        true
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -1242,6 +1282,27 @@ impl Callback for ModelCheckpoint {
 /// replacing what was there atomically: a temporary link is renamed over `link`, so a `last`
 /// file always exists once one was written.
 fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
+    link_or_copy(target, link, symlink)
+}
+
+/// Creates a symlink `link` -> `target` (`target` relative to `link`'s folder).
+fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    let r = std::os::unix::fs::symlink(target, link);
+    #[cfg(not(unix))]
+    let r = {
+        let _ = (target, link);
+        Err(std::io::ErrorKind::Unsupported.into())
+    };
+    r
+}
+
+/// [`link_checkpoint`] with the link-making function given (tests make it fail).
+fn link_or_copy(
+    target: &Path,
+    link: &Path,
+    make_link: fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), CallbackError> {
     let io = |what: &str, p: &Path| {
         let ctx = format!("{what} {}", p.display());
         move |source| CallbackError::Io {
@@ -1258,7 +1319,7 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
     let name = abs_link
         .file_name()
         .map_or("last".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-link-{}", std::process::id()));
+    let tmp = dir.join(link_temp_name(&name));
     let _ = std::fs::remove_file(&tmp);
     if let Ok(m) = std::fs::symlink_metadata(&abs_link) {
         if m.is_dir() {
@@ -1266,11 +1327,8 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
         }
     }
     let rel = relative_path(&abs_target, &dir);
-    #[cfg(unix)]
-    let linked = std::os::unix::fs::symlink(&rel, &tmp).is_ok();
-    #[cfg(not(unix))]
-    let linked = false;
-    if !linked {
+    if let Err(e) = make_link(&rel, &tmp) {
+        tracing::debug!("symlink {} failed ({e}); copying instead", tmp.display());
         // fall back to a durable copy
         let _ = std::fs::remove_file(&tmp);
         std::fs::copy(&abs_target, &tmp).map_err(io("copying checkpoint to", &tmp))?;
@@ -1289,6 +1347,28 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The temporary name [`link_checkpoint`] creates next to `name` before renaming it over.
+fn link_temp_name(name: &str) -> String {
+    format!(".{name}{LINK_TEMP_MARK}{}", std::process::id())
+}
+
+const LINK_TEMP_MARK: &str = ".tmp-link-";
+
+/// Deletes `.<name>.tmp-link-<pid>` entries in `dir` (left when a run died mid-link).
+fn remove_stale_link_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(LINK_TEMP_MARK) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("could not remove stale {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// `os.path.abspath`: absolute, with `.` and `..` resolved lexically.

@@ -21,9 +21,13 @@ pub(crate) struct FakeTrainer {
     pub cve: Option<i64>,
     pub resumed: Option<PathBuf>,
     pub saves: Vec<(PathBuf, bool)>,
+    /// `best_model_path` in the state written into each file (from `save_checkpoint_from`).
+    pub saved_best: Vec<String>,
+    pub waits: usize,
     pub stop_requested: bool,
     pub fail_next_save: bool,
     pub val_ran: bool,
+    pub rank0: bool,
 }
 
 impl FakeTrainer {
@@ -42,9 +46,12 @@ impl FakeTrainer {
             cve: Some(1),
             resumed: None,
             saves: vec![],
+            saved_best: vec![],
+            waits: 0,
             stop_requested: false,
             fail_next_save: false,
             val_ran: true,
+            rank0: true,
         }
     }
 }
@@ -70,6 +77,24 @@ impl TrainerContext for FakeTrainer {
         std::fs::write(&tmp, format!("epoch={} step={}", self.epoch, self.step)).unwrap();
         std::fs::rename(&tmp, path).unwrap();
         self.saves.push((path.to_owned(), weights_only));
+        Ok(())
+    }
+    fn save_checkpoint_from(
+        &mut self,
+        path: &Path,
+        weights_only: bool,
+        caller: &dyn Callback,
+    ) -> crate::Result<()> {
+        let state = caller.state_dict();
+        let best = state
+            .get("best_model_path")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        self.saved_best.push(best.to_owned());
+        self.save_checkpoint(path, weights_only)
+    }
+    fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
+        self.waits += 1;
         Ok(())
     }
     fn log_dir(&self) -> Option<PathBuf> {
@@ -104,6 +129,9 @@ impl TrainerContext for FakeTrainer {
     }
     fn request_stop(&mut self) {
         self.stop_requested = true;
+    }
+    fn is_global_zero(&self) -> bool {
+        self.rank0
     }
 }
 
@@ -150,19 +178,26 @@ fn start(cb: &mut ModelCheckpoint, t: &mut FakeTrainer) {
     cb.on_fit_start(t).unwrap();
 }
 
+/// Builds the callback and runs `setup`/`on_fit_start` against a fresh fake trainer.
+fn started(b: ModelCheckpointBuilder, root: &Path) -> (ModelCheckpoint, FakeTrainer) {
+    let mut cb = b.build().unwrap();
+    let mut t = FakeTrainer::new(root);
+    start(&mut cb, &mut t);
+    (cb, t)
+}
+
 #[test]
 fn top_k_keeps_the_best_and_deletes_worse_after_saving() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("ck");
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(&d)
-        .monitor("val_loss")
-        .filename("{epoch:02d}-{val_loss:.2f}")
-        .save_top_k(2)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(&d)
+            .monitor("val_loss")
+            .filename("{epoch:02d}-{val_loss:.2f}")
+            .save_top_k(2),
+        dir.path(),
+    );
     let d = cb.dirpath().unwrap().to_owned();
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.5)));
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.4)));
@@ -188,6 +223,23 @@ fn top_k_keeps_the_best_and_deletes_worse_after_saving() {
     assert_eq!(cb.best_model_score(), Some(0.3));
     assert_eq!(cb.kth_value(), 0.4);
     assert_eq!(cb.current_score(), Some(0.3));
+    // each file holds the state updated for it; deletions waited for pending saves
+    let best = |n: &str| d.join(n).to_string_lossy().into_owned();
+    assert_eq!(
+        t.saved_best,
+        [
+            best("epoch=00-val_loss=0.50.ckpt"),
+            best("epoch=01-val_loss=0.40.ckpt"),
+            best("epoch=03-val_loss=0.30.ckpt")
+        ]
+    );
+    assert_eq!(t.waits, 1);
+    assert!(Callback::is_checkpoint_callback(&cb));
+    assert_eq!(Callback::checkpoint_dirpath(&cb), Some(d.clone()));
+    assert_eq!(
+        Callback::best_model_path(&cb),
+        Some(d.join("epoch=03-val_loss=0.30.ckpt"))
+    );
     let kept: Vec<_> = cb.best_k_models().keys().cloned().collect();
     assert_eq!(
         kept,
@@ -201,15 +253,14 @@ fn top_k_keeps_the_best_and_deletes_worse_after_saving() {
 #[test]
 fn nan_never_becomes_best_and_mode_max() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("acc")
-        .mode(Mode::Max)
-        .save_top_k(2)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("acc")
+            .mode(Mode::Max)
+            .save_top_k(2),
+        dir.path(),
+    );
     epoch(&mut cb, &mut t, 1, Some(("acc", f64::NAN)));
     assert_eq!(cb.current_score(), Some(f64::NEG_INFINITY));
     epoch(&mut cb, &mut t, 1, Some(("acc", 0.2)));
@@ -229,66 +280,47 @@ fn nan_never_becomes_best_and_mode_max() {
     assert_eq!(t.saves.len(), 3);
 }
 
+/// Runs one-step epochs logging `metric` with each of `values` (nothing when `metric` is
+/// empty) with the callback writing into a fresh directory; returns the files left there.
+fn files_after(b: ModelCheckpointBuilder, metric: &str, values: &[f64]) -> BTreeSet<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cb, mut t) = started(b.dirpath(dir.path()), dir.path());
+    for v in values {
+        epoch(
+            &mut cb,
+            &mut t,
+            1,
+            (!metric.is_empty()).then_some((metric, *v)),
+        );
+    }
+    listing(dir.path())
+}
+
 #[test]
 fn no_monitor_top_1_reuses_one_name_and_version_counter() {
+    let b = || ModelCheckpoint::builder().filename("model");
     // Lightning's test_none_monitor_not_alternating: always model.ckpt
-    let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .filename("model")
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
-    for _ in 0..3 {
-        epoch(&mut cb, &mut t, 1, None);
-        assert_eq!(listing(dir.path()), set(&["model.ckpt"]));
-    }
+    assert_eq!(files_after(b(), "", &[0.0; 3]), set(&["model.ckpt"]));
     // without a monitor, Lightning versions past existing files except the previous best
     // (so save_top_k=-1 with a fixed name overwrites too)
-    let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .filename("model")
-        .save_top_k(-1)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
-    for _ in 0..2 {
-        epoch(&mut cb, &mut t, 1, None);
-    }
-    assert_eq!(listing(dir.path()), set(&["model.ckpt"]));
-    // save all monitored with a fixed name: -v1, -v2
-    let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("loss")
-        .filename("model")
-        .save_top_k(-1)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
-    for _ in 0..3 {
-        epoch(&mut cb, &mut t, 1, Some(("loss", 1.0)));
-    }
     assert_eq!(
-        listing(dir.path()),
+        files_after(b().save_top_k(-1), "", &[0.0; 2]),
+        set(&["model.ckpt"])
+    );
+    // save all monitored with a fixed name: -v1, -v2
+    assert_eq!(
+        files_after(b().monitor("loss").save_top_k(-1), "loss", &[1.0; 3]),
         set(&["model.ckpt", "model-v1.ckpt", "model-v2.ckpt"])
     );
     // without the counter the file is overwritten
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("loss")
-        .filename("model")
-        .save_top_k(-1)
-        .enable_version_counter(false)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        b().dirpath(dir.path())
+            .monitor("loss")
+            .save_top_k(-1)
+            .enable_version_counter(false),
+        dir.path(),
+    );
     for _ in 0..3 {
         epoch(&mut cb, &mut t, 1, Some(("loss", 1.0)));
     }
@@ -303,14 +335,13 @@ fn no_monitor_top_1_reuses_one_name_and_version_counter() {
 #[test]
 fn save_last_true_only_follows_top_k_saves() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("val_loss")
-        .save_last(true)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss")
+            .save_last(true),
+        dir.path(),
+    );
     epoch(&mut cb, &mut t, 1, Some(("val_loss", 1.0)));
     epoch(&mut cb, &mut t, 1, Some(("val_loss", 2.0))); // not better: no top-k, no last (2.6)
     let last = dir.path().join("last.ckpt");
@@ -327,15 +358,14 @@ fn save_last_true_only_follows_top_k_saves() {
 #[test]
 fn save_last_link_is_a_relative_symlink_to_the_newest() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("val_loss")
-        .save_top_k(1)
-        .save_last(SaveLast::Link)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss")
+            .save_top_k(1)
+            .save_last(SaveLast::Link),
+        dir.path(),
+    );
     let d = cb.dirpath().unwrap().to_owned();
     epoch(&mut cb, &mut t, 1, Some(("val_loss", 1.0)));
     epoch(&mut cb, &mut t, 1, Some(("val_loss", 0.5)));
@@ -372,20 +402,34 @@ fn link_replaces_files_links_and_folders() {
         PathBuf::from("sub/c")
     );
     assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
+    // where links cannot be made, a copy takes the link's place
+    link_or_copy(&d.join("a"), &d.join("copied"), |_, _| {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    })
+    .unwrap();
+    assert!(!std::fs::symlink_metadata(d.join("copied"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(d.join("copied")).unwrap(), "a");
+    // a temp link left by a killed run is cleaned up at setup
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("a", d.join(".last.ckpt.tmp-link-999999")).unwrap();
+    let _ = started(ModelCheckpoint::builder().dirpath(d), d);
+    assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
+    assert!(d.join("a").exists());
 }
 
 #[test]
 fn last_name_template_and_version_counter() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("last.ckpt"), "from another run").unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .save_top_k(0)
-        .save_last(true)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .save_top_k(0)
+            .save_last(true),
+        dir.path(),
+    );
     epoch(&mut cb, &mut t, 1, None);
     // save_top_k=0: nothing at epoch end, last at the end of fit, versioned past the old file
     assert_eq!(t.saves.len(), 0);
@@ -397,15 +441,14 @@ fn last_name_template_and_version_counter() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .save_top_k(-1)
-        .save_last(true)
-        .last_name("last-{epoch}")
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .save_top_k(-1)
+            .save_last(true)
+            .last_name("last-{epoch}"),
+        dir.path(),
+    );
     for _ in 0..3 {
         epoch(&mut cb, &mut t, 10, None);
     }
@@ -425,16 +468,15 @@ fn last_name_template_and_version_counter() {
 fn every_n_train_steps_trigger() {
     // Lightning's test_ckpt_every_n_train_steps: 2 epochs of 64 steps, every 16
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .filename("{step}")
-        .every_n_epochs(0)
-        .every_n_train_steps(16)
-        .save_top_k(-1)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .filename("{step}")
+            .every_n_epochs(0)
+            .every_n_train_steps(16)
+            .save_top_k(-1),
+        dir.path(),
+    );
     epoch(&mut cb, &mut t, 64, None);
     epoch(&mut cb, &mut t, 64, None);
     let want: BTreeSet<String> = (16..=128)
@@ -448,24 +490,15 @@ fn every_n_train_steps_trigger() {
 fn every_n_epochs_trigger() {
     // Lightning's test_model_checkpoint_every_n_epochs
     for n in 0..4i64 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cb = ModelCheckpoint::builder()
-            .dirpath(dir.path())
+        let b = ModelCheckpoint::builder()
             .filename("{epoch}")
             .save_top_k(-1)
-            .every_n_epochs(n)
-            .build()
-            .unwrap();
-        let mut t = FakeTrainer::new(dir.path());
-        start(&mut cb, &mut t);
-        for _ in 0..5 {
-            epoch(&mut cb, &mut t, 1, None);
-        }
+            .every_n_epochs(n);
         let want: BTreeSet<String> = (0..5i64)
             .filter(|e| n > 0 && (e + 1) % n == 0)
             .map(|e| format!("epoch={e}.ckpt"))
             .collect();
-        assert_eq!(listing(dir.path()), want, "every_n_epochs={n}");
+        assert_eq!(files_after(b, "", &[0.0; 5]), want, "every_n_epochs={n}");
     }
 }
 
@@ -474,15 +507,14 @@ fn train_time_interval_trigger() {
     // Lightning's test_model_checkpoint_train_time_interval: 7 s per batch, every minute,
     // 2 epochs of 64 batches -> 14 checkpoints
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .filename("{epoch}-{step}")
-        .train_time_interval(Duration::from_secs(60))
-        .save_top_k(-1)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .filename("{epoch}-{step}")
+            .train_time_interval(Duration::from_secs(60))
+            .save_top_k(-1),
+        dir.path(),
+    );
     for _ in 0..2 {
         for i in 0..64 {
             t.step += 1;
@@ -500,9 +532,7 @@ fn train_time_interval_trigger() {
 fn never_deletes_the_resumed_from_file_or_files_outside_dirpath() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ck");
-    let mut cb = ModelCheckpoint::builder().dirpath(&ck).build().unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(ModelCheckpoint::builder().dirpath(&ck), dir.path());
     let ck = cb.dirpath().unwrap().to_owned();
     epoch(&mut cb, &mut t, 1, None);
     let first = ck.join("epoch=0-step=1.ckpt");
@@ -535,14 +565,13 @@ fn never_deletes_the_resumed_from_file_or_files_outside_dirpath() {
 #[test]
 fn failed_save_keeps_bookkeeping_and_old_files() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("val_loss")
-        .save_last(true)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss")
+            .save_last(true),
+        dir.path(),
+    );
     epoch(&mut cb, &mut t, 1, Some(("val_loss", 1.0)));
     let before = (
         cb.best_model_path().map(Path::to_owned),
@@ -569,13 +598,12 @@ fn failed_save_keeps_bookkeeping_and_old_files() {
 #[test]
 fn missing_monitor_is_lightnings_error_after_validation_ran() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("val_loss")
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss"),
+        dir.path(),
+    );
     t.step = 3;
     t.metrics.insert("train_loss".into(), 0.1);
     let e = cb.on_train_epoch_end(&mut t).unwrap_err().to_string();
@@ -614,9 +642,7 @@ fn default_dirpath_and_subfolders_from_slashes() {
         set(&["epoch=0_val/loss=0.250.ckpt"])
     );
 
-    let mut cb = ModelCheckpoint::builder().build().unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (cb, _) = started(ModelCheckpoint::builder(), dir.path());
     assert_eq!(cb.dirpath(), Some(dir.path().join("checkpoints").as_path()));
 }
 
@@ -670,14 +696,13 @@ fn step_trigger_defers_until_the_metric_exists() {
 #[test]
 fn save_on_exception_and_weights_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .save_on_exception(true)
-        .save_weights_only(true)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .save_on_exception(true)
+            .save_weights_only(true),
+        dir.path(),
+    );
     t.step = 7;
     cb.on_exception(&mut t).unwrap();
     assert_eq!(
@@ -691,15 +716,14 @@ fn save_on_exception_and_weights_only() {
 #[test]
 fn state_dict_round_trip_and_dirpath_change() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cb = ModelCheckpoint::builder()
-        .dirpath(dir.path())
-        .monitor("val_loss")
-        .save_top_k(2)
-        .save_last(true)
-        .build()
-        .unwrap();
-    let mut t = FakeTrainer::new(dir.path());
-    start(&mut cb, &mut t);
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss")
+            .save_top_k(2)
+            .save_last(true),
+        dir.path(),
+    );
     for v in [0.5, 0.25, 0.75] {
         epoch(&mut cb, &mut t, 1, Some(("val_loss", v)));
     }
@@ -920,5 +944,65 @@ fn format_checkpoint_name_joins_dirpath_version_and_prefix() {
     assert!(
         e.contains("Unknown format code 'd' for object of type 'float'"),
         "{e}"
+    );
+}
+
+#[test]
+fn resuming_from_our_own_file_does_not_save_that_step_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = || {
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .save_top_k(-1)
+            .save_last(true)
+    };
+    let (mut cb, mut t) = started(b(), dir.path());
+    epoch(&mut cb, &mut t, 4, None);
+    let uninterrupted = listing(dir.path());
+    // resume from last.ckpt (saved at step 4 with epoch=0-step=4): step 4 is not saved again
+    let state = cb.state_dict();
+    let mut cb2 = b().build().unwrap();
+    cb2.load_state_dict(&state).unwrap();
+    let mut t2 = FakeTrainer::new(dir.path());
+    t2.step = 4;
+    t2.resumed = cb.last_model_path().map(Path::to_owned);
+    start(&mut cb2, &mut t2);
+    cb2.on_train_epoch_end(&mut t2).unwrap();
+    assert!(t2.saves.is_empty());
+    assert_eq!(listing(dir.path()), uninterrupted);
+    // a file we did not write (a preemption checkpoint) does not count as our save
+    let mut cb3 = b().build().unwrap();
+    cb3.load_state_dict(&state).unwrap();
+    let mut t3 = FakeTrainer::new(dir.path());
+    t3.step = 4;
+    t3.resumed = Some(dir.path().join("preempted.ckpt"));
+    start(&mut cb3, &mut t3);
+    cb3.on_train_epoch_end(&mut t3).unwrap();
+    assert_eq!(t3.saves.len(), 2, "{:?}", t3.saves);
+}
+
+#[test]
+fn other_ranks_save_through_the_trainer_but_never_delete_or_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cb = ModelCheckpoint::builder()
+        .dirpath(dir.path())
+        .monitor("val_loss")
+        .save_last(SaveLast::Link)
+        .build()
+        .unwrap();
+    let mut t = FakeTrainer::new(dir.path());
+    t.rank0 = false;
+    start(&mut cb, &mut t);
+    epoch(&mut cb, &mut t, 1, Some(("val_loss", 1.0)));
+    epoch(&mut cb, &mut t, 1, Some(("val_loss", 0.5)));
+    // the trainer was asked to save (it writes on rank 0 only); nothing was deleted or linked
+    assert_eq!(t.saves.len(), 2);
+    assert_eq!(
+        listing(dir.path()),
+        set(&["epoch=0-step=1.ckpt", "epoch=1-step=2.ckpt"])
+    );
+    assert_eq!(
+        cb.best_model_path(),
+        Some(dir.path().join("epoch=1-step=2.ckpt").as_path())
     );
 }

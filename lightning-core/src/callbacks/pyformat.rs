@@ -142,6 +142,9 @@ pub fn repr_float(x: f64) -> String {
     format!("{sign}{body}")
 }
 
+/// The largest width or precision accepted (file names are at most 255 bytes anyway).
+const MAX_FIELD: usize = 1024;
+
 /// A parsed format spec.
 #[derive(Debug, Default)]
 struct Spec {
@@ -225,6 +228,12 @@ fn parse_spec(spec: &str) -> Result<Spec, String> {
     }
     if i < chars.len() {
         return Err("Invalid format specifier".into());
+    }
+    // Python would build such strings; no file name can hold them
+    if s.width > MAX_FIELD || s.precision.is_some_and(|p| p > MAX_FIELD) {
+        return Err(format!(
+            "width or precision above {MAX_FIELD} in a file name template"
+        ));
     }
     Ok(s)
 }
@@ -387,6 +396,20 @@ pub fn format_value(v: MetricValue, spec_text: &str) -> Result<String, String> {
                     None => digits,
                 };
                 Ok(pad(&spec, &format!("{sign}{prefix}"), &digits, '>'))
+            }
+            Some('c') => {
+                if spec.precision.is_some()
+                    || spec.sign.is_some()
+                    || spec.alt
+                    || spec.grouping.is_some()
+                {
+                    return Err("option not allowed with integer format specifier 'c'".into());
+                }
+                let c = u32::try_from(i)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .ok_or("%c arg not in range(0x110000)")?;
+                Ok(pad(&spec, "", &c.to_string(), '>'))
             }
             Some('e' | 'E' | 'f' | 'F' | 'g' | 'G' | '%') => format_float(i as f64, &spec),
             Some(c) => Err(format!(
@@ -812,6 +835,22 @@ mod tests {
                     .is_err(),
                 "{t}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Any template and metric values give a name or an error, never a panic.
+        #[test]
+        fn arbitrary_templates_never_panic(
+            tpl in "[{}:!.\\[\\]0-9a-z/%=,_<>^+ #-]{0,24}",
+            x in proptest::num::f64::ANY,
+            i in proptest::num::i64::ANY,
+        ) {
+            let ms = m(&[("a", F(x)), ("b", I(i)), ("epoch", I(i))]);
+            let _ = format_checkpoint_template(Some(&tpl), &ms, None, true, "-", "=");
+            let _ = format_checkpoint_template(Some(&tpl), &ms, Some("p"), false, "-", "=");
+            let _ = format_value(F(x), &tpl);
+            let _ = format_value(I(i), &tpl);
         }
     }
 

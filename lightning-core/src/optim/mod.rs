@@ -6,6 +6,18 @@
 use crate::value::Value;
 use tch::Tensor;
 
+mod adam;
+mod clip;
+pub(crate) mod common;
+mod sched;
+mod sgd;
+
+pub(crate) use adam::AdamState;
+pub use adam::{Adam, AdamConfig, AdamWConfig};
+pub use clip::{clip_grad_norm, clip_grad_value};
+pub use sched::{Anneal, OneCycle, Schedule, Scheduler};
+pub use sgd::{Sgd, SgdConfig};
+
 /// Errors building or restoring optimizers and schedulers.
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
@@ -36,6 +48,13 @@ pub trait Optimizer: Send {
     fn state_dict(&self) -> Value;
     /// Restores from [`Optimizer::state_dict`]'s layout (ours or Python's).
     fn load_state_dict(&mut self, state: &Value) -> Result<(), OptimError>;
+    /// The momentum of one param group (SGD's `momentum`, Adam's `betas[0]`), if it has one;
+    /// used by `OneCycleLR`'s momentum cycling.
+    fn momentum(&self, _group: usize) -> Option<f64> {
+        None
+    }
+    /// Sets the momentum of one param group (no-op for optimizers without one).
+    fn set_momentum(&mut self, _group: usize, _momentum: f64) {}
 }
 
 /// A learning-rate scheduler with `torch.optim.lr_scheduler`'s state layout.

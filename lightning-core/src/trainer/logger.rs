@@ -109,8 +109,8 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 impl CsvLogger {
-    /// The next free `version_N` under `<root>/lightning_logs` (created).
-    pub fn new_version(root: &Path) -> Result<Self> {
+    /// The next free `version_N` under `<root>/lightning_logs` (created on the first write).
+    pub fn new_version(root: &Path) -> Self {
         let base = root.join("lightning_logs");
         let next = match fs::read_dir(&base) {
             Ok(rd) => rd
@@ -128,13 +128,11 @@ impl CsvLogger {
             Err(_) => 0,
         };
         let dir = base.join(format!("version_{next}"));
-        fs::create_dir_all(&dir)
-            .map_err(io_err(format!("creating log directory {}", dir.display())))?;
-        Ok(CsvLogger {
+        CsvLogger {
             dir,
             rows: Vec::new(),
             keys: BTreeSet::new(),
-        })
+        }
     }
 
     /// `<root>/lightning_logs/version_N`.
@@ -181,14 +179,27 @@ impl CsvLogger {
             out.push_str(&cells.join(","));
             out.push('\n');
         }
+        self.create_dir()?;
         let path = self.dir.join("metrics.csv");
         fs::write(&path, out).map_err(io_err(format!("writing {}", path.display())))
     }
 
+    fn create_dir(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir).map_err(io_err(format!(
+            "creating log directory {}",
+            self.dir.display()
+        )))
+    }
+
     /// Writes `hparams.yaml`.
     pub fn log_hparams(&self, hparams: &Value) -> Result<()> {
+        self.create_dir()?;
         let path = self.dir.join("hparams.yaml");
-        let text = hparams_yaml(hparams)?;
+        let text = if hparams.as_dict().is_some_and(|d| d.is_empty()) {
+            "{}\n".to_owned()
+        } else {
+            crate::hparams::to_yaml(hparams)
+        };
         fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))
     }
 }
@@ -212,31 +223,6 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_owned()
     }
-}
-
-/// The hyperparameters as YAML (Lightning's `hparams.yaml`).
-fn hparams_yaml(v: &Value) -> Result<String> {
-    fn conv(v: &Value) -> serde_yaml::Value {
-        use serde_yaml::Value as Y;
-        match v {
-            Value::None => Y::Null,
-            Value::Bool(b) => Y::Bool(*b),
-            Value::Int(i) => Y::Number((*i).into()),
-            Value::Float(x) => Y::Number((*x).into()),
-            Value::Str(s) => Y::String(s.clone()),
-            Value::List(xs) | Value::Tuple(xs) => Y::Sequence(xs.iter().map(conv).collect()),
-            Value::Dict(d) | Value::OrderedDict(d) => Y::Mapping(
-                d.iter()
-                    .map(|(k, x)| (Y::String(k.to_string()), conv(x)))
-                    .collect(),
-            ),
-            Value::Tensor(t) => Y::String(format!("{t:?}")),
-        }
-    }
-    if v.as_dict().is_some_and(|d| d.is_empty()) {
-        return Ok("{}\n".into());
-    }
-    serde_yaml::to_string(&conv(v)).map_err(|e| Error::Msg(format!("hparams.yaml: {e}")))
 }
 
 #[cfg(test)]
@@ -269,14 +255,14 @@ mod tests {
     #[test]
     fn csv_has_sorted_header_and_python_floats() {
         let dir = tempfile::tempdir().unwrap();
-        let mut l = CsvLogger::new_version(dir.path()).unwrap();
+        let mut l = CsvLogger::new_version(dir.path());
         assert!(l.dir().ends_with("lightning_logs/version_0"));
         l.log_row(&[("val_loss".to_string(), 1.0)].into_iter().collect(), 0, 3);
         l.log_row(&[("a".to_string(), 0.5)].into_iter().collect(), 1, 7);
         l.save().unwrap();
         let text = fs::read_to_string(l.dir().join("metrics.csv")).unwrap();
         assert_eq!(text, "a,epoch,step,val_loss\n,0,3,1.0\n0.5,1,7,\n");
-        let l2 = CsvLogger::new_version(dir.path()).unwrap();
+        let l2 = CsvLogger::new_version(dir.path());
         assert!(l2.dir().ends_with("version_1"));
     }
 }

@@ -13,13 +13,10 @@
 use super::logger::CsvLogger;
 use super::preempt::Preemption;
 use super::progress::Bar;
-use super::restore::{self, load_model_state};
+use super::restore;
 use super::saver::Saver;
-use super::{
-    clip_gradients, effective_max_epochs, move_to_device, need, CkptPath, Ctx, Hook, RunState,
-    Trainer,
-};
-use crate::callbacks::Callback;
+use super::{clip_gradients, effective_max_epochs, need, CkptPath, Ctx, Hook, RunState, Trainer};
+use crate::callbacks::{find_last_checkpoint, Callback, ModelCheckpoint};
 use crate::checkpoint;
 use crate::data::{mix_seed, DataLoader, DataModule, LoaderState};
 use crate::error::{Error, Result};
@@ -42,30 +39,34 @@ impl EpochEnd {
     pub const DONE: u8 = 3;
 }
 
-/// The default checkpoint callback added when checkpointing is on and none is given.
-fn default_checkpoint_callback() -> Option<Box<dyn Callback>> {
-    None
+/// The default checkpoint callback added when checkpointing is on and none is given:
+/// Lightning's `ModelCheckpoint()` (every epoch, `epoch=E-step=S.ckpt` in the log dir).
+fn default_checkpoint_callback() -> Result<Box<dyn Callback>> {
+    Ok(Box::new(ModelCheckpoint::builder().build()?))
 }
 
-/// The newest `last*.ckpt` in `dirs` (by modification time).
-fn find_last_checkpoint(dirs: &[PathBuf]) -> Option<PathBuf> {
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for d in dirs {
-        let Ok(rd) = std::fs::read_dir(d) else {
-            continue;
-        };
-        for e in rd.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("last") && name.ends_with(".ckpt") {
-                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                    if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
-                        best = Some((t, e.path()));
-                    }
-                }
-            }
-        }
+/// Whether `cb` checkpoints (a `ModelCheckpoint`, or a callback saying so).
+fn is_checkpointer(cb: &dyn Callback) -> bool {
+    cb.as_any().is::<ModelCheckpoint>() || cb.is_checkpoint_callback()
+}
+
+/// The directory a checkpointing callback writes to, once known.
+fn checkpoint_dir(cb: &dyn Callback) -> Option<PathBuf> {
+    match cb.as_any().downcast_ref::<ModelCheckpoint>() {
+        Some(mc) => mc.dirpath().map(Path::to_owned),
+        None => cb.checkpoint_dirpath(),
     }
-    best.map(|(_, p)| p)
+}
+
+/// The best checkpoint of a checkpointing callback, if any.
+fn best_path(cb: &dyn Callback) -> Option<PathBuf> {
+    match cb.as_any().downcast_ref::<ModelCheckpoint>() {
+        Some(mc) => mc
+            .best_model_path()
+            .map(Path::to_owned)
+            .filter(|p| !p.as_os_str().is_empty()),
+        None => cb.best_model_path(),
+    }
 }
 
 fn warn(msg: &str) {
@@ -96,13 +97,21 @@ impl Trainer {
             log_dir,
             states: &mut self.cb_states,
             caller: 0,
+            stop_requested: false,
         };
+        let mut result = Ok(());
         for (i, cb) in self.callbacks.iter_mut().enumerate() {
             ctx.caller = i;
-            hook(cb.as_mut(), &mut ctx)?;
+            result = hook(cb.as_mut(), &mut ctx);
             ctx.states[i] = (cb.state_key(), cb.state_dict());
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
+        if ctx.stop_requested {
+            self.run.should_stop = true;
+        }
+        result
     }
 
     /// Resolves `ckpt_path` to a file; `None` for `Last` with nothing saved yet (warned).
@@ -113,9 +122,9 @@ impl Trainer {
                 let dirs: Vec<PathBuf> = self
                     .callbacks
                     .iter()
-                    .filter_map(|c| c.checkpoint_dirpath())
+                    .filter_map(|c| checkpoint_dir(c.as_ref()))
                     .collect();
-                match find_last_checkpoint(&dirs) {
+                match find_last_checkpoint(&dirs, |p| checkpoint::verify(p).is_ok()) {
                     Some(p) => p,
                     None => {
                         warn(&format!(
@@ -129,7 +138,7 @@ impl Trainer {
             CkptPath::Best => self
                 .callbacks
                 .iter()
-                .find_map(|c| c.best_model_path())
+                .find_map(|c| best_path(c.as_ref()))
                 .ok_or_else(|| {
                     Error::Msg(
                     "ckpt_path=\"best\" is set but no checkpoint callback has a best model path \
@@ -189,17 +198,25 @@ impl Trainer {
         let train = need(data.train_loader(), "fit: train")?;
         self.run = RunState {
             seed: self.cfg.seed.unwrap_or_else(random_seed),
+            fitting: true,
+            num_val_batches: data
+                .val_loader()
+                .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
             ..RunState::default()
         };
         if self.cfg.enable_checkpointing
-            && !self.callbacks.iter().any(|c| c.is_checkpoint_callback())
+            && !self.callbacks.iter().any(|c| is_checkpointer(c.as_ref()))
         {
-            if let Some(cb) = default_checkpoint_callback() {
-                self.callbacks.push(cb);
-            }
+            self.callbacks.push(default_checkpoint_callback()?);
         }
         self.cb_states.clear();
-        // The checkpoint is found and read before anything is set up (bad paths fail fast).
+        // The log directory is chosen (not created) first: callbacks resolve their
+        // directories from it in `setup`, before `ckpt_path = Last` searches them.
+        self.logger = match self.cfg.logger {
+            true => Some(CsvLogger::new_version(&self.cfg.default_root_dir)),
+            false => None,
+        };
+        self.hooks(&*model, |cb, t| cb.setup(t))?;
         let resume = match &ckpt_path {
             Some(p) => self.resolve_ckpt(p)?,
             None => None,
@@ -213,21 +230,27 @@ impl Trainer {
             }
             None => None,
         };
-        move_to_device(model, self.cfg.device);
+        model.move_to(self.cfg.device);
         let mut optim = model.configure_optimizers()?;
-        self.logger = None;
-        if self.cfg.logger {
-            let l = CsvLogger::new_version(&self.cfg.default_root_dir)?;
+        self.run.scaler = self.precision.grad_scaler();
+        if let Some(l) = &self.logger {
             l.log_hparams(&model.hparams().to_value())?;
-            self.logger = Some(l);
         }
         if let Some((path, ckpt)) = resume {
             // Lightning's order: model, datamodule, callbacks, precision, loops, optimizers, schedulers.
             model.on_load_checkpoint(&ckpt)?;
-            let sd = ckpt.get("state_dict").unwrap_or(&Value::None);
-            load_model_state(model, sd)
-                .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+            restore::load_model_state(model, &ckpt, &path)?;
             self.restore_callbacks(&ckpt, &path)?;
+            if let (Some(scaler), Some(state)) =
+                (&mut self.run.scaler, ckpt.get(restore::PRECISION_KEY))
+            {
+                scaler.load_state_dict(state).map_err(|e| {
+                    Error::Msg(format!(
+                        "{}: restoring the grad scaler: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
             let pos = restore::loop_position(&ckpt, &path)?;
             if let (Some(saved), Some(given)) = (pos.seed, self.cfg.seed) {
                 if saved != given {
@@ -311,14 +334,15 @@ impl Trainer {
         let device = self.cfg.device;
         let (epoch, step) = (self.run.epoch, self.run.global_step);
         let metrics = &mut self.run.metrics;
+        let precision = self.precision;
         tch::no_grad(|| {
             for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
                 let batch = batch.to_device(device);
                 let mut ctx = StepContext::new(stage, epoch, step);
-                match stage {
-                    Stage::Test => model.test_step(&batch, idx, &mut ctx)?,
-                    _ => model.validation_step(&batch, idx, &mut ctx)?,
-                }
+                precision.autocast(|| match stage {
+                    Stage::Test => model.test_step(&batch, idx, &mut ctx),
+                    _ => model.validation_step(&batch, idx, &mut ctx),
+                })?;
                 metrics.record_step(&ctx.logged, stage, batch.size());
             }
             Ok(())
@@ -337,6 +361,7 @@ impl Trainer {
         }
         self.eval_batches(model, val, Stage::Validate, n)?;
         self.run.val_batches += n as i64;
+        self.run.val_ran = true;
         let row = self.run.metrics.reduce_epoch(Stage::Validate);
         let (epoch, step) = (self.run.epoch, self.run.global_step - 1);
         if let Some(l) = &mut self.logger {
@@ -443,8 +468,13 @@ impl Trainer {
         // RNG (dropout etc.) depends only on (seed, epoch, batch): a resume reproduces it.
         tch::manual_seed(mix_seed(self.run.seed, &[epoch as u64, idx as u64]) as i64);
         let mut ctx = StepContext::new(Stage::Train, epoch, self.run.global_step);
-        let loss = model.training_step(&batch, idx, &mut ctx)?;
+        let precision = self.precision;
+        let loss = precision.autocast(|| model.training_step(&batch, idx, &mut ctx))?;
         let scaled = if acc > 1 { loss / acc as f64 } else { loss };
+        let scaled = match &self.run.scaler {
+            Some(s) => s.scale(&scaled),
+            None => scaled,
+        };
         scaled.f_backward().map_err(|e| {
             Error::Msg(format!(
                 "backward of training_step's loss (epoch {epoch}, batch {idx}): {e}"
@@ -453,18 +483,30 @@ impl Trainer {
         self.run.batches_consumed = idx + 1;
         self.run.total_batches += 1;
         self.run.is_last_batch = idx + 1 == n;
-        let stepped = (idx + 1) % acc == 0 || idx + 1 == n;
+        let stepped = (idx + 1).is_multiple_of(acc) || idx + 1 == n;
         if stepped {
             let o = self
                 .optim
                 .as_mut()
                 .ok_or_else(|| Error::Msg("fit: no optimizer configured".into()))?;
-            if let Some(v) = self.cfg.gradient_clip_val {
-                clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm);
-            }
-            o.optimizer.step().map_err(|e| {
+            let step_err = |e: crate::optim::OptimError| {
                 Error::Msg(format!("optimizer step (epoch {epoch}, batch {idx}): {e}"))
-            })?;
+            };
+            if let Some(v) = self.cfg.gradient_clip_val {
+                // Gradients are unscaled before clipping, as Lightning does.
+                if let Some(s) = &mut self.run.scaler {
+                    let _found_inf = s.unscale_(o.optimizer.as_ref()).map_err(step_err)?;
+                }
+                clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?;
+            }
+            match &mut self.run.scaler {
+                // A step with inf/NaN gradients is skipped; the step still counts (Lightning).
+                Some(s) => {
+                    s.step(o.optimizer.as_mut()).map_err(step_err)?;
+                    s.update().map_err(step_err)?;
+                }
+                None => o.optimizer.step().map_err(step_err)?,
+            }
             o.optimizer.zero_grad();
             self.run.global_step += 1;
             let gs = self.run.global_step;
@@ -495,7 +537,7 @@ impl Trainer {
         let dir = self
             .callbacks
             .iter()
-            .find_map(|c| c.checkpoint_dirpath())
+            .find_map(|c| checkpoint_dir(c.as_ref()))
             .unwrap_or_else(|| self.cfg.default_root_dir.join("checkpoints"));
         std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
             context: format!("creating checkpoint directory {}", dir.display()),
@@ -535,20 +577,20 @@ impl Trainer {
         model: &mut M,
         ckpt_path: Option<CkptPath>,
     ) -> Result<()> {
+        self.run.fitting = false;
+        if self.cfg.logger && self.logger.is_none() {
+            self.logger = Some(CsvLogger::new_version(&self.cfg.default_root_dir));
+        }
+        self.hooks(&*model, |cb, t| cb.setup(t))?;
         if let Some(p) = ckpt_path {
             if let Some(path) = self.resolve_ckpt(&p)? {
                 let ckpt = checkpoint::load(&path)
                     .map_err(|e| Error::Msg(format!("loading checkpoint: {e}")))?;
                 model.on_load_checkpoint(&ckpt)?;
-                let sd = ckpt.get("state_dict").unwrap_or(&Value::None);
-                load_model_state(model, sd)
-                    .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+                restore::load_model_state(model, &ckpt, &path)?;
             }
         }
-        move_to_device(model, self.cfg.device);
-        if self.cfg.logger && self.logger.is_none() {
-            self.logger = Some(CsvLogger::new_version(&self.cfg.default_root_dir)?);
-        }
+        model.move_to(self.cfg.device);
         Ok(())
     }
 

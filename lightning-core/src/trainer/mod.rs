@@ -28,6 +28,7 @@ mod saver;
 use crate::callbacks::{Callback, TrainerContext};
 use crate::error::{Error, Result};
 use crate::lightning_module::{LightningModule, OptimizerConfig};
+use crate::precision::{GradScaler, Precision};
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -255,15 +256,11 @@ impl TrainerBuilder {
     /// Checks the settings and builds the trainer.
     pub fn build(self) -> Result<Trainer> {
         let cfg = self.cfg;
-        match cfg.precision.as_str() {
-            "32-true" | "32" => {}
-            p => {
-                return Err(Error::Msg(format!(
-                    "precision {p:?} is not supported by this trainer yet; valid: \"32-true\""
-                )))
-            }
-        }
-        if cfg.gradient_clip_val.is_some_and(|v| !(v >= 0.0)) {
+        let precision: Precision = cfg
+            .precision
+            .parse()
+            .map_err(|e: crate::precision::PrecisionError| Error::Msg(e.to_string()))?;
+        if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
             return Err(Error::Msg(format!(
                 "gradient_clip_val must be >= 0, got {:?}",
                 cfg.gradient_clip_val
@@ -273,6 +270,7 @@ impl TrainerBuilder {
             return Err(Error::Msg("max_epochs and max_steps must be >= -1".into()));
         }
         Ok(Trainer {
+            precision,
             cfg,
             callbacks: self.callbacks,
             run: RunState::default(),
@@ -285,7 +283,7 @@ impl TrainerBuilder {
 }
 
 /// Progress of the run: what the loop state dict saves and a resume restores.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct RunState {
     pub epoch: i64,
     pub global_step: i64,
@@ -303,7 +301,15 @@ pub(crate) struct RunState {
     pub sanity_checking: bool,
     pub is_last_batch: bool,
     pub resumed_from: Option<PathBuf>,
+    /// Whether `fit` (not validate/test/predict) is running.
+    pub fitting: bool,
+    /// Validation batches per validation run in this `fit`.
+    pub num_val_batches: usize,
+    /// Whether a validation run completed in this `fit`.
+    pub val_ran: bool,
     pub should_stop: bool,
+    /// The gradient scaler of `16-mixed`.
+    pub scaler: Option<GradScaler>,
     pub preempted: bool,
 }
 
@@ -316,6 +322,7 @@ impl RunState {
 /// Lightning's `Trainer`. Build it with [`Trainer::builder`].
 pub struct Trainer {
     cfg: TrainerConfig,
+    precision: Precision,
     callbacks: Vec<Box<dyn Callback>>,
     run: RunState,
     saver: saver::Saver,
@@ -413,6 +420,8 @@ pub(crate) struct Ctx<'a, M: LightningModule> {
     /// States of every callback in order; the caller's slot holds its pre-hook state.
     pub states: &'a mut Vec<(String, crate::value::Value)>,
     pub caller: usize,
+    /// Set by [`TrainerContext::request_stop`]; the trainer stops after the hook.
+    pub stop_requested: bool,
 }
 
 impl<M: LightningModule> Ctx<'_, M> {
@@ -467,49 +476,36 @@ impl<M: LightningModule> TrainerContext for Ctx<'_, M> {
     fn is_last_batch(&self) -> bool {
         self.run.is_last_batch
     }
+    fn is_fitting(&self) -> bool {
+        self.run.fitting
+    }
+    fn num_val_batches(&self) -> usize {
+        self.run.num_val_batches
+    }
+    fn check_val_every_n_epoch(&self) -> Option<i64> {
+        Some(self.cfg.check_val_every_n_epoch as i64)
+    }
+    fn val_check_within_epoch(&self) -> bool {
+        self.cfg.val_check_interval.is_some()
+    }
+    fn validation_ran(&self) -> bool {
+        self.run.val_ran
+    }
+    fn request_stop(&mut self) {
+        self.stop_requested = true;
+    }
 }
 
 /// A callback hook, as a function of the callback and the context.
 pub(crate) type Hook = fn(&mut dyn Callback, &mut dyn TrainerContext) -> Result<()>;
 
-/// Moves every tensor of `model` to `device` in place (parameters stay leaves).
-pub(crate) fn move_to_device<M: LightningModule>(model: &mut M, device: Device) {
-    model.visit_mut("", &mut |_, t, _| {
-        if t.device() != device {
-            let moved = t.to_device(device);
-            tch::no_grad(|| t.set_data(&moved));
-        }
-    });
-}
-
 /// Clips the gradients of `params` as `torch.nn.utils.clip_grad_{norm,value}_`.
-pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm) {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
-        if grads.is_empty() {
-            return;
-        }
-        match algo {
-            ClipAlgorithm::Value => {
-                for mut g in grads {
-                    let _ = g.clamp_(-value, value);
-                }
-            }
-            ClipAlgorithm::Norm => {
-                let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-                let total = Tensor::stack(&norms, 0).norm();
-                let coef =
-                    (Tensor::from(value).to_device(total.device()) / (total + 1e-6)).clamp_max(1.0);
-                for mut g in grads {
-                    let _ = g.g_mul_(&coef.to_kind(g.kind()));
-                }
-            }
-        }
-    });
+pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm) -> Result<()> {
+    let r = match algo {
+        ClipAlgorithm::Norm => crate::optim::clip_grad_norm(params, value, 2.0).map(drop),
+        ClipAlgorithm::Value => crate::optim::clip_grad_value(params, value),
+    };
+    r.map_err(|e| Error::Msg(format!("gradient clipping: {e}")))
 }
 
 /// Lightning's default `max_epochs`: 1000 when neither limit is set, else unbounded (-1).

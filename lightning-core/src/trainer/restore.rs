@@ -13,72 +13,34 @@ use super::RunState;
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
 use crate::lightning_module::{LightningModule, OptimizerConfig};
-use crate::module::{LoadReport, StateError, TensorKind, Traverse};
-use crate::value::{Dict, Key, Value};
+use crate::module::{state_dict_from_value, state_dict_to_value, Traverse};
+use crate::value::Value;
 use std::path::Path;
 
 /// The Lightning version our checkpoints claim (`pytorch-lightning_version`).
 pub const VERSION: &str = "2.6.6";
+/// Where Lightning's `MixedPrecision` plugin keeps the grad scaler's state (`16-mixed`).
+pub const PRECISION_KEY: &str = "MixedPrecision";
 /// Our extra top-level key: what an exact resume needs beyond Lightning's dict.
 pub const RESUME_KEY: &str = "lightning_rs";
 
-/// The module's persistent tensors as an `OrderedDict` (PyTorch's `state_dict()`).
-pub fn model_state_dict<M: Traverse>(model: &M) -> Value {
-    let mut d = Dict::new();
-    model.visit("", &mut |name, t, kind| {
-        if kind != (TensorKind::Buffer { persistent: false }) {
-            d.insert(name.into(), Value::Tensor(t.detach()));
-        }
-    });
-    Value::OrderedDict(d)
-}
-
-/// Copies `sd` (a `state_dict` dict) into the module's tensors. Strict: any missing,
-/// unexpected or mismatched key is an error and nothing is copied.
-pub fn load_model_state<M: Traverse>(model: &mut M, sd: &Value) -> Result<()> {
-    let entries = sd.as_dict().ok_or_else(|| {
+/// Copies the checkpoint's `state_dict` into the module (strict, as Lightning's resume).
+pub(crate) fn load_model_state<M: Traverse>(
+    model: &mut M,
+    ckpt: &Value,
+    path: &Path,
+) -> Result<()> {
+    let sd = ckpt.get("state_dict").ok_or_else(|| {
         Error::Msg(format!(
-            "checkpoint `state_dict` is a {}, expected a dict",
-            sd.type_name()
+            "{}: checkpoint has no `state_dict`",
+            path.display()
         ))
     })?;
-    let mut report = LoadReport::default();
-    let mut seen = std::collections::HashSet::new();
-    model.visit("", &mut |name, t, kind| {
-        if kind == (TensorKind::Buffer { persistent: false }) {
-            return;
-        }
-        seen.insert(name.to_owned());
-        match entries.get(&Key::from(name)).map(|v| v.as_tensor()) {
-            None => report.missing.push(name.to_owned()),
-            Some(None) => report.mismatched.push((
-                name.into(),
-                format!("{:?}", t.size()),
-                "not a tensor".into(),
-            )),
-            Some(Some(src)) if src.size() != t.size() || src.kind() != t.kind() => {
-                report.mismatched.push((
-                    name.into(),
-                    format!("{:?} {:?}", t.kind(), t.size()),
-                    format!("{:?} {:?}", src.kind(), src.size()),
-                ))
-            }
-            Some(Some(_)) => {}
-        }
-    });
-    report.unexpected = entries
-        .keys()
-        .map(|k| k.to_string())
-        .filter(|k| !seen.contains(k))
-        .collect();
-    if report != LoadReport::default() {
-        return Err(StateError::Mismatch(report).into());
-    }
-    model.visit_mut("", &mut |name, t, _| {
-        if let Some(src) = entries.get(&Key::from(name)).and_then(Value::as_tensor) {
-            tch::no_grad(|| t.copy_(src));
-        }
-    });
+    let sd =
+        state_dict_from_value(sd).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    model
+        .load_state_dict(&sd, true)
+        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
     Ok(())
 }
 
@@ -186,7 +148,7 @@ pub(crate) fn dump<M: LightningModule>(
     c.insert("epoch", run.epoch);
     c.insert("global_step", run.global_step);
     c.insert("pytorch-lightning_version", VERSION);
-    c.insert("state_dict", model_state_dict(model));
+    c.insert("state_dict", state_dict_to_value(&model.state_dict()));
     c.insert("loops", loops_state(run));
     if !weights_only {
         let mut cbs = Value::dict();
@@ -206,6 +168,9 @@ pub(crate) fn dump<M: LightningModule>(
         };
         c.insert("optimizer_states", Value::List(opts));
         c.insert("lr_schedulers", Value::List(scheds));
+        if let Some(s) = &run.scaler {
+            c.insert(PRECISION_KEY, s.state_dict());
+        }
     }
     let hp = model.hparams().to_value();
     if hp.as_dict().is_some_and(|d| !d.is_empty()) {

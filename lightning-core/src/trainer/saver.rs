@@ -144,4 +144,43 @@ mod tests {
         );
         assert_eq!(Vec::<f32>::try_from(&w).unwrap(), vec![6.0, 7.0]);
     }
+
+    #[test]
+    fn async_save_writes_the_snapshot_not_later_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = Tensor::ones([1 << 20], (tch::Kind::Float, Device::Cpu));
+        let mut tree = Value::dict();
+        tree.insert("w", big.shallow_clone());
+        let mut saver = Saver::new(true);
+        let (a, b) = (dir.path().join("a.ckpt"), dir.path().join("b.ckpt"));
+        saver.save(&a, tree.clone()).unwrap();
+        // Training goes on while the file is written: in-place updates right after.
+        let mut w = big.shallow_clone();
+        let _ = w.f_mul_scalar_(3.0).unwrap();
+        saver.save(&b, tree).unwrap(); // waits for `a` (one in flight)
+        let _ = w.f_add_scalar_(1.0).unwrap();
+        saver.finish().unwrap();
+        let read = |p: &Path| {
+            crate::checkpoint::load(p)
+                .unwrap()
+                .get("w")
+                .unwrap()
+                .as_tensor()
+                .unwrap()
+                .sum(tch::Kind::Double)
+                .double_value(&[])
+        };
+        assert_eq!(read(&a), (1 << 20) as f64);
+        assert_eq!(read(&b), 3.0 * (1 << 20) as f64);
+    }
+
+    #[test]
+    fn a_failed_background_save_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut saver = Saver::new(true);
+        let bad = dir.path().join("missing-dir/x.ckpt");
+        saver.save(&bad, Value::dict()).unwrap();
+        let e = saver.finish().unwrap_err().to_string();
+        assert!(e.contains("x.ckpt"), "{e}");
+    }
 }

@@ -1,0 +1,306 @@
+//! Fused CUDA kernels for the optimizer hot path, compiled at run time by NVRTC (cudarc,
+//! dynamically loaded) and launched over tch tensors' device memory.
+//!
+//! - Kernel sources are the `.cu` files in `kernels/` (embedded with `include_str!`), compiled
+//!   once per process into one module per device.
+//! - Multi-tensor launches: a table of pointers and sizes (an int64 tensor on the device,
+//!   uploaded once and cached while the pointers stay the same) and a block-to-chunk map let
+//!   one launch update many tensors; aligned tensors use float4 (16-byte) accesses.
+//! - Stream: kernels are launched on the CUDA legacy default stream (the null stream). That
+//!   is libtorch's current stream unless a program switches streams, which tch offers no API
+//!   for, so our launches are ordered with libtorch's work without any synchronization.
+//! - NVRTC is looked up by cudarc's default names first; when that fails (a machine with only
+//!   the pip-installed CUDA runtime), `libnvrtc.so.13` next to the loaded libtorch
+//!   (`site-packages/nvidia/cu13/lib`) or in `$LIGHTNING_RS_NVRTC` is loaded by path, so
+//!   kernel sources compile to PTX even without a GPU.
+
+pub(crate) mod fused;
+
+use cudarc::driver::{CudaContext, CudaFunction};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use tch::{Device, Kind, Tensor};
+
+/// The kernel sources: (file name, text). `common.cuh` is prepended to each.
+pub const KERNEL_SOURCES: &[(&str, &str)] = &[
+    ("adam.cu", include_str!("kernels/adam.cu")),
+    ("sgd.cu", include_str!("kernels/sgd.cu")),
+    ("amp.cu", include_str!("kernels/amp.cu")),
+    ("norm.cu", include_str!("kernels/norm.cu")),
+];
+
+const COMMON: &str = include_str!("kernels/common.cuh");
+
+/// Every kernel entry point the sources define (one per element type).
+pub const KERNEL_NAMES: &[&str] = &[
+    "adam_f32",
+    "adam_f16",
+    "adam_bf16",
+    "sgd_f32",
+    "sgd_f16",
+    "sgd_bf16",
+    "unscale_f32",
+    "unscale_f16",
+    "unscale_bf16",
+    "sumsq_f32",
+    "sumsq_f16",
+    "sumsq_bf16",
+    "clip_f32",
+    "clip_f16",
+    "clip_bf16",
+];
+
+/// Elements per block of a multi-tensor launch (must match `CHUNK` in `common.cuh`).
+pub(crate) const CHUNK: i64 = 65536;
+/// int64 slots per tensor in a launch table (must match `TSLOTS`).
+pub(crate) const TSLOTS: usize = 8;
+
+/// Errors loading NVRTC/the driver, compiling or launching kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// No NVRTC library could be loaded (names the places tried).
+    #[error("NVRTC not found (tried the default library names and {0})")]
+    NoNvrtc(String),
+    /// NVRTC rejected a kernel source (with its log).
+    #[error("NVRTC failed to compile {file}: {log}")]
+    Compile {
+        /// The `.cu` file.
+        file: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// A CUDA driver call failed, or no driver/GPU is present.
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+}
+
+fn driver_err(e: impl std::fmt::Debug) -> CudaError {
+    CudaError::Driver(format!("{e:?}"))
+}
+
+/// Directories that may hold `libnvrtc.so.13` besides the default search path.
+fn nvrtc_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("LIGHTNING_RS_NVRTC") {
+        out.push(PathBuf::from(p));
+    }
+    // Next to the libtorch this process loaded: <site-packages>/torch/lib -> nvidia/cu13/lib.
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        if let Some(path) = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.ends_with("/libtorch_cpu.so"))
+        {
+            let lib = PathBuf::from(path);
+            if let Some(site) = lib
+                .parent()
+                .and_then(|l| l.parent())
+                .and_then(|t| t.parent())
+            {
+                for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"] {
+                    out.push(site.join(sub).join("libnvrtc.so.13"));
+                }
+            }
+        }
+    }
+    for dir in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda-13.0/targets/x86_64-linux/lib",
+    ] {
+        out.push(PathBuf::from(dir).join("libnvrtc.so.13"));
+    }
+    out
+}
+
+/// `dlopen(path, RTLD_NOW | RTLD_GLOBAL)`; the handle is kept for the process.
+fn dlopen_global(path: &std::path::Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: loading an NVIDIA runtime library by path; its initializers only set up the
+    // library itself.
+    !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
+}
+
+/// Makes NVRTC loadable: cudarc's default lookup, else `dlopen` of a known path with
+/// `RTLD_GLOBAL` (cudarc's later lookup by soname then finds the loaded library).
+pub fn ensure_nvrtc() -> Result<(), CudaError> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: probing for a shared library; loading NVRTC runs no user code.
+        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Ok(());
+        }
+        let tried = nvrtc_candidates();
+        for path in &tried {
+            if !path.exists() {
+                continue;
+            }
+            // NVRTC dlopens its builtins library by soname at compile time: load the one
+            // next to it first so that lookup finds it.
+            if let Some(dir) = path.parent() {
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    for e in entries.flatten() {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        if name.starts_with("libnvrtc-builtins.so.") {
+                            dlopen_global(&e.path());
+                        }
+                    }
+                }
+            }
+            if dlopen_global(path) && unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                return Ok(());
+            }
+        }
+        Err(tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "))
+    })
+    .clone()
+    .map_err(CudaError::NoNvrtc)
+}
+
+/// The full source NVRTC compiles: `common.cuh` then every kernel file.
+pub fn full_source() -> String {
+    let mut s = String::from(COMMON);
+    for (name, src) in KERNEL_SOURCES {
+        s.push_str(&format!("\n// ---- {name} ----\n"));
+        s.push_str(src);
+    }
+    s
+}
+
+/// Compiles the kernel sources to PTX for `arch` (e.g. `"compute_90"`). Works without a GPU.
+pub fn compile_ptx(arch: &str) -> Result<String, CudaError> {
+    ensure_nvrtc()?;
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(Box::leak(arch.to_owned().into_boxed_str())),
+        options: vec!["--std=c++17".into()],
+        name: Some("lightning_rs_kernels.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(full_source(), opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => CudaError::Compile {
+            file: "kernels/*.cu".into(),
+            log: log.to_string_lossy().into_owned(),
+        },
+        other => CudaError::Compile {
+            file: "kernels/*.cu".into(),
+            log: format!("{other:?}"),
+        },
+    })?;
+    Ok(ptx.to_src())
+}
+
+/// The compiled kernels loaded on one device.
+pub(crate) struct Kernels {
+    ctx: Arc<CudaContext>,
+    funcs: HashMap<&'static str, CudaFunction>,
+}
+
+impl Kernels {
+    fn load(ordinal: usize) -> Result<Kernels, CudaError> {
+        // SAFETY: probing for libcuda.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::Driver("libcuda not found".into()));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err)?;
+        let (major, minor) = ctx.compute_capability().map_err(driver_err)?;
+        let ptx = compile_ptx(&format!("compute_{major}{minor}"))?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(driver_err)?;
+        let mut funcs = HashMap::new();
+        for &name in KERNEL_NAMES {
+            funcs.insert(name, module.load_function(name).map_err(driver_err)?);
+        }
+        Ok(Kernels { ctx, funcs })
+    }
+
+    /// Launches `name` with `blocks` blocks of 256 threads on the null stream.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters and point at live values; the device
+    /// pointers in them must be valid for the kernel's accesses.
+    pub(crate) unsafe fn launch(
+        &self,
+        name: &str,
+        blocks: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), CudaError> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| CudaError::Driver(format!("no kernel named {name}")))?;
+        self.ctx.bind_to_thread().map_err(driver_err)?;
+        cudarc::driver::result::launch_kernel(
+            f.cu_function(),
+            (blocks, 1, 1),
+            (256, 1, 1),
+            0,
+            std::ptr::null_mut(),
+            args,
+        )
+        .map_err(driver_err)
+    }
+}
+
+type KernelCache = Mutex<HashMap<usize, Result<Arc<Kernels>, String>>>;
+
+/// The kernels for a CUDA device ordinal, compiled and loaded on first use.
+pub(crate) fn kernels(ordinal: usize) -> Result<Arc<Kernels>, CudaError> {
+    static CACHE: OnceLock<KernelCache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(ordinal)
+        .or_insert_with(|| {
+            Kernels::load(ordinal).map(Arc::new).map_err(|e| {
+                tracing::warn!("fused CUDA kernels unavailable, using tch ops: {e}");
+                e.to_string()
+            })
+        })
+        .clone()
+        .map_err(CudaError::Driver)
+}
+
+/// Whether the fused kernels handle this parameter: a contiguous f32/f16/bf16 CUDA tensor
+/// whose device has the kernels loaded.
+pub fn fused_supported(p: &Tensor) -> bool {
+    match p.device() {
+        Device::Cuda(i) => {
+            matches!(p.kind(), Kind::Float | Kind::Half | Kind::BFloat16)
+                && p.is_contiguous()
+                && kernels(i).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Whether the fused optimizer kernels handle a parameter and its gradient: both supported,
+/// same dtype, device and length (the kernels read both as dense arrays).
+pub fn fused_param_supported(p: &Tensor, grad: &Tensor) -> bool {
+    grad.kind() == p.kind()
+        && grad.device() == p.device()
+        && grad.numel() == p.numel()
+        && grad.is_contiguous()
+        && fused_supported(p)
+}
+
+/// Whether the fused kernels handle these gradients (all supported, one device, one dtype).
+pub fn fused_grads_supported(grads: &[Tensor]) -> bool {
+    let Some(first) = grads.first() else {
+        return false;
+    };
+    grads
+        .iter()
+        .all(|g| g.device() == first.device() && g.kind() == first.kind() && fused_supported(g))
+}
+
+/// Whether a CUDA device is usable by tch and by our kernels (for tests and benches).
+pub fn available() -> bool {
+    tch::Cuda::is_available() && kernels(0).is_ok()
+}

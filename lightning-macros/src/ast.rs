@@ -1,0 +1,251 @@
+//! The models the macros work on, parsed from `syn` input; each keeps the original nodes
+//! for spans.
+
+use crate::attr::{self, HparamAttrs, StateAttrs};
+use crate::ctxt::Ctxt;
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+use syn::{Attribute, Data, DeriveInput, Fields, Generics, Ident, Type};
+
+/// A `#[derive(Hyperparameters)]` target.
+pub enum HparamsInput<'a> {
+    /// A struct with named fields: a config.
+    Struct {
+        ident: &'a Ident,
+        generics: &'a Generics,
+        fields: Vec<HField<'a>>,
+    },
+    /// An enum of unit variants: a field type stored as the variant name.
+    Enum {
+        ident: &'a Ident,
+        generics: &'a Generics,
+        variants: Vec<HVariant<'a>>,
+    },
+}
+
+/// One config field.
+pub struct HField<'a> {
+    /// The Rust field name.
+    pub member: &'a Ident,
+    /// The field type.
+    pub ty: &'a Type,
+    /// The saved name (`rename` or the field name).
+    pub name: String,
+    /// Tokens the saved name came from (for duplicate errors).
+    pub name_tokens: TokenStream,
+    /// `#[hparam(...)]`.
+    pub attrs: HparamAttrs,
+    /// The doc comment.
+    pub doc: String,
+}
+
+/// One unit variant.
+pub struct HVariant<'a> {
+    /// The variant.
+    pub ident: &'a Ident,
+    /// The saved string.
+    pub name: String,
+    /// Tokens the name came from.
+    pub name_tokens: TokenStream,
+}
+
+const TARGET_MSG: &str =
+    "`Hyperparameters` can only be derived for structs with named fields or enums of unit variants";
+
+impl<'a> HparamsInput<'a> {
+    /// Parses the input; `None` when its shape is unsupported (the error is in `cx`).
+    pub fn parse(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
+        reject_container_attr(cx, &input.attrs, "hparam");
+        match &input.data {
+            Data::Struct(s) => match &s.fields {
+                Fields::Named(named) => Some(HparamsInput::Struct {
+                    ident: &input.ident,
+                    generics: &input.generics,
+                    fields: named.named.iter().map(|f| HField::parse(cx, f)).collect(),
+                }),
+                Fields::Unnamed(f) => {
+                    cx.error_spanned(
+                        f,
+                        format!("{TARGET_MSG}; tuple structs have no field names"),
+                    );
+                    None
+                }
+                Fields::Unit => {
+                    cx.error_spanned(&input.ident, format!("{TARGET_MSG}; this is a unit struct"));
+                    None
+                }
+            },
+            Data::Enum(e) => {
+                if e.variants.is_empty() {
+                    cx.error_spanned(
+                        &input.ident,
+                        "an enum hyperparameter needs at least one variant",
+                    );
+                    return None;
+                }
+                let variants = e
+                    .variants
+                    .iter()
+                    .filter_map(|v| {
+                        if !matches!(v.fields, Fields::Unit) {
+                            cx.error_spanned(
+                                &v.fields,
+                                format!(
+                                    "enum hyperparameters are stored by variant name; variant `{}` carries data",
+                                    v.ident
+                                ),
+                            );
+                            return None;
+                        }
+                        let a = attr::hparam_attrs(cx, &v.attrs, true);
+                        let (name, name_tokens) = saved_name(&v.ident, a.rename.as_ref());
+                        Some(HVariant {
+                            ident: &v.ident,
+                            name,
+                            name_tokens,
+                        })
+                    })
+                    .collect();
+                Some(HparamsInput::Enum {
+                    ident: &input.ident,
+                    generics: &input.generics,
+                    variants,
+                })
+            }
+            Data::Union(u) => {
+                cx.error_spanned(u.union_token, TARGET_MSG);
+                None
+            }
+        }
+    }
+}
+
+fn saved_name(ident: &Ident, rename: Option<&syn::LitStr>) -> (String, TokenStream) {
+    match rename {
+        Some(lit) => (lit.value(), lit.to_token_stream()),
+        None => (ident.to_string(), ident.to_token_stream()),
+    }
+}
+
+/// A helper attribute on the container itself is a misuse (it belongs on fields).
+fn reject_container_attr(cx: &Ctxt, attrs: &[Attribute], name: &str) {
+    for a in attrs.iter().filter(|a| a.path().is_ident(name)) {
+        cx.error_spanned(
+            a,
+            format!("`#[{name}(...)]` goes on fields, not on the type"),
+        );
+    }
+}
+
+impl<'a> HField<'a> {
+    fn parse(cx: &Ctxt, f: &'a syn::Field) -> Self {
+        let attrs = attr::hparam_attrs(cx, &f.attrs, false);
+        // Named fields always have an ident.
+        let member = f.ident.as_ref().expect("named field");
+        let (name, name_tokens) = saved_name(member, attrs.rename.as_ref());
+        HField {
+            member,
+            ty: &f.ty,
+            name,
+            name_tokens,
+            doc: attr::docs(&f.attrs),
+            attrs,
+        }
+    }
+}
+
+/// A `#[lightning_module]` target.
+pub struct ModuleInput<'a> {
+    /// The struct name.
+    pub ident: &'a Ident,
+    /// Its generics.
+    pub generics: &'a Generics,
+    /// Its fields in declaration order.
+    pub fields: Vec<MField<'a>>,
+}
+
+/// What a module field is.
+pub enum Role<'a> {
+    /// The `#[hparams]` config, with the marker for spans.
+    Hparams(&'a Attribute),
+    /// `#[state(skip)]`: not traversed.
+    Skip,
+    /// Traversed under `name`; `Some(persistent)` for `#[state(buffer)]`.
+    State { buffer: Option<bool> },
+}
+
+/// One module field.
+pub struct MField<'a> {
+    /// The Rust field name.
+    pub member: &'a Ident,
+    /// The field type.
+    pub ty: &'a Type,
+    /// The state_dict name.
+    pub name: String,
+    /// Tokens the name came from.
+    pub name_tokens: TokenStream,
+    /// The field's role.
+    pub role: Role<'a>,
+    /// `#[state(...)]`.
+    pub attrs: StateAttrs,
+}
+
+impl<'a> ModuleInput<'a> {
+    /// Parses the struct; `None` when it is not a struct with named fields.
+    pub fn parse(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
+        const MSG: &str = "`#[lightning_module]` goes on a struct with named fields";
+        let fields = match &input.data {
+            Data::Struct(s) => match &s.fields {
+                Fields::Named(n) => &n.named,
+                Fields::Unnamed(f) => {
+                    cx.error_spanned(f, format!("{MSG}; tuple structs have no field names"));
+                    return None;
+                }
+                Fields::Unit => {
+                    cx.error_spanned(&input.ident, format!("{MSG}; this is a unit struct"));
+                    return None;
+                }
+            },
+            Data::Enum(e) => {
+                cx.error_spanned(e.enum_token, format!("{MSG}, not an enum"));
+                return None;
+            }
+            Data::Union(u) => {
+                cx.error_spanned(u.union_token, format!("{MSG}, not a union"));
+                return None;
+            }
+        };
+        reject_container_attr(cx, &input.attrs, "state");
+        let fields = fields
+            .iter()
+            .map(|f| {
+                let attrs = attr::state_attrs(cx, &f.attrs);
+                let member = f.ident.as_ref().expect("named field");
+                let (name, name_tokens) = saved_name(member, attrs.rename.as_ref());
+                let role = match attr::hparams_marker(cx, &f.attrs) {
+                    Some(m) => Role::Hparams(m),
+                    None if attrs.skip.is_some() => Role::Skip,
+                    None => Role::State {
+                        buffer: attrs
+                            .buffer
+                            .as_ref()
+                            .map(|_| attrs.persistent.as_ref().is_none_or(|b| b.value)),
+                    },
+                };
+                MField {
+                    member,
+                    ty: &f.ty,
+                    name,
+                    name_tokens,
+                    role,
+                    attrs,
+                }
+            })
+            .collect();
+        Some(ModuleInput {
+            ident: &input.ident,
+            generics: &input.generics,
+            fields,
+        })
+    }
+}

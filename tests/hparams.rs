@@ -1,0 +1,341 @@
+//! `#[derive(Hyperparameters)]` behaviour and property tests for the value tree's YAML/JSON
+//! round trips and for string overrides (bad strings give errors, never panics).
+
+use lightning_core::hparams::{self, apply_overrides, parse_override, HparamValue};
+use lightning_core::prelude::*;
+use lightning_core::{Dict, HparamError, Key};
+use proptest::prelude::*;
+use std::path::PathBuf;
+
+/// Activation function, stored by name.
+#[derive(Hyperparameters, Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    Relu,
+    #[hparam(rename = "gelu_tanh")]
+    Gelu,
+}
+
+#[derive(Hyperparameters, Clone, Debug, PartialEq)]
+pub struct Optim {
+    /// Learning rate.
+    #[hparam(default = 1e-3)]
+    pub lr: f64,
+    #[hparam(default = vec![0.9, 0.999])]
+    pub betas: Vec<f64>,
+}
+
+#[derive(Hyperparameters, Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Input width (required).
+    pub in_dim: i64,
+    #[hparam(default = 64)]
+    pub hidden: u32,
+    #[hparam(default = 3)]
+    pub layers: u8,
+    #[hparam(default = -1)]
+    pub seed: i16,
+    #[hparam(default = 0.5)]
+    pub dropout: f32,
+    #[hparam(default = true)]
+    pub bias: bool,
+    #[hparam(default = "mlp")]
+    pub name: String,
+    #[hparam(default = "data/train.csv")]
+    pub data: PathBuf,
+    #[hparam(default = None)]
+    pub max_steps: Option<u64>,
+    #[hparam(default = vec![])]
+    pub widths: Vec<usize>,
+    #[hparam(default = Act::Relu)]
+    pub act: Act,
+    #[hparam(rename = "batch")]
+    #[hparam(default = 32)]
+    pub batch_size: i32,
+    /// Optimizer settings (nested).
+    pub optim: Optim,
+    #[hparam(skip, default = false)]
+    pub verbose: bool,
+}
+
+fn from(v: &Value) -> Result<Config, HparamError> {
+    <Config as Hyperparameters>::from_value(v)
+}
+
+fn minimal() -> Value {
+    let mut v = Value::dict();
+    v.insert("in_dim", 4i64);
+    v
+}
+
+#[test]
+fn partial_tree_takes_defaults_and_skip_is_not_saved() {
+    let c = from(&minimal()).unwrap();
+    assert_eq!(c.hidden, 64);
+    assert_eq!(c.name, "mlp");
+    assert_eq!(c.data, PathBuf::from("data/train.csv"));
+    assert_eq!(c.optim.betas, vec![0.9, 0.999]);
+    assert_eq!(c.act, Act::Relu);
+    let v = Hyperparameters::to_value(&c);
+    let keys: Vec<String> = v.as_dict().unwrap().keys().map(|k| k.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "in_dim",
+            "hidden",
+            "layers",
+            "seed",
+            "dropout",
+            "bias",
+            "name",
+            "data",
+            "max_steps",
+            "widths",
+            "act",
+            "batch",
+            "optim"
+        ]
+    );
+    assert_eq!(v.get_path("optim.lr"), Some(&Value::Float(1e-3)));
+    assert_eq!(v.get("act"), Some(&Value::Str("Relu".into())));
+    assert_eq!(from(&v).unwrap(), c);
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let e = from(&Value::dict()).unwrap_err();
+    assert_eq!(
+        e,
+        HparamError::Missing {
+            field: "in_dim".into()
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "missing hyperparameter `in_dim` (it has no default)"
+    );
+}
+
+#[test]
+fn wrong_types_and_unknown_keys_name_the_field() {
+    let mut v = minimal();
+    v.insert("optim", {
+        let mut o = Value::dict();
+        o.insert("lr", "fast");
+        o
+    });
+    let e = from(&v).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "hyperparameter `optim.lr`: expected f64, found str \"fast\""
+    );
+    let mut v = minimal();
+    v.insert("act", "tanh");
+    let e = from(&v).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("expected one of \"Relu\", \"gelu_tanh\""),
+        "{e}"
+    );
+    let mut v = minimal();
+    v.insert("hiden", 3i64);
+    assert!(
+        matches!(from(&v).unwrap_err(), HparamError::Unknown { field, .. } if field == "hiden")
+    );
+}
+
+#[test]
+fn string_overrides_parse_to_the_field_type_with_dotted_keys() {
+    let mut c = from(&minimal()).unwrap();
+    apply_overrides(
+        &mut c,
+        &[
+            "hidden=128",
+            "optim.lr=3e-4",
+            "optim.betas=[0.5, 0.6]",
+            "max_steps=100",
+            "act=gelu_tanh",
+            "batch=8",
+            "verbose=true",
+            "widths=1,2,3",
+            "data=/tmp/x",
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.hidden, 128);
+    assert_eq!(c.optim.lr, 3e-4);
+    assert_eq!(c.optim.betas, vec![0.5, 0.6]);
+    assert_eq!(c.max_steps, Some(100));
+    assert_eq!(c.act, Act::Gelu);
+    assert_eq!(c.batch_size, 8);
+    assert!(c.verbose);
+    assert_eq!(c.widths, vec![1, 2, 3]);
+    c.set_str("max_steps", "None").unwrap();
+    assert_eq!(c.max_steps, None);
+    c.set_str("optim", "{lr: 0.1}").unwrap();
+    assert_eq!(
+        c.optim,
+        Optim {
+            lr: 0.1,
+            betas: vec![0.9, 0.999]
+        }
+    );
+
+    let e = c.set_str("hidden", "-1").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "hyperparameter `hidden`: cannot parse \"-1\" as u32"
+    );
+    let e = c.set_str("optim.lrr", "1").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "unknown hyperparameter `optim.lrr`; valid names: optim.lr, optim.betas"
+    );
+    let e = c.set_str("hiden", "1").unwrap_err();
+    let HparamError::Unknown { valid, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(
+        valid.contains(&"optim.lr".to_owned()) && valid.contains(&"batch".to_owned()),
+        "{e}"
+    );
+    assert!(c.set_str("hidden.x", "1").is_err());
+    assert_eq!(
+        parse_override("novalue").unwrap_err(),
+        HparamError::Syntax("novalue".into())
+    );
+}
+
+#[test]
+fn fields_list_dotted_names_types_docs_and_defaults() {
+    let f = Config::fields();
+    let names: Vec<&str> = f.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names[0], "in_dim");
+    assert!(
+        names.contains(&"optim.lr") && names.contains(&"optim.betas") && names.contains(&"batch")
+    );
+    assert_eq!(f[0].doc, "Input width (required).");
+    assert_eq!(f[0].default, None);
+    assert_eq!(f[0].ty, "i64");
+    let lr = f.iter().find(|x| x.name == "optim.lr").unwrap();
+    assert_eq!(
+        (lr.doc, lr.default.as_deref()),
+        ("Learning rate.", Some("1e-3"))
+    );
+    let w = f.iter().find(|x| x.name == "widths").unwrap();
+    assert_eq!(w.ty, "Vec<usize>");
+}
+
+#[test]
+fn help_lists_every_field_with_type_default_and_doc() {
+    let text = hparams::help::<Config>();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), Config::fields().len());
+    assert!(lines[0].starts_with("  in_dim <i64>"), "{text}");
+    assert!(
+        lines[0].ends_with("(required)  Input width (required)."),
+        "{text}"
+    );
+    assert!(text.contains("optim.lr <f64>"), "{text}");
+    assert!(text.contains("(default: 1e-3)  Learning rate."), "{text}");
+}
+
+#[test]
+fn hparams_yaml_file_reads_back() {
+    let c = from(&minimal()).unwrap();
+    let text = hparams::to_yaml(&Hyperparameters::to_value(&c));
+    assert!(text.contains("in_dim: 4"), "{text}");
+    assert_eq!(from(&hparams::from_yaml(&text).unwrap()).unwrap(), c);
+    let json = hparams::to_json(&Hyperparameters::to_value(&c));
+    assert_eq!(from(&hparams::from_json(&json).unwrap()).unwrap(), c);
+}
+
+/// Value trees YAML can hold exactly: no tuples, tensors or OrderedDicts; finite floats.
+fn tree(int_keys: bool) -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::None),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<f64>()
+            .prop_filter("finite", |x| x.is_finite())
+            .prop_map(Value::Float),
+        ".*".prop_map(Value::Str),
+    ];
+    leaf.prop_recursive(3, 24, 4, move |inner| {
+        let key = if int_keys {
+            prop_oneof![".*".prop_map(Key::Str), any::<i64>().prop_map(Key::Int)].boxed()
+        } else {
+            ".*".prop_map(Key::Str).boxed()
+        };
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+            prop::collection::vec((key, inner), 0..4)
+                .prop_map(|kv| Value::Dict(kv.into_iter().collect::<Dict>())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn yaml_round_trips_value_trees(v in tree(true)) {
+        let text = hparams::to_yaml(&v);
+        prop_assert_eq!(hparams::from_yaml(&text).unwrap(), v, "{}", text);
+    }
+
+    #[test]
+    fn json_round_trips_value_trees(v in tree(false)) {
+        prop_assert_eq!(hparams::from_json(&hparams::to_json(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn parsers_never_panic_on_arbitrary_text(s in ".*") {
+        let _ = hparams::from_yaml(&s);
+        let _ = hparams::from_json(&s);
+        let _ = parse_override(&s);
+        let mut c = from(&minimal()).unwrap();
+        for f in Config::fields() {
+            let _ = c.set_str(&f.name, &s);
+        }
+        let _ = c.set_str(&s, "1");
+    }
+
+    #[test]
+    fn overrides_round_trip_through_strings(
+        hidden in any::<u32>(), seed in any::<i16>(), lr in any::<f64>().prop_filter("finite", |x| x.is_finite()),
+        steps in proptest::option::of(0..=i64::MAX as u64), widths in prop::collection::vec(0..=i64::MAX as usize, 0..5),
+        name in "[^=]*",
+    ) {
+        let mut c = from(&minimal()).unwrap();
+        let steps_s = steps.map_or("None".to_owned(), |s| s.to_string());
+        let widths_s = format!("{widths:?}");
+        apply_overrides(&mut c, &[
+            &format!("hidden={hidden}"), &format!("seed={seed}"), &format!("optim.lr={lr}"),
+            &format!("max_steps={steps_s}"), &format!("widths={widths_s}"),
+        ]).unwrap();
+        c.set_str("name", &name).unwrap();
+        prop_assert_eq!((c.hidden, c.seed, c.optim.lr, c.max_steps, &c.widths, &c.name), (hidden, seed, lr, steps, &widths, &name));
+        // And the whole config survives the value tree.
+        prop_assert_eq!(from(&Hyperparameters::to_value(&c)).unwrap(), c);
+    }
+
+    // The value tree holds ints up to i64::MAX (as checkpoint pickles here do): larger u64s
+    // are stored as floats and reading them back is a clear error, not a silent change.
+    #[test]
+    fn u64_above_i64_max_is_an_error_on_reload(x in (i64::MAX as u64 + 1)..=u64::MAX) {
+        let v = HparamValue::to_value(&x);
+        prop_assert!(matches!(v, Value::Float(_)));
+        prop_assert!(<u64 as HparamValue>::from_value(&v, "f").is_err());
+    }
+
+    #[test]
+    fn list_overrides_parse_every_u64_exactly(xs in prop::collection::vec(any::<u64>(), 0..5)) {
+        prop_assert_eq!(Vec::<u64>::parse_str(&format!("{xs:?}"), "f").unwrap(), xs);
+    }
+
+    #[test]
+    fn out_of_range_ints_are_errors(x in any::<i64>()) {
+        let r = <u8 as HparamValue>::from_value(&Value::Int(x), "f");
+        prop_assert_eq!(r.is_ok(), (0..=255).contains(&x));
+        let r = <u8 as HparamValue>::parse_str(&x.to_string(), "f");
+        prop_assert_eq!(r.is_ok(), (0..=255).contains(&x));
+    }
+}

@@ -1,0 +1,185 @@
+//! Shared by the optimizer/precision parity tests: moving [`Value`] trees (with tensors)
+//! between Rust and the venv's Python PyTorch as JSON.
+#![allow(dead_code)]
+
+use lightning_core::value::{Dict, Key, Value};
+use serde_json::{json, Value as Json};
+use tch::{Kind, Tensor};
+
+/// Python helpers prepended to every script: `enc(obj)` / `dec(json)` mirror [`to_json`] /
+/// [`from_json`].
+pub const PY_PRELUDE: &str = r#"
+import json, sys, torch
+def enc(o):
+    if isinstance(o, torch.Tensor):
+        return {"t": str(o.dtype).replace("torch.", ""), "shape": list(o.shape), "data": o.detach().double().flatten().tolist()}
+    if isinstance(o, tuple): return {"tuple": [enc(x) for x in o]}
+    if isinstance(o, list): return [enc(x) for x in o]
+    if isinstance(o, dict): return {"dict": [[k, enc(v)] for k, v in o.items()]}
+    return o
+def dec(o):
+    if isinstance(o, list): return [dec(x) for x in o]
+    if isinstance(o, dict):
+        if "t" in o: return torch.tensor(o["data"], dtype=torch.float64).to(getattr(torch, o["t"])).reshape(o["shape"])
+        if "tuple" in o: return tuple(dec(x) for x in o["tuple"])
+        if "dict" in o: return {k: dec(v) for k, v in o["dict"]}
+    return o
+"#;
+
+/// Encodes a value tree for [`PY_PRELUDE`]'s `dec`.
+pub fn to_json(v: &Value) -> Json {
+    match v {
+        Value::None => Json::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Float(x) => json!(x),
+        Value::Str(s) => json!(s),
+        Value::List(l) => Json::Array(l.iter().map(to_json).collect()),
+        Value::Tuple(l) => json!({"tuple": l.iter().map(to_json).collect::<Vec<_>>()}),
+        Value::Dict(d) | Value::OrderedDict(d) => json!({"dict": d.iter().map(|(k, v)| {
+            let k = match k { Key::Str(s) => json!(s), Key::Int(i) => json!(i) };
+            json!([k, to_json(v)])
+        }).collect::<Vec<_>>()}),
+        Value::Tensor(t) => tensor_json(t),
+    }
+}
+
+/// A tensor as `{"t": dtype, "shape", "data"}`.
+pub fn tensor_json(t: &Tensor) -> Json {
+    let dtype = match t.kind() {
+        Kind::Float => "float32",
+        Kind::Double => "float64",
+        Kind::Half => "float16",
+        Kind::BFloat16 => "bfloat16",
+        Kind::Int64 => "int64",
+        k => panic!("test helper: unsupported dtype {k:?}"),
+    };
+    let flat = t
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Double)
+        .flatten(0, -1);
+    let data: Vec<f64> = Vec::<f64>::try_from(&flat).expect("tensor to vec");
+    json!({"t": dtype, "shape": t.size(), "data": data})
+}
+
+/// Decodes `enc`'s output into a value tree.
+pub fn from_json(j: &Json) -> Value {
+    match j {
+        Json::Null => Value::None,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) if !n.is_f64() => Value::Int(i),
+            _ => Value::Float(n.as_f64().expect("number")),
+        },
+        Json::String(s) => Value::Str(s.clone()),
+        Json::Array(a) => Value::List(a.iter().map(from_json).collect()),
+        Json::Object(o) => {
+            if let Some(t) = o.get("t") {
+                let kind = match t.as_str().expect("dtype") {
+                    "float32" => Kind::Float,
+                    "float64" => Kind::Double,
+                    "float16" => Kind::Half,
+                    "bfloat16" => Kind::BFloat16,
+                    "int64" => Kind::Int64,
+                    k => panic!("unsupported dtype {k}"),
+                };
+                let shape: Vec<i64> = o["shape"]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|x| x.as_i64().expect("dim"))
+                    .collect();
+                let data: Vec<f64> = o["data"]
+                    .as_array()
+                    .expect("data")
+                    .iter()
+                    .map(|x| x.as_f64().expect("f64"))
+                    .collect();
+                Value::Tensor(Tensor::from_slice(&data).to_kind(kind).reshape(shape))
+            } else if let Some(t) = o.get("tuple") {
+                Value::Tuple(t.as_array().expect("tuple").iter().map(from_json).collect())
+            } else if let Some(d) = o.get("dict") {
+                let mut out = Dict::new();
+                for kv in d.as_array().expect("dict") {
+                    let k = match &kv[0] {
+                        Json::String(s) => Key::Str(s.clone()),
+                        Json::Number(n) => Key::Int(n.as_i64().expect("int key")),
+                        other => panic!("bad key {other}"),
+                    };
+                    out.insert(k, from_json(&kv[1]));
+                }
+                Value::Dict(out)
+            } else {
+                panic!("unexpected object {j}")
+            }
+        }
+    }
+}
+
+/// Runs `PY_PRELUDE + script` with `input` as JSON in a temp file (path in `sys.argv[1]`);
+/// the script prints one JSON document. `None` (with a printed reason) when there is no venv.
+pub fn python_json(script: &str, input: &Json) -> Option<Json> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("in.json");
+    std::fs::write(&path, input.to_string()).expect("write input");
+    let full = format!("{PY_PRELUDE}\n{script}");
+    match lightning_rs::run_python(&full, &[path.to_str().expect("utf8 path")]) {
+        None => {
+            eprintln!("SKIP: no venv Python (run scripts/setup.sh); PyTorch comparison not run");
+            None
+        }
+        Some(Err(e)) => panic!("{e}"),
+        Some(Ok(out)) => Some(serde_json::from_str(out.trim()).expect("python printed JSON")),
+    }
+}
+
+/// max |a-b| / max(max|b|, tiny): relative error over a whole tensor.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+    let b = b.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]).max(1e-30);
+    diff / scale
+}
+
+/// Asserts two value trees have the same structure and keys, with tensors within `tol`
+/// relative error and floats within `tol` relative.
+pub fn assert_close(a: &Value, b: &Value, tol: f64, path: &str) {
+    match (a, b) {
+        (Value::Tensor(x), Value::Tensor(y)) => {
+            let e = rel_err(x, y);
+            assert!(e <= tol, "{path}: relative error {e:e} > {tol:e}");
+        }
+        (Value::Float(x), Value::Float(y)) => {
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1e-300),
+                "{path}: {x} vs {y}"
+            );
+        }
+        (Value::Int(x), Value::Float(y)) | (Value::Float(y), Value::Int(x)) => {
+            assert!(
+                (*x as f64 - y).abs() <= tol * y.abs().max(1e-300),
+                "{path}: {x} vs {y}"
+            );
+        }
+        (Value::List(x), Value::List(y)) | (Value::Tuple(x), Value::Tuple(y)) => {
+            assert_eq!(x.len(), y.len(), "{path}: length");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_close(p, q, tol, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Dict(x), Value::Dict(y)) => {
+            // Key order is not compared: torch's group dicts follow the caller's kwargs order.
+            let mut kx: Vec<_> = x.keys().collect();
+            let mut ky: Vec<_> = y.keys().collect();
+            kx.sort();
+            ky.sort();
+            assert_eq!(kx, ky, "{path}: keys");
+            for (k, v) in x {
+                assert_close(v, &y[k], tol, &format!("{path}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{path}"),
+    }
+}

@@ -1,0 +1,375 @@
+//! A tiny model and data shared by the trainer tests (hand-written Traverse/Hyperparameters
+//! so the trainer tests depend only on the runtime traits).
+#![allow(dead_code)]
+
+use lightning_core::callbacks::{Callback, TrainerContext};
+use lightning_core::data::{DataLoader, DataModule, TensorDataset};
+use lightning_core::hparams::{HparamError, HparamField, Hyperparameters};
+use lightning_core::lightning_module::{
+    Batch, Interval, OptimizerConfig, SchedulerConfig, StepContext,
+};
+use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler, Sgd, SgdConfig};
+use lightning_core::prelude::*;
+use lightning_core::TensorKind;
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+/// Serializes the tests of one binary: libtorch's RNG is process-global, so a test seeding
+/// it (model init, per-step reseeding) must not interleave with another.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Config of [`Tiny`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinyHp {
+    pub hidden: i64,
+    pub lr: f64,
+    pub dropout: f64,
+    /// "adam" or "sgd".
+    pub optimizer: String,
+    /// StepLR every epoch (0: none).
+    pub step_lr: i64,
+}
+
+impl Default for TinyHp {
+    fn default() -> Self {
+        TinyHp {
+            hidden: 8,
+            lr: 0.05,
+            dropout: 0.2,
+            optimizer: "adam".into(),
+            step_lr: 1,
+        }
+    }
+}
+
+impl Hyperparameters for TinyHp {
+    fn to_value(&self) -> Value {
+        let mut v = Value::dict();
+        v.insert("hidden", self.hidden);
+        v.insert("lr", self.lr);
+        v.insert("dropout", self.dropout);
+        v.insert("optimizer", self.optimizer.as_str());
+        v.insert("step_lr", self.step_lr);
+        v
+    }
+    fn from_value(v: &Value) -> Result<Self, HparamError> {
+        let d = TinyHp::default();
+        Ok(TinyHp {
+            hidden: v.get("hidden").and_then(Value::as_i64).unwrap_or(d.hidden),
+            lr: v.get("lr").and_then(Value::as_f64).unwrap_or(d.lr),
+            dropout: v
+                .get("dropout")
+                .and_then(Value::as_f64)
+                .unwrap_or(d.dropout),
+            optimizer: v
+                .get("optimizer")
+                .and_then(Value::as_str)
+                .map_or(d.optimizer, str::to_owned),
+            step_lr: v
+                .get("step_lr")
+                .and_then(Value::as_i64)
+                .unwrap_or(d.step_lr),
+        })
+    }
+    fn set_str(&mut self, key: &str, _value: &str) -> Result<(), HparamError> {
+        Err(HparamError::Unknown {
+            field: key.into(),
+            valid: vec![],
+        })
+    }
+    fn fields() -> Vec<HparamField> {
+        vec![]
+    }
+}
+
+/// A 4 -> hidden -> 3 MLP with dropout.
+pub struct Tiny {
+    pub hp: TinyHp,
+    pub fc1: nn::Linear,
+    pub fc2: nn::Linear,
+    /// Validation runs seen (for hook-order tests).
+    pub val_runs: Arc<AtomicUsize>,
+    /// Fail in training_step at this global step.
+    pub fail_at: Option<i64>,
+    last_val_batch: usize,
+}
+
+impl Traverse for Tiny {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
+        for (n, l) in [("fc1", &self.fc1), ("fc2", &self.fc2)] {
+            let p = if prefix.is_empty() {
+                n.to_string()
+            } else {
+                format!("{prefix}.{n}")
+            };
+            f(&format!("{p}.weight"), &l.ws, TensorKind::Parameter);
+            if let Some(b) = &l.bs {
+                f(&format!("{p}.bias"), b, TensorKind::Parameter);
+            }
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind)) {
+        for (n, l) in [("fc1", &mut self.fc1), ("fc2", &mut self.fc2)] {
+            let p = if prefix.is_empty() {
+                n.to_string()
+            } else {
+                format!("{prefix}.{n}")
+            };
+            f(&format!("{p}.weight"), &mut l.ws, TensorKind::Parameter);
+            if let Some(b) = &mut l.bs {
+                f(&format!("{p}.bias"), b, TensorKind::Parameter);
+            }
+        }
+    }
+}
+
+impl HasHparams for Tiny {
+    type Hparams = TinyHp;
+    fn hparams(&self) -> &TinyHp {
+        &self.hp
+    }
+}
+
+impl Tiny {
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.fc1
+            .forward(x)
+            .relu()
+            .dropout(self.hp.dropout, train)
+            .apply(&self.fc2)
+    }
+    /// A fresh model with weights from `init_seed`.
+    pub fn new(hp: TinyHp, init_seed: i64) -> (Tiny, nn::VarStore) {
+        tch::manual_seed(init_seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Tiny::build(&hp, &vs.root()).expect("build");
+        (m, vs)
+    }
+    pub fn params(&self) -> Vec<Tensor> {
+        let mut out = vec![];
+        self.visit("", &mut |_, t, _| out.push(t.shallow_clone()));
+        out
+    }
+    /// name -> values, for bitwise comparisons.
+    pub fn weights(&self) -> Vec<(String, Vec<f32>)> {
+        let mut out = vec![];
+        self.visit("", &mut |n, t, _| {
+            out.push((
+                n.to_owned(),
+                Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap(),
+            ))
+        });
+        out
+    }
+}
+
+impl LightningModule for Tiny {
+    fn build(hp: &TinyHp, vs: &nn::Path) -> lightning_core::Result<Self> {
+        Ok(Tiny {
+            hp: hp.clone(),
+            fc1: nn::linear(vs / "fc1", 4, hp.hidden, Default::default()),
+            fc2: nn::linear(vs / "fc2", hp.hidden, 3, Default::default()),
+            val_runs: Arc::new(AtomicUsize::new(0)),
+            fail_at: None,
+            last_val_batch: usize::MAX,
+        })
+    }
+    fn training_step(
+        &mut self,
+        b: &Batch,
+        _i: usize,
+        ctx: &mut StepContext,
+    ) -> lightning_core::Result<Tensor> {
+        if self.fail_at == Some(ctx.global_step()) {
+            return Err(lightning_core::Error::Msg("planned failure".into()));
+        }
+        let loss = self
+            .forward(&b[0], ctx.training())
+            .cross_entropy_for_logits(&b[1]);
+        ctx.log("train_loss", &loss).prog_bar(true);
+        Ok(loss)
+    }
+    fn validation_step(
+        &mut self,
+        b: &Batch,
+        i: usize,
+        ctx: &mut StepContext,
+    ) -> lightning_core::Result<()> {
+        if i == 0 {
+            self.val_runs.fetch_add(1, Ordering::SeqCst);
+        }
+        self.last_val_batch = i;
+        let out = self.forward(&b[0], ctx.training());
+        ctx.log("val_loss", out.cross_entropy_for_logits(&b[1]));
+        ctx.log(
+            "val_acc",
+            out.argmax(-1, false)
+                .eq_tensor(&b[1])
+                .to_kind(Kind::Float)
+                .mean(Kind::Float),
+        );
+        Ok(())
+    }
+    fn test_step(
+        &mut self,
+        b: &Batch,
+        _i: usize,
+        ctx: &mut StepContext,
+    ) -> lightning_core::Result<()> {
+        let out = self.forward(&b[0], false);
+        ctx.log("test_loss", out.cross_entropy_for_logits(&b[1]));
+        Ok(())
+    }
+    fn predict_step(
+        &mut self,
+        b: &Batch,
+        _i: usize,
+        _ctx: &mut StepContext,
+    ) -> lightning_core::Result<Tensor> {
+        Ok(self.forward(&b[0], false).argmax(-1, false))
+    }
+    fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
+        let err = |e: lightning_core::optim::OptimError| lightning_core::Error::Msg(e.to_string());
+        let mut cfg = if self.hp.optimizer == "sgd" {
+            OptimizerConfig::new(
+                Sgd::new(
+                    self.params(),
+                    SgdConfig {
+                        lr: self.hp.lr,
+                        momentum: 0.9,
+                        ..Default::default()
+                    },
+                )
+                .map_err(err)?,
+            )
+        } else {
+            OptimizerConfig::new(
+                Adam::new(
+                    self.params(),
+                    AdamConfig {
+                        lr: self.hp.lr,
+                        ..Default::default()
+                    },
+                )
+                .map_err(err)?,
+            )
+        };
+        if self.hp.step_lr > 0 {
+            let s = Scheduler::new(
+                cfg.optimizer.as_mut(),
+                Schedule::Step {
+                    step_size: self.hp.step_lr,
+                    gamma: 0.7,
+                },
+            )
+            .map_err(err)?;
+            cfg = cfg.scheduler_config(SchedulerConfig::new(s).interval(Interval::Epoch));
+        }
+        Ok(cfg)
+    }
+}
+
+/// A learnable 3-class problem with 4 features: `n` rows from `seed`.
+pub fn data(n: i64, batch: i64, shuffle: bool) -> DataModule {
+    tch::manual_seed(1234);
+    let x = Tensor::randn([n, 4], (Kind::Float, Device::Cpu));
+    let y = (x.narrow(1, 0, 1).squeeze_dim(1) + x.narrow(1, 1, 1).squeeze_dim(1) * 0.5)
+        .gt(0.3)
+        .to_kind(Kind::Int64)
+        + x.narrow(1, 2, 1)
+            .squeeze_dim(1)
+            .gt(1.0)
+            .to_kind(Kind::Int64);
+    let ds = TensorDataset::new(vec![x, y]).unwrap();
+    let [train, val] = ds.random_split([n - n / 4, n / 4], 3).unwrap();
+    DataModule::new()
+        .train(DataLoader::new(train.clone(), batch).shuffle(shuffle))
+        .val(DataLoader::new(val.clone(), batch))
+        .test(DataLoader::new(val.clone(), batch))
+        .predict(DataLoader::new(val, batch))
+}
+
+/// A callback that saves `dir/<name>` at given global steps (from `on_train_batch_end`)
+/// and reports `dir` as its checkpoint directory (for `CkptPath::Last`) and the last file
+/// as its best path (for `CkptPath::Best`).
+pub struct SaveAt {
+    pub dir: PathBuf,
+    pub steps: Vec<i64>,
+    pub name: String,
+    pub saved: Vec<PathBuf>,
+    pub weights_only: bool,
+}
+
+impl SaveAt {
+    pub fn new(dir: &Path, steps: &[i64], name: &str) -> Self {
+        SaveAt {
+            dir: dir.to_owned(),
+            steps: steps.to_vec(),
+            name: name.into(),
+            saved: vec![],
+            weights_only: false,
+        }
+    }
+}
+
+impl Callback for SaveAt {
+    fn state_key(&self) -> String {
+        "SaveAt".into()
+    }
+    fn on_train_batch_end(&mut self, t: &mut dyn TrainerContext) -> lightning_core::Result<()> {
+        if self.steps.contains(&t.global_step()) {
+            std::fs::create_dir_all(&self.dir).unwrap();
+            let name = self.name.replace("{step}", &t.global_step().to_string());
+            let p = self.dir.join(name);
+            t.save_checkpoint(&p, self.weights_only)?;
+            self.saved.push(p);
+        }
+        Ok(())
+    }
+    fn state_dict(&self) -> Value {
+        let mut v = Value::dict();
+        v.insert("saved", self.saved.len());
+        v
+    }
+    fn checkpoint_dirpath(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
+    fn best_model_path(&self) -> Option<PathBuf> {
+        self.saved.last().cloned()
+    }
+    fn is_checkpoint_callback(&self) -> bool {
+        true
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
