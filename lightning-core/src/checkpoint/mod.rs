@@ -9,7 +9,7 @@
 //! Files written here load in Python with `torch.load(path, weights_only=True)` and
 //! `LightningModule.load_from_checkpoint`; files written by `torch.save` / Lightning load here.
 //!
-//! ```no_run
+//! ```
 //! use lightning_core::checkpoint::{self, layout::LIGHTNING_VERSION};
 //! use lightning_core::{Dict, Value};
 //! use tch::{Device, Kind, Tensor};
@@ -21,9 +21,11 @@
 //! ckpt.insert("global_step", 10i64);
 //! ckpt.insert("pytorch-lightning_version", LIGHTNING_VERSION);
 //! ckpt.insert("state_dict", Value::OrderedDict(sd));
-//! let path = std::path::Path::new("model.ckpt");
+//! let path = &std::env::temp_dir().join(format!("doc-{}.ckpt", std::process::id()));
 //! checkpoint::save(path, &ckpt)?;
 //! assert_eq!(checkpoint::load(path)?, ckpt);
+//! checkpoint::verify(path)?;
+//! # std::fs::remove_file(path).unwrap();
 //! # Ok::<(), checkpoint::CheckpointError>(())
 //! ```
 
