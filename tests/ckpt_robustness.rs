@@ -58,6 +58,10 @@ fn small_tree() -> Value {
             .to_kind(Kind::BFloat16)
             .into(),
     );
+    sd.insert(
+        "e".into(),
+        Tensor::zeros([0], (Kind::Float, Device::Cpu)).into(),
+    );
     let mut st = Dict::new();
     st.insert(Key::Int(0), Value::from(vec![1.5f64, 2.5]));
     let mut v = Value::dict();
@@ -142,10 +146,11 @@ proptest! {
         std::fs::write(&q, apply(&bytes, &m)).unwrap();
         let (r, peak) = load_measured(&q);
         prop_assert!(peak <= alloc_bound(bytes.len()), "{m:?}: {peak} bytes");
+        let verified = checkpoint::verify(&q);
+        prop_assert_eq!(r.is_ok(), verified.is_ok(), "load {:?} vs verify {:?}", r.as_ref().err(), verified);
         if let Ok(got) = r {
             prop_assert_eq!(got, v);
         }
-        let _ = checkpoint::verify(&q);
     }
 
     /// Hostile pickles inside a well-formed zip (valid CRCs): truncated, bit-flipped, with

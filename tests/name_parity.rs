@@ -236,3 +236,55 @@ fn state_dict_names_match_pytorch_for_five_architectures() {
     // The architectures are not trivial: 5 of them, with buffers and >= 4 keys each.
     assert!(ours.iter().all(|(_, m)| m.state_dict().len() >= 4));
 }
+
+const RNN_FORWARD: &str = r#"
+import json, torch
+from torch import nn
+lstm = nn.LSTM(10, 20, num_layers=2, bidirectional=True, batch_first=True)
+gru = nn.GRU(40, 5, batch_first=True)
+fc = nn.Linear(5, 3)
+with torch.no_grad():
+    i = 0
+    for m in (lstm, gru, fc):
+        for k, v in m.state_dict().items():
+            v.copy_((torch.arange(v.numel(), dtype=torch.float32) * 0.37 + i).sin().reshape(v.shape) * 0.3)
+            i += 1
+    x = (torch.arange(2 * 3 * 10, dtype=torch.float32) * 0.11).sin().reshape(2, 3, 10)
+    y = fc(gru(lstm(x)[0])[0])
+print(json.dumps(y.flatten().tolist()))
+"#;
+
+/// Same weights (filled by state_dict position) and input in both: the outputs agree, so our
+/// LSTM/GRU weight order is the one PyTorch's kernels expect.
+#[test]
+fn lstm_gru_forward_matches_pytorch_with_the_same_named_weights() {
+    let out = match lightning_rs::run_python(RNN_FORWARD, &[]) {
+        None => {
+            println!("skipping RNN forward parity: no venv Python (run scripts/setup.sh)");
+            return;
+        }
+        Some(r) => r.expect("python script"),
+    };
+    let expected: Vec<f64> = serde_json::from_str(out.trim()).expect("python JSON");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = rnn(&vs.root());
+    tch::no_grad(|| {
+        for (i, (_, mut t)) in m.state_dict().into_iter().enumerate() {
+            let v = (Tensor::arange(t.numel() as i64, (Kind::Float, Device::Cpu)) * 0.37
+                + i as f64)
+                .sin()
+                * 0.3;
+            t.copy_(&v.reshape(t.size()));
+        }
+    });
+    let x = (Tensor::arange(60, (Kind::Float, Device::Cpu)) * 0.11)
+        .sin()
+        .reshape([2, 3, 10]);
+    use tch::nn::{Module, RNN};
+    let y = m.fc.forward(&m.gru.seq(&m.lstm.seq(&x).0).0);
+    let got: Vec<f64> = Vec::try_from(y.flatten(0, -1).to_kind(Kind::Double)).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((g - e).abs() < 1e-5, "ours {got:?}\ntorch {expected:?}");
+    }
+}

@@ -376,3 +376,74 @@ fn bad_state_dicts_are_clear_errors() {
     .to_string();
     assert!(err.contains("Nesterov"), "{err}");
 }
+
+const CLIP_SCRIPT: &str = r#"
+inp = json.load(open(sys.argv[1]))
+out = []
+for norm_type in inp["norm_types"]:
+    ps = [torch.nn.Parameter(torch.zeros_like(dec(g))) for g in inp["grads"]]
+    for p, g in zip(ps, inp["grads"]):
+        p.grad = dec(g)
+    total = torch.nn.utils.clip_grad_norm_(ps, inp["max_norm"], norm_type=float(norm_type))
+    out.append({"total": total.item(), "grads": [enc(p.grad) for p in ps]})
+ps = [torch.nn.Parameter(torch.zeros_like(dec(g))) for g in inp["grads"]]
+for p, g in zip(ps, inp["grads"]):
+    p.grad = dec(g)
+torch.nn.utils.clip_grad_value_(ps, inp["clip_value"])
+print(json.dumps({"norm": out, "value": [enc(p.grad) for p in ps]}))
+"#;
+
+#[test]
+fn clipping_matches_torch() {
+    use lightning_core::optim::{clip_grad_norm, clip_grad_value};
+    let g = &grads(1, 21, false)[0];
+    let gs: Vec<Tensor> = g
+        .iter()
+        .map(|t| t.as_ref().unwrap().shallow_clone())
+        .collect();
+    let norm_types = [2.0, 1.0, f64::INFINITY];
+    let Some(py) = python_json(
+        CLIP_SCRIPT,
+        &json!({"grads": gs.iter().map(tensor_json).collect::<Vec<_>>(), "max_norm": 0.7,
+                "norm_types": ["2", "1", "inf"], "clip_value": 0.3}),
+    ) else {
+        return;
+    };
+    // Params whose .grad is exactly `gs` (backward of sum(p * g) from zero grads).
+    let with_grads = || {
+        let ps = init_params();
+        run_grads(&ps, &gs);
+        ps
+    };
+    for (nt, r) in norm_types.iter().zip(py["norm"].as_array().unwrap()) {
+        let ps = with_grads();
+        let total = clip_grad_norm(&ps, 0.7, *nt).unwrap().double_value(&[]);
+        let want = r["total"].as_f64().unwrap();
+        assert!(
+            (total - want).abs() <= 1e-6 * want,
+            "norm {nt}: {total} vs {want}"
+        );
+        let ours = Value::List(ps.iter().map(|p| Value::Tensor(p.grad())).collect());
+        assert_close(
+            &ours,
+            &from_json(&r["grads"]),
+            1e-6,
+            &format!("clipped grads, norm {nt}"),
+        );
+    }
+    let ps = with_grads();
+    clip_grad_value(&ps, 0.3).unwrap();
+    let ours = Value::List(ps.iter().map(|p| Value::Tensor(p.grad())).collect());
+    assert_close(&ours, &from_json(&py["value"]), 0.0, "clip_grad_value");
+    assert!(clip_grad_value(&ps, -1.0).is_err());
+}
+
+/// Sets each param's `.grad` to `g` through backward of `sum(p * g)`.
+fn run_grads(ps: &[Tensor], g: &[Tensor]) {
+    let terms: Vec<Tensor> = ps
+        .iter()
+        .zip(g)
+        .map(|(p, g)| (p * g).sum(Kind::Float))
+        .collect();
+    Tensor::stack(&terms, 0).sum(Kind::Float).backward();
+}

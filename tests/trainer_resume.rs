@@ -354,3 +354,119 @@ fn model_checkpoint_every_n_steps_then_last_and_best_resume_exactly() {
         .unwrap();
     assert_same(&final_state(&m3, &mut t3, dir.path()), &want);
 }
+
+#[test]
+fn mixed_precision_scaler_state_is_saved_and_resumed_exactly() {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |epochs: i64, resume: Option<&Path>| {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(dir.path())
+            .max_epochs(epochs)
+            .precision("16-mixed")
+            .gradient_clip_val(0.5)
+            .enable_checkpointing(false)
+            .build()
+            .unwrap();
+        t.fit(&mut m, &data(80, 8, true), resume.map(CkptPath::from))
+            .unwrap();
+        final_state(&m, &mut t, dir.path())
+    };
+    let want = run(3, None);
+    let scaler = want
+        .get("MixedPrecision")
+        .expect("scaler state under Lightning's key");
+    assert_eq!(scaler.get("scale").and_then(Value::as_f64), Some(65536.0));
+    assert_eq!(
+        scaler.get("_growth_tracker").and_then(Value::as_i64),
+        Some(24)
+    );
+    let mid = dir.path().join("mid.ckpt");
+    let (mut m1, _vs1) = Tiny::new(TinyHp::default(), 5);
+    let mut t1 = builder(dir.path())
+        .max_epochs(1)
+        .precision("16-mixed")
+        .gradient_clip_val(0.5)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    t1.fit(&mut m1, &data(80, 8, true), None).unwrap();
+    t1.save_checkpoint(&m1, &mid, false).unwrap();
+    let got = run(3, Some(&mid));
+    assert_same(&got, &want);
+    assert!(Trainer::builder().precision("8-bit").build().is_err());
+}
+
+#[test]
+fn model_checkpoint_save_on_exception_keeps_the_state_before_the_failing_step() {
+    use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let mc = ModelCheckpoint::builder()
+        .dirpath(&ck)
+        .save_on_exception(true)
+        .save_last(SaveLast::True)
+        .build()
+        .unwrap();
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+    m.fail_at = Some(11);
+    let mut t = builder(dir.path())
+        .max_epochs(3)
+        .callback(mc)
+        .build()
+        .unwrap();
+    assert!(t.fit(&mut m, &data(80, 8, true), None).is_err());
+    let last = checkpoint::load(&ck.join("last.ckpt")).unwrap();
+    assert_eq!(last.get("global_step").and_then(Value::as_i64), Some(11));
+    // It resumes: the failing step runs again (now succeeding) and training finishes.
+    let (mut m2, _vs2) = Tiny::new(TinyHp::default(), 5);
+    let mc = ModelCheckpoint::builder()
+        .dirpath(&ck)
+        .save_last(SaveLast::True)
+        .build()
+        .unwrap();
+    let mut t2 = builder(dir.path())
+        .max_epochs(3)
+        .callback(mc)
+        .build()
+        .unwrap();
+    t2.fit(&mut m2, &data(80, 8, true), Some(CkptPath::Last))
+        .unwrap();
+    assert_eq!(t2.global_step(), 24);
+}
+
+#[test]
+fn a_failed_save_stops_by_default_or_warns_and_continues() {
+    use lightning_core::trainer::SaveErrorPolicy;
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that cannot exist: its parent is a regular file.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let bad = blocker.join("ck");
+    for asynchronous in [false, true] {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(dir.path())
+            .max_epochs(2)
+            .async_checkpointing(asynchronous)
+            .callback(SaveAt::new(&bad, &[3], "s.ckpt"))
+            .build()
+            .unwrap();
+        let e = t
+            .fit(&mut m, &data(80, 8, true), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s.ckpt"), "async={asynchronous}: {e}");
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(dir.path())
+            .max_epochs(2)
+            .async_checkpointing(asynchronous)
+            .on_save_error(SaveErrorPolicy::WarnAndContinue)
+            .callback(SaveAt::new(&bad, &[3], "s.ckpt"))
+            .build()
+            .unwrap();
+        t.fit(&mut m, &data(80, 8, true), None).unwrap();
+        assert_eq!(t.global_step(), 16, "async={asynchronous}");
+    }
+}

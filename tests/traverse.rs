@@ -286,3 +286,90 @@ fn move_to_keeps_tensor_identity_and_zero_grad_clears() {
         println!("skipping the CUDA part of move_to: no CUDA device");
     }
 }
+
+#[test]
+fn load_from_checkpoint_file_with_hparams_file_and_overrides_in_precedence_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt_path = dir.path().join("model.ckpt");
+    let src = build(&NetConfig {
+        lr: 0.1,
+        ..defaults()
+    });
+    lightning_core::checkpoint::save(&ckpt_path, &checkpoint_value(&src)).unwrap();
+
+    // Saved hparams win over defaults.
+    let m = Net::load_from_checkpoint(&ckpt_path).unwrap();
+    assert_eq!(m.hp.lr, 0.1);
+    for (k, t) in src.state_dict() {
+        assert!(t.equal(&m.state_dict()[&k]), "{k} differs");
+    }
+
+    // The hparams file wins over saved values; explicit overrides win over the file, in order.
+    let yaml = dir.path().join("hparams.yaml");
+    std::fs::write(&yaml, "lr: 0.2\nblocks: 2\n").unwrap();
+    let m = Net::loader(&ckpt_path).hparams_file(&yaml).load().unwrap();
+    assert_eq!(m.hp.lr, 0.2);
+    let m = Net::loader(&ckpt_path)
+        .set("lr", "0.3")
+        .hparams_file(&yaml)
+        .hparams(|hp| hp.lr = 0.4)
+        .load()
+        .unwrap();
+    assert_eq!(m.hp.lr, 0.4);
+    let json = dir.path().join("hparams.json");
+    std::fs::write(&json, r#"{"lr": 0.5}"#).unwrap();
+    assert_eq!(
+        Net::loader(&ckpt_path)
+            .hparams_file(&json)
+            .load()
+            .unwrap()
+            .hp
+            .lr,
+        0.5
+    );
+
+    // Bad inputs are errors that say what and where.
+    std::fs::write(&yaml, "lr: [1, 2\n").unwrap();
+    let e = Net::loader(&ckpt_path)
+        .hparams_file(&yaml)
+        .load()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("hparams.yaml: invalid YAML"), "{e}");
+    std::fs::write(&yaml, "lr: fast\n").unwrap();
+    let e = Net::loader(&ckpt_path)
+        .hparams_file(&yaml)
+        .load()
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "hyperparameter `lr`: expected f64, found str \"fast\""
+    );
+    let e = Net::load_from_checkpoint(dir.path().join("nope.ckpt"))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("nope.ckpt"), "{e}");
+}
+
+/// `#[derive]` written before `#[lightning_module]` still works (the helper attributes are
+/// stripped before the derive sees the struct).
+#[derive(Debug)]
+#[lightning_module]
+struct DeriveFirst {
+    fc: nn::Linear,
+    #[state(skip)]
+    #[allow(dead_code)]
+    calls: usize,
+}
+
+#[test]
+fn derive_before_the_attribute_compiles() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = DeriveFirst {
+        fc: nn::linear(vs.root() / "fc", 1, 1, Default::default()),
+        calls: 0,
+    };
+    assert_eq!(m.state_dict().len(), 2);
+    assert!(format!("{m:?}").contains("DeriveFirst"));
+}

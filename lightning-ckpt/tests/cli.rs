@@ -141,3 +141,68 @@ fn bad_files_exit_2_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_lists_every_tensor_of_a_python_written_checkpoint() {
+    let Some(py) = std::env::var_os("LIGHTNING_RS_PYTHON").filter(|p| Path::new(p).exists()) else {
+        eprintln!("skipped: no venv Python (run scripts/setup.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("py.ckpt");
+    let script = r#"
+import sys, json, torch
+from torch import nn
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+opt = torch.optim.Adam(net.parameters(), lr=0.01)
+net(torch.randn(5, 3)).sum().backward()
+opt.step()
+ck = {"epoch": 0, "global_step": 1, "pytorch-lightning_version": "2.6.6",
+      "state_dict": net.state_dict(), "optimizer_states": [opt.state_dict()],
+      "hyper_parameters": {"hidden": 4}}
+torch.save(ck, sys.argv[1])
+rows = []
+def walk(x, path):
+    if isinstance(x, torch.Tensor):
+        rows.append([path, str(x.dtype).replace("torch.", ""), list(x.shape), x.double().sum().item()])
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            walk(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            walk(v, f"{path}.{i}" if path else str(i))
+walk(ck, "")
+print(json.dumps(rows))
+"#;
+    let out = Command::new(py)
+        .args(["-c", script, p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Vec<(String, String, Vec<i64>, f64)> =
+        serde_json::from_str(stdout(&out).trim()).unwrap();
+    let o = run(&["inspect", p.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let got = j["tensors"].as_array().unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(
+        expected.len(),
+        4 + 4 * 3,
+        "4 weights, Adam step/exp_avg/exp_avg_sq for 4 params"
+    );
+    for (g, (path, dtype, shape, sum)) in got.iter().zip(&expected) {
+        assert_eq!(g["path"], path.as_str());
+        assert_eq!(g["dtype"], dtype.as_str());
+        assert_eq!(g["shape"], serde_json::json!(shape));
+        assert!(
+            (g["sum"].as_f64().unwrap() - sum).abs() <= 1e-9 * sum.abs().max(1.0),
+            "{path}"
+        );
+    }
+}

@@ -69,6 +69,51 @@ pub struct HparamField {
 
 /// A config struct whose fields are saved as a checkpoint's `hyper_parameters`.
 /// Derive it with `#[derive(Hyperparameters)]`.
+///
+/// Field types: integers, floats, `bool`, `String`, `PathBuf`, `Option<T>`, `Vec<T>`, nested
+/// configs (dotted keys: `optim.lr`) and enums of unit variants (derive `Hyperparameters` on
+/// the enum too; it is stored as the variant's name, or its `#[hparam(rename = "..")]`).
+/// Attributes: `#[hparam(default = <expr>)]`, `#[hparam(skip)]` (never saved, like
+/// `save_hyperparameters(ignore=[..])`; needs a default; still settable by overrides),
+/// `#[hparam(rename = "name")]`. Doc comments become [`HparamField::doc`].
+///
+/// ```
+/// use lightning_core::prelude::*;
+///
+/// #[derive(Hyperparameters, Clone, Copy, Debug, PartialEq)]
+/// pub enum Act { Relu, Gelu }
+///
+/// #[derive(Hyperparameters, Clone, Debug)]
+/// pub struct MlpConfig {
+///     /// Input features (no default: required).
+///     pub in_dim: i64,
+///     #[hparam(default = 64)]
+///     pub hidden: i64,
+///     #[hparam(default = 1e-3)]
+///     pub lr: f64,
+///     #[hparam(default = Act::Relu)]
+///     pub act: Act,
+///     #[hparam(skip, default = false)]
+///     pub verbose: bool,
+/// }
+///
+/// let mut saved = Value::dict();
+/// saved.insert("in_dim", 4i64);
+/// let mut hp = MlpConfig::from_value(&saved)?;          // missing fields take defaults
+/// assert_eq!((hp.hidden, hp.act), (64, Act::Relu));
+/// hp.set_str("lr", "3e-4")?;                            // `key=value` overrides
+/// hp.set_str("act", "Gelu")?;
+/// assert_eq!(hp.to_value().get("lr"), Some(&Value::Float(3e-4)));
+/// assert!(hp.to_value().get("verbose").is_none());    // skipped: never saved
+/// let err = hp.set_str("hiden", "3").unwrap_err();
+/// assert!(err.to_string().contains("valid names: in_dim, hidden, lr, act, verbose"));
+/// # Ok::<(), lightning_core::HparamError>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a hyperparameters config",
+    label = "not a config",
+    note = "a config is a struct with named fields and `#[derive(Hyperparameters)]`; plain field types are integers, floats, bool, String, PathBuf, Option<T>, Vec<T> and unit enums"
+)]
 pub trait Hyperparameters: Sized + Clone + 'static {
     /// The fields as a `dict` (skipped fields left out).
     fn to_value(&self) -> Value;
@@ -82,6 +127,11 @@ pub trait Hyperparameters: Sized + Clone + 'static {
 
 /// A type that can be a hyperparameter field (implemented for scalars, strings, paths,
 /// `Option`, `Vec`, nested [`Hyperparameters`] and unit enums by the derive).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a hyperparameter type",
+    label = "not a hyperparameter type",
+    note = "supported: integers, floats, bool, String, PathBuf, Option<T>, Vec<T>, and types with `#[derive(Hyperparameters)]` (configs, unit enums)"
+)]
 pub trait HparamValue: Sized {
     /// The type's name for error messages (`"i64"`, `"list of f64"`).
     fn type_name() -> String;
@@ -458,6 +508,32 @@ impl<'a> DictReader<'a> {
     pub fn get(&self, name: &str) -> Option<&'a Value> {
         self.0?.get(&Key::Str(name.to_owned()))
     }
+}
+
+/// A `--help`-style listing of a config's fields, one per line:
+/// `  name <type> (default: x)  description`; required fields say `(required)`.
+pub fn help<H: Hyperparameters>() -> String {
+    let fields = H::fields();
+    let width = fields
+        .iter()
+        .map(|f| f.name.len() + f.ty.len() + 3)
+        .max()
+        .unwrap_or(0);
+    fields
+        .iter()
+        .map(|f| {
+            let head = format!("{} <{}>", f.name, f.ty);
+            let default = f
+                .default
+                .as_deref()
+                .map_or_else(|| "(required)".to_owned(), |d| format!("(default: {d})"));
+            let doc = f.doc.replace('\n', " ");
+            format!("  {head:width$}  {default}  {doc}")
+                .trim_end()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Splits an override `key=value` at the first `=`; the key is trimmed and must be non-empty.

@@ -233,7 +233,8 @@ impl GradScaler {
         if !self.enabled {
             return loss.shallow_clone();
         }
-        loss * Tensor::from(self.scale as f32).to_device(loss.device())
+        // A scalar multiply: no host-to-device copy (which would synchronize).
+        loss * self.scale
     }
 
     /// Divides the optimizer's gradients by the scale in place and returns `found_inf` (a
@@ -269,9 +270,8 @@ impl GradScaler {
             .map(Tensor::device)
             .unwrap_or(tch::Device::Cpu);
         // torch: inv_scale = scale.double().reciprocal().float()
-        let inv = Tensor::from((1.0 / self.scale) as f32)
-            .to_device(device)
-            .reshape([1]);
+        // Filled on the device (a kernel, not a synchronizing host-to-device copy).
+        let inv = Tensor::full([1], (1.0 / self.scale) as f32 as f64, (Kind::Float, device));
         let found = Tensor::zeros([1], (Kind::Float, device));
         let be = |e: tch::TchError| OptimError::Backend(e.to_string());
         if crate::cuda::fused_grads_supported(&grads) {

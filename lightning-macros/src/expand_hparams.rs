@@ -41,12 +41,13 @@ pub fn type_string(ty: &impl ToTokens) -> String {
         .replace("& ", "&")
 }
 
-/// Adds `T: HparamValue + 'static` to every type parameter.
+/// Adds `T: HparamValue + Clone + 'static` to every type parameter (a config is `Clone`).
 fn bounded(generics: &Generics) -> Generics {
     let mut g = generics.clone();
     for p in g.type_params_mut() {
         p.bounds
             .push(syn::parse_quote!(::lightning_core::__private::HparamValue));
+        p.bounds.push(syn::parse_quote!(::core::clone::Clone));
         p.bounds.push(syn::parse_quote!('static));
     }
     g

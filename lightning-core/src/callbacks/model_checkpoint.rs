@@ -1067,8 +1067,13 @@ impl Callback for ModelCheckpoint {
         )
     }
 
+    /// Resolves `dirpath`, removes temporary links a killed run left there, and warns (as
+    /// Lightning) when a fit starts in a non-empty directory.
     fn setup(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
         self.ensure_setup(t)?;
+        if let (true, Some(dir)) = (t.is_global_zero(), &self.dirpath) {
+            remove_stale_link_temps(dir);
+        }
         if t.is_global_zero() && t.is_fitting() && self.save_top_k != 0 {
             if let Some(dir) = &self.dirpath {
                 if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
@@ -1277,6 +1282,27 @@ impl Callback for ModelCheckpoint {
 /// replacing what was there atomically: a temporary link is renamed over `link`, so a `last`
 /// file always exists once one was written.
 fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
+    link_or_copy(target, link, symlink)
+}
+
+/// Creates a symlink `link` -> `target` (`target` relative to `link`'s folder).
+fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    let r = std::os::unix::fs::symlink(target, link);
+    #[cfg(not(unix))]
+    let r = {
+        let _ = (target, link);
+        Err(std::io::ErrorKind::Unsupported.into())
+    };
+    r
+}
+
+/// [`link_checkpoint`] with the link-making function given (tests make it fail).
+fn link_or_copy(
+    target: &Path,
+    link: &Path,
+    make_link: fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), CallbackError> {
     let io = |what: &str, p: &Path| {
         let ctx = format!("{what} {}", p.display());
         move |source| CallbackError::Io {
@@ -1293,7 +1319,7 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
     let name = abs_link
         .file_name()
         .map_or("last".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-link-{}", std::process::id()));
+    let tmp = dir.join(link_temp_name(&name));
     let _ = std::fs::remove_file(&tmp);
     if let Ok(m) = std::fs::symlink_metadata(&abs_link) {
         if m.is_dir() {
@@ -1301,11 +1327,8 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
         }
     }
     let rel = relative_path(&abs_target, &dir);
-    #[cfg(unix)]
-    let linked = std::os::unix::fs::symlink(&rel, &tmp).is_ok();
-    #[cfg(not(unix))]
-    let linked = false;
-    if !linked {
+    if let Err(e) = make_link(&rel, &tmp) {
+        tracing::debug!("symlink {} failed ({e}); copying instead", tmp.display());
         // fall back to a durable copy
         let _ = std::fs::remove_file(&tmp);
         std::fs::copy(&abs_target, &tmp).map_err(io("copying checkpoint to", &tmp))?;
@@ -1324,6 +1347,28 @@ fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The temporary name [`link_checkpoint`] creates next to `name` before renaming it over.
+fn link_temp_name(name: &str) -> String {
+    format!(".{name}{LINK_TEMP_MARK}{}", std::process::id())
+}
+
+const LINK_TEMP_MARK: &str = ".tmp-link-";
+
+/// Deletes `.<name>.tmp-link-<pid>` entries in `dir` (left when a run died mid-link).
+fn remove_stale_link_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(LINK_TEMP_MARK) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("could not remove stale {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// `os.path.abspath`: absolute, with `.` and `..` resolved lexically.

@@ -27,6 +27,7 @@ pub(crate) struct FakeTrainer {
     pub stop_requested: bool,
     pub fail_next_save: bool,
     pub val_ran: bool,
+    pub rank0: bool,
 }
 
 impl FakeTrainer {
@@ -50,6 +51,7 @@ impl FakeTrainer {
             stop_requested: false,
             fail_next_save: false,
             val_ran: true,
+            rank0: true,
         }
     }
 }
@@ -127,6 +129,9 @@ impl TrainerContext for FakeTrainer {
     }
     fn request_stop(&mut self) {
         self.stop_requested = true;
+    }
+    fn is_global_zero(&self) -> bool {
+        self.rank0
     }
 }
 
@@ -397,6 +402,21 @@ fn link_replaces_files_links_and_folders() {
         PathBuf::from("sub/c")
     );
     assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
+    // where links cannot be made, a copy takes the link's place
+    link_or_copy(&d.join("a"), &d.join("copied"), |_, _| {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    })
+    .unwrap();
+    assert!(!std::fs::symlink_metadata(d.join("copied"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(d.join("copied")).unwrap(), "a");
+    // a temp link left by a killed run is cleaned up at setup
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("a", d.join(".last.ckpt.tmp-link-999999")).unwrap();
+    let _ = started(ModelCheckpoint::builder().dirpath(d), d);
+    assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
+    assert!(d.join("a").exists());
 }
 
 #[test]
@@ -959,4 +979,30 @@ fn resuming_from_our_own_file_does_not_save_that_step_again() {
     start(&mut cb3, &mut t3);
     cb3.on_train_epoch_end(&mut t3).unwrap();
     assert_eq!(t3.saves.len(), 2, "{:?}", t3.saves);
+}
+
+#[test]
+fn other_ranks_save_through_the_trainer_but_never_delete_or_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cb = ModelCheckpoint::builder()
+        .dirpath(dir.path())
+        .monitor("val_loss")
+        .save_last(SaveLast::Link)
+        .build()
+        .unwrap();
+    let mut t = FakeTrainer::new(dir.path());
+    t.rank0 = false;
+    start(&mut cb, &mut t);
+    epoch(&mut cb, &mut t, 1, Some(("val_loss", 1.0)));
+    epoch(&mut cb, &mut t, 1, Some(("val_loss", 0.5)));
+    // the trainer was asked to save (it writes on rank 0 only); nothing was deleted or linked
+    assert_eq!(t.saves.len(), 2);
+    assert_eq!(
+        listing(dir.path()),
+        set(&["epoch=0-step=1.ckpt", "epoch=1-step=2.ckpt"])
+    );
+    assert_eq!(
+        cb.best_model_path(),
+        Some(dir.path().join("epoch=1-step=2.ckpt").as_path())
+    );
 }

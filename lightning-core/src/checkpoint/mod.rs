@@ -9,7 +9,7 @@
 //! Files written here load in Python with `torch.load(path, weights_only=True)` and
 //! `LightningModule.load_from_checkpoint`; files written by `torch.save` / Lightning load here.
 //!
-//! ```no_run
+//! ```
 //! use lightning_core::checkpoint::{self, layout::LIGHTNING_VERSION};
 //! use lightning_core::{Dict, Value};
 //! use tch::{Device, Kind, Tensor};
@@ -21,9 +21,11 @@
 //! ckpt.insert("global_step", 10i64);
 //! ckpt.insert("pytorch-lightning_version", LIGHTNING_VERSION);
 //! ckpt.insert("state_dict", Value::OrderedDict(sd));
-//! let path = std::path::Path::new("model.ckpt");
+//! let path = &std::env::temp_dir().join(format!("doc-{}.ckpt", std::process::id()));
 //! checkpoint::save(path, &ckpt)?;
 //! assert_eq!(checkpoint::load(path)?, ckpt);
+//! checkpoint::verify(path)?;
+//! # std::fs::remove_file(path).unwrap();
 //! # Ok::<(), checkpoint::CheckpointError>(())
 //! ```
 
@@ -409,8 +411,23 @@ fn read_tree(path: &Path, opts: &LoadOptions, skip_data: bool) -> Result<Value, 
         device: opts.device,
         skip_data,
         path,
+        used: Default::default(),
     };
-    pickle_read::read_pickle(&pickle, path, &mut |k, kind, n| loader.load(k, kind, n))
+    let tree = pickle_read::read_pickle(&pickle, path, &mut |k, kind, n| loader.load(k, kind, n))?;
+    if opts.verify_crc {
+        // The records the tree did not read (metadata, unused storages) are checked too, so a
+        // file that loads is a file that `verify` accepts.
+        let used = loader.used.borrow();
+        let pkl = format!("{}/data.pkl", zip.prefix());
+        for e in zip
+            .entries()
+            .iter()
+            .filter(|e| e.name != pkl && !used.contains(&e.name))
+        {
+            zip.check_entry(e)?;
+        }
+    }
+    Ok(tree)
 }
 
 /// Reads a `.ckpt` file with options (zero-copy mmap, target device, CRC checks).
@@ -434,25 +451,8 @@ pub struct VerifyReport {
 /// checksummed in 1 MiB chunks, not loaded).
 pub fn verify(path: &Path) -> Result<VerifyReport, CheckpointError> {
     let zip = ZipReader::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
     for e in zip.entries() {
-        let mut crc = crc32fast::Hasher::new();
-        let mut off = 0u64;
-        while off < e.size {
-            let n = (e.size - off).min(buf.len() as u64) as usize;
-            zip.fill_at(&e.name, e.data_offset + off, &mut buf[..n])?;
-            crc.update(&buf[..n]);
-            off += n as u64;
-        }
-        let found = crc.finalize();
-        if found != e.crc {
-            return Err(CheckpointError::Crc {
-                path: path.to_owned(),
-                record: e.name.clone(),
-                expected: e.crc,
-                found,
-            });
-        }
+        zip.check_entry(e)?;
     }
     let opts = LoadOptions {
         verify_crc: false,

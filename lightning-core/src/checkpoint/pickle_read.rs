@@ -2,7 +2,8 @@
 //! builds an arena of plain nodes, resolves globals against an allowlist (what
 //! `torch.load(weights_only=True)` needs for checkpoints) and rejects every other global with
 //! an error naming it. Memory is bounded by the pickle's length (one arena node per opcode),
-//! nesting by [`MAX_DEPTH`], and shared references by a conversion budget.
+//! nesting by [`MAX_DEPTH`], and copying (of shared, memoized containers into calls or into
+//! the value tree) by a budget proportional to the pickle's length.
 
 use super::CheckpointError;
 use crate::value::{Dict, Key, Value};
@@ -154,6 +155,8 @@ struct Vm<'a, 'b> {
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
     storages: HashMap<String, (Kind, Tensor)>,
+    /// Elements that may still be copied (memo references make copies cheap to request).
+    budget: std::cell::Cell<usize>,
     load: &'a mut StorageFn<'b>,
 }
 
@@ -173,10 +176,11 @@ pub fn read_pickle(
         marks: Vec::new(),
         memo: HashMap::new(),
         storages: HashMap::new(),
+        budget: std::cell::Cell::new(data.len().saturating_mul(4).max(1 << 20)),
         load,
     };
     let root = vm.run()?;
-    let mut budget = data.len().saturating_mul(4).max(1 << 20);
+    let mut budget = vm.budget.get();
     vm.convert(root, 0, &mut budget)
 }
 
@@ -278,13 +282,37 @@ impl Vm<'_, '_> {
             n => Err(self.err(format!("{what}: expected int, found {}", n.type_name()))),
         }
     }
+    /// Spends `n` of the copy budget.
+    fn charge(&self, n: usize) -> Result<(), CheckpointError> {
+        let left = self
+            .budget
+            .get()
+            .checked_sub(n)
+            .ok_or_else(|| CheckpointError::Limit {
+                path: self.path.clone(),
+                what: "the pickle copies shared containers too often (memory bomb)".into(),
+            })?;
+        self.budget.set(left);
+        Ok(())
+    }
+
+    fn len_of(&self, id: Id) -> usize {
+        match &self.arena[id] {
+            Node::List(v) | Node::Tuple(v) | Node::Set(v) => v.len(),
+            Node::Dict(v) | Node::OrderedDict(v) => v.len(),
+            _ => 0,
+        }
+    }
+
     fn ints_of(&self, id: Id, what: &str) -> Result<Vec<i64>, CheckpointError> {
+        self.charge(self.len_of(id))?;
         match &self.arena[id] {
             Node::Tuple(v) | Node::List(v) => v.iter().map(|&i| self.int_of(i, what)).collect(),
             n => Err(self.err(format!("{what}: expected tuple, found {}", n.type_name()))),
         }
     }
     fn tuple_items(&self, id: Id, what: &str) -> Result<Vec<Id>, CheckpointError> {
+        self.charge(self.len_of(id))?;
         match &self.arena[id] {
             Node::Tuple(v) => Ok(v.clone()),
             n => Err(self.err(format!("{what}: expected tuple, found {}", n.type_name()))),
@@ -629,6 +657,9 @@ impl Vm<'_, '_> {
             n => return Err(self.err(format!("REDUCE on a {}, not a callable", n.type_name()))),
         };
         let a = self.tuple_items(args, "call arguments")?;
+        if let Some(&first) = a.first() {
+            self.charge(self.len_of(first))?; // OrderedDict(items) / set(items) copy them
+        }
         let arg = |i: usize| {
             a.get(i)
                 .copied()

@@ -193,6 +193,8 @@ pub struct StorageLoader<'a> {
     pub skip_data: bool,
     /// Path for errors.
     pub path: &'a Path,
+    /// Records read so far (full names).
+    pub used: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl StorageLoader<'_> {
@@ -208,6 +210,7 @@ impl StorageLoader<'_> {
             .entry(&name)
             .ok_or_else(|| fmt(format!("missing record {}/{name}", self.zip.prefix())))?
             .clone();
+        self.used.borrow_mut().insert(e.name.clone());
         let elt = kind.elt_size_in_bytes() as u64;
         let nbytes = (numel as u64)
             .checked_mul(elt)
@@ -233,14 +236,28 @@ impl StorageLoader<'_> {
             _ => {
                 let t = Tensor::f_empty([numel], (kind, Device::Cpu))
                     .map_err(|err| fmt(format!("storage {key}: {err}")))?;
-                if nbytes > 0 && !self.skip_data {
-                    // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `nbytes` bytes.
-                    let buf = unsafe {
-                        std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes as usize)
+                if !self.skip_data {
+                    let buf: &mut [u8] = if nbytes == 0 {
+                        &mut [] // still CRC-checked below: an empty record's CRC is 0
+                    } else {
+                        // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `nbytes` bytes.
+                        unsafe {
+                            std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes as usize)
+                        }
                     };
-                    self.zip.fill_at(&e.name, e.data_offset, buf)?;
+                    // Read in 1 MiB chunks, checksumming each while it is still in cache.
+                    let mut crc = crc32fast::Hasher::new();
+                    let mut off = 0usize;
+                    for chunk in buf.chunks_mut(1 << 20) {
+                        self.zip
+                            .fill_at(&e.name, e.data_offset + off as u64, chunk)?;
+                        if self.verify_crc {
+                            crc.update(chunk);
+                        }
+                        off += chunk.len();
+                    }
                     if self.verify_crc {
-                        self.zip.check_crc(&e, buf)?;
+                        self.zip.check_crc_value(&e, crc.finalize())?;
                     }
                 }
                 t

@@ -216,3 +216,18 @@ fn failed_save_leaves_old_file_and_no_temp() {
     assert_eq!(std::fs::read(&p).unwrap(), before);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn memoized_containers_cannot_be_copied_into_a_memory_bomb() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bomb.ckpt");
+    // A 10k-item list memoized once, then passed to set() 100k times: 1e9 copies unchecked.
+    let mut pk = b"\x80\x02]q\x00(".to_vec();
+    pk.extend(std::iter::repeat_n(*b"K\x01", 10_000).flatten());
+    pk.extend_from_slice(b"e0cbuiltins\nset\nq\x010");
+    pk.extend(std::iter::repeat_n(*b"h\x01h\x00\x85R0", 100_000).flatten());
+    pk.extend_from_slice(b"N.");
+    archive_with_pickle(&p, &pk);
+    let e = load(&p).unwrap_err();
+    assert!(matches!(e, CheckpointError::Limit { .. }), "{e}");
+}

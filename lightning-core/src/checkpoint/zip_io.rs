@@ -472,7 +472,25 @@ impl ZipReader {
 
     /// Checks a record's bytes against its CRC-32.
     pub fn check_crc(&self, e: &Entry, data: &[u8]) -> Result<(), CheckpointError> {
-        let found = crc32fast::hash(data);
+        self.check_crc_value(e, crc32fast::hash(data))
+    }
+
+    /// Reads a record in 1 MiB chunks and checks its CRC-32 (constant memory).
+    pub fn check_entry(&self, e: &Entry) -> Result<(), CheckpointError> {
+        let mut buf = vec![0u8; e.size.min(1 << 20) as usize];
+        let mut crc = crc32fast::Hasher::new();
+        let mut off = 0u64;
+        while off < e.size {
+            let n = (e.size - off).min(buf.len() as u64) as usize;
+            self.fill_at(&e.name, e.data_offset + off, &mut buf[..n])?;
+            crc.update(&buf[..n]);
+            off += n as u64;
+        }
+        self.check_crc_value(e, crc.finalize())
+    }
+
+    /// Checks a CRC-32 computed by the caller against the record's.
+    pub fn check_crc_value(&self, e: &Entry, found: u32) -> Result<(), CheckpointError> {
         if found != e.crc {
             return Err(CheckpointError::Crc {
                 path: self.path.clone(),

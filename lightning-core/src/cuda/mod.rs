@@ -280,6 +280,16 @@ pub fn fused_supported(p: &Tensor) -> bool {
     }
 }
 
+/// Whether the fused optimizer kernels handle a parameter and its gradient: both supported,
+/// same dtype, device and length (the kernels read both as dense arrays).
+pub fn fused_param_supported(p: &Tensor, grad: &Tensor) -> bool {
+    grad.kind() == p.kind()
+        && grad.device() == p.device()
+        && grad.numel() == p.numel()
+        && grad.is_contiguous()
+        && fused_supported(p)
+}
+
 /// Whether the fused kernels handle these gradients (all supported, one device, one dtype).
 pub fn fused_grads_supported(grads: &[Tensor]) -> bool {
     let Some(first) = grads.first() else {

@@ -81,15 +81,24 @@ pub(crate) struct AdamState {
 }
 
 impl AdamState {
-    /// Zero state; moments are f32 for f16/bf16 parameters on the fused path, else like `p`.
+    /// Zero state (moments like [`moment_like`]).
     fn new(p: &Tensor, amsgrad: bool) -> Self {
-        let z = || p.zeros_like();
+        let z = || moment_like(p);
         AdamState {
             step: 0.0,
             exp_avg: z(),
             exp_avg_sq: z(),
             max_exp_avg_sq: amsgrad.then(z),
         }
+    }
+}
+
+/// A zero moment for `p`: f32 for f16/bf16 parameters (mixed-precision master state, as the
+/// fused kernels expect), else `p`'s dtype.
+pub(crate) fn moment_like(p: &Tensor) -> Tensor {
+    match p.kind() {
+        tch::Kind::Half | tch::Kind::BFloat16 => p.zeros_like().to_kind(tch::Kind::Float),
+        _ => p.zeros_like(),
     }
 }
 
@@ -177,6 +186,8 @@ pub(crate) fn adam_update_ops(
     c: &AdamConfig,
 ) -> Result<(), tch::TchError> {
     let (beta1, beta2) = c.betas;
+    // Low-precision params keep f32 moments: compute in the moments' dtype.
+    let grad = &grad.f_to_kind(st.exp_avg.kind())?;
     let mut grad = if c.maximize {
         grad.f_neg()?
     } else {
@@ -186,7 +197,7 @@ pub(crate) fn adam_update_ops(
         if c.decoupled_weight_decay {
             let _ = p.f_mul_scalar_(1.0 - c.lr * c.weight_decay)?;
         } else {
-            grad = grad.f_add(&p.f_mul_scalar(c.weight_decay)?)?;
+            grad = grad.f_add(&p.f_to_kind(grad.kind())?.f_mul_scalar(c.weight_decay)?)?;
         }
     }
     let _ = st.exp_avg.f_lerp_(&grad, 1.0 - beta1)?;
@@ -233,7 +244,7 @@ impl Optimizer for Adam {
                 }
                 let st = self.state[i].get_or_insert_with(|| AdamState::new(p, g.cfg.amsgrad));
                 st.step += 1.0;
-                if g.cfg.fused && crate::cuda::fused_supported(p) {
+                if g.cfg.fused && crate::cuda::fused_param_supported(p, &grad) {
                     fused.push(i);
                     continue;
                 }
@@ -401,10 +412,15 @@ impl Optimizer for Adam {
                 None => None,
                 Some(s) => Some(AdamState {
                     step: common::state_step(s, i)?,
-                    exp_avg: common::state_tensor(s, "exp_avg", i, p)?,
-                    exp_avg_sq: common::state_tensor(s, "exp_avg_sq", i, p)?,
+                    exp_avg: common::state_tensor(s, "exp_avg", i, &moment_like(p))?,
+                    exp_avg_sq: common::state_tensor(s, "exp_avg_sq", i, &moment_like(p))?,
                     max_exp_avg_sq: if amsgrad {
-                        Some(common::state_tensor(s, "max_exp_avg_sq", i, p)?)
+                        Some(common::state_tensor(
+                            s,
+                            "max_exp_avg_sq",
+                            i,
+                            &moment_like(p),
+                        )?)
                     } else {
                         None
                     },

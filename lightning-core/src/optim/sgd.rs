@@ -157,7 +157,7 @@ impl Optimizer for Sgd {
                 if g.cfg.momentum != 0.0 && self.momentum_buffer[i].is_none() {
                     self.order.push(i);
                 }
-                if g.cfg.fused && crate::cuda::fused_supported(p) && grad.kind() == p.kind() {
+                if g.cfg.fused && crate::cuda::fused_param_supported(p, &grad) {
                     fused.push(i);
                     continue;
                 }

@@ -15,7 +15,10 @@ use super::preempt::Preemption;
 use super::progress::Bar;
 use super::restore;
 use super::saver::Saver;
-use super::{clip_gradients, effective_max_epochs, need, CkptPath, Ctx, Hook, RunState, Trainer};
+use super::{
+    clip_gradients, effective_max_epochs, need, CkptPath, Ctx, Hook, RunState, SaveErrorPolicy,
+    Trainer,
+};
 use crate::callbacks::{find_last_checkpoint, Callback, ModelCheckpoint};
 use crate::checkpoint;
 use crate::data::{mix_seed, DataLoader, DataModule, LoaderState};
@@ -88,6 +91,7 @@ impl Trainer {
                 .collect();
         }
         let log_dir = self.logger.as_ref().map(|l| l.dir().to_owned());
+        let failures_before = self.saver.failures;
         let mut ctx = Ctx {
             model,
             optim: self.optim.as_ref(),
@@ -111,7 +115,24 @@ impl Trainer {
         if ctx.stop_requested {
             self.run.should_stop = true;
         }
-        result
+        self.save_policy(result, failures_before)
+    }
+
+    /// Applies [`SaveErrorPolicy`] to `result` when a checkpoint save failed since
+    /// `failures_before` (other errors pass through).
+    fn save_policy(&self, result: Result<()>, failures_before: usize) -> Result<()> {
+        match result {
+            Err(e)
+                if self.saver.failures > failures_before
+                    && self.cfg.on_save_error == SaveErrorPolicy::WarnAndContinue =>
+            {
+                warn(&format!(
+                    "checkpoint not saved, training goes on (on_save_error=WarnAndContinue): {e}"
+                ));
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Resolves `ckpt_path` to a file; `None` for `Last` with nothing saved yet (warned).
@@ -180,7 +201,9 @@ impl Trainer {
         }
         self.run.train_time_before = self.run.train_time();
         self.run.train_started = None;
+        let before = self.saver.failures;
         let flushed = self.saver.finish();
+        let flushed = self.save_policy(flushed, before);
         let logged = self.logger.as_ref().map_or(Ok(()), |l| l.save());
         if result.is_ok() {
             result = flushed.and(logged);
@@ -232,6 +255,7 @@ impl Trainer {
         };
         model.move_to(self.cfg.device);
         let mut optim = model.configure_optimizers()?;
+        self.run.scaler = self.precision.grad_scaler();
         if let Some(l) = &self.logger {
             l.log_hparams(&model.hparams().to_value())?;
         }
@@ -240,6 +264,16 @@ impl Trainer {
             model.on_load_checkpoint(&ckpt)?;
             restore::load_model_state(model, &ckpt, &path)?;
             self.restore_callbacks(&ckpt, &path)?;
+            if let (Some(scaler), Some(state)) =
+                (&mut self.run.scaler, ckpt.get(restore::PRECISION_KEY))
+            {
+                scaler.load_state_dict(state).map_err(|e| {
+                    Error::Msg(format!(
+                        "{}: restoring the grad scaler: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
             let pos = restore::loop_position(&ckpt, &path)?;
             if let (Some(saved), Some(given)) = (pos.seed, self.cfg.seed) {
                 if saved != given {
@@ -323,14 +357,15 @@ impl Trainer {
         let device = self.cfg.device;
         let (epoch, step) = (self.run.epoch, self.run.global_step);
         let metrics = &mut self.run.metrics;
+        let precision = self.precision;
         tch::no_grad(|| {
             for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
                 let batch = batch.to_device(device);
                 let mut ctx = StepContext::new(stage, epoch, step);
-                match stage {
-                    Stage::Test => model.test_step(&batch, idx, &mut ctx)?,
-                    _ => model.validation_step(&batch, idx, &mut ctx)?,
-                }
+                precision.autocast(|| match stage {
+                    Stage::Test => model.test_step(&batch, idx, &mut ctx),
+                    _ => model.validation_step(&batch, idx, &mut ctx),
+                })?;
                 metrics.record_step(&ctx.logged, stage, batch.size());
             }
             Ok(())
@@ -383,7 +418,9 @@ impl Trainer {
                 .epoch_iter(self.run.seed, start)
                 .take_while(|(i, _)| *i < n)
             {
-                self.saver.poll()?;
+                let before = self.saver.failures;
+                let polled = self.saver.poll();
+                self.save_policy(polled, before)?;
                 self.train_step(model, batch, idx, n, acc)?;
                 bar.step(&self.run.metrics.prog_bar);
                 self.hooks(&*model, |cb, t| cb.on_train_batch_end(t))?;
@@ -456,8 +493,13 @@ impl Trainer {
         // RNG (dropout etc.) depends only on (seed, epoch, batch): a resume reproduces it.
         tch::manual_seed(mix_seed(self.run.seed, &[epoch as u64, idx as u64]) as i64);
         let mut ctx = StepContext::new(Stage::Train, epoch, self.run.global_step);
-        let loss = model.training_step(&batch, idx, &mut ctx)?;
+        let precision = self.precision;
+        let loss = precision.autocast(|| model.training_step(&batch, idx, &mut ctx))?;
         let scaled = if acc > 1 { loss / acc as f64 } else { loss };
+        let scaled = match &self.run.scaler {
+            Some(s) => s.scale(&scaled),
+            None => scaled,
+        };
         scaled.f_backward().map_err(|e| {
             Error::Msg(format!(
                 "backward of training_step's loss (epoch {epoch}, batch {idx}): {e}"
@@ -472,12 +514,24 @@ impl Trainer {
                 .optim
                 .as_mut()
                 .ok_or_else(|| Error::Msg("fit: no optimizer configured".into()))?;
+            let step_err = |e: crate::optim::OptimError| {
+                Error::Msg(format!("optimizer step (epoch {epoch}, batch {idx}): {e}"))
+            };
             if let Some(v) = self.cfg.gradient_clip_val {
+                // Gradients are unscaled before clipping, as Lightning does.
+                if let Some(s) = &mut self.run.scaler {
+                    let _found_inf = s.unscale_(o.optimizer.as_ref()).map_err(step_err)?;
+                }
                 clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?;
             }
-            o.optimizer.step().map_err(|e| {
-                Error::Msg(format!("optimizer step (epoch {epoch}, batch {idx}): {e}"))
-            })?;
+            match &mut self.run.scaler {
+                // A step with inf/NaN gradients is skipped; the step still counts (Lightning).
+                Some(s) => {
+                    s.step(o.optimizer.as_mut()).map_err(step_err)?;
+                    s.update().map_err(step_err)?;
+                }
+                None => o.optimizer.step().map_err(step_err)?,
+            }
             o.optimizer.zero_grad();
             self.run.global_step += 1;
             let gs = self.run.global_step;

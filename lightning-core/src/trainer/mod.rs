@@ -28,6 +28,7 @@ mod saver;
 use crate::callbacks::{Callback, TrainerContext};
 use crate::error::{Error, Result};
 use crate::lightning_module::{LightningModule, OptimizerConfig};
+use crate::precision::{GradScaler, Precision};
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -137,6 +138,19 @@ pub struct TrainerConfig {
     pub log_every_n_steps: usize,
     pub async_checkpointing: bool,
     pub handle_signals: bool,
+    pub on_save_error: SaveErrorPolicy,
+}
+
+/// What the trainer does when writing a checkpoint fails (disk full, file too large,
+/// unwritable directory). Either way the failed file never appears under its final name
+/// and older checkpoints are kept (the checkpoint callback's bookkeeping is not updated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SaveErrorPolicy {
+    /// Stop training and return the error from `fit` (the default).
+    #[default]
+    Stop,
+    /// Log a warning and keep training (the next save tries again).
+    WarnAndContinue,
 }
 
 impl Default for TrainerConfig {
@@ -164,6 +178,7 @@ impl Default for TrainerConfig {
             log_every_n_steps: 50,
             async_checkpointing: false,
             handle_signals: true,
+            on_save_error: SaveErrorPolicy::Stop,
         }
     }
 }
@@ -231,6 +246,8 @@ impl TrainerBuilder {
         log_every_n_steps: usize => log_every_n_steps = |v: usize| v.max(1));
     setter!(/// Write checkpoints in the background after a host-memory snapshot (default off).
         async_checkpointing: bool => async_checkpointing = |v| v);
+    setter!(/// What to do when a checkpoint cannot be written (default: stop with the error).
+        on_save_error: SaveErrorPolicy => on_save_error = |v| v);
     setter!(/// On SIGTERM/SIGUSR1: finish the step, save `last.ckpt`, stop (default on).
         handle_signals: bool => handle_signals = |v| v);
 
@@ -255,14 +272,10 @@ impl TrainerBuilder {
     /// Checks the settings and builds the trainer.
     pub fn build(self) -> Result<Trainer> {
         let cfg = self.cfg;
-        match cfg.precision.as_str() {
-            "32-true" | "32" => {}
-            p => {
-                return Err(Error::Msg(format!(
-                    "precision {p:?} is not supported by this trainer yet; valid: \"32-true\""
-                )))
-            }
-        }
+        let precision: Precision = cfg
+            .precision
+            .parse()
+            .map_err(|e: crate::precision::PrecisionError| Error::Msg(e.to_string()))?;
         if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
             return Err(Error::Msg(format!(
                 "gradient_clip_val must be >= 0, got {:?}",
@@ -273,6 +286,7 @@ impl TrainerBuilder {
             return Err(Error::Msg("max_epochs and max_steps must be >= -1".into()));
         }
         Ok(Trainer {
+            precision,
             cfg,
             callbacks: self.callbacks,
             run: RunState::default(),
@@ -285,7 +299,7 @@ impl TrainerBuilder {
 }
 
 /// Progress of the run: what the loop state dict saves and a resume restores.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct RunState {
     pub epoch: i64,
     pub global_step: i64,
@@ -310,6 +324,8 @@ pub(crate) struct RunState {
     /// Whether a validation run completed in this `fit`.
     pub val_ran: bool,
     pub should_stop: bool,
+    /// The gradient scaler of `16-mixed`.
+    pub scaler: Option<GradScaler>,
     pub preempted: bool,
 }
 
@@ -322,6 +338,7 @@ impl RunState {
 /// Lightning's `Trainer`. Build it with [`Trainer::builder`].
 pub struct Trainer {
     cfg: TrainerConfig,
+    precision: Precision,
     callbacks: Vec<Box<dyn Callback>>,
     run: RunState,
     saver: saver::Saver,

@@ -19,6 +19,8 @@ use std::path::Path;
 
 /// The Lightning version our checkpoints claim (`pytorch-lightning_version`).
 pub const VERSION: &str = "2.6.6";
+/// Where Lightning's `MixedPrecision` plugin keeps the grad scaler's state (`16-mixed`).
+pub const PRECISION_KEY: &str = "MixedPrecision";
 /// Our extra top-level key: what an exact resume needs beyond Lightning's dict.
 pub const RESUME_KEY: &str = "lightning_rs";
 
@@ -166,6 +168,9 @@ pub(crate) fn dump<M: LightningModule>(
         };
         c.insert("optimizer_states", Value::List(opts));
         c.insert("lr_schedulers", Value::List(scheds));
+        if let Some(s) = &run.scaler {
+            c.insert(PRECISION_KEY, s.state_dict());
+        }
     }
     let hp = model.hparams().to_value();
     if hp.as_dict().is_some_and(|d| !d.is_empty()) {

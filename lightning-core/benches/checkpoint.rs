@@ -1,0 +1,328 @@
+//! Save/load of a 1 GiB (and optionally 3 GiB) f32 state: ours (durable) against raw writes of
+//! the same bytes, tch's `save_multi` (what `VarStore::save` calls), safetensors, and Python
+//! `torch.save`/`torch.load` when the venv exists. Prints times, GB/s and ratios to the
+//! anchors measured in the same run.
+//!
+//! `cargo bench --bench checkpoint` (1 GiB), `CKPT_BENCH_GIB=1,3 cargo bench --bench
+//! checkpoint`; files go to `CKPT_BENCH_DIR` (default `bench-out/`). `cargo test
+//! --all-targets` runs this binary without `--bench`: it then exits at once.
+
+use lightning_core::checkpoint::{self, LoadOptions, SaveOptions};
+use lightning_core::{Dict, Value};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+const TENSOR_BYTES: i64 = 16 << 20;
+const REPS: usize = 3;
+
+fn best(mut f: impl FnMut() -> f64) -> f64 {
+    (0..REPS).map(|_| f()).fold(f64::INFINITY, f64::min)
+}
+
+/// Times `f` after removing `fresh` (untimed), so every writer creates a new file.
+fn time_fresh(fresh: &Path, f: impl FnOnce()) -> f64 {
+    let _ = std::fs::remove_file(fresh);
+    time(f)
+}
+
+fn time(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn bytes_of(t: &Tensor) -> &[u8] {
+    // SAFETY: contiguous CPU f32 tensors, alive while borrowed.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, t.numel() * 4) }
+}
+
+fn raw_write(path: &Path, tensors: &[Tensor], fsync: bool) {
+    let mut f = File::create(path).unwrap();
+    for t in tensors {
+        f.write_all(bytes_of(t)).unwrap();
+    }
+    if fsync {
+        f.sync_all().unwrap();
+    }
+}
+
+fn touch_all(v: &Value) -> f64 {
+    let mut s = 0.0;
+    v.visit_tensors("", &mut |_, t| s += t.sum(Kind::Double).double_value(&[]));
+    s
+}
+
+struct Row {
+    name: String,
+    secs: f64,
+    anchor: Option<(&'static str, f64)>,
+}
+
+fn print_table(title: &str, bytes: f64, rows: &[Row]) {
+    println!("\n### {title}\n");
+    println!("| what | s | GB/s | ratio (anchor / ours time) |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        let ratio = r
+            .anchor
+            .map(|(n, a)| format!("{:.2} vs {n}", a / r.secs))
+            .unwrap_or_default();
+        println!(
+            "| {} | {:.3} | {:.2} | {} |",
+            r.name,
+            r.secs,
+            bytes / r.secs / 1e9,
+            ratio
+        );
+    }
+}
+
+fn python_times(dir: &Path, gib: i64) -> Option<(f64, f64, f64, f64)> {
+    let script = r#"
+import sys, time, os, torch, json
+gib, path = int(sys.argv[1]), sys.argv[2]
+n = 16 << 20
+state = {f"t{i}": torch.randn(n // 4) for i in range(gib * 64)}
+def best(f):
+    return min(f() for _ in range(3))
+def fresh():
+    if os.path.exists(path): os.remove(path)
+def save():
+    fresh(); t = time.perf_counter(); torch.save(state, path); return time.perf_counter() - t
+def save_sync():
+    fresh(); t = time.perf_counter(); torch.save(state, path)
+    fd = os.open(path, os.O_RDONLY); os.fsync(fd); os.close(fd)
+    return time.perf_counter() - t
+def load():
+    t = time.perf_counter(); s = torch.load(path, weights_only=True); return time.perf_counter() - t
+def load_mmap():
+    t = time.perf_counter(); s = torch.load(path, weights_only=True, mmap=True)
+    sum(float(x.sum()) for x in s.values()); return time.perf_counter() - t
+print(json.dumps([best(save), best(save_sync), best(load), best(load_mmap)]))
+"#;
+    let py = std::env::var_os("LIGHTNING_RS_PYTHON")?;
+    let path = dir.join("python.pt");
+    let out = std::process::Command::new(py)
+        .args(["-c", script, &gib.to_string(), path.to_str()?])
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&path);
+    let v: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    (v.len() == 4).then(|| (v[0], v[1], v[2], v[3]))
+}
+
+fn load_py_ratio(py: Option<(f64, f64, f64, f64)>, ours: f64) -> String {
+    py.map(|(_, _, l, _)| {
+        format!(
+            "; ours load = {:.2}x torch.load(weights_only=True)",
+            l / ours
+        )
+    })
+    .unwrap_or_default()
+}
+
+fn run(dir: &Path, gib: i64) {
+    let n = gib * (1 << 30) / TENSOR_BYTES;
+    tch::manual_seed(0);
+    let tensors: Vec<Tensor> = (0..n)
+        .map(|_| Tensor::randn([TENSOR_BYTES / 4], (Kind::Float, Device::Cpu)))
+        .collect();
+    let mut sd = Dict::new();
+    for (i, t) in tensors.iter().enumerate() {
+        sd.insert(format!("layer.{i}.weight").into(), t.shallow_clone().into());
+    }
+    let mut state = Value::dict();
+    state.insert("epoch", 1i64);
+    state.insert("state_dict", Value::OrderedDict(sd));
+    let bytes = (n * TENSOR_BYTES) as f64;
+    let p = |name: &str| -> PathBuf { dir.join(name) };
+
+    let raw_nosync =
+        best(|| time_fresh(&p("raw.bin"), || raw_write(&p("raw.bin"), &tensors, false)));
+    let raw_sync = best(|| time_fresh(&p("raw.bin"), || raw_write(&p("raw.bin"), &tensors, true)));
+    let ours = best(|| {
+        time_fresh(&p("ours.ckpt"), || {
+            checkpoint::save(&p("ours.ckpt"), &state).unwrap()
+        })
+    });
+    let ours_nosync = best(|| {
+        time_fresh(&p("ours.ckpt"), || {
+            checkpoint::save_with(&p("ours.ckpt"), &state, &SaveOptions { durable: false }).unwrap()
+        })
+    });
+    let named: Vec<(String, Tensor)> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("layer.{i}.weight"), t.shallow_clone()))
+        .collect();
+    let tch_save = best(|| {
+        time_fresh(&p("tch.ot"), || {
+            Tensor::save_multi(&named, p("tch.ot")).unwrap()
+        })
+    });
+    let st_export = best(|| {
+        time_fresh(&p("ours.safetensors"), || {
+            checkpoint::safetensors::export(&p("ours.safetensors"), &state).unwrap()
+        })
+    });
+    let py = python_times(dir, gib);
+
+    let mut rows = vec![
+        Row {
+            name: "raw write, no fsync".into(),
+            secs: raw_nosync,
+            anchor: None,
+        },
+        Row {
+            name: "raw write + fsync".into(),
+            secs: raw_sync,
+            anchor: None,
+        },
+        Row {
+            name: "**ours save (durable: fsync file + dir, atomic rename)**".into(),
+            secs: ours,
+            anchor: Some(("raw write + fsync", raw_sync)),
+        },
+        Row {
+            name: "ours save, durable=false".into(),
+            secs: ours_nosync,
+            anchor: Some(("raw write, no fsync", raw_nosync)),
+        },
+        Row {
+            name: "tch Tensor::save_multi (VarStore::save), no fsync".into(),
+            secs: tch_save,
+            anchor: Some(("ours durable", ours)),
+        },
+        Row {
+            name: "ours safetensors export (durable)".into(),
+            secs: st_export,
+            anchor: Some(("ours .ckpt durable", ours)),
+        },
+    ];
+    if let Some((s, ss, _, _)) = py {
+        rows.push(Row {
+            name: "python torch.save, no fsync".into(),
+            secs: s,
+            anchor: Some(("ours durable", ours)),
+        });
+        rows.push(Row {
+            name: "python torch.save + fsync".into(),
+            secs: ss,
+            anchor: Some(("ours durable", ours)),
+        });
+    }
+    print_table(
+        &format!("save, {gib} GiB ({n} f32 tensors of 16 MiB)"),
+        bytes,
+        &rows,
+    );
+
+    let ckpt = p("ours.ckpt");
+    let raw_read = best(|| time(|| drop(std::fs::read(&ckpt).unwrap())));
+    let load = best(|| time(|| drop(checkpoint::load(&ckpt).unwrap())));
+    let nocrc = LoadOptions {
+        verify_crc: false,
+        ..LoadOptions::default()
+    };
+    let load_nocrc = best(|| time(|| drop(checkpoint::load_with(&ckpt, &nocrc).unwrap())));
+    let mmap = LoadOptions {
+        mmap: true,
+        verify_crc: false,
+        ..LoadOptions::default()
+    };
+    let load_mmap = best(|| time(|| drop(checkpoint::load_with(&ckpt, &mmap).unwrap())));
+    let load_mmap_touch = best(|| {
+        time(|| {
+            let v = checkpoint::load_with(&ckpt, &mmap).unwrap();
+            touch_all(&v);
+        })
+    });
+    let tch_load = best(|| time(|| drop(Tensor::load_multi(p("tch.ot")).unwrap())));
+    let st_load =
+        best(|| time(|| drop(checkpoint::safetensors::import(&p("ours.safetensors")).unwrap())));
+    let mut rows = vec![
+        Row {
+            name: "raw read of the file (std::fs::read)".into(),
+            secs: raw_read,
+            anchor: None,
+        },
+        Row {
+            name: "**ours load (copy, CRC-checked)**".into(),
+            secs: load,
+            anchor: Some(("raw read", raw_read)),
+        },
+        Row {
+            name: "ours load (copy, no CRC)".into(),
+            secs: load_nocrc,
+            anchor: Some(("raw read", raw_read)),
+        },
+        Row {
+            name: "ours load mmap zero-copy (lazy)".into(),
+            secs: load_mmap,
+            anchor: Some(("raw read", raw_read)),
+        },
+        Row {
+            name: "ours load mmap + sum every tensor".into(),
+            secs: load_mmap_touch,
+            anchor: Some(("raw read", raw_read)),
+        },
+        Row {
+            name: "tch Tensor::load_multi".into(),
+            secs: tch_load,
+            anchor: Some(("ours load", load)),
+        },
+        Row {
+            name: "ours safetensors import (copy)".into(),
+            secs: st_load,
+            anchor: Some(("ours load", load)),
+        },
+    ];
+    if let Some((_, _, l, lm)) = py {
+        rows.push(Row {
+            name: "python torch.load(weights_only=True)".into(),
+            secs: l,
+            anchor: Some(("ours load", load)),
+        });
+        rows.push(Row {
+            name: "python torch.load(mmap=True) + sum".into(),
+            secs: lm,
+            anchor: Some(("ours mmap + sum", load_mmap_touch)),
+        });
+    }
+    print_table(&format!("load, {gib} GiB (warm page cache)"), bytes, &rows);
+    let (w, r) = (raw_sync / ours, load_py_ratio(py, load));
+    println!(
+        "\nours durable save = {w:.2}x the throughput of raw write+fsync of the same bytes{r}"
+    );
+    for f in ["raw.bin", "ours.ckpt", "tch.ot", "ours.safetensors"] {
+        let _ = std::fs::remove_file(p(f));
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("checkpoint bench: skipped (run `cargo bench --bench checkpoint`)");
+        return;
+    }
+    let dir = PathBuf::from(
+        std::env::var("CKPT_BENCH_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../bench-out").into()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let sizes = std::env::var("CKPT_BENCH_GIB").unwrap_or_else(|_| "1".into());
+    println!(
+        "checkpoint bench: best of {REPS}, files in {}",
+        dir.display()
+    );
+    for gib in sizes.split(',').filter_map(|s| s.trim().parse().ok()) {
+        run(&dir, gib);
+    }
+}

@@ -1,0 +1,9 @@
+use lightning_core::prelude::*;
+
+#[derive(Hyperparameters, Clone)]
+struct Config {
+    hidden: i64,
+    timeout: std::time::Duration,
+}
+
+fn main() {}

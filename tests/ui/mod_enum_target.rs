@@ -1,0 +1,8 @@
+use lightning_core::prelude::*;
+
+#[lightning_module]
+enum Net {
+    A(tch::nn::Linear),
+}
+
+fn main() {}

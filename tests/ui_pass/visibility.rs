@@ -1,0 +1,38 @@
+//! Visibility and other attributes on the struct and its fields are kept as written.
+mod model {
+    use lightning_core::prelude::*;
+
+    #[derive(Hyperparameters, Clone, Debug, Default)]
+    pub struct Config {
+        #[hparam(default = 2)]
+        pub(crate) width: i64,
+    }
+
+    #[lightning_module]
+    #[derive(Debug)]
+    pub struct Net {
+        #[hparams]
+        pub hp: Config,
+        /// A documented field.
+        pub(crate) fc: tch::nn::Linear,
+        #[allow(dead_code)]
+        #[state(skip)]
+        private: u8,
+    }
+
+    impl Net {
+        pub fn new(vs: &tch::nn::Path) -> Self {
+            Net { hp: Config { width: 2 }, fc: tch::nn::linear(vs / "fc", 2, 2, Default::default()), private: 0 }
+        }
+    }
+}
+
+fn main() {
+    use lightning_core::prelude::*;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let net = model::Net::new(&vs.root());
+    assert_eq!(net.hp.width, 2);
+    assert_eq!(net.fc.ws.size(), [2, 2]);
+    assert_eq!(net.state_dict().len(), 2);
+    println!("{net:?}");
+}
