@@ -16,7 +16,10 @@
 //! ```
 //!
 //! Options: `--device cpu|cuda`, `--hidden N`, `--batch N`, `--every N` (steps between saves),
-//! `--saves N` (per mode), `--dir PATH` (where checkpoints go; default a temp dir). Without
+//! `--saves N` (per mode), `--top-k K` (`ModelCheckpoint.save_top_k`, default -1: keep every
+//! file; with a k >= 1 each save queues the removal of an older file, and `ModelCheckpoint`
+//! waits for the async write before removing it, so the stall includes the write),
+//! `--dir PATH` (where checkpoints go; default a temp dir). Without
 //! `--bench` (as `cargo test --all-targets` runs it) a tiny smoke configuration runs.
 
 use lightning_core::callbacks::{Callback, ModelCheckpoint, TrainerContext};
@@ -133,6 +136,7 @@ struct Opts {
     batch: i64,
     every: i64,
     saves: i64,
+    top_k: i64,
     dir: Option<PathBuf>,
     full: bool,
 }
@@ -146,6 +150,7 @@ fn parse() -> Result<Opts, String> {
         batch: 16,
         every: if full { 4 } else { 2 },
         saves: if full { 3 } else { 2 },
+        top_k: -1,
         dir: None,
         full,
     };
@@ -175,6 +180,14 @@ fn parse() -> Result<Opts, String> {
             "--batch" => o.batch = num(a, val(a)?)?,
             "--every" => o.every = num(a, val(a)?)?,
             "--saves" => o.saves = num(a, val(a)?)?,
+            "--top-k" => {
+                let v = val(a)?;
+                o.top_k = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|k| *k >= -1)
+                    .ok_or_else(|| format!("--top-k {v:?}: expected -1 or more"))?
+            }
             "--dir" => o.dir = Some(PathBuf::from(val(a)?)),
             // cargo's own flags for bench binaries.
             "--bench" | "--nocapture" | "--test" => {}
@@ -201,7 +214,7 @@ fn measure(o: &Opts, dir: &Path, asynchronous: bool) -> lightning_core::Result<(
         .dirpath(dir)
         .filename("stall-{step}")
         .every_n_train_steps(o.every)
-        .save_top_k(1)
+        .save_top_k(o.top_k)
         .build()?;
     let mut trainer = Trainer::builder()
         .max_steps(steps)
@@ -289,12 +302,13 @@ fn run(o: &Opts) -> lightning_core::Result<()> {
     let params = 64 * o.hidden + 6 * o.hidden * o.hidden + 10 * o.hidden + 7 * o.hidden + 10;
     println!(
         "stall bench: {:.1} M params (+AdamW state), device {:?}, batch {}, a save every {} \
-         steps, {} saves per mode{}",
+         steps, {} saves per mode, save_top_k {}{}",
         params as f64 / 1e6,
         o.device,
         o.batch,
         o.every,
         o.saves,
+        o.top_k,
         if o.full {
             ""
         } else {
