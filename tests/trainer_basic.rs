@@ -394,4 +394,21 @@ fn default_checkpoint_is_epoch_end_in_the_version_dir() {
         .best_model_path()
         .unwrap()
         .ends_with("epoch=1-step=6.ckpt"));
+    // The file holds the callback's state as of its own save (Lightning's order).
+    let f = dir
+        .path()
+        .join("lightning_logs/version_0/checkpoints/epoch=1-step=6.ckpt");
+    let c = lightning_core::checkpoint::load(&f).unwrap();
+    let cbs = c.get("callbacks").and_then(Value::as_dict).unwrap();
+    let (key, state) = cbs.iter().next().unwrap();
+    assert!(
+        key.to_string()
+            .starts_with("ModelCheckpoint{'monitor': None"),
+        "{key}"
+    );
+    let best = state
+        .get("best_model_path")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(best.ends_with("epoch=1-step=6.ckpt"), "{best}");
 }
