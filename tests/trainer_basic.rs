@@ -412,3 +412,35 @@ fn default_checkpoint_is_epoch_end_in_the_version_dir() {
         .unwrap();
     assert!(best.ends_with("epoch=1-step=6.ckpt"), "{best}");
 }
+
+#[test]
+fn early_stopping_stops_fit_through_request_stop() {
+    use lightning_core::callbacks::{EarlyStopping, Mode};
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, _vs) = Tiny::new(
+        TinyHp {
+            dropout: 0.0,
+            ..Default::default()
+        },
+        0,
+    );
+    // val_loss falls while it trains: in "max" mode it never improves, so patience 1 stops
+    // after the second validation.
+    let es = EarlyStopping::builder("val_loss")
+        .mode(Mode::Max)
+        .patience(1)
+        .build()
+        .unwrap();
+    let mut t = quiet()
+        .default_root_dir(dir.path())
+        .max_epochs(10)
+        .logger(false)
+        .enable_checkpointing(false)
+        .callback(es)
+        .build()
+        .unwrap();
+    t.fit(&mut m, &data(32, 8, true), None).unwrap();
+    assert_eq!(t.current_epoch(), 2, "stopped after epoch 1's validation");
+    assert_eq!(t.global_step(), 6);
+}
