@@ -268,6 +268,15 @@ fn validation_schedule_follows_interval_settings() {
         runs(quiet().num_sanity_val_steps(0).val_check_interval(2)),
         12
     );
+    // A fraction of the epoch: every 3 of the 6 batches -> after batch 3 and at the end.
+    assert_eq!(
+        runs(quiet().num_sanity_val_steps(0).val_check_interval(0.5)),
+        8
+    );
+    assert_eq!(
+        runs(quiet().num_sanity_val_steps(0).val_check_interval(1.0)),
+        4
+    );
     assert_eq!(
         runs(quiet().num_sanity_val_steps(0).limit_val_batches(0usize)),
         0
