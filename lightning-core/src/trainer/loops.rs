@@ -227,6 +227,8 @@ impl Trainer {
                 .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
             ..RunState::default()
         };
+        self.run.val_every =
+            super::val_every(&self.cfg, self.cfg.limit_train_batches.apply(train.len()));
         if self.cfg.enable_checkpointing
             && !self.callbacks.iter().any(|c| is_checkpointer(c.as_ref()))
         {
@@ -407,6 +409,7 @@ impl Trainer {
     ) -> Result<()> {
         let n = self.cfg.limit_train_batches.apply(train.len());
         let epoch = self.run.epoch;
+        self.run.val_every = super::val_every(&self.cfg, n);
         let acc = self.cfg.accumulate_grad_batches;
         if self.run.batches_consumed < n {
             let bar = Bar::new(self.cfg.enable_progress_bar, n, format!("Epoch {epoch}"));
@@ -424,8 +427,8 @@ impl Trainer {
                 self.train_step(model, batch, idx, n, acc)?;
                 bar.step(&self.run.metrics.prog_bar);
                 self.hooks(&*model, |cb, t| cb.on_train_batch_end(t))?;
-                if let (Some(k), Some(val)) = (self.cfg.val_check_interval, data.val_loader()) {
-                    if (idx + 1) % k == 0 && idx + 1 < n && self.val_due(data) {
+                if let (Some(k), Some(val)) = (self.run.val_every, data.val_loader()) {
+                    if (idx + 1).is_multiple_of(k) && idx + 1 < n && self.val_due(data) {
                         self.fit_validation(model, val)?;
                     }
                 }
