@@ -117,18 +117,14 @@ impl LightningModule for Mlp {
             lr: self.hp.lr,
             ..AdamConfig::default()
         };
-        let mut opt = Adam::new(self.parameters(), cfg).map_err(optim_err)?;
+        let mut opt = Adam::new(self.parameters(), cfg)?;
         let step = Schedule::Step {
             step_size: self.hp.step_size,
             gamma: self.hp.gamma,
         };
-        let sched = Scheduler::new(&mut opt, step).map_err(optim_err)?;
+        let sched = Scheduler::new(&mut opt, step)?;
         Ok(OptimizerConfig::new(opt).scheduler(sched))
     }
-}
-
-fn optim_err(e: lightning_core::optim::OptimError) -> lightning_core::Error {
-    lightning_core::Error::Msg(e.to_string())
 }
 
 #[derive(Parser, Debug)]
@@ -166,6 +162,10 @@ struct Args {
     /// Load the best checkpoint (with the --set overrides) and report its accuracy.
     #[arg(long, global = true)]
     load_best: bool,
+    /// libtorch intra-op threads (0: libtorch's default). One is fastest for this tiny MLP,
+    /// and avoids oversubscribing shared machines.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: i32,
     /// Write checkpoints in the background.
     #[arg(long, global = true)]
     async_checkpointing: bool,
@@ -322,6 +322,9 @@ fn evaluate(args: &Args, ckpt: &Path, sets: &[String]) -> anyhow::Result<f64> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
     if let Some(Cmd::Demo) = args.cmd {
         let _ = std::fs::remove_dir_all(&args.root);
         let stop_at = (args.max_epochs / 3).max(1);

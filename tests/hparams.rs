@@ -17,6 +17,9 @@ pub enum Act {
 
 #[derive(Hyperparameters, Clone, Debug, PartialEq)]
 pub struct Optim {
+    /// A raw identifier is saved under its plain name.
+    #[hparam(default = "adam")]
+    pub r#type: String,
     /// Learning rate.
     #[hparam(default = 1e-3)]
     pub lr: f64,
@@ -96,6 +99,7 @@ fn partial_tree_takes_defaults_and_skip_is_not_saved() {
         ]
     );
     assert_eq!(v.get_path("optim.lr"), Some(&Value::Float(1e-3)));
+    assert_eq!(v.get_path("optim.type"), Some(&Value::Str("adam".into())));
     assert_eq!(v.get("act"), Some(&Value::Str("Relu".into())));
     assert_eq!(from(&v).unwrap(), c);
 }
@@ -175,6 +179,7 @@ fn string_overrides_parse_to_the_field_type_with_dotted_keys() {
     assert_eq!(
         c.optim,
         Optim {
+            r#type: "adam".into(),
             lr: 0.1,
             betas: vec![0.9, 0.999]
         }
@@ -188,7 +193,7 @@ fn string_overrides_parse_to_the_field_type_with_dotted_keys() {
     let e = c.set_str("optim.lrr", "1").unwrap_err();
     assert_eq!(
         e.to_string(),
-        "unknown hyperparameter `optim.lrr`; valid names: optim.lr, optim.betas"
+        "unknown hyperparameter `optim.lrr`; valid names: optim.type, optim.lr, optim.betas"
     );
     let e = c.set_str("hiden", "1").unwrap_err();
     let HparamError::Unknown { valid, .. } = &e else {

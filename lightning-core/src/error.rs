@@ -16,6 +16,10 @@ pub enum Error {
     /// A callback was misconfigured or failed (`ModelCheckpoint`, `EarlyStopping`).
     #[error(transparent)]
     Callback(#[from] crate::callbacks::CallbackError),
+    /// An optimizer or LR scheduler could not be built or stepped (`?` in
+    /// `configure_optimizers`).
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
     /// A libtorch call failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

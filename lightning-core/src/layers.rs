@@ -256,7 +256,8 @@ impl Traverse for RnnWeights {
 
 /// An LSTM whose weights are traversable with PyTorch's names (tch's `nn::LSTM` keeps them
 /// private). Same math as `torch.nn.LSTM`; `batch_first` follows the config (tch's default
-/// is `true`, PyTorch's `false`).
+/// is `true`, PyTorch's `false`), and inter-layer dropout applies when `config.train` is set
+/// (tch's `RNN` trait has no training flag).
 #[derive(Debug)]
 pub struct Lstm(pub RnnWeights);
 

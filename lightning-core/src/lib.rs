@@ -51,7 +51,7 @@ pub mod __private {
         Hyperparameters, NoHparams,
     };
     pub use crate::lightning_module::HasHparams;
-    pub use crate::module::{join_name, visit_field, visit_field_mut, TensorKind, Traverse};
+    pub use crate::module::{join_name, TensorKind, Traverse};
     pub use crate::value::{Dict, Key, Value};
     pub use std::boxed::Box;
     pub use std::option::Option;

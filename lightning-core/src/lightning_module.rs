@@ -5,11 +5,37 @@
 //! other hook has a default, as in Lightning. Steps receive a [`Batch`] and a [`StepContext`]
 //! through which they log metrics:
 //!
-//! ```ignore
-//! fn training_step(&mut self, batch: &Batch, _idx: usize, ctx: &mut StepContext) -> Result<Tensor> {
-//!     let loss = self.forward(&batch[0], ctx.training()).cross_entropy_for_logits(&batch[1]);
-//!     ctx.log("train_loss", &loss).prog_bar(true);
-//!     Ok(loss)
+//! ```no_run
+//! use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
+//! use lightning_core::optim::{Adam, AdamConfig};
+//! use lightning_core::prelude::*;
+//! use tch::{nn, Tensor};
+//!
+//! #[derive(Hyperparameters, Clone, Debug)]
+//! pub struct Cfg {
+//!     #[hparam(default = 1e-3)]
+//!     pub lr: f64,
+//! }
+//!
+//! #[lightning_module]
+//! pub struct Net {
+//!     #[hparams]
+//!     hp: Cfg,
+//!     fc: nn::Linear,
+//! }
+//!
+//! impl LightningModule for Net {
+//!     fn build(hp: &Cfg, vs: &nn::Path) -> lightning_core::Result<Self> {
+//!         Ok(Net { hp: hp.clone(), fc: nn::linear(vs / "fc", 4, 2, Default::default()) })
+//!     }
+//!     fn training_step(&mut self, b: &Batch, _i: usize, ctx: &mut StepContext) -> lightning_core::Result<Tensor> {
+//!         let loss = b[0].apply(&self.fc).cross_entropy_for_logits(&b[1]);
+//!         ctx.log("train_loss", &loss).prog_bar(true);
+//!         Ok(loss)
+//!     }
+//!     fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
+//!         Ok(OptimizerConfig::new(Adam::new(self.parameters(), AdamConfig { lr: self.hp.lr, ..Default::default() })?))
+//!     }
 //! }
 //! ```
 

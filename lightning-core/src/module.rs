@@ -172,6 +172,45 @@ pub trait Traverse {
         false
     }
 
+    /// Visits this field of a generated traversal in one of PyTorch's three passes: `0` the
+    /// module's own parameters, `1` its own buffers, `2` its children. `buffer` is
+    /// `Some(persistent)` for a `#[state(buffer)]` field, whose tensors are reported as
+    /// buffers. Used by `#[lightning_module]`; rarely useful by hand.
+    fn visit_in_pass(
+        &self,
+        name: &str,
+        buffer: Option<bool>,
+        pass: u8,
+        f: &mut dyn FnMut(&str, &Tensor, TensorKind),
+    ) {
+        if self.is_tensor() == (pass == 2) {
+            return;
+        }
+        self.visit(name, &mut |n, t, k| {
+            if let Some(k) = in_pass(k, buffer, pass) {
+                f(n, t, k);
+            }
+        });
+    }
+
+    /// Mutable counterpart of [`Traverse::visit_in_pass`].
+    fn visit_in_pass_mut(
+        &mut self,
+        name: &str,
+        buffer: Option<bool>,
+        pass: u8,
+        f: &mut dyn FnMut(&str, &mut Tensor, TensorKind),
+    ) {
+        if self.is_tensor() == (pass == 2) {
+            return;
+        }
+        self.visit_mut(name, &mut |n, t, k| {
+            if let Some(k) = in_pass(k, buffer, pass) {
+                f(n, t, k);
+            }
+        });
+    }
+
     /// The persistent tensors (parameters and persistent buffers) by dotted name, detached
     /// and sharing storage with the module (as PyTorch's `state_dict()`).
     fn state_dict(&self) -> StateDict {
@@ -281,6 +320,12 @@ pub trait Traverse {
                 if t.device() != device {
                     let moved = t.to_device(device);
                     t.set_data(&moved);
+                    // Move an existing gradient too, as PyTorch's `module.to` does.
+                    let mut grad = t.grad();
+                    if grad.defined() && grad.device() != device {
+                        let moved = grad.to_device(device);
+                        grad.set_data(&moved);
+                    }
                 }
             })
         });
@@ -294,6 +339,13 @@ pub trait Traverse {
             }
         });
     }
+}
+
+/// The kind a tensor is reported with in `pass` (a `#[state(buffer)]` field's tensors are
+/// buffers), or `None` when it belongs to another pass.
+fn in_pass(kind: TensorKind, buffer: Option<bool>, pass: u8) -> Option<TensorKind> {
+    let k = buffer.map_or(kind, |persistent| TensorKind::Buffer { persistent });
+    (pass == 2 || (k == TensorKind::Parameter) == (pass == 0)).then_some(k)
 }
 
 impl TensorKind {
@@ -340,44 +392,4 @@ pub fn state_dict_from_value(v: &crate::value::Value) -> crate::Result<StateDict
             ))),
         })
         .collect()
-}
-
-/// Visits one field of a generated traversal in one of PyTorch's three passes: `0` the
-/// module's own parameters, `1` its own buffers, `2` its children. `buffer` is
-/// `Some(persistent)` for a `#[state(buffer)]` field, whose tensors are reported as buffers.
-pub fn visit_field<T: Traverse + ?Sized>(
-    x: &T,
-    name: &str,
-    buffer: Option<bool>,
-    pass: u8,
-    f: &mut dyn FnMut(&str, &Tensor, TensorKind),
-) {
-    if x.is_tensor() == (pass == 2) {
-        return;
-    }
-    x.visit(name, &mut |n, t, k| {
-        let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
-        if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
-            f(n, t, k);
-        }
-    });
-}
-
-/// Mutable counterpart of [`visit_field`].
-pub fn visit_field_mut<T: Traverse + ?Sized>(
-    x: &mut T,
-    name: &str,
-    buffer: Option<bool>,
-    pass: u8,
-    f: &mut dyn FnMut(&str, &mut Tensor, TensorKind),
-) {
-    if x.is_tensor() == (pass == 2) {
-        return;
-    }
-    x.visit_mut(name, &mut |n, t, k| {
-        let k = buffer.map_or(k, |persistent| TensorKind::Buffer { persistent });
-        if pass == 2 || (k == TensorKind::Parameter) == (pass == 0) {
-            f(n, t, k);
-        }
-    });
 }

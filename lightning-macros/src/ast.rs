@@ -61,7 +61,11 @@ impl<'a> HparamsInput<'a> {
                 Fields::Named(named) => Some(HparamsInput::Struct {
                     ident: &input.ident,
                     generics: &input.generics,
-                    fields: named.named.iter().map(|f| HField::parse(cx, f)).collect(),
+                    fields: named
+                        .named
+                        .iter()
+                        .filter_map(|f| HField::parse(cx, f))
+                        .collect(),
                 }),
                 Fields::Unnamed(f) => {
                     cx.error_spanned(
@@ -123,7 +127,11 @@ impl<'a> HparamsInput<'a> {
 fn saved_name(ident: &Ident, rename: Option<&syn::LitStr>) -> (String, TokenStream) {
     match rename {
         Some(lit) => (lit.value(), lit.to_token_stream()),
-        None => (ident.to_string(), ident.to_token_stream()),
+        // `r#type` is saved as `type`, as Python would name it.
+        None => (
+            ident.to_string().trim_start_matches("r#").to_owned(),
+            ident.to_token_stream(),
+        ),
     }
 }
 
@@ -138,19 +146,19 @@ fn reject_container_attr(cx: &Ctxt, attrs: &[Attribute], name: &str) {
 }
 
 impl<'a> HField<'a> {
-    fn parse(cx: &Ctxt, f: &'a syn::Field) -> Self {
+    /// `None` only for a field without a name, which `Fields::Named` never holds.
+    fn parse(cx: &Ctxt, f: &'a syn::Field) -> Option<Self> {
         let attrs = attr::hparam_attrs(cx, &f.attrs, false);
-        // Named fields always have an ident.
-        let member = f.ident.as_ref().expect("named field");
+        let member = f.ident.as_ref()?;
         let (name, name_tokens) = saved_name(member, attrs.rename.as_ref());
-        HField {
+        Some(HField {
             member,
             ty: &f.ty,
             name,
             name_tokens,
             doc: attr::docs(&f.attrs),
             attrs,
-        }
+        })
     }
 }
 
@@ -218,9 +226,10 @@ impl<'a> ModuleInput<'a> {
         reject_container_attr(cx, &input.attrs, "state");
         let fields = fields
             .iter()
-            .map(|f| {
+            .filter_map(|f| {
                 let attrs = attr::state_attrs(cx, &f.attrs);
-                let member = f.ident.as_ref().expect("named field");
+                // Named fields always have an ident.
+                let member = f.ident.as_ref()?;
                 let (name, name_tokens) = saved_name(member, attrs.rename.as_ref());
                 let role = match attr::hparams_marker(cx, &f.attrs) {
                     Some(m) => Role::Hparams(m),
@@ -232,14 +241,14 @@ impl<'a> ModuleInput<'a> {
                             .map(|_| attrs.persistent.as_ref().is_none_or(|b| b.value)),
                     },
                 };
-                MField {
+                Some(MField {
                     member,
                     ty: &f.ty,
                     name,
                     name_tokens,
                     role,
                     attrs,
-                }
+                })
             })
             .collect();
         Some(ModuleInput {

@@ -147,13 +147,13 @@ fn impls(m: &ModuleInput) -> TokenStream {
     let visits = traversed.iter().map(|(f, b)| {
         let (ty, member, name, b) = (f.ty, f.member, &f.name, buffer(b));
         quote_spanned! {ty.span()=>
-            #p::visit_field::<#ty>(&self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
+            <#ty as #p::Traverse>::visit_in_pass(&self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
         }
     });
     let visits_mut = traversed.iter().map(|(f, b)| {
         let (ty, member, name, b) = (f.ty, f.member, &f.name, buffer(b));
         quote_spanned! {ty.span()=>
-            #p::visit_field_mut::<#ty>(&mut self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
+            <#ty as #p::Traverse>::visit_in_pass_mut(&mut self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
         }
     });
     quote! {

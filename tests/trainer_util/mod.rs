@@ -235,30 +235,23 @@ impl LightningModule for Tiny {
         Ok(self.forward(&b[0], false).argmax(-1, false))
     }
     fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
-        let err = |e: lightning_core::optim::OptimError| lightning_core::Error::Msg(e.to_string());
         let mut cfg = if self.hp.optimizer == "sgd" {
-            OptimizerConfig::new(
-                Sgd::new(
-                    self.params(),
-                    SgdConfig {
-                        lr: self.hp.lr,
-                        momentum: 0.9,
-                        ..Default::default()
-                    },
-                )
-                .map_err(err)?,
-            )
+            OptimizerConfig::new(Sgd::new(
+                self.params(),
+                SgdConfig {
+                    lr: self.hp.lr,
+                    momentum: 0.9,
+                    ..Default::default()
+                },
+            )?)
         } else {
-            OptimizerConfig::new(
-                Adam::new(
-                    self.params(),
-                    AdamConfig {
-                        lr: self.hp.lr,
-                        ..Default::default()
-                    },
-                )
-                .map_err(err)?,
-            )
+            OptimizerConfig::new(Adam::new(
+                self.params(),
+                AdamConfig {
+                    lr: self.hp.lr,
+                    ..Default::default()
+                },
+            )?)
         };
         if self.hp.step_lr > 0 {
             let s = Scheduler::new(
@@ -267,8 +260,7 @@ impl LightningModule for Tiny {
                     step_size: self.hp.step_lr,
                     gamma: 0.7,
                 },
-            )
-            .map_err(err)?;
+            )?;
             cfg = cfg.scheduler_config(SchedulerConfig::new(s).interval(Interval::Epoch));
         }
         Ok(cfg)
