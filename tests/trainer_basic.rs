@@ -268,6 +268,15 @@ fn validation_schedule_follows_interval_settings() {
         runs(quiet().num_sanity_val_steps(0).val_check_interval(2)),
         12
     );
+    // A fraction of the epoch: every 3 of the 6 batches -> after batch 3 and at the end.
+    assert_eq!(
+        runs(quiet().num_sanity_val_steps(0).val_check_interval(0.5)),
+        8
+    );
+    assert_eq!(
+        runs(quiet().num_sanity_val_steps(0).val_check_interval(1.0)),
+        4
+    );
     assert_eq!(
         runs(quiet().num_sanity_val_steps(0).limit_val_batches(0usize)),
         0
@@ -394,4 +403,53 @@ fn default_checkpoint_is_epoch_end_in_the_version_dir() {
         .best_model_path()
         .unwrap()
         .ends_with("epoch=1-step=6.ckpt"));
+    // The file holds the callback's state as of its own save (Lightning's order).
+    let f = dir
+        .path()
+        .join("lightning_logs/version_0/checkpoints/epoch=1-step=6.ckpt");
+    let c = lightning_core::checkpoint::load(&f).unwrap();
+    let cbs = c.get("callbacks").and_then(Value::as_dict).unwrap();
+    let (key, state) = cbs.iter().next().unwrap();
+    assert!(
+        key.to_string()
+            .starts_with("ModelCheckpoint{'monitor': None"),
+        "{key}"
+    );
+    let best = state
+        .get("best_model_path")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(best.ends_with("epoch=1-step=6.ckpt"), "{best}");
+}
+
+#[test]
+fn early_stopping_stops_fit_through_request_stop() {
+    use lightning_core::callbacks::{EarlyStopping, Mode};
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, _vs) = Tiny::new(
+        TinyHp {
+            dropout: 0.0,
+            ..Default::default()
+        },
+        0,
+    );
+    // val_loss falls while it trains: in "max" mode it never improves, so patience 1 stops
+    // after the second validation.
+    let es = EarlyStopping::builder("val_loss")
+        .mode(Mode::Max)
+        .patience(1)
+        .build()
+        .unwrap();
+    let mut t = quiet()
+        .default_root_dir(dir.path())
+        .max_epochs(10)
+        .logger(false)
+        .enable_checkpointing(false)
+        .callback(es)
+        .build()
+        .unwrap();
+    t.fit(&mut m, &data(32, 8, true), None).unwrap();
+    assert_eq!(t.current_epoch(), 2, "stopped after epoch 1's validation");
+    assert_eq!(t.global_step(), 6);
 }

@@ -435,3 +435,38 @@ fn model_checkpoint_save_on_exception_keeps_the_state_before_the_failing_step() 
         .unwrap();
     assert_eq!(t2.global_step(), 24);
 }
+
+#[test]
+fn a_failed_save_stops_by_default_or_warns_and_continues() {
+    use lightning_core::trainer::SaveErrorPolicy;
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that cannot exist: its parent is a regular file.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let bad = blocker.join("ck");
+    for asynchronous in [false, true] {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(dir.path())
+            .max_epochs(2)
+            .async_checkpointing(asynchronous)
+            .callback(SaveAt::new(&bad, &[3], "s.ckpt"))
+            .build()
+            .unwrap();
+        let e = t
+            .fit(&mut m, &data(80, 8, true), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s.ckpt"), "async={asynchronous}: {e}");
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(dir.path())
+            .max_epochs(2)
+            .async_checkpointing(asynchronous)
+            .on_save_error(SaveErrorPolicy::WarnAndContinue)
+            .callback(SaveAt::new(&bad, &[3], "s.ckpt"))
+            .build()
+            .unwrap();
+        t.fit(&mut m, &data(80, 8, true), None).unwrap();
+        assert_eq!(t.global_step(), 16, "async={asynchronous}");
+    }
+}

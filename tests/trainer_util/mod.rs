@@ -316,7 +316,7 @@ impl Callback for SaveAt {
     }
     fn on_train_batch_end(&mut self, t: &mut dyn TrainerContext) -> lightning_core::Result<()> {
         if self.steps.contains(&t.global_step()) {
-            std::fs::create_dir_all(&self.dir).unwrap();
+            let _ = std::fs::create_dir_all(&self.dir);
             let name = self.name.replace("{step}", &t.global_step().to_string());
             let p = self.dir.join(name);
             t.save_checkpoint(&p, self.weights_only)?;

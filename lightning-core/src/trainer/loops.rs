@@ -15,7 +15,10 @@ use super::preempt::Preemption;
 use super::progress::Bar;
 use super::restore;
 use super::saver::Saver;
-use super::{clip_gradients, effective_max_epochs, need, CkptPath, Ctx, Hook, RunState, Trainer};
+use super::{
+    clip_gradients, effective_max_epochs, need, CkptPath, Ctx, Hook, RunState, SaveErrorPolicy,
+    Trainer,
+};
 use crate::callbacks::{find_last_checkpoint, Callback, ModelCheckpoint};
 use crate::checkpoint;
 use crate::data::{mix_seed, DataLoader, DataModule, LoaderState};
@@ -88,6 +91,7 @@ impl Trainer {
                 .collect();
         }
         let log_dir = self.logger.as_ref().map(|l| l.dir().to_owned());
+        let failures_before = self.saver.failures;
         let mut ctx = Ctx {
             model,
             optim: self.optim.as_ref(),
@@ -111,7 +115,24 @@ impl Trainer {
         if ctx.stop_requested {
             self.run.should_stop = true;
         }
-        result
+        self.save_policy(result, failures_before)
+    }
+
+    /// Applies [`SaveErrorPolicy`] to `result` when a checkpoint save failed since
+    /// `failures_before` (other errors pass through).
+    fn save_policy(&self, result: Result<()>, failures_before: usize) -> Result<()> {
+        match result {
+            Err(e)
+                if self.saver.failures > failures_before
+                    && self.cfg.on_save_error == SaveErrorPolicy::WarnAndContinue =>
+            {
+                warn(&format!(
+                    "checkpoint not saved, training goes on (on_save_error=WarnAndContinue): {e}"
+                ));
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Resolves `ckpt_path` to a file; `None` for `Last` with nothing saved yet (warned).
@@ -180,7 +201,9 @@ impl Trainer {
         }
         self.run.train_time_before = self.run.train_time();
         self.run.train_started = None;
+        let before = self.saver.failures;
         let flushed = self.saver.finish();
+        let flushed = self.save_policy(flushed, before);
         let logged = self.logger.as_ref().map_or(Ok(()), |l| l.save());
         if result.is_ok() {
             result = flushed.and(logged);
@@ -204,6 +227,8 @@ impl Trainer {
                 .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
             ..RunState::default()
         };
+        self.run.val_every =
+            super::val_every(&self.cfg, self.cfg.limit_train_batches.apply(train.len()));
         if self.cfg.enable_checkpointing
             && !self.callbacks.iter().any(|c| is_checkpointer(c.as_ref()))
         {
@@ -384,6 +409,7 @@ impl Trainer {
     ) -> Result<()> {
         let n = self.cfg.limit_train_batches.apply(train.len());
         let epoch = self.run.epoch;
+        self.run.val_every = super::val_every(&self.cfg, n);
         let acc = self.cfg.accumulate_grad_batches;
         if self.run.batches_consumed < n {
             let bar = Bar::new(self.cfg.enable_progress_bar, n, format!("Epoch {epoch}"));
@@ -395,12 +421,14 @@ impl Trainer {
                 .epoch_iter(self.run.seed, start)
                 .take_while(|(i, _)| *i < n)
             {
-                self.saver.poll()?;
+                let before = self.saver.failures;
+                let polled = self.saver.poll();
+                self.save_policy(polled, before)?;
                 self.train_step(model, batch, idx, n, acc)?;
                 bar.step(&self.run.metrics.prog_bar);
                 self.hooks(&*model, |cb, t| cb.on_train_batch_end(t))?;
-                if let (Some(k), Some(val)) = (self.cfg.val_check_interval, data.val_loader()) {
-                    if (idx + 1) % k == 0 && idx + 1 < n && self.val_due(data) {
+                if let (Some(k), Some(val)) = (self.run.val_every, data.val_loader()) {
+                    if (idx + 1).is_multiple_of(k) && idx + 1 < n && self.val_due(data) {
                         self.fit_validation(model, val)?;
                     }
                 }

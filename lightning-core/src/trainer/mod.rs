@@ -120,7 +120,7 @@ pub struct TrainerConfig {
     pub max_steps: i64,
     pub default_root_dir: PathBuf,
     pub enable_checkpointing: bool,
-    pub val_check_interval: Option<usize>,
+    pub val_check_interval: Option<Limit>,
     pub check_val_every_n_epoch: usize,
     pub limit_train_batches: Limit,
     pub limit_val_batches: Limit,
@@ -138,6 +138,19 @@ pub struct TrainerConfig {
     pub log_every_n_steps: usize,
     pub async_checkpointing: bool,
     pub handle_signals: bool,
+    pub on_save_error: SaveErrorPolicy,
+}
+
+/// What the trainer does when writing a checkpoint fails (disk full, file too large,
+/// unwritable directory). Either way the failed file never appears under its final name
+/// and older checkpoints are kept (the checkpoint callback's bookkeeping is not updated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SaveErrorPolicy {
+    /// Stop training and return the error from `fit` (the default).
+    #[default]
+    Stop,
+    /// Log a warning and keep training (the next save tries again).
+    WarnAndContinue,
 }
 
 impl Default for TrainerConfig {
@@ -165,6 +178,7 @@ impl Default for TrainerConfig {
             log_every_n_steps: 50,
             async_checkpointing: false,
             handle_signals: true,
+            on_save_error: SaveErrorPolicy::Stop,
         }
     }
 }
@@ -197,8 +211,9 @@ impl TrainerBuilder {
     setter!(/// Whether to checkpoint automatically (a default `ModelCheckpoint` when none is given);
         /// `false` writes no checkpoint files.
         enable_checkpointing: bool => enable_checkpointing = |v| v);
-    setter!(/// Validate every this many training batches (default: once per epoch).
-        val_check_interval: usize => val_check_interval = |v: usize| Some(v.max(1)));
+    setter!(/// Validate within the epoch: every `n` training batches (`10usize`) or every
+        /// fraction of the epoch (`0.25`); default once at the end of each epoch (`1.0`).
+        val_check_interval: impl Into<Limit> => val_check_interval = |v| Some(Into::<Limit>::into(v)));
     setter!(/// Validate every this many epochs (default 1).
         check_val_every_n_epoch: usize => check_val_every_n_epoch = |v: usize| v.max(1));
     setter!(/// Use only part of the training batches per epoch.
@@ -232,6 +247,8 @@ impl TrainerBuilder {
         log_every_n_steps: usize => log_every_n_steps = |v: usize| v.max(1));
     setter!(/// Write checkpoints in the background after a host-memory snapshot (default off).
         async_checkpointing: bool => async_checkpointing = |v| v);
+    setter!(/// What to do when a checkpoint cannot be written (default: stop with the error).
+        on_save_error: SaveErrorPolicy => on_save_error = |v| v);
     setter!(/// On SIGTERM/SIGUSR1: finish the step, save `last.ckpt`, stop (default on).
         handle_signals: bool => handle_signals = |v| v);
 
@@ -307,6 +324,8 @@ pub(crate) struct RunState {
     pub num_val_batches: usize,
     /// Whether a validation run completed in this `fit`.
     pub val_ran: bool,
+    /// Validate after every this many training batches inside an epoch (`val_check_interval`).
+    pub val_every: Option<usize>,
     pub should_stop: bool,
     /// The gradient scaler of `16-mixed`.
     pub scaler: Option<GradScaler>,
@@ -486,7 +505,7 @@ impl<M: LightningModule> TrainerContext for Ctx<'_, M> {
         Some(self.cfg.check_val_every_n_epoch as i64)
     }
     fn val_check_within_epoch(&self) -> bool {
-        self.cfg.val_check_interval.is_some()
+        self.run.val_every.is_some()
     }
     fn validation_ran(&self) -> bool {
         self.run.val_ran
@@ -506,6 +525,13 @@ pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm)
         ClipAlgorithm::Value => crate::optim::clip_grad_value(params, value),
     };
     r.map_err(|e| Error::Msg(format!("gradient clipping: {e}")))
+}
+
+/// Validation every this many of an epoch's `n` training batches, when that is inside the epoch.
+pub(crate) fn val_every(cfg: &TrainerConfig, n: usize) -> Option<usize> {
+    cfg.val_check_interval
+        .map(|l| l.apply(n).max(1))
+        .filter(|&k| k < n)
 }
 
 /// Lightning's default `max_epochs`: 1000 when neither limit is set, else unbounded (-1).

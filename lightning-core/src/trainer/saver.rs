@@ -22,6 +22,8 @@ type Pending = (PathBuf, JoinHandle<Result<(), checkpoint::CheckpointError>>);
 pub(crate) struct Saver {
     asynchronous: bool,
     pending: Option<Pending>,
+    /// Saves that failed so far (lets the trainer tell save errors from other errors).
+    pub failures: usize,
 }
 
 impl Saver {
@@ -29,13 +31,16 @@ impl Saver {
         Saver {
             asynchronous,
             pending: None,
+            failures: 0,
         }
     }
 
     /// Saves `ckpt` to `path`: directly, or (async) after a consistent snapshot.
     pub fn save(&mut self, path: &Path, ckpt: Value) -> Result<()> {
         if !self.asynchronous {
-            return checkpoint::save(path, &ckpt).map_err(save_err(path));
+            let r = checkpoint::save(path, &ckpt).map_err(save_err(path));
+            self.failures += usize::from(r.is_err());
+            return r;
         }
         let snap = snapshot(&ckpt);
         if self.pending.is_some() {
@@ -69,6 +74,12 @@ impl Saver {
 
     /// Blocks until the save in flight (if any) is durable; returns its error.
     pub fn wait(&mut self) -> Result<()> {
+        let r = self.join();
+        self.failures += usize::from(r.is_err());
+        r
+    }
+
+    fn join(&mut self) -> Result<()> {
         match self.pending.take() {
             None => Ok(()),
             Some((path, h)) => match h.join() {
