@@ -44,7 +44,7 @@ fn train(root: &Path, asynchronous: bool, checkpoints: bool) -> Tiny {
         .build()
         .unwrap();
     let resume = root.join("ck/last.ckpt").exists().then_some(CkptPath::Last);
-    t.fit(&mut m, &data(160, 8, true), resume).unwrap();
+    t.fit(&mut m, &data(480, 8, true), resume).unwrap();
     m
 }
 
@@ -140,8 +140,13 @@ fn killed_runs_keep_loadable_checkpoints_and_resume_to_the_same_weights() {
                 }
             }
         });
-        let _ = rx.recv_timeout(Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(next(&mut seed) % 120));
+        // Kill after the first or second announced step plus a few random milliseconds, so
+        // each round advances only a few of the run's 180 steps and every round is killed
+        // mid-training, in whatever save phase the delay lands on.
+        for _ in 0..=(next(&mut seed) % 2) {
+            let _ = rx.recv_timeout(Duration::from_secs(60));
+        }
+        std::thread::sleep(Duration::from_millis(next(&mut seed) % 8));
         if child.try_wait().unwrap().is_none() {
             // SAFETY: kill(2) on our own child's pid.
             assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);

@@ -49,9 +49,10 @@ fn raw_write(path: &Path, tensors: &[Tensor], fsync: bool) {
     }
 }
 
+/// Sums every tensor in its own dtype (as Python's `x.sum()`), touching every page.
 fn touch_all(v: &Value) -> f64 {
     let mut s = 0.0;
-    v.visit_tensors("", &mut |_, t| s += t.sum(Kind::Double).double_value(&[]));
+    v.visit_tensors("", &mut |_, t| s += t.sum(t.kind()).double_value(&[]));
     s
 }
 

@@ -2,7 +2,7 @@
 //! length overwrites, truncation, splices, inserted opcodes) for a time budget and runs
 //! [`lightning_core_fuzz::check`] on each; panics (findings) are caught, saved, and counted.
 //!
-//! Usage: `cargo run --release --bin fallback -- [SECONDS] [SEED]`
+//! Usage: `cargo run --release --features fallback --bin fallback -- [SECONDS] [SEED]`
 
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,8 @@ fn main() {
     let start = Instant::now();
     let (mut runs, mut findings) = (0u64, 0u64);
     while start.elapsed() < Duration::from_secs(secs) {
-        let input = mutate(&mut rng, &corpus[rng.below(corpus.len())], &corpus);
+        let pick = rng.below(corpus.len());
+        let input = mutate(&mut rng, &corpus[pick], &corpus);
         runs += 1;
         if std::panic::catch_unwind(|| lightning_core_fuzz::check(&input)).is_err() {
             findings += 1;

@@ -93,6 +93,8 @@ fn round_trip_keeps_values_dtypes_and_views() {
         let _ = base.get(0).get(2).fill_(-1.0);
         assert_eq!(col.double_value(&[0]), -1.0);
     }
+    // Writes through mmap-loaded tensors stay private: the file still holds the original.
+    assert_eq!(load(&p).unwrap(), v);
     let report = verify(&p).unwrap();
     assert_eq!(report.tensors, 16);
     // No temp files left, and the base storage was written once (24 floats, not 24+4+24).
