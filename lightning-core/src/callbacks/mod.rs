@@ -95,6 +95,11 @@ pub trait TrainerContext {
     fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
         Ok(())
     }
+    /// Whether a background (async) save is still being written. Callbacks use it to defer
+    /// work that must follow the save (deleting the files it replaces) without blocking.
+    fn save_in_flight(&self) -> bool {
+        false
+    }
 }
 
 /// A trainer hook. Every method has a default that does nothing.

@@ -876,12 +876,31 @@ impl ModelCheckpoint {
     /// tracked again (best, top-k, last, newest) or is the resumed-from checkpoint.
     /// Waits for in-flight (async) saves first: a file goes only once its replacement is
     /// durable; if that save failed, nothing is deleted and its error is returned.
-    fn flush_removals(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
-        let queued = std::mem::take(&mut self.pending_removals);
-        if !t.is_global_zero() || queued.is_empty() {
+    ///
+    /// Unless `force`d (at the end of `fit`), a save still being written in the background
+    /// defers the deletions to a later hook instead of blocking the step loop on the write.
+    fn flush_removals(&mut self, t: &mut dyn TrainerContext, force: bool) -> crate::Result<()> {
+        if !t.is_global_zero() || self.pending_removals.is_empty() {
+            self.pending_removals.clear();
             return Ok(());
         }
+        if !force && t.save_in_flight() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.pending_removals);
         t.wait_for_pending_saves()?;
+        // A failed background save may already have been reported (and, with a
+        // warn-and-continue policy, swallowed): delete nothing unless the newest file this
+        // callback saved is really on disk.
+        if let Some(newest) = &self.last_checkpoint_saved {
+            if !newest.exists() {
+                tracing::warn!(
+                    "{} is not on disk (its save failed); keeping the older checkpoints",
+                    newest.display()
+                );
+                return Ok(());
+            }
+        }
         for path in queued {
             let tracked = self.book.best_k_models.contains_key(&path)
                 || self.book.best_model_path.as_deref() == Some(&path)
@@ -911,7 +930,7 @@ impl ModelCheckpoint {
     ) -> crate::Result<()> {
         self.ensure_setup(t)?;
         match f(self, t) {
-            Ok(()) => self.flush_removals(t),
+            Ok(()) => self.flush_removals(t, false),
             Err(e) => {
                 self.pending_removals.clear();
                 Err(e)
@@ -1073,6 +1092,7 @@ impl Callback for ModelCheckpoint {
         self.ensure_setup(t)?;
         if let (true, Some(dir)) = (t.is_global_zero(), &self.dirpath) {
             remove_stale_link_temps(dir);
+            crate::checkpoint::remove_stale_temp_files(dir);
         }
         if t.is_global_zero() && t.is_fitting() && self.save_top_k != 0 {
             if let Some(dir) = &self.dirpath {
@@ -1203,7 +1223,8 @@ impl Callback for ModelCheckpoint {
                 me.save_last_checkpoint(t, &cands)?;
             }
             Ok(())
-        })
+        })?;
+        self.flush_removals(t, true)
     }
 
     /// Lightning's keys; scores as 0-dim float64 tensors, paths as strings (`""` for none).

@@ -28,6 +28,8 @@ pub(crate) struct FakeTrainer {
     pub fail_next_save: bool,
     pub val_ran: bool,
     pub rank0: bool,
+    /// What `save_in_flight` answers (an async save still being written).
+    pub in_flight: bool,
 }
 
 impl FakeTrainer {
@@ -52,6 +54,7 @@ impl FakeTrainer {
             fail_next_save: false,
             val_ran: true,
             rank0: true,
+            in_flight: false,
         }
     }
 }
@@ -96,6 +99,9 @@ impl TrainerContext for FakeTrainer {
     fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
         self.waits += 1;
         Ok(())
+    }
+    fn save_in_flight(&self) -> bool {
+        self.in_flight
     }
     fn log_dir(&self) -> Option<PathBuf> {
         self.log_dir.clone()
@@ -248,6 +254,62 @@ fn top_k_keeps_the_best_and_deletes_worse_after_saving() {
             d.join("epoch=03-val_loss=0.30.ckpt")
         ]
     );
+}
+
+#[test]
+fn deletions_wait_for_an_in_flight_async_save_without_blocking_the_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss")
+            .filename("{epoch:02d}-{val_loss:.2f}")
+            .save_top_k(1),
+        dir.path(),
+    );
+    let d = cb.dirpath().unwrap().to_owned();
+    epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.5)));
+    // The better file's write is still in flight: the worse one stays, nothing blocks.
+    t.in_flight = true;
+    epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.4)));
+    assert_eq!(
+        listing(&d),
+        set(&["epoch=00-val_loss=0.50.ckpt", "epoch=01-val_loss=0.40.ckpt"])
+    );
+    assert_eq!(t.waits, 0);
+    // Once it is durable, the next hook deletes the replaced file.
+    t.in_flight = false;
+    epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.9)));
+    assert_eq!(listing(&d), set(&["epoch=01-val_loss=0.40.ckpt"]));
+    assert_eq!(t.waits, 1);
+    // At the end of fit, deletions are forced (after waiting).
+    t.in_flight = true;
+    epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.1)));
+    assert_eq!(listing(&d).len(), 2);
+    cb.on_fit_end(&mut t).unwrap();
+    assert_eq!(listing(&d), set(&["epoch=03-val_loss=0.10.ckpt"]));
+}
+
+#[test]
+fn a_replacement_missing_from_disk_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cb, mut t) = started(
+        ModelCheckpoint::builder()
+            .dirpath(dir.path())
+            .monitor("val_loss")
+            .filename("{epoch:02d}-{val_loss:.2f}")
+            .save_top_k(1),
+        dir.path(),
+    );
+    let d = cb.dirpath().unwrap().to_owned();
+    epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.5)));
+    t.in_flight = true;
+    epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.4)));
+    // The background write of the better file failed (its error already reported).
+    std::fs::remove_file(d.join("epoch=01-val_loss=0.40.ckpt")).unwrap();
+    t.in_flight = false;
+    cb.on_fit_end(&mut t).unwrap();
+    assert_eq!(listing(&d), set(&["epoch=00-val_loss=0.50.ckpt"]));
 }
 
 #[test]

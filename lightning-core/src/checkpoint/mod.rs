@@ -275,6 +275,45 @@ fn is_no_space(e: &std::io::Error) -> bool {
 }
 
 /// [`save`] with options.
+/// The pid in a temp-file name that [`save_with`] makes (`.NAME.tmp-PID-N`), if `name` is one.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Deletes the temp files that saves of processes no longer alive left in `dir` (a run killed
+/// mid-save leaves `.NAME.tmp-PID-N`; it never sits under a final name, but it takes space).
+/// Temp files of live processes, this one included, are kept. Returns how many were removed.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_file_pid(&name) else {
+            continue;
+        };
+        let Ok(pid_t) = libc::pid_t::try_from(pid) else {
+            continue;
+        };
+        // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid_t, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if alive {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => removed += 1,
+            Err(err) => tracing::warn!("could not remove stale {}: {err}", e.path().display()),
+        }
+    }
+    removed
+}
+
 pub fn save_with(path: &Path, ckpt: &Value, opts: &SaveOptions) -> Result<(), CheckpointError> {
     let prepared = prepare(path, ckpt)?;
     write_atomically(path, prepared.needed, opts.durable, |w| {

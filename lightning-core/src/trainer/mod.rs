@@ -477,6 +477,9 @@ impl<M: LightningModule> TrainerContext for Ctx<'_, M> {
     fn wait_for_pending_saves(&mut self) -> Result<()> {
         self.saver.wait()
     }
+    fn save_in_flight(&self) -> bool {
+        self.saver.in_flight()
+    }
     fn log_dir(&self) -> Option<PathBuf> {
         self.log_dir.clone()
     }

@@ -64,6 +64,11 @@ impl Saver {
         Ok(())
     }
 
+    /// Whether a background save is still being written.
+    pub fn in_flight(&self) -> bool {
+        self.pending.as_ref().is_some_and(|(_, h)| !h.is_finished())
+    }
+
     /// Reports a background save that already failed (does not block).
     pub fn poll(&mut self) -> Result<()> {
         if self.pending.as_ref().is_some_and(|(_, h)| h.is_finished()) {
