@@ -17,8 +17,8 @@
 //!
 //! Options: `--device cpu|cuda`, `--hidden N`, `--batch N`, `--every N` (steps between saves),
 //! `--saves N` (per mode), `--top-k K` (`ModelCheckpoint.save_top_k`, default -1: keep every
-//! file; with a k >= 1 each save queues the removal of an older file, and `ModelCheckpoint`
-//! waits for the async write before removing it, so the stall includes the write),
+//! file; with a k >= 1 each save queues the removal of an older file, which `ModelCheckpoint`
+//! defers while the async write is in flight instead of waiting for it),
 //! `--dir PATH` (where checkpoints go; default a temp dir). Without
 //! `--bench` (as `cargo test --all-targets` runs it) a tiny smoke configuration runs.
 

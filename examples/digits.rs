@@ -321,12 +321,39 @@ fn evaluate(args: &Args, ckpt: &Path, sets: &[String]) -> anyhow::Result<f64> {
     Ok(metrics["val_acc"])
 }
 
+/// Marks a directory the demo made, so a later demo may clear it.
+const DEMO_MARKER: &str = ".digits-demo";
+
+/// The demo starts from an empty `root`: it clears a directory an earlier demo made, creates a
+/// missing one, and refuses to touch any other non-empty directory (it may hold real runs).
+fn clear_demo_root(root: &Path) -> anyhow::Result<()> {
+    let occupied = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some());
+    if occupied {
+        if !root.join(DEMO_MARKER).exists() {
+            bail!(
+                "refusing to clear --root {}: it is not empty and was not made by the demo \
+                 (no {DEMO_MARKER} file); pass an empty or new directory",
+                root.display()
+            );
+        }
+        std::fs::remove_dir_all(root)
+            .with_context(|| format!("clearing the demo directory {}", root.display()))?;
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::write(
+        root.join(DEMO_MARKER),
+        b"made by `digits demo`; it clears this directory\n",
+    )
+    .with_context(|| format!("marking {}", root.display()))?;
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
     if let Some(Cmd::Demo) = args.cmd {
-        let _ = std::fs::remove_dir_all(&args.root);
+        clear_demo_root(&args.root)?;
         let stop_at = (args.max_epochs / 3).max(1);
         println!(
             "== 1. train {stop_at} of {} epochs, then stop",
