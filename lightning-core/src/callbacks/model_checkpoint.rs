@@ -392,7 +392,9 @@ pub struct ModelCheckpoint {
     /// State loaded before `dirpath` was known; applied once it is.
     pending_state: Option<Value>,
     /// Files to delete once the current hook's saves (top-k and last) are done.
-    pending_removals: Vec<PathBuf>,
+    /// Files to delete, each with the file whose save replaced it (deleted only once that
+    /// replacement is on disk).
+    pending_removals: Vec<(PathBuf, PathBuf)>,
     warned: HashSet<String>,
 }
 
@@ -782,7 +784,7 @@ impl ModelCheckpoint {
             me.save_file(t, &path)?;
             if let Some(d) = del.take() {
                 if me.should_remove(t, &d, &path) {
-                    me.pending_removals.push(d);
+                    me.pending_removals.push((d, path.clone()));
                 }
             }
             Ok(())
@@ -801,7 +803,7 @@ impl ModelCheckpoint {
             me.save_file(t, &path)?;
             if let Some(prev) = previous {
                 if top_k == 1 && me.should_remove(t, &prev, &path) {
-                    me.pending_removals.push(prev);
+                    me.pending_removals.push((prev, path.clone()));
                 }
             }
             Ok(())
@@ -841,7 +843,7 @@ impl ModelCheckpoint {
             }
             if let Some(prev) = previous {
                 if me.should_remove(t, &prev, &path) {
-                    me.pending_removals.push(prev);
+                    me.pending_removals.push((prev, path.clone()));
                 }
             }
             Ok(())
@@ -889,19 +891,18 @@ impl ModelCheckpoint {
         }
         let queued = std::mem::take(&mut self.pending_removals);
         t.wait_for_pending_saves()?;
-        // A failed background save may already have been reported (and, with a
-        // warn-and-continue policy, swallowed): delete nothing unless the newest file this
-        // callback saved is really on disk.
-        if let Some(newest) = &self.last_checkpoint_saved {
-            if !newest.exists() {
+        for (path, replacement) in queued {
+            // A failed background save may already have been reported (and, with a
+            // warn-and-continue policy, swallowed): a file goes only when the file that
+            // replaced it is really on disk.
+            if std::fs::symlink_metadata(&replacement).is_err() {
                 tracing::warn!(
-                    "{} is not on disk (its save failed); keeping the older checkpoints",
-                    newest.display()
+                    "keeping {}: {} replaced it but is not on disk (its save failed)",
+                    path.display(),
+                    replacement.display()
                 );
-                return Ok(());
+                continue;
             }
-        }
-        for path in queued {
             let tracked = self.book.best_k_models.contains_key(&path)
                 || self.book.best_model_path.as_deref() == Some(&path)
                 || self.book.last_model_path.as_deref() == Some(&path)
