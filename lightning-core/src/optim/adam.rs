@@ -1,6 +1,6 @@
 //! Adam and AdamW with `torch.optim.Adam`'s math (`_single_tensor_adam`) and state layout.
 
-use super::common::{self, backend, check_nonneg};
+use super::common::{self, backend, check_nonneg, Group, LrConfig};
 use super::{OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
 use tch::Tensor;
@@ -100,14 +100,6 @@ pub(crate) fn moment_like(p: &Tensor) -> Tensor {
         tch::Kind::Half | tch::Kind::BFloat16 => p.zeros_like().to_kind(tch::Kind::Float),
         _ => p.zeros_like(),
     }
-}
-
-/// One param group: its parameters and hyperparameters.
-#[derive(Debug)]
-pub(crate) struct Group<C> {
-    pub params: Vec<Tensor>,
-    pub cfg: C,
-    pub extra: Dict,
 }
 
 /// Adam / AdamW over tch tensors, with `torch.optim`'s update order and state layout.
@@ -260,18 +252,11 @@ impl Optimizer for Adam {
     }
 
     fn zero_grad(&mut self) {
-        for g in &mut self.groups {
-            for p in &mut g.params {
-                p.zero_grad();
-            }
-        }
+        Group::zero_grads(&mut self.groups);
     }
 
     fn params(&self) -> Vec<Tensor> {
-        self.groups
-            .iter()
-            .flat_map(|g| g.params.iter().map(Tensor::shallow_clone))
-            .collect()
+        Group::all_params(&self.groups)
     }
 
     fn lrs(&self) -> Vec<f64> {
@@ -279,9 +264,7 @@ impl Optimizer for Adam {
     }
 
     fn set_lr(&mut self, group: usize, lr: f64) {
-        if let Some(g) = self.groups.get_mut(group) {
-            g.cfg.lr = lr;
-        }
+        Group::set_lr(&mut self.groups, group, lr);
     }
 
     fn momentum(&self, group: usize) -> Option<f64> {
@@ -434,5 +417,11 @@ impl Optimizer for Adam {
         self.state = states;
         self.order = parsed.order;
         Ok(())
+    }
+}
+
+impl LrConfig for AdamConfig {
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
     }
 }

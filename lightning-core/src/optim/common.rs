@@ -224,3 +224,42 @@ pub(crate) fn check_nonneg(name: &str, v: f64) -> Result<(), OptimError> {
 pub(crate) fn backend(e: tch::TchError) -> OptimError {
     OptimError::Backend(e.to_string())
 }
+
+/// One param group: its parameters and hyperparameters.
+#[derive(Debug)]
+pub(crate) struct Group<C> {
+    pub params: Vec<Tensor>,
+    pub cfg: C,
+    pub extra: Dict,
+}
+
+/// A param group's config with a learning rate (what schedulers change).
+pub(crate) trait LrConfig {
+    /// The learning rate, mutably.
+    fn lr_mut(&mut self) -> &mut f64;
+}
+
+/// The `Optimizer` methods every grouped optimizer shares.
+impl<C: LrConfig> Group<C> {
+    /// Zeroes the gradients of every parameter in `groups`.
+    pub fn zero_grads(groups: &mut [Group<C>]) {
+        for p in groups.iter_mut().flat_map(|g| g.params.iter_mut()) {
+            p.zero_grad();
+        }
+    }
+
+    /// Every parameter, in group order (shallow clones).
+    pub fn all_params(groups: &[Group<C>]) -> Vec<Tensor> {
+        groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(Tensor::shallow_clone))
+            .collect()
+    }
+
+    /// Sets one group's learning rate (no-op for an unknown group).
+    pub fn set_lr(groups: &mut [Group<C>], group: usize, lr: f64) {
+        if let Some(g) = groups.get_mut(group) {
+            *g.cfg.lr_mut() = lr;
+        }
+    }
+}

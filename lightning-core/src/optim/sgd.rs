@@ -1,7 +1,6 @@
 //! SGD with momentum, dampening, Nesterov, weight decay and maximize (`torch.optim.SGD`).
 
-use super::adam::Group;
-use super::common::{self, backend, check_nonneg};
+use super::common::{self, backend, check_nonneg, Group, LrConfig};
 use super::{OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
 use tch::Tensor;
@@ -180,18 +179,11 @@ impl Optimizer for Sgd {
     }
 
     fn zero_grad(&mut self) {
-        for g in &mut self.groups {
-            for p in &mut g.params {
-                p.zero_grad();
-            }
-        }
+        Group::zero_grads(&mut self.groups);
     }
 
     fn params(&self) -> Vec<Tensor> {
-        self.groups
-            .iter()
-            .flat_map(|g| g.params.iter().map(Tensor::shallow_clone))
-            .collect()
+        Group::all_params(&self.groups)
     }
 
     fn lrs(&self) -> Vec<f64> {
@@ -199,9 +191,7 @@ impl Optimizer for Sgd {
     }
 
     fn set_lr(&mut self, group: usize, lr: f64) {
-        if let Some(g) = self.groups.get_mut(group) {
-            g.cfg.lr = lr;
-        }
+        Group::set_lr(&mut self.groups, group, lr);
     }
 
     fn momentum(&self, group: usize) -> Option<f64> {
@@ -307,5 +297,11 @@ impl Optimizer for Sgd {
             .collect();
         self.momentum_buffer = bufs;
         Ok(())
+    }
+}
+
+impl LrConfig for SgdConfig {
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
     }
 }
