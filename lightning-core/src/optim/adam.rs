@@ -142,16 +142,7 @@ impl Adam {
     /// Several param groups, each with its own hyperparameters (`state` indices run over the
     /// groups' params in order, as in torch).
     pub fn with_groups(groups: Vec<(Vec<Tensor>, AdamConfig)>) -> Result<Self, OptimError> {
-        let mut out = Vec::with_capacity(groups.len());
-        for (params, cfg) in groups {
-            cfg.check()?;
-            out.push(Group {
-                params,
-                cfg,
-                extra: Dict::new(),
-            });
-        }
-        let n = out.iter().map(|g| g.params.len()).sum();
+        let (out, n) = Group::build(groups)?;
         Ok(Adam {
             groups: out,
             state: (0..n).map(|_| None).collect(),
@@ -421,6 +412,9 @@ impl Optimizer for Adam {
 }
 
 impl LrConfig for AdamConfig {
+    fn validate(&self) -> Result<(), OptimError> {
+        self.check()
+    }
     fn lr_mut(&mut self) -> &mut f64 {
         &mut self.lr
     }

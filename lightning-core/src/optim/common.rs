@@ -233,14 +233,33 @@ pub(crate) struct Group<C> {
     pub extra: Dict,
 }
 
-/// A param group's config with a learning rate (what schedulers change).
+/// A param group's config: validated on construction, with a learning rate (what
+/// schedulers change).
 pub(crate) trait LrConfig {
+    /// Checks the hyperparameters (torch's constructor errors).
+    fn validate(&self) -> Result<(), OptimError>;
     /// The learning rate, mutably.
     fn lr_mut(&mut self) -> &mut f64;
 }
 
 /// The `Optimizer` methods every grouped optimizer shares.
 impl<C: LrConfig> Group<C> {
+    /// Validates each `(params, config)` pair and builds the groups; also returns the total
+    /// number of parameters (the length of the per-parameter state).
+    pub fn build(groups: Vec<(Vec<Tensor>, C)>) -> Result<(Vec<Group<C>>, usize), OptimError> {
+        let mut out = Vec::with_capacity(groups.len());
+        for (params, cfg) in groups {
+            cfg.validate()?;
+            out.push(Group {
+                params,
+                cfg,
+                extra: Dict::new(),
+            });
+        }
+        let n = out.iter().map(|g| g.params.len()).sum();
+        Ok((out, n))
+    }
+
     /// Zeroes the gradients of every parameter in `groups`.
     pub fn zero_grads(groups: &mut [Group<C>]) {
         for p in groups.iter_mut().flat_map(|g| g.params.iter_mut()) {

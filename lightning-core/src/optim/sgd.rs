@@ -79,16 +79,7 @@ impl Sgd {
 
     /// Several param groups, each with its own hyperparameters.
     pub fn with_groups(groups: Vec<(Vec<Tensor>, SgdConfig)>) -> Result<Self, OptimError> {
-        let mut out = Vec::with_capacity(groups.len());
-        for (params, cfg) in groups {
-            cfg.check()?;
-            out.push(Group {
-                params,
-                cfg,
-                extra: Dict::new(),
-            });
-        }
-        let n = out.iter().map(|g| g.params.len()).sum();
+        let (out, n) = Group::build(groups)?;
         Ok(Sgd {
             groups: out,
             momentum_buffer: (0..n).map(|_| None).collect(),
@@ -301,6 +292,9 @@ impl Optimizer for Sgd {
 }
 
 impl LrConfig for SgdConfig {
+    fn validate(&self) -> Result<(), OptimError> {
+        self.check()
+    }
     fn lr_mut(&mut self) -> &mut f64 {
         &mut self.lr
     }
