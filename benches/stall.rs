@@ -110,7 +110,7 @@ impl Callback for Tick {
     fn state_key(&self) -> String {
         format!("Tick{}", self.after)
     }
-    fn on_train_batch_end(&mut self, t: &mut dyn TrainerContext) -> lightning_core::Result<()> {
+    fn on_train_batch_end(&mut self, t: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
         let now = Instant::now();
         let mut v = self.clock.0.lock().unwrap_or_else(|e| e.into_inner());
         if self.after {
@@ -118,7 +118,7 @@ impl Callback for Tick {
                 last.2 = Some(now);
             }
         } else {
-            v.push((t.global_step(), now, None));
+            v.push((t.run.global_step, now, None));
         }
         Ok(())
     }

@@ -266,7 +266,7 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .default_root_dir(&args.root)
         .seed(args.seed)
         .device(device(&args.device)?)
-        .precision(&args.precision)
+        .precision(args.precision.as_str())
         .async_checkpointing(args.async_checkpointing)
         .callback(ckpt.build()?)
         .build()?;

@@ -5,7 +5,10 @@
 use lightning_core::callbacks::pyformat::{
     format_checkpoint_template, format_value, MetricValue, Metrics,
 };
-use lightning_core::callbacks::{Callback, EarlyStopping, Mode, ModelCheckpoint, TrainerContext};
+use lightning_core::callbacks::{
+    AfterSave, Callback, EarlyStopping, Mode, ModelCheckpoint, RunInfo, TrainerContext,
+    TrainerHandle,
+};
 use lightning_core::Value;
 use serde_json::{json, Value as Json};
 use std::time::Duration;
@@ -325,62 +328,71 @@ print(json.dumps(out))
 
 /// A trainer stand-in whose saves are real checkpoint files holding the caller's state.
 struct FileTrainer {
-    epoch: i64,
-    step: i64,
     metrics: indexmap::IndexMap<String, f64>,
     root: std::path::PathBuf,
+    last_batch: bool,
+    num_val_batches: usize,
+    io: FileIo,
 }
 
-impl FileTrainer {
-    fn write(
-        &self,
+/// [`FileTrainer`]'s handle: writes the files, carries out after-save actions at once.
+struct FileIo {
+    epoch: i64,
+    step: i64,
+    stop: bool,
+}
+
+impl TrainerHandle for FileIo {
+    fn save_checkpoint(
+        &mut self,
         path: &std::path::Path,
-        states: Vec<(String, Value)>,
+        _weights_only: bool,
+        caller: &dyn Callback,
     ) -> lightning_core::Result<()> {
         let mut cbs = Value::dict();
-        for (k, v) in states {
-            cbs.insert(k, v);
-        }
+        cbs.insert(caller.state_key(), caller.state_dict());
         let mut ckpt = Value::dict();
         ckpt.insert("epoch", self.epoch);
         ckpt.insert("global_step", self.step);
         ckpt.insert("pytorch-lightning_version", "2.6.6");
         ckpt.insert("state_dict", Value::OrderedDict(Default::default()));
         ckpt.insert("callbacks", cbs);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         lightning_core::checkpoint::save(path, &ckpt)
             .map_err(|e| lightning_core::Error::Msg(e.to_string()))
     }
+    fn when_durable(&mut self, action: AfterSave) -> lightning_core::Result<()> {
+        Ok(action.apply()?)
+    }
+    fn request_stop(&mut self) {
+        self.stop = true;
+    }
 }
 
-impl TrainerContext for FileTrainer {
-    fn current_epoch(&self) -> i64 {
-        self.epoch
+impl FileTrainer {
+    fn new(root: &std::path::Path, num_val_batches: usize) -> Self {
+        FileTrainer {
+            metrics: Default::default(),
+            root: root.to_owned(),
+            last_batch: false,
+            num_val_batches,
+            io: FileIo {
+                epoch: 0,
+                step: 0,
+                stop: false,
+            },
+        }
     }
-    fn global_step(&self) -> i64 {
-        self.step
-    }
-    fn callback_metrics(&self) -> &indexmap::IndexMap<String, f64> {
-        &self.metrics
-    }
-    fn save_checkpoint(&mut self, path: &std::path::Path, _w: bool) -> lightning_core::Result<()> {
-        self.write(path, vec![])
-    }
-    fn save_checkpoint_from(
-        &mut self,
-        path: &std::path::Path,
-        _w: bool,
-        caller: &dyn Callback,
-    ) -> lightning_core::Result<()> {
-        self.write(path, vec![(caller.state_key(), caller.state_dict())])
-    }
-    fn log_dir(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-    fn default_root_dir(&self) -> std::path::PathBuf {
-        self.root.clone()
-    }
-    fn train_time(&self) -> Duration {
-        Duration::ZERO
+
+    fn ctx(&mut self) -> TrainerContext<'_> {
+        let run = RunInfo {
+            current_epoch: self.io.epoch,
+            global_step: self.io.step,
+            is_last_batch: self.last_batch,
+            num_val_batches: self.num_val_batches,
+            ..RunInfo::new(&self.metrics, &self.root)
+        };
+        TrainerContext::new(run, &mut self.io)
     }
 }
 
@@ -399,20 +411,15 @@ fn model_checkpoint_state_crosses_over_with_lightning() {
             .unwrap()
     };
     let mut cb = build();
-    let mut t = FileTrainer {
-        epoch: 0,
-        step: 0,
-        metrics: Default::default(),
-        root: dir.path().to_owned(),
-    };
-    cb.setup(&mut t).unwrap();
-    cb.on_fit_start(&mut t).unwrap();
+    let mut t = FileTrainer::new(dir.path(), 0);
+    cb.setup(&mut t.ctx()).unwrap();
+    cb.on_fit_start(&mut t.ctx()).unwrap();
     for loss in [0.5f32, 0.25, 0.75, 0.125] {
-        t.step += 10;
+        t.io.step += 10;
         t.metrics.insert("val_loss".into(), f64::from(loss));
-        cb.on_validation_end(&mut t).unwrap();
-        cb.on_train_epoch_end(&mut t).unwrap();
-        t.epoch += 1;
+        cb.on_validation_end(&mut t.ctx()).unwrap();
+        cb.on_train_epoch_end(&mut t.ctx()).unwrap();
+        t.io.epoch += 1;
     }
     let d = cb.dirpath().unwrap().to_string_lossy().into_owned();
     let last = cb.last_model_path().unwrap().to_string_lossy().into_owned();
@@ -482,70 +489,21 @@ fn drive(
     metric: &str,
     values: &[f32],
 ) {
-    struct Looping {
-        inner: FileTrainer,
-        last_batch: bool,
-    }
-    impl TrainerContext for Looping {
-        fn current_epoch(&self) -> i64 {
-            self.inner.epoch
-        }
-        fn global_step(&self) -> i64 {
-            self.inner.step
-        }
-        fn callback_metrics(&self) -> &indexmap::IndexMap<String, f64> {
-            &self.inner.metrics
-        }
-        fn save_checkpoint(&mut self, p: &std::path::Path, w: bool) -> lightning_core::Result<()> {
-            self.inner.save_checkpoint(p, w)
-        }
-        fn save_checkpoint_from(
-            &mut self,
-            p: &std::path::Path,
-            w: bool,
-            c: &dyn Callback,
-        ) -> lightning_core::Result<()> {
-            self.inner.save_checkpoint_from(p, w, c)
-        }
-        fn log_dir(&self) -> Option<std::path::PathBuf> {
-            None
-        }
-        fn default_root_dir(&self) -> std::path::PathBuf {
-            self.inner.root.clone()
-        }
-        fn train_time(&self) -> Duration {
-            Duration::ZERO
-        }
-        fn is_last_batch(&self) -> bool {
-            self.last_batch
-        }
-        fn num_val_batches(&self) -> usize {
-            2
-        }
-    }
-    let mut t = Looping {
-        inner: FileTrainer {
-            epoch: 0,
-            step: 0,
-            metrics: Default::default(),
-            root: root.to_owned(),
-        },
-        last_batch: false,
-    };
-    cb.setup(&mut t).unwrap();
-    cb.on_fit_start(&mut t).unwrap();
+    let mut t = FileTrainer::new(root, 2);
+    cb.setup(&mut t.ctx()).unwrap();
+    cb.on_fit_start(&mut t.ctx()).unwrap();
     for v in values {
         for b in 0..steps {
-            t.inner.step += 1;
+            t.io.step += 1;
             t.last_batch = b + 1 == steps;
-            cb.on_train_batch_end(&mut t).unwrap();
+            cb.on_train_batch_end(&mut t.ctx()).unwrap();
         }
-        t.inner.metrics.insert(metric.to_owned(), f64::from(*v));
-        cb.on_validation_end(&mut t).unwrap();
-        cb.on_train_epoch_end(&mut t).unwrap();
-        t.inner.epoch += 1;
+        t.metrics.insert(metric.to_owned(), f64::from(*v));
+        cb.on_validation_end(&mut t.ctx()).unwrap();
+        cb.on_train_epoch_end(&mut t.ctx()).unwrap();
+        t.io.epoch += 1;
     }
-    cb.on_fit_end(&mut t).unwrap();
+    cb.on_fit_end(&mut t.ctx()).unwrap();
 }
 
 /// The same runs in Python Lightning (a real `Trainer` on a model that logs the given values)
@@ -759,39 +717,6 @@ fn summary(cb: &ModelCheckpoint, dir: &std::path::Path) -> Json {
 /// patience, min_delta, max mode, thresholds and a non-finite value.
 #[test]
 fn early_stopping_matches_lightning() {
-    struct Stopper {
-        inner: FileTrainer,
-        stop: bool,
-    }
-    impl TrainerContext for Stopper {
-        fn current_epoch(&self) -> i64 {
-            self.inner.epoch
-        }
-        fn global_step(&self) -> i64 {
-            self.inner.step
-        }
-        fn callback_metrics(&self) -> &indexmap::IndexMap<String, f64> {
-            &self.inner.metrics
-        }
-        fn save_checkpoint(&mut self, p: &std::path::Path, w: bool) -> lightning_core::Result<()> {
-            self.inner.save_checkpoint(p, w)
-        }
-        fn log_dir(&self) -> Option<std::path::PathBuf> {
-            None
-        }
-        fn default_root_dir(&self) -> std::path::PathBuf {
-            self.inner.root.clone()
-        }
-        fn train_time(&self) -> Duration {
-            Duration::ZERO
-        }
-        fn num_val_batches(&self) -> usize {
-            2
-        }
-        fn request_stop(&mut self) {
-            self.stop = true;
-        }
-    }
     type Case = (
         Json,
         fn() -> lightning_core::callbacks::EarlyStoppingBuilder,
@@ -834,24 +759,16 @@ fn early_stopping_matches_lightning() {
     let mut args = vec![];
     for (kwargs, build, values) in &cases {
         let mut es = build().build().unwrap();
-        let mut t = Stopper {
-            inner: FileTrainer {
-                epoch: 0,
-                step: 0,
-                metrics: Default::default(),
-                root: root.path().to_owned(),
-            },
-            stop: false,
-        };
+        let mut t = FileTrainer::new(root.path(), 2);
         let mut epochs = 0;
         for v in values {
-            t.inner.step += 1;
-            t.inner.metrics.insert("m".into(), f64::from(*v));
-            es.on_validation_end(&mut t).unwrap();
-            es.on_train_epoch_end(&mut t).unwrap();
+            t.io.step += 1;
+            t.metrics.insert("m".into(), f64::from(*v));
+            es.on_validation_end(&mut t.ctx()).unwrap();
+            es.on_train_epoch_end(&mut t.ctx()).unwrap();
             epochs += 1;
-            t.inner.epoch += 1;
-            if t.stop {
+            t.io.epoch += 1;
+            if t.io.stop {
                 break;
             }
         }

@@ -3,7 +3,7 @@
 mod ckpt_common;
 
 use ckpt_common::{assert_same, describe, python, PY_LIT};
-use lightning_core::checkpoint::{self, layout::Checkpoint};
+use lightning_core::checkpoint::{self, schema::Checkpoint};
 use lightning_core::{Dict, Key, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -141,7 +141,7 @@ fn lightning_checkpoint_reads_in_rust_and_our_rewrite_resumes_in_lightning() {
         Some(&Value::List(vec![Value::Float(0.005)]))
     );
     let cbs = c.callbacks.as_ref().unwrap();
-    let key = checkpoint::layout::model_checkpoint_state_key(Some("val_loss"), "min", 0, 1, None);
+    let key = checkpoint::schema::model_checkpoint_state_key(Some("val_loss"), "min", 0, 1, None);
     let mc = cbs
         .get(&Key::Str(key))
         .expect("ModelCheckpoint state under Lightning's key");

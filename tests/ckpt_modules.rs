@@ -5,7 +5,7 @@
 mod ckpt_common;
 mod trainer_util;
 
-use lightning_core::checkpoint::{self, layout::Checkpoint};
+use lightning_core::checkpoint::{self, schema::Checkpoint};
 use lightning_core::module::state_dict_to_value;
 use lightning_core::prelude::*;
 use tch::{Device, Kind, Tensor};

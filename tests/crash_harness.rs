@@ -56,8 +56,8 @@ impl Callback for Announce {
     fn state_key(&self) -> String {
         "Announce".into()
     }
-    fn on_train_batch_end(&mut self, t: &mut dyn TrainerContext) -> lightning_core::Result<()> {
-        println!("step {}", t.global_step());
+    fn on_train_batch_end(&mut self, t: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
+        println!("step {}", t.run.global_step);
         Ok(())
     }
     fn as_any(&self) -> &dyn std::any::Any {

@@ -48,11 +48,11 @@ impl Callback for Inject {
     fn state_key(&self) -> String {
         "Inject".into()
     }
-    fn on_train_batch_end(&mut self, t: &mut dyn TrainerContext) -> lightning_core::Result<()> {
-        if t.global_step() != FAULT_AT {
+    fn on_train_batch_end(&mut self, t: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
+        if t.run.global_step != FAULT_AT {
             return Ok(());
         }
-        t.wait_for_pending_saves()?;
+        t.wait_for_saves()?;
         println!("before-fault: {}", ckpt_names(&self.dir).join(","));
         match self.fault {
             Fault::ReadOnly => {

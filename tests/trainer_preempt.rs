@@ -43,10 +43,10 @@ impl lightning_core::callbacks::Callback for Announce {
     }
     fn on_train_batch_end(
         &mut self,
-        t: &mut dyn lightning_core::callbacks::TrainerContext,
+        t: &mut lightning_core::callbacks::TrainerContext<'_>,
     ) -> lightning_core::Result<()> {
         if self.0 {
-            println!("step {}", t.global_step());
+            println!("step {}", t.run.global_step);
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())

@@ -270,9 +270,9 @@ fn a_failing_step_runs_on_exception_and_keeps_earlier_checkpoints() {
         }
         fn on_exception(
             &mut self,
-            t: &mut dyn lightning_core::callbacks::TrainerContext,
+            t: &mut lightning_core::callbacks::TrainerContext<'_>,
         ) -> lightning_core::Result<()> {
-            t.save_checkpoint(&self.0, false)
+            t.save_checkpoint(&self.0, false, self)
         }
         fn as_any(&self) -> &dyn std::any::Any {
             self

@@ -1,8 +1,11 @@
 //! The crate's top-level error: one variant per concern, each wrapping that concern's own
 //! `thiserror` enum so callers can match on what they need.
 
+use crate::checkpoint::schema::SchemaError;
+use crate::checkpoint::CheckpointError;
 use crate::hparams::HparamError;
 use crate::module::StateError;
+use std::path::PathBuf;
 
 /// Any error from lightning-core.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,43 @@ pub enum Error {
     /// `configure_optimizers`).
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
+    /// The precision setting is not one Lightning knows (`"fp8"`, ...).
+    #[error(transparent)]
+    Precision(#[from] crate::precision::PrecisionError),
+    /// A checkpoint could not be written; nothing on disk was replaced or deleted.
+    #[error("saving checkpoint {}: {source}", path.display())]
+    Save {
+        /// The checkpoint's path.
+        path: PathBuf,
+        /// What went wrong (a full disk names the bytes needed).
+        #[source]
+        source: CheckpointError,
+    },
+    /// A checkpoint file could not be read (missing, corrupt, not a checkpoint).
+    #[error("loading checkpoint: {0}")]
+    Load(#[source] CheckpointError),
+    /// A checkpoint was read but the run (or module) could not be restored from it.
+    #[error("{}: {source}", path.display())]
+    Restore {
+        /// The checkpoint's path.
+        path: PathBuf,
+        /// What did not fit.
+        #[source]
+        source: RestoreError,
+    },
+    /// A training or optimizer step failed (non-finite loss backward, optimizer state).
+    #[error("{what} (epoch {epoch}, batch {batch}): {source}")]
+    Step {
+        /// What was being done (`backward of training_step's loss`, `optimizer step`, ...).
+        what: &'static str,
+        /// The epoch.
+        epoch: i64,
+        /// The batch index within the epoch.
+        batch: usize,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
     /// A libtorch call failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -39,3 +79,50 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a checkpoint could not be restored into a run or a module.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The checkpoint dict does not have Lightning's shape.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The file holds only the model: `fit` cannot resume from it.
+    #[error(
+        "cannot resume training from this checkpoint: it holds only the model (no \
+         `optimizer_states`), probably because it was saved with \
+         `ModelCheckpoint(save_weights_only=true)` or `save_checkpoint(.., weights_only=true)`"
+    )]
+    WeightsOnly,
+    /// The file has a different number of optimizers or LR schedulers than the module
+    /// configures.
+    #[error("checkpoint has {found} {what} states, the model configures {configured}")]
+    Count {
+        /// `optimizer` or `LR scheduler`.
+        what: &'static str,
+        /// How many the file has.
+        found: usize,
+        /// How many `configure_optimizers` returned.
+        configured: usize,
+    },
+    /// An optimizer, scheduler or grad scaler state did not load.
+    #[error("restoring {what}: {source}")]
+    Optim {
+        /// `the optimizer`, `LR scheduler 0`, `the grad scaler`.
+        what: String,
+        /// The cause.
+        #[source]
+        source: crate::optim::OptimError,
+    },
+    /// The module's `state_dict` did not load.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A callback's saved state did not load.
+    #[error("restoring callback {key}: {source}")]
+    Callback {
+        /// The callback's state key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
+}

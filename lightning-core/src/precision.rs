@@ -44,6 +44,21 @@ impl FromStr for Precision {
     }
 }
 
+impl TryFrom<&str> for Precision {
+    type Error = PrecisionError;
+
+    /// As [`str::parse`].
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<std::convert::Infallible> for PrecisionError {
+    fn from(e: std::convert::Infallible) -> Self {
+        match e {}
+    }
+}
+
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -314,12 +314,12 @@ impl Callback for SaveAt {
     fn state_key(&self) -> String {
         "SaveAt".into()
     }
-    fn on_train_batch_end(&mut self, t: &mut dyn TrainerContext) -> lightning_core::Result<()> {
-        if self.steps.contains(&t.global_step()) {
+    fn on_train_batch_end(&mut self, t: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
+        if self.steps.contains(&t.run.global_step) {
             let _ = std::fs::create_dir_all(&self.dir);
-            let name = self.name.replace("{step}", &t.global_step().to_string());
+            let name = self.name.replace("{step}", &t.run.global_step.to_string());
             let p = self.dir.join(name);
-            t.save_checkpoint(&p, self.weights_only)?;
+            t.save_checkpoint(&p, self.weights_only, self)?;
             self.saved.push(p);
         }
         Ok(())

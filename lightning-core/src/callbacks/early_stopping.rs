@@ -181,21 +181,21 @@ impl EarlyStopping {
         self.stopping_reason_message.as_deref()
     }
 
-    fn on_train_epoch_end_checks(&self, t: &dyn TrainerContext) -> bool {
+    fn on_train_epoch_end_checks(&self, t: &TrainerContext<'_>) -> bool {
         self.cfg.check_on_train_epoch_end.unwrap_or_else(|| {
-            !t.val_check_within_epoch() && t.check_val_every_n_epoch() == Some(1)
+            !t.run.val_check_within_epoch && t.run.check_val_every_n_epoch == Some(1)
         })
     }
 
-    fn skip(t: &dyn TrainerContext) -> bool {
-        !t.is_fitting() || t.sanity_checking()
+    fn skip(t: &TrainerContext<'_>) -> bool {
+        !t.run.is_fitting || t.run.sanity_checking
     }
 
-    fn run_check(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
-        let Some(&current) = t.callback_metrics().get(&self.cfg.monitor) else {
+    fn run_check(&mut self, t: &mut TrainerContext<'_>) -> crate::Result<()> {
+        let Some(&current) = t.run.callback_metrics.get(&self.cfg.monitor) else {
             let err = CallbackError::EarlyStoppingMetricNotFound {
                 monitor: self.cfg.monitor.clone(),
-                keys: t.callback_metrics().keys().cloned().collect(),
+                keys: t.run.callback_metrics.keys().cloned().collect(),
             };
             if self.cfg.strict {
                 return Err(err.into());
@@ -208,7 +208,7 @@ impl EarlyStopping {
         let (stop, reason) = self.evaluate(current);
         if stop {
             t.request_stop();
-            self.stopped_epoch = t.current_epoch();
+            self.stopped_epoch = t.run.current_epoch;
             self.stopping_reason_message = reason.clone();
         }
         if let (Some(r), true) = (reason, self.cfg.verbose) {
@@ -305,14 +305,14 @@ impl Callback for EarlyStopping {
         )
     }
 
-    fn on_train_epoch_end(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn on_train_epoch_end(&mut self, t: &mut TrainerContext<'_>) -> crate::Result<()> {
         if !self.on_train_epoch_end_checks(t) || Self::skip(t) {
             return Ok(());
         }
         self.run_check(t)
     }
 
-    fn on_validation_end(&mut self, t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn on_validation_end(&mut self, t: &mut TrainerContext<'_>) -> crate::Result<()> {
         if self.on_train_epoch_end_checks(t) || Self::skip(t) {
             return Ok(());
         }
@@ -407,9 +407,9 @@ mod tests {
         for (epoch, loss) in [(0, 1.0), (1, 0.5), (2, 0.6), (3, 0.7)] {
             t.epoch = epoch;
             t.metrics.insert("val_loss".into(), loss);
-            es.on_train_epoch_end(&mut t).unwrap();
+            es.on_train_epoch_end(&mut t.ctx()).unwrap();
         }
-        assert!(t.stop_requested);
+        assert!(t.io.stop_requested);
         assert_eq!(es.stopped_epoch(), 3);
         assert_eq!(es.best_score(), 0.5);
         assert_eq!(es.stopping_reason(), StoppingReason::PatienceExhausted);
@@ -433,13 +433,13 @@ mod tests {
         let mut t = FakeTrainer::new(std::path::Path::new("/nonexistent"));
         for acc in [0.5, 0.55, 0.7] {
             t.metrics.insert("acc".into(), acc);
-            es.on_train_epoch_end(&mut t).unwrap();
+            es.on_train_epoch_end(&mut t.ctx()).unwrap();
         }
         // 0.55 is not > 0.5 + 0.1: one wait; 0.7 is: reset
         assert_eq!(es.wait_count(), 0);
         assert_eq!(es.best_score(), 0.7);
         t.metrics.insert("acc".into(), 0.75);
-        es.on_train_epoch_end(&mut t).unwrap();
+        es.on_train_epoch_end(&mut t.ctx()).unwrap();
         assert_eq!(es.wait_count(), 1);
         let mut other = EarlyStopping::builder("acc")
             .mode(Mode::Max)
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(other.wait_count(), 1);
         assert_eq!(other.best_score(), 0.7);
         assert_eq!(other.cfg.patience, 5);
-        assert!(!t.stop_requested);
+        assert!(!t.io.stop_requested);
     }
 
     #[test]
@@ -457,15 +457,15 @@ mod tests {
         let mut es = EarlyStopping::builder("val_loss").build().unwrap();
         let mut t = FakeTrainer::new(std::path::Path::new("/nonexistent"));
         t.metrics.insert("train_loss".into(), 1.0);
-        let e = es.on_train_epoch_end(&mut t).unwrap_err().to_string();
+        let e = es.on_train_epoch_end(&mut t.ctx()).unwrap_err().to_string();
         assert_eq!(
             e,
             "Early stopping conditioned on metric `val_loss` which is not available. Pass in or \
              modify your `EarlyStopping` callback to use any of the following: `train_loss`"
         );
         t.metrics.insert("val_loss".into(), f64::NAN);
-        es.on_train_epoch_end(&mut t).unwrap();
-        assert!(t.stop_requested);
+        es.on_train_epoch_end(&mut t.ctx()).unwrap();
+        assert!(t.io.stop_requested);
         assert_eq!(es.stopping_reason(), StoppingReason::NonFiniteMetric);
     }
 }

@@ -1,9 +1,11 @@
 //! Callbacks: hooks the trainer calls, with state saved in the checkpoint under
 //! [`Callback::state_key`] (Lightning's `callbacks` dict).
 //!
-//! API contract between the trainer and callbacks such as `ModelCheckpoint`: the trainer
-//! implements [`TrainerContext`]; callbacks see the run only through it, so they can be tested
-//! with a fake context. Both sides may add methods with default bodies.
+//! The contract between the trainer and callbacks: every hook gets a [`TrainerContext`], which
+//! is a read-only view of the run ([`RunInfo`]) plus a handle on the trainer
+//! ([`TrainerHandle`]: save a checkpoint, act once saves are durable, ask to stop). Callbacks
+//! see the run only through it, so they can be tested with a fake handle and a hand-made
+//! [`RunInfo`].
 
 mod early_stopping;
 mod model_checkpoint;
@@ -20,85 +22,162 @@ use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// What a callback can see of, and ask of, the running trainer.
-pub trait TrainerContext {
+/// What a callback can see of the running trainer, as of the hook being called.
+#[derive(Clone, Copy, Debug)]
+pub struct RunInfo<'a> {
     /// The current epoch (0-based).
-    fn current_epoch(&self) -> i64;
+    pub current_epoch: i64,
     /// Optimizer steps taken so far.
-    fn global_step(&self) -> i64;
-    /// Metrics logged so far in this epoch/step (name -> value), as Lightning's `callback_metrics`.
-    fn callback_metrics(&self) -> &IndexMap<String, f64>;
-    /// Saves a checkpoint of the whole run (or the weights only) to `path`.
-    fn save_checkpoint(&mut self, path: &Path, weights_only: bool) -> crate::Result<()>;
+    pub global_step: i64,
+    /// Metrics logged so far in this epoch/step (name -> value), as Lightning's
+    /// `callback_metrics`.
+    pub callback_metrics: &'a IndexMap<String, f64>,
     /// The log directory of this run (`<root>/lightning_logs/version_N`), if a logger is on.
-    fn log_dir(&self) -> Option<PathBuf>;
+    pub log_dir: Option<&'a Path>,
     /// The trainer's `default_root_dir`.
-    fn default_root_dir(&self) -> PathBuf;
+    pub default_root_dir: &'a Path,
     /// Whether this process is rank 0 (the only one that writes or deletes files).
-    fn is_global_zero(&self) -> bool {
-        true
-    }
+    pub is_global_zero: bool,
     /// The checkpoint this run resumed from, never to be deleted.
-    fn resumed_from(&self) -> Option<PathBuf> {
-        None
-    }
+    pub resumed_from: Option<&'a Path>,
     /// Wall time spent training so far (for `train_time_interval`).
-    fn train_time(&self) -> Duration;
+    pub train_time: Duration,
     /// Whether the sanity-check validation is running (callbacks save nothing then).
-    fn sanity_checking(&self) -> bool {
-        false
-    }
+    pub sanity_checking: bool,
     /// Whether this batch is the last of the epoch.
-    fn is_last_batch(&self) -> bool {
-        false
-    }
+    pub is_last_batch: bool,
     /// Whether the trainer is running `fit` (callbacks save nothing in validate/test/predict).
-    fn is_fitting(&self) -> bool {
-        true
-    }
+    pub is_fitting: bool,
     /// Validation batches per validation run (Lightning's `num_val_batches`); 0 means no
     /// validation, so checkpoints are taken at train-epoch end.
-    fn num_val_batches(&self) -> usize {
-        0
-    }
+    pub num_val_batches: usize,
     /// Lightning's `check_val_every_n_epoch` (`None`: validation is scheduled by steps only).
-    fn check_val_every_n_epoch(&self) -> Option<i64> {
-        Some(1)
-    }
+    pub check_val_every_n_epoch: Option<i64>,
     /// Whether validation runs inside the epoch rather than once at its end
-    /// (Lightning's `val_check_interval != 1.0`, or a time-based interval).
-    fn val_check_within_epoch(&self) -> bool {
-        false
-    }
+    /// (Lightning's `val_check_interval != 1.0`).
+    pub val_check_within_epoch: bool,
     /// Whether a validation run has completed in this `fit` (Lightning's `val_loop._has_run`):
     /// a monitored key missing after that is an error, before it only a warning.
-    fn validation_ran(&self) -> bool {
-        true
+    pub validation_ran: bool,
+}
+
+impl<'a> RunInfo<'a> {
+    /// A run at epoch 0, step 0, fitting on rank 0 with the given metrics and root directory
+    /// and everything else off (for tests and fake trainers; set the fields you need).
+    pub fn new(callback_metrics: &'a IndexMap<String, f64>, default_root_dir: &'a Path) -> Self {
+        RunInfo {
+            current_epoch: 0,
+            global_step: 0,
+            callback_metrics,
+            log_dir: None,
+            default_root_dir,
+            is_global_zero: true,
+            resumed_from: None,
+            train_time: Duration::ZERO,
+            sanity_checking: false,
+            is_last_batch: false,
+            is_fitting: true,
+            num_val_batches: 0,
+            check_val_every_n_epoch: Some(1),
+            val_check_within_epoch: false,
+            validation_ran: true,
+        }
+    }
+}
+
+/// Something to do once a checkpoint file is durable on disk (never when its save failed, so
+/// an older file is only replaced by a complete newer one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterSave {
+    /// Delete this older checkpoint (a file, a link, or a directory); a missing one is fine
+    /// and a failure is only logged.
+    Remove(PathBuf),
+    /// Point `link` at `target` with a relative symlink, or, where links cannot be made, with
+    /// a durable atomic copy; `link` never disappears in between.
+    Link {
+        /// The checkpoint to point at.
+        target: PathBuf,
+        /// The link to (re)create, e.g. `last.ckpt`.
+        link: PathBuf,
+    },
+}
+
+impl AfterSave {
+    /// Carries the action out now.
+    pub fn apply(&self) -> Result<(), CallbackError> {
+        match self {
+            AfterSave::Remove(path) => {
+                model_checkpoint::remove_checkpoint(path);
+                Ok(())
+            }
+            AfterSave::Link { target, link } => model_checkpoint::link_checkpoint(target, link),
+        }
+    }
+}
+
+/// What a callback can ask of the trainer: the trainer implements it, tests fake it.
+pub trait TrainerHandle {
+    /// Writes a checkpoint of the whole run (or the weights only) to `path`, creating its
+    /// folder; the file's `callbacks` dict holds `caller`'s state as of now (and every other
+    /// callback's). With async checkpointing it returns once a snapshot is taken.
+    fn save_checkpoint(
+        &mut self,
+        path: &Path,
+        weights_only: bool,
+        caller: &dyn Callback,
+    ) -> crate::Result<()>;
+    /// Runs `action` once every checkpoint save requested so far is durable: at once when
+    /// none is in flight, else when the background write finishes (dropped if it fails).
+    fn when_durable(&mut self, action: AfterSave) -> crate::Result<()>;
+    /// Blocks until every checkpoint save requested so far is durable, and returns the
+    /// error of one that failed (for a callback that reads or ships the file it saved). A
+    /// handle whose saves are synchronous has nothing to wait for.
+    fn wait_for_saves(&mut self) -> crate::Result<()> {
+        Ok(())
     }
     /// Asks the trainer to stop at the next opportunity (Lightning's `trainer.should_stop = True`).
-    fn request_stop(&mut self) {}
-    /// Saves a checkpoint from inside `caller`'s hook, with `caller`'s current state in the
-    /// file's `callbacks` dict (a callback is mutably borrowed while its hook runs, so the
-    /// trainer cannot read its state itself; plain `save_checkpoint` writes the state the
-    /// caller had before the hook).
-    fn save_checkpoint_from(
+    fn request_stop(&mut self);
+}
+
+/// What every hook receives: the run as of now, and a handle on the trainer.
+pub struct TrainerContext<'a> {
+    /// What the callback can see of the run.
+    pub run: RunInfo<'a>,
+    handle: &'a mut dyn TrainerHandle,
+}
+
+impl<'a> TrainerContext<'a> {
+    /// A context over `run` and `handle` (the trainer builds one per hook; tests build theirs).
+    pub fn new(run: RunInfo<'a>, handle: &'a mut dyn TrainerHandle) -> Self {
+        TrainerContext { run, handle }
+    }
+
+    /// Saves a checkpoint with `caller`'s current state in it (see
+    /// [`TrainerHandle::save_checkpoint`]).
+    pub fn save_checkpoint(
         &mut self,
         path: &Path,
         weights_only: bool,
         caller: &dyn Callback,
     ) -> crate::Result<()> {
-        let _ = caller;
-        self.save_checkpoint(path, weights_only)
+        self.handle.save_checkpoint(path, weights_only, caller)
     }
-    /// Waits until every checkpoint save in flight (async checkpointing) is durable, and
-    /// returns its error if one failed. Call before deleting a file a newer save replaces.
-    fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
-        Ok(())
+
+    /// Runs `action` once every save requested so far is durable (see
+    /// [`TrainerHandle::when_durable`]).
+    pub fn when_durable(&mut self, action: AfterSave) -> crate::Result<()> {
+        self.handle.when_durable(action)
     }
-    /// Whether a background (async) save is still being written. Callbacks use it to defer
-    /// work that must follow the save (deleting the files it replaces) without blocking.
-    fn save_in_flight(&self) -> bool {
-        false
+
+    /// Blocks until every save requested so far is durable (see
+    /// [`TrainerHandle::wait_for_saves`]).
+    pub fn wait_for_saves(&mut self) -> crate::Result<()> {
+        self.handle.wait_for_saves()
+    }
+
+    /// Asks the trainer to stop at the next opportunity.
+    pub fn request_stop(&mut self) {
+        self.handle.request_stop();
     }
 }
 
@@ -108,32 +187,32 @@ pub trait Callback: Send + Any {
     fn state_key(&self) -> String;
     /// Called at the start of `fit`/`validate`/`test`, before a checkpoint's state is restored
     /// into the callbacks (Lightning's `setup`): resolve directories here.
-    fn setup(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn setup(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// Called once before training starts (after a resume has restored state).
-    fn on_fit_start(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn on_fit_start(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// Called after every training batch's optimizer step.
-    fn on_train_batch_end(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn on_train_batch_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
-    /// Called at the end of every training epoch (before its validation? no: after the
-    /// epoch's last batch and its validation, as Lightning 2.x's `on_train_epoch_end`).
-    fn on_train_epoch_end(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+    /// Called at the end of every training epoch, after the epoch's last batch and its
+    /// validation (Lightning 2.x's `on_train_epoch_end`).
+    fn on_train_epoch_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// Called after every validation run.
-    fn on_validation_end(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn on_validation_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// Called when training raised an error (for `save_on_exception`).
-    fn on_exception(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn on_exception(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// Called once when `fit` ends normally.
-    fn on_fit_end(&mut self, _t: &mut dyn TrainerContext) -> crate::Result<()> {
+    fn on_fit_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// State saved in the checkpoint.
@@ -216,6 +295,9 @@ pub enum CallbackError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a checkpoint file (the copy standing in for a `last` link) failed.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// A saved callback state has a missing or mistyped entry.
     #[error("callback state {state_key}: key {key:?}: {msg}")]
     State {

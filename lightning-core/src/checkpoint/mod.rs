@@ -10,7 +10,7 @@
 //! `LightningModule.load_from_checkpoint`; files written by `torch.save` / Lightning load here.
 //!
 //! ```
-//! use lightning_core::checkpoint::{self, layout::LIGHTNING_VERSION};
+//! use lightning_core::checkpoint::{self, schema::LIGHTNING_VERSION};
 //! use lightning_core::{Dict, Value};
 //! use tch::{Device, Kind, Tensor};
 //!
@@ -29,10 +29,10 @@
 //! # Ok::<(), checkpoint::CheckpointError>(())
 //! ```
 
-pub mod layout;
 pub mod pickle_read;
 pub mod pickle_write;
 pub mod safetensors;
+pub mod schema;
 pub mod tensor_io;
 pub mod zip_io;
 
@@ -319,6 +319,18 @@ pub fn save_with(path: &Path, ckpt: &Value, opts: &SaveOptions) -> Result<(), Ch
     write_atomically(path, prepared.needed, opts.durable, |w| {
         write_archive(w, &prepared).map(|(_, len)| len)
     })
+}
+
+/// Copies the file `from` to `to` atomically and durably (temporary file, fsync, rename,
+/// directory fsync), as every checkpoint is written: `to` is either its old self or a
+/// complete copy.
+pub fn copy_atomically(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    let mut src = File::open(from).map_err(|e| CheckpointError::io(from, e))?;
+    let len = src
+        .metadata()
+        .map_err(|e| CheckpointError::io(from, e))?
+        .len();
+    write_atomically(to, len, true, |w| std::io::copy(&mut src, w))
 }
 
 /// Writes a file atomically: `write` fills a temporary file in `path`'s directory (through a

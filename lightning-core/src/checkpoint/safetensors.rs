@@ -2,7 +2,7 @@
 //! `hyper_parameters` (plus `hparams_name`, `epoch`, `global_step`, the Lightning version and
 //! the original key order) as JSON strings in `__metadata__`.
 
-use super::layout::LIGHTNING_VERSION;
+use super::schema::LIGHTNING_VERSION;
 use super::{write_atomically, CheckpointError};
 use crate::value::{Dict, Key, Value};
 use ::safetensors::tensor::{Dtype, SafeTensors, View};

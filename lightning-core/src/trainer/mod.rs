@@ -12,29 +12,42 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - `loops`: the loop itself (one screen), with the hooks around it;
-//! - [`restore`]: the checkpoint dict (Lightning 2.6 layout) and restoring from it;
+//! - `config`: the settings and their builder;
+//! - `fit`: the training loop (epochs, the per-batch step, the end of an epoch, resume);
+//! - `evaluation`: validation (also inside `fit`), test, and the sanity check; `predict`;
+//! - `state`: the run's progress and its checkpoint views (Lightning's `loops`, our resume
+//!   entry);
+//! - `hooks`: calling callbacks, and the handle through which they save checkpoints;
+//! - `saver`: synchronous and background (async) checkpoint writes, and what runs once a
+//!   write is durable;
 //! - `logger`: metrics, `metrics.csv` and `hparams.yaml`; `progress`: the progress bar;
-//! - `saver`: synchronous and background (async) checkpoint writes;
 //! - `preempt`: SIGTERM/SIGUSR1 handling (finish the step, save, stop).
 
+mod config;
+mod evaluation;
+mod fit;
+mod hooks;
 mod logger;
-mod loops;
+mod predict;
 mod preempt;
 mod progress;
-pub mod restore;
 mod saver;
+mod state;
 
-use crate::callbacks::{Callback, TrainerContext};
+pub use crate::checkpoint::schema::{LIGHTNING_VERSION, RESUME_KEY};
+pub use config::{ClipAlgorithm, Limit, SaveErrorPolicy, TrainerBuilder, TrainerConfig};
+
+use crate::callbacks::Callback;
+use crate::checkpoint::schema::Checkpoint;
 use crate::error::{Error, Result};
+use crate::hparams::Hyperparameters;
 use crate::lightning_module::{LightningModule, OptimizerConfig};
-use crate::precision::{GradScaler, Precision};
+use crate::module::state_dict_to_value;
+use crate::value::{Dict, Key};
 use indexmap::IndexMap;
+use state::RunState;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use tch::{Device, Tensor};
-
-pub use restore::{RESUME_KEY, VERSION};
+use tch::Tensor;
 
 /// Which checkpoint `fit` resumes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,295 +78,29 @@ impl<P: AsRef<Path>> From<P> for CkptPath {
     }
 }
 
-/// How many batches of a loader to use: all, a count, or a fraction.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Limit {
-    /// Every batch.
-    All,
-    /// At most this many batches.
-    Batches(usize),
-    /// This fraction of the batches (rounded down, at least 1 when > 0).
-    Fraction(f64),
-}
-
-impl Limit {
-    /// The number of batches to use out of `n`.
-    pub fn apply(self, n: usize) -> usize {
-        match self {
-            Limit::All => n,
-            Limit::Batches(b) => b.min(n),
-            Limit::Fraction(f) if f <= 0.0 => 0,
-            Limit::Fraction(f) => ((n as f64 * f.min(1.0)) as usize).max(1).min(n),
-        }
-    }
-}
-
-impl From<usize> for Limit {
-    fn from(n: usize) -> Self {
-        Limit::Batches(n)
-    }
-}
-impl From<f64> for Limit {
-    fn from(f: f64) -> Self {
-        if f >= 1.0 {
-            Limit::All
-        } else {
-            Limit::Fraction(f)
-        }
-    }
-}
-
-/// Gradient clipping by total norm or by value (`gradient_clip_algorithm`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ClipAlgorithm {
-    /// Scale all gradients so their total 2-norm is at most the clip value.
-    #[default]
-    Norm,
-    /// Clamp every gradient element to `[-v, v]`.
-    Value,
-}
-
-/// The trainer's settings (see [`TrainerBuilder`] for each one's meaning and default).
-#[derive(Clone, Debug)]
-pub struct TrainerConfig {
-    pub max_epochs: Option<i64>,
-    pub max_steps: i64,
-    pub default_root_dir: PathBuf,
-    pub enable_checkpointing: bool,
-    pub val_check_interval: Option<Limit>,
-    pub check_val_every_n_epoch: usize,
-    pub limit_train_batches: Limit,
-    pub limit_val_batches: Limit,
-    pub limit_test_batches: Limit,
-    pub limit_predict_batches: Limit,
-    pub num_sanity_val_steps: usize,
-    pub gradient_clip_val: Option<f64>,
-    pub gradient_clip_algorithm: ClipAlgorithm,
-    pub accumulate_grad_batches: usize,
-    pub precision: String,
-    pub seed: Option<u64>,
-    pub device: Device,
-    pub enable_progress_bar: bool,
-    pub logger: bool,
-    pub log_every_n_steps: usize,
-    pub async_checkpointing: bool,
-    pub handle_signals: bool,
-    pub on_save_error: SaveErrorPolicy,
-}
-
-/// What the trainer does when writing a checkpoint fails (disk full, file too large,
-/// unwritable directory). Either way the failed file never appears under its final name
-/// and older checkpoints are kept (the checkpoint callback's bookkeeping is not updated).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SaveErrorPolicy {
-    /// Stop training and return the error from `fit` (the default).
-    #[default]
-    Stop,
-    /// Log a warning and keep training (the next save tries again).
-    WarnAndContinue,
-}
-
-impl Default for TrainerConfig {
-    fn default() -> Self {
-        TrainerConfig {
-            max_epochs: None,
-            max_steps: -1,
-            default_root_dir: PathBuf::from("."),
-            enable_checkpointing: true,
-            val_check_interval: None,
-            check_val_every_n_epoch: 1,
-            limit_train_batches: Limit::All,
-            limit_val_batches: Limit::All,
-            limit_test_batches: Limit::All,
-            limit_predict_batches: Limit::All,
-            num_sanity_val_steps: 2,
-            gradient_clip_val: None,
-            gradient_clip_algorithm: ClipAlgorithm::Norm,
-            accumulate_grad_batches: 1,
-            precision: "32-true".into(),
-            seed: None,
-            device: Device::Cpu,
-            enable_progress_bar: true,
-            logger: true,
-            log_every_n_steps: 50,
-            async_checkpointing: false,
-            handle_signals: true,
-            on_save_error: SaveErrorPolicy::Stop,
-        }
-    }
-}
-
-/// Builds a [`Trainer`]; every setting has Lightning's default.
-#[derive(Default)]
-pub struct TrainerBuilder {
-    cfg: TrainerConfig,
-    callbacks: Vec<Box<dyn Callback>>,
-}
-
-macro_rules! setter {
-    ($(#[$doc:meta])* $name:ident: $ty:ty => $field:ident = $conv:expr) => {
-        $(#[$doc])*
-        pub fn $name(mut self, v: $ty) -> Self {
-            #[allow(clippy::redundant_closure_call)]
-            {
-                self.cfg.$field = ($conv)(v);
-            }
-            self
-        }
-    };
-}
-
-impl TrainerBuilder {
-    setter!(/// Stop after this many epochs (default 1000 when `max_steps` is also unset; -1: no limit).
-        max_epochs: i64 => max_epochs = Some);
-    setter!(/// Stop after this many optimizer steps (-1: no limit, the default).
-        max_steps: i64 => max_steps = |v| v);
-    setter!(/// Whether to checkpoint automatically (a default `ModelCheckpoint` when none is given);
-        /// `false` writes no checkpoint files.
-        enable_checkpointing: bool => enable_checkpointing = |v| v);
-    setter!(/// Validate within the epoch: every `n` training batches (`10usize`) or every
-        /// fraction of the epoch (`0.25`); default once at the end of each epoch (`1.0`).
-        val_check_interval: impl Into<Limit> => val_check_interval = |v| Some(Into::<Limit>::into(v)));
-    setter!(/// Validate every this many epochs (default 1).
-        check_val_every_n_epoch: usize => check_val_every_n_epoch = |v: usize| v.max(1));
-    setter!(/// Use only part of the training batches per epoch.
-        limit_train_batches: impl Into<Limit> => limit_train_batches = Into::into);
-    setter!(/// Use only part of the validation batches.
-        limit_val_batches: impl Into<Limit> => limit_val_batches = Into::into);
-    setter!(/// Use only part of the test batches.
-        limit_test_batches: impl Into<Limit> => limit_test_batches = Into::into);
-    setter!(/// Use only part of the predict batches.
-        limit_predict_batches: impl Into<Limit> => limit_predict_batches = Into::into);
-    setter!(/// Validation batches run before training as a sanity check (default 2).
-        num_sanity_val_steps: usize => num_sanity_val_steps = |v| v);
-    setter!(/// Clip gradients (by total norm unless `gradient_clip_algorithm(Value)`).
-        gradient_clip_val: f64 => gradient_clip_val = Some);
-    setter!(/// How `gradient_clip_val` clips.
-        gradient_clip_algorithm: ClipAlgorithm => gradient_clip_algorithm = |v| v);
-    setter!(/// Accumulate gradients over this many batches per optimizer step (default 1).
-        accumulate_grad_batches: usize => accumulate_grad_batches = |v: usize| v.max(1));
-    setter!(/// `"32-true"` (default), `"16-mixed"` or `"bf16-mixed"`.
-        precision: &str => precision = |v: &str| v.to_owned());
-    setter!(/// Seed for weights-independent randomness: shuffling and per-step RNG (dropout).
-        /// Without one a random seed is drawn and saved in checkpoints.
-        seed: u64 => seed = Some);
-    setter!(/// The device to train on (default CPU).
-        device: Device => device = |v| v);
-    setter!(/// Show a progress bar (only when stdout is a terminal; default on).
-        enable_progress_bar: bool => enable_progress_bar = |v| v);
-    setter!(/// Write `metrics.csv` and `hparams.yaml` to `lightning_logs/version_N` (default on).
-        logger: bool => logger = |v| v);
-    setter!(/// Write training-step metrics every this many steps (default 50).
-        log_every_n_steps: usize => log_every_n_steps = |v: usize| v.max(1));
-    setter!(/// Write checkpoints in the background after a host-memory snapshot (default off).
-        async_checkpointing: bool => async_checkpointing = |v| v);
-    setter!(/// What to do when a checkpoint cannot be written (default: stop with the error).
-        on_save_error: SaveErrorPolicy => on_save_error = |v| v);
-    setter!(/// On SIGTERM/SIGUSR1: finish the step, save `last.ckpt`, stop (default on).
-        handle_signals: bool => handle_signals = |v| v);
-
-    /// Where logs and default checkpoints go (default: the current directory).
-    pub fn default_root_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.cfg.default_root_dir = dir.as_ref().to_owned();
-        self
-    }
-
-    /// Adds a callback (hooks run in the order added).
-    pub fn callback(mut self, cb: impl Callback) -> Self {
-        self.callbacks.push(Box::new(cb));
-        self
-    }
-
-    /// Adds a boxed callback.
-    pub fn boxed_callback(mut self, cb: Box<dyn Callback>) -> Self {
-        self.callbacks.push(cb);
-        self
-    }
-
-    /// Checks the settings and builds the trainer.
-    pub fn build(self) -> Result<Trainer> {
-        let cfg = self.cfg;
-        let precision: Precision = cfg
-            .precision
-            .parse()
-            .map_err(|e: crate::precision::PrecisionError| Error::Msg(e.to_string()))?;
-        if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
-            return Err(Error::Msg(format!(
-                "gradient_clip_val must be >= 0, got {:?}",
-                cfg.gradient_clip_val
-            )));
-        }
-        if cfg.max_steps < -1 || cfg.max_epochs.is_some_and(|e| e < -1) {
-            return Err(Error::Msg("max_epochs and max_steps must be >= -1".into()));
-        }
-        Ok(Trainer {
-            precision,
-            cfg,
-            callbacks: self.callbacks,
-            run: RunState::default(),
-            saver: saver::Saver::default(),
-            optim: None,
-            logger: None,
-            cb_states: Vec::new(),
-        })
-    }
-}
-
-/// Progress of the run: what the loop state dict saves and a resume restores.
-#[derive(Default)]
-pub(crate) struct RunState {
-    pub epoch: i64,
-    pub global_step: i64,
-    /// Training batches of `epoch` already run.
-    pub batches_consumed: usize,
-    /// How far the end-of-epoch sequence of `epoch` got (see [`loops::EpochEnd`]).
-    pub epoch_end: u8,
-    /// Training batches run in total.
-    pub total_batches: i64,
-    pub val_batches: i64,
-    pub seed: u64,
-    pub metrics: logger::MetricStore,
-    pub train_time_before: Duration,
-    pub train_started: Option<Instant>,
-    pub sanity_checking: bool,
-    pub is_last_batch: bool,
-    pub resumed_from: Option<PathBuf>,
-    /// Whether `fit` (not validate/test/predict) is running.
-    pub fitting: bool,
-    /// Validation batches per validation run in this `fit`.
-    pub num_val_batches: usize,
-    /// Whether a validation run completed in this `fit`.
-    pub val_ran: bool,
-    /// Validate after every this many training batches inside an epoch (`val_check_interval`).
-    pub val_every: Option<usize>,
-    pub should_stop: bool,
-    /// The gradient scaler of `16-mixed`.
-    pub scaler: Option<GradScaler>,
-    pub preempted: bool,
-}
-
-impl RunState {
-    fn train_time(&self) -> Duration {
-        self.train_time_before + self.train_started.map_or(Duration::ZERO, |t| t.elapsed())
-    }
-}
-
 /// Lightning's `Trainer`. Build it with [`Trainer::builder`].
 pub struct Trainer {
     cfg: TrainerConfig,
-    precision: Precision,
     callbacks: Vec<Box<dyn Callback>>,
     run: RunState,
     saver: saver::Saver,
     /// The optimizer and schedulers of the last `fit` (kept for `save_checkpoint`).
     optim: Option<OptimizerConfig>,
     logger: Option<logger::CsvLogger>,
-    /// The callbacks' states as of their last hook (what a checkpoint saved from another
-    /// callback's hook records for them).
-    cb_states: Vec<(String, crate::value::Value)>,
 }
 
 impl Trainer {
+    fn new(cfg: TrainerConfig, callbacks: Vec<Box<dyn Callback>>) -> Self {
+        Trainer {
+            cfg,
+            callbacks,
+            run: RunState::default(),
+            saver: saver::Saver::default(),
+            optim: None,
+            logger: None,
+        }
+    }
+
     /// A builder with Lightning's defaults.
     pub fn builder() -> TrainerBuilder {
         TrainerBuilder::default()
@@ -417,109 +164,60 @@ impl Trainer {
         path: impl AsRef<Path>,
         weights_only: bool,
     ) -> Result<()> {
-        let states: Vec<(String, crate::value::Value)> = self
+        let states = self
             .callbacks
             .iter()
-            .map(|c| (c.state_key(), c.state_dict()))
-            .collect();
-        let ckpt = restore::dump(model, self.optim.as_ref(), &states, &self.run, weights_only);
+            .map(|c| (c.state_key(), c.state_dict()));
+        let ckpt = checkpoint_of(model, self.optim.as_ref(), states, &self.run, weights_only);
         self.saver.save(path.as_ref(), ckpt)?;
         self.saver.wait()
     }
 }
 
-/// What callbacks see during `fit`: the trainer's parts except the callback being called.
-pub(crate) struct Ctx<'a, M: LightningModule> {
-    pub model: &'a M,
-    pub optim: Option<&'a OptimizerConfig>,
-    pub run: &'a RunState,
-    pub cfg: &'a TrainerConfig,
-    pub saver: &'a mut saver::Saver,
-    pub log_dir: Option<PathBuf>,
-    /// States of every callback in order; the caller's slot holds its pre-hook state.
-    pub states: &'a mut Vec<(String, crate::value::Value)>,
-    pub caller: usize,
-    /// Set by [`TrainerContext::request_stop`]; the trainer stops after the hook.
-    pub stop_requested: bool,
+/// The checkpoint of `model` and the run, in Lightning's layout, then the module's
+/// `on_save_checkpoint` extras.
+pub(crate) fn checkpoint_of<M: LightningModule>(
+    model: &M,
+    optim: Option<&OptimizerConfig>,
+    callback_states: impl Iterator<Item = (String, crate::value::Value)>,
+    run: &RunState,
+    weights_only: bool,
+) -> crate::value::Value {
+    let hp = model.hparams().to_value();
+    let hyper_parameters = hp.as_dict().filter(|d| !d.is_empty()).cloned();
+    let mut ckpt = Checkpoint {
+        epoch: run.epoch,
+        global_step: run.global_step,
+        state_dict: match state_dict_to_value(&model.state_dict()) {
+            crate::value::Value::OrderedDict(d) | crate::value::Value::Dict(d) => d,
+            _ => Dict::new(),
+        },
+        loops: Some(run.loops()),
+        hparams_name: hyper_parameters.as_ref().map(|_| "kwargs".to_owned()),
+        hyper_parameters,
+        resume: Some(run.resume_state()),
+        ..Checkpoint::default()
+    };
+    if !weights_only {
+        ckpt.callbacks = Some(callback_states.map(|(k, s)| (Key::Str(k), s)).collect());
+        ckpt.optimizer_states = Some(optim.map_or(vec![], |o| vec![o.optimizer.state_dict()]));
+        ckpt.lr_schedulers = Some(optim.map_or(vec![], |o| {
+            o.schedulers
+                .iter()
+                .map(|s| s.scheduler.state_dict())
+                .collect()
+        }));
+        ckpt.precision = run.scaler.as_ref().map(|s| s.state_dict());
+    }
+    let mut value = ckpt.to_value();
+    model.on_save_checkpoint(&mut value);
+    value
 }
 
-impl<M: LightningModule> Ctx<'_, M> {
-    fn save(&mut self, path: &Path, weights_only: bool) -> Result<()> {
-        let ckpt = restore::dump(self.model, self.optim, self.states, self.run, weights_only);
-        self.saver.save(path, ckpt)
-    }
+fn warn(msg: &str) {
+    tracing::warn!("{msg}");
+    eprintln!("warning: {msg}");
 }
-
-impl<M: LightningModule> TrainerContext for Ctx<'_, M> {
-    fn current_epoch(&self) -> i64 {
-        self.run.epoch
-    }
-    fn global_step(&self) -> i64 {
-        self.run.global_step
-    }
-    fn callback_metrics(&self) -> &IndexMap<String, f64> {
-        &self.run.metrics.callback_metrics
-    }
-    fn save_checkpoint(&mut self, path: &Path, weights_only: bool) -> Result<()> {
-        self.save(path, weights_only)
-    }
-    fn save_checkpoint_from(
-        &mut self,
-        path: &Path,
-        weights_only: bool,
-        caller: &dyn Callback,
-    ) -> Result<()> {
-        if let Some(slot) = self.states.get_mut(self.caller) {
-            *slot = (caller.state_key(), caller.state_dict());
-        }
-        self.save(path, weights_only)
-    }
-    fn wait_for_pending_saves(&mut self) -> Result<()> {
-        self.saver.wait()
-    }
-    fn save_in_flight(&self) -> bool {
-        self.saver.in_flight()
-    }
-    fn log_dir(&self) -> Option<PathBuf> {
-        self.log_dir.clone()
-    }
-    fn default_root_dir(&self) -> PathBuf {
-        self.cfg.default_root_dir.clone()
-    }
-    fn resumed_from(&self) -> Option<PathBuf> {
-        self.run.resumed_from.clone()
-    }
-    fn train_time(&self) -> Duration {
-        self.run.train_time()
-    }
-    fn sanity_checking(&self) -> bool {
-        self.run.sanity_checking
-    }
-    fn is_last_batch(&self) -> bool {
-        self.run.is_last_batch
-    }
-    fn is_fitting(&self) -> bool {
-        self.run.fitting
-    }
-    fn num_val_batches(&self) -> usize {
-        self.run.num_val_batches
-    }
-    fn check_val_every_n_epoch(&self) -> Option<i64> {
-        Some(self.cfg.check_val_every_n_epoch as i64)
-    }
-    fn val_check_within_epoch(&self) -> bool {
-        self.run.val_every.is_some()
-    }
-    fn validation_ran(&self) -> bool {
-        self.run.val_ran
-    }
-    fn request_stop(&mut self) {
-        self.stop_requested = true;
-    }
-}
-
-/// A callback hook, as a function of the callback and the context.
-pub(crate) type Hook = fn(&mut dyn Callback, &mut dyn TrainerContext) -> Result<()>;
 
 /// Clips the gradients of `params` as `torch.nn.utils.clip_grad_{norm,value}_`.
 pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm) -> Result<()> {

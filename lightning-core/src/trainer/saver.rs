@@ -6,7 +6,12 @@
 //! one waits for it (the wait is logged). A failed background save is reported by the next
 //! call into the saver ([`Saver::poll`] every step) and by [`Saver::finish`] at the end of
 //! `fit`, which returns only once every pending save is durable.
+//!
+//! What must follow a save ([`AfterSave`]: deleting the file it replaced, pointing `last` at
+//! it) is handed to the saver with [`Saver::when_durable`] and runs once the file is durable,
+//! never when its write failed.
 
+use crate::callbacks::AfterSave;
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::value::Value;
@@ -15,7 +20,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{Device, Tensor};
 
-type Pending = (PathBuf, JoinHandle<Result<(), checkpoint::CheckpointError>>);
+/// A background write and what follows it.
+struct Pending {
+    path: PathBuf,
+    handle: JoinHandle<Result<(), checkpoint::CheckpointError>>,
+    then: Vec<AfterSave>,
+}
 
 /// Writes checkpoints for the trainer.
 #[derive(Default)]
@@ -35,8 +45,18 @@ impl Saver {
         }
     }
 
-    /// Saves `ckpt` to `path`: directly, or (async) after a consistent snapshot.
+    /// Saves `ckpt` to `path` (creating its folder): directly, or (async) after a consistent
+    /// snapshot.
     pub fn save(&mut self, path: &Path, ckpt: Value) -> Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Err(source) = std::fs::create_dir_all(parent) {
+                self.failures += 1;
+                return Err(save_err(path)(checkpoint::CheckpointError::Io {
+                    path: parent.to_owned(),
+                    source,
+                }));
+            }
+        }
         if !self.asynchronous {
             let r = checkpoint::save(path, &ckpt).map_err(save_err(path));
             self.failures += usize::from(r.is_err());
@@ -60,18 +80,32 @@ impl Saver {
                 context: format!("starting the checkpoint writer for {}", path.display()),
                 source: e,
             })?;
-        self.pending = Some((path.to_owned(), handle));
+        self.pending = Some(Pending {
+            path: path.to_owned(),
+            handle,
+            then: vec![],
+        });
         Ok(())
     }
 
-    /// Whether a background save is still being written.
-    pub fn in_flight(&self) -> bool {
-        self.pending.as_ref().is_some_and(|(_, h)| !h.is_finished())
+    /// Runs `action` once every save so far is durable: now when none is in flight, else
+    /// when the background write finishes (and never if it fails).
+    pub fn when_durable(&mut self, action: AfterSave) -> Result<()> {
+        match &mut self.pending {
+            Some(p) => p.then.push(action),
+            None => action.apply()?,
+        }
+        Ok(())
     }
 
-    /// Reports a background save that already failed (does not block).
+    /// Finishes a background save that is done (reporting its error, running what follows
+    /// it); does not block.
     pub fn poll(&mut self) -> Result<()> {
-        if self.pending.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.handle.is_finished())
+        {
             return self.wait();
         }
         Ok(())
@@ -85,16 +119,29 @@ impl Saver {
     }
 
     fn join(&mut self) -> Result<()> {
-        match self.pending.take() {
-            None => Ok(()),
-            Some((path, h)) => match h.join() {
-                Ok(r) => r.map_err(save_err(&path)),
-                Err(_) => Err(Error::Msg(format!(
-                    "the checkpoint writer for {} panicked",
-                    path.display()
-                ))),
-            },
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let written = match p.handle.join() {
+            Ok(r) => r.map_err(save_err(&p.path)),
+            Err(_) => Err(Error::Msg(format!(
+                "the checkpoint writer for {} panicked",
+                p.path.display()
+            ))),
+        };
+        if written.is_err() {
+            for action in &p.then {
+                tracing::warn!(
+                    "not done because saving {} failed: {action:?}",
+                    p.path.display()
+                );
+            }
+            return written;
         }
+        for action in p.then {
+            action.apply()?;
+        }
+        Ok(())
     }
 
     /// Like [`Saver::wait`]; called when `fit` ends.
@@ -112,7 +159,10 @@ impl Drop for Saver {
 }
 
 fn save_err(path: &Path) -> impl FnOnce(checkpoint::CheckpointError) -> Error + '_ {
-    move |e| Error::Msg(format!("saving checkpoint {}: {e}", path.display()))
+    move |source| Error::Save {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A deep copy of the tree with every tensor copied to host memory: later in-place updates
@@ -194,9 +244,17 @@ mod tests {
     fn a_failed_background_save_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let mut saver = Saver::new(true);
-        let bad = dir.path().join("missing-dir/x.ckpt");
+        // a non-empty directory where the file should go: the final rename fails
+        let bad = dir.path().join("x.ckpt");
+        std::fs::create_dir_all(bad.join("occupied")).unwrap();
         saver.save(&bad, Value::dict()).unwrap();
+        saver
+            .when_durable(AfterSave::Remove(dir.path().join("keep")))
+            .unwrap();
+        std::fs::write(dir.path().join("keep"), "old").unwrap();
         let e = saver.finish().unwrap_err().to_string();
         assert!(e.contains("x.ckpt"), "{e}");
+        // what was to follow the failed save did not run
+        assert!(dir.path().join("keep").exists());
     }
 }

@@ -1,12 +1,12 @@
 //! Unit tests of `ModelCheckpoint` against a fake trainer that writes small files.
 
 use super::*;
-use crate::callbacks::Callback;
+use crate::callbacks::{Callback, RunInfo, TrainerHandle};
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-/// A trainer stand-in: epochs, steps, metrics and a clock set by the test; `save_checkpoint`
-/// writes `epoch=E step=S` to the path (temp file + rename) and records the call.
+/// A trainer stand-in: epochs, steps, metrics and a clock set by the test; its handle
+/// ([`FakeIo`]) writes `epoch=E step=S` to each checkpoint path (temp file + rename).
 pub(crate) struct FakeTrainer {
     pub epoch: i64,
     pub step: i64,
@@ -20,16 +20,66 @@ pub(crate) struct FakeTrainer {
     pub within_epoch: bool,
     pub cve: Option<i64>,
     pub resumed: Option<PathBuf>,
-    pub saves: Vec<(PathBuf, bool)>,
-    /// `best_model_path` in the state written into each file (from `save_checkpoint_from`).
-    pub saved_best: Vec<String>,
-    pub waits: usize,
-    pub stop_requested: bool,
-    pub fail_next_save: bool,
     pub val_ran: bool,
     pub rank0: bool,
-    /// What `save_in_flight` answers (an async save still being written).
+    pub io: FakeIo,
+}
+
+/// The fake trainer's handle: records saves and the actions handed over for after them.
+#[derive(Default)]
+pub(crate) struct FakeIo {
+    pub epoch: i64,
+    pub step: i64,
+    pub saves: Vec<(PathBuf, bool)>,
+    /// `best_model_path` in the state written into each file.
+    pub saved_best: Vec<String>,
+    pub stop_requested: bool,
+    pub fail_next_save: bool,
+    /// An async save is being written: actions wait in `queued` until it finishes.
     pub in_flight: bool,
+    pub queued: Vec<AfterSave>,
+    /// Every action handed over, in order.
+    pub actions: Vec<AfterSave>,
+}
+
+impl TrainerHandle for FakeIo {
+    fn save_checkpoint(
+        &mut self,
+        path: &Path,
+        weights_only: bool,
+        caller: &dyn Callback,
+    ) -> crate::Result<()> {
+        if std::mem::take(&mut self.fail_next_save) {
+            return Err(crate::Error::Msg(format!(
+                "{}: No space left on device",
+                path.display()
+            )));
+        }
+        let state = caller.state_dict();
+        let best = state
+            .get("best_model_path")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        self.saved_best.push(best.to_owned());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("epoch={} step={}", self.epoch, self.step)).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+        self.saves.push((path.to_owned(), weights_only));
+        Ok(())
+    }
+    fn when_durable(&mut self, action: AfterSave) -> crate::Result<()> {
+        self.actions.push(action.clone());
+        if self.in_flight {
+            self.queued.push(action);
+            Ok(())
+        } else {
+            Ok(action.apply()?)
+        }
+    }
+    fn request_stop(&mut self) {
+        self.stop_requested = true;
+    }
 }
 
 impl FakeTrainer {
@@ -47,97 +97,46 @@ impl FakeTrainer {
             within_epoch: false,
             cve: Some(1),
             resumed: None,
-            saves: vec![],
-            saved_best: vec![],
-            waits: 0,
-            stop_requested: false,
-            fail_next_save: false,
             val_ran: true,
             rank0: true,
-            in_flight: false,
+            io: FakeIo::default(),
         }
     }
-}
 
-impl TrainerContext for FakeTrainer {
-    fn current_epoch(&self) -> i64 {
-        self.epoch
+    /// The context a hook gets now.
+    pub fn ctx(&mut self) -> TrainerContext<'_> {
+        self.io.epoch = self.epoch;
+        self.io.step = self.step;
+        let run = RunInfo {
+            current_epoch: self.epoch,
+            global_step: self.step,
+            log_dir: self.log_dir.as_deref(),
+            is_global_zero: self.rank0,
+            resumed_from: self.resumed.as_deref(),
+            train_time: self.time,
+            sanity_checking: self.sanity,
+            is_last_batch: self.last_batch,
+            num_val_batches: self.num_val_batches,
+            check_val_every_n_epoch: self.cve,
+            val_check_within_epoch: self.within_epoch,
+            validation_ran: self.val_ran,
+            ..RunInfo::new(&self.metrics, &self.root)
+        };
+        TrainerContext::new(run, &mut self.io)
     }
-    fn global_step(&self) -> i64 {
-        self.step
-    }
-    fn callback_metrics(&self) -> &IndexMap<String, f64> {
-        &self.metrics
-    }
-    fn save_checkpoint(&mut self, path: &Path, weights_only: bool) -> crate::Result<()> {
-        if std::mem::take(&mut self.fail_next_save) {
-            return Err(crate::Error::Msg(format!(
-                "{}: No space left on device",
-                path.display()
-            )));
+
+    /// The async save in flight finished writing: what waited for it runs now.
+    pub fn finish_in_flight(&mut self) {
+        self.io.in_flight = false;
+        for a in std::mem::take(&mut self.io.queued) {
+            a.apply().unwrap();
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("epoch={} step={}", self.epoch, self.step)).unwrap();
-        std::fs::rename(&tmp, path).unwrap();
-        self.saves.push((path.to_owned(), weights_only));
-        Ok(())
     }
-    fn save_checkpoint_from(
-        &mut self,
-        path: &Path,
-        weights_only: bool,
-        caller: &dyn Callback,
-    ) -> crate::Result<()> {
-        let state = caller.state_dict();
-        let best = state
-            .get("best_model_path")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        self.saved_best.push(best.to_owned());
-        self.save_checkpoint(path, weights_only)
-    }
-    fn wait_for_pending_saves(&mut self) -> crate::Result<()> {
-        self.waits += 1;
-        Ok(())
-    }
-    fn save_in_flight(&self) -> bool {
-        self.in_flight
-    }
-    fn log_dir(&self) -> Option<PathBuf> {
-        self.log_dir.clone()
-    }
-    fn default_root_dir(&self) -> PathBuf {
-        self.root.clone()
-    }
-    fn resumed_from(&self) -> Option<PathBuf> {
-        self.resumed.clone()
-    }
-    fn train_time(&self) -> Duration {
-        self.time
-    }
-    fn sanity_checking(&self) -> bool {
-        self.sanity
-    }
-    fn is_last_batch(&self) -> bool {
-        self.last_batch
-    }
-    fn num_val_batches(&self) -> usize {
-        self.num_val_batches
-    }
-    fn check_val_every_n_epoch(&self) -> Option<i64> {
-        self.cve
-    }
-    fn val_check_within_epoch(&self) -> bool {
-        self.within_epoch
-    }
-    fn validation_ran(&self) -> bool {
-        self.val_ran
-    }
-    fn request_stop(&mut self) {
-        self.stop_requested = true;
-    }
-    fn is_global_zero(&self) -> bool {
-        self.rank0
+
+    /// The async save in flight failed: what waited for it never runs.
+    pub fn fail_in_flight(&mut self) {
+        self.io.in_flight = false;
+        self.io.queued.clear();
     }
 }
 
@@ -169,19 +168,19 @@ fn epoch(cb: &mut ModelCheckpoint, t: &mut FakeTrainer, steps: i64, metric: Opti
     for i in 0..steps {
         t.step += 1;
         t.last_batch = i + 1 == steps;
-        cb.on_train_batch_end(t).unwrap();
+        cb.on_train_batch_end(&mut t.ctx()).unwrap();
     }
     if let Some((k, v)) = metric {
         t.metrics.insert(k.into(), v);
     }
-    cb.on_validation_end(t).unwrap();
-    cb.on_train_epoch_end(t).unwrap();
+    cb.on_validation_end(&mut t.ctx()).unwrap();
+    cb.on_train_epoch_end(&mut t.ctx()).unwrap();
     t.epoch += 1;
 }
 
 fn start(cb: &mut ModelCheckpoint, t: &mut FakeTrainer) {
-    cb.setup(t).unwrap();
-    cb.on_fit_start(t).unwrap();
+    cb.setup(&mut t.ctx()).unwrap();
+    cb.on_fit_start(&mut t.ctx()).unwrap();
 }
 
 /// Builds the callback and runs `setup`/`on_fit_start` against a fresh fake trainer.
@@ -216,7 +215,7 @@ fn top_k_keeps_the_best_and_deletes_worse_after_saving() {
         Some(d.join("epoch=00-val_loss=0.50.ckpt").as_path())
     );
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.6))); // worse than both: not saved
-    assert_eq!(t.saves.len(), 2);
+    assert_eq!(t.io.saves.len(), 2);
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.3))); // evicts 0.50
     assert_eq!(
         listing(&d),
@@ -229,17 +228,21 @@ fn top_k_keeps_the_best_and_deletes_worse_after_saving() {
     assert_eq!(cb.best_model_score(), Some(0.3));
     assert_eq!(cb.kth_value(), 0.4);
     assert_eq!(cb.current_score(), Some(0.3));
-    // each file holds the state updated for it; deletions waited for pending saves
+    // each file holds the state updated for it; the evicted file went once its replacement
+    // was durable
     let best = |n: &str| d.join(n).to_string_lossy().into_owned();
     assert_eq!(
-        t.saved_best,
+        t.io.saved_best,
         [
             best("epoch=00-val_loss=0.50.ckpt"),
             best("epoch=01-val_loss=0.40.ckpt"),
             best("epoch=03-val_loss=0.30.ckpt")
         ]
     );
-    assert_eq!(t.waits, 1);
+    assert_eq!(
+        t.io.actions,
+        [AfterSave::Remove(d.join("epoch=00-val_loss=0.50.ckpt"))]
+    );
     assert!(Callback::is_checkpoint_callback(&cb));
     assert_eq!(Callback::checkpoint_dirpath(&cb), Some(d.clone()));
     assert_eq!(
@@ -270,28 +273,28 @@ fn deletions_wait_for_an_in_flight_async_save_without_blocking_the_hook() {
     let d = cb.dirpath().unwrap().to_owned();
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.5)));
     // The better file's write is still in flight: the worse one stays, nothing blocks.
-    t.in_flight = true;
+    t.io.in_flight = true;
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.4)));
     assert_eq!(
         listing(&d),
         set(&["epoch=00-val_loss=0.50.ckpt", "epoch=01-val_loss=0.40.ckpt"])
     );
-    assert_eq!(t.waits, 0);
-    // Once it is durable, the next hook deletes the replaced file.
-    t.in_flight = false;
+    // Once it is durable (the trainer polls every step), the replaced file goes.
+    t.finish_in_flight();
+    assert_eq!(listing(&d), set(&["epoch=01-val_loss=0.40.ckpt"]));
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.9)));
     assert_eq!(listing(&d), set(&["epoch=01-val_loss=0.40.ckpt"]));
-    assert_eq!(t.waits, 1);
-    // At the end of fit, deletions are forced (after waiting).
-    t.in_flight = true;
+    // At the end of fit the trainer waits for the last write, then deletes.
+    t.io.in_flight = true;
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.1)));
+    cb.on_fit_end(&mut t.ctx()).unwrap();
     assert_eq!(listing(&d).len(), 2);
-    cb.on_fit_end(&mut t).unwrap();
+    t.finish_in_flight();
     assert_eq!(listing(&d), set(&["epoch=03-val_loss=0.10.ckpt"]));
 }
 
 #[test]
-fn a_replacement_missing_from_disk_deletes_nothing() {
+fn a_failed_replacement_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cb, mut t) = started(
         ModelCheckpoint::builder()
@@ -303,12 +306,12 @@ fn a_replacement_missing_from_disk_deletes_nothing() {
     );
     let d = cb.dirpath().unwrap().to_owned();
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.5)));
-    t.in_flight = true;
+    t.io.in_flight = true;
     epoch(&mut cb, &mut t, 2, Some(("val_loss", 0.4)));
-    // The background write of the better file failed (its error already reported).
+    // The background write of the better file failed (the trainer reports its error).
     std::fs::remove_file(d.join("epoch=01-val_loss=0.40.ckpt")).unwrap();
-    t.in_flight = false;
-    cb.on_fit_end(&mut t).unwrap();
+    t.fail_in_flight();
+    cb.on_fit_end(&mut t.ctx()).unwrap();
     assert_eq!(listing(&d), set(&["epoch=00-val_loss=0.50.ckpt"]));
 }
 
@@ -339,7 +342,7 @@ fn nan_never_becomes_best_and_mode_max() {
     );
     assert_eq!(cb.best_model_score(), Some(0.9));
     epoch(&mut cb, &mut t, 1, Some(("acc", f64::NAN))); // NaN never enters a full top-k
-    assert_eq!(t.saves.len(), 3);
+    assert_eq!(t.io.saves.len(), 3);
 }
 
 /// Runs one-step epochs logging `metric` with each of `values` (nothing when `metric` is
@@ -438,7 +441,7 @@ fn save_last_link_is_a_relative_symlink_to_the_newest() {
     assert_eq!(std::fs::read_to_string(&last).unwrap(), "epoch=1 step=2");
     // the old best is gone, the link never dangles, only real saves were written
     assert_eq!(listing(&d), set(&["epoch=1-step=2.ckpt", "last.ckpt"]));
-    assert_eq!(t.saves.len(), 2);
+    assert_eq!(t.io.saves.len(), 2);
 }
 
 #[test]
@@ -465,7 +468,7 @@ fn link_replaces_files_links_and_folders() {
     );
     assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
     // where links cannot be made, a copy takes the link's place
-    link_or_copy(&d.join("a"), &d.join("copied"), |_, _| {
+    files::link_or_copy(&d.join("a"), &d.join("copied"), |_, _| {
         Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
     })
     .unwrap();
@@ -494,8 +497,8 @@ fn last_name_template_and_version_counter() {
     );
     epoch(&mut cb, &mut t, 1, None);
     // save_top_k=0: nothing at epoch end, last at the end of fit, versioned past the old file
-    assert_eq!(t.saves.len(), 0);
-    cb.on_fit_end(&mut t).unwrap();
+    assert_eq!(t.io.saves.len(), 0);
+    cb.on_fit_end(&mut t.ctx()).unwrap();
     assert_eq!(listing(dir.path()), set(&["last.ckpt", "last-v1.ckpt"]));
     assert_eq!(
         std::fs::read_to_string(dir.path().join("last.ckpt")).unwrap(),
@@ -582,9 +585,9 @@ fn train_time_interval_trigger() {
             t.step += 1;
             t.time += Duration::from_secs(7);
             t.last_batch = i == 63;
-            cb.on_train_batch_end(&mut t).unwrap();
+            cb.on_train_batch_end(&mut t.ctx()).unwrap();
         }
-        cb.on_train_epoch_end(&mut t).unwrap();
+        cb.on_train_epoch_end(&mut t.ctx()).unwrap();
         t.epoch += 1;
     }
     assert_eq!(listing(dir.path()).len(), 14);
@@ -639,10 +642,10 @@ fn failed_save_keeps_bookkeeping_and_old_files() {
         cb.best_model_path().map(Path::to_owned),
         cb.best_k_models().clone(),
     );
-    t.fail_next_save = true;
+    t.io.fail_next_save = true;
     t.step += 1;
     t.metrics.insert("val_loss".into(), 0.5);
-    let err = cb.on_train_epoch_end(&mut t).unwrap_err().to_string();
+    let err = cb.on_train_epoch_end(&mut t.ctx()).unwrap_err().to_string();
     assert!(err.contains("No space left"), "{err}");
     assert_eq!(
         (
@@ -668,7 +671,7 @@ fn missing_monitor_is_lightnings_error_after_validation_ran() {
     );
     t.step = 3;
     t.metrics.insert("train_loss".into(), 0.1);
-    let e = cb.on_train_epoch_end(&mut t).unwrap_err().to_string();
+    let e = cb.on_train_epoch_end(&mut t.ctx()).unwrap_err().to_string();
     assert_eq!(
         e,
         "`ModelCheckpoint(monitor='val_loss')` could not find the monitored key in the returned \
@@ -676,8 +679,8 @@ fn missing_monitor_is_lightnings_error_after_validation_ran() {
          the `LightningModule`?"
     );
     t.val_ran = false; // before any validation: only a warning, nothing saved
-    cb.on_train_epoch_end(&mut t).unwrap();
-    assert!(t.saves.is_empty());
+    cb.on_train_epoch_end(&mut t.ctx()).unwrap();
+    assert!(t.io.saves.is_empty());
 }
 
 #[test]
@@ -722,15 +725,15 @@ fn saves_at_validation_end_when_validation_runs_within_the_epoch() {
     start(&mut cb, &mut t);
     t.step = 5;
     t.metrics.insert("val_loss".into(), 0.9);
-    cb.on_train_epoch_end(&mut t).unwrap();
-    assert!(t.saves.is_empty());
-    cb.on_validation_end(&mut t).unwrap();
-    assert_eq!(t.saves.len(), 1);
+    cb.on_train_epoch_end(&mut t.ctx()).unwrap();
+    assert!(t.io.saves.is_empty());
+    cb.on_validation_end(&mut t.ctx()).unwrap();
+    assert_eq!(t.io.saves.len(), 1);
     // sanity checking and non-fit runs never save
     t.step = 6;
     t.sanity = true;
-    cb.on_validation_end(&mut t).unwrap();
-    assert_eq!(t.saves.len(), 1);
+    cb.on_validation_end(&mut t.ctx()).unwrap();
+    assert_eq!(t.io.saves.len(), 1);
 }
 
 #[test]
@@ -747,12 +750,12 @@ fn step_trigger_defers_until_the_metric_exists() {
     t.within_epoch = true;
     start(&mut cb, &mut t);
     t.step = 2;
-    cb.on_train_batch_end(&mut t).unwrap();
-    assert!(t.saves.is_empty());
+    cb.on_train_batch_end(&mut t.ctx()).unwrap();
+    assert!(t.io.saves.is_empty());
     t.metrics.insert("val_loss".into(), 0.3);
-    cb.on_validation_end(&mut t).unwrap();
-    assert_eq!(t.saves.len(), 1);
-    assert!(t.saves[0].0.ends_with("epoch=0-step=2.ckpt"));
+    cb.on_validation_end(&mut t.ctx()).unwrap();
+    assert_eq!(t.io.saves.len(), 1);
+    assert!(t.io.saves[0].0.ends_with("epoch=0-step=2.ckpt"));
 }
 
 #[test]
@@ -766,13 +769,13 @@ fn save_on_exception_and_weights_only() {
         dir.path(),
     );
     t.step = 7;
-    cb.on_exception(&mut t).unwrap();
+    cb.on_exception(&mut t.ctx()).unwrap();
     assert_eq!(
-        t.saves,
+        t.io.saves,
         vec![(cb.dirpath().unwrap().join("epoch=0-step=7.ckpt"), true)]
     );
-    cb.on_exception(&mut t).unwrap(); // already saved at this step
-    assert_eq!(t.saves.len(), 1);
+    cb.on_exception(&mut t.ctx()).unwrap(); // already saved at this step
+    assert_eq!(t.io.saves.len(), 1);
 }
 
 #[test]
@@ -1029,8 +1032,8 @@ fn resuming_from_our_own_file_does_not_save_that_step_again() {
     t2.step = 4;
     t2.resumed = cb.last_model_path().map(Path::to_owned);
     start(&mut cb2, &mut t2);
-    cb2.on_train_epoch_end(&mut t2).unwrap();
-    assert!(t2.saves.is_empty());
+    cb2.on_train_epoch_end(&mut t2.ctx()).unwrap();
+    assert!(t2.io.saves.is_empty());
     assert_eq!(listing(dir.path()), uninterrupted);
     // a file we did not write (a preemption checkpoint) does not count as our save
     let mut cb3 = b().build().unwrap();
@@ -1039,8 +1042,8 @@ fn resuming_from_our_own_file_does_not_save_that_step_again() {
     t3.step = 4;
     t3.resumed = Some(dir.path().join("preempted.ckpt"));
     start(&mut cb3, &mut t3);
-    cb3.on_train_epoch_end(&mut t3).unwrap();
-    assert_eq!(t3.saves.len(), 2, "{:?}", t3.saves);
+    cb3.on_train_epoch_end(&mut t3.ctx()).unwrap();
+    assert_eq!(t3.io.saves.len(), 2, "{:?}", t3.io.saves);
 }
 
 #[test]
@@ -1058,7 +1061,7 @@ fn other_ranks_save_through_the_trainer_but_never_delete_or_link() {
     epoch(&mut cb, &mut t, 1, Some(("val_loss", 1.0)));
     epoch(&mut cb, &mut t, 1, Some(("val_loss", 0.5)));
     // the trainer was asked to save (it writes on rank 0 only); nothing was deleted or linked
-    assert_eq!(t.saves.len(), 2);
+    assert_eq!(t.io.saves.len(), 2);
     assert_eq!(
         listing(dir.path()),
         set(&["epoch=0-step=1.ckpt", "epoch=1-step=2.ckpt"])

@@ -1,0 +1,237 @@
+//! Files: `last` links (or durable copies), removals of replaced checkpoints, Python's path
+//! rules (`abspath`, `relpath`, `expanduser`, `realpath`), and finding the newest `last*.ckpt`.
+
+use super::ModelCheckpoint;
+use crate::callbacks::CallbackError;
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Deletes a replaced checkpoint (a file, a link, or a directory); a missing one is fine and
+/// any other failure is logged, never fatal.
+pub(crate) fn remove_checkpoint(path: &Path) {
+    let r = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        tracing::warn!("could not remove old checkpoint {}: {e}", path.display());
+    }
+}
+
+/// Points `link` at `target` with a relative symlink (a copy where links are not possible),
+/// replacing what was there atomically: a temporary link is renamed over `link`, so a `last`
+/// file always exists once one was written.
+pub(crate) fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
+    link_or_copy(target, link, symlink)
+}
+
+/// Creates a symlink `link` -> `target` (`target` relative to `link`'s folder).
+fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    let r = std::os::unix::fs::symlink(target, link);
+    #[cfg(not(unix))]
+    let r = {
+        let _ = (target, link);
+        Err(std::io::ErrorKind::Unsupported.into())
+    };
+    r
+}
+
+/// [`link_checkpoint`] with the link-making function given (tests make it fail).
+pub(super) fn link_or_copy(
+    target: &Path,
+    link: &Path,
+    make_link: fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), CallbackError> {
+    let io = |what: &str, p: &Path| {
+        let ctx = format!("{what} {}", p.display());
+        move |source| CallbackError::Io {
+            context: ctx,
+            source,
+        }
+    };
+    let (abs_target, abs_link) = (lexical_absolute(target), lexical_absolute(link));
+    if abs_target == abs_link {
+        return Ok(());
+    }
+    let dir = abs_link.parent().unwrap_or(Path::new("/")).to_owned();
+    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let name = abs_link
+        .file_name()
+        .map_or("last".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(link_temp_name(&name));
+    let _ = std::fs::remove_file(&tmp);
+    if let Ok(m) = std::fs::symlink_metadata(&abs_link) {
+        if m.is_dir() {
+            std::fs::remove_dir_all(&abs_link).map_err(io("removing", &abs_link))?;
+        }
+    }
+    let rel = relative_path(&abs_target, &dir);
+    if let Err(e) = make_link(&rel, &tmp) {
+        tracing::debug!("symlink {} failed ({e}); copying instead", tmp.display());
+        // fall back to a durable, atomic copy straight over the link's name
+        let _ = std::fs::remove_file(&tmp);
+        return crate::checkpoint::copy_atomically(&abs_target, &abs_link)
+            .map_err(CallbackError::from);
+    }
+    if let Err(e) = std::fs::rename(&tmp, &abs_link) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("replacing", &abs_link)(e));
+    }
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The temporary name [`link_checkpoint`] creates next to `name` before renaming it over.
+fn link_temp_name(name: &str) -> String {
+    format!(".{name}{LINK_TEMP_MARK}{}", std::process::id())
+}
+
+const LINK_TEMP_MARK: &str = ".tmp-link-";
+
+/// Deletes `.<name>.tmp-link-<pid>` entries in `dir` (left when a run died mid-link).
+pub(super) fn remove_stale_link_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(LINK_TEMP_MARK) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("could not remove stale {}: {err}", e.path().display());
+            }
+        }
+    }
+}
+
+/// `os.path.abspath`: absolute, with `.` and `..` resolved lexically.
+pub(super) fn lexical_absolute(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `os.path.relpath(target, base)` for absolute, normalized paths.
+fn relative_path(target: &Path, base: &Path) -> PathBuf {
+    let t: Vec<_> = target.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
+}
+
+/// `os.path.expanduser` for a leading `~`.
+pub(super) fn expanduser(p: &Path) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(rest),
+            None => p.to_owned(),
+        },
+        Err(_) => p.to_owned(),
+    }
+}
+
+/// `os.path.realpath` (non-strict): absolute, symlinks of the existing part resolved.
+pub(super) fn realpath(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = lexical_absolute(p);
+    let mut existing = abs.clone();
+    let mut rest = vec![];
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            let mut out = c;
+            for r in rest.iter().rev() {
+                out.push(r);
+            }
+            return Ok(out);
+        }
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_owned();
+            }
+            _ => return Ok(abs),
+        }
+    }
+}
+
+/// Python's `str(timedelta)`: `[D day[s], ]H:MM:SS[.ffffff]`.
+pub(super) fn str_timedelta(d: Duration) -> String {
+    let micros = d.as_micros();
+    let days = micros / 86_400_000_000;
+    let secs = (micros / 1_000_000) % 86_400;
+    let frac = micros % 1_000_000;
+    let mut s = String::new();
+    if days > 0 {
+        s = format!("{days} day{}, ", if days == 1 { "" } else { "s" });
+    }
+    s += &format!("{}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+    if frac > 0 {
+        s += &format!(".{frac:06}");
+    }
+    s
+}
+
+/// The newest `last*.ckpt` in `dirs` (by modification time, as Lightning's
+/// `ckpt_path="last"`) that `verify` accepts; damaged files are reported and skipped.
+///
+/// The trainer passes a check that reads the file back completely (for example
+/// `|p| lightning_core::checkpoint::load(p).is_ok()`), so a torn or corrupt `last.ckpt` never
+/// becomes the resume point while an older good one exists.
+pub fn find_last_checkpoint(dirs: &[PathBuf], verify: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    let mut seen = HashSet::new();
+    let mut cands = vec![];
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = lexical_absolute(&entry.path());
+            let is_last = path.extension().is_some_and(|e| e == "ckpt")
+                && path.file_stem().is_some_and(|s| {
+                    s.to_string_lossy()
+                        .starts_with(ModelCheckpoint::CHECKPOINT_NAME_LAST)
+                });
+            if !is_last || !seen.insert(path.clone()) {
+                continue;
+            }
+            match std::fs::metadata(&path).and_then(|m| m.modified()) {
+                Ok(mtime) => cands.push((mtime, path)),
+                Err(e) => tracing::warn!("skipping checkpoint {}: {e}", path.display()),
+            }
+        }
+    }
+    cands.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for (_, path) in cands {
+        if verify(&path) {
+            return Some(path);
+        }
+        tracing::warn!(
+            "skipping damaged checkpoint {} (it does not read back completely)",
+            path.display()
+        );
+    }
+    None
+}

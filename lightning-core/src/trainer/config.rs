@@ -1,0 +1,247 @@
+//! The trainer's settings and their builder, with Lightning's names and defaults.
+
+use super::Trainer;
+use crate::callbacks::Callback;
+use crate::error::{Error, Result};
+use crate::precision::{Precision, PrecisionError};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// How many batches of a loader to use: all, a count, or a fraction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Limit {
+    /// Every batch.
+    All,
+    /// At most this many batches.
+    Batches(usize),
+    /// This fraction of the batches (rounded down, at least 1 when > 0).
+    Fraction(f64),
+}
+
+impl Limit {
+    /// The number of batches to use out of `n`.
+    pub fn apply(self, n: usize) -> usize {
+        match self {
+            Limit::All => n,
+            Limit::Batches(b) => b.min(n),
+            Limit::Fraction(f) if f <= 0.0 => 0,
+            Limit::Fraction(f) => ((n as f64 * f.min(1.0)) as usize).max(1).min(n),
+        }
+    }
+}
+
+impl From<usize> for Limit {
+    fn from(n: usize) -> Self {
+        Limit::Batches(n)
+    }
+}
+impl From<f64> for Limit {
+    fn from(f: f64) -> Self {
+        if f >= 1.0 {
+            Limit::All
+        } else {
+            Limit::Fraction(f)
+        }
+    }
+}
+
+/// Gradient clipping by total norm or by value (`gradient_clip_algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClipAlgorithm {
+    /// Scale all gradients so their total 2-norm is at most the clip value.
+    #[default]
+    Norm,
+    /// Clamp every gradient element to `[-v, v]`.
+    Value,
+}
+
+/// The trainer's settings (see [`TrainerBuilder`] for each one's meaning and default).
+#[derive(Clone, Debug)]
+pub struct TrainerConfig {
+    pub max_epochs: Option<i64>,
+    pub max_steps: i64,
+    pub default_root_dir: PathBuf,
+    pub enable_checkpointing: bool,
+    pub val_check_interval: Option<Limit>,
+    pub check_val_every_n_epoch: usize,
+    pub limit_train_batches: Limit,
+    pub limit_val_batches: Limit,
+    pub limit_test_batches: Limit,
+    pub limit_predict_batches: Limit,
+    pub num_sanity_val_steps: usize,
+    pub gradient_clip_val: Option<f64>,
+    pub gradient_clip_algorithm: ClipAlgorithm,
+    pub accumulate_grad_batches: usize,
+    pub precision: Precision,
+    pub seed: Option<u64>,
+    pub device: Device,
+    pub enable_progress_bar: bool,
+    pub logger: bool,
+    pub log_every_n_steps: usize,
+    pub async_checkpointing: bool,
+    pub handle_signals: bool,
+    pub on_save_error: SaveErrorPolicy,
+}
+
+/// What the trainer does when writing a checkpoint fails (disk full, file too large,
+/// unwritable directory). Either way the failed file never appears under its final name
+/// and older checkpoints are kept (the checkpoint callback's bookkeeping is not updated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SaveErrorPolicy {
+    /// Stop training and return the error from `fit` (the default).
+    #[default]
+    Stop,
+    /// Log a warning and keep training (the next save tries again).
+    WarnAndContinue,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            max_epochs: None,
+            max_steps: -1,
+            default_root_dir: PathBuf::from("."),
+            enable_checkpointing: true,
+            val_check_interval: None,
+            check_val_every_n_epoch: 1,
+            limit_train_batches: Limit::All,
+            limit_val_batches: Limit::All,
+            limit_test_batches: Limit::All,
+            limit_predict_batches: Limit::All,
+            num_sanity_val_steps: 2,
+            gradient_clip_val: None,
+            gradient_clip_algorithm: ClipAlgorithm::Norm,
+            accumulate_grad_batches: 1,
+            precision: Precision::F32,
+            seed: None,
+            device: Device::Cpu,
+            enable_progress_bar: true,
+            logger: true,
+            log_every_n_steps: 50,
+            async_checkpointing: false,
+            handle_signals: true,
+            on_save_error: SaveErrorPolicy::Stop,
+        }
+    }
+}
+
+/// Builds a [`Trainer`]; every setting has Lightning's default.
+#[derive(Default)]
+pub struct TrainerBuilder {
+    cfg: TrainerConfig,
+    callbacks: Vec<Box<dyn Callback>>,
+    /// A precision spelling that did not parse (reported by `build`).
+    precision_error: Option<PrecisionError>,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => $field:ident = $conv:expr) => {
+        $(#[$doc])*
+        pub fn $name(mut self, v: $ty) -> Self {
+            #[allow(clippy::redundant_closure_call)]
+            {
+                self.cfg.$field = ($conv)(v);
+            }
+            self
+        }
+    };
+}
+
+impl TrainerBuilder {
+    setter!(/// Stop after this many epochs (default 1000 when `max_steps` is also unset; -1: no limit).
+        max_epochs: i64 => max_epochs = Some);
+    setter!(/// Stop after this many optimizer steps (-1: no limit, the default).
+        max_steps: i64 => max_steps = |v| v);
+    setter!(/// Whether to checkpoint automatically (a default `ModelCheckpoint` when none is given);
+        /// `false` writes no checkpoint files.
+        enable_checkpointing: bool => enable_checkpointing = |v| v);
+    setter!(/// Validate within the epoch: every `n` training batches (`10usize`) or every
+        /// fraction of the epoch (`0.25`); default once at the end of each epoch (`1.0`).
+        val_check_interval: impl Into<Limit> => val_check_interval = |v| Some(Into::<Limit>::into(v)));
+    setter!(/// Validate every this many epochs (default 1).
+        check_val_every_n_epoch: usize => check_val_every_n_epoch = |v: usize| v.max(1));
+    setter!(/// Use only part of the training batches per epoch.
+        limit_train_batches: impl Into<Limit> => limit_train_batches = Into::into);
+    setter!(/// Use only part of the validation batches.
+        limit_val_batches: impl Into<Limit> => limit_val_batches = Into::into);
+    setter!(/// Use only part of the test batches.
+        limit_test_batches: impl Into<Limit> => limit_test_batches = Into::into);
+    setter!(/// Use only part of the predict batches.
+        limit_predict_batches: impl Into<Limit> => limit_predict_batches = Into::into);
+    setter!(/// Validation batches run before training as a sanity check (default 2).
+        num_sanity_val_steps: usize => num_sanity_val_steps = |v| v);
+    setter!(/// Clip gradients (by total norm unless `gradient_clip_algorithm(Value)`).
+        gradient_clip_val: f64 => gradient_clip_val = Some);
+    setter!(/// How `gradient_clip_val` clips.
+        gradient_clip_algorithm: ClipAlgorithm => gradient_clip_algorithm = |v| v);
+    setter!(/// Accumulate gradients over this many batches per optimizer step (default 1).
+        accumulate_grad_batches: usize => accumulate_grad_batches = |v: usize| v.max(1));
+    setter!(/// Seed for weights-independent randomness: shuffling and per-step RNG (dropout).
+        /// Without one a random seed is drawn and saved in checkpoints.
+        seed: u64 => seed = Some);
+    setter!(/// The device to train on (default CPU).
+        device: Device => device = |v| v);
+    setter!(/// Show a progress bar (only when stdout is a terminal; default on).
+        enable_progress_bar: bool => enable_progress_bar = |v| v);
+    setter!(/// Write `metrics.csv` and `hparams.yaml` to `lightning_logs/version_N` (default on).
+        logger: bool => logger = |v| v);
+    setter!(/// Write training-step metrics every this many steps (default 50).
+        log_every_n_steps: usize => log_every_n_steps = |v: usize| v.max(1));
+    setter!(/// Write checkpoints in the background after a host-memory snapshot (default off).
+        async_checkpointing: bool => async_checkpointing = |v| v);
+    setter!(/// What to do when a checkpoint cannot be written (default: stop with the error).
+        on_save_error: SaveErrorPolicy => on_save_error = |v| v);
+    setter!(/// On SIGTERM/SIGUSR1: finish the step, save `last.ckpt`, stop (default on).
+        handle_signals: bool => handle_signals = |v| v);
+
+    /// Where logs and default checkpoints go (default: the current directory).
+    pub fn default_root_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cfg.default_root_dir = dir.as_ref().to_owned();
+        self
+    }
+
+    /// Adds a callback (hooks run in the order added).
+    pub fn callback(mut self, cb: impl Callback) -> Self {
+        self.callbacks.push(Box::new(cb));
+        self
+    }
+
+    /// Adds a boxed callback.
+    pub fn boxed_callback(mut self, cb: Box<dyn Callback>) -> Self {
+        self.callbacks.push(cb);
+        self
+    }
+
+    /// `"32-true"` (default), `"16-mixed"` or `"bf16-mixed"` (Lightning's spellings, also
+    /// `"32"`, `"16"`, `"bf16"`), or a [`Precision`]. A spelling Lightning does not know is an
+    /// error from [`TrainerBuilder::build`].
+    pub fn precision<P>(mut self, p: P) -> Self
+    where
+        P: TryInto<Precision>,
+        PrecisionError: From<P::Error>,
+    {
+        match p.try_into() {
+            Ok(p) => self.cfg.precision = p,
+            Err(e) => self.precision_error = Some(PrecisionError::from(e)),
+        }
+        self
+    }
+
+    /// Checks the settings and builds the trainer.
+    pub fn build(self) -> Result<Trainer> {
+        let cfg = self.cfg;
+        if let Some(e) = self.precision_error {
+            return Err(e.into());
+        }
+        if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
+            return Err(Error::Msg(format!(
+                "gradient_clip_val must be >= 0, got {:?}",
+                cfg.gradient_clip_val
+            )));
+        }
+        if cfg.max_steps < -1 || cfg.max_epochs.is_some_and(|e| e < -1) {
+            return Err(Error::Msg("max_epochs and max_steps must be >= -1".into()));
+        }
+        Ok(Trainer::new(cfg, self.callbacks))
+    }
+}

@@ -1,0 +1,163 @@
+//! Evaluation loops: validation (the sanity check and the runs inside `fit`, and
+//! `Trainer::validate`) and `Trainer::test`.
+
+use super::fit::Loaded;
+use super::logger::CsvLogger;
+use super::{need, CkptPath, Trainer};
+use crate::data::{DataLoader, DataModule, LoaderState};
+use crate::error::Result;
+use crate::lightning_module::{LightningModule, Stage, StepContext};
+use indexmap::IndexMap;
+
+impl Trainer {
+    /// Lightning's sanity check: a few validation batches before training, whose metrics
+    /// are then discarded.
+    pub(crate) fn sanity_check<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+    ) -> Result<()> {
+        let Some(val) = data.val_loader() else {
+            return Ok(());
+        };
+        let n = self
+            .cfg
+            .num_sanity_val_steps
+            .min(self.cfg.limit_val_batches.apply(val.len()));
+        if n == 0 {
+            return Ok(());
+        }
+        self.run.sanity_checking = true;
+        let r = self.eval_batches(model, val, Stage::Validate, n);
+        self.run.metrics.reduce_epoch(Stage::Validate);
+        self.run.metrics.callback_metrics.clear();
+        self.run.sanity_checking = false;
+        r
+    }
+
+    /// Runs `n` batches of an evaluation loop without gradients, accumulating metrics (and,
+    /// inside `fit`, the validation progress counters).
+    fn eval_batches<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        loader: &DataLoader,
+        stage: Stage,
+        n: usize,
+    ) -> Result<()> {
+        let device = self.cfg.device;
+        let (epoch, step) = (self.run.epoch, self.run.global_step);
+        let run = &mut self.run;
+        let precision = self.cfg.precision;
+        let in_fit = run.fitting && !run.sanity_checking;
+        tch::no_grad(|| {
+            for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
+                let batch = batch.to_device(device);
+                let mut ctx = StepContext::new(stage, epoch, step);
+                precision.autocast(|| match stage {
+                    Stage::Test => model.test_step(&batch, idx, &mut ctx),
+                    _ => model.validation_step(&batch, idx, &mut ctx),
+                })?;
+                run.metrics.record_step(&ctx.logged, stage, batch.size());
+                if in_fit {
+                    run.val_batches.0 += 1;
+                    run.val_batches.1 += 1;
+                    run.val_last_batch = idx + 1 == n;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// One validation run inside `fit`, then `on_validation_end`.
+    pub(crate) fn fit_validation<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        val: &DataLoader,
+    ) -> Result<()> {
+        let n = self.cfg.limit_val_batches.apply(val.len());
+        if n == 0 {
+            return Ok(());
+        }
+        self.run.val_batches.1 = 0;
+        self.run.val_last_batch = false;
+        self.eval_batches(model, val, Stage::Validate, n)?;
+        self.run.val_ran = true;
+        let row = self.run.metrics.reduce_epoch(Stage::Validate);
+        let (epoch, step) = (self.run.epoch, self.run.global_step - 1);
+        if let Some(l) = &mut self.logger {
+            l.log_row(&row, epoch, step.max(0));
+        }
+        self.hooks(&*model, |cb, t| cb.on_validation_end(t))
+    }
+
+    /// Whether the epoch's validation is due (`check_val_every_n_epoch`).
+    pub(crate) fn val_due(&self, data: &DataModule) -> bool {
+        data.val_loader().is_some()
+            && (self.run.epoch + 1) % self.cfg.check_val_every_n_epoch as i64 == 0
+    }
+
+    /// Loads the weights of `ckpt_path` (if given) for an evaluation loop.
+    pub(crate) fn eval_setup<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<()> {
+        self.run.fitting = false;
+        if self.cfg.logger && self.logger.is_none() {
+            self.logger = Some(CsvLogger::new_version(&self.cfg.default_root_dir));
+        }
+        self.hooks(&*model, |cb, t| cb.setup(t))?;
+        if let Some(p) = ckpt_path {
+            if let Some(path) = self.resolve_ckpt(&p)? {
+                Loaded::read(path)?.load_model(model)?;
+            }
+        }
+        model.move_to(self.cfg.device);
+        Ok(())
+    }
+
+    fn eval_loop<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        loader: &DataLoader,
+        stage: Stage,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<IndexMap<String, f64>> {
+        self.eval_setup(model, ckpt_path)?;
+        let limit = if stage == Stage::Test {
+            self.cfg.limit_test_batches
+        } else {
+            self.cfg.limit_val_batches
+        };
+        self.eval_batches(model, loader, stage, limit.apply(loader.len()))?;
+        let row = self.run.metrics.reduce_epoch(stage);
+        if let Some(l) = &mut self.logger {
+            l.log_row(&row, self.run.epoch, self.run.global_step);
+            l.save()?;
+        }
+        Ok(row)
+    }
+
+    /// Runs the validation loop once and returns the logged epoch metrics
+    /// (`ckpt_path`: evaluate those weights instead of the model's current ones).
+    pub fn validate<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<IndexMap<String, f64>> {
+        let val = need(data.val_loader(), "validate: val")?;
+        self.eval_loop(model, val, Stage::Validate, ckpt_path)
+    }
+
+    /// Runs the test loop once and returns the logged epoch metrics.
+    pub fn test<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<IndexMap<String, f64>> {
+        let test = need(data.test_loader(), "test: test")?;
+        self.eval_loop(model, test, Stage::Test, ckpt_path)
+    }
+}

@@ -1,0 +1,551 @@
+//! The fit loop, in Lightning 2.x's order:
+//!
+//! ```text
+//! fit: setup -> restore(ckpt) -> on_fit_start -> sanity check -> for each epoch {
+//!        for each batch { reseed RNG; training_step; backward; [clip; step; zero_grad;
+//!          step-interval schedulers]; [last batch: epoch-interval schedulers];
+//!          on_train_batch_end; [validation]; [preemption: save last.ckpt, stop];
+//!          [max_steps: stop] }
+//!        [end-of-epoch validation + on_validation_end] -> on_train_epoch_end }
+//!      -> on_fit_end; pending async saves durable before `fit` returns.
+//! ```
+
+use super::logger::CsvLogger;
+use super::preempt::Preemption;
+use super::progress::Bar;
+use super::saver::Saver;
+use super::state::{LoopPoint, RunState};
+use super::{checkpoint_of, clip_gradients, effective_max_epochs, need, warn, CkptPath, Trainer};
+use crate::callbacks::{find_last_checkpoint, Callback, ModelCheckpoint};
+use crate::checkpoint::schema::{Checkpoint, EpochPhase};
+use crate::checkpoint::{self};
+use crate::data::{mix_seed, DataLoader, DataModule, LoaderState};
+use crate::error::{Error, RestoreError, Result};
+use crate::hparams::Hyperparameters;
+use crate::lightning_module::{Interval, LightningModule, OptimizerConfig, Stage, StepContext};
+use crate::module::state_dict_from_value;
+use crate::value::{Key, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The default checkpoint callback added when checkpointing is on and none is given:
+/// Lightning's `ModelCheckpoint()` (every epoch, `epoch=E-step=S.ckpt` in the log dir).
+fn default_checkpoint_callback() -> Result<Box<dyn Callback>> {
+    Ok(Box::new(ModelCheckpoint::builder().build()?))
+}
+
+/// A checkpoint read for a resume or an evaluation, with its path.
+pub(crate) struct Loaded {
+    pub path: PathBuf,
+    pub value: Value,
+    pub ckpt: Checkpoint,
+}
+
+impl Loaded {
+    /// Reads `path` (CPU tensors) and checks it has Lightning's shape.
+    pub fn read(path: PathBuf) -> Result<Self> {
+        let value = checkpoint::load(&path).map_err(Error::Load)?;
+        let ckpt = Checkpoint::from_value(&value).map_err(|e| restore_err(&path, e.into()))?;
+        Ok(Loaded { path, value, ckpt })
+    }
+
+    /// Copies the checkpoint's `state_dict` into the module (strict, as Lightning's resume),
+    /// after the module's `on_load_checkpoint`.
+    pub fn load_model<M: LightningModule>(&self, model: &mut M) -> Result<()> {
+        model.on_load_checkpoint(&self.value)?;
+        let sd = state_dict_from_value(&Value::OrderedDict(self.ckpt.state_dict.clone()))
+            .map_err(|e| Error::Msg(format!("{}: {e}", self.path.display())))?;
+        model
+            .load_state_dict(&sd, true)
+            .map_err(|e| restore_err(&self.path, e.into()))?;
+        Ok(())
+    }
+}
+
+fn restore_err(path: &Path, source: RestoreError) -> Error {
+    Error::Restore {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Restores the optimizer and schedulers (after model and loops, as Lightning).
+fn restore_optim(ckpt: &Checkpoint, optim: &mut OptimizerConfig) -> Result<(), RestoreError> {
+    let states = ckpt.optimizer_states.as_deref().unwrap_or(&[]);
+    let [state] = states else {
+        return Err(RestoreError::Count {
+            what: "optimizer",
+            found: states.len(),
+            configured: 1,
+        });
+    };
+    optim
+        .optimizer
+        .load_state_dict(state)
+        .map_err(|source| RestoreError::Optim {
+            what: "the optimizer".into(),
+            source,
+        })?;
+    let scheds = ckpt.lr_schedulers.as_deref().unwrap_or(&[]);
+    if scheds.len() != optim.schedulers.len() {
+        return Err(RestoreError::Count {
+            what: "LR scheduler",
+            found: scheds.len(),
+            configured: optim.schedulers.len(),
+        });
+    }
+    for (i, (s, cfg)) in scheds.iter().zip(optim.schedulers.iter_mut()).enumerate() {
+        cfg.scheduler
+            .load_state_dict(s)
+            .map_err(|source| RestoreError::Optim {
+                what: format!("LR scheduler {i}"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// Resolves `ckpt_path` to a file; `None` for `Last` with nothing saved yet (warned).
+    pub(crate) fn resolve_ckpt(&self, ckpt_path: &CkptPath) -> Result<Option<PathBuf>> {
+        let path = match ckpt_path {
+            CkptPath::Path(p) => p.clone(),
+            CkptPath::Last => {
+                let dirs: Vec<PathBuf> = self
+                    .callbacks
+                    .iter()
+                    .filter_map(|c| c.checkpoint_dirpath())
+                    .collect();
+                match find_last_checkpoint(&dirs, |p| checkpoint::verify(p).is_ok()) {
+                    Some(p) => p,
+                    None => {
+                        warn(&format!(
+                            "ckpt_path=\"last\" is set, but there is no last checkpoint available in {dirs:?}. \
+                             No checkpoint will be loaded. HINT: set `ModelCheckpoint(save_last=true)` with a fixed dirpath."
+                        ));
+                        return Ok(None);
+                    }
+                }
+            }
+            CkptPath::Best => self
+                .callbacks
+                .iter()
+                .find_map(|c| c.best_model_path().filter(|p| !p.as_os_str().is_empty()))
+                .ok_or_else(|| {
+                    Error::Msg(
+                        "ckpt_path=\"best\" is set but no checkpoint callback has a best model \
+                         path (no ModelCheckpoint, or it saved nothing yet)"
+                            .into(),
+                    )
+                })?,
+        };
+        if !path.is_file() {
+            return Err(Error::Msg(format!(
+                "Checkpoint file not found: {}",
+                path.display()
+            )));
+        }
+        Ok(Some(path))
+    }
+
+    /// Trains `model` on `data`'s train loader (validating on its val loader), optionally
+    /// resuming from `ckpt_path` exactly: a run stopped and resumed ends with the same
+    /// weights and optimizer state, bit for bit on CPU, as one that never stopped.
+    ///
+    /// Returns after every pending (async) checkpoint save is durable. On SIGTERM/SIGUSR1
+    /// it finishes the current step, saves `last.ckpt` and returns `Ok` with
+    /// [`Trainer::was_preempted`] true. When a step fails, callbacks' `on_exception` run
+    /// (for `save_on_exception`) and the error is returned.
+    pub fn fit<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<()> {
+        let preempt = Preemption::install(self.cfg.handle_signals)?;
+        self.saver = Saver::new(self.cfg.async_checkpointing);
+        let mut result = self.fit_inner(model, data, ckpt_path, &preempt);
+        if result.is_err() {
+            if let Err(e) = self.hooks(&*model, |cb, t| cb.on_exception(t)) {
+                tracing::error!("on_exception: {e}");
+            }
+        }
+        self.run.train_time_before = self.run.train_time();
+        self.run.train_started = None;
+        let before = self.saver.failures;
+        let flushed = self.saver.finish();
+        let flushed = self.save_policy(flushed, before);
+        let logged = self.logger.as_ref().map_or(Ok(()), |l| l.save());
+        if result.is_ok() {
+            result = flushed.and(logged);
+        }
+        result
+    }
+
+    fn fit_inner<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        ckpt_path: Option<CkptPath>,
+        preempt: &Preemption,
+    ) -> Result<()> {
+        let train = need(data.train_loader(), "fit: train")?;
+        self.run = RunState {
+            seed: self.cfg.seed.unwrap_or_else(random_seed),
+            fitting: true,
+            num_val_batches: data
+                .val_loader()
+                .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
+            ..RunState::default()
+        };
+        self.run.val_every =
+            super::val_every(&self.cfg, self.cfg.limit_train_batches.apply(train.len()));
+        if self.cfg.enable_checkpointing
+            && !self.callbacks.iter().any(|c| c.is_checkpoint_callback())
+        {
+            self.callbacks.push(default_checkpoint_callback()?);
+        }
+        // The log directory is chosen (not created) first: callbacks resolve their
+        // directories from it in `setup`, before `ckpt_path = Last` searches them.
+        self.logger = match self.cfg.logger {
+            true => Some(CsvLogger::new_version(&self.cfg.default_root_dir)),
+            false => None,
+        };
+        self.hooks(&*model, |cb, t| cb.setup(t))?;
+        let resume = match &ckpt_path {
+            Some(p) => self.resolve_ckpt(p)?.map(Loaded::read).transpose()?,
+            None => None,
+        };
+        if let Some(r) = &resume {
+            if r.ckpt.optimizer_states.is_none() {
+                return Err(restore_err(&r.path, RestoreError::WeightsOnly));
+            }
+        }
+        model.move_to(self.cfg.device);
+        let mut optim = model.configure_optimizers()?;
+        self.run.scaler = self.cfg.precision.grad_scaler();
+        if let Some(l) = &self.logger {
+            l.log_hparams(&model.hparams().to_value())?;
+        }
+        if let Some(r) = resume {
+            self.restore(model, &mut optim, r)?;
+        }
+        self.optim = Some(optim);
+        self.hooks(&*model, |cb, t| cb.on_fit_start(t))?;
+        self.sanity_check(model, data)?;
+        self.run.train_started = Some(Instant::now());
+        let max_epochs = effective_max_epochs(&self.cfg);
+        while !self.run.should_stop
+            && (max_epochs < 0 || self.run.epoch < max_epochs)
+            && (self.cfg.max_steps < 0 || self.run.global_step < self.cfg.max_steps)
+        {
+            self.train_epoch(model, data, train, preempt)?;
+        }
+        if !self.run.preempted {
+            self.hooks(&*model, |cb, t| cb.on_fit_end(t))?;
+        }
+        Ok(())
+    }
+
+    /// Restores a run, in Lightning's order: model, callbacks, precision, loops, optimizers,
+    /// schedulers.
+    fn restore<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        optim: &mut OptimizerConfig,
+        r: Loaded,
+    ) -> Result<()> {
+        r.load_model(model)?;
+        self.restore_callbacks(&r)?;
+        if let (Some(scaler), Some(state)) = (&mut self.run.scaler, &r.ckpt.precision) {
+            scaler.load_state_dict(state).map_err(|source| {
+                restore_err(
+                    &r.path,
+                    RestoreError::Optim {
+                        what: "the grad scaler".into(),
+                        source,
+                    },
+                )
+            })?;
+        }
+        if let Some(saved) = self.run.restore_position(&r.ckpt) {
+            if let Some(given) = self.cfg.seed.filter(|&g| g != saved) {
+                warn(&format!(
+                    "resuming with the checkpoint's seed {saved}, not the trainer's {given}"
+                ));
+            }
+            self.run.seed = saved;
+        }
+        restore_optim(&r.ckpt, optim).map_err(|e| restore_err(&r.path, e))?;
+        self.run.resumed_from = Some(r.path);
+        Ok(())
+    }
+
+    fn restore_callbacks(&mut self, r: &Loaded) -> Result<()> {
+        let states = r.ckpt.callbacks.as_ref();
+        for cb in &mut self.callbacks {
+            let key = cb.state_key();
+            match states.and_then(|s| s.get(&Key::Str(key.clone()))) {
+                Some(s) => cb.load_state_dict(s).map_err(|e| {
+                    restore_err(
+                        &r.path,
+                        RestoreError::Callback {
+                            key: key.clone(),
+                            source: Box::new(e),
+                        },
+                    )
+                })?,
+                None => warn(&format!(
+                    "{}: no state for callback {key} in the checkpoint; it starts fresh",
+                    r.path.display()
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    fn train_epoch<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        train: &DataLoader,
+        preempt: &Preemption,
+    ) -> Result<()> {
+        let n = self.cfg.limit_train_batches.apply(train.len());
+        let epoch = self.run.epoch;
+        self.run.val_every = super::val_every(&self.cfg, n);
+        self.run.begin_epoch();
+        if self.run.batches_consumed < n {
+            let bar = Bar::new(self.cfg.enable_progress_bar, n, format!("Epoch {epoch}"));
+            let start = LoaderState {
+                epoch,
+                batches_consumed: self.run.batches_consumed,
+            };
+            for (idx, batch) in train
+                .epoch_iter(self.run.seed, start)
+                .take_while(|(i, _)| *i < n)
+            {
+                let before = self.saver.failures;
+                let polled = self.saver.poll();
+                self.save_policy(polled, before)?;
+                let stepped = self.train_step(model, batch, idx, n)?;
+                bar.step(&self.run.metrics.prog_bar);
+                self.run.point = LoopPoint::TrainBatchEnd { stepped };
+                let hooked = self.hooks(&*model, |cb, t| cb.on_train_batch_end(t));
+                self.run.point = LoopPoint::AfterBatch { stepped };
+                hooked?;
+                if let (Some(k), Some(val)) = (self.run.val_every, data.val_loader()) {
+                    if (idx + 1).is_multiple_of(k) && idx + 1 < n && self.val_due(data) {
+                        self.fit_validation(model, val)?;
+                    }
+                }
+                let last = idx + 1 == n;
+                if !last {
+                    self.run.point = LoopPoint::Outside;
+                }
+                if preempt.requested() {
+                    bar.finish();
+                    self.run.point = LoopPoint::Outside;
+                    return self.save_preempted(model);
+                }
+                if self.cfg.max_steps >= 0 && self.run.global_step >= self.cfg.max_steps {
+                    self.run.should_stop = true;
+                    break;
+                }
+            }
+            bar.finish();
+        }
+        self.end_epoch(model, data, n)?;
+        if let Some(l) = &self.logger {
+            l.save()?;
+        }
+        self.run.end_epoch();
+        Ok(())
+    }
+
+    /// The end of an epoch, each phase once even across a resume: the epoch-interval
+    /// schedulers (when its last batch ran), the epoch's validation, `on_train_epoch_end`.
+    fn end_epoch<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        n: usize,
+    ) -> Result<()> {
+        let epoch = self.run.epoch;
+        if self.run.batches_consumed >= n && !self.run.phase.schedulers_stepped() {
+            // a file of an earlier version saved before this epoch's schedulers stepped
+            self.step_epoch_schedulers();
+        }
+        if !self.run.phase.validated() {
+            if let (true, Some(val)) = (self.val_due(data), data.val_loader()) {
+                // the last batch stepped the optimizer (the epoch's last batch always does)
+                self.run.point = LoopPoint::AfterBatch { stepped: true };
+                self.run.phase = EpochPhase::Validated;
+                self.fit_validation(model, val)?;
+            }
+            self.run.phase = EpochPhase::Validated;
+        }
+        self.run.point = LoopPoint::Outside;
+        let row = self.run.metrics.reduce_epoch(Stage::Train);
+        if let Some(l) = &mut self.logger {
+            l.log_row(&row, epoch, (self.run.global_step - 1).max(0));
+        }
+        if self.run.phase != EpochPhase::Done {
+            self.run.phase = EpochPhase::Done;
+            self.hooks(&*model, |cb, t| cb.on_train_epoch_end(t))?;
+        }
+        Ok(())
+    }
+
+    /// Steps the epoch-interval schedulers due this epoch (Lightning: right after the last
+    /// batch's training step, before `on_train_batch_end`).
+    fn step_epoch_schedulers(&mut self) {
+        let epoch = self.run.epoch;
+        if let Some(o) = self.optim.as_mut() {
+            for s in o
+                .schedulers
+                .iter_mut()
+                .filter(|s| s.interval == Interval::Epoch)
+            {
+                if (epoch + 1) % s.frequency as i64 == 0 {
+                    s.scheduler.step(o.optimizer.as_mut());
+                    self.run.scheduler_steps.0 += 1;
+                    self.run.scheduler_steps.1 += 1;
+                }
+            }
+        }
+        self.run.phase = match self.run.phase {
+            EpochPhase::LegacyValidated => EpochPhase::Validated,
+            _ => EpochPhase::SchedulersStepped,
+        };
+    }
+
+    /// One training batch: forward, backward, and (every `accumulate_grad_batches` batches or
+    /// at the epoch's end) clipping, the optimizer step and step-interval schedulers; after
+    /// the epoch's last batch the epoch-interval schedulers step. Returns whether the
+    /// optimizer stepped.
+    fn train_step<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        batch: crate::data::Batch,
+        idx: usize,
+        n: usize,
+    ) -> Result<bool> {
+        let batch = batch.to_device(self.cfg.device);
+        let epoch = self.run.epoch;
+        let acc = self.cfg.accumulate_grad_batches;
+        let step_err = |what: &'static str| {
+            move |e: Error| Error::Step {
+                what,
+                epoch,
+                batch: idx,
+                source: Box::new(e),
+            }
+        };
+        // RNG (dropout etc.) depends only on (seed, epoch, batch): a resume reproduces it.
+        tch::manual_seed(mix_seed(self.run.seed, &[epoch as u64, idx as u64]) as i64);
+        let mut ctx = StepContext::new(Stage::Train, epoch, self.run.global_step);
+        let precision = self.cfg.precision;
+        let loss = precision.autocast(|| model.training_step(&batch, idx, &mut ctx))?;
+        let scaled = if acc > 1 { loss / acc as f64 } else { loss };
+        let scaled = match &self.run.scaler {
+            Some(s) => s.scale(&scaled),
+            None => scaled,
+        };
+        scaled
+            .f_backward()
+            .map_err(|e| step_err("backward of training_step's loss")(e.into()))?;
+        self.run.batches_consumed = idx + 1;
+        self.run.total_batches += 1;
+        self.run.is_last_batch = idx + 1 == n;
+        let stepped = (idx + 1).is_multiple_of(acc) || idx + 1 == n;
+        if stepped {
+            self.optimizer_step().map_err(step_err("optimizer step"))?;
+        }
+        self.run
+            .metrics
+            .record_step(&ctx.logged, Stage::Train, batch.size());
+        if stepped && self.run.global_step % self.cfg.log_every_n_steps as i64 == 0 {
+            if let Some(l) = &mut self.logger {
+                l.log_row(&self.run.metrics.step_row, epoch, self.run.global_step - 1);
+            }
+        }
+        if idx + 1 == n {
+            self.step_epoch_schedulers();
+        }
+        Ok(stepped)
+    }
+
+    /// Clipping (on unscaled gradients), the optimizer step through the grad scaler,
+    /// `zero_grad`, and the step-interval schedulers.
+    fn optimizer_step(&mut self) -> Result<()> {
+        let o = self
+            .optim
+            .as_mut()
+            .ok_or_else(|| Error::Msg("fit: no optimizer configured".into()))?;
+        if let Some(v) = self.cfg.gradient_clip_val {
+            // Gradients are unscaled before clipping, as Lightning does.
+            if let Some(s) = &mut self.run.scaler {
+                let _found_inf = s.unscale_(o.optimizer.as_ref())?;
+            }
+            clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?;
+        }
+        match &mut self.run.scaler {
+            // A step with inf/NaN gradients is skipped; the step still counts (Lightning).
+            Some(s) => {
+                s.step(o.optimizer.as_mut())?;
+                s.update()?;
+            }
+            None => o.optimizer.step()?,
+        }
+        o.optimizer.zero_grad();
+        self.run.global_step += 1;
+        let gs = self.run.global_step;
+        for s in o
+            .schedulers
+            .iter_mut()
+            .filter(|s| s.interval == Interval::Step)
+        {
+            if gs % s.frequency as i64 == 0 {
+                s.scheduler.step(o.optimizer.as_mut());
+                self.run.scheduler_steps.0 += 1;
+                self.run.scheduler_steps.1 += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves `last.ckpt` in the first checkpoint directory (or `<root>/checkpoints`) after a
+    /// preemption signal, waits until it is durable, and stops.
+    fn save_preempted<M: LightningModule>(&mut self, model: &M) -> Result<()> {
+        let dir = self
+            .callbacks
+            .iter()
+            .find_map(|c| c.checkpoint_dirpath())
+            .unwrap_or_else(|| self.cfg.default_root_dir.join("checkpoints"));
+        let path = dir.join("last.ckpt");
+        let states = self
+            .callbacks
+            .iter()
+            .map(|c| (c.state_key(), c.state_dict()));
+        let ckpt = checkpoint_of(model, self.optim.as_ref(), states, &self.run, false);
+        self.saver.save(&path, ckpt)?;
+        self.saver.wait()?;
+        warn(&format!(
+            "received a preemption signal: saved {} at epoch {} step {}; resume with ckpt_path=last",
+            path.display(),
+            self.run.epoch,
+            self.run.global_step
+        ));
+        self.run.should_stop = true;
+        self.run.preempted = true;
+        Ok(())
+    }
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix_seed(nanos, &[u64::from(std::process::id())])
+}

@@ -1,0 +1,139 @@
+//! Calling callbacks: each hook gets a [`TrainerContext`] (the run as of now, and a handle
+//! that saves checkpoints through the trainer's saver). Callback states are collected only
+//! when a checkpoint is written.
+
+use super::saver::Saver;
+use super::state::RunState;
+use super::{checkpoint_of, SaveErrorPolicy, Trainer, TrainerConfig};
+use crate::callbacks::{AfterSave, Callback, RunInfo, TrainerContext, TrainerHandle};
+use crate::error::Result;
+use crate::lightning_module::{LightningModule, OptimizerConfig};
+use std::path::{Path, PathBuf};
+
+/// A callback hook, as a function of the callback and the context.
+pub(crate) type Hook = fn(&mut dyn Callback, &mut TrainerContext<'_>) -> Result<()>;
+
+/// The trainer as one callback's hook sees it: the model, the optimizer, the run, the saver,
+/// and the other callbacks (whose states go into a checkpoint next to the caller's).
+struct Handle<'a, M: LightningModule> {
+    model: &'a M,
+    optim: Option<&'a OptimizerConfig>,
+    run: &'a RunState,
+    saver: &'a mut Saver,
+    before: &'a [Box<dyn Callback>],
+    after: &'a [Box<dyn Callback>],
+    stop_requested: bool,
+}
+
+impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
+    fn save_checkpoint(
+        &mut self,
+        path: &Path,
+        weights_only: bool,
+        caller: &dyn Callback,
+    ) -> Result<()> {
+        let state = |c: &dyn Callback| (c.state_key(), c.state_dict());
+        let states = self
+            .before
+            .iter()
+            .map(|c| state(c.as_ref()))
+            .chain(std::iter::once(state(caller)))
+            .chain(self.after.iter().map(|c| state(c.as_ref())));
+        let ckpt = checkpoint_of(self.model, self.optim, states, self.run, weights_only);
+        self.saver.save(path, ckpt)
+    }
+
+    fn when_durable(&mut self, action: AfterSave) -> Result<()> {
+        self.saver.when_durable(action)
+    }
+
+    fn wait_for_saves(&mut self) -> Result<()> {
+        self.saver.wait()
+    }
+
+    fn request_stop(&mut self) {
+        self.stop_requested = true;
+    }
+}
+
+/// What callbacks can see of the run.
+fn run_info<'a>(
+    run: &'a RunState,
+    cfg: &'a TrainerConfig,
+    log_dir: Option<&'a Path>,
+) -> RunInfo<'a> {
+    RunInfo {
+        current_epoch: run.epoch,
+        global_step: run.global_step,
+        callback_metrics: &run.metrics.callback_metrics,
+        log_dir,
+        default_root_dir: &cfg.default_root_dir,
+        is_global_zero: true,
+        resumed_from: run.resumed_from.as_deref(),
+        train_time: run.train_time(),
+        sanity_checking: run.sanity_checking,
+        is_last_batch: run.is_last_batch,
+        is_fitting: run.fitting,
+        num_val_batches: run.num_val_batches,
+        check_val_every_n_epoch: Some(cfg.check_val_every_n_epoch as i64),
+        val_check_within_epoch: run.val_every.is_some(),
+        validation_ran: run.val_ran,
+    }
+}
+
+impl Trainer {
+    /// Runs `hook` on every callback in order, stopping at the first error; a stop requested
+    /// by a callback takes effect after the hook. Save failures follow [`SaveErrorPolicy`].
+    pub(crate) fn hooks<M: LightningModule>(&mut self, model: &M, hook: Hook) -> Result<()> {
+        if self.callbacks.is_empty() {
+            return Ok(());
+        }
+        let log_dir: Option<PathBuf> = self.logger.as_ref().map(|l| l.dir().to_owned());
+        let failures_before = self.saver.failures;
+        let mut result = Ok(());
+        let mut stop = false;
+        for i in 0..self.callbacks.len() {
+            let (before, rest) = self.callbacks.split_at_mut(i);
+            let Some((cb, after)) = rest.split_first_mut() else {
+                break;
+            };
+            let mut handle = Handle {
+                model,
+                optim: self.optim.as_ref(),
+                run: &self.run,
+                saver: &mut self.saver,
+                before,
+                after,
+                stop_requested: false,
+            };
+            let info = run_info(&self.run, &self.cfg, log_dir.as_deref());
+            let mut ctx = TrainerContext::new(info, &mut handle);
+            result = hook(cb.as_mut(), &mut ctx);
+            stop |= handle.stop_requested;
+            if result.is_err() {
+                break;
+            }
+        }
+        if stop {
+            self.run.should_stop = true;
+        }
+        self.save_policy(result, failures_before)
+    }
+
+    /// Applies [`SaveErrorPolicy`] to `result` when a checkpoint save failed since
+    /// `failures_before` (other errors pass through).
+    pub(crate) fn save_policy(&self, result: Result<()>, failures_before: usize) -> Result<()> {
+        match result {
+            Err(e)
+                if self.saver.failures > failures_before
+                    && self.cfg.on_save_error == SaveErrorPolicy::WarnAndContinue =>
+            {
+                super::warn(&format!(
+                    "checkpoint not saved, training goes on (on_save_error=WarnAndContinue): {e}"
+                ));
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}

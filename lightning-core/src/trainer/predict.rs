@@ -1,0 +1,32 @@
+//! `Trainer::predict`: `predict_step` over the predict loader.
+
+use super::{need, CkptPath, Trainer};
+use crate::data::{DataModule, LoaderState};
+use crate::error::Result;
+use crate::lightning_module::{LightningModule, Stage, StepContext};
+use tch::Tensor;
+
+impl Trainer {
+    /// Runs `predict_step` over the predict loader and returns each batch's output.
+    pub fn predict<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<Vec<Tensor>> {
+        let loader = need(data.predict_loader(), "predict: predict")?;
+        self.eval_setup(model, ckpt_path)?;
+        let n = self.cfg.limit_predict_batches.apply(loader.len());
+        let (device, epoch, step) = (self.cfg.device, self.run.epoch, self.run.global_step);
+        tch::no_grad(|| {
+            loader
+                .epoch_iter(0, LoaderState::default())
+                .take(n)
+                .map(|(idx, batch)| {
+                    let mut ctx = StepContext::new(Stage::Predict, epoch, step);
+                    model.predict_step(&batch.to_device(device), idx, &mut ctx)
+                })
+                .collect()
+        })
+    }
+}
