@@ -3,7 +3,7 @@
 
 use lightning_core::layers::{BatchNorm, Sequential};
 use lightning_core::loader::checkpoint_value;
-use lightning_core::module::StateError;
+use lightning_core::traverse::StateError;
 use lightning_core::prelude::*;
 use lightning_core::{Error, HparamError, TensorKind};
 use tch::nn::ModuleT;

@@ -2,7 +2,7 @@
 //! `thiserror` enum so callers can match on what they need.
 
 use crate::hparams::HparamError;
-use crate::module::StateError;
+use crate::traverse::StateError;
 
 /// Any error from lightning-core.
 #[derive(Debug, thiserror::Error)]

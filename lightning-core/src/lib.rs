@@ -19,17 +19,17 @@ pub mod hparams;
 pub mod layers;
 pub mod lightning_module;
 pub mod loader;
-pub mod module;
 pub mod optim;
 pub mod precision;
 pub mod trainer;
+pub mod traverse;
 pub mod value;
 
 pub use error::{Error, Result};
 pub use hparams::{HparamError, Hyperparameters};
 pub use lightning_macros::{lightning_module, Hyperparameters};
 pub use lightning_module::{HasHparams, LightningModule};
-pub use module::{LoadReport, StateDict, TensorKind, Traverse};
+pub use traverse::{LoadReport, StateDict, TensorKind, Traverse};
 pub use value::{Dict, Key, Value};
 
 /// The names most programs need: `use lightning_core::prelude::*;`.
@@ -38,7 +38,7 @@ pub mod prelude {
     pub use crate::hparams::Hyperparameters;
     pub use crate::lightning_module::{HasHparams, LightningModule};
     pub use crate::loader::LoadFromCheckpoint;
-    pub use crate::module::{StateDict, Traverse};
+    pub use crate::traverse::{StateDict, Traverse};
     pub use crate::value::Value;
     pub use lightning_macros::{lightning_module, Hyperparameters};
 }
@@ -51,7 +51,8 @@ pub mod __private {
         Hyperparameters, NoHparams,
     };
     pub use crate::lightning_module::HasHparams;
-    pub use crate::module::{join_name, TensorKind, Traverse};
+    pub use crate::traverse::passes::{FieldRole, Pass};
+    pub use crate::traverse::{join_name, TensorKind, Traverse};
     pub use crate::value::{Dict, Key, Value};
     pub use std::boxed::Box;
     pub use std::option::Option;

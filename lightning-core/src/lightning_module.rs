@@ -41,7 +41,7 @@
 
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
-use crate::module::Traverse;
+use crate::traverse::Traverse;
 use crate::optim::{LrScheduler, Optimizer};
 use crate::value::Value;
 use tch::Tensor;

@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::hparams::{self, Hyperparameters};
 use crate::lightning_module::LightningModule;
-use crate::module::{state_dict_from_value, LoadReport};
+use crate::traverse::{state_dict_from_value, LoadReport};
 use crate::value::Value;
 use std::path::{Path, PathBuf};
 
@@ -183,7 +183,7 @@ pub fn checkpoint_value<M: LightningModule>(model: &M) -> Value {
     let mut v = Value::dict();
     v.insert(
         "state_dict",
-        crate::module::state_dict_to_value(&model.state_dict()),
+        crate::traverse::state_dict_to_value(&model.state_dict()),
     );
     v.insert(
         "hyper_parameters",

@@ -13,7 +13,7 @@ use super::RunState;
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
 use crate::lightning_module::{LightningModule, OptimizerConfig};
-use crate::module::{state_dict_from_value, state_dict_to_value, Traverse};
+use crate::traverse::{state_dict_from_value, state_dict_to_value, Traverse};
 use crate::value::Value;
 use std::path::Path;
 
