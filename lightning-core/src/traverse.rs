@@ -145,7 +145,7 @@ pub type StateDict = indexmap::IndexMap<String, Tensor>;
 ///                   "blocks.1.weight", "blocks.1.bias"]);
 ///
 /// // In-memory round trip with an overridden hparam (a typo in `hp.hidden` would not compile).
-/// let ckpt = lightning_core::loader::checkpoint_value(&m);
+/// let ckpt = lightning_core::checkpoint_loader::checkpoint_value(&m);
 /// let (m2, report) = Mlp::loader_from_value(ckpt)
 ///     .hparams(|hp| hp.hidden = 5)
 ///     .strict(false)
