@@ -22,6 +22,7 @@ pub mod layers;
 pub mod lightning_module;
 pub mod optim;
 pub mod precision;
+mod pyfmt;
 pub mod trainer;
 pub mod traverse;
 pub mod value;

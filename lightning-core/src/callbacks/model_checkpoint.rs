@@ -6,8 +6,8 @@
 //! only after the new file is saved (and after `last` is re-pointed), and nothing outside
 //! `dirpath`, the file the run resumed from, or a file still tracked is ever deleted.
 
-use super::pyformat::{self, MetricValue, Metrics};
 use super::{Callback, CallbackError, TrainerContext};
+use crate::pyfmt::{self, MetricValue, Metrics};
 use crate::value::{Dict, Key, Value};
 use indexmap::IndexMap;
 use std::any::Any;
@@ -491,7 +491,7 @@ impl ModelCheckpoint {
         prefix: Option<&str>,
     ) -> Result<PathBuf, CallbackError> {
         let template = filename.or(self.filename.as_deref());
-        let mut name = pyformat::format_checkpoint_template(
+        let mut name = pyfmt::format_checkpoint_template(
             template,
             metrics,
             prefix,
@@ -663,7 +663,7 @@ impl ModelCheckpoint {
                                 "Epoch {}, global step {}: {} was not in top {}",
                                 t.current_epoch(),
                                 t.global_step(),
-                                pyformat::repr_str(&monitor),
+                                pyfmt::repr_str(&monitor),
                                 self.save_top_k
                             );
                         }
@@ -776,9 +776,9 @@ impl ModelCheckpoint {
                      model to {} as top {k}",
                     t.current_epoch(),
                     t.global_step(),
-                    pyformat::repr_str(me.monitor.as_deref().unwrap_or("")),
+                    pyfmt::repr_str(me.monitor.as_deref().unwrap_or("")),
                     me.book.best_model_score.unwrap_or(current),
-                    pyformat::repr_str(&path.to_string_lossy()),
+                    pyfmt::repr_str(&path.to_string_lossy()),
                 );
             }
             me.save_file(t, &path)?;
@@ -1028,10 +1028,8 @@ impl ModelCheckpoint {
                 "The dirpath has changed from {} to {}, therefore `best_model_score`, \
                  `kth_best_model_path`, `kth_value`, `last_model_path` and `best_k_models` won't \
                  be reloaded. Only `best_model_path` will be reloaded.",
-                from_ckpt
-                    .as_deref()
-                    .map_or("None".into(), pyformat::repr_str),
-                ours.as_deref().map_or("None".into(), pyformat::repr_str),
+                from_ckpt.as_deref().map_or("None".into(), pyfmt::repr_str),
+                ours.as_deref().map_or("None".into(), pyfmt::repr_str),
             );
         }
         book.best_model_path = best_model_path;
@@ -1078,12 +1076,12 @@ impl Callback for ModelCheckpoint {
              'every_n_epochs': {}, 'train_time_interval': {}}}",
             self.monitor
                 .as_deref()
-                .map_or("None".into(), pyformat::repr_str),
-            pyformat::repr_str(self.mode.as_str()),
+                .map_or("None".into(), pyfmt::repr_str),
+            pyfmt::repr_str(self.mode.as_str()),
             self.every_n_train_steps,
             self.every_n_epochs,
             self.train_time_interval
-                .map_or("None".into(), pyformat::repr_timedelta),
+                .map_or("None".into(), pyfmt::repr_timedelta),
         )
     }
 
