@@ -6,8 +6,8 @@ mod ckpt_common;
 mod trainer_util;
 
 use lightning_core::checkpoint::{self, schema::Checkpoint};
-use lightning_core::module::state_dict_to_value;
 use lightning_core::prelude::*;
+use lightning_core::traverse::state_dict_to_value;
 use tch::{Device, Kind, Tensor};
 use trainer_util::{Tiny, TinyHp};
 

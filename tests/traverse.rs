@@ -1,10 +1,10 @@
 //! `#[lightning_module]` traversal, state_dict / load_state_dict, device moves and the
 //! in-memory `load_from_checkpoint` round trip with overridden hparams.
 
+use lightning_core::checkpoint_loader::checkpoint_value;
 use lightning_core::layers::{BatchNorm, Sequential};
-use lightning_core::loader::checkpoint_value;
-use lightning_core::module::StateError;
 use lightning_core::prelude::*;
+use lightning_core::traverse::StateError;
 use lightning_core::{Error, HparamError, TensorKind};
 use tch::nn::ModuleT;
 use tch::{nn, Device, Kind, Tensor};

@@ -4,7 +4,7 @@
 use crate::checkpoint::schema::SchemaError;
 use crate::checkpoint::CheckpointError;
 use crate::hparams::HparamError;
-use crate::module::StateError;
+use crate::traverse::StateError;
 use std::path::PathBuf;
 
 /// Any error from lightning-core.

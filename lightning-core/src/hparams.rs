@@ -155,7 +155,7 @@ pub trait HparamValue: Sized {
     fn set_nested(&mut self, rest: &str, value: &str, field: &str) -> Result<(), HparamError> {
         let _ = value;
         Err(HparamError::Unknown {
-            field: crate::module::join_name(field, rest),
+            field: crate::traverse::join_name(field, rest),
             valid: vec![field.to_owned()],
         })
     }
@@ -169,7 +169,7 @@ pub trait HparamValue: Sized {
 impl HparamError {
     /// Prefixes the field name(s) with `prefix.` (used when a nested config reports an error).
     pub fn prefixed(self, prefix: &str) -> HparamError {
-        let p = |f: String| crate::module::join_name(prefix, &f);
+        let p = |f: String| crate::traverse::join_name(prefix, &f);
         match self {
             HparamError::Missing { field } => HparamError::Missing { field: p(field) },
             HparamError::Type {

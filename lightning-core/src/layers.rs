@@ -3,7 +3,7 @@
 //! `num_batches_tracked`), [`Lstm`]/[`Gru`] (tch keeps their weights private) and a traversable
 //! [`Sequential`].
 
-use crate::module::{join_name, TensorKind, Traverse};
+use crate::traverse::{join_name, TensorKind, Traverse};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 

@@ -41,8 +41,8 @@
 
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
-use crate::module::Traverse;
 use crate::optim::{LrScheduler, Optimizer};
+use crate::traverse::Traverse;
 use crate::value::Value;
 use tch::Tensor;
 

@@ -139,21 +139,21 @@ fn impls(m: &ModuleInput) -> TokenStream {
         quote!(#p::Traverse),
     );
     let (impl_g, ty_g, where_c) = tr_generics.split_for_impl();
-    let buffer = |b: &Option<bool>| match b {
-        Some(persistent) => quote!(#p::Option::Some(#persistent)),
-        None => quote!(#p::Option::None),
+    let role = |b: &Option<bool>| match b {
+        Some(persistent) => quote!(#p::FieldRole::Buffer { persistent: #persistent }),
+        None => quote!(#p::FieldRole::AsReported),
     };
     // Spanned at the field type, so a type without `Traverse` is reported on the field.
     let visits = traversed.iter().map(|(f, b)| {
-        let (ty, member, name, b) = (f.ty, f.member, &f.name, buffer(b));
+        let (ty, member, name, role) = (f.ty, f.member, &f.name, role(b));
         quote_spanned! {ty.span()=>
-            <#ty as #p::Traverse>::visit_in_pass(&self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
+            <#ty as #p::Traverse>::visit_field(&self.#member, &#p::join_name(__prefix, #name), #role, __pass, __f);
         }
     });
     let visits_mut = traversed.iter().map(|(f, b)| {
-        let (ty, member, name, b) = (f.ty, f.member, &f.name, buffer(b));
+        let (ty, member, name, role) = (f.ty, f.member, &f.name, role(b));
         quote_spanned! {ty.span()=>
-            <#ty as #p::Traverse>::visit_in_pass_mut(&mut self.#member, &#p::join_name(__prefix, #name), #b, __pass, __f);
+            <#ty as #p::Traverse>::visit_field_mut(&mut self.#member, &#p::join_name(__prefix, #name), #role, __pass, __f);
         }
     });
     quote! {
@@ -168,8 +168,8 @@ fn impls(m: &ModuleInput) -> TokenStream {
                     __prefix: &str,
                     __f: &mut dyn ::core::ops::FnMut(&str, &#p::tch::Tensor, #p::TensorKind),
                 ) {
-                    // PyTorch's order: own parameters, own buffers, then children.
-                    for __pass in 0..3u8 {
+                    // PyTorch's order: own parameters, own buffers, then submodules.
+                    for __pass in #p::Pass::IN_ORDER {
                         #(#visits)*
                     }
                 }
@@ -178,7 +178,7 @@ fn impls(m: &ModuleInput) -> TokenStream {
                     __prefix: &str,
                     __f: &mut dyn ::core::ops::FnMut(&str, &mut #p::tch::Tensor, #p::TensorKind),
                 ) {
-                    for __pass in 0..3u8 {
+                    for __pass in #p::Pass::IN_ORDER {
                         #(#visits_mut)*
                     }
                 }

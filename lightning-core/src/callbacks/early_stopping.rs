@@ -2,8 +2,8 @@
 //! callback, same checks, messages, state key and saved state).
 
 use super::model_checkpoint::Mode;
-use super::pyformat;
 use super::{Callback, CallbackError, TrainerContext};
+use crate::pyfmt;
 use crate::value::Value;
 use std::any::Any;
 use tch::Tensor;
@@ -222,7 +222,7 @@ impl EarlyStopping {
         let mode = self.cfg.mode;
         let monitor = &self.cfg.monitor;
         let op = if mode == Mode::Min { "<" } else { ">" };
-        let cur = pyformat::repr_float(current);
+        let cur = pyfmt::repr_float(current);
         if self.cfg.check_finite && !current.is_finite() {
             self.stopping_reason = StoppingReason::NonFiniteMetric;
             return (
@@ -245,7 +245,7 @@ impl EarlyStopping {
                 Some(format!(
                     "Stopping threshold reached: {monitor} = {cur} {op} {}. Signaling Trainer \
                      to stop.",
-                    pyformat::repr_float(th)
+                    pyfmt::repr_float(th)
                 )),
             );
         }
@@ -260,7 +260,7 @@ impl EarlyStopping {
                 Some(format!(
                     "Divergence threshold reached: {monitor} = {cur} {op} {}. Signaling Trainer \
                      to stop.",
-                    pyformat::repr_float(th)
+                    pyfmt::repr_float(th)
                 )),
             );
         }
@@ -270,7 +270,7 @@ impl EarlyStopping {
                     "Metric {monitor} improved by {:.3} >= min_delta = {}. New best score: \
                      {current:.3}",
                     (self.best_score - current).abs(),
-                    pyformat::repr_float(self.min_delta.abs())
+                    pyfmt::repr_float(self.min_delta.abs())
                 )
             } else {
                 format!("Metric {monitor} improved. New best score: {current:.3}")
@@ -300,8 +300,8 @@ impl Callback for EarlyStopping {
     fn state_key(&self) -> String {
         format!(
             "EarlyStopping{{'monitor': {}, 'mode': {}}}",
-            pyformat::repr_str(&self.cfg.monitor),
-            pyformat::repr_str(self.cfg.mode.as_str())
+            pyfmt::repr_str(&self.cfg.monitor),
+            pyfmt::repr_str(self.cfg.mode.as_str())
         )
     }
 

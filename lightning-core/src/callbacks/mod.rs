@@ -9,13 +9,15 @@
 
 mod early_stopping;
 mod model_checkpoint;
-pub mod pyformat;
 
 pub use early_stopping::{EarlyStopping, EarlyStoppingBuilder, StoppingReason};
 pub use model_checkpoint::{
     find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
 };
 
+pub use crate::pyfmt::{MetricValue, Metrics};
+
+use crate::pyfmt;
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::any::Any;
@@ -256,9 +258,9 @@ pub enum CallbackError {
     #[error(
         "`ModelCheckpoint(monitor={})` could not find the monitored key in the returned metrics: {}. \
          HINT: Did you call `log({}, value)` in the `LightningModule`?",
-        pyformat::repr_str(monitor),
+        pyfmt::repr_str(monitor),
         keys_repr(keys),
-        pyformat::repr_str(monitor)
+        pyfmt::repr_str(monitor)
     )]
     MonitorNotFound {
         /// The monitored key.
@@ -312,6 +314,6 @@ pub enum CallbackError {
 
 /// Python's `repr(list_of_str)`.
 fn keys_repr(keys: &[String]) -> String {
-    let items: Vec<String> = keys.iter().map(|k| pyformat::repr_str(k)).collect();
+    let items: Vec<String> = keys.iter().map(|k| pyfmt::repr_str(k)).collect();
     format!("[{}]", items.join(", "))
 }

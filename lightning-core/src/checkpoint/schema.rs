@@ -768,7 +768,7 @@ pub fn model_checkpoint_state_key(
     every_n_epochs: i64,
     train_time_interval_repr: Option<&str>,
 ) -> String {
-    let q = |s: Option<&str>| s.map_or("None".to_owned(), crate::callbacks::pyformat::repr_str);
+    let q = |s: Option<&str>| s.map_or("None".to_owned(), crate::pyfmt::repr_str);
     format!(
         "ModelCheckpoint{{'monitor': {}, 'mode': {}, 'every_n_train_steps': {every_n_train_steps}, \
          'every_n_epochs': {every_n_epochs}, 'train_time_interval': {}}}",

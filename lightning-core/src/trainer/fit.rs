@@ -23,7 +23,7 @@ use crate::data::{mix_seed, DataLoader, DataModule, LoaderState};
 use crate::error::{Error, RestoreError, Result};
 use crate::hparams::Hyperparameters;
 use crate::lightning_module::{Interval, LightningModule, OptimizerConfig, Stage, StepContext};
-use crate::module::state_dict_from_value;
+use crate::traverse::state_dict_from_value;
 use crate::value::{Key, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

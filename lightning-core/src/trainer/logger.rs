@@ -1,9 +1,11 @@
 //! Logged metrics: per-step values, epoch means, `callback_metrics`, and the CSV logger that
 //! writes `metrics.csv` and `hparams.yaml` into `lightning_logs/version_N` as Lightning's
-//! `CSVLogger` does.
+//! `CSVLogger` does: cells as Python's csv module writes `str(value)` (floats via
+//! [`crate::pyfmt::repr_float`]), `\r\n` line ends, minimal quoting.
 
 use crate::error::{Error, Result};
 use crate::lightning_module::{Logged, Stage};
+use crate::pyfmt;
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::collections::BTreeSet;
@@ -140,16 +142,27 @@ impl CsvLogger {
         &self.dir
     }
 
-    /// Adds a row with `epoch` and `step` columns, as Lightning's trainer logs them.
+    /// Adds a row as Lightning's logger connector and `CSVLogger` do: a logged `step` metric
+    /// replaces `step` (as `int(value)`) and adds no `epoch`; otherwise `epoch` is added
+    /// unless logged. Values are written as Python's `str(float)`, `epoch`/`step` as ints.
     pub fn log_row(&mut self, metrics: &IndexMap<String, f64>, epoch: i64, step: i64) {
         if metrics.is_empty() {
             return;
         }
         let mut row: IndexMap<String, String> = metrics
             .iter()
-            .map(|(k, v)| (k.clone(), py_float(*v)))
+            .filter(|(k, _)| *k != "step")
+            .map(|(k, v)| (k.clone(), pyfmt::repr_float(*v)))
             .collect();
-        row.insert("epoch".into(), epoch.to_string());
+        let step = match metrics.get("step") {
+            // Python's `int(float)`, truncating toward zero (a NaN or infinite step raises
+            // there; here it saturates).
+            Some(s) => *s as i64,
+            None => {
+                row.entry("epoch".into()).or_insert(epoch.to_string());
+                step
+            }
+        };
         row.insert("step".into(), step.to_string());
         self.keys.extend(row.keys().cloned());
         self.rows.push(row);
@@ -169,7 +182,7 @@ impl CsvLogger {
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        out.push('\n');
+        out.push_str(CSV_LINE_END);
         for row in &self.rows {
             let cells: Vec<String> = self
                 .keys
@@ -177,7 +190,7 @@ impl CsvLogger {
                 .map(|k| row.get(k).map(|v| csv_field(v)).unwrap_or_default())
                 .collect();
             out.push_str(&cells.join(","));
-            out.push('\n');
+            out.push_str(CSV_LINE_END);
         }
         self.create_dir()?;
         let path = self.dir.join("metrics.csv");
@@ -204,21 +217,13 @@ impl CsvLogger {
     }
 }
 
-/// Renders a float as Python's `repr` does (`1.0`, `0.1`, `nan`, `inf`).
-pub(crate) fn py_float(v: f64) -> String {
-    if v.is_nan() {
-        "nan".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "inf" } else { "-inf" }.into()
-    } else if v == v.trunc() && v.abs() < 1e16 {
-        format!("{v:.1}")
-    } else {
-        format!("{v}")
-    }
-}
+/// The line end of Python's csv module (`excel` dialect), which `CSVLogger` uses.
+const CSV_LINE_END: &str = "\r\n";
 
+/// A cell as Python's csv module writes it with `QUOTE_MINIMAL`: quoted (with `"` doubled)
+/// when it holds the delimiter, the quote or a line-end character.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
@@ -261,8 +266,67 @@ mod tests {
         l.log_row(&[("a".to_string(), 0.5)].into_iter().collect(), 1, 7);
         l.save().unwrap();
         let text = fs::read_to_string(l.dir().join("metrics.csv")).unwrap();
-        assert_eq!(text, "a,epoch,step,val_loss\n,0,3,1.0\n0.5,1,7,\n");
+        assert_eq!(text, "a,epoch,step,val_loss\r\n,0,3,1.0\r\n0.5,1,7,\r\n");
         let l2 = CsvLogger::new_version(dir.path());
         assert!(l2.dir().ends_with("version_1"));
+    }
+
+    /// `metrics.csv` cells for a set of floats, as CPython 3.11's csv module writes `str(x)`
+    /// (facts printed by `python3 -c 'import csv,io; ...'`: `csv.DictWriter` over these values).
+    #[test]
+    fn csv_floats_are_pythons_str() {
+        let cases: &[(f64, &str)] = &[
+            (1e-5, "1e-05"),
+            (0.1, "0.1"),
+            (1.0 / 3.0, "0.3333333333333333"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (123456789.0, "123456789.0"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (-0.0, "-0.0"),
+            (f64::NAN, "nan"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+            (2.5e-300, "2.5e-300"),
+            (1.0, "1.0"),
+            (0.0001, "0.0001"),
+            (0.00001234, "1.234e-05"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::from(0.1f32), "0.10000000149011612"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = CsvLogger::new_version(dir.path());
+        for (x, _) in cases {
+            l.log_row(&[("a".to_string(), *x)].into_iter().collect(), 0, 1);
+        }
+        l.save().unwrap();
+        let text = fs::read_to_string(l.dir().join("metrics.csv")).unwrap();
+        let mut want = String::from("a,epoch,step\r\n");
+        for (_, s) in cases {
+            want.push_str(&format!("{s},0,1\r\n"));
+        }
+        assert_eq!(text, want);
+    }
+
+    /// Lightning's logger connector: a logged `step` becomes the step (`int(value)`) and no
+    /// `epoch` is added; a logged `epoch` is kept; csv quoting is minimal.
+    #[test]
+    fn logged_step_and_epoch_and_quoting_follow_lightning() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = CsvLogger::new_version(dir.path());
+        l.log_row(&[("step".to_string(), 7.9)].into_iter().collect(), 3, 100);
+        l.log_row(&[("epoch".to_string(), 2.0)].into_iter().collect(), 3, 101);
+        l.log_row(
+            &[("a,\"b\"".to_string(), 0.5)].into_iter().collect(),
+            3,
+            102,
+        );
+        l.save().unwrap();
+        let text = fs::read_to_string(l.dir().join("metrics.csv")).unwrap();
+        assert_eq!(
+            text,
+            "\"a,\"\"b\"\"\",epoch,step\r\n,,7\r\n,2.0,101\r\n0.5,3,102\r\n"
+        );
     }
 }

@@ -42,7 +42,7 @@ use crate::checkpoint::schema::Checkpoint;
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
 use crate::lightning_module::{LightningModule, OptimizerConfig};
-use crate::module::state_dict_to_value;
+use crate::traverse::state_dict_to_value;
 use crate::value::{Dict, Key};
 use indexmap::IndexMap;
 use state::RunState;

@@ -22,8 +22,9 @@ pub use builder::ModelCheckpointBuilder;
 pub use files::find_last_checkpoint;
 pub(crate) use files::{link_checkpoint, remove_checkpoint};
 
-use super::pyformat::{self, MetricValue, Metrics};
 use super::{AfterSave, Callback, CallbackError, TrainerContext};
+use super::{MetricValue, Metrics};
+use crate::pyfmt;
 use crate::value::Value;
 use files::lexical_absolute;
 use indexmap::IndexMap;
@@ -258,7 +259,7 @@ impl ModelCheckpoint {
         prefix: Option<&str>,
     ) -> Result<PathBuf, CallbackError> {
         let template = filename.or(self.filename.as_deref());
-        let mut name = pyformat::format_checkpoint_template(
+        let mut name = pyfmt::format_checkpoint_template(
             template,
             metrics,
             prefix,
@@ -426,7 +427,7 @@ impl Callback for ModelCheckpoint {
             self.every_n_train_steps,
             self.every_n_epochs,
             self.train_time_interval
-                .map(pyformat::repr_timedelta)
+                .map(pyfmt::repr_timedelta)
                 .as_deref(),
         )
     }

@@ -1,7 +1,8 @@
 //! What `ModelCheckpoint` saves in a checkpoint's `callbacks` dict and restores on resume.
 
-use super::{pyformat, ModelCheckpoint};
+use super::ModelCheckpoint;
 use crate::callbacks::{Callback, CallbackError};
+use crate::pyfmt;
 use crate::value::{Dict, Key, Value};
 use indexmap::IndexMap;
 use std::path::PathBuf;
@@ -138,10 +139,8 @@ impl ModelCheckpoint {
                 "The dirpath has changed from {} to {}, therefore `best_model_score`, \
                  `kth_best_model_path`, `kth_value`, `last_model_path` and `best_k_models` won't \
                  be reloaded. Only `best_model_path` will be reloaded.",
-                from_ckpt
-                    .as_deref()
-                    .map_or("None".into(), pyformat::repr_str),
-                ours.as_deref().map_or("None".into(), pyformat::repr_str),
+                from_ckpt.as_deref().map_or("None".into(), pyfmt::repr_str),
+                ours.as_deref().map_or("None".into(), pyfmt::repr_str),
             );
         }
         book.best_model_path = best_model_path;

@@ -3,8 +3,9 @@
 //! `_save_last_checkpoint`), with bookkeeping that rolls back when a save fails.
 
 use super::files::lexical_absolute;
-use super::{pyformat, Metrics, Mode, ModelCheckpoint, SaveLast};
+use super::{Metrics, Mode, ModelCheckpoint, SaveLast};
 use crate::callbacks::{AfterSave, CallbackError, TrainerContext};
+use crate::pyfmt;
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
 
@@ -76,7 +77,7 @@ impl ModelCheckpoint {
                                 "Epoch {}, global step {}: {} was not in top {}",
                                 t.run.current_epoch,
                                 t.run.global_step,
-                                pyformat::repr_str(&monitor),
+                                pyfmt::repr_str(&monitor),
                                 self.save_top_k
                             );
                         }
@@ -189,9 +190,9 @@ impl ModelCheckpoint {
                      model to {} as top {k}",
                     t.run.current_epoch,
                     t.run.global_step,
-                    pyformat::repr_str(me.monitor.as_deref().unwrap_or("")),
+                    pyfmt::repr_str(me.monitor.as_deref().unwrap_or("")),
                     me.book.best_model_score.unwrap_or(current),
-                    pyformat::repr_str(&path.to_string_lossy()),
+                    pyfmt::repr_str(&path.to_string_lossy()),
                 );
             }
             me.save_file(t, &path)?;

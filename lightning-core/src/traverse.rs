@@ -145,7 +145,7 @@ pub type StateDict = indexmap::IndexMap<String, Tensor>;
 ///                   "blocks.1.weight", "blocks.1.bias"]);
 ///
 /// // In-memory round trip with an overridden hparam (a typo in `hp.hidden` would not compile).
-/// let ckpt = lightning_core::loader::checkpoint_value(&m);
+/// let ckpt = lightning_core::checkpoint_loader::checkpoint_value(&m);
 /// let (m2, report) = Mlp::loader_from_value(ckpt)
 ///     .hparams(|hp| hp.hidden = 5)
 ///     .strict(false)
@@ -166,46 +166,49 @@ pub trait Traverse {
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind));
 
     /// Whether this is one tensor (a module's own parameter or buffer) rather than a
-    /// submodule. PyTorch lists a module's own parameters, then its own buffers, then its
-    /// children; the generated traversal follows that order using this.
+    /// submodule; only `Tensor` and the wrappers `Option`/`Box` override it. Used by the
+    /// traversal `#[lightning_module]` generates; not public API.
+    #[doc(hidden)]
     fn is_tensor(&self) -> bool {
         false
     }
 
-    /// Visits this field of a generated traversal in one of PyTorch's three passes: `0` the
-    /// module's own parameters, `1` its own buffers, `2` its children. `buffer` is
-    /// `Some(persistent)` for a `#[state(buffer)]` field, whose tensors are reported as
-    /// buffers. Used by `#[lightning_module]`; rarely useful by hand.
-    fn visit_in_pass(
+    /// Visits this field of a generated traversal in `pass`, reporting its tensors as `role`
+    /// says. Used by `#[lightning_module]`; not public API.
+    #[doc(hidden)]
+    fn visit_field(
         &self,
         name: &str,
-        buffer: Option<bool>,
-        pass: u8,
+        role: FieldRole,
+        pass: Pass,
         f: &mut dyn FnMut(&str, &Tensor, TensorKind),
     ) {
-        if self.is_tensor() == (pass == 2) {
+        if !pass.takes_field(self.is_tensor()) {
             return;
         }
         self.visit(name, &mut |n, t, k| {
-            if let Some(k) = in_pass(k, buffer, pass) {
+            let k = role.kind_of(k);
+            if pass.takes_tensor(k) {
                 f(n, t, k);
             }
         });
     }
 
-    /// Mutable counterpart of [`Traverse::visit_in_pass`].
-    fn visit_in_pass_mut(
+    /// Mutable counterpart of `visit_field`. Not public API.
+    #[doc(hidden)]
+    fn visit_field_mut(
         &mut self,
         name: &str,
-        buffer: Option<bool>,
-        pass: u8,
+        role: FieldRole,
+        pass: Pass,
         f: &mut dyn FnMut(&str, &mut Tensor, TensorKind),
     ) {
-        if self.is_tensor() == (pass == 2) {
+        if !pass.takes_field(self.is_tensor()) {
             return;
         }
         self.visit_mut(name, &mut |n, t, k| {
-            if let Some(k) = in_pass(k, buffer, pass) {
+            let k = role.kind_of(k);
+            if pass.takes_tensor(k) {
                 f(n, t, k);
             }
         });
@@ -341,11 +344,65 @@ pub trait Traverse {
     }
 }
 
-/// The kind a tensor is reported with in `pass` (a `#[state(buffer)]` field's tensors are
-/// buffers), or `None` when it belongs to another pass.
-fn in_pass(kind: TensorKind, buffer: Option<bool>, pass: u8) -> Option<TensorKind> {
-    let k = buffer.map_or(kind, |persistent| TensorKind::Buffer { persistent });
-    (pass == 2 || (k == TensorKind::Parameter) == (pass == 0)).then_some(k)
+use passes::{FieldRole, Pass};
+
+/// The passes of a generated traversal; public only through `__private`.
+pub(crate) mod passes {
+    use super::TensorKind;
+
+    /// One of the three passes a generated traversal makes over a module's fields, so its
+    /// tensors come in PyTorch's order: a module's own parameters, then its own buffers,
+    /// then its submodules.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Pass {
+        /// The parameters held directly in tensor fields.
+        OwnParameters,
+        /// The buffers held directly in tensor fields (including `#[state(buffer)]` ones).
+        OwnBuffers,
+        /// Every tensor of every submodule field, parameters and buffers alike.
+        Submodules,
+    }
+
+    impl Pass {
+        /// The passes in PyTorch's order.
+        pub const IN_ORDER: [Pass; 3] = [Pass::OwnParameters, Pass::OwnBuffers, Pass::Submodules];
+
+        /// Whether a field (a tensor when `is_tensor`, else a submodule) is visited in this pass.
+        pub(super) fn takes_field(self, is_tensor: bool) -> bool {
+            is_tensor != (self == Pass::Submodules)
+        }
+
+        /// Whether a tensor of a field this pass visits belongs to it.
+        pub(super) fn takes_tensor(self, kind: TensorKind) -> bool {
+            match self {
+                Pass::Submodules => true,
+                Pass::OwnParameters => kind == TensorKind::Parameter,
+                Pass::OwnBuffers => kind != TensorKind::Parameter,
+            }
+        }
+    }
+
+    /// How a field's tensors are reported, from its `#[state(...)]` attribute.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum FieldRole {
+        /// As they report themselves (a tensor that requires grad is a parameter).
+        AsReported,
+        /// All as buffers (`#[state(buffer)]`, `persistent = false` to leave them out of the
+        /// state_dict).
+        Buffer {
+            /// Whether they are saved in the state_dict.
+            persistent: bool,
+        },
+    }
+
+    impl FieldRole {
+        pub(super) fn kind_of(self, reported: TensorKind) -> TensorKind {
+            match self {
+                FieldRole::AsReported => reported,
+                FieldRole::Buffer { persistent } => TensorKind::Buffer { persistent },
+            }
+        }
+    }
 }
 
 impl TensorKind {

@@ -1,5 +1,7 @@
-//! Python's string formatting, as far as Lightning's checkpoint names and state keys need it.
+//! Python's string formatting, as far as Lightning's checkpoint names, callback state keys and
+//! logs need it (crate-private: the one place that knows how Python prints a value).
 //!
+//! The CSV logger writes `metrics.csv` cells as Python's `str(float)` ([`repr_float`]).
 //! `ModelCheckpoint` renders filenames with Python's `str.format` applied to a dict of metric
 //! tensors (`'{epoch:02d}-{val_loss:.2f}'`), and names its state with `repr()` of a dict. To give
 //! byte-identical names, this module implements the format-spec mini-language for ints and
@@ -34,7 +36,7 @@ impl MetricValue {
 pub type Metrics = IndexMap<String, MetricValue>;
 
 /// Python's `repr(str)`: single quotes unless the text holds a `'` and no `"`.
-pub fn repr_str(s: &str) -> String {
+pub(crate) fn repr_str(s: &str) -> String {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {
@@ -64,7 +66,7 @@ pub fn repr_str(s: &str) -> String {
 
 /// Python's `repr(datetime.timedelta)`: `datetime.timedelta(days=1, seconds=5)`, or
 /// `datetime.timedelta(0)` for zero. Sub-microsecond parts round half to even, as Python does.
-pub fn repr_timedelta(d: Duration) -> String {
+pub(crate) fn repr_timedelta(d: Duration) -> String {
     let micros_total = {
         let whole = d.as_micros();
         let rem_ns = d.subsec_nanos() % 1000;
@@ -108,7 +110,7 @@ fn shortest_digits(x: f64) -> (String, i32) {
 
 /// Python's `repr(float)` (also `str(float)`): shortest round-trip digits, scientific notation
 /// when the exponent is < -4 or >= 16, and `.0` on integral values.
-pub fn repr_float(x: f64) -> String {
+pub(crate) fn repr_float(x: f64) -> String {
     if x.is_nan() {
         return "nan".into();
     }
@@ -356,7 +358,7 @@ fn finish_number(spec: &Spec, negative: bool, int_part: &str, rest: &str) -> Str
 }
 
 /// Python's `format(value, spec)` for an `int` or a `float`.
-pub fn format_value(v: MetricValue, spec_text: &str) -> Result<String, String> {
+pub(crate) fn format_value(v: MetricValue, spec_text: &str) -> Result<String, String> {
     let spec = parse_spec(spec_text)?;
     match v {
         MetricValue::Int(i) => match spec.ty {
@@ -488,7 +490,7 @@ fn format_float(x: f64, spec: &Spec) -> Result<String, String> {
 /// Python's `str.format` of `template` with a single positional argument, a dict of metrics
 /// (`'{0[epoch]:02d}'.format(metrics)`). Supports what Lightning's rewritten templates use:
 /// `{0[key]}` fields with a format spec, and `{{`/`}}` escapes.
-pub fn format_with_metrics(template: &str, metrics: &Metrics) -> Result<String, String> {
+pub(crate) fn format_with_metrics(template: &str, metrics: &Metrics) -> Result<String, String> {
     let chars: Vec<char> = template.chars().collect();
     let mut out = String::new();
     let mut i = 0;
@@ -603,7 +605,7 @@ fn render_field(field: &str, metrics: &Metrics) -> Result<String, String> {
 /// Lightning's `ModelCheckpoint._format_checkpoint_name`: rewrites `{name...}` groups to
 /// `name={0[name]...}` (with `auto_insert_metric_name`) or `{0[name]...}`, fills missing names
 /// with `0`, formats, and prepends `prefix` joined with `join_char`.
-pub fn format_checkpoint_template(
+pub(crate) fn format_checkpoint_template(
     filename: Option<&str>,
     metrics: &Metrics,
     prefix: Option<&str>,
@@ -866,6 +868,103 @@ mod tests {
         assert_eq!(
             repr_timedelta(Duration::from_secs(2 * 86400) + Duration::from_micros(5)),
             "datetime.timedelta(days=2, microseconds=5)"
+        );
+    }
+
+    /// Runs `script` with one JSON argument in the project's venv (`LIGHTNING_RS_PYTHON`, set
+    /// by `.cargo/config.toml`) and parses its JSON output; `None` without the venv.
+    fn venv_python(script: &str, arg: &serde_json::Value) -> Option<serde_json::Value> {
+        let py = std::env::var_os("LIGHTNING_RS_PYTHON").map(std::path::PathBuf::from);
+        let Some(py) = py.filter(|p| p.exists()) else {
+            eprintln!("skipping: no Python venv (run scripts/setup.sh)");
+            return None;
+        };
+        let out = std::process::Command::new(py)
+            .arg("-c")
+            .arg(script)
+            .arg(arg.to_string())
+            .output()
+            .expect("start python");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(serde_json::from_slice(&out.stdout).expect("python printed JSON"))
+    }
+
+    /// Every value x spec pair formats as Python's `format(x, spec)`, or fails where it raises
+    /// (checked against the venv's CPython, 848 cases).
+    #[test]
+    fn format_specs_match_the_venvs_python() {
+        use serde_json::json;
+        let values = [
+            I(0),
+            I(7),
+            I(-1234567),
+            F(0.0),
+            F(-0.0),
+            F(0.5),
+            F(2.5),
+            F(-0.001),
+            F(1234.5678),
+            F(f64::from(0.1f32)),
+            F(1e-7),
+            F(9.9999),
+            F(123456789.0),
+            F(1e22),
+            F(f64::NAN),
+            F(f64::NEG_INFINITY),
+        ];
+        let specs = [
+            "", "d", "02d", "03d", "5", "<5", "^7", ">+8", "=+8", "*^9", "05", "<05", " ", "+",
+            ",", "_", "08,", "x", "#x", "#o", "#b", "X", "f", ".0f", ".1f", ".2f", ".4f", "#.0f",
+            "+.3f", "010.2f", "z.1f", "e", ".2e", "E", "010.3e", "g", ".3g", ".1g", "#.3g", "G",
+            "%", ".1%", ".3", ".1", "12.4", "08,.2f", ",.2f", "n", "c", "<3c", "s", ".2d", "q",
+        ];
+        let mut ours = vec![];
+        let mut args = vec![];
+        for v in values {
+            for spec in specs {
+                ours.push(match format_value(v, spec) {
+                    Ok(s) => json!({ "ok": s }),
+                    Err(_) => json!({ "err": true }),
+                });
+                let (ty, text) = match v {
+                    I(i) => ("int", i.to_string()),
+                    F(x) => ("float", format!("{x:e}")),
+                };
+                args.push(json!({ "t": ty, "v": text, "spec": spec }));
+            }
+        }
+        let script = r#"
+import json, sys
+out = []
+for c in json.loads(sys.argv[1]):
+    x = int(c["v"]) if c["t"] == "int" else float(c["v"])
+    try:
+        out.append({"ok": format(x, c["spec"])})
+    except Exception:
+        out.append({"err": True})
+print(json.dumps(out))
+"#;
+        let Some(theirs) = venv_python(script, &serde_json::Value::Array(args.clone())) else {
+            return;
+        };
+        let theirs = theirs.as_array().expect("a list");
+        assert_eq!(ours.len(), theirs.len());
+        let bad: Vec<String> = ours
+            .iter()
+            .zip(theirs)
+            .zip(&args)
+            .filter(|((o, t), _)| o != t)
+            .map(|((o, t), a)| format!("{a}: ours {o} python {t}"))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{} mismatches:\n{}",
+            bad.len(),
+            bad.join("\n")
         );
     }
 }

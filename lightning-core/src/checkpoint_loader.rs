@@ -2,9 +2,9 @@
 //! weights, with typed and string overrides.
 //!
 //! Where each hyperparameter comes from, highest first:
-//! 1. explicit overrides, in call order: [`Loader::hparams`] (typed closure) and
-//!    [`Loader::set`] (`"key"`, `"value"` string, checked at load time);
-//! 2. the [`Loader::hparams_file`] (YAML, or JSON by extension), merged key by key over
+//! 1. explicit overrides, in call order: [`CheckpointLoader::hparams`] (typed closure) and
+//!    [`CheckpointLoader::set`] (`"key"`, `"value"` string, checked at load time);
+//! 2. the [`CheckpointLoader::hparams_file`] (YAML, or JSON by extension), merged key by key over
 //!    3. the checkpoint's saved `hyper_parameters`;
 //! 4. the config's `#[hparam(default = ...)]`s.
 //!
@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::hparams::{self, Hyperparameters};
 use crate::lightning_module::LightningModule;
-use crate::module::{state_dict_from_value, LoadReport};
+use crate::traverse::{state_dict_from_value, LoadReport};
 use crate::value::Value;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +28,7 @@ enum Override<'a, H> {
     Str(String, String),
 }
 
-/// A `load_from_checkpoint` call being configured; finish with [`Loader::load`].
+/// A `load_from_checkpoint` call being configured; finish with [`CheckpointLoader::load`].
 ///
 /// ```no_run
 /// # use lightning_core::prelude::*;
@@ -40,7 +40,7 @@ enum Override<'a, H> {
 ///     .load()?;
 /// # Ok(()) }
 /// ```
-pub struct Loader<'a, M: LightningModule> {
+pub struct CheckpointLoader<'a, M: LightningModule> {
     source: Source,
     overrides: Vec<Override<'a, M::Hparams>>,
     hparams_file: Option<PathBuf>,
@@ -48,9 +48,9 @@ pub struct Loader<'a, M: LightningModule> {
     strict: bool,
 }
 
-impl<'a, M: LightningModule> Loader<'a, M> {
+impl<'a, M: LightningModule> CheckpointLoader<'a, M> {
     fn new(source: Source) -> Self {
-        Loader {
+        CheckpointLoader {
             source,
             overrides: Vec::new(),
             hparams_file: None,
@@ -77,7 +77,7 @@ impl<'a, M: LightningModule> Loader<'a, M> {
     }
 
     /// A string override (`"model.hidden"`, `"128"`), parsed to the field's type at load time;
-    /// an unknown key or a bad value makes [`Loader::load`] fail naming the field.
+    /// an unknown key or a bad value makes [`CheckpointLoader::load`] fail naming the field.
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.overrides.push(Override::Str(key.into(), value.into()));
         self
@@ -162,28 +162,28 @@ pub trait LoadFromCheckpoint: LightningModule {
     /// Rebuilds the module from a checkpoint file with its saved hyperparameters, on the CPU,
     /// strictly.
     fn load_from_checkpoint(path: impl AsRef<Path>) -> Result<Self> {
-        Loader::<Self>::from_path(path).load()
+        CheckpointLoader::<Self>::from_path(path).load()
     }
 
-    /// A [`Loader`] for a checkpoint file, to add overrides, a device or `strict(false)`.
-    fn loader<'a>(path: impl AsRef<Path>) -> Loader<'a, Self> {
-        Loader::from_path(path)
+    /// A [`CheckpointLoader`] for a checkpoint file, to add overrides, a device or `strict(false)`.
+    fn loader<'a>(path: impl AsRef<Path>) -> CheckpointLoader<'a, Self> {
+        CheckpointLoader::from_path(path)
     }
 
-    /// A [`Loader`] for an in-memory checkpoint dict.
-    fn loader_from_value<'a>(ckpt: Value) -> Loader<'a, Self> {
-        Loader::from_value(ckpt)
+    /// A [`CheckpointLoader`] for an in-memory checkpoint dict.
+    fn loader_from_value<'a>(ckpt: Value) -> CheckpointLoader<'a, Self> {
+        CheckpointLoader::from_value(ckpt)
     }
 }
 
 impl<M: LightningModule> LoadFromCheckpoint for M {}
 
-/// The minimal checkpoint dict a [`Loader`] reads: `state_dict` and `hyper_parameters`.
+/// The minimal checkpoint dict a [`CheckpointLoader`] reads: `state_dict` and `hyper_parameters`.
 pub fn checkpoint_value<M: LightningModule>(model: &M) -> Value {
     let mut v = Value::dict();
     v.insert(
         "state_dict",
-        crate::module::state_dict_to_value(&model.state_dict()),
+        crate::traverse::state_dict_to_value(&model.state_dict()),
     );
     v.insert(
         "hyper_parameters",
