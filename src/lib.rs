@@ -1,5 +1,10 @@
 //! Support shared by the workspace's examples and integration tests (not a public API):
-//! finding the project's Python (the venv scripts/setup.sh creates) to compare with PyTorch.
+//! finding the project's Python (the venv scripts/setup.sh creates) to compare with PyTorch,
+//! and running the tests' child processes (`src/bin/test-child`) under a time limit.
+
+mod child;
+
+pub use child::Supervised;
 
 use std::path::PathBuf;
 use std::process::Command;
