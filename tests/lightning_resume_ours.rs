@@ -129,7 +129,7 @@ fn python_lightning_resumes_our_trainers_checkpoint_with_its_optimizer_and_sched
     // The default ModelCheckpoint keeps the latest epoch-end save.
     let files = trainer_util::files_under(&ck);
     let name = format!("epoch={}-step={steps}.ckpt", N - 1);
-    assert_eq!(files, [name.clone()]);
+    assert_eq!(files, std::slice::from_ref(&name));
     let ours = ck.join(&name);
     let file = checkpoint::load(&ours).unwrap();
     assert_eq!(file.get("global_step").and_then(Value::as_i64), Some(steps));
