@@ -11,13 +11,11 @@ use lightning_core::Value;
 use serde_json::{json, Value as Json};
 use std::time::Duration;
 
-/// Runs `script` with one JSON argument; `None` (with a printed reason) without the venv.
+/// Runs `script` with one JSON argument; `None` when the test is skipped (see
+/// `lightning_rs::python`: it says why, or panics when Python is required).
 fn python(script: &str, arg: &Json) -> Option<Vec<Json>> {
     match lightning_rs::run_python(script, &[&arg.to_string()]) {
-        None => {
-            eprintln!("skipping: no Python venv (run scripts/setup.sh)");
-            None
-        }
+        None => None,
         Some(Err(e)) => panic!("{e}"),
         Some(Ok(out)) => Some(serde_json::from_str(out.trim()).expect("python printed JSON")),
     }

@@ -2,7 +2,10 @@
 //! justifies; a failed save removes its temporary file and leaves the old file intact.
 
 mod ckpt_common;
+#[path = "../src/bin/test-child/failing_save.rs"]
+mod failing_save;
 
+use failing_save::CHILD_ENV;
 use lightning_core::checkpoint::zip_io::ZipWriter;
 use lightning_core::checkpoint::{self, CheckpointError};
 use lightning_core::{Dict, Key, Value};
@@ -260,56 +263,18 @@ print("ok")
     assert!(e.to_string().contains("not a zip archive"), "{e}");
 }
 
-const CHILD_ENV: &str = "LIGHTNING_RS_CKPT_CHILD";
-
-/// Runs one of this binary's tests in a child process with `CHILD_ENV=mode:dir`.
-fn run_child(test: &str, mode: &str, dir: &Path) -> std::process::Output {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{mode}:{}", dir.display()))
-        .output()
-        .unwrap()
-}
-
-fn big_tree() -> Value {
-    let mut v = Value::dict();
-    v.insert("w", Tensor::ones([1 << 18], (Kind::Float, Device::Cpu))); // 1 MiB
-    v
-}
-
-/// In the child: lowers the limits (file size, or user for a read-only directory), tries to
-/// save over `old.ckpt`, and prints the error.
-#[test]
-fn failing_save_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return; // only meaningful as the child of the tests below
-    };
-    let (mode, dir) = spec.split_once(':').unwrap();
-    let dir = Path::new(dir);
-    // SAFETY: plain syscalls in a single-threaded child (--test-threads=1).
-    unsafe {
-        match mode {
-            "fsize" => {
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                let lim = libc::rlimit {
-                    rlim_cur: 256 << 10,
-                    rlim_max: 256 << 10,
-                };
-                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-            }
-            _ => {
-                if libc::geteuid() == 0 {
-                    assert_eq!(libc::setgid(65534), 0);
-                    assert_eq!(libc::setuid(65534), 0);
-                }
-            }
-        }
-    }
-    let e = checkpoint::save(&dir.join("old.ckpt"), &big_tree()).unwrap_err();
-    println!("CHILD-ERROR {e}");
-    if let CheckpointError::NoSpace { needed, .. } = e {
-        println!("CHILD-NEEDED {needed}");
-    }
+/// Runs `test-child failing-save` (src/bin/test-child) with `CHILD_ENV=mode:dir`, under a
+/// time limit.
+fn run_child(mode: &str, dir: &Path) -> std::process::Output {
+    lightning_rs::Supervised::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_test-child"))
+            .arg("failing-save")
+            .env(CHILD_ENV, format!("{mode}:{}", dir.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        std::time::Duration::from_secs(60),
+    )
+    .wait_with_output()
 }
 
 fn old_file(dir: &Path) -> Vec<u8> {
@@ -339,7 +304,7 @@ fn assert_old_intact(dir: &Path, before: &[u8]) {
 fn file_size_limit_reports_bytes_needed_and_keeps_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let before = old_file(dir.path());
-    let out = run_child("failing_save_child", "fsize", dir.path());
+    let out = run_child("fsize", dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(text.contains("not enough space"), "{text}");
@@ -366,7 +331,7 @@ fn read_only_directory_names_the_path_and_keeps_old_file() {
     if ro {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
     }
-    let out = run_child("failing_save_child", "readonly", dir.path());
+    let out = run_child("readonly", dir.path());
     if ro {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }

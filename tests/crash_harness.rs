@@ -10,13 +10,12 @@
 //! A second test sends SIGTERM (preemption) instead: the process exits 0 after saving
 //! `last.ckpt`, and resuming from it reaches the same final state.
 //!
-//! How the trainer process is run: this test binary re-executes itself with
-//! `CRASH_HARNESS_ROOT` set, filtered to the `child_process` test, which trains with the
-//! `Trainer` API (the same `ModelCheckpoint` setup as `examples/digits.rs`: top-k on a metric,
-//! `save_last`, `every_n_train_steps`). The digits example binary itself is not used because
-//! `cargo test --test crash_harness` (as CI and developers run it) does not build examples,
-//! so a path under `target/*/examples/` may be missing or stale; re-executing the test binary
-//! always runs the code under test.
+//! How the trainer process is run: `test-child crash-harness` (src/bin/test-child, whose
+//! `crash_harness` module this test shares) with `CRASH_HARNESS_ROOT` set trains with the
+//! `Trainer` API (the same `ModelCheckpoint` setup as `examples/digits.rs`: top-k on a
+//! metric, `save_last`, `every_n_train_steps`). The digits example binary itself is not used
+//! because `cargo test --test crash_harness` (as CI and developers run it) does not build
+//! examples, while it does build the package's binaries. Each child runs under a time limit.
 //!
 //! The kill points are seeded: `CRASH_HARNESS_SEED=<n>` replays a run (the seed is printed).
 //! The model is wide (~130 k parameters, ~1.5 MB checkpoints with Adam state) so that a save
@@ -24,113 +23,28 @@
 //! (a temporary file is left behind), between the rename and the top-k bookkeeping, and in
 //! the step itself. The harness prints how many kills interrupted a write.
 
+#[path = "../src/bin/test-child/crash_harness.rs"]
+mod child;
 mod trainer_util;
 
-use lightning_core::callbacks::{Callback, Mode, ModelCheckpoint, SaveLast, TrainerContext};
+use child::{ASYNC, KEEP_ALL, RESUME, ROOT, STEPS};
 use lightning_core::checkpoint;
 use lightning_core::prelude::*;
-use lightning_core::trainer::{CkptPath, Trainer};
+use lightning_rs::Supervised;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use trainer_util::{data, Tiny, TinyHp};
 
-const ROOT: &str = "CRASH_HARNESS_ROOT";
-const ASYNC: &str = "CRASH_HARNESS_ASYNC";
-const RESUME: &str = "CRASH_HARNESS_RESUME";
-/// Hidden width of the model: 8 * HIDDEN parameters (~1.5 MB per checkpoint with Adam).
-const HIDDEN: i64 = 16_384;
-/// 120 training rows in batches of 8: 15 steps per epoch.
-const EPOCHS: i64 = 8;
-const STEPS: i64 = 15 * EPOCHS;
 const KILLS_PER_MODE: usize = 16;
-/// Set for the reference run: keep every checkpoint (`save_top_k = -1`) so each kill's
-/// `last.ckpt` can be compared with the uninterrupted run's file of the same step.
-const KEEP_ALL: &str = "CRASH_HARNESS_KEEP_ALL";
+/// No training process may run longer (far more than the uninterrupted run needs): past it
+/// the child is killed and the test fails instead of hanging.
+const CHILD_LIMIT: Duration = Duration::from_secs(300);
 
-/// Prints `step N` after each optimizer step, before the checkpoint callback saves.
-struct Announce;
-impl Callback for Announce {
-    fn state_key(&self) -> String {
-        "Announce".into()
-    }
-    fn on_train_batch_end(&mut self, t: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
-        println!("step {}", t.run.global_step);
-        Ok(())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-/// One training process: fresh or resumed from `last`, sync or async saves, to `EPOCHS`.
-/// On completion it writes `root/final.ckpt` (weights, optimizer, loops).
-fn train_child(root: &Path, asynchronous: bool, resume: bool) -> lightning_core::Result<()> {
-    let hp = TinyHp {
-        hidden: HIDDEN,
-        lr: 0.01,
-        dropout: 0.1,
-        ..TinyHp::default()
-    };
-    let (mut m, _vs) = Tiny::new(hp, 7);
-    let ckpt = ModelCheckpoint::builder()
-        .dirpath(root.join("ck"))
-        .filename("{epoch}-{step}-{train_loss:.4f}")
-        .monitor("train_loss")
-        .mode(Mode::Min)
-        .save_top_k(if std::env::var(KEEP_ALL).is_ok() {
-            -1
-        } else {
-            2
-        })
-        .save_last(SaveLast::True)
-        .every_n_train_steps(1)
-        .build()?;
-    let mut t = Trainer::builder()
-        .enable_progress_bar(false)
-        .logger(false)
-        .seed(11)
-        .default_root_dir(root)
-        .max_epochs(EPOCHS)
-        .async_checkpointing(asynchronous)
-        .callback(Announce)
-        .callback(ckpt)
-        .build()?;
-    t.fit(
-        &mut m,
-        &data(160, 8, true),
-        resume.then_some(CkptPath::Last),
-    )?;
-    if t.was_preempted() {
-        println!("preempted step={}", t.global_step());
-    } else {
-        t.save_checkpoint(&m, root.join("final.ckpt"), false)?;
-        println!("done step={}", t.global_step());
-    }
-    Ok(())
-}
-
-#[test]
-fn child_process() {
-    let Ok(root) = std::env::var(ROOT) else {
-        return;
-    };
-    let asynchronous = std::env::var(ASYNC).is_ok_and(|v| v == "1");
-    let resume = std::env::var(RESUME).is_ok_and(|v| v == "1");
-    tch::set_num_threads(1);
-    if let Err(e) = train_child(Path::new(&root), asynchronous, resume) {
-        eprintln!("error: {e}");
-        std::process::exit(3);
-    }
-}
-
-fn spawn(root: &Path, asynchronous: bool, resume: bool) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+fn spawn(root: &Path, asynchronous: bool, resume: bool) -> Supervised {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
+    cmd.arg("crash-harness");
     if root.ends_with("reference") {
         cmd.env(KEEP_ALL, "1");
     }
@@ -138,19 +52,12 @@ fn spawn(root: &Path, asynchronous: bool, resume: bool) -> Child {
     // BLAS/OpenMP otherwise adapt their thread use to the load (seen here as 1e-6 weight
     // differences when two harness tests ran at once).
     cmd.env("OMP_NUM_THREADS", "1").env("MKL_NUM_THREADS", "1");
-    cmd.args([
-        "--exact",
-        "child_process",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROOT, root)
-    .env(ASYNC, if asynchronous { "1" } else { "0" })
-    .env(RESUME, if resume { "1" } else { "0" })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawning the training child")
+    cmd.env(ROOT, root)
+        .env(ASYNC, if asynchronous { "1" } else { "0" })
+        .env(RESUME, if resume { "1" } else { "0" })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Supervised::spawn(&mut cmd, CHILD_LIMIT)
 }
 
 /// A small deterministic generator (splitmix64) for the kill points.
@@ -245,7 +152,7 @@ fn reference() -> &'static ((i64, Tensors), PathBuf) {
         // Under cargo's per-target temp dir (not /tmp): the ~180 MB are replaced each run.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("crash_harness/reference");
         let _ = std::fs::remove_dir_all(&dir);
-        let out = spawn(&dir, false, false).wait_with_output().unwrap();
+        let out = spawn(&dir, false, false).wait_with_output();
         assert!(
             out.status.success(),
             "reference run failed: {}",
@@ -330,8 +237,7 @@ fn run_once(
                     let period = times[times.len() - 1].duration_since(times[times.len() - 2]);
                     let micros = period.as_micros().max(1) as u64;
                     std::thread::sleep(Duration::from_micros(rng.below(micros)));
-                    // SAFETY: kill(2) on our own (not yet reaped) child.
-                    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+                    assert!(child.signal(sig), "the child exited before the signal");
                     outcome = Outcome::Killed;
                     break;
                 }
@@ -343,11 +249,11 @@ fn run_once(
         }
     }
     seen.extend(lines.map_while(Result::ok));
-    let status = child.wait().unwrap();
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
+    let status = child.wait();
     (outcome, status, seen, err)
 }
 
@@ -442,17 +348,11 @@ fn kill_and_resume(asynchronous: bool) {
 
 #[test]
 fn sigkill_during_sync_saves_loses_nothing_and_resume_is_exact() {
-    if std::env::var(ROOT).is_ok() {
-        return;
-    }
     kill_and_resume(false);
 }
 
 #[test]
 fn sigkill_during_async_saves_loses_nothing_and_resume_is_exact() {
-    if std::env::var(ROOT).is_ok() {
-        return;
-    }
     kill_and_resume(true);
 }
 
@@ -460,9 +360,6 @@ fn sigkill_during_async_saves_loses_nothing_and_resume_is_exact() {
 /// stopped at, and resuming (three preemptions in a row) reaches the uninterrupted state.
 #[test]
 fn sigterm_preemption_saves_and_resume_is_exact() {
-    if std::env::var(ROOT).is_ok() {
-        return;
-    }
     let mut rng = Rng(seed() ^ 0xFEED);
     let dir = tempfile::tempdir().unwrap();
     let mut resume = false;

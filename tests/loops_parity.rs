@@ -127,8 +127,8 @@ fn compare(dir: &Path, every: i64) {
         ours.to_str().unwrap(),
         &every.to_string(),
     ];
+    // None: skipped with the reason printed (a failure when Python is required)
     let Some(out) = lightning_rs::run_python(SCRIPT, &args) else {
-        eprintln!("skipped: no venv Python (run scripts/setup.sh)");
         return;
     };
     let out = out.unwrap_or_else(|e| panic!("{e}"));

@@ -208,10 +208,7 @@ fn describe(m: &dyn Traverse) -> serde_json::Value {
 #[test]
 fn state_dict_names_match_pytorch_for_five_architectures() {
     let out = match lightning_rs::run_python(SCRIPT, &[]) {
-        None => {
-            println!("skipping name parity: no venv Python (run scripts/setup.sh)");
-            return;
-        }
+        None => return, // skipped: lightning_rs::python said why
         Some(r) => r.expect("python script"),
     };
     let torch: serde_json::Value = serde_json::from_str(out.trim()).expect("python JSON");
@@ -259,10 +256,7 @@ print(json.dumps(y.flatten().tolist()))
 #[test]
 fn lstm_gru_forward_matches_pytorch_with_the_same_named_weights() {
     let out = match lightning_rs::run_python(RNN_FORWARD, &[]) {
-        None => {
-            println!("skipping RNN forward parity: no venv Python (run scripts/setup.sh)");
-            return;
-        }
+        None => return, // skipped: lightning_rs::python said why
         Some(r) => r.expect("python script"),
     };
     let expected: Vec<f64> = serde_json::from_str(out.trim()).expect("python JSON");

@@ -1,89 +1,32 @@
 //! Preemption: SIGTERM to a training process makes it finish the step, save `last.ckpt`
 //! and exit cleanly; resuming from it continues (to the same weights as an uninterrupted run).
 //!
-//! The child is this test binary re-run with `TRAINER_PREEMPT_CHILD` set (only the
-//! `child_process` test then trains).
+//! The child is `test-child preempt` (src/bin/test-child; its `preempt` module, shared with
+//! this test, has the training setup), run under a time limit.
 
+#[path = "../src/bin/test-child/preempt.rs"]
+mod preempt;
 mod trainer_util;
 
 use lightning_core::checkpoint;
 use lightning_core::prelude::*;
-use lightning_core::trainer::{CkptPath, Trainer};
+use lightning_rs::Supervised;
+use preempt::{train, CHILD};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use trainer_util::{data, SaveAt, Tiny, TinyHp};
-
-const CHILD: &str = "TRAINER_PREEMPT_CHILD";
-
-fn train(root: &Path, max_epochs: i64, resume: bool, announce: bool) -> (Tiny, Trainer) {
-    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
-    let ck = root.join("ck");
-    let mut t = Trainer::builder()
-        .enable_progress_bar(false)
-        .seed(3)
-        .default_root_dir(root)
-        .logger(false)
-        .max_epochs(max_epochs)
-        .callback(SaveAt::new(&ck, &[], "unused.ckpt"))
-        .callback(Announce(announce))
-        .build()
-        .unwrap();
-    t.fit(&mut m, &data(80, 8, true), resume.then_some(CkptPath::Last))
-        .unwrap();
-    (m, t)
-}
-
-/// Prints "step N" after every step (so the parent knows training runs) and slows steps.
-struct Announce(bool);
-impl lightning_core::callbacks::Callback for Announce {
-    fn state_key(&self) -> String {
-        "Announce".into()
-    }
-    fn on_train_batch_end(
-        &mut self,
-        t: &mut lightning_core::callbacks::TrainerContext<'_>,
-    ) -> lightning_core::Result<()> {
-        if self.0 {
-            println!("step {}", t.run.global_step);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-#[test]
-fn child_process() {
-    let _serial = trainer_util::serial();
-    let Ok(root) = std::env::var(CHILD) else {
-        return;
-    };
-    let (_, t) = train(Path::new(&root), 1000, false, true);
-    println!("preempted={} step={}", t.was_preempted(), t.global_step());
-}
 
 #[test]
 fn sigterm_saves_last_and_resume_continues() {
     let _serial = trainer_util::serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Supervised::spawn(
+        Command::new(env!("CARGO_BIN_EXE_test-child"))
+            .arg("preempt")
+            .env(CHILD, dir.path())
+            .stdout(Stdio::piped()),
+        Duration::from_secs(120),
+    );
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
     let start = Instant::now();
@@ -98,10 +41,12 @@ fn sigterm_saves_last_and_resume_continues() {
             "child never trained"
         );
     }
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(
+        child.signal(libc::SIGTERM),
+        "the child exited before SIGTERM"
+    );
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert!(
         status.success(),
         "child exited with {status}; output {rest:?}"

@@ -144,8 +144,8 @@ fn bad_files_exit_2_with_the_reason() {
 
 #[test]
 fn inspect_lists_every_tensor_of_a_python_written_checkpoint() {
-    let Some(py) = std::env::var_os("LIGHTNING_RS_PYTHON").filter(|p| Path::new(p).exists()) else {
-        eprintln!("skipped: no venv Python (run scripts/setup.sh)");
+    // Skipped (saying why) or failed (LIGHTNING_RS_REQUIRE_PYTHON) without the venv.
+    let Some(py) = lightning_rs::python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

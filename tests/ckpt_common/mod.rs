@@ -101,14 +101,12 @@ pub fn describe(v: &Value) -> J {
     }
 }
 
-/// Runs a Python script (after [`PY_DESCRIBE`]), or prints why not and returns `None`.
+/// Runs a Python script (after [`PY_DESCRIBE`]); `None` when the test is skipped (see
+/// `lightning_rs::python`: it says why, or panics when Python is required).
 pub fn python(script: &str, args: &[&str]) -> Option<String> {
     let full = format!("{PY_DESCRIBE}\n{script}");
     match lightning_rs::run_python(&full, args) {
-        None => {
-            eprintln!("skipped: no venv Python (run scripts/setup.sh)");
-            None
-        }
+        None => None,
         Some(Ok(out)) => Some(out),
         Some(Err(e)) => panic!("{e}"),
     }

@@ -117,17 +117,15 @@ pub fn from_json(j: &Json) -> Value {
 }
 
 /// Runs `PY_PRELUDE + script` with `input` as JSON in a temp file (path in `sys.argv[1]`);
-/// the script prints one JSON document. `None` (with a printed reason) when there is no venv.
+/// the script prints one JSON document. `None` when the test is skipped (see
+/// `lightning_rs::python`: it says why, or panics when Python is required).
 pub fn python_json(script: &str, input: &Json) -> Option<Json> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("in.json");
     std::fs::write(&path, input.to_string()).expect("write input");
     let full = format!("{PY_PRELUDE}\n{script}");
     match lightning_rs::run_python(&full, &[path.to_str().expect("utf8 path")]) {
-        None => {
-            eprintln!("SKIP: no venv Python (run scripts/setup.sh); PyTorch comparison not run");
-            None
-        }
+        None => None,
         Some(Err(e)) => panic!("{e}"),
         Some(Ok(out)) => Some(serde_json::from_str(out.trim()).expect("python printed JSON")),
     }
