@@ -254,6 +254,54 @@ fn hparams_yaml_file_reads_back() {
     assert_eq!(from(&hparams::from_json(&json).unwrap()).unwrap(), c);
 }
 
+/// `hparams.yaml` as written here reads in Python's `yaml.safe_load` (what Lightning's
+/// `load_hparams_from_yaml` uses) as the same Python values, and PyYAML's own dump reads back.
+/// (Not floats below 1e-5 or from 1e16 in magnitude: see `hparams::to_yaml`.)
+#[test]
+fn hparams_yaml_reads_the_same_in_pyyaml() {
+    let mut inner = Dict::new();
+    inner.insert(
+        Key::Int(3),
+        Value::Tuple(vec![Value::Float(1.5), Value::None]),
+    );
+    inner.insert(Key::from("quoted"), Value::from("true"));
+    let mut v = Value::dict();
+    v.insert("lr", 1e-3);
+    v.insert("small", 1e-5);
+    v.insert("whole", 2.0);
+    v.insert("nan", f64::NAN);
+    v.insert("inf", f64::NEG_INFINITY);
+    v.insert("hidden", 64i64);
+    v.insert("name", "a: b\nc");
+    v.insert("num_str", "1");
+    v.insert("flag", false);
+    v.insert("inner", Value::Dict(inner));
+    v.insert("empty", Value::dict());
+    let text = hparams::to_yaml(&v);
+    let script = r#"
+import sys, yaml, math
+d = yaml.safe_load(sys.argv[1])
+want = {"lr": 1e-3, "small": 1e-5, "whole": 2.0, "hidden": 64, "name": "a: b\nc",
+        "num_str": "1", "flag": False, "inner": {3: [1.5, None], "quoted": "true"}, "empty": {}}
+nan, inf = d.pop("nan"), d.pop("inf")
+assert math.isnan(nan) and inf == -math.inf, (nan, inf)
+assert d == want and list(d) == list(want), d
+assert type(d["whole"]) is float and type(d["hidden"]) is int, d
+print(yaml.safe_dump({"t": 1, "lr": 0.001, "l": [1, "x", None], 3: {"a": True}}, sort_keys=False))
+"#;
+    match lightning_rs::run_python(script, &[&text]) {
+        None => eprintln!("SKIP: no venv Python (run scripts/setup.sh); PyYAML check not run"),
+        Some(Err(e)) => panic!("{e}\n{text}"),
+        Some(Ok(out)) => {
+            let back = hparams::from_yaml(&out).unwrap();
+            assert_eq!(
+                hparams::to_yaml(&back),
+                "t: 1\nlr: 0.001\nl:\n- 1\n- x\n- null\n3:\n  a: true\n"
+            );
+        }
+    }
+}
+
 /// Value trees YAML can hold exactly: no tuples, tensors or OrderedDicts; finite floats.
 fn tree(int_keys: bool) -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

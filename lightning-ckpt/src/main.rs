@@ -112,20 +112,24 @@ fn num(x: f64) -> J {
     )
 }
 
-/// JSON for any value (tensors become `{"tensor": {"dtype", "shape"}}`).
+/// JSON for any value, through [`Value`]'s serde impl after giving the report's forms to what
+/// it has none for: tensors become `{"tensor": {"dtype", "shape"}}` and non-finite floats the
+/// strings `"nan"`, `"inf"`, `"-inf"` (serde_json would write `null`).
 fn to_json(v: &Value) -> J {
-    match v {
-        Value::None => J::Null,
-        Value::Bool(b) => J::Bool(*b),
-        Value::Int(i) => json!(i),
-        Value::Float(x) => num(*x),
-        Value::Str(s) => J::String(s.clone()),
-        Value::List(v) | Value::Tuple(v) => J::Array(v.iter().map(to_json).collect()),
-        Value::Dict(d) | Value::OrderedDict(d) => {
-            J::Object(d.iter().map(|(k, x)| (k.to_string(), to_json(x))).collect())
+    let v = v.rewrite(&mut |x| match x {
+        Value::Float(f) if !f.is_finite() => Some(Value::Str(num(*f).as_str()?.to_owned())),
+        Value::Tensor(t) => {
+            let mut desc = Value::dict();
+            desc.insert("dtype", dtype_name(t.kind()));
+            desc.insert("shape", t.size());
+            let mut o = Value::dict();
+            o.insert("tensor", desc);
+            Some(o)
         }
-        Value::Tensor(t) => json!({"tensor": {"dtype": dtype_name(t.kind()), "shape": t.size()}}),
-    }
+        _ => None,
+    });
+    // Cannot fail: no tensors are left and every key is a string or an int.
+    serde_json::to_value(&v).unwrap_or(J::Null)
 }
 
 fn as_f64(t: &Tensor) -> Result<Tensor> {

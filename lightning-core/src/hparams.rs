@@ -1,7 +1,7 @@
 //! Hyperparameters: the trait `#[derive(Hyperparameters)]` implements, and the conversions
 //! between field types and the [`Value`] tree.
 
-use crate::value::{Dict, Key, Value};
+use crate::value::{tensor_placeholder, Dict, Key, Value};
 use std::path::PathBuf;
 
 /// Errors reading, building or overriding hyperparameters. Each names the field.
@@ -392,8 +392,8 @@ impl<T: HparamValue> HparamValue for Vec<T> {
         if t.starts_with('[') {
             // Scalars go through `T::parse_str` on their text, so a u64 above i64::MAX
             // (which the value tree cannot hold as an int) still parses exactly.
-            let y: serde_yaml::Value =
-                serde_yaml::from_str(t).map_err(|_| parse_error::<Self>(field, s))?;
+            let y: serde_norway::Value =
+                serde_norway::from_str(t).map_err(|_| parse_error::<Self>(field, s))?;
             let seq = y
                 .as_sequence()
                 .ok_or_else(|| parse_error::<Self>(field, s))?;
@@ -403,11 +403,12 @@ impl<T: HparamValue> HparamValue for Vec<T> {
                 .map(|(i, item)| {
                     let f = format!("{field}.{i}");
                     match item {
-                        serde_yaml::Value::Number(n) => T::parse_str(&n.to_string(), &f),
-                        serde_yaml::Value::String(x) => T::parse_str(x, &f),
-                        serde_yaml::Value::Bool(b) => T::parse_str(&b.to_string(), &f),
+                        serde_norway::Value::Number(n) => T::parse_str(&n.to_string(), &f),
+                        serde_norway::Value::String(x) => T::parse_str(x, &f),
+                        serde_norway::Value::Bool(b) => T::parse_str(&b.to_string(), &f),
                         other => {
-                            let v = from_yaml_value(other).map_err(|_| parse_error::<T>(&f, s))?;
+                            let v = serde_norway::from_value::<Value>(other.clone())
+                                .map_err(|_| parse_error::<T>(&f, s))?;
                             T::from_value(&v, &f)
                         }
                     }
@@ -562,83 +563,20 @@ pub fn apply_overrides<H: Hyperparameters>(
     Ok(())
 }
 
-/// A tensor has no YAML/JSON form; it is written as a descriptive string.
-fn tensor_placeholder(t: &tch::Tensor) -> String {
-    format!("<Tensor {:?} {:?}>", t.kind(), t.size())
+/// The tree with each tensor replaced by its descriptive string, for the text formats.
+fn printable(v: &Value) -> Value {
+    v.rewrite(&mut |x| x.as_tensor().map(|t| Value::Str(tensor_placeholder(t))))
 }
 
-fn key_string(k: &Key) -> String {
-    k.to_string()
-}
-
-fn to_yaml_value(v: &Value) -> serde_yaml::Value {
-    use serde_yaml::Value as Y;
-    match v {
-        Value::None => Y::Null,
-        Value::Bool(b) => Y::Bool(*b),
-        Value::Int(i) => Y::Number((*i).into()),
-        Value::Float(x) => Y::Number((*x).into()),
-        Value::Str(s) => Y::String(s.clone()),
-        Value::List(items) | Value::Tuple(items) => {
-            Y::Sequence(items.iter().map(to_yaml_value).collect())
-        }
-        Value::Dict(d) | Value::OrderedDict(d) => Y::Mapping(
-            d.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Key::Str(s) => Y::String(s.clone()),
-                        Key::Int(i) => Y::Number((*i).into()),
-                    };
-                    (key, to_yaml_value(v))
-                })
-                .collect(),
-        ),
-        Value::Tensor(t) => Y::String(tensor_placeholder(t)),
-    }
-}
-
-fn from_yaml_value(y: &serde_yaml::Value) -> Result<Value, String> {
-    use serde_yaml::Value as Y;
-    Ok(match y {
-        Y::Null => Value::None,
-        Y::Bool(b) => Value::Bool(*b),
-        Y::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(
-                n.as_f64()
-                    .ok_or_else(|| format!("number {n} out of range"))?,
-            ),
-        },
-        Y::String(s) => Value::Str(s.clone()),
-        Y::Sequence(items) => Value::List(
-            items
-                .iter()
-                .map(from_yaml_value)
-                .collect::<Result<_, _>>()?,
-        ),
-        Y::Mapping(m) => {
-            let mut d = Dict::new();
-            for (k, v) in m {
-                let key = match k {
-                    Y::String(s) => Key::Str(s.clone()),
-                    Y::Number(n) if n.as_i64().is_some() => {
-                        Key::Int(n.as_i64().unwrap_or_default())
-                    }
-                    Y::Bool(b) => Key::Str(if *b { "True" } else { "False" }.to_owned()),
-                    other => return Err(format!("unsupported mapping key {other:?}")),
-                };
-                d.insert(key, from_yaml_value(v)?);
-            }
-            Value::Dict(d)
-        }
-        Y::Tagged(t) => from_yaml_value(&t.value)?,
-    })
-}
-
-/// Writes a value tree as YAML (what Lightning's `hparams.yaml` holds).
+/// Writes a value tree as YAML (what Lightning's `hparams.yaml` holds), through
+/// [`Value`]'s serde impl.
 ///
 /// Tuples become sequences, int keys stay ints, non-finite floats become `.nan`/`.inf`; tensors
 /// have no YAML form and are written as a descriptive string (`"<Tensor Float [2, 3]>"`).
+///
+/// Known limitation (of the serde_yaml family's emitter): floats below 1e-5 or from 1e16 in
+/// magnitude are written in exponent form without a dot (`1e-10`, `1e16`), which this crate reads
+/// back as floats but Python's `yaml.safe_load` (YAML 1.1) reads as strings.
 ///
 /// ```
 /// use lightning_core::{hparams, Value};
@@ -649,75 +587,33 @@ fn from_yaml_value(y: &serde_yaml::Value) -> Result<Value, String> {
 /// assert_eq!(hparams::from_yaml(&text).unwrap(), v);
 /// ```
 pub fn to_yaml(v: &Value) -> String {
-    // Serializing an in-memory serde_yaml::Value (string/number/bool keys only) cannot fail.
-    serde_yaml::to_string(&to_yaml_value(v)).unwrap_or_default()
+    // Without tensors the tree always serializes (keys are strings or ints).
+    serde_norway::to_string(&printable(v)).unwrap_or_default()
 }
 
 /// Reads a YAML document into a value tree (mappings become `Dict`s in file order; tags such
 /// as `!!python/tuple` are dropped and their content kept).
 pub fn from_yaml(text: &str) -> Result<Value, HparamError> {
-    let doc_err = |msg: String| HparamError::Document {
+    serde_norway::from_str(text).map_err(|e| HparamError::Document {
         format: "YAML",
-        msg,
-    };
-    let y: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| doc_err(e.to_string()))?;
-    from_yaml_value(&y).map_err(doc_err)
+        msg: e.to_string(),
+    })
 }
 
-fn to_json_value(v: &Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        Value::None => J::Null,
-        Value::Bool(b) => J::Bool(*b),
-        Value::Int(i) => J::Number((*i).into()),
-        Value::Float(x) => serde_json::Number::from_f64(*x).map_or(J::Null, J::Number),
-        Value::Str(s) => J::String(s.clone()),
-        Value::List(items) | Value::Tuple(items) => {
-            J::Array(items.iter().map(to_json_value).collect())
-        }
-        Value::Dict(d) | Value::OrderedDict(d) => J::Object(
-            d.iter()
-                .map(|(k, v)| (key_string(k), to_json_value(v)))
-                .collect(),
-        ),
-        Value::Tensor(t) => J::String(tensor_placeholder(t)),
-    }
-}
-
-fn from_json_value(j: &serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match j {
-        J::Null => Value::None,
-        J::Bool(b) => Value::Bool(*b),
-        J::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        J::String(s) => Value::Str(s.clone()),
-        J::Array(items) => Value::List(items.iter().map(from_json_value).collect()),
-        J::Object(m) => Value::Dict(
-            m.iter()
-                .map(|(k, v)| (Key::Str(k.clone()), from_json_value(v)))
-                .collect(),
-        ),
-    }
-}
-
-/// Writes a value tree as pretty JSON (the safetensors export's metadata uses it).
+/// Writes a value tree as pretty JSON, through [`Value`]'s serde impl.
 ///
 /// JSON has no int keys (they become strings), no tuples (lists) and no NaN/inf (`null`);
 /// tensors are written as a descriptive string.
 pub fn to_json(v: &Value) -> String {
-    serde_json::to_string_pretty(&to_json_value(v)).unwrap_or_default()
+    serde_json::to_string_pretty(&printable(v)).unwrap_or_default()
 }
 
 /// Reads a JSON document into a value tree (objects become `Dict`s in file order).
 pub fn from_json(text: &str) -> Result<Value, HparamError> {
-    let j: serde_json::Value = serde_json::from_str(text).map_err(|e| HparamError::Document {
+    serde_json::from_str(text).map_err(|e| HparamError::Document {
         format: "JSON",
         msg: e.to_string(),
-    })?;
-    Ok(from_json_value(&j))
+    })
 }
 
 /// Reads an hparams file by extension: `.json` as JSON, anything else as YAML.

@@ -5,6 +5,10 @@
 //! tuples, dicts (string or int keys, insertion-ordered), `OrderedDict`s and tensors.
 
 use indexmap::IndexMap;
+use serde::de::{
+    self, Deserialize, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
+use serde::ser::{self, Serialize, Serializer};
 use std::fmt;
 use tch::Tensor;
 
@@ -322,6 +326,182 @@ impl<T: Into<Value>> From<Vec<T>> for Value {
     }
 }
 
+/// The placeholder that stands for a tensor where a text format has no room for one
+/// (`"<Tensor Float [2, 3]>"`).
+pub fn tensor_placeholder(t: &Tensor) -> String {
+    format!("<Tensor {:?} {:?}>", t.kind(), t.size())
+}
+
+impl Value {
+    /// A copy of the tree in which every node for which `f` returns `Some` is replaced by
+    /// that value (the replaced node's children are not visited); tensors are shared.
+    ///
+    /// Used to give tensors or non-finite floats a form before serializing:
+    /// `v.rewrite(&mut |x| x.as_tensor().map(|t| Value::from(tensor_placeholder(t))))`.
+    pub fn rewrite(&self, f: &mut dyn FnMut(&Value) -> Option<Value>) -> Value {
+        if let Some(new) = f(self) {
+            return new;
+        }
+        match self {
+            Value::List(v) => Value::List(v.iter().map(|x| x.rewrite(f)).collect()),
+            Value::Tuple(v) => Value::Tuple(v.iter().map(|x| x.rewrite(f)).collect()),
+            Value::Dict(d) => {
+                Value::Dict(d.iter().map(|(k, x)| (k.clone(), x.rewrite(f))).collect())
+            }
+            Value::OrderedDict(d) => {
+                Value::OrderedDict(d.iter().map(|(k, x)| (k.clone(), x.rewrite(f))).collect())
+            }
+            leaf => leaf.clone(),
+        }
+    }
+}
+
+impl Serialize for Key {
+    /// A string key as a string, an int key as an int (JSON writes it as a string, `"0"`).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Key::Str(k) => s.serialize_str(k),
+            Key::Int(i) => s.serialize_i64(*i),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    /// A string, an int (a YAML `3:` key; one above `i64::MAX` is an error) or a bool (a YAML
+    /// `true:` key, read as PyYAML does, then as the string `"True"`/`"False"`); floats, nulls
+    /// and collections are errors. JSON keys are always strings, so they stay strings (`"0"`).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or integer mapping key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(Key::Str(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key, E> {
+                Ok(Key::Str(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Key, E> {
+                Ok(Key::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Key, E> {
+                i64::try_from(v)
+                    .map(Key::Int)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Key, E> {
+                Ok(Key::Str(if v { "True" } else { "False" }.to_owned()))
+            }
+        }
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+/// The serde data model of the tree, shared by `hparams.yaml`, JSON hparams files and the
+/// JSON metadata of safetensors exports.
+///
+/// | Value | serialized as | deserialized from |
+/// |---|---|---|
+/// | `None` | unit (`null`) | unit / none (`null`, `~`, an empty YAML document) |
+/// | `Bool` | bool | bool |
+/// | `Int` | i64 | i64, and u64 up to `i64::MAX` |
+/// | `Float` | f64: serde_json writes non-finite floats as `null` (JSON has none; callers that must not lose them check first), YAML as `.nan`/`.inf`/`-.inf` | f64, and integers beyond i64 (u64/i128/u128, as JSON parsers read them) |
+/// | `Str` | str | str |
+/// | `List`, `Tuple` | sequence | sequence, always as a `List` |
+/// | `Dict`, `OrderedDict` | map in insertion order, keys as [`Key`] says (int keys stay ints in YAML, become strings in JSON) | map, always as a `Dict`, in document order (a repeated key keeps its first position and its last value, as Python's loaders do) |
+/// | `Tensor` | an error: text formats have no tensor form (use [`Value::rewrite`] with [`tensor_placeholder`] or a report of your own first) | never produced |
+///
+/// A YAML tag (`!tag value`) is dropped and its content kept.
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::None => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(x) => s.serialize_f64(*x),
+            Value::Str(v) => s.serialize_str(v),
+            Value::List(items) | Value::Tuple(items) => s.collect_seq(items),
+            Value::Dict(d) | Value::OrderedDict(d) => s.collect_map(d),
+            Value::Tensor(t) => Err(ser::Error::custom(format!(
+                "a tensor ({:?} {:?}) has no serde form",
+                t.kind(),
+                t.size()
+            ))),
+        }
+    }
+}
+
+/// See the table on [`Value`]'s `Serialize` impl.
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null, a bool, a number, a string, a sequence or a mapping")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(x) = seq.next_element()? {
+            items.push(x);
+        }
+        Ok(Value::List(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut d = Dict::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+        while let Some((k, v)) = map.next_entry::<Key, Value>()? {
+            d.insert(k, v);
+        }
+        Ok(Value::Dict(d))
+    }
+    /// A YAML tagged node (`!tag value`): the tag is dropped, the content kept.
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (_tag, content) = data.variant::<String>()?;
+        content.newtype_variant()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +538,118 @@ mod tests {
         let mut seen = vec![];
         top.visit_tensors("", &mut |p, t| seen.push((p.to_owned(), t.size())));
         assert_eq!(seen, vec![("state_dict.fc.weight".to_owned(), vec![2, 2])]);
+    }
+
+    fn sample() -> Value {
+        let mut inner = Dict::new();
+        inner.insert(
+            Key::Int(3),
+            Value::Tuple(vec![Value::Float(1.5), Value::None]),
+        );
+        inner.insert(Key::from("z"), Value::Bool(false));
+        let mut v = Value::OrderedDict(Dict::new());
+        v.insert("name", "mlp");
+        v.insert("hidden", 64i64);
+        v.insert("lr", 1e-3);
+        v.insert("whole", 2.0);
+        v.insert("inner", Value::Dict(inner));
+        v
+    }
+
+    #[test]
+    fn json_maps_tuples_to_lists_int_keys_to_strings_and_keeps_order() {
+        let text = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"name":"mlp","hidden":64,"lr":0.001,"whole":2.0,"inner":{"3":[1.5,null],"z":false}}"#
+        );
+        let back: Value = serde_json::from_str(&text).unwrap();
+        let mut inner = Dict::new();
+        inner.insert(
+            Key::from("3"),
+            Value::List(vec![Value::Float(1.5), Value::None]),
+        );
+        inner.insert(Key::from("z"), Value::Bool(false));
+        let mut want = Value::dict();
+        want.insert("name", "mlp");
+        want.insert("hidden", 64i64);
+        want.insert("lr", 1e-3);
+        want.insert("whole", 2.0);
+        want.insert("inner", Value::Dict(inner));
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn yaml_keeps_int_keys_and_reads_what_pyyaml_writes() {
+        let text = serde_norway::to_string(&sample()).unwrap();
+        assert!(text.contains("\n  3:\n  - 1.5\n  - null\n"), "{text}");
+        let back: Value = serde_norway::from_str(&text).unwrap();
+        assert_eq!(back.get_path("inner.3.0"), Some(&Value::Float(1.5)));
+        assert_eq!(back.get_path("whole"), Some(&Value::Float(2.0)));
+        // Tags are dropped, bool keys read as Python's names, an empty document is None.
+        let v: Value =
+            serde_norway::from_str("t: !!python/tuple [1, 2]\nu: !x 3\ntrue: 1\n").unwrap();
+        assert_eq!(v.get("t"), Some(&Value::from(vec![1i64, 2])));
+        assert_eq!(v.get("u"), Some(&Value::Int(3)));
+        assert_eq!(v.get("True"), Some(&Value::Int(1)));
+        assert_eq!(serde_norway::from_str::<Value>("").unwrap(), Value::None);
+        assert!(serde_norway::from_str::<Value>("1.5: a\n").is_err());
+    }
+
+    #[test]
+    fn non_finite_floats_are_null_in_json_and_keep_their_value_in_yaml() {
+        let v = Value::from(vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
+        assert_eq!(serde_json::to_string(&v).unwrap(), "[null,null,null]");
+        let text = serde_norway::to_string(&v).unwrap();
+        assert_eq!(text, "- .nan\n- .inf\n- -.inf\n");
+        assert_eq!(serde_norway::from_str::<Value>(&text).unwrap(), v);
+    }
+
+    #[test]
+    fn integers_beyond_i64_read_as_floats_and_repeated_keys_keep_the_last() {
+        let v: Value = serde_json::from_str("[9223372036854775808, -1]").unwrap();
+        assert_eq!(
+            v,
+            Value::List(vec![Value::Float(9.223372036854776e18), Value::Int(-1)])
+        );
+        let v: Value = serde_json::from_str(r#"{"a": 1, "b": 2, "a": 3}"#).unwrap();
+        let keys: Vec<String> = v.as_dict().unwrap().keys().map(Key::to_string).collect();
+        assert_eq!(
+            (keys, v.get("a")),
+            (vec!["a".into(), "b".into()], Some(&Value::Int(3)))
+        );
+    }
+
+    #[test]
+    fn tensors_have_no_serde_form() {
+        let mut v = Value::dict();
+        v.insert(
+            "w",
+            Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)),
+        );
+        let e = serde_json::to_string(&v).unwrap_err();
+        assert!(e.to_string().contains("tensor (Float [2])"), "{e}");
+        assert!(serde_norway::to_string(&v).is_err());
+        let printable = v.rewrite(&mut |x| x.as_tensor().map(|t| tensor_placeholder(t).into()));
+        assert_eq!(
+            serde_json::to_string(&printable).unwrap(),
+            r#"{"w":"<Tensor Float [2]>"}"#
+        );
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn finite_floats_and_ints_round_trip_through_json_and_yaml(
+            x in proptest::num::f64::ANY.prop_filter("finite", |x| x.is_finite()),
+            i in proptest::num::i64::ANY,
+        ) {
+            let v = Value::from(vec![Value::Float(x), Value::Int(i)]);
+            let j: Value = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+            prop_assert_eq!(&j, &v);
+            let y: Value = serde_norway::from_str(&serde_norway::to_string(&v).unwrap()).unwrap();
+            prop_assert_eq!(&y, &v);
+        }
     }
 }

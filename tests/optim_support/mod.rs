@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use lightning_core::value::{Dict, Key, Value};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tch::{Kind, Tensor};
 
 /// Python helpers prepended to every script: `enc(obj)` / `dec(json)` mirror [`to_json`] /
@@ -26,26 +26,51 @@ def dec(o):
     return o
 "#;
 
-/// Encodes a value tree for [`PY_PRELUDE`]'s `dec`.
+/// Encodes a value tree for [`PY_PRELUDE`]'s `dec`: [`encode`], then the library's serde impl.
 pub fn to_json(v: &Value) -> Json {
-    match v {
-        Value::None => Json::Null,
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Float(x) => json!(x),
-        Value::Str(s) => json!(s),
-        Value::List(l) => Json::Array(l.iter().map(to_json).collect()),
-        Value::Tuple(l) => json!({"tuple": l.iter().map(to_json).collect::<Vec<_>>()}),
-        Value::Dict(d) | Value::OrderedDict(d) => json!({"dict": d.iter().map(|(k, v)| {
-            let k = match k { Key::Str(s) => json!(s), Key::Int(i) => json!(i) };
-            json!([k, to_json(v)])
-        }).collect::<Vec<_>>()}),
-        Value::Tensor(t) => tensor_json(t),
-    }
+    serde_json::to_value(encode(v)).expect("encoded tree serializes")
+}
+
+fn tagged(tag: &str, content: Value) -> Value {
+    let mut o = Value::dict();
+    o.insert(tag, content);
+    o
+}
+
+/// The prelude's conventions as a value tree: tuples become `{"tuple": [..]}`, dicts
+/// `{"dict": [[key, value], ..]}` (so int keys and types survive JSON) and tensors
+/// `{"t": dtype, "shape", "data"}`.
+fn encode(v: &Value) -> Value {
+    v.rewrite(&mut |x| match x {
+        Value::Tuple(items) => Some(tagged(
+            "tuple",
+            Value::List(items.iter().map(encode).collect()),
+        )),
+        Value::Dict(d) | Value::OrderedDict(d) => Some(tagged(
+            "dict",
+            Value::List(
+                d.iter()
+                    .map(|(k, x)| {
+                        let k = match k {
+                            Key::Str(s) => Value::from(s.as_str()),
+                            Key::Int(i) => Value::Int(*i),
+                        };
+                        Value::List(vec![k, encode(x)])
+                    })
+                    .collect(),
+            ),
+        )),
+        Value::Tensor(t) => Some(tensor_value(t)),
+        _ => None,
+    })
 }
 
 /// A tensor as `{"t": dtype, "shape", "data"}`.
 pub fn tensor_json(t: &Tensor) -> Json {
+    serde_json::to_value(tensor_value(t)).expect("tensor encoding serializes")
+}
+
+fn tensor_value(t: &Tensor) -> Value {
     let dtype = match t.kind() {
         Kind::Float => "float32",
         Kind::Double => "float64",
@@ -59,61 +84,63 @@ pub fn tensor_json(t: &Tensor) -> Json {
         .to_kind(Kind::Double)
         .flatten(0, -1);
     let data: Vec<f64> = Vec::<f64>::try_from(&flat).expect("tensor to vec");
-    json!({"t": dtype, "shape": t.size(), "data": data})
+    let mut o = tagged("t", dtype.into());
+    o.insert("shape", t.size());
+    o.insert("data", data);
+    o
 }
 
-/// Decodes `enc`'s output into a value tree.
+/// Decodes `enc`'s output into a value tree: the library's serde impl, then the inverse of
+/// [`encode`].
 pub fn from_json(j: &Json) -> Value {
-    match j {
-        Json::Null => Value::None,
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) if !n.is_f64() => Value::Int(i),
-            _ => Value::Float(n.as_f64().expect("number")),
-        },
-        Json::String(s) => Value::Str(s.clone()),
-        Json::Array(a) => Value::List(a.iter().map(from_json).collect()),
-        Json::Object(o) => {
-            if let Some(t) = o.get("t") {
-                let kind = match t.as_str().expect("dtype") {
-                    "float32" => Kind::Float,
-                    "float64" => Kind::Double,
-                    "float16" => Kind::Half,
-                    "bfloat16" => Kind::BFloat16,
-                    "int64" => Kind::Int64,
-                    k => panic!("unsupported dtype {k}"),
+    decode(&serde_json::from_value(j.clone()).expect("JSON reads as a value tree"))
+}
+
+fn decode(v: &Value) -> Value {
+    v.rewrite(&mut |x| {
+        let o = x.as_dict()?;
+        Some(if let Some(t) = x.get("t") {
+            let kind = match t.as_str().expect("dtype") {
+                "float32" => Kind::Float,
+                "float64" => Kind::Double,
+                "float16" => Kind::Half,
+                "bfloat16" => Kind::BFloat16,
+                "int64" => Kind::Int64,
+                k => panic!("unsupported dtype {k}"),
+            };
+            let shape: Vec<i64> = x
+                .get("shape")
+                .and_then(Value::as_seq)
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_i64().expect("dim"))
+                .collect();
+            let data: Vec<f64> = x
+                .get("data")
+                .and_then(Value::as_seq)
+                .expect("data")
+                .iter()
+                .map(|d| d.as_f64().expect("f64"))
+                .collect();
+            Value::Tensor(Tensor::from_slice(&data).to_kind(kind).reshape(shape))
+        } else if let Some(t) = x.get("tuple") {
+            Value::Tuple(t.as_seq().expect("tuple").iter().map(decode).collect())
+        } else if let Some(d) = x.get("dict") {
+            let mut out = Dict::new();
+            for kv in d.as_seq().expect("dict") {
+                let kv = kv.as_seq().expect("[key, value]");
+                let k = match &kv[0] {
+                    Value::Str(s) => Key::Str(s.clone()),
+                    Value::Int(i) => Key::Int(*i),
+                    other => panic!("bad key {other:?}"),
                 };
-                let shape: Vec<i64> = o["shape"]
-                    .as_array()
-                    .expect("shape")
-                    .iter()
-                    .map(|x| x.as_i64().expect("dim"))
-                    .collect();
-                let data: Vec<f64> = o["data"]
-                    .as_array()
-                    .expect("data")
-                    .iter()
-                    .map(|x| x.as_f64().expect("f64"))
-                    .collect();
-                Value::Tensor(Tensor::from_slice(&data).to_kind(kind).reshape(shape))
-            } else if let Some(t) = o.get("tuple") {
-                Value::Tuple(t.as_array().expect("tuple").iter().map(from_json).collect())
-            } else if let Some(d) = o.get("dict") {
-                let mut out = Dict::new();
-                for kv in d.as_array().expect("dict") {
-                    let k = match &kv[0] {
-                        Json::String(s) => Key::Str(s.clone()),
-                        Json::Number(n) => Key::Int(n.as_i64().expect("int key")),
-                        other => panic!("bad key {other}"),
-                    };
-                    out.insert(k, from_json(&kv[1]));
-                }
-                Value::Dict(out)
-            } else {
-                panic!("unexpected object {j}")
+                out.insert(k, decode(&kv[1]));
             }
-        }
-    }
+            Value::Dict(out)
+        } else {
+            panic!("unexpected object {o:?}")
+        })
+    })
 }
 
 /// Runs `PY_PRELUDE + script` with `input` as JSON in a temp file (path in `sys.argv[1]`);

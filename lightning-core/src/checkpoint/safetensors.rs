@@ -53,47 +53,20 @@ const DTYPES: [(Kind, Dtype); 10] = [
     (Kind::Bool, Dtype::BOOL),
 ];
 
-/// A value tree as JSON (tensors are refused; non-finite floats too, JSON has none).
-pub fn value_to_json(v: &Value) -> Result<serde_json::Value, String> {
-    use serde_json::Value as J;
-    Ok(match v {
-        Value::None => J::Null,
-        Value::Bool(b) => J::Bool(*b),
-        Value::Int(i) => J::from(*i),
-        Value::Float(x) => serde_json::Number::from_f64(*x)
-            .map(J::Number)
-            .ok_or_else(|| format!("float {x} has no JSON form"))?,
-        Value::Str(s) => J::String(s.clone()),
-        Value::List(items) | Value::Tuple(items) => {
-            J::Array(items.iter().map(value_to_json).collect::<Result<_, _>>()?)
+/// A value tree as compact JSON for `__metadata__`, through [`Value`]'s serde impl: tensors
+/// are refused (by the impl), and so are non-finite floats, which JSON has no form for (serde_json
+/// would write `null`).
+fn metadata_json(v: &Value) -> Result<String, String> {
+    fn check_finite(v: &Value) -> Result<(), String> {
+        match v {
+            Value::Float(x) if !x.is_finite() => Err(format!("float {x} has no JSON form")),
+            Value::List(items) | Value::Tuple(items) => items.iter().try_for_each(check_finite),
+            Value::Dict(d) | Value::OrderedDict(d) => d.values().try_for_each(check_finite),
+            _ => Ok(()),
         }
-        Value::Dict(d) | Value::OrderedDict(d) => J::Object(
-            d.iter()
-                .map(|(k, x)| Ok((k.to_string(), value_to_json(x)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        Value::Tensor(_) => return Err("a tensor cannot be stored as JSON metadata".into()),
-    })
-}
-
-/// JSON as a value tree (integers stay ints, objects become dicts).
-pub fn json_to_value(j: &serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match j {
-        J::Null => Value::None,
-        J::Bool(b) => Value::Bool(*b),
-        J::Number(n) => n
-            .as_i64()
-            .map(Value::Int)
-            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
-        J::String(s) => Value::Str(s.clone()),
-        J::Array(a) => Value::List(a.iter().map(json_to_value).collect()),
-        J::Object(o) => Value::Dict(
-            o.iter()
-                .map(|(k, x)| (Key::Str(k.clone()), json_to_value(x)))
-                .collect(),
-        ),
     }
+    check_finite(v)?;
+    serde_json::to_string(v).map_err(|e| e.to_string())
 }
 
 /// Writes the weights of `ckpt` (its `state_dict`, or the dict itself when it holds only
@@ -153,8 +126,8 @@ pub fn export(path: &Path, ckpt: &Value) -> Result<(), CheckpointError> {
         "pytorch-lightning_version",
     ] {
         if let (Some(v), true) = (ckpt.get(key), ckpt.get("state_dict").is_some()) {
-            let j = value_to_json(v).map_err(|e| bad(format!("{key}: {e}")))?;
-            meta.insert(key.to_owned(), j.to_string());
+            let j = metadata_json(v).map_err(|e| bad(format!("{key}: {e}")))?;
+            meta.insert(key.to_owned(), j);
         }
     }
     let bytes = ::safetensors::tensor::serialize(tensors.iter().map(|(k, t)| (k, t)), &Some(meta))
@@ -211,8 +184,8 @@ pub fn import(path: &Path) -> Result<Value, CheckpointError> {
     let json = |k: &str| -> Result<Option<Value>, CheckpointError> {
         match meta.get(k) {
             None => Ok(None),
-            Some(s) => serde_json::from_str::<serde_json::Value>(s)
-                .map(|j| Some(json_to_value(&j)))
+            Some(s) => serde_json::from_str::<Value>(s)
+                .map(Some)
                 .map_err(|e| fmt(format!("metadata {k}: {e}"))),
         }
     };
