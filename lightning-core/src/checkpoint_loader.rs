@@ -11,6 +11,7 @@
 //! (Python's `hparams_file` replaces the saved dict instead of merging into it; the results
 //! agree whenever the file lists every saved key.)
 
+use crate::checkpoint::schema::Checkpoint;
 use crate::error::{Error, Result};
 use crate::hparams::{self, Hyperparameters};
 use crate::lightning_module::LightningModule;
@@ -109,16 +110,18 @@ impl<'a, M: LightningModule> CheckpointLoader<'a, M> {
     /// Builds the module, loads its weights and returns what did not match (empty when
     /// `strict`).
     pub fn load_with_report(self) -> Result<(M, LoadReport)> {
-        let ckpt = match self.source {
-            Source::Value(v) => *v,
+        let (path, value) = match self.source {
+            Source::Value(v) => (PathBuf::from("<checkpoint dict>"), *v),
             Source::Path(p) => {
-                crate::checkpoint::load(&p).map_err(|e| Error::Msg(e.to_string()))?
+                let v = crate::checkpoint::load(&p).map_err(Error::Load)?;
+                (p, v)
             }
         };
-        let mut hp_value = ckpt
-            .get("hyper_parameters")
-            .cloned()
-            .unwrap_or_else(Value::dict);
+        let ckpt = Checkpoint::from_value(&value).map_err(|e| Error::Restore {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let mut hp_value = ckpt.hyper_parameters.map_or_else(Value::dict, Value::Dict);
         if let Some(file) = &self.hparams_file {
             merge(&mut hp_value, hparams::read_file(file)?);
         }
@@ -129,10 +132,7 @@ impl<'a, M: LightningModule> CheckpointLoader<'a, M> {
                 Override::Str(k, v) => hp.set_str(&k, &v)?,
             }
         }
-        let sd = ckpt
-            .get("state_dict")
-            .ok_or_else(|| Error::Msg("checkpoint has no `state_dict` entry".into()))?;
-        let sd = state_dict_from_value(sd)?;
+        let sd = state_dict_from_value(&Value::OrderedDict(ckpt.state_dict))?;
         let vs = tch::nn::VarStore::new(self.device);
         let mut model = M::build(&hp, &vs.root())?;
         let report = model.load_state_dict(&sd, self.strict)?;
