@@ -23,6 +23,13 @@ pub enum Error {
     /// `configure_optimizers`).
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
+    /// A trainer setting is invalid, or a loop lacks what it needs (a loader, an optimizer, a
+    /// best checkpoint); the message names the setting and the fix.
+    #[error("{0}")]
+    Config(String),
+    /// `ckpt_path` names no file.
+    #[error("Checkpoint file not found: {}", .0.display())]
+    CheckpointNotFound(PathBuf),
     /// The precision setting is not one Lightning knows (`"fp8"`, ...).
     #[error(transparent)]
     Precision(#[from] crate::precision::PrecisionError),

@@ -234,13 +234,15 @@ impl TrainerBuilder {
             return Err(e.into());
         }
         if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "gradient_clip_val must be >= 0, got {:?}",
                 cfg.gradient_clip_val
             )));
         }
         if cfg.max_steps < -1 || cfg.max_epochs.is_some_and(|e| e < -1) {
-            return Err(Error::Msg("max_epochs and max_steps must be >= -1".into()));
+            return Err(Error::Config(
+                "max_epochs and max_steps must be >= -1".into(),
+            ));
         }
         Ok(Trainer::new(cfg, self.callbacks))
     }

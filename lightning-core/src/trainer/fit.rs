@@ -132,7 +132,7 @@ impl Trainer {
                 .iter()
                 .find_map(|c| c.best_model_path().filter(|p| !p.as_os_str().is_empty()))
                 .ok_or_else(|| {
-                    Error::Msg(
+                    Error::Config(
                         "ckpt_path=\"best\" is set but no checkpoint callback has a best model \
                          path (no ModelCheckpoint, or it saved nothing yet)"
                             .into(),
@@ -140,10 +140,7 @@ impl Trainer {
                 })?,
         };
         if !path.is_file() {
-            return Err(Error::Msg(format!(
-                "Checkpoint file not found: {}",
-                path.display()
-            )));
+            return Err(Error::CheckpointNotFound(path));
         }
         Ok(Some(path))
     }
@@ -482,7 +479,7 @@ impl Trainer {
         let o = self
             .optim
             .as_mut()
-            .ok_or_else(|| Error::Msg("fit: no optimizer configured".into()))?;
+            .ok_or_else(|| Error::Config("fit: no optimizer configured".into()))?;
         if let Some(v) = self.cfg.gradient_clip_val {
             // Gradients are unscaled before clipping, as Lightning does.
             if let Some(s) = &mut self.run.scaler {

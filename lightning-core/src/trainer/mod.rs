@@ -225,7 +225,7 @@ pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm)
         ClipAlgorithm::Norm => crate::optim::clip_grad_norm(params, value, 2.0).map(drop),
         ClipAlgorithm::Value => crate::optim::clip_grad_value(params, value),
     };
-    r.map_err(|e| Error::Msg(format!("gradient clipping: {e}")))
+    Ok(r?)
 }
 
 /// Validation every this many of an epoch's `n` training batches, when that is inside the epoch.
@@ -247,7 +247,7 @@ pub(crate) fn effective_max_epochs(cfg: &TrainerConfig) -> i64 {
 /// The datamodule's loaders must be present for the loop that needs them.
 pub(crate) fn need<'a, T>(loader: Option<&'a T>, what: &str) -> Result<&'a T> {
     loader.ok_or_else(|| {
-        Error::Msg(format!(
+        Error::Config(format!(
             "`{what}` needs a {what} loader in the DataModule; none was given"
         ))
     })
