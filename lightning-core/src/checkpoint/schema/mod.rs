@@ -57,7 +57,13 @@ impl SchemaError {
 /// c.state_dict.insert("w".into(), 1.5f64.into());
 /// let v = c.to_value();
 /// assert_eq!(v.get("pytorch-lightning_version").and_then(|x| x.as_str()), Some(LIGHTNING_VERSION));
-/// assert_eq!(Checkpoint::from_value(&v)?, c);
+/// let back = Checkpoint::from_value(&v)?;
+/// assert_eq!((back.epoch, back.global_step, &back.state_dict), (2, 20, &c.state_dict));
+/// assert!(back.is_weights_only()); // no optimizer states, no loops
+/// // a mistyped key is an error naming it
+/// let mut bad = v.clone();
+/// bad.insert("global_step", "twenty");
+/// assert_eq!(Checkpoint::from_value(&bad).unwrap_err().key, "global_step");
 /// # Ok::<(), lightning_core::checkpoint::schema::SchemaError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
