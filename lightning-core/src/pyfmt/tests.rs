@@ -255,10 +255,10 @@ fn format_specs_match_the_venvs_python() {
         F(f64::NEG_INFINITY),
     ];
     let specs = [
-        "", "d", "02d", "03d", "5", "<5", "^7", ">+8", "=+8", "*^9", "05", "<05", " ", "+", ",",
-        "_", "08,", "x", "#x", "#o", "#b", "X", "f", ".0f", ".1f", ".2f", ".4f", "#.0f", "+.3f",
-        "010.2f", "z.1f", "e", ".2e", "E", "010.3e", "g", ".3g", ".1g", "#.3g", "G", "%", ".1%",
-        ".3", ".1", "12.4", "08,.2f", ",.2f", "n", "c", "<3c", "s", ".2d", "q",
+        "", "d", "02d", "03d", "5", "<5", "^7", ">+8", "=+8", "*^9", "05", "<05", " ", "+",
+        ",", "_", "08,", "x", "#x", "#o", "#b", "X", "f", ".0f", ".1f", ".2f", ".4f", "#.0f",
+        "+.3f", "010.2f", "z.1f", "e", ".2e", "E", "010.3e", "g", ".3g", ".1g", "#.3g", "G",
+        "%", ".1%", ".3", ".1", "12.4", "08,.2f", ",.2f", "n", "c", "<3c", "s", ".2d", "q",
     ];
     let mut ours = vec![];
     let mut args = vec![];
@@ -279,11 +279,11 @@ fn format_specs_match_the_venvs_python() {
 import json, sys
 out = []
 for c in json.loads(sys.argv[1]):
-x = int(c["v"]) if c["t"] == "int" else float(c["v"])
-try:
-    out.append({"ok": format(x, c["spec"])})
-except Exception:
-    out.append({"err": True})
+    x = int(c["v"]) if c["t"] == "int" else float(c["v"])
+    try:
+        out.append({"ok": format(x, c["spec"])})
+    except Exception:
+        out.append({"err": True})
 print(json.dumps(out))
 "#;
     let Some(theirs) = venv_python(script, &serde_json::Value::Array(args.clone())) else {
