@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod checkpoint_loader;
 pub mod cuda;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod hparams;
 pub mod layers;
