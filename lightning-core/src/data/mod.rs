@@ -1,6 +1,7 @@
 //! Data: an in-memory [`TensorDataset`], a [`DataLoader`] that batches it (shuffled from
 //! `(seed, epoch)`, so any epoch's order can be recomputed on resume), and a [`DataModule`]
-//! holding the train/val/test/predict loaders.
+//! holding the train/val/test/predict loaders. A loader made [`DataLoader::distributed`]
+//! yields only its rank's share, chosen by a [`DistributedSampler`] (PyTorch's).
 //!
 //! ```
 //! use lightning_core::data::{DataLoader, DataModule, TensorDataset};
@@ -14,6 +15,10 @@
 //!     .val(DataLoader::new(val, 4));
 //! assert_eq!(dm.train_loader().unwrap().len(), 2);
 //! ```
+
+mod sampler;
+
+pub use sampler::{torch_randperm, DistributedSampler};
 
 use crate::error::{Error, Result};
 use crate::value::Value;
@@ -201,6 +206,8 @@ pub struct DataLoader {
     batch_size: i64,
     shuffle: bool,
     drop_last: bool,
+    /// `(num_replicas, rank)` when [`DataLoader::distributed`].
+    shard: Option<(usize, usize)>,
 }
 
 impl DataLoader {
@@ -211,6 +218,7 @@ impl DataLoader {
             batch_size: batch_size.max(1),
             shuffle: false,
             drop_last: false,
+            shard: None,
         }
     }
     /// Shuffle every epoch (the order depends on the trainer's seed and the epoch).
@@ -223,6 +231,37 @@ impl DataLoader {
         self.drop_last = on;
         self
     }
+    /// Yield only rank `rank`'s share of every epoch, as Lightning does under DDP: the
+    /// samples of [`DataLoader::sampler`] (a [`DistributedSampler`] with this loader's
+    /// `shuffle`, the run's seed, the epoch, and padding), in its order, batched as usual.
+    /// [`DataLoader::len`] becomes the share's batch count, and a [`LoaderState`] counts
+    /// batches of the share, so a mid-epoch resume continues within it.
+    ///
+    /// The order is PyTorch's (`torch.randperm` from `seed + epoch`), not the
+    /// single-process loader's, even with one replica. Errors, with PyTorch's message,
+    /// unless `rank < num_replicas`.
+    pub fn distributed(mut self, num_replicas: usize, rank: usize) -> Result<Self> {
+        DistributedSampler::new(0, num_replicas, rank)?;
+        self.shard = Some((num_replicas, rank));
+        Ok(self)
+    }
+    /// The sampler choosing this rank's samples in epoch `epoch` of a run seeded with
+    /// `seed` (what [`DataLoader::epoch_iter`] uses), or `None` when not
+    /// [`DataLoader::distributed`].
+    pub fn sampler(&self, seed: u64, epoch: i64) -> Option<DistributedSampler> {
+        let (num_replicas, rank) = self.shard?;
+        let len = usize::try_from(self.dataset.len()).unwrap_or(0);
+        let mut s = DistributedSampler::new(len, num_replicas, rank)
+            .ok()?
+            .shuffle(self.shuffle)
+            .seed(seed);
+        s.set_epoch(epoch as u64);
+        Some(s)
+    }
+    /// `(num_replicas, rank)` when [`DataLoader::distributed`].
+    pub fn shard(&self) -> Option<(usize, usize)> {
+        self.shard
+    }
     /// The dataset.
     pub fn dataset(&self) -> &TensorDataset {
         &self.dataset
@@ -231,9 +270,16 @@ impl DataLoader {
     pub fn batch_size(&self) -> i64 {
         self.batch_size
     }
-    /// Batches per epoch.
+    /// Samples per epoch: the dataset's, or this rank's share when distributed.
+    fn samples(&self) -> i64 {
+        match self.sampler(0, 0) {
+            Some(s) => s.len() as i64,
+            None => self.dataset.len(),
+        }
+    }
+    /// Batches per epoch (of this rank's share when distributed).
     pub fn len(&self) -> usize {
-        let n = self.dataset.len();
+        let n = self.samples();
         let b = if self.drop_last {
             n / self.batch_size
         } else {
@@ -247,6 +293,15 @@ impl DataLoader {
     }
     /// The batches of `epoch`, starting after `state.batches_consumed` when resuming.
     pub fn epoch_iter(&self, seed: u64, state: LoaderState) -> EpochIter<'_> {
+        if let Some(s) = self.sampler(seed, state.epoch) {
+            return EpochIter {
+                loader: self,
+                order: Some(Tensor::from_slice(&s.indices())),
+                samples: s.len() as i64,
+                next: state.batches_consumed,
+                end: self.len(),
+            };
+        }
         let order = self.shuffle.then(|| {
             Tensor::from_slice(&permutation(
                 self.dataset.len(),
@@ -256,14 +311,16 @@ impl DataLoader {
         EpochIter {
             loader: self,
             order,
+            samples: self.dataset.len(),
             next: state.batches_consumed,
             end: self.len(),
         }
     }
-    /// Batch `i` of an epoch whose order is `order` (dataset order when `None`).
-    fn batch(&self, order: Option<&Tensor>, i: usize) -> Batch {
+    /// Batch `i` of an epoch of `samples` samples whose order is `order` (dataset order
+    /// when `None`).
+    fn batch(&self, order: Option<&Tensor>, samples: i64, i: usize) -> Batch {
         let start = i as i64 * self.batch_size;
-        let end = (start + self.batch_size).min(self.dataset.len());
+        let end = (start + self.batch_size).min(samples);
         match order {
             Some(o) => self.dataset.gather(&o.narrow(0, start, end - start)),
             None => self.dataset.slice(start, end),
@@ -275,6 +332,7 @@ impl DataLoader {
 pub struct EpochIter<'a> {
     loader: &'a DataLoader,
     order: Option<Tensor>,
+    samples: i64,
     next: usize,
     end: usize,
 }
@@ -287,7 +345,7 @@ impl Iterator for EpochIter<'_> {
         }
         let i = self.next;
         self.next += 1;
-        Some((i, self.loader.batch(self.order.as_ref(), i)))
+        Some((i, self.loader.batch(self.order.as_ref(), self.samples, i)))
     }
 }
 
@@ -437,6 +495,75 @@ mod tests {
             .map(|(_, b)| ids(&b))
             .collect();
         assert_eq!(rest, epoch(1, 0)[4..].to_vec());
+    }
+
+    fn epoch_ids(l: &DataLoader, seed: u64, state: LoaderState) -> Vec<Vec<i64>> {
+        l.epoch_iter(seed, state).map(|(_, b)| ids(&b)).collect()
+    }
+
+    #[test]
+    fn distributed_loader_yields_the_samplers_share_batched_and_resumes_within_it() {
+        for shuffle in [false, true] {
+            for drop_last in [false, true] {
+                let world = 3;
+                let mut all = Vec::new();
+                for rank in 0..world {
+                    let l = DataLoader::new(ds(23), 3)
+                        .shuffle(shuffle)
+                        .drop_last(drop_last)
+                        .distributed(world, rank)
+                        .unwrap();
+                    let state = LoaderState {
+                        epoch: 2,
+                        batches_consumed: 0,
+                    };
+                    let s = l.sampler(7, 2).unwrap();
+                    assert_eq!((s.len(), s.is_shuffled(), s.epoch()), (8, shuffle, 2));
+                    let batches = epoch_ids(&l, 7, state);
+                    // 8 samples each (23 padded to 24): batches of 3, 3, 2 (or 3, 3).
+                    assert_eq!(l.len(), if drop_last { 2 } else { 3 });
+                    assert_eq!(batches.len(), l.len());
+                    let flat = batches.concat();
+                    let n = flat.len();
+                    assert_eq!(flat, s.indices()[..n].to_vec());
+                    // Targets follow their inputs.
+                    let first = l.epoch_iter(7, state).next().unwrap().1;
+                    let y = Vec::<i64>::try_from(&first[1]).unwrap();
+                    assert_eq!(y, batches[0].iter().map(|i| i * 10).collect::<Vec<_>>());
+                    for k in 0..=batches.len() {
+                        let rest = epoch_ids(
+                            &l,
+                            7,
+                            LoaderState {
+                                epoch: 2,
+                                batches_consumed: k,
+                            },
+                        );
+                        assert_eq!(rest, batches[k..].to_vec(), "resume after {k} batches");
+                    }
+                    let other = epoch_ids(
+                        &l,
+                        7,
+                        LoaderState {
+                            epoch: 3,
+                            batches_consumed: 0,
+                        },
+                    );
+                    assert_eq!(other != batches, shuffle, "the epoch reshuffles");
+                    all.extend(s.indices());
+                }
+                // The shares partition the padded epoch: every sample, one twice.
+                all.sort();
+                all.dedup();
+                assert_eq!(all, (0..23).collect::<Vec<_>>());
+            }
+        }
+        let e = DataLoader::new(ds(4), 2).distributed(2, 5).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Invalid rank 5, rank should be in the interval [0, 1]"
+        );
+        assert!(DataLoader::new(ds(4), 2).sampler(0, 0).is_none());
     }
 
     #[test]
