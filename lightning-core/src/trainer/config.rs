@@ -1,5 +1,6 @@
 //! The trainer's settings and their builder, with Lightning's names and defaults.
 
+use super::strategy::{Accelerator, Strategy, StrategyError};
 use super::Trainer;
 use crate::callbacks::Callback;
 use crate::error::{Error, Result};
@@ -81,6 +82,10 @@ pub struct TrainerConfig {
     pub async_checkpointing: bool,
     pub handle_signals: bool,
     pub on_save_error: SaveErrorPolicy,
+    pub strategy: Strategy,
+    pub accelerator: Accelerator,
+    pub devices: usize,
+    pub num_nodes: usize,
 }
 
 /// What the trainer does when writing a checkpoint fails (disk full, file too large,
@@ -121,6 +126,10 @@ impl Default for TrainerConfig {
             async_checkpointing: false,
             handle_signals: true,
             on_save_error: SaveErrorPolicy::Stop,
+            strategy: Strategy::Auto,
+            accelerator: Accelerator::Cpu,
+            devices: 1,
+            num_nodes: 1,
         }
     }
 }
@@ -132,6 +141,8 @@ pub struct TrainerBuilder {
     callbacks: Vec<Box<dyn Callback>>,
     /// A precision spelling that did not parse (reported by `build`).
     precision_error: Option<PrecisionError>,
+    /// A strategy or accelerator name that did not parse (reported by `build`).
+    strategy_error: Option<StrategyError>,
 }
 
 macro_rules! setter {
@@ -227,11 +238,58 @@ impl TrainerBuilder {
         self
     }
 
+    /// `"auto"` (one process, the default) or `"ddp"` (one process per device, see
+    /// [`Strategy::Ddp`]), or a [`Strategy`] with options.
+    pub fn strategy<S>(mut self, s: S) -> Self
+    where
+        S: TryInto<Strategy>,
+        StrategyError: From<S::Error>,
+    {
+        match s.try_into() {
+            Ok(s) => self.cfg.strategy = s,
+            Err(e) => self.strategy_error = Some(StrategyError::from(e)),
+        }
+        self
+    }
+
+    /// `"cpu"` (default), `"cuda"`/`"gpu"` or `"auto"`, or an [`Accelerator`].
+    pub fn accelerator<A>(mut self, a: A) -> Self
+    where
+        A: TryInto<Accelerator>,
+        StrategyError: From<A::Error>,
+    {
+        match a.try_into() {
+            Ok(a) => self.cfg.accelerator = a,
+            Err(e) => self.strategy_error = Some(StrategyError::from(e)),
+        }
+        self
+    }
+
+    setter!(/// Processes (devices) per node for `strategy="ddp"` (default 1).
+        devices: usize => devices = |v| v);
+    setter!(/// Nodes of a `strategy="ddp"` job (default 1).
+        num_nodes: usize => num_nodes = |v| v);
+
     /// Checks the settings and builds the trainer.
     pub fn build(self) -> Result<Trainer> {
         let cfg = self.cfg;
         if let Some(e) = self.precision_error {
             return Err(e.into());
+        }
+        if let Some(e) = self.strategy_error {
+            return Err(Error::Config(e.to_string()));
+        }
+        if cfg.devices == 0 || cfg.num_nodes == 0 {
+            return Err(Error::Config(format!(
+                "devices and num_nodes must be >= 1, got devices={} num_nodes={}",
+                cfg.devices, cfg.num_nodes
+            )));
+        }
+        if cfg.strategy == Strategy::Auto && cfg.devices * cfg.num_nodes > 1 {
+            return Err(Error::Config(format!(
+                "devices={} x num_nodes={} needs strategy=\"ddp\"",
+                cfg.devices, cfg.num_nodes
+            )));
         }
         if cfg.gradient_clip_val.is_some_and(|v| v.is_nan() || v < 0.0) {
             return Err(Error::Config(format!(

@@ -15,6 +15,8 @@ use super::preempt::Preemption;
 use super::progress::Bar;
 use super::saver::Saver;
 use super::state::{LoopPoint, RunState};
+use super::ddp::{Ddp, World};
+use super::strategy::Strategy;
 use super::{checkpoint_of, clip_gradients, effective_max_epochs, need, warn, CkptPath, Trainer};
 use crate::callbacks::{find_last_checkpoint, Callback, ModelCheckpoint};
 use crate::checkpoint::schema::{Checkpoint, EpochPhase};
@@ -27,6 +29,7 @@ use crate::traverse::state_dict_from_value;
 use crate::value::{Key, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tch::Tensor;
 
 /// The default checkpoint callback added when checkpointing is on and none is given:
 /// Lightning's `ModelCheckpoint()` (every epoch, `epoch=E-step=S.ckpt` in the log dir).
@@ -187,6 +190,24 @@ impl Trainer {
         preempt: &Preemption,
     ) -> Result<()> {
         let train = need(data.train_loader(), "fit: train")?;
+        let world = match &self.cfg.strategy {
+            Strategy::Ddp(o) if self.cfg.devices * self.cfg.num_nodes > 1 => {
+                Some((World::get(&self.cfg, o)?, o.clone()))
+            }
+            _ => None,
+        };
+        // DDP: each rank trains on its shard of the training set (PyTorch's
+        // DistributedSampler, inserted as Lightning does); validation runs on the whole set
+        // on every rank, so every rank sees the same monitored values.
+        let sharded = match &world {
+            Some((w, _)) => {
+                self.cfg.device = w.device(&self.cfg);
+                Some(train.clone().distributed(w.env.world_size, w.env.rank)?)
+            }
+            None => None,
+        };
+        let train = sharded.as_ref().unwrap_or(train);
+        let rank_zero = world.as_ref().is_none_or(|(w, _)| w.env.is_global_zero());
         self.run = RunState {
             seed: self.cfg.seed.unwrap_or_else(random_seed),
             fitting: true,
@@ -204,10 +225,11 @@ impl Trainer {
         }
         // The log directory is chosen (not created) first: callbacks resolve their
         // directories from it in `setup`, before `ckpt_path = Last` searches them.
-        self.logger = match self.cfg.logger {
+        self.logger = match self.cfg.logger && rank_zero {
             true => Some(CsvLogger::new_version(&self.cfg.default_root_dir)),
             false => None,
         };
+        self.world = world.as_ref().map(|(w, _)| w.clone());
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         let resume = match &ckpt_path {
             Some(p) => self.resolve_ckpt(p)?.map(Loaded::read).transpose()?,
@@ -220,6 +242,14 @@ impl Trainer {
         }
         model.move_to(self.cfg.device);
         let mut optim = model.configure_optimizers()?;
+        self.ddp = match world {
+            Some((w, opts)) => {
+                let buffers: Vec<Tensor> =
+                    model.named_buffers().into_iter().map(|(_, b)| b).collect();
+                Some(Ddp::wrap(w, &opts, &model.parameters(), &buffers)?)
+            }
+            None => None,
+        };
         self.run.scaler = self.cfg.precision.grad_scaler();
         if let Some(l) = &self.logger {
             l.log_hparams(&model.hparams().to_value())?;
@@ -240,6 +270,10 @@ impl Trainer {
         }
         if !self.run.preempted {
             self.hooks(&*model, |cb, t| cb.on_fit_end(t))?;
+        }
+        if let Some(d) = self.ddp.take() {
+            self.saver.wait()?;
+            d.world.barrier("end of fit")?;
         }
         Ok(())
     }
@@ -313,7 +347,12 @@ impl Trainer {
         self.run.val_every = super::val_every(&self.cfg, n);
         self.run.begin_epoch();
         if self.run.batches_consumed < n {
-            let bar = Bar::new(self.cfg.enable_progress_bar, n, format!("Epoch {epoch}"));
+            let rank_zero = self.is_global_zero();
+            let bar = Bar::new(
+                self.cfg.enable_progress_bar && rank_zero,
+                n,
+                format!("Epoch {epoch}"),
+            );
             let start = LoaderState {
                 epoch,
                 batches_consumed: self.run.batches_consumed,
@@ -325,6 +364,9 @@ impl Trainer {
                 let before = self.saver.failures;
                 let polled = self.saver.poll();
                 self.save_policy(polled, before)?;
+                if let Some(e) = self.world.as_ref().and_then(|w| w.failed_rank()) {
+                    return Err(e);
+                }
                 let stepped = self.train_step(model, batch, idx, n)?;
                 bar.step(&self.run.metrics.prog_bar);
                 self.run.point = LoopPoint::TrainBatchEnd { stepped };
@@ -441,6 +483,10 @@ impl Trainer {
         };
         // RNG (dropout etc.) depends only on (seed, epoch, batch): a resume reproduces it.
         tch::manual_seed(mix_seed(self.run.seed, &[epoch as u64, idx as u64]) as i64);
+        let stepped = (idx + 1).is_multiple_of(acc) || idx + 1 == n;
+        if let Some(d) = &mut self.ddp {
+            d.before_forward(stepped)?;
+        }
         let mut ctx = StepContext::new(Stage::Train, epoch, self.run.global_step);
         let precision = self.cfg.precision;
         let loss = precision.autocast(|| model.training_step(&batch, idx, &mut ctx))?;
@@ -449,13 +495,15 @@ impl Trainer {
             Some(s) => s.scale(&scaled),
             None => scaled,
         };
+        if let Some(d) = &mut self.ddp {
+            d.before_backward(&scaled, stepped)?;
+        }
         scaled
             .f_backward()
             .map_err(|e| step_err("backward of training_step's loss")(e.into()))?;
         self.run.batches_consumed = idx + 1;
         self.run.total_batches += 1;
         self.run.is_last_batch = idx + 1 == n;
-        let stepped = (idx + 1).is_multiple_of(acc) || idx + 1 == n;
         if stepped {
             self.optimizer_step().map_err(step_err("optimizer step"))?;
         }

@@ -22,6 +22,7 @@ struct Handle<'a, M: LightningModule> {
     saver: &'a mut Saver,
     before: &'a [Box<dyn Callback>],
     after: &'a [Box<dyn Callback>],
+    world: Option<&'a super::ddp::World>,
     stop_requested: bool,
 }
 
@@ -32,15 +33,23 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
         weights_only: bool,
         caller: &dyn Callback,
     ) -> Result<()> {
-        let state = |c: &dyn Callback| (c.state_key(), c.state_dict());
-        let states = self
-            .before
-            .iter()
-            .map(|c| state(c.as_ref()))
-            .chain(std::iter::once(state(caller)))
-            .chain(self.after.iter().map(|c| state(c.as_ref())));
-        let ckpt = checkpoint_of(self.model, self.optim, states, self.run, weights_only);
-        self.saver.save(path, ckpt)
+        // only global rank 0 writes; every rank meets at a barrier after the save (with
+        // async checkpointing, after the snapshot: the write is durable by the end of `fit`)
+        if self.world.is_none_or(|w| w.env.is_global_zero()) {
+            let state = |c: &dyn Callback| (c.state_key(), c.state_dict());
+            let states = self
+                .before
+                .iter()
+                .map(|c| state(c.as_ref()))
+                .chain(std::iter::once(state(caller)))
+                .chain(self.after.iter().map(|c| state(c.as_ref())));
+            let ckpt = checkpoint_of(self.model, self.optim, states, self.run, weights_only);
+            self.saver.save(path, ckpt)?;
+        }
+        match self.world {
+            Some(w) => w.barrier("save_checkpoint"),
+            None => Ok(()),
+        }
     }
 
     fn when_durable(&mut self, action: AfterSave) -> Result<()> {
@@ -104,9 +113,11 @@ impl Trainer {
                 saver: &mut self.saver,
                 before,
                 after,
+                world: self.world.as_deref(),
                 stop_requested: false,
             };
-            let info = run_info(&self.run, &self.cfg, log_dir.as_deref());
+            let mut info = run_info(&self.run, &self.cfg, log_dir.as_deref());
+            info.is_global_zero = self.world.as_ref().is_none_or(|w| w.env.is_global_zero());
             let mut ctx = TrainerContext::new(info, &mut handle);
             result = hook(cb.as_mut(), &mut ctx);
             stop |= handle.stop_requested;

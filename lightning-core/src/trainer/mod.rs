@@ -24,6 +24,7 @@
 //! - `preempt`: SIGTERM/SIGUSR1 handling (finish the step, save, stop).
 
 mod config;
+mod ddp;
 mod evaluation;
 mod fit;
 mod hooks;
@@ -33,9 +34,12 @@ mod preempt;
 mod progress;
 mod saver;
 mod state;
+mod strategy;
 
 pub use crate::checkpoint::schema::{LIGHTNING_VERSION, RESUME_KEY};
 pub use config::{ClipAlgorithm, Limit, SaveErrorPolicy, TrainerBuilder, TrainerConfig};
+pub use ddp::finish_distributed;
+pub use strategy::{Accelerator, DdpOptions, Strategy, StrategyError};
 
 use crate::callbacks::Callback;
 use crate::checkpoint::schema::Checkpoint;
@@ -87,6 +91,10 @@ pub struct Trainer {
     /// The optimizer and schedulers of the last `fit` (kept for `save_checkpoint`).
     optim: Option<OptimizerConfig>,
     logger: Option<logger::CsvLogger>,
+    /// The distributed job (`strategy="ddp"`), once a `fit` joined it.
+    world: Option<std::sync::Arc<ddp::World>>,
+    /// DDP around the module during a `fit`.
+    ddp: Option<ddp::Ddp>,
 }
 
 impl Trainer {
@@ -98,6 +106,8 @@ impl Trainer {
             saver: saver::Saver::default(),
             optim: None,
             logger: None,
+            world: None,
+            ddp: None,
         }
     }
 
@@ -164,13 +174,25 @@ impl Trainer {
         path: impl AsRef<Path>,
         weights_only: bool,
     ) -> Result<()> {
-        let states = self
-            .callbacks
-            .iter()
-            .map(|c| (c.state_key(), c.state_dict()));
-        let ckpt = checkpoint_of(model, self.optim.as_ref(), states, &self.run, weights_only);
-        self.saver.save(path.as_ref(), ckpt)?;
-        self.saver.wait()
+        if self.is_global_zero() {
+            let states = self
+                .callbacks
+                .iter()
+                .map(|c| (c.state_key(), c.state_dict()));
+            let ckpt = checkpoint_of(model, self.optim.as_ref(), states, &self.run, weights_only);
+            self.saver.save(path.as_ref(), ckpt)?;
+            self.saver.wait()?;
+        }
+        match &self.world {
+            Some(w) => w.barrier("save_checkpoint"),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this process is global rank 0 (always, without `strategy="ddp"`): the one
+    /// that writes checkpoints and logs.
+    pub fn is_global_zero(&self) -> bool {
+        self.world.as_ref().is_none_or(|w| w.env.is_global_zero())
     }
 }
 

@@ -8,6 +8,8 @@
 //! - `preempt`: a long training run for tests/trainer_preempt.rs (stopped with SIGTERM);
 //! - `save-faults`: a training run whose checkpoint saves fail, for tests/save_faults.rs;
 //! - `failing-save`: one checkpoint save under a lowered limit, for tests/ckpt_robustness.rs;
+//! - `ddp ROOT EPOCHS DEVICES RESUME`: a `strategy="ddp"` run (rank 0 launches the other
+//!   ranks) for tests/trainer_ddp.rs;
 //! - `python-check`: [`lightning_rs::python`]'s decision, for tests/python_rule.rs.
 //!
 //! The code each role runs is in a module the test shares (`#[path]`), so both sides use
@@ -17,6 +19,7 @@
 mod trainer_util;
 
 mod crash_harness;
+mod ddp;
 mod failing_save;
 mod preempt;
 mod save_faults;
@@ -25,6 +28,7 @@ fn main() {
     let role = std::env::args().nth(1).unwrap_or_default();
     match role.as_str() {
         "crash-harness" => crash_harness::child(),
+        "ddp" => ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
         "preempt" => preempt::child(),
         "save-faults" => save_faults::child(),
         "failing-save" => failing_save::child(),
@@ -34,7 +38,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: test-child crash-harness|preempt|save-faults|failing-save|python-check \
+                "usage: test-child crash-harness|ddp|preempt|save-faults|failing-save|python-check \
                  (run by the integration tests, with their env vars)"
             );
             std::process::exit(2);

@@ -1,0 +1,132 @@
+//! The training of tests/trainer_ddp.rs (shared with it): `child` is rank 0 of a 2-process
+//! `strategy="ddp"` job on the CPU (it launches rank 1 itself, the same binary with the same
+//! arguments), or one process of the same job started by `torchrun`, or the single-process
+//! reference run.
+#![allow(dead_code)] // each side uses part of it
+
+use crate::trainer_util::{Tiny, TinyHp};
+use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
+use lightning_core::data::{DataLoader, DataModule, TensorDataset};
+use lightning_core::trainer::{CkptPath, DdpOptions, Strategy, Trainer};
+use lightning_core::traverse::Traverse;
+use lightning_core::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+
+/// Rows of training data (a multiple of ranks x batch: no padding).
+pub const ROWS: i64 = 96;
+/// Per-rank batch size; the single-process reference uses twice this.
+pub const BATCH: i64 = 8;
+
+/// `root`, `max_epochs`, `devices` (1: the reference), `resume` ("1": from `last`).
+pub struct Args {
+    pub root: PathBuf,
+    pub max_epochs: i64,
+    pub devices: usize,
+    pub resume: bool,
+}
+
+impl Args {
+    pub fn parse(args: &[String]) -> Args {
+        let get = |i: usize| args.get(i).cloned().unwrap_or_default();
+        Args {
+            root: PathBuf::from(get(0)),
+            max_epochs: get(1).parse().unwrap_or(2),
+            devices: get(2).parse().unwrap_or(2),
+            resume: get(3) == "1",
+        }
+    }
+}
+
+pub fn data(batch: i64) -> DataModule {
+    tch::manual_seed(77);
+    let x = Tensor::randn([ROWS + 16, 4], (Kind::Float, Device::Cpu));
+    let y = x.sum_dim_intlist(1, false, Kind::Float).gt(0.0).to_kind(Kind::Int64);
+    let train = TensorDataset::new(vec![x.narrow(0, 0, ROWS), y.narrow(0, 0, ROWS)]).unwrap();
+    let val = TensorDataset::new(vec![x.narrow(0, ROWS, 16), y.narrow(0, ROWS, 16)]).unwrap();
+    DataModule::new()
+        .train(DataLoader::new(train, batch).shuffle(true))
+        .val(DataLoader::new(val, 8))
+}
+
+/// Trains; returns the rank's final weights and whether it is rank 0.
+pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool)> {
+    let hp = TinyHp {
+        dropout: 0.0,
+        ..TinyHp::default()
+    };
+    let (mut m, _vs) = Tiny::new(hp, 5);
+    let ckpt = ModelCheckpoint::builder()
+        .dirpath(a.root.join("ck"))
+        .monitor("val_loss")
+        .save_top_k(-1)
+        .save_last(SaveLast::True)
+        .build()?;
+    let mut b = Trainer::builder()
+        .enable_progress_bar(false)
+        .seed(13)
+        .default_root_dir(&a.root)
+        .max_epochs(a.max_epochs)
+        .num_sanity_val_steps(0)
+        .callback(ckpt);
+    let data = if a.devices > 1 {
+        b = b
+            .strategy(Strategy::Ddp(DdpOptions {
+                timeout: Duration::from_secs(60),
+                ..DdpOptions::default()
+            }))
+            .devices(a.devices)
+            .accelerator("cpu");
+        data(BATCH)
+    } else {
+        // the reference: one process, the same sample order (PyTorch's sampler with one
+        // replica), batches of both ranks' samples together
+        let d = data(BATCH * 2);
+        let train = d.train_loader().unwrap().clone().distributed(1, 0)?;
+        DataModule::new()
+            .train(train)
+            .val(d.val_loader().unwrap().clone())
+    };
+    let mut t = b.build()?;
+    t.fit(&mut m, &data, a.resume.then_some(CkptPath::Last))?;
+    let rank0 = t.is_global_zero();
+    Ok((m.named_parameters(), rank0))
+}
+
+/// The child: trains, writes `weights-<rank0|other>-<pid>.ckpt` with its final weights, and
+/// (rank 0) waits for the ranks it launched.
+pub fn child(args: &[String]) {
+    let a = Args::parse(args);
+    let r = train(&a).and_then(|(weights, rank0)| {
+        let mut sd = lightning_core::Dict::new();
+        for (k, v) in weights {
+            sd.insert(k.into(), Value::Tensor(v));
+        }
+        let tag = if rank0 { "rank0" } else { "other" };
+        let p = a
+            .root
+            .join(format!("weights-{tag}-{}.ckpt", std::process::id()));
+        lightning_core::checkpoint::save(&p, &Value::OrderedDict(sd))
+            .map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
+        lightning_core::trainer::finish_distributed()
+    });
+    if let Err(e) = r {
+        eprintln!("ddp child failed: {e}");
+        std::process::exit(1);
+    }
+    println!("ddp child ok");
+}
+
+/// The weights files the children wrote under `root`, rank 0's first.
+pub fn weights_files(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("weights-"))
+    });
+    v.sort();
+    v
+}

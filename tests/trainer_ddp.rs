@@ -1,0 +1,107 @@
+//! `strategy="ddp"` on the CPU with 2 processes (Gloo): the test starts rank 0, which
+//! launches rank 1 (the same binary, the same arguments). Both ranks end with the same
+//! weights bit for bit, within 1e-6 of one process training on both ranks' batches together;
+//! only rank 0 writes checkpoints and logs; the checkpoint is the single-process layout and a
+//! DDP run resumes from it.
+
+#[path = "../src/bin/test-child/ddp.rs"]
+#[allow(dead_code)]
+mod ddp;
+mod trainer_util;
+
+use lightning_core::checkpoint;
+use lightning_core::Value;
+use lightning_rs::Supervised;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn run(root: &Path, epochs: i64, devices: usize, resume: bool) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
+    cmd.args(["ddp", root.to_str().unwrap(), &epochs.to_string(), &devices.to_string()])
+        .arg(if resume { "1" } else { "0" })
+        .env_remove("LOCAL_RANK")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("MASTER_PORT");
+    let out = Supervised::spawn(&mut cmd, Duration::from_secs(120)).wait_with_output();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "ddp run failed ({}):\n{text}", out.status);
+}
+
+fn weights(p: &Path) -> Vec<(String, tch::Tensor)> {
+    match checkpoint::load(p).unwrap() {
+        Value::OrderedDict(d) | Value::Dict(d) => d
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.as_tensor().unwrap().shallow_clone()))
+            .collect(),
+        other => panic!("{}: {other:?}", p.display()),
+    }
+}
+
+#[test]
+fn two_ranks_train_as_one_process_and_only_rank_zero_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ddp_root = dir.path().join("ddp");
+    run(&ddp_root, 2, 2, false);
+    let files = ddp::weights_files(&ddp_root);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let (a, b) = (weights(&files[0]), weights(&files[1]));
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs between ranks");
+    }
+    // one process on both ranks' batches together
+    let single_root = dir.path().join("single");
+    run(&single_root, 2, 1, false);
+    let single = weights(&ddp::weights_files(&single_root)[0]);
+    for ((n, t), (_, s)) in a.iter().zip(&single) {
+        let diff = (t - s).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{n}: ddp vs one process differ by {diff}");
+        assert!(diff > 0.0 || t.numel() > 0);
+    }
+    // rank 0 alone wrote the checkpoints and the logs, in the single-process layout
+    let mut names: Vec<String> = std::fs::read_dir(ddp_root.join("ck"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}"); // 2 epochs + last.ckpt
+    let versions = std::fs::read_dir(ddp_root.join("lightning_logs")).unwrap().count();
+    assert_eq!(versions, 1);
+    let last = checkpoint::load(&ddp_root.join("ck/last.ckpt")).unwrap();
+    let sd = last.get("state_dict").unwrap().as_dict().unwrap();
+    assert!(sd.keys().all(|k| !k.to_string().starts_with("module.")));
+    let same = |k: &str| last.get(k) == Some(&Value::Int(12));
+    assert!(same("global_step"), "{:?}", last.get("global_step")); // 96 rows / (2 x 8) x 2
+    if let Some(out) = lightning_rs::run_python(
+        "import sys, torch\nc = torch.load(sys.argv[1], weights_only=True)\nprint(c['global_step'], sorted(c['state_dict']))",
+        &[ddp_root.join("ck/last.ckpt").to_str().unwrap()],
+    ) {
+        let out = out.unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.starts_with("12 ['fc1.bias'"), "{out}");
+    }
+}
+
+#[test]
+fn a_ddp_run_resumes_from_its_checkpoint_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    run(&straight, 3, 2, false);
+    let resumed = dir.path().join("resumed");
+    run(&resumed, 2, 2, false);
+    for f in ddp::weights_files(&resumed) {
+        std::fs::remove_file(f).unwrap();
+    }
+    run(&resumed, 3, 2, true);
+    let a = weights(&ddp::weights_files(&straight)[0]);
+    let b = weights(&ddp::weights_files(&resumed)[0]);
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{n}: resumed DDP run differs from the straight one");
+    }
+}
