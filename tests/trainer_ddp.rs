@@ -18,19 +18,28 @@ use std::time::Duration;
 
 fn run(root: &Path, epochs: i64, devices: usize, resume: bool) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
-    cmd.args(["ddp", root.to_str().unwrap(), &epochs.to_string(), &devices.to_string()])
-        .arg(if resume { "1" } else { "0" })
-        .env_remove("LOCAL_RANK")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env_remove("MASTER_PORT");
+    cmd.args([
+        "ddp",
+        root.to_str().unwrap(),
+        &epochs.to_string(),
+        &devices.to_string(),
+    ])
+    .arg(if resume { "1" } else { "0" })
+    .env_remove("LOCAL_RANK")
+    .env_remove("RANK")
+    .env_remove("WORLD_SIZE")
+    .env_remove("MASTER_PORT");
     let out = Supervised::spawn(&mut cmd, Duration::from_secs(120)).wait_with_output();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "ddp run failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "ddp run failed ({}):\n{text}",
+        out.status
+    );
 }
 
 fn weights(p: &Path) -> Vec<(String, tch::Tensor)> {
@@ -62,7 +71,7 @@ fn two_ranks_train_as_one_process_and_only_rank_zero_writes() {
     for ((n, t), (_, s)) in a.iter().zip(&single) {
         let diff = (t - s).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "{n}: ddp vs one process differ by {diff}");
-        assert!(diff > 0.0 || t.numel() > 0);
+        eprintln!("{n}: ddp vs one process: max abs diff {diff:e}");
     }
     // rank 0 alone wrote the checkpoints and the logs, in the single-process layout
     let mut names: Vec<String> = std::fs::read_dir(ddp_root.join("ck"))
@@ -72,7 +81,9 @@ fn two_ranks_train_as_one_process_and_only_rank_zero_writes() {
         .collect();
     names.sort();
     assert_eq!(names.len(), 3, "{names:?}"); // 2 epochs + last.ckpt
-    let versions = std::fs::read_dir(ddp_root.join("lightning_logs")).unwrap().count();
+    let versions = std::fs::read_dir(ddp_root.join("lightning_logs"))
+        .unwrap()
+        .count();
     assert_eq!(versions, 1);
     let last = checkpoint::load(&ddp_root.join("ck/last.ckpt")).unwrap();
     let sd = last.get("state_dict").unwrap().as_dict().unwrap();
@@ -102,6 +113,9 @@ fn a_ddp_run_resumes_from_its_checkpoint_exactly() {
     let a = weights(&ddp::weights_files(&straight)[0]);
     let b = weights(&ddp::weights_files(&resumed)[0]);
     for ((n, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{n}: resumed DDP run differs from the straight one");
+        assert!(
+            x.equal(y),
+            "{n}: resumed DDP run differs from the straight one"
+        );
     }
 }

@@ -60,9 +60,7 @@ impl World {
         }
         .map_err(dist_err)?;
         let pg = match cfg.accelerator.resolve() {
-            Accelerator::Cuda => {
-                ProcessGroup::nccl(&store, env.rank, env.world_size, opts.timeout)
-            }
+            Accelerator::Cuda => ProcessGroup::nccl(&store, env.rank, env.world_size, opts.timeout),
             _ => ProcessGroup::gloo(&store, env.rank, env.world_size, opts.timeout),
         }
         .map_err(dist_err)?;
@@ -108,11 +106,7 @@ pub fn finish_distributed() -> Result<()> {
     let Some(w) = WORLD.get() else {
         return Ok(());
     };
-    let launch = w
-        .launch
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let launch = w.launch.lock().unwrap_or_else(|e| e.into_inner()).take();
     match launch {
         Some(l) => l.wait(w.timeout).map_err(|e| Error::Config(e.to_string())),
         None => Ok(()),
@@ -152,10 +146,7 @@ impl Ddp {
         )
         .map_err(dist_err)?;
         if !buffers.is_empty() {
-            world
-                .pg
-                .broadcast_coalesced(buffers, 0)
-                .map_err(dist_err)?;
+            world.pg.broadcast_coalesced(buffers, 0).map_err(dist_err)?;
         }
         Ok(Ddp {
             world,

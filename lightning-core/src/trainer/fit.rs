@@ -10,12 +10,12 @@
 //!      -> on_fit_end; pending async saves durable before `fit` returns.
 //! ```
 
+use super::ddp::{Ddp, World};
 use super::logger::CsvLogger;
 use super::preempt::Preemption;
 use super::progress::Bar;
 use super::saver::Saver;
 use super::state::{LoopPoint, RunState};
-use super::ddp::{Ddp, World};
 use super::strategy::Strategy;
 use super::{checkpoint_of, clip_gradients, effective_max_epochs, need, warn, CkptPath, Trainer};
 use crate::callbacks::{find_last_checkpoint, Callback, ModelCheckpoint};

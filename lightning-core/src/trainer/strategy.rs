@@ -137,13 +137,22 @@ mod tests {
 
     #[test]
     fn lightnings_names_parse() {
-        assert_eq!("ddp".parse::<Strategy>(), Ok(Strategy::Ddp(DdpOptions::default())));
+        assert_eq!(
+            "ddp".parse::<Strategy>(),
+            Ok(Strategy::Ddp(DdpOptions::default()))
+        );
         assert!(matches!(
             "ddp_find_unused_parameters_true".parse::<Strategy>(),
-            Ok(Strategy::Ddp(DdpOptions { find_unused_parameters: true, .. }))
+            Ok(Strategy::Ddp(DdpOptions {
+                find_unused_parameters: true,
+                ..
+            }))
         ));
         let e = "fsdp".parse::<Strategy>().unwrap_err().to_string();
-        assert!(e.contains("strategy=\"fsdp\"") && e.contains("\"ddp\""), "{e}");
+        assert!(
+            e.contains("strategy=\"fsdp\"") && e.contains("\"ddp\""),
+            "{e}"
+        );
         assert_eq!("gpu".parse::<Accelerator>(), Ok(Accelerator::Cuda));
         assert!("tpu".parse::<Accelerator>().is_err());
     }

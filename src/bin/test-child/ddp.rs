@@ -42,7 +42,10 @@ impl Args {
 pub fn data(batch: i64) -> DataModule {
     tch::manual_seed(77);
     let x = Tensor::randn([ROWS + 16, 4], (Kind::Float, Device::Cpu));
-    let y = x.sum_dim_intlist(1, false, Kind::Float).gt(0.0).to_kind(Kind::Int64);
+    let y = x
+        .sum_dim_intlist(1, false, Kind::Float)
+        .gt(0.0)
+        .to_kind(Kind::Int64);
     let train = TensorDataset::new(vec![x.narrow(0, 0, ROWS), y.narrow(0, 0, ROWS)]).unwrap();
     let val = TensorDataset::new(vec![x.narrow(0, ROWS, 16), y.narrow(0, ROWS, 16)]).unwrap();
     DataModule::new()
