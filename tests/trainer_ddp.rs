@@ -5,7 +5,6 @@
 //! DDP run resumes from it.
 
 #[path = "../src/bin/test-child/ddp.rs"]
-#[allow(dead_code)]
 mod ddp;
 mod trainer_util;
 
