@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn run(root: &Path, epochs: i64, devices: usize, resume: bool) {
+fn command(root: &Path, epochs: i64, devices: usize, resume: bool) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
     cmd.args([
         "ddp",
@@ -27,7 +27,15 @@ fn run(root: &Path, epochs: i64, devices: usize, resume: bool) {
     .env_remove("LOCAL_RANK")
     .env_remove("RANK")
     .env_remove("WORLD_SIZE")
-    .env_remove("MASTER_PORT");
+    .env_remove("MASTER_PORT")
+    .env_remove(ddp::DIE_AT)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+fn run(root: &Path, epochs: i64, devices: usize, resume: bool) {
+    let mut cmd = command(root, epochs, devices, resume);
     let out = Supervised::spawn(&mut cmd, Duration::from_secs(120)).wait_with_output();
     let text = format!(
         "{}{}",
@@ -117,4 +125,35 @@ fn a_ddp_run_resumes_from_its_checkpoint_exactly() {
             "{n}: resumed DDP run differs from the straight one"
         );
     }
+}
+
+/// A rank that dies mid-run makes the job fail (rank 0 exits non-zero, naming the problem)
+/// well within the collectives' timeout, and every checkpoint already on disk still loads.
+#[test]
+fn a_dying_rank_fails_the_job_without_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("die");
+    let mut cmd = command(&root, 3, 2, false);
+    cmd.env(ddp::DIE_AT, "8");
+    let t = std::time::Instant::now();
+    let out = Supervised::spawn(&mut cmd, Duration::from_secs(90)).wait_with_output();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the job succeeded:\n{text}");
+    assert!(text.contains("ddp child failed"), "{text}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    let ck = root.join("ck");
+    let mut n = 0;
+    for e in std::fs::read_dir(&ck).unwrap().flatten() {
+        checkpoint::verify(&e.path()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+        n += 1;
+    }
+    assert!(n >= 1, "the first epoch's checkpoint (step 6) is there");
 }

@@ -53,6 +53,33 @@ pub fn data(batch: i64) -> DataModule {
         .val(DataLoader::new(val, 8))
 }
 
+/// With this variable set to a step, every rank but 0 exits with status 3 after that step (a
+/// rank that dies), and the collectives' timeout is 10 s.
+pub const DIE_AT: &str = "DDP_TEST_DIE_AT_STEP";
+
+struct Die(i64);
+impl lightning_core::callbacks::Callback for Die {
+    fn state_key(&self) -> String {
+        "Die".into()
+    }
+    fn on_train_batch_end(
+        &mut self,
+        t: &mut lightning_core::callbacks::TrainerContext<'_>,
+    ) -> lightning_core::Result<()> {
+        if !t.run.is_global_zero && t.run.global_step == self.0 {
+            eprintln!("rank dies at step {}", self.0);
+            std::process::exit(3);
+        }
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
 /// Trains; returns the rank's final weights and whether it is rank 0.
 pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool)> {
     let hp = TinyHp {
@@ -73,10 +100,16 @@ pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool)> 
         .max_epochs(a.max_epochs)
         .num_sanity_val_steps(0)
         .callback(ckpt);
+    let die_at = std::env::var(DIE_AT)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok());
+    if let Some(step) = die_at {
+        b = b.callback(Die(step));
+    }
     let data = if a.devices > 1 {
         b = b
             .strategy(Strategy::Ddp(DdpOptions {
-                timeout: Duration::from_secs(60),
+                timeout: Duration::from_secs(if die_at.is_some() { 10 } else { 60 }),
                 ..DdpOptions::default()
             }))
             .devices(a.devices)
