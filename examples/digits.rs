@@ -127,7 +127,7 @@ impl LightningModule for Mlp {
     }
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "Train an MLP on scikit-learn's digits with checkpoints and exact resume")]
 struct Args {
     #[command(subcommand)]
@@ -169,9 +169,25 @@ struct Args {
     /// Write checkpoints in the background.
     #[arg(long, global = true)]
     async_checkpointing: bool,
+    /// `auto` (one process) or `ddp` (one process per device; this process is rank 0 and
+    /// starts the others, unless torchrun or SLURM started them).
+    #[arg(long, global = true, default_value = "auto")]
+    strategy: String,
+    /// Processes per node with `--strategy ddp`.
+    #[arg(long, global = true, default_value_t = 1)]
+    devices: usize,
+    /// Nodes with `--strategy ddp`.
+    #[arg(long, global = true, default_value_t = 1)]
+    num_nodes: usize,
 }
 
-#[derive(Subcommand, Debug)]
+/// Whether this process is a rank other than 0 of a `--strategy ddp` job (it then prints
+/// nothing and leaves the demo directory alone).
+fn other_rank() -> bool {
+    std::env::var("RANK").is_ok_and(|r| r != "0")
+}
+
+#[derive(Subcommand, Debug, Clone)]
 enum Cmd {
     /// Train 4 epochs, stop, resume with `last` to the end, load the best with an override.
     Demo,
@@ -268,6 +284,10 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .device(device(&args.device)?)
         .precision(args.precision.as_str())
         .async_checkpointing(args.async_checkpointing)
+        .strategy(args.strategy.as_str())
+        .accelerator(if args.device == "cuda" { "cuda" } else { "cpu" })
+        .devices(args.devices)
+        .num_nodes(args.num_nodes)
         .callback(ckpt.build()?)
         .build()?;
     let data = datamodule(args.seed)?;
@@ -281,6 +301,9 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .context("no checkpoint was saved")?
         .to_owned();
     let score = mc.best_model_score().unwrap_or(f64::NAN);
+    if !trainer.is_global_zero() {
+        return Ok((best, score));
+    }
     println!(
         "trained to epoch {} (global step {}) in {:.2}s{}; best val_acc {score:.4} at {}",
         trainer.current_epoch(),
@@ -312,6 +335,9 @@ fn evaluate(args: &Args, ckpt: &Path, sets: &[String]) -> anyhow::Result<f64> {
         .device(device(&args.device)?)
         .build()?;
     let metrics = trainer.validate(&mut model, &datamodule(args.seed)?, None)?;
+    if other_rank() {
+        return Ok(metrics["val_acc"]);
+    }
     println!(
         "loaded {} with hparams {:?}: val_acc {:.4}",
         ckpt.display(),
@@ -352,20 +378,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
+    run_job(&args)?;
+    // rank 0 of a `--strategy ddp` job: wait for the ranks it started (an error if one failed)
+    lightning_core::trainer::finish_distributed()?;
+    Ok(())
+}
+
+fn say(line: &str) {
+    if !other_rank() {
+        println!("{line}");
+    }
+}
+
+fn run_job(args: &Args) -> anyhow::Result<()> {
+    let args = args.clone();
     if let Some(Cmd::Demo) = args.cmd {
-        clear_demo_root(&args.root)?;
+        if !other_rank() {
+            clear_demo_root(&args.root)?;
+        }
         let stop_at = (args.max_epochs / 3).max(1);
-        println!(
+        say(&format!(
             "== 1. train {stop_at} of {} epochs, then stop",
             args.max_epochs
-        );
+        ));
         train(&args, stop_at, None)?;
-        println!(
+        say(&format!(
             "== 2. resume from `last` and train to epoch {}",
             args.max_epochs
-        );
+        ));
         let (best, score) = train(&args, args.max_epochs, Some("last"))?;
-        println!("== 3. load the best checkpoint with an override (dropout=0.0)");
+        say("== 3. load the best checkpoint with an override (dropout=0.0)");
         let acc = evaluate(&args, &best, &["dropout=0.0".to_owned()])?;
         if (acc - score).abs() > 1e-6 {
             bail!("the reloaded model's val_acc {acc} differs from the checkpoint's score {score}");
@@ -373,7 +415,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         if acc < 0.95 {
             bail!("validation accuracy {acc:.4} is below the 0.95 goal");
         }
-        println!("demo OK: val_acc {acc:.4} >= 0.95");
+        say(&format!("demo OK: val_acc {acc:.4} >= 0.95"));
         return Ok(());
     }
     if args.load_best {
