@@ -157,3 +157,81 @@ fn a_dying_rank_fails_the_job_without_a_hang() {
     }
     assert!(n >= 1, "the first epoch's checkpoint (step 6) is there");
 }
+
+/// The same binary runs under the venv's `torchrun --no-python` (every rank a client of the
+/// agent's store), on one node with 2 processes and on 2 "nodes" of 1 process on this
+/// machine, and trains to the same weights as our own launcher.
+#[test]
+fn torchrun_single_and_two_node_runs_match_our_launcher() {
+    let Some(py) = lightning_rs::python() else {
+        return; // skipped with the reason printed (a failure when Python is required)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    run(&ours, 2, 2, false);
+    let reference = weights(&ddp::weights_files(&ours)[0]);
+    let child = env!("CARGO_BIN_EXE_test-child");
+    let torchrun = |root: &Path, extra: &[String], devices: &str, nodes: &str| {
+        let mut cmd = Command::new(&py);
+        cmd.args(["-m", "torch.distributed.run"])
+            .args(extra)
+            .args(["--no-python", child, "ddp", root.to_str().unwrap(), "2"])
+            .args([devices, "0", nodes])
+            .env_remove("LOCAL_RANK")
+            .env_remove("RANK")
+            .env_remove(ddp::DIE_AT)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Supervised::spawn(&mut cmd, Duration::from_secs(120))
+    };
+    let check = |root: &Path, outs: Vec<std::process::Output>| {
+        for out in outs {
+            assert!(
+                out.status.success(),
+                "torchrun failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let files = ddp::weights_files(root);
+        assert_eq!(files.len(), 2, "{files:?}");
+        for f in files {
+            for ((n, x), (_, y)) in weights(&f).iter().zip(&reference) {
+                assert!(
+                    x.equal(y),
+                    "{}: {n} differs from our launcher's run",
+                    f.display()
+                );
+            }
+        }
+        assert!(root.join("ck/last.ckpt").exists());
+    };
+    let single = dir.path().join("single");
+    let out = torchrun(
+        &single,
+        &["--standalone".into(), "--nproc-per-node=2".into()],
+        "2",
+        "1",
+    )
+    .wait_with_output();
+    check(&single, vec![out]);
+    let two = dir.path().join("two-nodes");
+    let port = lightning_core::distributed::free_port("127.0.0.1").unwrap();
+    let node = |rank: usize| {
+        torchrun(
+            &two,
+            &[
+                "--nnodes=2".into(),
+                format!("--node-rank={rank}"),
+                "--nproc-per-node=1".into(),
+                "--master-addr=127.0.0.1".into(),
+                format!("--master-port={port}"),
+            ],
+            "1",
+            "2",
+        )
+    };
+    let (n0, n1) = (node(0), node(1));
+    check(&two, vec![n0.wait_with_output(), n1.wait_with_output()]);
+}

@@ -19,12 +19,14 @@ pub const ROWS: i64 = 96;
 /// Per-rank batch size; the single-process reference uses twice this.
 pub const BATCH: i64 = 8;
 
-/// `root`, `max_epochs`, `devices` (1: the reference), `resume` ("1": from `last`).
+/// `root`, `max_epochs`, `devices` per node (1 on 1 node: the reference), `resume` ("1":
+/// from `last`), `num_nodes` (default 1).
 pub struct Args {
     pub root: PathBuf,
     pub max_epochs: i64,
     pub devices: usize,
     pub resume: bool,
+    pub num_nodes: usize,
 }
 
 impl Args {
@@ -35,6 +37,7 @@ impl Args {
             max_epochs: get(1).parse().unwrap_or(2),
             devices: get(2).parse().unwrap_or(2),
             resume: get(3) == "1",
+            num_nodes: get(4).parse().unwrap_or(1),
         }
     }
 }
@@ -106,13 +109,14 @@ pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool)> 
     if let Some(step) = die_at {
         b = b.callback(Die(step));
     }
-    let data = if a.devices > 1 {
+    let data = if a.devices * a.num_nodes > 1 {
         b = b
             .strategy(Strategy::Ddp(DdpOptions {
                 timeout: Duration::from_secs(if die_at.is_some() { 10 } else { 60 }),
                 ..DdpOptions::default()
             }))
             .devices(a.devices)
+            .num_nodes(a.num_nodes)
             .accelerator("cpu");
         data(BATCH)
     } else {
