@@ -117,6 +117,37 @@ fn peer_exit_makes_the_collective_fail_not_hang() {
     );
 }
 
+/// A peer dies mid-training: the survivor's gradient all-reduce, inside `backward()`, fails
+/// and tch's `f_backward` returns the error.
+#[test]
+fn peer_exit_during_ddp_backward_is_an_error() {
+    let runs = run_ranks(
+        "ddp",
+        2,
+        free_port(),
+        &[
+            ("LDIST_EXIT_RANK1_AT_STEP", "1"),
+            ("LDIST_TIMEOUT_MS", "3000"),
+        ],
+        LIMIT,
+    );
+    assert!(runs[1].stdout.contains("leaving"), "{:?}", runs[1]);
+    let survivor = &runs[0];
+    survivor.assert_ok();
+    assert!(
+        survivor.stdout.contains("OK ddp-peer-exit"),
+        "{}",
+        survivor.stdout
+    );
+    let message = survivor.value("backward_error").unwrap();
+    eprintln!("ddp peer exit: backward error: {message}");
+    assert!(
+        survivor.elapsed < Duration::from_secs(30),
+        "{:?}",
+        survivor.elapsed
+    );
+}
+
 #[test]
 fn silent_peer_makes_the_collective_time_out() {
     let runs = run_ranks(

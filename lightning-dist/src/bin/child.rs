@@ -180,6 +180,10 @@ fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
     let steps: i64 = env_or("LDIST_STEPS", 5);
     let accum: i64 = env_or("LDIST_ACCUM", 1);
     let find_unused = env_or("LDIST_FIND_UNUSED", 0) == 1;
+    // Rank 1 leaves after this step's prepare_for_forward (a peer dying mid-training).
+    let exit_at: Option<i64> = std::env::var("LDIST_EXIT_RANK1_AT_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let cap: Option<f64> = std::env::var("LDIST_BUCKET_CAP_MB")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -213,9 +217,22 @@ fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
             if reducer.prepare_for_forward()? {
                 println!("rebuilt_at {s}");
             }
+            if env.rank == 1 && exit_at == Some(s) {
+                println!("leaving");
+                std::process::exit(0);
+            }
             let loss = forward(&params, &xs).cross_entropy_for_logits(&ys);
             reducer.prepare_for_backward(&[&loss])?;
-            loss.backward();
+            // The gradient all-reduce runs inside backward: its errors come out of f_backward.
+            if let Err(e) = loss.f_backward() {
+                if exit_at.is_none() {
+                    return Err(e.into());
+                }
+                let first_line = e.to_string().lines().next().unwrap_or_default().to_owned();
+                println!("backward_error {first_line}");
+                println!("OK ddp-peer-exit");
+                return Ok(());
+            }
         }
         sgd(&params, lr);
     }
