@@ -11,6 +11,8 @@
 //! The C++ side is a small shim (`csrc/`) compiled against the libtorch torch-sys links; every
 //! C++ exception becomes a [`DistError`] naming the operation, never an abort or an unwind.
 
+#![warn(missing_docs)]
+
 mod env;
 mod error;
 mod ffi;

@@ -62,6 +62,11 @@ impl Default for ReducerOptions {
 /// # Ok(()) }
 /// ```
 ///
+/// The all-reduce runs inside `backward()` (autograd hooks, then c10d's finalize callback), so a
+/// communication failure (a peer gone, the group's timeout) is an error of the backward call:
+/// tch's `backward()` panics on it, `f_backward()` returns it. The reducer is then unusable;
+/// drop it (and the group) and stop.
+///
 /// Gradient accumulation (DDP's `no_sync()`): with
 /// [`set_require_backward_grad_sync(false)`](Reducer::set_require_backward_grad_sync) (or
 /// inside [`no_sync`](Reducer::no_sync)) the two `prepare_*` calls skip the reducer, so

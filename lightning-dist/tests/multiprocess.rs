@@ -116,3 +116,77 @@ fn peer_exit_makes_the_collective_fail_not_hang() {
         started.elapsed()
     );
 }
+
+/// A peer dies mid-training: the survivor's gradient all-reduce, inside `backward()`, fails
+/// and tch's `f_backward` returns the error.
+#[test]
+fn peer_exit_during_ddp_backward_is_an_error() {
+    let runs = run_ranks(
+        "ddp",
+        2,
+        free_port(),
+        &[
+            ("LDIST_EXIT_RANK1_AT_STEP", "1"),
+            ("LDIST_TIMEOUT_MS", "3000"),
+        ],
+        LIMIT,
+    );
+    assert!(runs[1].stdout.contains("leaving"), "{:?}", runs[1]);
+    let survivor = &runs[0];
+    survivor.assert_ok();
+    assert!(
+        survivor.stdout.contains("OK ddp-peer-exit"),
+        "{}",
+        survivor.stdout
+    );
+    let message = survivor.value("backward_error").unwrap();
+    eprintln!("ddp peer exit: backward error: {message}");
+    assert!(
+        survivor.elapsed < Duration::from_secs(30),
+        "{:?}",
+        survivor.elapsed
+    );
+}
+
+#[test]
+fn silent_peer_makes_the_collective_time_out() {
+    let runs = run_ranks(
+        "stall",
+        2,
+        free_port(),
+        &[("LDIST_TIMEOUT_MS", "2000")],
+        LIMIT,
+    );
+    let survivor = &runs[0];
+    survivor.assert_ok();
+    assert!(survivor.stdout.contains("OK stall"), "{}", survivor.stdout);
+    let after: u64 = survivor.value("error_after_ms").unwrap().parse().unwrap();
+    assert!(
+        (1_500..15_000).contains(&after),
+        "the 2 s timeout fired after {after} ms"
+    );
+    let message = survivor.value("error").unwrap();
+    assert!(message.starts_with("all_reduce failed: "), "{message}");
+    assert!(message.to_lowercase().contains("timed out"), "{message}");
+    eprintln!("stall: error after {after} ms ({message})");
+}
+
+/// Two ranks with Gloo on CUDA tensors (on a one-GPU machine both use GPU 0).
+#[test]
+fn gloo_on_cuda_tensors_two_ranks() {
+    if !tch::Cuda::is_available() {
+        assert!(
+            std::env::var("LIGHTNING_RS_EXPECT_GPU").as_deref() != Ok("1"),
+            "LIGHTNING_RS_EXPECT_GPU=1 but tch::Cuda::is_available() is false"
+        );
+        eprintln!(
+            "skipped gloo_on_cuda_tensors_two_ranks: no GPU (tch::Cuda::is_available() is false)"
+        );
+        return;
+    }
+    let runs = run_ranks("gloo-cuda", 2, free_port(), &[], LIMIT);
+    all_ok(&runs);
+    for r in &runs {
+        assert!(r.stdout.contains("OK gloo-cuda"), "{}", r.stdout);
+    }
+}

@@ -170,3 +170,33 @@ fn nccl_world_size_one_on_gpu() {
         [2.0, 3.0]
     );
 }
+
+/// A parameter the forward never uses, without `find_unused_parameters`: DDP's reduction
+/// cannot finish, and c10d says so at the next step, as an error (not an abort or a hang).
+#[test]
+fn unused_parameter_without_find_unused_is_reported() {
+    let store = Store::server("127.0.0.1", 0, 1, T).unwrap();
+    let pg = ProcessGroup::gloo(&store, 0, 1, T).unwrap();
+    let opts = (Kind::Float, Device::Cpu);
+    let params = [
+        Tensor::ones([3], opts).set_requires_grad(true),
+        Tensor::ones([2], opts).set_requires_grad(true),
+    ];
+    let mut reducer = Reducer::new(&pg, &params, &ReducerOptions::default()).unwrap();
+    let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    let step = |r: &mut Reducer| -> lightning_dist::Result<()> {
+        r.prepare_for_forward()?;
+        let loss = (&params[0] * &x).sum(Kind::Float);
+        r.prepare_for_backward(&[&loss])?;
+        loss.backward();
+        Ok(())
+    };
+    step(&mut reducer).unwrap();
+    let err = step(&mut reducer).unwrap_err();
+    assert!(err.to_string().contains("find_unused_parameters"), "{err}");
+    assert!(err.op().starts_with("Reducer::prepare_for_"), "{err}");
+    let head: String = err.to_string().chars().take(160).collect();
+    eprintln!("unused parameter: {head}...");
+    drop(reducer);
+    pg.barrier().unwrap();
+}

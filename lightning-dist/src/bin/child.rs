@@ -180,6 +180,10 @@ fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
     let steps: i64 = env_or("LDIST_STEPS", 5);
     let accum: i64 = env_or("LDIST_ACCUM", 1);
     let find_unused = env_or("LDIST_FIND_UNUSED", 0) == 1;
+    // Rank 1 leaves after this step's prepare_for_forward (a peer dying mid-training).
+    let exit_at: Option<i64> = std::env::var("LDIST_EXIT_RANK1_AT_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let cap: Option<f64> = std::env::var("LDIST_BUCKET_CAP_MB")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -213,9 +217,22 @@ fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
             if reducer.prepare_for_forward()? {
                 println!("rebuilt_at {s}");
             }
+            if env.rank == 1 && exit_at == Some(s) {
+                println!("leaving");
+                std::process::exit(0);
+            }
             let loss = forward(&params, &xs).cross_entropy_for_logits(&ys);
             reducer.prepare_for_backward(&[&loss])?;
-            loss.backward();
+            // The gradient all-reduce runs inside backward: its errors come out of f_backward.
+            if let Err(e) = loss.f_backward() {
+                if exit_at.is_none() {
+                    return Err(e.into());
+                }
+                let first_line = e.to_string().lines().next().unwrap_or_default().to_owned();
+                println!("backward_error {first_line}");
+                println!("OK ddp-peer-exit");
+                return Ok(());
+            }
         }
         sgd(&params, lr);
     }
@@ -272,6 +289,66 @@ fn exit_early(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
     }
 }
 
+/// Rank 1 stays alive but never joins the collective; rank 0's must fail at the group's
+/// timeout. Rank 1 leaves once rank 0 says it is done (or is gone).
+fn stall(env: &DistEnv, store: &Store, pg: &ProcessGroup) -> Res<()> {
+    pg.barrier()?;
+    if env.rank != 0 {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < give_up {
+            match store.check(&["stall/done"]) {
+                Ok(false) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(true) | Err(_) => break,
+            }
+        }
+        println!("leaving");
+        std::process::exit(0);
+    }
+    let started = Instant::now();
+    let mut ts = [Tensor::ones([16], cpu())];
+    let outcome = pg.all_reduce(&mut ts, ReduceOp::Sum);
+    let elapsed = started.elapsed();
+    store.set("stall/done", b"1")?;
+    match outcome {
+        Ok(()) => Err("all_reduce succeeded without the peer".into()),
+        Err(e) => {
+            println!("error_after_ms {}", elapsed.as_millis());
+            println!("error {e}");
+            println!("OK stall");
+            Ok(())
+        }
+    }
+}
+
+/// Gloo on CUDA tensors (the way to run two ranks on a one-GPU machine: NCCL refuses two
+/// ranks on one GPU).
+fn gloo_cuda(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
+    let dev = Device::Cuda(0);
+    let rank = env.rank as f32;
+    let mut ts = [Tensor::from_slice(&[rank + 1.0, -rank]).to_device(dev)];
+    pg.all_reduce(&mut ts, ReduceOp::Sum)?;
+    let sum_plus_1: f32 = (1..=env.world_size).map(|r| r as f32).sum();
+    let sum: f32 = (0..env.world_size).map(|r| r as f32).sum();
+    expect(
+        "cuda all_reduce sum",
+        &ts[0].to_device(Device::Cpu),
+        &[sum_plus_1, -sum],
+    )?;
+    let mut b = [Tensor::full([3], rank as f64, (Kind::Float, dev))];
+    pg.broadcast(&mut b, 1)?;
+    expect("cuda broadcast", &b[0].to_device(Device::Cpu), &[1.0; 3])?;
+    let g = pg.all_gather(&Tensor::from_slice(&[rank]).to_device(dev))?;
+    for (r, t) in g.iter().enumerate() {
+        if t.device() != dev {
+            return Err(format!("all_gather returned a tensor on {:?}", t.device()).into());
+        }
+        expect("cuda all_gather", &t.to_device(Device::Cpu), &[r as f32])?;
+    }
+    pg.barrier()?;
+    println!("OK gloo-cuda");
+    Ok(())
+}
+
 fn run(scenario: &str) -> Res<()> {
     tch::set_num_threads(1);
     let env = DistEnv::from_env()?;
@@ -282,6 +359,8 @@ fn run(scenario: &str) -> Res<()> {
         "collectives" => collectives(&env, &store, &pg),
         "ddp" => ddp(&env, &pg),
         "exit-early" => exit_early(&env, &pg),
+        "stall" => stall(&env, &store, &pg),
+        "gloo-cuda" => gloo_cuda(&env, &pg),
         other => Err(format!("unknown scenario {other:?}").into()),
     }
 }
