@@ -211,6 +211,7 @@ impl Trainer {
         self.run = RunState {
             seed: self.cfg.seed.unwrap_or_else(random_seed),
             fitting: true,
+            world_size: world.as_ref().map_or(1, |(w, _)| w.env.world_size),
             num_val_batches: data
                 .val_loader()
                 .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
@@ -299,7 +300,11 @@ impl Trainer {
                 )
             })?;
         }
-        if let Some(saved) = self.run.restore_position(&r.ckpt) {
+        let seed = self
+            .run
+            .restore_position(&r.ckpt)
+            .map_err(|e| Error::Config(format!("{}: {e}", r.path.display())))?;
+        if let Some(saved) = seed {
             if let Some(given) = self.cfg.seed.filter(|&g| g != saved) {
                 warn(&format!(
                     "resuming with the checkpoint's seed {saved}, not the trainer's {given}"

@@ -66,6 +66,8 @@ pub(crate) struct RunState {
     /// The gradient scaler of `16-mixed`.
     pub scaler: Option<GradScaler>,
     pub preempted: bool,
+    /// Processes training together (1 without `strategy="ddp"`).
+    pub world_size: usize,
 }
 
 impl RunState {
@@ -163,14 +165,28 @@ impl RunState {
             scheduler_steps: self.scheduler_steps,
             val_batches: self.val_batches,
             val_last_batch: self.val_last_batch,
+            world_size: self.world_size.max(1),
         }
     }
 
     /// Restores the position of `ckpt`: from our resume entry when there is one, else (a
     /// file written by Python Lightning) from its `loops`. Returns the seed it recorded.
-    pub fn restore_position(&mut self, ckpt: &Checkpoint) -> Option<u64> {
+    pub fn restore_position(&mut self, ckpt: &Checkpoint) -> Result<Option<u64>, String> {
         self.global_step = ckpt.global_step;
         if let Some(r) = &ckpt.resume {
+            let mid_epoch = r.batches_consumed > 0 && r.epoch_phase == EpochPhase::Training;
+            if mid_epoch && r.world_size != self.world_size.max(1) {
+                return Err(format!(
+                    "this checkpoint was saved mid-epoch (epoch {}, after {} batches per process) \
+                     by {} process(es); the position inside the epoch depends on how the data \
+                     was sharded, so resume it with {} process(es), or resume from an epoch-end \
+                     checkpoint (any number of processes)",
+                    r.epoch,
+                    r.batches_consumed,
+                    r.world_size,
+                    r.world_size
+                ));
+            }
             self.epoch = r.epoch;
             self.batches_consumed = r.batches_consumed;
             self.phase = r.epoch_phase;
@@ -181,7 +197,7 @@ impl RunState {
             self.val_batches = r.val_batches;
             self.val_last_batch = r.val_last_batch;
             self.is_last_batch = false;
-            return Some(r.seed);
+            return Ok(Some(r.seed));
         }
         let fit = ckpt.loops.as_ref().map(|l| &l.fit);
         let epochs = fit.map(|f| f.epoch_progress.current);
@@ -211,6 +227,43 @@ impl RunState {
             );
             self.val_last_batch = f.val_batch_progress.is_last_batch.unwrap_or(false);
         }
-        None
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mid_epoch_position_needs_the_same_world_size() {
+        let mut ckpt = Checkpoint {
+            global_step: 7,
+            resume: Some(ResumeState {
+                seed: 3,
+                epoch: 1,
+                batches_consumed: 5,
+                world_size: 2,
+                ..ResumeState::default()
+            }),
+            ..Checkpoint::default()
+        };
+        let mut one = RunState {
+            world_size: 1,
+            ..RunState::default()
+        };
+        let e = one.restore_position(&ckpt).unwrap_err();
+        assert!(e.contains("by 2 process(es)") && e.contains("epoch-end"), "{e}");
+        let mut two = RunState {
+            world_size: 2,
+            ..RunState::default()
+        };
+        assert_eq!(two.restore_position(&ckpt), Ok(Some(3)));
+        assert_eq!((two.epoch, two.batches_consumed), (1, 5));
+        // at an epoch's end any world size resumes (the shards are recomputed)
+        if let Some(r) = &mut ckpt.resume {
+            r.epoch_phase = EpochPhase::Done;
+        }
+        assert_eq!(one.restore_position(&ckpt), Ok(Some(3)));
     }
 }

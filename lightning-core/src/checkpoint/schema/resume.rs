@@ -104,6 +104,9 @@ pub struct ResumeState {
     pub val_batches: (i64, i64),
     /// Whether the latest validation run reached its last batch.
     pub val_last_batch: bool,
+    /// Processes that trained (`strategy="ddp"`): `batches_consumed` counts each one's batches
+    /// of its shard, so a mid-epoch position is only meaningful for the same world size.
+    pub world_size: usize,
 }
 
 impl ResumeState {
@@ -130,6 +133,7 @@ impl ResumeState {
             Value::List(vec![self.val_batches.0.into(), self.val_batches.1.into()]),
         );
         v.insert("val_last_batch", self.val_last_batch);
+        v.insert("world_size", self.world_size.max(1) as i64);
         v
     }
 
@@ -174,6 +178,7 @@ impl ResumeState {
             scheduler_steps: pair("scheduler_steps")?,
             val_batches: pair("val_batches")?,
             val_last_batch: f.boolean("val_last_batch")?.unwrap_or(false),
+            world_size: usize::try_from(f.int("world_size")?.unwrap_or(1).max(1)).unwrap_or(1),
         })
     }
 }
