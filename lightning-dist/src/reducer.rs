@@ -25,7 +25,9 @@ pub struct ReducerOptions {
     /// step; leave off when every parameter gets a gradient.
     pub find_unused_parameters: bool,
     /// Make the `.grad` tensors views into the communication buckets (saves a copy and
-    /// memory; `.grad` must then not be replaced, only zeroed in place).
+    /// memory). `.grad` must then only be zeroed in place (`p.grad().zero_()`): tch's
+    /// `Tensor::zero_grad` (which lightning-core's optimizers call) does `detach_()` first,
+    /// which libtorch refuses on a view, and panics.
     pub gradient_as_bucket_view: bool,
     /// DDP's `init_sync`: at construction, check that every rank has parameters of the same
     /// shapes, then broadcast rank 0's values into everyone's parameters. Buffers (running

@@ -59,10 +59,11 @@ fn ddp_two_ranks_half_batches_equal_one_process_full_batch() {
 }
 
 /// Gradient accumulation (no_sync on the first of two micro-batches), tiny buckets (one per
-/// parameter after the rebuild), find_unused_parameters with a parameter the forward never
-/// uses, and a store hosted by a launcher agent (every rank a client, as under torchrun).
+/// parameter), find_unused_parameters with a parameter the forward never uses,
+/// gradient_as_bucket_view, and a store hosted by a launcher agent (every rank a client, as
+/// under torchrun).
 #[test]
-fn ddp_accumulation_small_buckets_unused_param_agent_store() {
+fn ddp_accumulation_small_buckets_unused_param_grad_views_agent_store() {
     let agent = Store::server("127.0.0.1", 0, 2, Duration::from_secs(30)).expect("agent store");
     let port = agent.port().expect("agent store port");
     let runs = run_ranks(
@@ -74,6 +75,7 @@ fn ddp_accumulation_small_buckets_unused_param_agent_store() {
             ("LDIST_STEPS", "4"),
             ("LDIST_ACCUM", "2"),
             ("LDIST_FIND_UNUSED", "1"),
+            ("LDIST_GRAD_AS_VIEW", "1"),
             // ~10 bytes: every parameter gets its own bucket.
             ("LDIST_BUCKET_CAP_MB", "0.00001"),
         ],

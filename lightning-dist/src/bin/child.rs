@@ -167,9 +167,14 @@ fn sgd(params: &[Tensor], lr: f64) {
             }
         }
     });
+    // Zero in place, as torch.optim's zero_grad(set_to_none=False): with
+    // gradient_as_bucket_view the grads are views into DDP's buckets, and tch's
+    // `Tensor::zero_grad` (detach_ then zero_) is refused on views.
     for p in params {
-        let mut p = p.shallow_clone();
-        p.zero_grad();
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
     }
 }
 
@@ -180,6 +185,7 @@ fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
     let steps: i64 = env_or("LDIST_STEPS", 5);
     let accum: i64 = env_or("LDIST_ACCUM", 1);
     let find_unused = env_or("LDIST_FIND_UNUSED", 0) == 1;
+    let grad_as_view = env_or("LDIST_GRAD_AS_VIEW", 0) == 1;
     // Rank 1 leaves after this step's prepare_for_forward (a peer dying mid-training).
     let exit_at: Option<i64> = std::env::var("LDIST_EXIT_RANK1_AT_STEP")
         .ok()
@@ -203,6 +209,7 @@ fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
     let opts = ReducerOptions {
         bucket_cap_mb: cap,
         find_unused_parameters: find_unused,
+        gradient_as_bucket_view: grad_as_view,
         ..Default::default()
     };
     let mut reducer = Reducer::new(pg, &params, &opts)?;
