@@ -67,6 +67,10 @@ fn two_ranks_train_as_one_process_and_only_rank_zero_writes() {
     let files = ddp::weights_files(&ddp_root);
     assert_eq!(files.len(), 2, "{files:?}");
     let (a, b) = (weights(&files[0]), weights(&files[1]));
+    // train_loss is logged with sync_dist: every rank recorded the mean over the ranks
+    let loss = |f: &Path| std::fs::read_to_string(f.with_extension("loss")).unwrap();
+    assert_eq!(loss(&files[0]), loss(&files[1]));
+    assert!(loss(&files[0]).parse::<f64>().unwrap().is_finite());
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
         assert!(ta.equal(tb), "{na} differs between ranks");

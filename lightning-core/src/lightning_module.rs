@@ -231,6 +231,8 @@ pub struct Logged {
     pub on_step: bool,
     /// Accumulated to an epoch mean (weighted by batch size).
     pub on_epoch: bool,
+    /// Averaged over the ranks of a `strategy="ddp"` job before it is recorded.
+    pub sync_dist: bool,
 }
 
 /// A value that can be logged: a number or a one-element tensor.
@@ -290,6 +292,7 @@ impl StepContext {
             prog_bar: false,
             on_step: train,
             on_epoch: !train,
+            sync_dist: false,
         };
         let idx = match self.logged.iter().position(|l| l.name == name) {
             Some(i) => {
@@ -343,6 +346,13 @@ impl LogOptions<'_> {
     /// Accumulate an epoch mean.
     pub fn on_epoch(self, on: bool) -> Self {
         self.0.on_epoch = on;
+        self
+    }
+    /// Under `strategy="ddp"`, average the value over the ranks (every rank must log it in
+    /// the same step), so every rank records, and every callback monitors, the same number.
+    /// Without DDP it changes nothing.
+    pub fn sync_dist(self, on: bool) -> Self {
+        self.0.sync_dist = on;
         self
     }
 }

@@ -97,6 +97,8 @@ pub struct Tiny {
     pub val_runs: Arc<AtomicUsize>,
     /// Fail in training_step at this global step.
     pub fail_at: Option<i64>,
+    /// Log `train_loss` with `sync_dist` (averaged over DDP ranks).
+    pub sync_dist: bool,
     last_val_batch: usize,
 }
 
@@ -177,6 +179,7 @@ impl LightningModule for Tiny {
             fc2: nn::linear(vs / "fc2", hp.hidden, 3, Default::default()),
             val_runs: Arc::new(AtomicUsize::new(0)),
             fail_at: None,
+            sync_dist: false,
             last_val_batch: usize::MAX,
         })
     }
@@ -192,7 +195,9 @@ impl LightningModule for Tiny {
         let loss = self
             .forward(&b[0], ctx.training())
             .cross_entropy_for_logits(&b[1]);
-        ctx.log("train_loss", &loss).prog_bar(true);
+        ctx.log("train_loss", &loss)
+            .prog_bar(true)
+            .sync_dist(self.sync_dist);
         Ok(loss)
     }
     fn validation_step(

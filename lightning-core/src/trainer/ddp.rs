@@ -90,6 +90,25 @@ impl World {
             .map_err(|e| Error::Config(format!("barrier ({what}): {e}")))
     }
 
+    /// Averages, over the ranks, the values logged with `sync_dist` (one all-reduce for all of
+    /// a step's values).
+    pub fn sync_logged(&self, logged: &mut [crate::lightning_module::Logged]) -> Result<()> {
+        let idx: Vec<usize> = (0..logged.len()).filter(|&i| logged[i].sync_dist).collect();
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<f64> = idx.iter().map(|&i| logged[i].value).collect();
+        let mut t = [Tensor::from_slice(&values)];
+        self.pg
+            .all_reduce(&mut t, lightning_dist::ReduceOp::Sum)
+            .map_err(dist_err)?;
+        let n = self.env.world_size as f64;
+        for (k, &i) in idx.iter().enumerate() {
+            logged[i].value = t[0].double_value(&[k as i64]) / n;
+        }
+        Ok(())
+    }
+
     /// A local rank that already failed, as an error naming it.
     pub fn failed_rank(&self) -> Option<Error> {
         let mut l = self.launch.lock().unwrap_or_else(|e| e.into_inner());

@@ -46,6 +46,7 @@ impl Trainer {
     ) -> Result<()> {
         let device = self.cfg.device;
         let (epoch, step) = (self.run.epoch, self.run.global_step);
+        let world = self.world.clone();
         let run = &mut self.run;
         let precision = self.cfg.precision;
         let in_fit = run.fitting && !run.sanity_checking;
@@ -57,6 +58,9 @@ impl Trainer {
                     Stage::Test => model.test_step(&batch, idx, &mut ctx),
                     _ => model.validation_step(&batch, idx, &mut ctx),
                 })?;
+                if let Some(w) = &world {
+                    w.sync_logged(&mut ctx.logged)?;
+                }
                 run.metrics.record_step(&ctx.logged, stage, batch.size());
                 if in_fit {
                     run.val_batches.0 += 1;

@@ -512,6 +512,9 @@ impl Trainer {
         if stepped {
             self.optimizer_step().map_err(step_err("optimizer step"))?;
         }
+        if let Some(w) = &self.world {
+            w.sync_logged(&mut ctx.logged)?;
+        }
         self.run
             .metrics
             .record_step(&ctx.logged, Stage::Train, batch.size());

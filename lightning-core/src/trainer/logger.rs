@@ -241,6 +241,7 @@ mod tests {
             prog_bar: false,
             on_step,
             on_epoch,
+            sync_dist: false,
         }
     }
 

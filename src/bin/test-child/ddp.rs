@@ -83,13 +83,15 @@ impl lightning_core::callbacks::Callback for Die {
     }
 }
 
-/// Trains; returns the rank's final weights and whether it is rank 0.
-pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool)> {
+/// Trains; returns the rank's final weights, whether it is rank 0, and its final
+/// `train_loss` (logged with `sync_dist`: the same on every rank).
+pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool, f64)> {
     let hp = TinyHp {
         dropout: 0.0,
         ..TinyHp::default()
     };
     let (mut m, _vs) = Tiny::new(hp, 5);
+    m.sync_dist = true;
     let ckpt = ModelCheckpoint::builder()
         .dirpath(a.root.join("ck"))
         .monitor("val_loss")
@@ -131,14 +133,19 @@ pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool)> 
     let mut t = b.build()?;
     t.fit(&mut m, &data, a.resume.then_some(CkptPath::Last))?;
     let rank0 = t.is_global_zero();
-    Ok((m.named_parameters(), rank0))
+    let loss = t
+        .callback_metrics()
+        .get("train_loss")
+        .copied()
+        .unwrap_or(f64::NAN);
+    Ok((m.named_parameters(), rank0, loss))
 }
 
 /// The child: trains, writes `weights-<rank0|other>-<pid>.ckpt` with its final weights, and
 /// (rank 0) waits for the ranks it launched.
 pub fn child(args: &[String]) {
     let a = Args::parse(args);
-    let r = train(&a).and_then(|(weights, rank0)| {
+    let r = train(&a).and_then(|(weights, rank0, loss)| {
         let mut sd = lightning_core::Dict::new();
         for (k, v) in weights {
             sd.insert(k.into(), Value::Tensor(v));
@@ -148,6 +155,8 @@ pub fn child(args: &[String]) {
             .root
             .join(format!("weights-{tag}-{}.ckpt", std::process::id()));
         lightning_core::checkpoint::save(&p, &Value::OrderedDict(sd))
+            .map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
+        std::fs::write(p.with_extension("loss"), format!("{loss:?}"))
             .map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
         lightning_core::trainer::finish_distributed()
     });
@@ -166,6 +175,7 @@ pub fn weights_files(root: &Path) -> Vec<PathBuf> {
     v.retain(|p| {
         p.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("weights-"))
+            && p.extension().is_some_and(|e| e == "ckpt")
     });
     v.sort();
     v
