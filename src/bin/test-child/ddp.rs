@@ -83,9 +83,12 @@ impl lightning_core::callbacks::Callback for Die {
     }
 }
 
-/// Trains; returns the rank's final weights, whether it is rank 0, and its final
-/// `train_loss` (logged with `sync_dist`: the same on every rank).
-pub fn train(a: &Args) -> lightning_core::Result<(Vec<(String, Tensor)>, bool, f64)> {
+/// What a rank ends with: its weights, whether it is rank 0, and its final `train_loss`
+/// (logged with `sync_dist`: the same on every rank).
+pub type Outcome = (Vec<(String, Tensor)>, bool, f64);
+
+/// Trains a rank.
+pub fn train(a: &Args) -> lightning_core::Result<Outcome> {
     let hp = TinyHp {
         dropout: 0.0,
         ..TinyHp::default()
