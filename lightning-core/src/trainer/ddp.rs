@@ -109,6 +109,15 @@ impl World {
         Ok(())
     }
 
+    /// Whether `flag` is true on any rank (every rank gets the same answer).
+    pub fn any(&self, flag: bool) -> Result<bool> {
+        let mut t = [Tensor::from_slice(&[i64::from(flag)])];
+        self.pg
+            .all_reduce(&mut t, lightning_dist::ReduceOp::Max)
+            .map_err(dist_err)?;
+        Ok(t[0].int64_value(&[0]) != 0)
+    }
+
     /// A local rank that already failed, as an error naming it.
     pub fn failed_rank(&self) -> Option<Error> {
         let mut l = self.launch.lock().unwrap_or_else(|e| e.into_inner());

@@ -387,7 +387,12 @@ impl Trainer {
                 if !last {
                     self.run.point = LoopPoint::Outside;
                 }
-                if preempt.requested() {
+                // under DDP every rank stops at the same step when any rank was signalled
+                let preempted = match &self.world {
+                    Some(w) => w.any(preempt.requested())?,
+                    None => preempt.requested(),
+                };
+                if preempted {
                     bar.finish();
                     self.run.point = LoopPoint::Outside;
                     return self.save_preempted(model);

@@ -87,6 +87,33 @@ impl lightning_core::callbacks::Callback for Die {
 /// (logged with `sync_dist`: the same on every rank).
 pub type Outcome = (Vec<(String, Tensor)>, bool, f64);
 
+/// With this variable set to a number of milliseconds, every step sleeps that long and rank 0
+/// prints `step N` (for the preemption test, which signals rank 0 mid-run).
+pub const SLOW: &str = "DDP_TEST_SLOW_MS";
+
+struct Slow(u64);
+impl lightning_core::callbacks::Callback for Slow {
+    fn state_key(&self) -> String {
+        "Slow".into()
+    }
+    fn on_train_batch_end(
+        &mut self,
+        t: &mut lightning_core::callbacks::TrainerContext<'_>,
+    ) -> lightning_core::Result<()> {
+        if t.run.is_global_zero {
+            println!("step {}", t.run.global_step);
+        }
+        std::thread::sleep(Duration::from_millis(self.0));
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
 /// Trains a rank.
 pub fn train(a: &Args) -> lightning_core::Result<Outcome> {
     let hp = TinyHp {
@@ -114,6 +141,9 @@ pub fn train(a: &Args) -> lightning_core::Result<Outcome> {
     if let Some(step) = die_at {
         b = b.callback(Die(step));
     }
+    if let Some(ms) = std::env::var(SLOW).ok().and_then(|s| s.parse::<u64>().ok()) {
+        b = b.callback(Slow(ms));
+    }
     let data = if a.devices * a.num_nodes > 1 {
         b = b
             .strategy(Strategy::Ddp(DdpOptions {
@@ -136,6 +166,9 @@ pub fn train(a: &Args) -> lightning_core::Result<Outcome> {
     let mut t = b.build()?;
     t.fit(&mut m, &data, a.resume.then_some(CkptPath::Last))?;
     let rank0 = t.is_global_zero();
+    if t.was_preempted() {
+        println!("preempted at step {}", t.global_step());
+    }
     let loss = t
         .callback_metrics()
         .get("train_loss")
