@@ -175,7 +175,7 @@ impl RunState {
         self.global_step = ckpt.global_step;
         if let Some(r) = &ckpt.resume {
             let mid_epoch = r.batches_consumed > 0 && r.epoch_phase == EpochPhase::Training;
-            if mid_epoch && r.world_size != self.world_size.max(1) {
+            if mid_epoch && r.world_size.max(1) != self.world_size.max(1) {
                 return Err(format!(
                     "this checkpoint was saved mid-epoch (epoch {}, after {} batches per process) \
                      by {} process(es); the position inside the epoch depends on how the data \

@@ -133,7 +133,7 @@ impl ResumeState {
             Value::List(vec![self.val_batches.0.into(), self.val_batches.1.into()]),
         );
         v.insert("val_last_batch", self.val_last_batch);
-        v.insert("world_size", self.world_size.max(1) as i64);
+        v.insert("world_size", self.world_size as i64);
         v
     }
 
@@ -178,7 +178,10 @@ impl ResumeState {
             scheduler_steps: pair("scheduler_steps")?,
             val_batches: pair("val_batches")?,
             val_last_batch: f.boolean("val_last_batch")?.unwrap_or(false),
-            world_size: usize::try_from(f.int("world_size")?.unwrap_or(1).max(1)).unwrap_or(1),
+            // files written before DDP: one process
+            world_size: usize::try_from(f.int("world_size")?.unwrap_or(1)).map_err(|_| {
+                SchemaError::new(f.path("world_size"), "expected a non-negative int")
+            })?,
         })
     }
 }
