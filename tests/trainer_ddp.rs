@@ -115,13 +115,13 @@ fn two_ranks_train_as_one_process_and_only_rank_zero_writes() {
 fn a_ddp_run_resumes_from_its_checkpoint_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
-    run(&straight, 3, 2, false);
+    run(&straight, 4, 2, false);
     let resumed = dir.path().join("resumed");
     run(&resumed, 2, 2, false);
     for f in ddp::weights_files(&resumed) {
         std::fs::remove_file(f).unwrap();
     }
-    run(&resumed, 3, 2, true);
+    run(&resumed, 4, 2, true);
     let a = weights(&ddp::weights_files(&straight)[0]);
     let b = weights(&ddp::weights_files(&resumed)[0]);
     for ((n, x), (_, y)) in a.iter().zip(&b) {
@@ -129,6 +129,19 @@ fn a_ddp_run_resumes_from_its_checkpoint_exactly() {
             x.equal(y),
             "{n}: resumed DDP run differs from the straight one"
         );
+    }
+    // the whole training state in the final checkpoints, bit for bit
+    let last = |root: &Path| checkpoint::load(&root.join("ck/last.ckpt")).unwrap();
+    let (x, y) = (last(&straight), last(&resumed));
+    for key in [
+        "epoch",
+        "global_step",
+        "state_dict",
+        "optimizer_states",
+        "lr_schedulers",
+        "loops",
+    ] {
+        assert_eq!(x.get(key), y.get(key), "{key}");
     }
 }
 
@@ -280,5 +293,20 @@ fn sigterm_stops_every_rank_at_one_step_with_one_last_checkpoint() {
     assert_eq!(files.len(), 2);
     for ((n, x), (_, y)) in weights(&files[0]).iter().zip(&weights(&files[1])) {
         assert!(x.equal(y), "{n}");
+    }
+    // resuming that mid-epoch last.ckpt ends where a run that never stopped ends
+    for f in files {
+        std::fs::remove_file(f).unwrap();
+    }
+    run(&root, 2, 2, true);
+    let straight = dir.path().join("straight");
+    run(&straight, 2, 2, false);
+    let a = weights(&ddp::weights_files(&root)[0]);
+    let b = weights(&ddp::weights_files(&straight)[0]);
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x.equal(y),
+            "{n}: resumed mid-epoch differs from the straight run"
+        );
     }
 }
