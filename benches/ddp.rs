@@ -1,0 +1,653 @@
+//! DDP step time on the CPU with 2 ranks (Gloo), against anchors measured in the same run:
+//!
+//! 1. ours: the `Trainer` with `strategy("ddp")`, `devices(2)`: this binary is rank 0 and
+//!    the Trainer re-runs it (same arguments) as rank 1;
+//! 2. a plain loop of ours on the same two ranks: forward, backward, then one all-reduce of
+//!    the flattened gradients (`ProcessGroup::all_reduce`, average), Adam; no Reducer, so no
+//!    overlap of communication with the backward;
+//! 3. PyTorch's own DDP, a plain loop under `torchrun --standalone --nproc-per-node=2`
+//!    (the venv's `python -m torch.distributed.run`), gloo;
+//! 4. Lightning's `Trainer(accelerator="cpu", devices=2, strategy="ddp")`.
+//!
+//! Same model everywhere (an MLP 512 -> 2048 -> 2048 -> 10, 5.3 M parameters), batch 64 per
+//! rank, Adam, one intra-op thread per rank. Each run takes a time stamp after every step;
+//! after the warm-up steps the stamps are cut into windows of `--window` steps, and a run's
+//! figure is the median window (ms/step, rank 0). Ours and the plain loop alternate
+//! `--rounds` times (a fresh `Trainer`, Reducer and optimizer each round); the Python runs
+//! come after (our rank 1 has exited by then), one process pair each, with as many windows.
+//! Each Python rank 0 writes its stamps as JSON to a temp file this bench reads.
+//!
+//! ```text
+//! cargo bench --bench ddp -- --bench                 # the measurement
+//! cargo bench --bench ddp -- --bench --rounds 5      # more windows
+//! ```
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) a smoke run trains a tiny MLP
+//! for 2 timed steps on 2 ranks, ours and the plain loop, without Python. Every child has a
+//! time limit: the Python runs are killed past theirs ([`lightning_rs::Supervised`]); our
+//! rank 1 fails with its collectives' timeout when rank 0 is gone, and rank 0 waits for it
+//! at most that long.
+
+use lightning_core::callbacks::{Callback, TrainerContext};
+use lightning_core::data::{DataLoader, DataModule, TensorDataset};
+use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
+use lightning_core::optim::{Adam, AdamConfig, Optimizer};
+use lightning_core::prelude::*;
+use lightning_core::trainer::{DdpOptions, Strategy, Trainer};
+use lightning_dist::{ProcessGroup, ReduceOp, Store};
+use lightning_rs::Supervised;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Rank 0 puts the plain loop's rendezvous port here before the first `fit` launches rank 1,
+/// which inherits it: its presence also tells rank 1 that it is rank 1.
+const PLAIN_PORT: &str = "LIGHTNING_RS_DDP_BENCH_PLAIN_PORT";
+const WORLD: usize = 2;
+
+/// The MLP's sizes.
+#[derive(Hyperparameters, Clone, Debug)]
+pub struct MlpConfig {
+    /// Input features.
+    #[hparam(default = 512)]
+    pub d_in: i64,
+    /// Width of the two hidden layers.
+    #[hparam(default = 2048)]
+    pub hidden: i64,
+}
+
+/// d_in -> hidden -> hidden -> 10, ReLU, cross-entropy.
+#[lightning_module]
+pub struct Mlp {
+    #[hparams]
+    hp: MlpConfig,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    head: nn::Linear,
+}
+
+impl Mlp {
+    fn loss(&self, x: &Tensor, y: &Tensor) -> Tensor {
+        x.apply(&self.fc1)
+            .relu()
+            .apply(&self.fc2)
+            .relu()
+            .apply(&self.head)
+            .cross_entropy_for_logits(y)
+    }
+}
+
+impl LightningModule for Mlp {
+    fn build(hp: &MlpConfig, vs: &nn::Path) -> lightning_core::Result<Self> {
+        let lin = |name: &str, i, o| nn::linear(vs / name, i, o, Default::default());
+        Ok(Mlp {
+            hp: hp.clone(),
+            fc1: lin("fc1", hp.d_in, hp.hidden),
+            fc2: lin("fc2", hp.hidden, hp.hidden),
+            head: lin("head", hp.hidden, 10),
+        })
+    }
+
+    fn training_step(
+        &mut self,
+        b: &Batch,
+        _: usize,
+        _: &mut StepContext,
+    ) -> lightning_core::Result<Tensor> {
+        Ok(self.loss(&b[0], &b[1]))
+    }
+
+    fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
+        let opt = Adam::new(self.parameters(), AdamConfig::default())
+            .map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
+        Ok(OptimizerConfig::new(opt))
+    }
+}
+
+struct Opts {
+    full: bool,
+    hp: MlpConfig,
+    batch: i64,
+    warmup: usize,
+    window: usize,
+    windows: usize,
+    rounds: usize,
+    timeout: Duration,
+}
+
+impl Opts {
+    /// Steps per run: the warm-up, then the timed windows.
+    fn steps(&self) -> usize {
+        self.warmup + self.window * self.windows
+    }
+    fn params(&self) -> i64 {
+        let (d, h) = (self.hp.d_in, self.hp.hidden);
+        d * h + h + h * h + h + h * 10 + 10
+    }
+}
+
+/// Both ranks parse the same argv (rank 1 is this binary re-run with it), so they agree.
+fn parse() -> Result<Opts, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let mut o = if full {
+        Opts {
+            full,
+            hp: MlpConfig {
+                d_in: 512,
+                hidden: 2048,
+            },
+            batch: 64,
+            warmup: 10,
+            window: 10,
+            windows: 5,
+            rounds: 3,
+            timeout: Duration::from_secs(120),
+        }
+    } else {
+        Opts {
+            full,
+            hp: MlpConfig {
+                d_in: 32,
+                hidden: 64,
+            },
+            batch: 8,
+            warmup: 1,
+            window: 1,
+            windows: 2,
+            rounds: 1,
+            timeout: Duration::from_secs(30),
+        }
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<usize, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} {v:?}: expected a positive integer"))
+        };
+        match a.as_str() {
+            "--rounds" => o.rounds = num(a)?,
+            "--windows" => o.windows = num(a)?,
+            "--window" => o.window = num(a)?,
+            "--warmup" => o.warmup = num(a)?,
+            // cargo's own flags for bench binaries.
+            "--bench" | "--nocapture" | "--test" => {}
+            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+            _ => {} // a benchmark name filter from cargo: ignored
+        }
+    }
+    Ok(o)
+}
+
+/// The same data on every rank: `WORLD * batch` rows per step (the Trainer's sampler gives
+/// each rank its half; the plain loop takes rank r's `batch` rows of each step).
+fn dataset(o: &Opts) -> (Tensor, Tensor) {
+    tch::manual_seed(0);
+    let n = WORLD as i64 * o.batch * o.steps() as i64;
+    let x = Tensor::randn([n, o.hp.d_in], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+    (x, y)
+}
+
+fn model(o: &Opts) -> (Mlp, nn::VarStore) {
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Mlp::build(&o.hp, &vs.root()).expect("build");
+    (m, vs)
+}
+
+/// A time stamp after every training step.
+#[derive(Clone)]
+struct Stamps {
+    origin: Instant,
+    at: Arc<Mutex<Vec<f64>>>,
+}
+
+impl Callback for Stamps {
+    fn state_key(&self) -> String {
+        "Stamps".into()
+    }
+    fn on_train_batch_end(&mut self, _: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
+        let t = self.origin.elapsed().as_secs_f64();
+        self.at.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// Ours: `Trainer::fit` with `strategy("ddp")` on 2 CPU ranks; the step stamps.
+fn trainer_run(o: &Opts) -> lightning_core::Result<Vec<f64>> {
+    let (mut m, _vs) = model(o);
+    let (x, y) = dataset(o);
+    let data = DataModule::new().train(DataLoader::new(TensorDataset::new(vec![x, y])?, o.batch));
+    let stamps = Stamps {
+        origin: Instant::now(),
+        at: Arc::default(),
+    };
+    let dir = tempfile::tempdir().map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
+    let mut t = Trainer::builder()
+        .max_steps(o.steps() as i64)
+        .seed(0)
+        .default_root_dir(dir.path())
+        .logger(false)
+        .enable_checkpointing(false)
+        .enable_progress_bar(false)
+        .num_sanity_val_steps(0)
+        .strategy(Strategy::Ddp(DdpOptions {
+            timeout: o.timeout,
+            ..DdpOptions::default()
+        }))
+        .devices(WORLD)
+        .accelerator("cpu")
+        .callback(stamps.clone())
+        .build()?;
+    t.fit(&mut m, &data, None)?;
+    let at = stamps.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(at)
+}
+
+/// The plain loop: forward, backward, one all-reduce (average) of the flattened gradients
+/// after the backward, copy back, Adam. The step stamps.
+fn plain_run(o: &Opts, pg: &ProcessGroup) -> Vec<f64> {
+    let (m, _vs) = model(o);
+    let (x, y) = dataset(o);
+    let params = m.parameters();
+    let mut opt = Adam::new(m.parameters(), AdamConfig::default()).expect("adam");
+    let rank = pg.rank() as i64;
+    let origin = Instant::now();
+    let mut at = Vec::with_capacity(o.steps());
+    for i in 0..o.steps() as i64 {
+        let start = (i * WORLD as i64 + rank) * o.batch;
+        let loss = m.loss(&x.narrow(0, start, o.batch), &y.narrow(0, start, o.batch));
+        loss.backward();
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let flat = Tensor::cat(&grads.iter().map(|g| g.view(-1)).collect::<Vec<_>>(), 0);
+        pg.all_reduce(&mut [flat.shallow_clone()], ReduceOp::Avg)
+            .expect("all_reduce");
+        tch::no_grad(|| {
+            let mut off = 0;
+            for g in &grads {
+                let n = g.numel() as i64;
+                let mut g = g.shallow_clone();
+                g.copy_(&flat.narrow(0, off, n).view_as(&g));
+                off += n;
+            }
+        });
+        opt.step().expect("step");
+        opt.zero_grad();
+        at.push(origin.elapsed().as_secs_f64());
+    }
+    at
+}
+
+/// ms/step of each timed window: the stamps after the warm-up, `window` steps apart.
+fn windows(stamps: &[f64], warmup: usize, window: usize) -> Vec<f64> {
+    let mut v = Vec::new();
+    if warmup == 0 {
+        return v; // no stamp before the first step
+    }
+    let mut k = warmup - 1;
+    while k + window < stamps.len() {
+        v.push((stamps[k + window] - stamps[k]) / window as f64 * 1e3);
+        k += window;
+    }
+    v
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    }
+}
+
+/// The Python side: `ddp` (PyTorch's DDP in a plain loop, under torchrun) or `lightning`
+/// (Lightning's Trainer with strategy="ddp", which launches its rank 1 itself). Rank 0 writes
+/// {"stamps": [...], "threads": n, "world": n} to the output path.
+const PY: &str = r#"
+import json, os, sys, time
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(1)
+mode, out = sys.argv[1], sys.argv[2]
+d_in, hidden, batch, steps = (int(a) for a in sys.argv[3:7])
+WORLD = 2
+
+def model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Linear(d_in, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 10))
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    n = WORLD * batch * steps
+    return torch.randn(n, d_in, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+def write(stamps, world):
+    with open(out, "w") as f:
+        json.dump({"stamps": stamps, "threads": torch.get_num_threads(), "world": world}, f)
+
+if mode == "ddp":
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    m = torch.nn.parallel.DistributedDataParallel(model())
+    opt = torch.optim.Adam(m.parameters())
+    x, y = data()
+    stamps = []
+    t0 = time.perf_counter()
+    for i in range(steps):
+        j = (i * world + rank) * batch
+        loss = F.cross_entropy(m(x[j:j + batch]), y[j:j + batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        stamps.append(time.perf_counter() - t0)
+    if rank == 0:
+        write(stamps, world)
+    dist.destroy_process_group()
+elif mode == "lightning":
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class M(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model()
+        def training_step(self, b, i):
+            return F.cross_entropy(self.net(b[0]), b[1])
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters())
+
+    class Clock(L.Callback):
+        def __init__(self):
+            self.t0 = time.perf_counter()
+            self.stamps = []
+        def on_train_start(self, trainer, pl_module):
+            torch.set_num_threads(1)
+        def on_train_batch_end(self, *args):
+            self.stamps.append(time.perf_counter() - self.t0)
+
+    clock = Clock()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=WORLD, strategy="ddp", max_steps=steps,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[clock])
+    trainer.fit(M(), DataLoader(TensorDataset(*data()), batch_size=batch))
+    if trainer.global_rank == 0:
+        write(clock.stamps, trainer.world_size)
+else:
+    sys.exit("unknown mode " + mode)
+"#;
+
+/// Runs the Python side in `mode` under a time limit; its rank 0's windows, or why not.
+fn python_run(py: &Path, mode: &str, o: &Opts, dir: &Path) -> Result<Vec<f64>, String> {
+    let script = dir.join("ddp_bench.py");
+    std::fs::write(&script, PY).map_err(|e| format!("writing {}: {e}", script.display()))?;
+    let out = dir.join(format!("{mode}.json"));
+    let mut cmd = Command::new(py);
+    if mode == "ddp" {
+        cmd.args([
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+        ]);
+    }
+    // The Python runs take as many timed steps as all our rounds together.
+    let steps = o.warmup + o.window * o.windows * o.rounds;
+    cmd.arg(&script)
+        .args([mode, out.to_str().ok_or("temp path is not UTF-8")?])
+        .args([o.hp.d_in, o.hp.hidden, o.batch, steps as i64].map(|v| v.to_string()))
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove(PLAIN_PORT)
+        .env_remove("MASTER_PORT")
+        .env_remove("MASTER_ADDR")
+        .env_remove("LOCAL_RANK")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let limit = Duration::from_secs(300);
+    let child = Supervised::spawn(&mut cmd, limit);
+    let output =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child.wait_with_output()))
+            .map_err(|_| format!("{mode}: killed after {limit:?}"))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        return Err(format!(
+            "{mode}: python failed ({}):\n{}",
+            output.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    let text = std::fs::read_to_string(&out).map_err(|e| format!("{mode}: reading JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{mode}: bad JSON: {e}"))?;
+    if v["threads"] != 1 || v["world"] != 2 {
+        return Err(format!(
+            "{mode}: ran with {} threads, world {} (expected 1 and 2)",
+            v["threads"], v["world"]
+        ));
+    }
+    let stamps: Vec<f64> = v["stamps"]
+        .as_array()
+        .ok_or(format!("{mode}: no stamps"))?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    if stamps.len() != steps {
+        return Err(format!("{mode}: {} stamps for {steps} steps", stamps.len()));
+    }
+    Ok(windows(&stamps, o.warmup, o.window))
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{nproc} CPUs ({model})")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// What both ranks do: the rounds of ours and the plain loop. Rank 0 gets the windows.
+fn ours_and_plain(o: &Opts, rank1: bool) -> lightning_core::Result<(Vec<f64>, Vec<f64>)> {
+    let port: u16 = std::env::var(PLAIN_PORT)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| lightning_core::Error::Msg(format!("{PLAIN_PORT} is not a port")))?;
+    let mut plain_pg: Option<(ProcessGroup, Store)> = None;
+    let (mut ours, mut plain) = (Vec::new(), Vec::new());
+    let dist = |e: lightning_dist::DistError| lightning_core::Error::Msg(e.to_string());
+    for round in 0..o.rounds {
+        let t = trainer_run(o)?;
+        if t.len() != o.steps() {
+            return Err(lightning_core::Error::Msg(format!(
+                "ours: {} stamps for {} steps",
+                t.len(),
+                o.steps()
+            )));
+        }
+        ours.extend(windows(&t, o.warmup, o.window));
+        if plain_pg.is_none() {
+            // rank 1 exists now (the first fit launched it)
+            let store = if rank1 {
+                Store::client("127.0.0.1", port, o.timeout)
+            } else {
+                Store::server("127.0.0.1", port, WORLD, o.timeout)
+            }
+            .map_err(dist)?;
+            let pg =
+                ProcessGroup::gloo(&store, usize::from(rank1), WORLD, o.timeout).map_err(dist)?;
+            plain_pg = Some((pg, store));
+        }
+        let (pg, _) = plain_pg.as_ref().expect("set above");
+        plain.extend(windows(&plain_run(o, pg), o.warmup, o.window));
+        if !rank1 {
+            eprintln!(
+                "  round {}/{}: ours {:.2} ms/step, plain all-reduce {:.2} ms/step (medians so far)",
+                round + 1,
+                o.rounds,
+                median(&ours),
+                median(&plain)
+            );
+        }
+    }
+    Ok((ours, plain))
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.2} ms"))
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    b.map_or("n/a".into(), |b| format!("{:.3}", a / b))
+}
+
+fn main() {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    tch::set_num_threads(1);
+    let rank1 = std::env::var_os(PLAIN_PORT).is_some();
+    if !rank1 {
+        let port = lightning_core::distributed::free_port("127.0.0.1").expect("a free port");
+        // Before the first fit launches rank 1, which inherits it (one thread runs so far).
+        std::env::set_var(PLAIN_PORT, port.to_string());
+        println!(
+            "ddp bench: MLP {} -> {} -> {} -> 10 ({:.2} M params), batch {} per rank, Adam, \
+             CPU, {WORLD} ranks (Gloo), 1 intra-op thread per rank; {} warm-up steps, then \
+             windows of {} steps ({} per run){}",
+            o.hp.d_in,
+            o.hp.hidden,
+            o.hp.hidden,
+            o.params() as f64 / 1e6,
+            o.batch,
+            o.warmup,
+            o.window,
+            o.windows,
+            if o.full {
+                ""
+            } else {
+                " (smoke run; pass --bench)"
+            }
+        );
+        println!("machine: {}; load average {}", machine(), loadavg());
+    }
+    let result = ours_and_plain(&o, rank1);
+    let finished = lightning_core::trainer::finish_distributed();
+    let (ours, plain) = match (result, finished) {
+        (Ok(r), Ok(())) => r,
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("ddp bench (rank {}) failed: {e}", usize::from(rank1));
+            std::process::exit(1);
+        }
+    };
+    if rank1 {
+        return;
+    }
+    let (ours_ms, plain_ms) = (median(&ours), median(&plain));
+    // The Python anchors, after our rank 1 has exited.
+    let (mut torch_ms, mut lightning_ms) = (None, None);
+    if o.full {
+        match lightning_rs::python() {
+            None => println!("no Python (see above): only ours is reported"),
+            Some(py) => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                for (mode, slot) in [("ddp", &mut torch_ms), ("lightning", &mut lightning_ms)] {
+                    match python_run(&py, mode, &o, dir.path()) {
+                        Ok(w) => {
+                            println!(
+                                "  {mode}: {:.2} ms/step (median of {} windows; min {:.2}, max {:.2})",
+                                median(&w),
+                                w.len(),
+                                w.iter().copied().fold(f64::INFINITY, f64::min),
+                                w.iter().copied().fold(0.0, f64::max)
+                            );
+                            *slot = Some(median(&w));
+                        }
+                        Err(e) => println!("  {mode}: no figure: {e}"),
+                    }
+                }
+            }
+        }
+    }
+    let spread = |v: &[f64]| {
+        format!(
+            "median of {} windows; min {:.2}, max {:.2}",
+            v.len(),
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max)
+        )
+    };
+    println!(
+        "  ours (Trainer, ddp): {ours_ms:.2} ms/step ({})",
+        spread(&ours)
+    );
+    println!(
+        "  plain all-reduce:    {plain_ms:.2} ms/step ({})",
+        spread(&plain)
+    );
+    println!(
+        "machine: {}; load average {} at the end",
+        machine(),
+        loadavg()
+    );
+    println!(
+        "| ours (Trainer, ddp) | plain all-reduce (ours) | PyTorch DDP | Lightning ddp | \
+         ours / PyTorch DDP | ours / Lightning | reducer / plain |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {ours_ms:.2} ms | {plain_ms:.2} ms | {} | {} | {} | {} | {:.3} |",
+        fmt_ms(torch_ms),
+        fmt_ms(lightning_ms),
+        ratio(ours_ms, torch_ms),
+        ratio(ours_ms, lightning_ms),
+        ours_ms / plain_ms
+    );
+    if let Some(t) = torch_ms {
+        println!(
+            "goal (no slower than PyTorch DDP): {}",
+            if ours_ms <= t { "met" } else { "not met" }
+        );
+    }
+    if !o.full {
+        println!("(smoke run under `cargo test`; `cargo bench --bench ddp -- --bench` measures)");
+    }
+}
