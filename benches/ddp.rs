@@ -144,7 +144,7 @@ fn parse() -> Result<Opts, String> {
             window: 10,
             windows: 5,
             rounds: 3,
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(300),
         }
     } else {
         Opts {
@@ -256,9 +256,34 @@ fn trainer_run(o: &Opts) -> lightning_core::Result<Vec<f64>> {
     Ok(at)
 }
 
+/// Milliseconds each step of a plain loop spent in forward + backward, in the gradients'
+/// all-reduce (with the flattening and the copy back) and in the optimizer.
+#[derive(Default)]
+struct Phases {
+    fwd_bwd: Vec<f64>,
+    comm: Vec<f64>,
+    opt: Vec<f64>,
+}
+
+impl Phases {
+    fn extend(&mut self, other: Phases, warmup: usize) {
+        self.fwd_bwd.extend(other.fwd_bwd.into_iter().skip(warmup));
+        self.comm.extend(other.comm.into_iter().skip(warmup));
+        self.opt.extend(other.opt.into_iter().skip(warmup));
+    }
+    fn show(&self) -> String {
+        format!(
+            "forward+backward {:.2}, all-reduce {:.2}, Adam + zero_grad {:.2} ms (medians)",
+            median(&self.fwd_bwd),
+            median(&self.comm),
+            median(&self.opt)
+        )
+    }
+}
+
 /// The plain loop: forward, backward, one all-reduce (average) of the flattened gradients
-/// after the backward, copy back, Adam. The step stamps.
-fn plain_run(o: &Opts, pg: &ProcessGroup) -> Vec<f64> {
+/// after the backward, copy back, Adam. The step stamps and the phases of each step.
+fn plain_run(o: &Opts, pg: &ProcessGroup) -> (Vec<f64>, Phases) {
     let (m, _vs) = model(o);
     let (x, y) = dataset(o);
     let params = m.parameters();
@@ -266,10 +291,14 @@ fn plain_run(o: &Opts, pg: &ProcessGroup) -> Vec<f64> {
     let rank = pg.rank() as i64;
     let origin = Instant::now();
     let mut at = Vec::with_capacity(o.steps());
+    let mut phases = Phases::default();
+    let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
     for i in 0..o.steps() as i64 {
+        let t0 = Instant::now();
         let start = (i * WORLD as i64 + rank) * o.batch;
         let loss = m.loss(&x.narrow(0, start, o.batch), &y.narrow(0, start, o.batch));
         loss.backward();
+        let t1 = Instant::now();
         let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
         let flat = Tensor::cat(&grads.iter().map(|g| g.view(-1)).collect::<Vec<_>>(), 0);
         pg.all_reduce(&mut [flat.shallow_clone()], ReduceOp::Avg)
@@ -283,11 +312,16 @@ fn plain_run(o: &Opts, pg: &ProcessGroup) -> Vec<f64> {
                 off += n;
             }
         });
+        let t2 = Instant::now();
         opt.step().expect("step");
         opt.zero_grad();
-        at.push(origin.elapsed().as_secs_f64());
+        let t3 = Instant::now();
+        at.push(t3.duration_since(origin).as_secs_f64());
+        phases.fwd_bwd.push(ms(t0, t1));
+        phases.comm.push(ms(t1, t2));
+        phases.opt.push(ms(t2, t3));
     }
-    at
+    (at, phases)
 }
 
 /// ms/step of each timed window: the stamps after the warm-up, `window` steps apart.
@@ -319,7 +353,8 @@ fn median(v: &[f64]) -> f64 {
 
 /// The Python side: `ddp` (PyTorch's DDP in a plain loop, under torchrun) or `lightning`
 /// (Lightning's Trainer with strategy="ddp", which launches its rank 1 itself). Rank 0 writes
-/// {"stamps": [...], "threads": n, "world": n} to the output path.
+/// {"stamps": [...], "threads": n, "world": n} to the output path (the plain DDP loop adds
+/// each step's milliseconds in forward + backward, "fwd_bwd", and in Adam, "opt").
 const PY: &str = r#"
 import json, os, sys, time
 import torch
@@ -342,9 +377,9 @@ def data():
     n = WORLD * batch * steps
     return torch.randn(n, d_in, generator=g), torch.randint(0, 10, (n,), generator=g)
 
-def write(stamps, world):
+def write(stamps, world, **phases):
     with open(out, "w") as f:
-        json.dump({"stamps": stamps, "threads": torch.get_num_threads(), "world": world}, f)
+        json.dump(dict(stamps=stamps, threads=torch.get_num_threads(), world=world, **phases), f)
 
 if mode == "ddp":
     import torch.distributed as dist
@@ -353,17 +388,22 @@ if mode == "ddp":
     m = torch.nn.parallel.DistributedDataParallel(model())
     opt = torch.optim.Adam(m.parameters())
     x, y = data()
-    stamps = []
-    t0 = time.perf_counter()
+    stamps, fwd_bwd, step = [], [], []
+    origin = time.perf_counter()
     for i in range(steps):
+        t0 = time.perf_counter()
         j = (i * world + rank) * batch
         loss = F.cross_entropy(m(x[j:j + batch]), y[j:j + batch])
-        opt.zero_grad()
         loss.backward()
+        t1 = time.perf_counter()
         opt.step()
-        stamps.append(time.perf_counter() - t0)
+        opt.zero_grad()
+        t2 = time.perf_counter()
+        stamps.append(t2 - origin)
+        fwd_bwd.append((t1 - t0) * 1e3)
+        step.append((t2 - t1) * 1e3)
     if rank == 0:
-        write(stamps, world)
+        write(stamps, world, fwd_bwd=fwd_bwd, opt=step)
     dist.destroy_process_group()
 elif mode == "lightning":
     import lightning as L
@@ -400,8 +440,12 @@ else:
     sys.exit("unknown mode " + mode)
 "#;
 
-/// Runs the Python side in `mode` under a time limit; its rank 0's windows, or why not.
-fn python_run(py: &Path, mode: &str, o: &Opts, dir: &Path) -> Result<Vec<f64>, String> {
+/// A Python run's windows (ms/step) and, for the plain DDP loop, the medians of its steps'
+/// forward + backward (with DDP's overlapped all-reduce) and Adam + zero_grad, in ms.
+type PyResult = (Vec<f64>, Option<(f64, f64)>);
+
+/// Runs the Python side in `mode` under a time limit; its rank 0's figures, or why not.
+fn python_run(py: &Path, mode: &str, o: &Opts, dir: &Path) -> Result<PyResult, String> {
     let script = dir.join("ddp_bench.py");
     std::fs::write(&script, PY).map_err(|e| format!("writing {}: {e}", script.display()))?;
     let out = dir.join(format!("{mode}.json"));
@@ -414,8 +458,7 @@ fn python_run(py: &Path, mode: &str, o: &Opts, dir: &Path) -> Result<Vec<f64>, S
             "--nproc-per-node=2",
         ]);
     }
-    // The Python runs take as many timed steps as all our rounds together.
-    let steps = o.warmup + o.window * o.windows * o.rounds;
+    let steps = o.steps();
     cmd.arg(&script)
         .args([mode, out.to_str().ok_or("temp path is not UTF-8")?])
         .args([o.hp.d_in, o.hp.hidden, o.batch, steps as i64].map(|v| v.to_string()))
@@ -461,7 +504,17 @@ fn python_run(py: &Path, mode: &str, o: &Opts, dir: &Path) -> Result<Vec<f64>, S
     if stamps.len() != steps {
         return Err(format!("{mode}: {} stamps for {steps} steps", stamps.len()));
     }
-    Ok(windows(&stamps, o.warmup, o.window))
+    let phase = |k: &str| -> Option<f64> {
+        let v: Vec<f64> = v[k]
+            .as_array()?
+            .iter()
+            .skip(o.warmup)
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        Some(median(&v))
+    };
+    let phases = phase("fwd_bwd").zip(phase("opt"));
+    Ok((windows(&stamps, o.warmup, o.window), phases))
 }
 
 fn machine() -> String {
@@ -481,15 +534,30 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// What both ranks do: the rounds of ours and the plain loop. Rank 0 gets the windows.
-fn ours_and_plain(o: &Opts, rank1: bool) -> lightning_core::Result<(Vec<f64>, Vec<f64>)> {
+/// Rank 0's figures: windows (ms/step) of each run kind, pooled over the rounds.
+#[derive(Default)]
+struct Figures {
+    ours: Vec<f64>,
+    plain: Vec<f64>,
+    plain_phases: Phases,
+    torch: Vec<f64>,
+    torch_phases: Vec<(f64, f64)>,
+    lightning: Vec<f64>,
+    /// Why a Python run gave no figure (the first reason of each kind).
+    missing: Vec<String>,
+}
+
+/// What both ranks do: `rounds` times ours then the plain loop; between them rank 0 runs the
+/// Python anchors (`python`), while rank 1 waits for the next round's rendezvous.
+fn rounds(o: &Opts, rank1: bool, python: Option<&Path>) -> lightning_core::Result<Figures> {
     let port: u16 = std::env::var(PLAIN_PORT)
         .ok()
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| lightning_core::Error::Msg(format!("{PLAIN_PORT} is not a port")))?;
     let mut plain_pg: Option<(ProcessGroup, Store)> = None;
-    let (mut ours, mut plain) = (Vec::new(), Vec::new());
+    let mut f = Figures::default();
     let dist = |e: lightning_dist::DistError| lightning_core::Error::Msg(e.to_string());
+    let dir = tempfile::tempdir().map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
     for round in 0..o.rounds {
         let t = trainer_run(o)?;
         if t.len() != o.steps() {
@@ -499,7 +567,7 @@ fn ours_and_plain(o: &Opts, rank1: bool) -> lightning_core::Result<(Vec<f64>, Ve
                 o.steps()
             )));
         }
-        ours.extend(windows(&t, o.warmup, o.window));
+        f.ours.extend(windows(&t, o.warmup, o.window));
         if plain_pg.is_none() {
             // rank 1 exists now (the first fit launched it)
             let store = if rank1 {
@@ -513,18 +581,59 @@ fn ours_and_plain(o: &Opts, rank1: bool) -> lightning_core::Result<(Vec<f64>, Ve
             plain_pg = Some((pg, store));
         }
         let (pg, _) = plain_pg.as_ref().expect("set above");
-        plain.extend(windows(&plain_run(o, pg), o.warmup, o.window));
-        if !rank1 {
-            eprintln!(
-                "  round {}/{}: ours {:.2} ms/step, plain all-reduce {:.2} ms/step (medians so far)",
-                round + 1,
-                o.rounds,
-                median(&ours),
-                median(&plain)
-            );
+        let (stamps, phases) = plain_run(o, pg);
+        f.plain.extend(windows(&stamps, o.warmup, o.window));
+        f.plain_phases.extend(phases, o.warmup);
+        if rank1 {
+            continue;
         }
+        let mut line = format!(
+            "  round {}/{}: ours {:.2}, plain all-reduce {:.2}",
+            round + 1,
+            o.rounds,
+            median(&f.ours),
+            median(&f.plain)
+        );
+        if let Some(py) = python {
+            for mode in ["ddp", "lightning"] {
+                match python_run(py, mode, o, dir.path()) {
+                    Ok((w, phases)) => {
+                        let (all, name) = if mode == "ddp" {
+                            f.torch_phases.extend(phases);
+                            (&mut f.torch, "PyTorch DDP")
+                        } else {
+                            (&mut f.lightning, "Lightning")
+                        };
+                        all.extend(w);
+                        line += &format!(", {name} {:.2}", median(all));
+                    }
+                    Err(e) => {
+                        if !f.missing.iter().any(|m| m.starts_with(mode)) {
+                            f.missing.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "{line} ms/step (medians so far; load average {})",
+            loadavg()
+        );
     }
-    Ok((ours, plain))
+    Ok(f)
+}
+
+fn spread(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "no figure".into();
+    }
+    format!(
+        "{:.2} ms/step (median of {} windows of the rounds; min {:.2}, max {:.2})",
+        median(v),
+        v.len(),
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(0.0, f64::max)
+    )
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
@@ -545,33 +654,41 @@ fn main() {
     };
     tch::set_num_threads(1);
     let rank1 = std::env::var_os(PLAIN_PORT).is_some();
+    let mut python = None;
     if !rank1 {
         let port = lightning_core::distributed::free_port("127.0.0.1").expect("a free port");
         // Before the first fit launches rank 1, which inherits it (one thread runs so far).
         std::env::set_var(PLAIN_PORT, port.to_string());
         println!(
             "ddp bench: MLP {} -> {} -> {} -> 10 ({:.2} M params), batch {} per rank, Adam, \
-             CPU, {WORLD} ranks (Gloo), 1 intra-op thread per rank; {} warm-up steps, then \
-             windows of {} steps ({} per run){}",
+             CPU, {WORLD} ranks (Gloo), 1 intra-op thread per rank; {} rounds, each run {} \
+             warm-up steps then {} windows of {} steps{}",
             o.hp.d_in,
             o.hp.hidden,
             o.hp.hidden,
             o.params() as f64 / 1e6,
             o.batch,
+            o.rounds,
             o.warmup,
-            o.window,
             o.windows,
+            o.window,
             if o.full {
                 ""
             } else {
-                " (smoke run; pass --bench)"
+                " (smoke run without Python; pass --bench)"
             }
         );
         println!("machine: {}; load average {}", machine(), loadavg());
+        if o.full {
+            python = lightning_rs::python();
+            if python.is_none() {
+                println!("no Python (the reason is above): only ours is reported");
+            }
+        }
     }
-    let result = ours_and_plain(&o, rank1);
+    let result = rounds(&o, rank1, python.as_deref());
     let finished = lightning_core::trainer::finish_distributed();
-    let (ours, plain) = match (result, finished) {
+    let f = match (result, finished) {
         (Ok(r), Ok(())) => r,
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("ddp bench (rank {}) failed: {e}", usize::from(rank1));
@@ -581,48 +698,28 @@ fn main() {
     if rank1 {
         return;
     }
-    let (ours_ms, plain_ms) = (median(&ours), median(&plain));
-    // The Python anchors, after our rank 1 has exited.
-    let (mut torch_ms, mut lightning_ms) = (None, None);
-    if o.full {
-        match lightning_rs::python() {
-            None => println!("no Python (see above): only ours is reported"),
-            Some(py) => {
-                let dir = tempfile::tempdir().expect("tempdir");
-                for (mode, slot) in [("ddp", &mut torch_ms), ("lightning", &mut lightning_ms)] {
-                    match python_run(&py, mode, &o, dir.path()) {
-                        Ok(w) => {
-                            println!(
-                                "  {mode}: {:.2} ms/step (median of {} windows; min {:.2}, max {:.2})",
-                                median(&w),
-                                w.len(),
-                                w.iter().copied().fold(f64::INFINITY, f64::min),
-                                w.iter().copied().fold(0.0, f64::max)
-                            );
-                            *slot = Some(median(&w));
-                        }
-                        Err(e) => println!("  {mode}: no figure: {e}"),
-                    }
-                }
-            }
+    let some = |v: &[f64]| (!v.is_empty()).then(|| median(v));
+    let (ours_ms, plain_ms) = (median(&f.ours), median(&f.plain));
+    let (torch_ms, lightning_ms) = (some(&f.torch), some(&f.lightning));
+    println!("  ours (Trainer, ddp):     {}", spread(&f.ours));
+    println!("  plain all-reduce (ours): {}", spread(&f.plain));
+    println!("    per step: {}", f.plain_phases.show());
+    if python.is_some() {
+        println!("  PyTorch DDP (torchrun):  {}", spread(&f.torch));
+        if !f.torch_phases.is_empty() {
+            let (fb, op): (Vec<f64>, Vec<f64>) = f.torch_phases.iter().copied().unzip();
+            println!(
+                "    per step: forward+backward (all-reduce overlapped) {:.2}, Adam + zero_grad \
+                 {:.2} ms (medians of the runs' medians)",
+                median(&fb),
+                median(&op)
+            );
+        }
+        println!("  Lightning ddp:           {}", spread(&f.lightning));
+        for m in &f.missing {
+            println!("  missing: {m}");
         }
     }
-    let spread = |v: &[f64]| {
-        format!(
-            "median of {} windows; min {:.2}, max {:.2}",
-            v.len(),
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(0.0, f64::max)
-        )
-    };
-    println!(
-        "  ours (Trainer, ddp): {ours_ms:.2} ms/step ({})",
-        spread(&ours)
-    );
-    println!(
-        "  plain all-reduce:    {plain_ms:.2} ms/step ({})",
-        spread(&plain)
-    );
     println!(
         "machine: {}; load average {} at the end",
         machine(),

@@ -181,10 +181,7 @@ impl RunState {
                      by {} process(es); the position inside the epoch depends on how the data \
                      was sharded, so resume it with {} process(es), or resume from an epoch-end \
                      checkpoint (any number of processes)",
-                    r.epoch,
-                    r.batches_consumed,
-                    r.world_size,
-                    r.world_size
+                    r.epoch, r.batches_consumed, r.world_size, r.world_size
                 ));
             }
             self.epoch = r.epoch;
@@ -253,7 +250,10 @@ mod tests {
             ..RunState::default()
         };
         let e = one.restore_position(&ckpt).unwrap_err();
-        assert!(e.contains("by 2 process(es)") && e.contains("epoch-end"), "{e}");
+        assert!(
+            e.contains("by 2 process(es)") && e.contains("epoch-end"),
+            "{e}"
+        );
         let mut two = RunState {
             world_size: 2,
             ..RunState::default()
