@@ -543,6 +543,10 @@ struct Figures {
     torch: Vec<f64>,
     torch_phases: Vec<(f64, f64)>,
     lightning: Vec<f64>,
+    /// Per round: ours / PyTorch DDP and ours / Lightning, each run's median against the
+    /// other's in the same round (paired, so drift in the machine's load cancels more).
+    paired_torch: Vec<f64>,
+    paired_lightning: Vec<f64>,
     /// Why a Python run gave no figure (the first reason of each kind).
     missing: Vec<String>,
 }
@@ -567,6 +571,7 @@ fn rounds(o: &Opts, rank1: bool, python: Option<&Path>) -> lightning_core::Resul
                 o.steps()
             )));
         }
+        let ours_round = median(&windows(&t, o.warmup, o.window));
         f.ours.extend(windows(&t, o.warmup, o.window));
         if plain_pg.is_none() {
             // rank 1 exists now (the first fit launched it)
@@ -600,8 +605,10 @@ fn rounds(o: &Opts, rank1: bool, python: Option<&Path>) -> lightning_core::Resul
                     Ok((w, phases)) => {
                         let (all, name) = if mode == "ddp" {
                             f.torch_phases.extend(phases);
+                            f.paired_torch.push(ours_round / median(&w));
                             (&mut f.torch, "PyTorch DDP")
                         } else {
+                            f.paired_lightning.push(ours_round / median(&w));
                             (&mut f.lightning, "Lightning")
                         };
                         all.extend(w);
@@ -716,6 +723,22 @@ fn main() {
             );
         }
         println!("  Lightning ddp:           {}", spread(&f.lightning));
+        let rounds = |v: &[f64]| {
+            let shown: Vec<String> = v.iter().map(|r| format!("{r:.3}")).collect();
+            format!("median {:.3} of [{}]", median(v), shown.join(", "))
+        };
+        if !f.paired_torch.is_empty() {
+            println!(
+                "  per round, ours / PyTorch DDP: {}",
+                rounds(&f.paired_torch)
+            );
+        }
+        if !f.paired_lightning.is_empty() {
+            println!(
+                "  per round, ours / Lightning:   {}",
+                rounds(&f.paired_lightning)
+            );
+        }
         for m in &f.missing {
             println!("  missing: {m}");
         }
