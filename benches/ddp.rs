@@ -12,10 +12,13 @@
 //! Same model everywhere (an MLP 512 -> 2048 -> 2048 -> 10, 5.3 M parameters), batch 64 per
 //! rank, Adam, one intra-op thread per rank. Each run takes a time stamp after every step;
 //! after the warm-up steps the stamps are cut into windows of `--window` steps, and a run's
-//! figure is the median window (ms/step, rank 0). Ours and the plain loop alternate
-//! `--rounds` times (a fresh `Trainer`, Reducer and optimizer each round); the Python runs
-//! come after (our rank 1 has exited by then), one process pair each, with as many windows.
-//! Each Python rank 0 writes its stamps as JSON to a temp file this bench reads.
+//! figure is the median window (ms/step, rank 0), pooled over `--rounds` rounds. Each round
+//! runs ours (a fresh `Trainer`, Reducer and optimizer), the plain loop, then the two Python
+//! runs (a fresh process pair each, same steps; our rank 1 waits meanwhile in the next
+//! round's rendezvous), so drift in the machine's load hits all four; the per-round ratios
+//! are printed too. Each Python rank 0 writes its stamps as JSON to a temp file this bench
+//! reads. The plain loops also report their per-step phases (forward + backward, all-reduce,
+//! Adam).
 //!
 //! ```text
 //! cargo bench --bench ddp -- --bench                 # the measurement
