@@ -51,7 +51,10 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
         }
     }
     // lib = <site-packages>/torch/lib: the pip CUDA packages live in <site-packages>/nvidia.
-    if let Some(site) = lib.parent().and_then(Path::parent) {
+    // Resolve links first: the repo's `.libtorch` is a link to the venv's torch package, and
+    // its parent is the repo, not site-packages.
+    let real = lib.canonicalize().unwrap_or_else(|_| lib.to_owned());
+    if let Some(site) = real.parent().and_then(Path::parent) {
         roots.push(site.join("nvidia/cu13/include"));
         roots.push(site.join("nvidia/nccl/include"));
     }
