@@ -12,20 +12,12 @@ use tch::{Device, Kind, Tensor};
 use trainer_util::{Tiny, TinyHp};
 
 /// The Python twin of `trainer_util::Tiny`, and the probe.
-const PY_TINY: &str = r#"
-import lightning.pytorch as pl
-class Tiny(pl.LightningModule):
-    def __init__(self, hidden=8, lr=0.05, dropout=0.2, optimizer="adam", step_lr=1):
-        super().__init__(); self.save_hyperparameters()
-        self.fc1 = torch.nn.Linear(4, hidden); self.fc2 = torch.nn.Linear(hidden, 3)
-    def forward(self, x):
-        return self.fc2(torch.nn.functional.dropout(torch.relu(self.fc1(x)), self.hparams.dropout, self.training))
-    def training_step(self, b, i):
-        return torch.nn.functional.cross_entropy(self(b[0]), b[1])
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-probe = torch.linspace(-1.0, 1.0, 12).reshape(3, 4)
-"#;
+fn py_tiny() -> String {
+    format!(
+        "{}\nprobe = torch.linspace(-1.0, 1.0, 12).reshape(3, 4)\n",
+        trainer_util::PY_TINY
+    )
+}
 
 fn probe() -> Tensor {
     Tensor::linspace(-1.0, 1.0, 12, (Kind::Float, Device::Cpu)).reshape([3, 4])
@@ -67,8 +59,9 @@ fn rust_module_checkpoint_loads_in_python_lightning() {
     checkpoint::save(&p, &ck.to_value()).unwrap();
     let ours = values(&tch::no_grad(|| m.forward(&probe(), false)));
     let script = format!(
-        "{PY_TINY}\nm = Tiny.load_from_checkpoint(sys.argv[1]).eval()\nwith torch.no_grad():\n    y = m(probe)\n\
-         print(json.dumps({{'y': y.flatten().tolist(), 'hidden': m.hparams.hidden, 'dropout': m.hparams.dropout}}))"
+        "{}\nm = Tiny.load_from_checkpoint(sys.argv[1]).eval()\nwith torch.no_grad():\n    y = m(probe)\n\
+         print(json.dumps({{'y': y.flatten().tolist(), 'hidden': m.hparams.hidden, 'dropout': m.hparams.dropout}}))",
+        py_tiny()
     );
     let Some(out) = ckpt_common::python(&script, &[p.to_str().unwrap()]) else {
         return;
@@ -87,13 +80,14 @@ fn python_lightning_checkpoint_loads_as_a_rust_module() {
     let _serial = trainer_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
-        "{PY_TINY}\nimport warnings; warnings.filterwarnings('ignore')\n\
+        "{}\nimport warnings; warnings.filterwarnings('ignore')\n\
          from torch.utils.data import DataLoader, TensorDataset\ntorch.manual_seed(0)\n\
          x = torch.randn(32, 4); y = (x[:, 0] > 0).long()\n\
          t = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,\n\
              default_root_dir=sys.argv[1], callbacks=[pl.callbacks.ModelCheckpoint(dirpath=sys.argv[1], filename='py')])\n\
          m = Tiny(hidden=5, dropout=0.1)\nt.fit(m, DataLoader(TensorDataset(x, y), batch_size=8))\nm.eval()\n\
-         with torch.no_grad():\n    out = m(probe)\nprint(json.dumps(out.flatten().tolist()))"
+         with torch.no_grad():\n    out = m(probe)\nprint(json.dumps(out.flatten().tolist()))",
+        py_tiny()
     );
     let Some(out) = ckpt_common::python(&script, &[dir.path().to_str().unwrap()]) else {
         return;

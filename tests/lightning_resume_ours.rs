@@ -17,26 +17,15 @@ const N: i64 = 2;
 /// 64 rows -> 48 training rows in batches of 8, in both programs.
 const STEPS_PER_EPOCH: i64 = 6;
 
-/// The twin of `trainer_util::Tiny` (same parameter names and hyperparameters, Adam and
-/// StepLR(1, 0.7) per epoch). `Check` compares, at `on_train_start` (after Lightning restored
-/// the checkpoint), the live optimizer and scheduler with our file as torch reads it, and
-/// records them; the last line printed is a JSON summary.
+/// Run after [`trainer_util::PY_TINY`] (the twin of `Tiny`). `Check` compares, at
+/// `on_train_start` (after Lightning restored the checkpoint), the live optimizer and
+/// scheduler with our file as torch reads it, and records them; the last line printed is a
+/// JSON summary.
 const RESUME: &str = r#"
 import sys, json, torch, warnings, lightning.pytorch as pl
 warnings.filterwarnings("ignore")
 from torch.utils.data import DataLoader, TensorDataset
 ours, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-class Tiny(pl.LightningModule):
-    def __init__(self, hidden=8, lr=0.05, dropout=0.2, optimizer="adam", step_lr=1):
-        super().__init__(); self.save_hyperparameters()
-        self.fc1 = torch.nn.Linear(4, hidden); self.fc2 = torch.nn.Linear(hidden, 3)
-    def forward(self, x):
-        return self.fc2(torch.nn.functional.dropout(torch.relu(self.fc1(x)), self.hparams.dropout, self.training))
-    def training_step(self, b, i):
-        return torch.nn.functional.cross_entropy(self(b[0]), b[1])
-    def configure_optimizers(self):
-        o = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        return {"optimizer": o, "lr_scheduler": torch.optim.lr_scheduler.StepLR(o, self.hparams.step_lr, gamma=0.7)}
 ck = torch.load(ours, weights_only=True)
 def flat(t):
     return t.double().flatten().tolist()
@@ -136,7 +125,7 @@ fn python_lightning_resumes_our_trainers_checkpoint_with_its_optimizer_and_sched
 
     let py_root = dir.path().join("py");
     let out = match lightning_rs::run_python(
-        RESUME,
+        &format!("{}\n{RESUME}", trainer_util::PY_TINY),
         &[
             ours.to_str().unwrap(),
             py_root.to_str().unwrap(),

@@ -8,22 +8,12 @@ use lightning_core::prelude::*;
 use lightning_core::trainer::{CkptPath, Trainer};
 use trainer_util::{data, Tiny, TinyHp};
 
+/// The script after [`trainer_util::PY_TINY`].
 const GEN: &str = r#"
 import sys, torch, warnings, lightning.pytorch as pl
 warnings.filterwarnings("ignore")
 from torch.utils.data import DataLoader, TensorDataset
 out = sys.argv[1]
-class Tiny(pl.LightningModule):
-    def __init__(self, hidden=8, lr=0.05, dropout=0.2, optimizer="adam", step_lr=1):
-        super().__init__(); self.save_hyperparameters()
-        self.fc1 = torch.nn.Linear(4, hidden); self.fc2 = torch.nn.Linear(hidden, 3)
-    def forward(self, x):
-        return self.fc2(torch.nn.functional.dropout(torch.relu(self.fc1(x)), self.hparams.dropout, self.training))
-    def training_step(self, b, i):
-        return torch.nn.functional.cross_entropy(self(b[0]), b[1])
-    def configure_optimizers(self):
-        o = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        return {"optimizer": o, "lr_scheduler": torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.7)}
 torch.manual_seed(0)
 x = torch.randn(64, 4); y = (x[:, 0] > 0).long()
 t = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -36,7 +26,7 @@ fn resumes_a_python_lightning_checkpoint() {
     let _serial = trainer_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    match lightning_rs::run_python(GEN, &[out]) {
+    match lightning_rs::run_python(&format!("{}\n{GEN}", trainer_util::PY_TINY), &[out]) {
         None => return, // skipped: lightning_rs::python said why
         Some(r) => {
             r.unwrap();

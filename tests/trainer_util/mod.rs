@@ -272,6 +272,23 @@ impl LightningModule for Tiny {
     }
 }
 
+/// The Python Lightning twin of [`Tiny`] (same parameter names, hyperparameters, Adam and
+/// StepLR(`step_lr`, 0.7) per epoch), for the interop tests; defines `torch`, `pl` and `Tiny`.
+pub const PY_TINY: &str = r#"
+import torch, lightning.pytorch as pl
+class Tiny(pl.LightningModule):
+    def __init__(self, hidden=8, lr=0.05, dropout=0.2, optimizer="adam", step_lr=1):
+        super().__init__(); self.save_hyperparameters()
+        self.fc1 = torch.nn.Linear(4, hidden); self.fc2 = torch.nn.Linear(hidden, 3)
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.dropout(torch.relu(self.fc1(x)), self.hparams.dropout, self.training))
+    def training_step(self, b, i):
+        return torch.nn.functional.cross_entropy(self(b[0]), b[1])
+    def configure_optimizers(self):
+        o = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return {"optimizer": o, "lr_scheduler": torch.optim.lr_scheduler.StepLR(o, self.hparams.step_lr, gamma=0.7)}
+"#;
+
 /// A learnable 3-class problem with 4 features: `n` rows from `seed`.
 pub fn data(n: i64, batch: i64, shuffle: bool) -> DataModule {
     tch::manual_seed(1234);
