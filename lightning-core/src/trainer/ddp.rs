@@ -127,6 +127,34 @@ impl World {
     }
 }
 
+/// Whether this process writes files (checkpoints, logs): global rank 0 of a DDP job, or the
+/// only process.
+pub(crate) fn writes_files(world: Option<&World>) -> bool {
+    world.is_none_or(|w| w.env.is_global_zero())
+}
+
+/// A checkpoint save as every save goes under DDP: only the writing rank builds and writes the
+/// file (`wait`: until it is durable; else an async save may still be in flight), then every
+/// rank meets at a barrier. Without DDP, just the save.
+pub(crate) fn save_on_rank_zero(
+    world: Option<&World>,
+    saver: &mut super::saver::Saver,
+    path: &std::path::Path,
+    wait: bool,
+    ckpt: impl FnOnce() -> crate::value::Value,
+) -> Result<()> {
+    if writes_files(world) {
+        saver.save(path, ckpt())?;
+        if wait {
+            saver.wait()?;
+        }
+    }
+    match world {
+        Some(w) => w.barrier("save_checkpoint"),
+        None => Ok(()),
+    }
+}
+
 /// Waits for the local ranks this process launched to finish (at most the strategy's
 /// timeout), and returns the first failure. Call it at the end of a program that trained with
 /// `strategy="ddp"` so rank 0 exits non-zero when another rank failed; a no-op elsewhere.

@@ -10,7 +10,7 @@
 //!      -> on_fit_end; pending async saves durable before `fit` returns.
 //! ```
 
-use super::ddp::{Ddp, World};
+use super::ddp::{save_on_rank_zero, Ddp, World};
 use super::logger::CsvLogger;
 use super::preempt::Preemption;
 use super::progress::Bar;
@@ -207,7 +207,6 @@ impl Trainer {
             None => None,
         };
         let train = sharded.as_ref().unwrap_or(train);
-        let rank_zero = world.as_ref().is_none_or(|(w, _)| w.env.is_global_zero());
         self.run = RunState {
             seed: self.cfg.seed.unwrap_or_else(random_seed),
             fitting: true,
@@ -226,11 +225,11 @@ impl Trainer {
         }
         // The log directory is chosen (not created) first: callbacks resolve their
         // directories from it in `setup`, before `ckpt_path = Last` searches them.
-        self.logger = match self.cfg.logger && rank_zero {
+        self.world = world.as_ref().map(|(w, _)| w.clone());
+        self.logger = match self.cfg.logger && self.is_global_zero() {
             true => Some(CsvLogger::new_version(&self.cfg.default_root_dir)),
             false => None,
         };
-        self.world = world.as_ref().map(|(w, _)| w.clone());
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         let resume = match &ckpt_path {
             Some(p) => self.resolve_ckpt(p)?.map(Loaded::read).transpose()?,
@@ -586,9 +585,10 @@ impl Trainer {
             .callbacks
             .iter()
             .map(|c| (c.state_key(), c.state_dict()));
-        let ckpt = checkpoint_of(model, self.optim.as_ref(), states, &self.run, false);
-        self.saver.save(&path, ckpt)?;
-        self.saver.wait()?;
+        let (optim, run) = (self.optim.as_ref(), &self.run);
+        save_on_rank_zero(self.world.as_deref(), &mut self.saver, &path, true, || {
+            checkpoint_of(model, optim, states, run, false)
+        })?;
         warn(&format!(
             "received a preemption signal: saved {} at epoch {} step {}; resume with ckpt_path=last",
             path.display(),

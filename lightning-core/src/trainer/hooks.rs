@@ -2,6 +2,7 @@
 //! that saves checkpoints through the trainer's saver). Callback states are collected only
 //! when a checkpoint is written.
 
+use super::ddp::{save_on_rank_zero, writes_files};
 use super::saver::Saver;
 use super::state::RunState;
 use super::{checkpoint_of, SaveErrorPolicy, Trainer, TrainerConfig};
@@ -33,23 +34,19 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
         weights_only: bool,
         caller: &dyn Callback,
     ) -> Result<()> {
-        // only global rank 0 writes; every rank meets at a barrier after the save (with
-        // async checkpointing, after the snapshot: the write is durable by the end of `fit`)
-        if self.world.is_none_or(|w| w.env.is_global_zero()) {
+        // with async checkpointing the barrier follows the snapshot: the write is durable
+        // by the end of `fit`
+        let (before, after, model, optim, run) =
+            (self.before, self.after, self.model, self.optim, self.run);
+        save_on_rank_zero(self.world, self.saver, path, false, || {
             let state = |c: &dyn Callback| (c.state_key(), c.state_dict());
-            let states = self
-                .before
+            let states = before
                 .iter()
                 .map(|c| state(c.as_ref()))
                 .chain(std::iter::once(state(caller)))
-                .chain(self.after.iter().map(|c| state(c.as_ref())));
-            let ckpt = checkpoint_of(self.model, self.optim, states, self.run, weights_only);
-            self.saver.save(path, ckpt)?;
-        }
-        match self.world {
-            Some(w) => w.barrier("save_checkpoint"),
-            None => Ok(()),
-        }
+                .chain(after.iter().map(|c| state(c.as_ref())));
+            checkpoint_of(model, optim, states, run, weights_only)
+        })
     }
 
     fn when_durable(&mut self, action: AfterSave) -> Result<()> {
@@ -70,6 +67,7 @@ fn run_info<'a>(
     run: &'a RunState,
     cfg: &'a TrainerConfig,
     log_dir: Option<&'a Path>,
+    is_global_zero: bool,
 ) -> RunInfo<'a> {
     RunInfo {
         current_epoch: run.epoch,
@@ -77,7 +75,7 @@ fn run_info<'a>(
         callback_metrics: &run.metrics.callback_metrics,
         log_dir,
         default_root_dir: &cfg.default_root_dir,
-        is_global_zero: true,
+        is_global_zero,
         resumed_from: run.resumed_from.as_deref(),
         train_time: run.train_time(),
         sanity_checking: run.sanity_checking,
@@ -99,6 +97,7 @@ impl Trainer {
         }
         let log_dir: Option<PathBuf> = self.logger.as_ref().map(|l| l.dir().to_owned());
         let failures_before = self.saver.failures;
+        let rank_zero = writes_files(self.world.as_deref());
         let mut result = Ok(());
         let mut stop = false;
         for i in 0..self.callbacks.len() {
@@ -116,8 +115,7 @@ impl Trainer {
                 world: self.world.as_deref(),
                 stop_requested: false,
             };
-            let mut info = run_info(&self.run, &self.cfg, log_dir.as_deref());
-            info.is_global_zero = self.world.as_ref().is_none_or(|w| w.env.is_global_zero());
+            let info = run_info(&self.run, &self.cfg, log_dir.as_deref(), rank_zero);
             let mut ctx = TrainerContext::new(info, &mut handle);
             result = hook(cb.as_mut(), &mut ctx);
             stop |= handle.stop_requested;

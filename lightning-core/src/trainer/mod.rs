@@ -174,25 +174,24 @@ impl Trainer {
         path: impl AsRef<Path>,
         weights_only: bool,
     ) -> Result<()> {
-        if self.is_global_zero() {
-            let states = self
-                .callbacks
-                .iter()
-                .map(|c| (c.state_key(), c.state_dict()));
-            let ckpt = checkpoint_of(model, self.optim.as_ref(), states, &self.run, weights_only);
-            self.saver.save(path.as_ref(), ckpt)?;
-            self.saver.wait()?;
-        }
-        match &self.world {
-            Some(w) => w.barrier("save_checkpoint"),
-            None => Ok(()),
-        }
+        let states = self
+            .callbacks
+            .iter()
+            .map(|c| (c.state_key(), c.state_dict()));
+        let (optim, run) = (self.optim.as_ref(), &self.run);
+        ddp::save_on_rank_zero(
+            self.world.as_deref(),
+            &mut self.saver,
+            path.as_ref(),
+            true,
+            || checkpoint_of(model, optim, states, run, weights_only),
+        )
     }
 
     /// Whether this process is global rank 0 (always, without `strategy="ddp"`): the one
     /// that writes checkpoints and logs.
     pub fn is_global_zero(&self) -> bool {
-        self.world.as_ref().is_none_or(|w| w.env.is_global_zero())
+        ddp::writes_files(self.world.as_deref())
     }
 }
 
