@@ -1,4 +1,5 @@
-//! Compiles the C++ shim over libtorch's c10d (`csrc/`) and links it.
+//! Compiles the C++ shim over libtorch's c10d and the few tensor ops tch leaves out (`csrc/`)
+//! and links it.
 //!
 //! libtorch is the one torch-sys found: its lib dir comes from torch-sys's `links = "tch"`
 //! metadata (`DEP_TCH_LIBTORCH_LIB`), falling back to `$LIBTORCH/lib`; headers are
@@ -98,7 +99,13 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let csrc = manifest.join("csrc");
-    for f in ["ldist.h", "common.h", "c10d_shim.cpp", "nccl_shim.cpp"] {
+    for f in [
+        "ldist.h",
+        "common.h",
+        "c10d_shim.cpp",
+        "nccl_shim.cpp",
+        "ops_shim.cpp",
+    ] {
         println!("cargo:rerun-if-changed={}", csrc.join(f).display());
     }
     println!(
@@ -166,6 +173,7 @@ fn main() {
     nccl_build.compile("ldist_nccl");
     base()
         .file(csrc.join("c10d_shim.cpp"))
+        .file(csrc.join("ops_shim.cpp"))
         .compile("ldist_c10d");
 
     // After the static shims (cc emitted them), the libraries they need. torch-sys links these

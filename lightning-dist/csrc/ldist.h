@@ -86,6 +86,21 @@ char* ldist_reducer_prepare_for_backward(ldist_reducer* r, ldist_tensor* const* 
 char* ldist_reducer_bucket_count(ldist_reducer* r, size_t* out);
 int ldist_grad_mode_enabled(void);
 
+// ---- Tensor ops tch leaves out (ops_shim.cpp) -------------------------------------------
+// self += value * t1 * t2, as at::Tensor::addcmul_(t1, t2, value).
+char* ldist_addcmul_(ldist_tensor* self, const ldist_tensor* t1, const ldist_tensor* t2,
+                     double value);
+// self += value * t1 / t2, as at::Tensor::addcdiv_(t1, t2, value).
+char* ldist_addcdiv_(ldist_tensor* self, const ldist_tensor* t1, const ldist_tensor* t2,
+                     double value);
+// self += alpha * other, as at::Tensor::add_(other, alpha).
+char* ldist_add_(ldist_tensor* self, const ldist_tensor* other, double alpha);
+// *out = self + alpha * other (a new tensor the caller owns), as at::Tensor::add(other, alpha).
+char* ldist_add(const ldist_tensor* self, const ldist_tensor* other, double alpha,
+                ldist_tensor** out);
+// param.grad = None.
+char* ldist_grad_set_to_none(ldist_tensor* param);
+
 #ifdef __cplusplus
 }
 #endif

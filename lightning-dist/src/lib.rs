@@ -7,6 +7,8 @@
 //!   (`all_reduce`, `broadcast`, `all_gather`, `barrier`, `broadcast_coalesced`).
 //! - [`Reducer`]: DDP's bucketed gradient averaging, hooked into autograd.
 //! - [`DistEnv`]: the launcher's variables (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...).
+//! - [`ops`]: the few tensor ops tch leaves out (`addcmul_` with `value`, `grad = None`), which
+//!   the optimizers need to run `torch.optim`'s exact kernels; they share the shim's build.
 //!
 //! The C++ side is a small shim (`csrc/`) compiled against the libtorch torch-sys links; every
 //! C++ exception becomes a [`DistError`] naming the operation, never an abort or an unwind.
@@ -16,6 +18,7 @@
 mod env;
 mod error;
 mod ffi;
+pub mod ops;
 mod process_group;
 mod reducer;
 mod store;

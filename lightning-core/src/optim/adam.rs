@@ -3,6 +3,7 @@
 use super::common::{self, backend, check_nonneg, Group, LrConfig};
 use super::{OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
+use lightning_dist::ops;
 use tch::Tensor;
 
 /// Hyperparameters of [`Adam`] (one param group). `Default` gives `torch.optim.Adam`'s
@@ -161,7 +162,9 @@ impl Adam {
     }
 }
 
-/// The tch-ops update of one parameter, in `_single_tensor_adam`'s order.
+/// The tch-ops update of one parameter: `_single_tensor_adam`'s ops in its order, with the
+/// same scalars (through [`lightning_dist::ops`] where tch drops them), so the same kernels
+/// run and the result is bit for bit `torch.optim.Adam(foreach=False)`'s.
 pub(crate) fn adam_update_ops(
     p: &mut Tensor,
     grad: &Tensor,
@@ -180,15 +183,12 @@ pub(crate) fn adam_update_ops(
         if c.decoupled_weight_decay {
             let _ = p.f_mul_scalar_(1.0 - c.lr * c.weight_decay)?;
         } else {
-            grad = grad.f_add(&p.f_to_kind(grad.kind())?.f_mul_scalar(c.weight_decay)?)?;
+            grad = ops::add(&grad, &p.f_to_kind(grad.kind())?, c.weight_decay)?;
         }
     }
     let _ = st.exp_avg.f_lerp_(&grad, 1.0 - beta1)?;
-    // ATen's addcmul computes self + (value * t1) * t2.
     let _ = st.exp_avg_sq.f_mul_scalar_(beta2)?;
-    let _ = st
-        .exp_avg_sq
-        .f_addcmul_(&grad.f_mul_scalar(1.0 - beta2)?, &grad)?;
+    ops::addcmul_(&mut st.exp_avg_sq, &grad, &grad, 1.0 - beta2)?;
     let step = st.step;
     let bias_correction1 = 1.0 - beta1.powf(step);
     let bias_correction2 = 1.0 - beta2.powf(step);
@@ -196,16 +196,20 @@ pub(crate) fn adam_update_ops(
     let bias_correction2_sqrt = bias_correction2.sqrt();
     let v = match &mut st.max_exp_avg_sq {
         Some(m) => {
-            let mx = m.f_maximum(&st.exp_avg_sq)?;
-            m.f_copy_(&mx)?;
+            // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            let _ = m.f_maximum_out(&m.shallow_clone(), &st.exp_avg_sq)?;
             m.shallow_clone()
         }
         None => st.exp_avg_sq.shallow_clone(),
     };
-    let mut denom = v.f_sqrt()?.f_div_scalar(bias_correction2_sqrt)?;
+    // (v.sqrt() / bias_correction2_sqrt).add_(eps): the division in place on sqrt's result
+    // (the same values, one temporary fewer than torch's).
+    let mut denom = v.f_sqrt()?;
+    let _ = denom.f_div_scalar_(bias_correction2_sqrt)?;
     let _ = denom.f_add_scalar_(c.eps)?;
-    // ATen's addcdiv computes self + (value * t1) / t2.
-    let _ = p.f_addcdiv_(&st.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
+    // A low-precision parameter takes the f32 update as torch's in-place op does (computed in
+    // f32, stored in the parameter's dtype).
+    ops::addcdiv_(p, &st.exp_avg, &denom, -step_size)?;
     Ok(())
 }
 

@@ -260,10 +260,15 @@ impl<C: LrConfig> Group<C> {
         Ok((out, n))
     }
 
-    /// Zeroes the gradients of every parameter in `groups`.
+    /// Sets the gradients of every parameter in `groups` to `None`, as torch's default
+    /// `zero_grad(set_to_none=True)` does: no pass over memory, and the next backward stores
+    /// its gradient instead of adding it to zeros. Zeroes instead where that fails (it cannot
+    /// for a plain tensor; the fallback keeps `zero_grad`'s contract in any case).
     pub fn zero_grads(groups: &mut [Group<C>]) {
         for p in groups.iter_mut().flat_map(|g| g.params.iter_mut()) {
-            p.zero_grad();
+            if lightning_dist::ops::set_grad_to_none(p).is_err() {
+                p.zero_grad();
+            }
         }
     }
 

@@ -36,7 +36,7 @@ pub enum OptimError {
 pub trait Optimizer: Send {
     /// One update from the parameters' `.grad()`s.
     fn step(&mut self) -> Result<(), OptimError>;
-    /// Zeroes (or drops) every parameter's gradient.
+    /// Drops every parameter's gradient (`None`), as torch's default `zero_grad()` does.
     fn zero_grad(&mut self);
     /// Every parameter, in param-group order (the order of `state` indices).
     fn params(&self) -> Vec<Tensor>;

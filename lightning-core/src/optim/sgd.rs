@@ -3,6 +3,7 @@
 use super::common::{self, backend, check_nonneg, Group, LrConfig};
 use super::{OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
+use lightning_dist::ops;
 use tch::Tensor;
 
 /// Hyperparameters of [`Sgd`] (one param group); `Default` is torch's (lr 1e-3, no momentum).
@@ -93,7 +94,8 @@ impl Sgd {
     }
 }
 
-/// The tch-ops update of one parameter, in `_single_tensor_sgd`'s order.
+/// The tch-ops update of one parameter: `_single_tensor_sgd`'s ops in its order, with the same
+/// `alpha`s (through [`lightning_dist::ops`] where tch drops them).
 pub(crate) fn sgd_update_ops(
     p: &mut Tensor,
     grad: &Tensor,
@@ -106,28 +108,24 @@ pub(crate) fn sgd_update_ops(
         grad.shallow_clone()
     };
     if c.weight_decay != 0.0 {
-        grad = grad.f_add(&p.f_mul_scalar(c.weight_decay)?)?;
+        grad = ops::add(&grad, p, c.weight_decay)?;
     }
     if c.momentum != 0.0 {
         let b = match buf {
             None => buf.insert(grad.f_detach_copy()?),
             Some(b) => {
                 let _ = b.f_mul_scalar_(c.momentum)?;
-                if c.dampening == 0.0 {
-                    let _ = b.f_add_(&grad)?;
-                } else {
-                    let _ = b.f_add_(&grad.f_mul_scalar(1.0 - c.dampening)?)?;
-                }
+                ops::add_(b, &grad, 1.0 - c.dampening)?;
                 b
             }
         };
         grad = if c.nesterov {
-            grad.f_add(&b.f_mul_scalar(c.momentum)?)?
+            ops::add(&grad, b, c.momentum)?
         } else {
             b.shallow_clone()
         };
     }
-    let _ = p.f_sub_(&grad.f_mul_scalar(c.lr)?)?;
+    ops::add_(p, &grad, -c.lr)?;
     Ok(())
 }
 

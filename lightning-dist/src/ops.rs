@@ -1,0 +1,172 @@
+//! Tensor ops that tch's generated API leaves out, called the way `torch.optim` calls them.
+//!
+//! tch drops the `value` / `alpha` scalars of `addcmul_`, `addcdiv_` and `add_`, so a port of
+//! `torch.optim` on tch needs an extra elementwise pass (and a temporary) per scaled term, and
+//! tch cannot set a gradient to `None`. These go to the same ATen kernels PyTorch runs, so the
+//! results are bit for bit those of the PyTorch code they mirror.
+//!
+//! ```
+//! use tch::{Kind, Tensor};
+//! let mut v = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
+//! let g = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+//! lightning_dist::ops::addcmul_(&mut v, &g, &g, 0.5)?;
+//! assert_eq!(Vec::<f32>::try_from(&v).unwrap(), [0.5, 2.0, 4.5]);
+//! # Ok::<(), tch::TchError>(())
+//! ```
+
+use std::ffi::{c_char, CStr};
+
+use tch::{TchError, Tensor};
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn ldist_addcmul_(
+        s: *mut C_tensor,
+        t1: *const C_tensor,
+        t2: *const C_tensor,
+        value: f64,
+    ) -> *mut c_char;
+    fn ldist_addcdiv_(
+        s: *mut C_tensor,
+        t1: *const C_tensor,
+        t2: *const C_tensor,
+        value: f64,
+    ) -> *mut c_char;
+    fn ldist_add_(s: *mut C_tensor, other: *const C_tensor, alpha: f64) -> *mut c_char;
+    fn ldist_add(
+        s: *const C_tensor,
+        other: *const C_tensor,
+        alpha: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn ldist_grad_set_to_none(param: *mut C_tensor) -> *mut c_char;
+}
+
+/// ATen's message as tch reports its own errors.
+fn check(op: &str, err: *mut c_char) -> Result<(), TchError> {
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string the shim allocated for us.
+    let message = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .trim_end()
+        .to_owned();
+    // SAFETY: freed once, by the shim's allocator.
+    unsafe { crate::ffi::ldist_free_string(err) };
+    Err(TchError::Torch(format!("{op}: {message}")))
+}
+
+/// `t += value * t1 * t2` in place (`torch.Tensor.addcmul_(t1, t2, value=value)`).
+pub fn addcmul_(t: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<(), TchError> {
+    // SAFETY: the pointers are live tch tensors (at::Tensor*) for the whole call; the shim
+    // changes only `t`'s storage, never the handle objects.
+    check("addcmul_", unsafe {
+        ldist_addcmul_(t.as_mut_ptr(), t1.as_ptr(), t2.as_ptr(), value)
+    })
+}
+
+/// `t += value * t1 / t2` in place (`torch.Tensor.addcdiv_(t1, t2, value=value)`).
+pub fn addcdiv_(t: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<(), TchError> {
+    // SAFETY: as in `addcmul_`.
+    check("addcdiv_", unsafe {
+        ldist_addcdiv_(t.as_mut_ptr(), t1.as_ptr(), t2.as_ptr(), value)
+    })
+}
+
+/// `t += alpha * other` in place (`torch.Tensor.add_(other, alpha=alpha)`).
+pub fn add_(t: &mut Tensor, other: &Tensor, alpha: f64) -> Result<(), TchError> {
+    // SAFETY: as in `addcmul_`.
+    check("add_", unsafe {
+        ldist_add_(t.as_mut_ptr(), other.as_ptr(), alpha)
+    })
+}
+
+/// `t + alpha * other` as a new tensor (`torch.Tensor.add(other, alpha=alpha)`).
+pub fn add(t: &Tensor, other: &Tensor, alpha: f64) -> Result<Tensor, TchError> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: as in `addcmul_`; on success `out` is a new heap at::Tensor that we own.
+    check("add", unsafe {
+        ldist_add(t.as_ptr(), other.as_ptr(), alpha, &mut out)
+    })?;
+    // SAFETY: the shim allocated `out` with `new at::Tensor`, as tch's own outputs are.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Sets `param.grad` to `None` (`zero_grad(set_to_none=True)`): the next backward stores its
+/// gradient instead of adding it to a zeroed one, and `param.grad()` is undefined until then.
+pub fn set_grad_to_none(param: &Tensor) -> Result<(), TchError> {
+    // SAFETY: `param` is a live tch tensor; resetting its grad slot changes the autograd
+    // metadata it shares with every handle of the same variable, as torch's does.
+    check("set_grad_to_none", unsafe {
+        ldist_grad_set_to_none(param.as_ptr() as *mut C_tensor)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t).expect("f32 tensor")
+    }
+
+    #[test]
+    fn scaled_ops_compute_what_torch_computes() {
+        tch::manual_seed(1);
+        let opts = (Kind::Float, Device::Cpu);
+        let (a, b, c) = (
+            Tensor::randn([1000], opts),
+            Tensor::randn([1000], opts),
+            Tensor::rand([1000], opts) + 0.5,
+        );
+        // ATen evaluates self + value * t1 * t2 and self + value * t1 / t2 left to right:
+        // the same bits as scaling t1 first.
+        let mut x = a.copy();
+        addcmul_(&mut x, &b, &c, 0.001).expect("addcmul_");
+        let mut y = a.copy();
+        let _ = y.addcmul_(&(&b * 0.001), &c);
+        assert_eq!(vals(&x), vals(&y));
+        let mut x = a.copy();
+        addcdiv_(&mut x, &b, &c, -0.3).expect("addcdiv_");
+        let mut y = a.copy();
+        let _ = y.addcdiv_(&(&b * -0.3), &c);
+        assert_eq!(vals(&x), vals(&y));
+        // add's alpha may be fused (one rounding) where the CPU has FMA: close to a + 0.7 b,
+        // and the out-of-place op equals the in-place one.
+        let mut x = a.copy();
+        add_(&mut x, &b, 0.7).expect("add_");
+        let reference = &a + &b * 0.7;
+        for (got, want) in vals(&x).iter().zip(vals(&reference)) {
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
+        assert_eq!(vals(&add(&a, &b, 0.7).expect("add")), vals(&x));
+        // alpha = 1 is the plain sum.
+        let mut x = a.copy();
+        add_(&mut x, &b, 1.0).expect("add_");
+        assert_eq!(vals(&x), vals(&(&a + &b)));
+    }
+
+    #[test]
+    fn a_shape_mismatch_is_an_error_naming_the_op() {
+        let mut x = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let y = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+        let err = addcmul_(&mut x, &y, &y, 1.0).expect_err("mismatched shapes");
+        assert!(err.to_string().contains("addcmul_"), "{err}");
+    }
+
+    #[test]
+    fn set_grad_to_none_undefines_the_gradient_and_backward_stores_a_new_one() {
+        let w = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        (&w * 3.0).sum(Kind::Float).backward();
+        assert!(w.grad().defined());
+        set_grad_to_none(&w).expect("reset");
+        assert!(!w.grad().defined());
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert_eq!(vals(&w.grad()), [2.0, 2.0]);
+    }
+}
