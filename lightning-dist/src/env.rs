@@ -1,83 +1,368 @@
-//! The launcher's environment (torchrun's variables) and the store it implies.
+//! Where this process sits in a distributed job: its ranks, the world, and the rendezvous
+//! address, read from the environment as Lightning's cluster environments read it
+//! (`TorchElasticEnvironment` for `torchrun`, `SLURMEnvironment`, and `LightningEnvironment`
+//! for processes a launcher started with `LOCAL_RANK`), and the store that address implies.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::error::{DistError, Result};
-use crate::store::{Store, StoreOptions};
+use crate::store::Store;
 
-/// Where this process sits in a run, as torchrun (or any launcher) describes it in `RANK`,
-/// `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT` and
-/// `TORCHELASTIC_USE_AGENT_STORE`.
+/// Who set up the ranks of this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DistEnv {
-    /// Global rank (`RANK`).
+pub enum ClusterKind {
+    /// No launcher yet: this process is rank 0 and starts the other local ranks itself
+    /// (Lightning's subprocess launcher).
+    Local,
+    /// A process our launcher started (`LOCAL_RANK` set by rank 0).
+    Launched,
+    /// `torchrun` / torch elastic; with `agent_store` every rank, rank 0 too, is a client of
+    /// the store the agent hosts (`TORCHELASTIC_USE_AGENT_STORE=True`).
+    TorchElastic {
+        /// Whether the elastic agent hosts the rendezvous store.
+        agent_store: bool,
+    },
+    /// A SLURM job step (`srun`): one task per process.
+    Slurm,
+}
+
+/// This process's place in the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterEnv {
+    /// Who started the ranks.
+    pub kind: ClusterKind,
+    /// Global rank (0..world_size).
     pub rank: usize,
-    /// Number of processes (`WORLD_SIZE`).
-    pub world_size: usize,
-    /// Rank on this node (`LOCAL_RANK`; the global rank when unset).
+    /// Rank on this node (0..local_world_size).
     pub local_rank: usize,
-    /// The store's host (`MASTER_ADDR`).
+    /// Processes in the job.
+    pub world_size: usize,
+    /// Processes on this node.
+    pub local_world_size: usize,
+    /// This node's index.
+    pub node_rank: usize,
+    /// The rendezvous host (rank 0's node).
     pub master_addr: String,
-    /// The store's port (`MASTER_PORT`).
-    pub master_port: u16,
-    /// `TORCHELASTIC_USE_AGENT_STORE=True`: the launcher's agent hosts the store and every
-    /// rank, rank 0 too, joins as a client.
-    pub use_agent_store: bool,
+    /// The rendezvous port (`None`: not chosen yet; the local launcher picks a free one).
+    pub master_port: Option<u16>,
 }
 
-fn var(name: &'static str) -> Result<String> {
-    std::env::var(name).map_err(|e| DistError::Env {
-        name,
-        message: e.to_string(),
+/// A variable that is missing or not what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {name}: {msg}")]
+pub struct EnvError {
+    /// The variable.
+    pub name: String,
+    /// What was wrong.
+    pub msg: String,
+}
+
+/// The process environment as a map (tests pass their own).
+pub type Env = HashMap<String, String>;
+
+fn get<'a>(env: &'a Env, name: &str) -> Option<&'a str> {
+    env.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+fn num(env: &Env, name: &str) -> Result<Option<usize>, EnvError> {
+    get(env, name)
+        .map(|v| {
+            v.trim().parse::<usize>().map_err(|_| EnvError {
+                name: name.to_owned(),
+                msg: format!("expected a non-negative integer, found {v:?}"),
+            })
+        })
+        .transpose()
+}
+
+fn need(env: &Env, name: &str) -> Result<usize, EnvError> {
+    num(env, name)?.ok_or_else(|| EnvError {
+        name: name.to_owned(),
+        msg: "not set".into(),
     })
 }
 
-fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    value.trim().parse().map_err(|e: T::Err| DistError::Env {
-        name,
-        message: format!("{value:?}: {e}"),
-    })
+fn port(env: &Env, name: &str) -> Result<Option<u16>, EnvError> {
+    get(env, name)
+        .map(|v| {
+            v.trim().parse::<u16>().map_err(|_| EnvError {
+                name: name.to_owned(),
+                msg: format!("expected a port number, found {v:?}"),
+            })
+        })
+        .transpose()
 }
 
-impl DistEnv {
-    /// Reads the launcher's variables.
-    pub fn from_env() -> Result<Self> {
-        let rank = parse("RANK", &var("RANK")?)?;
-        let world_size: usize = parse("WORLD_SIZE", &var("WORLD_SIZE")?)?;
-        if rank >= world_size {
-            return Err(DistError::Env {
-                name: "RANK",
-                message: format!("rank {rank} is not below WORLD_SIZE {world_size}"),
+/// The first host of a SLURM node list (`node[003-005,7],other` -> `node003`), as
+/// Lightning's `SLURMEnvironment.resolve_root_node_address`.
+pub fn first_slurm_host(nodelist: &str) -> String {
+    let first_group = {
+        // split at the first comma outside brackets
+        let mut depth = 0;
+        let mut end = nodelist.len();
+        for (i, c) in nodelist.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        &nodelist[..end]
+    };
+    match first_group.split_once('[') {
+        None => first_group.trim().to_owned(),
+        Some((prefix, rest)) => {
+            let first = rest
+                .trim_end_matches(']')
+                .split([',', '-'])
+                .next()
+                .unwrap_or("");
+            format!("{prefix}{first}")
+        }
+    }
+}
+
+impl ClusterEnv {
+    /// Reads this process's place from `env`, for a job of `devices` processes per node on
+    /// `num_nodes` nodes. A torchrun or SLURM environment wins (its sizes must agree with
+    /// `devices`/`num_nodes`); a `LOCAL_RANK` set by our launcher comes next; else this is
+    /// rank 0 of a job it will launch itself.
+    pub fn detect(env: &Env, devices: usize, num_nodes: usize) -> Result<ClusterEnv, EnvError> {
+        let expected_world = devices * num_nodes;
+        let check_world = |world: usize, from: &str| {
+            if world == expected_world {
+                Ok(())
+            } else {
+                Err(EnvError {
+                    name: from.to_owned(),
+                    msg: format!(
+                        "says {world} processes, but the trainer was given devices={devices} x \
+                         num_nodes={num_nodes} = {expected_world}"
+                    ),
+                })
+            }
+        };
+        let torchelastic = ["RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"]
+            .iter()
+            .all(|k| get(env, k).is_some());
+        if torchelastic {
+            let world = need(env, "WORLD_SIZE")?;
+            check_world(world, "WORLD_SIZE")?;
+            return Ok(ClusterEnv {
+                kind: ClusterKind::TorchElastic {
+                    agent_store: get(env, "TORCHELASTIC_USE_AGENT_STORE")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+                },
+                rank: need(env, "RANK")?,
+                local_rank: need(env, "LOCAL_RANK")?,
+                world_size: world,
+                local_world_size: need(env, "LOCAL_WORLD_SIZE")?,
+                node_rank: need(env, "GROUP_RANK")?,
+                master_addr: get(env, "MASTER_ADDR").unwrap_or("127.0.0.1").to_owned(),
+                master_port: port(env, "MASTER_PORT")?,
             });
         }
-        let local_rank = match std::env::var("LOCAL_RANK") {
-            Ok(v) => parse("LOCAL_RANK", &v)?,
-            Err(_) => rank,
-        };
-        Ok(DistEnv {
-            rank,
-            world_size,
-            local_rank,
-            master_addr: var("MASTER_ADDR")?,
-            master_port: parse("MASTER_PORT", &var("MASTER_PORT")?)?,
-            use_agent_store: std::env::var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Ok("True"),
+        // Lightning skips SLURM for interactive jobs (`SLURM_JOB_NAME` in {bash, interactive})
+        let interactive = matches!(get(env, "SLURM_JOB_NAME"), Some("bash" | "interactive"));
+        if get(env, "SLURM_NTASKS").is_some() && !interactive {
+            let world = need(env, "SLURM_NTASKS")?;
+            check_world(world, "SLURM_NTASKS")?;
+            let host = get(env, "MASTER_ADDR")
+                .map(str::to_owned)
+                .or_else(|| get(env, "SLURM_NODELIST").map(first_slurm_host))
+                .unwrap_or_else(|| "127.0.0.1".into());
+            // Lightning's default port for SLURM: 10000 + the last 4 digits of the job id
+            let port = match port(env, "MASTER_PORT")? {
+                Some(p) => Some(p),
+                None => get(env, "SLURM_JOB_ID")
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .map(|id| 10000 + (id % 10000) as u16),
+            };
+            return Ok(ClusterEnv {
+                kind: ClusterKind::Slurm,
+                rank: need(env, "SLURM_PROCID")?,
+                local_rank: need(env, "SLURM_LOCALID")?,
+                world_size: world,
+                local_world_size: devices,
+                node_rank: need(env, "SLURM_NODEID")?,
+                master_addr: host,
+                master_port: port,
+            });
+        }
+        let node_rank = num(env, "NODE_RANK")?.unwrap_or(0);
+        let master_addr = get(env, "MASTER_ADDR").unwrap_or("127.0.0.1").to_owned();
+        let master_port = port(env, "MASTER_PORT")?;
+        if let Some(local_rank) = num(env, "LOCAL_RANK")? {
+            if local_rank >= devices {
+                return Err(EnvError {
+                    name: "LOCAL_RANK".into(),
+                    msg: format!("{local_rank} is not below devices={devices}"),
+                });
+            }
+            return Ok(ClusterEnv {
+                kind: ClusterKind::Launched,
+                rank: node_rank * devices + local_rank,
+                local_rank,
+                world_size: expected_world,
+                local_world_size: devices,
+                node_rank,
+                master_addr,
+                master_port,
+            });
+        }
+        Ok(ClusterEnv {
+            kind: ClusterKind::Local,
+            rank: node_rank * devices,
+            local_rank: 0,
+            world_size: expected_world,
+            local_world_size: devices,
+            node_rank,
+            master_addr,
+            master_port,
         })
     }
 
-    /// Connects to the run's store as c10d's `env://` rendezvous does: rank 0 hosts it and
-    /// waits for all `world_size` ranks to join, the others connect, unless an agent hosts it
-    /// (then every rank is a client).
-    pub fn store(&self, timeout: Duration) -> Result<Store> {
-        let is_server = self.rank == 0 && !self.use_agent_store;
-        Store::tcp(&StoreOptions {
-            world_size: (!self.use_agent_store).then_some(self.world_size),
-            is_server,
-            wait_for_workers: true,
-            timeout,
-            ..StoreOptions::new(self.master_addr.clone(), self.master_port)
-        })
+    /// The current process's environment.
+    pub fn from_process(devices: usize, num_nodes: usize) -> Result<ClusterEnv, EnvError> {
+        Self::detect(&std::env::vars().collect(), devices, num_nodes)
+    }
+
+    /// Connects to the job's rendezvous store on `port` as c10d's `env://` rendezvous does:
+    /// global rank 0 hosts it and waits for all `world_size` ranks to join, the others
+    /// connect, unless torchrun's agent hosts it (then every rank, rank 0 too, is a client).
+    pub fn store(&self, port: u16, timeout: Duration) -> crate::Result<Store> {
+        let agent = matches!(self.kind, ClusterKind::TorchElastic { agent_store: true });
+        if self.rank == 0 && !agent {
+            Store::server(&self.master_addr, port, self.world_size, timeout)
+        } else {
+            Store::client(&self.master_addr, port, timeout)
+        }
+    }
+
+    /// Whether this is global rank 0 (the only one that writes checkpoints and logs).
+    pub fn is_global_zero(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Whether this process must start the other local ranks (Lightning's subprocess
+    /// launcher runs on local rank 0 when nothing else launched the job).
+    pub fn must_launch(&self) -> bool {
+        self.kind == ClusterKind::Local && self.local_world_size > 1
+    }
+
+    /// The variables a launched local rank gets (Lightning's names, plus `RANK` and
+    /// `LOCAL_WORLD_SIZE` as torchrun sets them).
+    pub fn child_vars(&self, local_rank: usize, port: u16) -> Vec<(String, String)> {
+        let rank = self.node_rank * self.local_world_size + local_rank;
+        [
+            ("RANK", rank.to_string()),
+            ("LOCAL_RANK", local_rank.to_string()),
+            ("WORLD_SIZE", self.world_size.to_string()),
+            ("LOCAL_WORLD_SIZE", self.local_world_size.to_string()),
+            ("NODE_RANK", self.node_rank.to_string()),
+            ("MASTER_ADDR", self.master_addr.clone()),
+            ("MASTER_PORT", port.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_process_is_rank_zero_and_launches_the_rest() {
+        let c = ClusterEnv::detect(&env(&[]), 2, 1).unwrap();
+        assert_eq!(c.kind, ClusterKind::Local);
+        assert_eq!((c.rank, c.world_size, c.local_world_size), (0, 2, 2));
+        assert!(c.must_launch() && c.is_global_zero());
+        let vars = c.child_vars(1, 29500);
+        assert!(vars.contains(&("RANK".into(), "1".into())));
+        assert!(vars.contains(&("LOCAL_RANK".into(), "1".into())));
+        assert!(vars.contains(&("MASTER_PORT".into(), "29500".into())));
+        let single = ClusterEnv::detect(&env(&[]), 1, 1).unwrap();
+        assert!(!single.must_launch());
+    }
+
+    #[test]
+    fn launched_ranks_and_nodes() {
+        let e = env(&[
+            ("LOCAL_RANK", "1"),
+            ("NODE_RANK", "1"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "1234"),
+        ]);
+        let c = ClusterEnv::detect(&e, 2, 2).unwrap();
+        assert_eq!(c.kind, ClusterKind::Launched);
+        assert_eq!(
+            (c.rank, c.local_rank, c.node_rank, c.world_size),
+            (3, 1, 1, 4)
+        );
+        assert_eq!(c.master_port, Some(1234));
+        let bad = ClusterEnv::detect(&env(&[("LOCAL_RANK", "x")]), 2, 1).unwrap_err();
+        assert_eq!(bad.name, "LOCAL_RANK");
+    }
+
+    #[test]
+    fn torchrun_with_an_agent_store() {
+        let e = env(&[
+            ("RANK", "3"),
+            ("GROUP_RANK", "1"),
+            ("LOCAL_RANK", "1"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("WORLD_SIZE", "4"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29400"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ]);
+        let c = ClusterEnv::detect(&e, 2, 2).unwrap();
+        assert_eq!(c.kind, ClusterKind::TorchElastic { agent_store: true });
+        assert_eq!((c.rank, c.node_rank), (3, 1));
+        assert!(!c.must_launch());
+        let wrong = ClusterEnv::detect(&e, 4, 2).unwrap_err();
+        assert!(
+            wrong.to_string().contains("devices=4 x num_nodes=2"),
+            "{wrong}"
+        );
+    }
+
+    #[test]
+    fn slurm_tasks_and_the_first_host() {
+        let e = env(&[
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_PROCID", "2"),
+            ("SLURM_LOCALID", "0"),
+            ("SLURM_NODEID", "1"),
+            ("SLURM_NODELIST", "gpu[007-008],cpu1"),
+            ("SLURM_JOB_ID", "123456"),
+        ]);
+        let c = ClusterEnv::detect(&e, 2, 2).unwrap();
+        assert_eq!(c.kind, ClusterKind::Slurm);
+        assert_eq!((c.rank, c.local_rank, c.node_rank), (2, 0, 1));
+        assert_eq!(c.master_addr, "gpu007");
+        assert_eq!(c.master_port, Some(13456));
+        assert_eq!(first_slurm_host("node1"), "node1");
+        assert_eq!(first_slurm_host("a[1,3],b"), "a1");
+        // an interactive allocation is not a SLURM launch
+        let mut i = e.clone();
+        i.insert("SLURM_JOB_NAME".into(), "bash".into());
+        assert_eq!(
+            ClusterEnv::detect(&i, 2, 2).unwrap().kind,
+            ClusterKind::Local
+        );
     }
 }

@@ -21,15 +21,10 @@ pub enum DistError {
         /// What is wrong with the argument.
         message: String,
     },
-    /// A launcher variable (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`, ...) is missing
-    /// or malformed.
-    #[error("environment variable {name}: {message}")]
-    Env {
-        /// The variable's name.
-        name: &'static str,
-        /// Why it cannot be used.
-        message: String,
-    },
+    /// A launcher variable (`RANK`, `WORLD_SIZE`, `MASTER_PORT`, `SLURM_NTASKS`, ...) is
+    /// missing or malformed.
+    #[error(transparent)]
+    Env(#[from] crate::env::EnvError),
 }
 
 impl DistError {
@@ -37,7 +32,7 @@ impl DistError {
     pub fn op(&self) -> &'static str {
         match self {
             DistError::C10d { op, .. } | DistError::InvalidArgument { op, .. } => op,
-            DistError::Env { .. } => "environment",
+            DistError::Env(_) => "environment",
         }
     }
 }

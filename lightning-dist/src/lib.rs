@@ -6,7 +6,8 @@
 //! - [`ProcessGroup`]: a Gloo (CPU) or NCCL (CUDA) group and its collectives
 //!   (`all_reduce`, `broadcast`, `all_gather`, `barrier`, `broadcast_coalesced`).
 //! - [`Reducer`]: DDP's bucketed gradient averaging, hooked into autograd.
-//! - [`DistEnv`]: the launcher's variables (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...).
+//! - [`ClusterEnv`]: where this process sits in the job (our launcher, `torchrun`, SLURM) and
+//!   the rendezvous store that implies.
 //! - [`ops`]: the few tensor ops tch leaves out (`addcmul_` with `value`, `grad = None`), which
 //!   the optimizers need to run `torch.optim`'s exact kernels; they share the shim's build.
 //!
@@ -23,7 +24,7 @@ mod process_group;
 mod reducer;
 mod store;
 
-pub use env::DistEnv;
+pub use env::{first_slurm_host, ClusterEnv, ClusterKind, Env, EnvError};
 pub use error::{DistError, Result};
 pub use process_group::{
     nccl_build_status, nccl_compiled, Backend, ProcessGroup, ReduceOp, BROADCAST_BUCKET_BYTES,

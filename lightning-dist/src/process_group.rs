@@ -78,7 +78,7 @@ static GROUP_COUNT: AtomicU64 = AtomicU64::new(0);
 /// # Example
 ///
 /// A group of one process (real groups run one process per rank, each with its own `rank`,
-/// joining the store rank 0 hosts; see [`DistEnv`](crate::DistEnv)):
+/// joining the store rank 0 hosts; see [`ClusterEnv`](crate::ClusterEnv)):
 ///
 /// ```
 /// use std::time::Duration;

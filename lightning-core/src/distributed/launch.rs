@@ -2,7 +2,7 @@
 //! the other local ranks, each with its ranks and the rendezvous address in the environment,
 //! and watches them: the job fails when any rank fails, and no child outlives the launcher.
 
-use super::env::ClusterEnv;
+use lightning_dist::ClusterEnv;
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus};
@@ -191,7 +191,7 @@ impl Drop for LocalLaunch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distributed::env::Env;
+    use lightning_dist::Env;
 
     fn sh(script: &str) -> (OsString, Vec<OsString>) {
         ("/bin/sh".into(), vec!["-c".into(), script.into()])

@@ -4,7 +4,7 @@
 
 use super::strategy::{Accelerator, DdpOptions};
 use super::TrainerConfig;
-use crate::distributed::{ClusterEnv, ClusterKind, LocalLaunch};
+use crate::distributed::{ClusterEnv, LocalLaunch};
 use crate::error::{Error, Result};
 use lightning_dist::{ProcessGroup, Reducer, ReducerOptions, Store};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -52,13 +52,7 @@ impl World {
         let port = env.master_port.ok_or_else(|| {
             Error::Config("strategy=\"ddp\": MASTER_PORT is not set for this rank".into())
         })?;
-        let agent = matches!(env.kind, ClusterKind::TorchElastic { agent_store: true });
-        let store = if env.rank == 0 && !agent {
-            Store::server(&env.master_addr, port, env.world_size, opts.timeout)
-        } else {
-            Store::client(&env.master_addr, port, opts.timeout)
-        }
-        .map_err(dist_err)?;
+        let store = env.store(port, opts.timeout).map_err(dist_err)?;
         let pg = match cfg.accelerator.resolve() {
             Accelerator::Cuda => ProcessGroup::nccl(&store, env.rank, env.world_size, opts.timeout),
             _ => ProcessGroup::gloo(&store, env.rank, env.world_size, opts.timeout),

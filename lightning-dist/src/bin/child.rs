@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use lightning_dist::{DistEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions, Store};
+use lightning_dist::{ClusterEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions, Store};
 use tch::{Device, Kind, Tensor};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -39,7 +39,7 @@ fn cpu() -> (Kind, Device) {
 }
 
 /// Every collective on two ranks, and the store between them.
-fn collectives(env: &DistEnv, store: &Store, pg: &ProcessGroup) -> Res<()> {
+fn collectives(env: &ClusterEnv, store: &Store, pg: &ProcessGroup) -> Res<()> {
     let (rank, world) = (env.rank as f32, env.world_size as f32);
     let sum_of_ranks_plus_1: f32 = (1..=env.world_size).map(|r| r as f32).sum();
 
@@ -181,7 +181,7 @@ fn sgd(params: &[Tensor], lr: f64) {
 /// DDP training: `LDIST_STEPS` SGD steps, each over a global batch of 8 rows split into
 /// `LDIST_ACCUM` micro-batches (all but the last under no_sync), each rank taking its
 /// contiguous share of every micro-batch; compared with one process on the full batches.
-fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
+fn ddp(env: &ClusterEnv, pg: &ProcessGroup) -> Res<()> {
     let steps: i64 = env_or("LDIST_STEPS", 5);
     let accum: i64 = env_or("LDIST_ACCUM", 1);
     let find_unused = env_or("LDIST_FIND_UNUSED", 0) == 1;
@@ -275,7 +275,7 @@ fn ddp(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
 }
 
 /// Rank 1 leaves right after joining; rank 0's next collective must fail, not hang.
-fn exit_early(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
+fn exit_early(env: &ClusterEnv, pg: &ProcessGroup) -> Res<()> {
     pg.barrier()?;
     if env.rank != 0 {
         println!("leaving");
@@ -298,7 +298,7 @@ fn exit_early(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
 
 /// Rank 1 stays alive but never joins the collective; rank 0's must fail at the group's
 /// timeout. Rank 1 leaves once rank 0 says it is done (or is gone).
-fn stall(env: &DistEnv, store: &Store, pg: &ProcessGroup) -> Res<()> {
+fn stall(env: &ClusterEnv, store: &Store, pg: &ProcessGroup) -> Res<()> {
     pg.barrier()?;
     if env.rank != 0 {
         let give_up = Instant::now() + Duration::from_secs(30);
@@ -329,7 +329,7 @@ fn stall(env: &DistEnv, store: &Store, pg: &ProcessGroup) -> Res<()> {
 
 /// Gloo on CUDA tensors (the way to run two ranks on a one-GPU machine: NCCL refuses two
 /// ranks on one GPU).
-fn gloo_cuda(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
+fn gloo_cuda(env: &ClusterEnv, pg: &ProcessGroup) -> Res<()> {
     let dev = Device::Cuda(0);
     let rank = env.rank as f32;
     let mut ts = [Tensor::from_slice(&[rank + 1.0, -rank]).to_device(dev)];
@@ -358,9 +358,12 @@ fn gloo_cuda(env: &DistEnv, pg: &ProcessGroup) -> Res<()> {
 
 fn run(scenario: &str) -> Res<()> {
     tch::set_num_threads(1);
-    let env = DistEnv::from_env()?;
+    // The tests start WORLD_SIZE ranks on one node, as a launcher with `LOCAL_RANK` does.
+    let world: usize = env_or("WORLD_SIZE", 0);
+    let env = ClusterEnv::from_process(world, 1)?;
     let timeout = Duration::from_millis(env_or("LDIST_TIMEOUT_MS", 30_000));
-    let store = env.store(timeout)?;
+    let port = env.master_port.ok_or("MASTER_PORT is not set")?;
+    let store = env.store(port, timeout)?;
     let pg = ProcessGroup::gloo(&store, env.rank, env.world_size, timeout)?;
     match scenario {
         "collectives" => collectives(&env, &store, &pg),
