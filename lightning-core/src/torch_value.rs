@@ -427,6 +427,33 @@ mod tests {
         assert_eq!(BigInt::from_le_bytes(&[0]).to_string(), "0");
     }
 
+    fn raw_u16() -> RawTensor {
+        RawTensor {
+            dtype: "uint16".into(),
+            itemsize: 2,
+            storage: Tensor::from_slice(&[1u8, 0, 2, 0, 3, 0, 0xFF, 0xFF]),
+            offset: 1,
+            size: vec![2],
+            stride: vec![2],
+            requires_grad: false,
+        }
+    }
+
+    #[test]
+    fn load_state_dict_names_the_dtype_tch_lacks() {
+        let mut sd = crate::value::Dict::new();
+        let raw = Value::Torch(Box::new(TorchObject::Raw(raw_u16())));
+        sd.insert("w".into(), raw);
+        let e = crate::traverse::state_dict_from_value(&Value::OrderedDict(sd))
+            .err()
+            .expect("a uint16 tensor cannot load");
+        assert!(
+            e.to_string()
+                .contains("state_dict[\"w\"]: a uint16 tensor [2]"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn raw_tensor_reads_strided_uint16_elements() {
         let storage = Tensor::from_slice(&[1u8, 0, 2, 0, 3, 0, 0xFF, 0xFF]);
