@@ -17,6 +17,22 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Runs `script` with the venv's Python and the file path as `sys.argv[1]`; its stdout.
+fn py_stdout(py: &Path, script: &str, file: &Path) -> String {
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}
+
 fn sample(w_scale: f64) -> Value {
     let mut sd = Dict::new();
     let w = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]) * w_scale;
@@ -175,17 +191,8 @@ def walk(x, path):
 walk(ck, "")
 print(json.dumps(rows))
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let expected: Vec<(String, String, Vec<i64>, f64)> =
-        serde_json::from_str(stdout(&out).trim()).unwrap();
+        serde_json::from_str(py_stdout(&py, script, &p).trim()).unwrap();
     let o = run(&["inspect", p.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{o:?}");
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -233,16 +240,7 @@ print(json.dumps({
     "q": [q.q_scale(), q.q_zero_point(), float(q.int_repr().double().sum())],
 }))
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let want: serde_json::Value = serde_json::from_str(py_stdout(&py, script, &p).trim()).unwrap();
     let o = run(&["inspect", p.to_str().unwrap(), "--json", "--values"]);
     assert!(o.status.success(), "{o:?}");
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

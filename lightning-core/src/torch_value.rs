@@ -444,9 +444,9 @@ mod tests {
         let mut sd = crate::value::Dict::new();
         let raw = Value::Torch(Box::new(TorchObject::Raw(raw_u16())));
         sd.insert("w".into(), raw);
-        let e = crate::traverse::state_dict_from_value(&Value::OrderedDict(sd))
-            .err()
-            .expect("a uint16 tensor cannot load");
+        let Err(e) = crate::traverse::state_dict_from_value(&Value::OrderedDict(sd)) else {
+            panic!("a uint16 tensor cannot load");
+        };
         assert!(
             e.to_string()
                 .contains("state_dict[\"w\"]: a uint16 tensor [2]"),
