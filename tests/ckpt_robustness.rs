@@ -77,7 +77,68 @@ fn small_tree() -> Value {
         "t",
         Value::Tuple(vec![Value::None, true.into(), 0.25.into()]),
     );
+    v.insert("odd", odd_values());
     v
+}
+
+/// One of each value the allowlist added (issue 15), so mutations reach their opcodes and
+/// rebuild functions: set, complex, bytes, bytearray, Size, Counter, a big int, `_v3` tensors
+/// (float8, complex32, uint16 as raw bytes), sparse, quantized, meta and a layout.
+fn odd_values() -> Value {
+    use lightning_core::value::{BigInt, QTensor, RawTensor, TorchObject};
+    let obj = |o| Value::Torch(Box::new(o));
+    let mut cnt = Dict::new();
+    cnt.insert("a".into(), 2i64.into());
+    let raw = RawTensor {
+        dtype: "uint16".into(),
+        itemsize: 2,
+        storage: Tensor::from_slice(&[1u8, 0, 0xFF, 0xFF]),
+        offset: 0,
+        size: vec![2],
+        stride: vec![1],
+        requires_grad: false,
+    };
+    let q = QTensor {
+        dtype: "quint8".into(),
+        int_repr: Tensor::from_slice(&[3u8, 5]),
+        qscheme: "per_tensor_affine".into(),
+        params: vec![0.5.into(), 1i64.into()],
+        requires_grad: false,
+    };
+    let sparse = TorchObject::Sparse {
+        layout: "sparse_coo".into(),
+        data: vec![
+            Tensor::from_slice(&[0i64, 1]).reshape([1, 2]).into(),
+            Tensor::from_slice(&[1.5f32, -2.0]).into(),
+            Value::Size(vec![3]),
+            true.into(),
+        ],
+    };
+    Value::List(vec![
+        Value::Set(vec![1i64.into(), "x".into()]),
+        Value::Complex(1.5, -2.0),
+        Value::Bytes(vec![0, 0xFF, b'a']),
+        Value::ByteArray(vec![7]),
+        Value::Size(vec![2, 3]),
+        Value::Counter(cnt),
+        Value::BigInt(BigInt::from_le_bytes(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40])),
+        Tensor::from_slice(&[0.5f32, -2.0])
+            .to_kind(Kind::Float8e4m3fn)
+            .into(),
+        Tensor::from_slice(&[1.0f32, 2.0])
+            .to_kind(Kind::ComplexHalf)
+            .into(),
+        obj(TorchObject::Raw(raw)),
+        obj(TorchObject::Quantized(q)),
+        obj(sparse),
+        obj(TorchObject::Meta {
+            dtype: "float32".into(),
+            size: vec![2, 3],
+            stride: vec![3, 1],
+            requires_grad: false,
+        }),
+        obj(TorchObject::Layout("sparse_csr".into())),
+    ])
 }
 
 fn valid_file(dir: &Path) -> (PathBuf, Vec<u8>, Value) {
@@ -222,7 +283,7 @@ fn python_written_bad_files_give_their_errors() {
     let script = r#"
 import collections
 d = sys.argv[1]
-torch.save({"c": collections.Counter(a=1)}, d + "/counter.ckpt")
+torch.save({"c": collections.defaultdict(int)}, d + "/defaultdict.ckpt")
 torch.save({"w": torch.arange(1000, dtype=torch.float32)}, d + "/good.ckpt")
 b = open(d + "/good.ckpt", "rb").read()
 open(d + "/truncated.ckpt", "wb").write(b[: len(b) // 2])
@@ -235,9 +296,9 @@ print("ok")
         return;
     }
     let p = |n: &str| dir.path().join(n);
-    let e = checkpoint::load(&p("counter.ckpt")).unwrap_err();
+    let e = checkpoint::load(&p("defaultdict.ckpt")).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::DisallowedGlobal { global, .. } if global == "collections.Counter"),
+        matches!(&e, CheckpointError::DisallowedGlobal { global, .. } if global == "collections.defaultdict"),
         "{e}"
     );
     assert_eq!(

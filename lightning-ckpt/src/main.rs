@@ -13,11 +13,18 @@
 //!   "values"?}]}`. Paths join dict keys and list indices with dots
 //! (`optimizer_states.0.state.0.exp_avg`); dtypes use torch's names (`float32`, `bfloat16`);
 //! `sum` is computed in float64; non-finite numbers are the strings `"nan"`, `"inf"`, `"-inf"`;
-//! `values` (with `--values`) is the row-major flattened tensor as float64.
+//! `values` (with `--values`) is the row-major flattened tensor as float64. Complex tensors
+//! give `sum` as `[real, imag]` and `values` as `[real, imag]` pairs; dtypes tch lacks
+//! (`uint16`, `uint32`, `uint64`, `float8_e8m0fnu`) are read from their bytes (`sum` is null
+//! for bit-packed dtypes). Sparse tensors add `"layout"` and `"nnz"` (`sum` over the stored
+//! values; `indices`/`values` with `--values`), quantized ones `"qscheme"` and `"scale"`,
+//! `"zero_point"` (per tensor) or `"scales"`, `"zero_points"`, `"axis"` (per channel), with
+//! `sum` over the integers; meta tensors `"device": "meta"` and no sum or values.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lightning_core::checkpoint::{self, safetensors};
+use lightning_core::torch_value::{dtype_name as torch_dtype, TorchObject};
 use lightning_core::{Key, Value};
 use serde_json::{json, Value as J};
 use std::path::{Path, PathBuf};
@@ -82,19 +89,7 @@ fn load_any(p: &Path) -> Result<Value> {
 
 /// torch's name for a dtype.
 fn dtype_name(k: Kind) -> String {
-    match k {
-        Kind::Double => "float64".into(),
-        Kind::Float => "float32".into(),
-        Kind::Half => "float16".into(),
-        Kind::BFloat16 => "bfloat16".into(),
-        Kind::Int64 => "int64".into(),
-        Kind::Int => "int32".into(),
-        Kind::Int16 => "int16".into(),
-        Kind::Int8 => "int8".into(),
-        Kind::Uint8 => "uint8".into(),
-        Kind::Bool => "bool".into(),
-        other => format!("{other:?}"),
-    }
+    torch_dtype(k).to_owned()
 }
 
 fn num(x: f64) -> J {
@@ -118,6 +113,19 @@ fn num(x: f64) -> J {
 fn to_json(v: &Value) -> J {
     let v = v.rewrite(&mut |x| match x {
         Value::Float(f) if !f.is_finite() => Some(Value::Str(num(*f).as_str()?.to_owned())),
+        Value::BigInt(i) => Some(Value::Str(i.to_string())),
+        Value::Complex(re, im) => {
+            let part = |x: f64| match num(x) {
+                J::String(s) => Value::Str(s),
+                _ => Value::Float(x),
+            };
+            Some(Value::List(vec![part(*re), part(*im)]))
+        }
+        Value::Torch(o) => {
+            let mut o2 = Value::dict();
+            o2.insert("torch", o.describe());
+            Some(o2)
+        }
         Value::Tensor(t) => {
             let mut desc = Value::dict();
             desc.insert("dtype", dtype_name(t.kind()));
@@ -132,17 +140,148 @@ fn to_json(v: &Value) -> J {
     serde_json::to_value(&v).unwrap_or(J::Null)
 }
 
+/// As float64; a complex tensor as its `[..., 2]` real view.
 fn as_f64(t: &Tensor) -> Result<Tensor> {
+    let t = if t.is_complex() {
+        t.f_view_as_real()?
+    } else {
+        t.shallow_clone()
+    };
     Ok(t.f_to_kind(Kind::Double)?)
 }
 
-fn tensor_sum(t: &Tensor) -> Result<f64> {
-    Ok(as_f64(t)?.f_sum(Kind::Double)?.f_double_value(&[])?)
+/// The sum; a complex tensor's as `[real, imag]`.
+fn tensor_sum(t: &Tensor) -> Result<J> {
+    let d = as_f64(t)?;
+    if t.is_complex() {
+        let parts = d
+            .f_view([-1, 2])?
+            .f_sum_dim_intlist(0, false, Kind::Double)?;
+        let v = Vec::<f64>::try_from(&parts)?;
+        return Ok(J::Array(v.into_iter().map(num).collect()));
+    }
+    Ok(num(d.f_sum(Kind::Double)?.f_double_value(&[])?))
 }
 
-fn tensor_values(t: &Tensor) -> Result<Vec<f64>> {
+fn tensor_values(t: &Tensor) -> Result<J> {
     let flat = as_f64(t)?.f_contiguous()?.f_view([-1])?;
-    Ok(Vec::<f64>::try_from(&flat)?)
+    let v = Vec::<f64>::try_from(&flat)?;
+    Ok(if t.is_complex() {
+        J::Array(
+            v.chunks(2)
+                .map(|p| J::Array(p.iter().map(|&x| num(x)).collect()))
+                .collect(),
+        )
+    } else {
+        J::Array(v.into_iter().map(num).collect())
+    })
+}
+
+/// The report row of a dense tch tensor.
+fn dense_row(path: &str, t: &Tensor, values: bool) -> Result<J> {
+    let mut o = json!({
+        "path": path,
+        "dtype": dtype_name(t.kind()),
+        "shape": t.size(),
+        "numel": t.numel(),
+        "sum": tensor_sum(t)?,
+    });
+    if values {
+        o["values"] = tensor_values(t)?;
+    }
+    Ok(o)
+}
+
+/// The report row of a tensor tch has no dense form for.
+fn object_row(path: &str, o: &TorchObject, values: bool) -> Result<Option<J>> {
+    let part = |v: &Value| -> Result<J> {
+        match v {
+            Value::Tensor(t) => dense_row(path, t, values),
+            other => Ok(to_json(other)),
+        }
+    };
+    let row = match o {
+        TorchObject::Raw(r) => {
+            let numel: i64 = r.size.iter().product();
+            let vals = r.to_f64()?;
+            let mut row = json!({
+                "path": path, "dtype": r.dtype, "shape": r.size, "numel": numel,
+                "sum": vals.as_ref().map_or(J::Null, |v| num(v.iter().sum())),
+            });
+            if values {
+                row["values"] =
+                    vals.map_or(J::Null, |v| J::Array(v.into_iter().map(num).collect()));
+            }
+            row
+        }
+        TorchObject::Sparse { layout, data } => {
+            let (idx, vals, size) = if layout == "sparse_coo" {
+                (data.get(..1).unwrap_or(&[]), data.get(1), data.get(2))
+            } else {
+                (data.get(..2).unwrap_or(&[]), data.get(2), data.get(3))
+            };
+            let vt = vals.and_then(Value::as_tensor);
+            let mut row = json!({
+                "path": path, "layout": layout,
+                "dtype": vt.map(|t| dtype_name(t.kind())),
+                "shape": size.map_or(J::Null, to_json),
+                "nnz": vt.map(|t| t.size().first().copied().unwrap_or(0)),
+                "sum": match vt { Some(t) => tensor_sum(t)?, None => J::Null },
+            });
+            if values {
+                row["indices"] = J::Array(idx.iter().map(part).collect::<Result<_>>()?);
+                row["values"] = vals.map(part).transpose()?.unwrap_or(J::Null);
+            }
+            row
+        }
+        TorchObject::Quantized(q) => {
+            let t = &q.int_repr;
+            let mut row = json!({
+                "path": path, "dtype": q.dtype, "qscheme": q.qscheme, "shape": t.size(),
+                "numel": t.numel(), "sum": tensor_sum(t)?,
+            });
+            let names: &[&str] = if q.qscheme.starts_with("per_tensor") {
+                &["scale", "zero_point"]
+            } else {
+                &["scales", "zero_points", "axis"]
+            };
+            for (n, p) in names.iter().zip(&q.params) {
+                row[*n] = match p {
+                    Value::Tensor(t) => tensor_values(t)?,
+                    other => to_json(other),
+                };
+            }
+            if values {
+                row["values"] = tensor_values(t)?;
+            }
+            row
+        }
+        TorchObject::Meta {
+            dtype,
+            size,
+            stride,
+            ..
+        } => json!({
+            "path": path, "device": "meta", "dtype": dtype, "shape": size, "stride": stride,
+            "numel": size.iter().product::<i64>(),
+        }),
+        TorchObject::Nested { parts } => {
+            let buf = parts.first().and_then(Value::as_tensor);
+            let sizes = parts.get(1).and_then(Value::as_tensor);
+            let mut row = json!({
+                "path": path, "layout": "nested",
+                "dtype": buf.map(|t| dtype_name(t.kind())),
+                "tensors": sizes.map(|t| t.size().first().copied().unwrap_or(0)),
+                "sum": match buf { Some(t) => tensor_sum(t)?, None => J::Null },
+            });
+            if values {
+                row["parts"] = J::Array(parts.iter().map(part).collect::<Result<_>>()?);
+            }
+            row
+        }
+        TorchObject::Layout(_) | TorchObject::Global(_) => return Ok(None),
+    };
+    Ok(Some(row))
 }
 
 fn inspect(file: &Path, as_json: bool, values: bool) -> Result<()> {
@@ -152,29 +291,18 @@ fn inspect(file: &Path, as_json: bool, values: bool) -> Result<()> {
     } else {
         "ckpt"
     };
+    let mut all = vec![];
+    leaves(&v, String::new(), &mut all);
     let mut tensors = Vec::new();
-    let mut err = None;
-    v.visit_tensors("", &mut |path, t| {
-        let row = || -> Result<J> {
-            let mut o = json!({
-                "path": path,
-                "dtype": dtype_name(t.kind()),
-                "shape": t.size(),
-                "numel": t.numel(),
-                "sum": num(tensor_sum(t)?),
-            });
-            if values {
-                o["values"] = J::Array(tensor_values(t)?.into_iter().map(num).collect());
-            }
-            Ok(o)
+    for (path, x) in &all {
+        let row = match x {
+            Value::Tensor(t) => Some(dense_row(path, t, values)),
+            Value::Torch(o) => object_row(path, o, values).transpose(),
+            _ => None,
         };
-        match row() {
-            Ok(o) => tensors.push(o),
-            Err(e) => err = err.take().or(Some(e.context(format!("tensor {path}")))),
+        if let Some(row) = row {
+            tensors.push(row.with_context(|| format!("tensor {path}"))?);
         }
-    });
-    if let Some(e) = err {
-        return Err(e);
     }
     let keys: Vec<String> = v
         .as_dict()
@@ -238,6 +366,12 @@ fn convert(input: &Path, output: &Path) -> Result<()> {
     }
     let mut n = 0;
     v.visit_tensors("", &mut |_, _| n += 1);
+    let mut all = vec![];
+    leaves(&v, String::new(), &mut all);
+    n += all
+        .iter()
+        .filter(|(_, x)| matches!(x, Value::Torch(o) if !matches!(**o, TorchObject::Layout(_) | TorchObject::Global(_))))
+        .count();
     println!("wrote {} ({n} tensors)", output.display());
     Ok(())
 }
@@ -252,12 +386,12 @@ fn leaves<'a>(v: &'a Value, prefix: String, out: &mut Vec<(String, &'a Value)>) 
         }
     };
     match v {
-        Value::List(items) | Value::Tuple(items) => {
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
             for (i, x) in items.iter().enumerate() {
                 leaves(x, join(i.to_string()), out);
             }
         }
-        Value::Dict(d) | Value::OrderedDict(d) => {
+        Value::Dict(d) | Value::OrderedDict(d) | Value::Counter(d) => {
             for (k, x) in d {
                 leaves(x, join(k.to_string()), out);
             }

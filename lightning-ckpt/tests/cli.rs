@@ -17,6 +17,22 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Runs `script` with the venv's Python and the file path as `sys.argv[1]`; its stdout.
+fn py_stdout(py: &Path, script: &str, file: &Path) -> String {
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}
+
 fn sample(w_scale: f64) -> Value {
     let mut sd = Dict::new();
     let w = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]) * w_scale;
@@ -175,17 +191,8 @@ def walk(x, path):
 walk(ck, "")
 print(json.dumps(rows))
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let expected: Vec<(String, String, Vec<i64>, f64)> =
-        serde_json::from_str(stdout(&out).trim()).unwrap();
+        serde_json::from_str(py_stdout(&py, script, &p).trim()).unwrap();
     let o = run(&["inspect", p.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{o:?}");
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -205,4 +212,71 @@ print(json.dumps(rows))
             "{path}"
         );
     }
+}
+
+#[test]
+fn inspect_diff_and_convert_handle_dtypes_and_layouts_tch_lacks() {
+    let Some(py) = lightning_rs::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("odd.ckpt");
+    let script = r#"
+import sys, json, torch, warnings
+warnings.filterwarnings("ignore")
+ck = {"u16": torch.tensor([1, 2, 65535]).to(torch.uint16),
+      "c": torch.tensor([1 + 2j, 3 - 1j]),
+      "f8": torch.tensor([0.5, -2.0]).to(torch.float8_e4m3fn),
+      "coo": torch.tensor([[0, 1.5], [2, 0]]).to_sparse(),
+      "q": torch.quantize_per_tensor(torch.tensor([1.0, 2.0]), 0.5, 1, torch.quint8),
+      "m": torch.empty(2, 3, device="meta")}
+torch.save(ck, sys.argv[1])
+q = ck["q"]
+print(json.dumps({
+    "u16": [float(ck["u16"].double().sum())],
+    "c": [ck["c"].sum().real.item(), ck["c"].sum().imag.item()],
+    "f8": [float(ck["f8"].double().sum())],
+    "coo": [ck["coo"]._nnz(), float(ck["coo"]._values().sum())],
+    "q": [q.q_scale(), q.q_zero_point(), float(q.int_repr().double().sum())],
+}))
+"#;
+    let want: serde_json::Value = serde_json::from_str(py_stdout(&py, script, &p).trim()).unwrap();
+    let o = run(&["inspect", p.to_str().unwrap(), "--json", "--values"]);
+    assert!(o.status.success(), "{o:?}");
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = j["tensors"].as_array().unwrap();
+    let row = |path: &str| rows.iter().find(|r| r["path"] == path).unwrap().clone();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(row("u16")["dtype"], "uint16");
+    assert_eq!(row("u16")["sum"], want["u16"][0]);
+    assert_eq!(row("u16")["values"], serde_json::json!([1.0, 2.0, 65535.0]));
+    assert_eq!(row("c")["dtype"], "complex64");
+    assert_eq!(row("c")["sum"], want["c"]);
+    assert_eq!(row("f8")["dtype"], "float8_e4m3fn");
+    assert_eq!(row("f8")["sum"], want["f8"][0]);
+    assert_eq!(row("coo")["layout"], "sparse_coo");
+    assert_eq!(row("coo")["nnz"], want["coo"][0]);
+    assert_eq!(row("coo")["sum"], want["coo"][1]);
+    assert_eq!(row("coo")["shape"], serde_json::json!([2, 2]));
+    assert_eq!(row("q")["qscheme"], "per_tensor_affine");
+    assert_eq!(row("q")["scale"], want["q"][0]);
+    assert_eq!(row("q")["zero_point"], want["q"][1]);
+    assert_eq!(row("q")["sum"], want["q"][2]);
+    assert_eq!(row("m")["device"], "meta");
+    assert!(row("m").get("sum").is_none() && row("m").get("values").is_none());
+
+    let back = dir.path().join("back.ckpt");
+    let o = run(&["convert", p.to_str().unwrap(), back.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let o = run(&["diff", p.to_str().unwrap(), back.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let mut changed = checkpoint::load(&back).unwrap();
+    changed.insert(
+        "c",
+        Tensor::from_slice(&[1.0f32, 2.0]).to_kind(Kind::ComplexFloat),
+    );
+    let changed = save(dir.path(), "changed.ckpt", &changed);
+    let o = run(&["diff", p.to_str().unwrap(), &changed]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("c: max abs diff"), "{}", stdout(&o));
 }

@@ -24,6 +24,7 @@ pub mod lightning_module;
 pub mod optim;
 pub mod precision;
 mod pyfmt;
+pub mod torch_value;
 pub mod trainer;
 pub mod traverse;
 pub mod value;

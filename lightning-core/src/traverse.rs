@@ -443,8 +443,15 @@ pub fn state_dict_from_value(v: &crate::value::Value) -> crate::Result<StateDict
     d.iter()
         .map(|(k, v)| match v {
             crate::value::Value::Tensor(t) => Ok((k.to_string(), t.shallow_clone())),
+            crate::value::Value::Torch(o) => Err(crate::Error::Msg(format!(
+                "state_dict[{:?}]: a {} cannot be loaded into a module (tch has no dense \
+                 tensor of that dtype or layout); convert it in PyTorch first",
+                k.to_string(),
+                o.describe()
+            ))),
             other => Err(crate::Error::Msg(format!(
-                "state_dict[{k:?}]: expected a tensor, found {}",
+                "state_dict[{:?}]: expected a tensor, found {}",
+                k.to_string(),
                 other.type_name()
             ))),
         })

@@ -1,8 +1,10 @@
 //! The dynamic value tree shared by hyperparameters, `hparams.yaml` and checkpoint files.
 //!
 //! A Lightning checkpoint is a pickled Python dict; [`Value`] is the subset of Python values
-//! that `torch.load(weights_only=True)` accepts: `None`, bools, ints, floats, strings, lists,
-//! tuples, dicts (string or int keys, insertion-ordered), `OrderedDict`s and tensors.
+//! that `torch.load(weights_only=True)` accepts: `None`, bools, ints (of any size), floats,
+//! complex numbers, strings, bytes, bytearrays, lists, tuples, sets, dicts (string or int keys,
+//! insertion-ordered), `OrderedDict`s, `Counter`s, `torch.Size`s, tensors, and the torch
+//! objects tch has no type for ([`TorchObject`]).
 
 use indexmap::IndexMap;
 use serde::de::{
@@ -11,6 +13,8 @@ use serde::de::{
 use serde::ser::{self, Serialize, Serializer};
 use std::fmt;
 use tch::Tensor;
+
+pub use crate::torch_value::{BigInt, QTensor, RawTensor, TorchObject};
 
 /// A dict key: Python checkpoints use strings, and ints for optimizer state (`state[0]`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,12 +62,26 @@ pub enum Value {
     None,
     /// Python `bool`.
     Bool(bool),
-    /// Python `int` (checkpoints never need more than 64 bits).
+    /// Python `int` that fits 64 bits.
     Int(i64),
+    /// Python `int` beyond 64 bits.
+    BigInt(BigInt),
     /// Python `float`.
     Float(f64),
+    /// Python `complex` (real, imaginary).
+    Complex(f64, f64),
     /// Python `str`.
     Str(String),
+    /// Python `bytes`.
+    Bytes(Vec<u8>),
+    /// Python `bytearray`.
+    ByteArray(Vec<u8>),
+    /// Python `set`, in the order the file lists its items.
+    Set(Vec<Value>),
+    /// `torch.Size`.
+    Size(Vec<i64>),
+    /// `collections.Counter`.
+    Counter(Dict),
     /// Python `list`.
     List(Vec<Value>),
     /// Python `tuple`.
@@ -72,8 +90,10 @@ pub enum Value {
     Dict(Dict),
     /// `collections.OrderedDict` (what `state_dict()` returns in PyTorch).
     OrderedDict(Dict),
-    /// A tensor (`torch._utils._rebuild_tensor_v2` in the pickle).
+    /// A dense tensor of a dtype tch has (`torch._utils._rebuild_tensor_v2`/`_v3`).
     Tensor(Tensor),
+    /// Any other torch object (a tensor of a dtype or layout tch lacks, a layout, a qscheme).
+    Torch(Box<TorchObject>),
 }
 
 impl Clone for Value {
@@ -83,8 +103,16 @@ impl Clone for Value {
             Value::None => Value::None,
             Value::Bool(b) => Value::Bool(*b),
             Value::Int(i) => Value::Int(*i),
+            Value::BigInt(i) => Value::BigInt(i.clone()),
             Value::Float(x) => Value::Float(*x),
+            Value::Complex(re, im) => Value::Complex(*re, *im),
             Value::Str(s) => Value::Str(s.clone()),
+            Value::Bytes(b) => Value::Bytes(b.clone()),
+            Value::ByteArray(b) => Value::ByteArray(b.clone()),
+            Value::Set(v) => Value::Set(v.clone()),
+            Value::Size(v) => Value::Size(v.clone()),
+            Value::Counter(d) => Value::Counter(d.clone()),
+            Value::Torch(o) => Value::Torch(o.clone()),
             Value::List(v) => Value::List(v.clone()),
             Value::Tuple(v) => Value::Tuple(v.clone()),
             Value::Dict(d) => Value::Dict(d.clone()),
@@ -103,9 +131,23 @@ impl PartialEq for Value {
             (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::Int(a), Value::Int(b)) => a == b,
             (Value::Float(a), Value::Float(b)) => a == b || (a.is_nan() && b.is_nan()),
+            (Value::BigInt(a), Value::BigInt(b)) => a == b,
+            (Value::Complex(a, b), Value::Complex(c, d)) => {
+                let same = |x: &f64, y: &f64| x == y || (x.is_nan() && y.is_nan());
+                same(a, c) && same(b, d)
+            }
             (Value::Str(a), Value::Str(b)) => a == b,
-            (Value::List(a), Value::List(b)) | (Value::Tuple(a), Value::Tuple(b)) => a == b,
-            (Value::Dict(a), Value::Dict(b)) | (Value::OrderedDict(a), Value::OrderedDict(b)) => {
+            (Value::Bytes(a), Value::Bytes(b)) | (Value::ByteArray(a), Value::ByteArray(b)) => {
+                a == b
+            }
+            (Value::Size(a), Value::Size(b)) => a == b,
+            (Value::List(a), Value::List(b))
+            | (Value::Tuple(a), Value::Tuple(b))
+            | (Value::Set(a), Value::Set(b)) => a == b,
+            (Value::Torch(a), Value::Torch(b)) => a == b,
+            (Value::Dict(a), Value::Dict(b))
+            | (Value::OrderedDict(a), Value::OrderedDict(b))
+            | (Value::Counter(a), Value::Counter(b)) => {
                 a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
             }
             (Value::Tensor(a), Value::Tensor(b)) => tensors_equal(a, b),
@@ -120,6 +162,16 @@ pub fn tensors_equal(a: &Tensor, b: &Tensor) -> bool {
         return false;
     }
     let b = b.to_device(a.device());
+    if matches!(
+        a.kind(),
+        tch::Kind::Float8e4m3fn
+            | tch::Kind::Float8e5m2
+            | tch::Kind::Float8e4m3fnuz
+            | tch::Kind::Float8e5m2fnuz
+    ) {
+        // No comparison kernels for float8: compare the values widened (exact).
+        return tensors_equal(&a.to_kind(tch::Kind::Float), &b.to_kind(tch::Kind::Float));
+    }
     if a.is_floating_point() {
         let both_nan = a.isnan().logical_and(&b.isnan());
         a.eq_tensor(&b).logical_or(&both_nan).all().int64_value(&[]) != 0
@@ -134,9 +186,16 @@ impl Value {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
-            Value::Int(_) => "int",
+            Value::Int(_) | Value::BigInt(_) => "int",
             Value::Float(_) => "float",
+            Value::Complex(..) => "complex",
             Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::ByteArray(_) => "bytearray",
+            Value::Set(_) => "set",
+            Value::Size(_) => "torch.Size",
+            Value::Counter(_) => "Counter",
+            Value::Torch(_) => "torch object",
             Value::List(_) => "list",
             Value::Tuple(_) => "tuple",
             Value::Dict(_) => "dict",
@@ -150,18 +209,18 @@ impl Value {
         Value::Dict(Dict::new())
     }
 
-    /// The entries of a `dict` or `OrderedDict`.
+    /// The entries of a `dict`, `OrderedDict` or `Counter`.
     pub fn as_dict(&self) -> Option<&Dict> {
         match self {
-            Value::Dict(d) | Value::OrderedDict(d) => Some(d),
+            Value::Dict(d) | Value::OrderedDict(d) | Value::Counter(d) => Some(d),
             _ => None,
         }
     }
 
-    /// Mutable entries of a `dict` or `OrderedDict`.
+    /// Mutable entries of a `dict`, `OrderedDict` or `Counter`.
     pub fn as_dict_mut(&mut self) -> Option<&mut Dict> {
         match self {
-            Value::Dict(d) | Value::OrderedDict(d) => Some(d),
+            Value::Dict(d) | Value::OrderedDict(d) | Value::Counter(d) => Some(d),
             _ => None,
         }
     }
@@ -248,8 +307,20 @@ impl Value {
         }
     }
 
-    /// Calls `f` for every tensor in the tree with its dotted path, depth first in order.
+    /// Calls `f` for every dense tensor in the tree with its dotted path, depth first in order
+    /// (the tensors inside [`TorchObject`]s are not visited; see [`Value::visit_all_tensors`]).
     pub fn visit_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.visit(prefix, false, f)
+    }
+
+    /// [`Value::visit_tensors`], and also the tensors inside [`TorchObject`]s (a sparse
+    /// tensor's indices and values, a quantized tensor's integers, a raw tensor's storage
+    /// bytes), at `path.part`: every tensor a save writes.
+    pub fn visit_all_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.visit(prefix, true, f)
+    }
+
+    fn visit(&self, prefix: &str, inner: bool, f: &mut dyn FnMut(&str, &Tensor)) {
         let join = |k: &dyn fmt::Display| {
             if prefix.is_empty() {
                 k.to_string()
@@ -259,14 +330,19 @@ impl Value {
         };
         match self {
             Value::Tensor(t) => f(prefix, t),
-            Value::List(v) | Value::Tuple(v) => {
+            Value::List(v) | Value::Tuple(v) | Value::Set(v) => {
                 for (i, x) in v.iter().enumerate() {
-                    x.visit_tensors(&join(&i), f);
+                    x.visit(&join(&i), inner, f);
                 }
             }
-            Value::Dict(d) | Value::OrderedDict(d) => {
+            Value::Dict(d) | Value::OrderedDict(d) | Value::Counter(d) => {
                 for (k, x) in d {
-                    x.visit_tensors(&join(k), f);
+                    x.visit(&join(k), inner, f);
+                }
+            }
+            Value::Torch(o) if inner => {
+                for (name, x) in o.inner_tensors() {
+                    x.visit(&join(&name), inner, f);
                 }
             }
             _ => {}
@@ -351,6 +427,10 @@ impl Value {
             Value::OrderedDict(d) => {
                 Value::OrderedDict(d.iter().map(|(k, x)| (k.clone(), x.rewrite(f))).collect())
             }
+            Value::Set(v) => Value::Set(v.iter().map(|x| x.rewrite(f)).collect()),
+            Value::Counter(d) => {
+                Value::Counter(d.iter().map(|(k, x)| (k.clone(), x.rewrite(f))).collect())
+            }
             leaf => leaf.clone(),
         }
     }
@@ -407,11 +487,16 @@ impl<'de> Deserialize<'de> for Key {
 /// | `None` | unit (`null`) | unit / none (`null`, `~`, an empty YAML document) |
 /// | `Bool` | bool | bool |
 /// | `Int` | i64 | i64, and u64 up to `i64::MAX` |
+/// | `BigInt` | i128 when it fits, else its decimal string | never produced |
 /// | `Float` | f64: serde_json writes non-finite floats as `null` (JSON has none; callers that must not lose them check first), YAML as `.nan`/`.inf`/`-.inf` | f64, and integers beyond i64 (u64/i128/u128, as JSON parsers read them) |
+/// | `Complex` | a pair `[re, im]` | never produced |
 /// | `Str` | str | str |
+/// | `Bytes`, `ByteArray` | sequence of ints (0-255) | never produced |
+/// | `Set`, `Size` | sequence | never produced |
+/// | `Counter` | map | never produced |
 /// | `List`, `Tuple` | sequence | sequence, always as a `List` |
 /// | `Dict`, `OrderedDict` | map in insertion order, keys as [`Key`] says (int keys stay ints in YAML, become strings in JSON) | map, always as a `Dict`, in document order (a repeated key keeps its first position and its last value, as Python's loaders do) |
-/// | `Tensor` | an error: text formats have no tensor form (use [`Value::rewrite`] with [`tensor_placeholder`] or a report of your own first) | never produced |
+/// | `Tensor`, `Torch` | an error: text formats have no tensor form (use [`Value::rewrite`] with [`tensor_placeholder`] or a report of your own first) | never produced |
 ///
 /// A YAML tag (`!tag value`) is dropped and its content kept.
 impl Serialize for Value {
@@ -420,10 +505,21 @@ impl Serialize for Value {
             Value::None => s.serialize_unit(),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Int(i) => s.serialize_i64(*i),
+            Value::BigInt(i) => match i.to_i128() {
+                Some(v) => s.serialize_i128(v),
+                None => s.serialize_str(&i.to_string()),
+            },
             Value::Float(x) => s.serialize_f64(*x),
+            Value::Complex(re, im) => s.collect_seq([re, im]),
             Value::Str(v) => s.serialize_str(v),
-            Value::List(items) | Value::Tuple(items) => s.collect_seq(items),
-            Value::Dict(d) | Value::OrderedDict(d) => s.collect_map(d),
+            Value::Bytes(b) | Value::ByteArray(b) => s.collect_seq(b),
+            Value::Size(v) => s.collect_seq(v),
+            Value::List(items) | Value::Tuple(items) | Value::Set(items) => s.collect_seq(items),
+            Value::Dict(d) | Value::OrderedDict(d) | Value::Counter(d) => s.collect_map(d),
+            Value::Torch(o) => Err(ser::Error::custom(format!(
+                "a {} has no serde form",
+                o.describe()
+            ))),
             Value::Tensor(t) => Err(ser::Error::custom(format!(
                 "a tensor ({:?} {:?}) has no serde form",
                 t.kind(),

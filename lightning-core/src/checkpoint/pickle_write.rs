@@ -1,6 +1,7 @@
 //! Protocol-2 pickle emitter for [`Value`] trees, using only the opcodes and globals that
 //! `torch.load(weights_only=True)` accepts (DESIGN §3), laid out as `torch.save` does.
 
+use crate::torch_value::TorchObject;
 use crate::value::{Key, Value};
 use std::collections::HashMap;
 use tch::Tensor;
@@ -11,8 +12,11 @@ pub const MAX_DEPTH: usize = 100;
 /// Where a tensor's data lives in the archive: the persistent id and the view's geometry.
 #[derive(Clone, Debug)]
 pub struct TensorRef {
-    /// Storage class name in module `torch` (`FloatStorage`, ...).
+    /// Storage class name: in module `torch` (`FloatStorage`, ...), or `UntypedStorage` (in
+    /// `torch.storage`) when `v3_dtype` is set.
     pub storage_type: &'static str,
+    /// The dtype, for tensors written through `_rebuild_tensor_v3` (no legacy storage class).
+    pub v3_dtype: Option<&'static str>,
     /// Record key under `data/`.
     pub key: String,
     /// Elements in the whole storage.
@@ -244,30 +248,221 @@ impl Emitter<'_> {
             }
             Value::Tensor(t) => {
                 let r = (self.tensor)(t).map_err(|e| format!("{at}: {e}"))?;
-                self.global("torch._utils", "_rebuild_tensor_v2");
-                self.out.extend_from_slice(&[MARK, MARK]);
-                self.memoized("s:storage", |out| {
-                    out.push(BINUNICODE);
-                    out.extend_from_slice(&7u32.to_le_bytes());
-                    out.extend_from_slice(b"storage");
-                });
-                self.global("torch", r.storage_type);
-                self.str(&r.key)?;
-                self.memoized("s:cpu", |out| {
-                    out.push(BINUNICODE);
-                    out.extend_from_slice(&3u32.to_le_bytes());
-                    out.extend_from_slice(b"cpu");
-                });
-                self.int(r.storage_numel);
-                self.out.extend_from_slice(&[TUPLE, BINPERSID]);
+                let v3 = r.v3_dtype;
+                let f = if v3.is_some() {
+                    "_rebuild_tensor_v3"
+                } else {
+                    "_rebuild_tensor_v2"
+                };
+                self.global("torch._utils", f);
+                self.out.push(MARK);
+                self.persistent_id(&r)?;
                 self.int(r.offset);
                 self.tuple_of_ints(&r.size);
                 self.tuple_of_ints(&r.stride);
                 self.out.push(NEWFALSE);
                 self.ordered_dict_new();
+                if let Some(d) = v3 {
+                    self.global("torch", d);
+                }
                 self.out.extend_from_slice(&[TUPLE, REDUCE]);
             }
+            Value::BigInt(i) => {
+                let b = i.le_bytes();
+                let n = u8::try_from(b.len()).map_err(|_| {
+                    format!(
+                        "{at}: an int of {} bytes (torch reads at most 255)",
+                        b.len()
+                    )
+                })?;
+                self.out.extend_from_slice(&[LONG1, n]);
+                self.out.extend_from_slice(b);
+            }
+            Value::Complex(re, im) => {
+                self.global("__builtin__", "complex");
+                for x in [re, im] {
+                    self.out.push(BINFLOAT);
+                    self.out.extend_from_slice(&x.to_be_bytes());
+                }
+                self.out.extend_from_slice(&[TUPLE2, REDUCE]);
+            }
+            Value::Bytes(b) => self.bytes(b)?,
+            Value::ByteArray(b) => {
+                self.global("__builtin__", "bytearray");
+                self.bytes(b)?;
+                self.out.extend_from_slice(&[TUPLE1, REDUCE]);
+            }
+            Value::Size(dims) => {
+                self.global("torch", "Size");
+                self.tuple_of_ints(dims);
+                self.out.extend_from_slice(&[TUPLE1, REDUCE]);
+            }
+            Value::Set(items) => {
+                self.global("__builtin__", "set");
+                self.value(&Value::List(items.clone()), at, depth)?;
+                self.out.extend_from_slice(&[TUPLE1, REDUCE]);
+            }
+            Value::Counter(d) => {
+                self.global("collections", "Counter");
+                self.value(&Value::Dict(d.clone()), at, depth)?;
+                self.out.extend_from_slice(&[TUPLE1, REDUCE]);
+            }
+            Value::Torch(o) => self.torch_object(o, at, depth)?,
         }
+        Ok(())
+    }
+
+    /// `_codecs.encode(text, "latin1")`: how protocol 2 pickles `bytes`.
+    fn bytes(&mut self, b: &[u8]) -> Result<(), String> {
+        self.global("_codecs", "encode");
+        let text: String = b.iter().map(|&c| char::from(c)).collect();
+        self.str(&text)?;
+        self.str("latin1")?;
+        self.out.extend_from_slice(&[TUPLE2, REDUCE]);
+        Ok(())
+    }
+
+    /// `('storage', <storage class>, key, 'cpu', numel)` BINPERSID.
+    fn persistent_id(&mut self, r: &TensorRef) -> Result<(), String> {
+        self.out.push(MARK);
+        self.memoized("s:storage", |out| {
+            out.push(BINUNICODE);
+            out.extend_from_slice(&7u32.to_le_bytes());
+            out.extend_from_slice(b"storage");
+        });
+        if r.v3_dtype.is_some() {
+            self.global("torch.storage", "UntypedStorage");
+        } else {
+            self.global("torch", r.storage_type);
+        }
+        self.str(&r.key)?;
+        self.memoized("s:cpu", |out| {
+            out.push(BINUNICODE);
+            out.extend_from_slice(&3u32.to_le_bytes());
+            out.extend_from_slice(b"cpu");
+        });
+        self.int(r.storage_numel);
+        self.out.extend_from_slice(&[TUPLE, BINPERSID]);
+        Ok(())
+    }
+
+    fn bool(&mut self, b: bool) {
+        self.out.push(if b { NEWTRUE } else { NEWFALSE });
+    }
+
+    /// `f(*args)` with `f` a `torch._utils` rebuild function.
+    fn call_rebuild(
+        &mut self,
+        f: &str,
+        args: &[&Value],
+        at: &str,
+        depth: usize,
+    ) -> Result<(), String> {
+        self.global("torch._utils", f);
+        self.out.push(MARK);
+        for a in args {
+            self.value(a, at, depth + 1)?;
+        }
+        self.out.extend_from_slice(&[TUPLE, REDUCE]);
+        Ok(())
+    }
+
+    fn layout(&mut self, name: &str) -> Result<(), String> {
+        self.global("torch.serialization", "_get_layout");
+        self.str(&format!("torch.{name}"))?;
+        self.out.extend_from_slice(&[TUPLE1, REDUCE]);
+        Ok(())
+    }
+
+    fn torch_object(&mut self, o: &TorchObject, at: &str, depth: usize) -> Result<(), String> {
+        match o {
+            TorchObject::Raw(raw) => {
+                let mut r = (self.tensor)(&raw.storage).map_err(|e| format!("{at}: {e}"))?;
+                let w = raw.itemsize as i64;
+                if r.offset % w != 0 || r.storage_numel % w != 0 {
+                    return Err(format!(
+                        "{at}: {} storage is not element-aligned",
+                        raw.dtype
+                    ));
+                }
+                self.global("torch._utils", "_rebuild_tensor_v3");
+                self.out.push(MARK);
+                r.v3_dtype = Some("uint8");
+                self.persistent_id(&r)?;
+                self.int(raw.offset + r.offset / w);
+                self.tuple_of_ints(&raw.size);
+                self.tuple_of_ints(&raw.stride);
+                self.bool(raw.requires_grad);
+                self.ordered_dict_new();
+                self.dtype(&raw.dtype, at)?;
+                self.out.extend_from_slice(&[TUPLE, REDUCE]);
+            }
+            TorchObject::Quantized(q) => {
+                let mut r = (self.tensor)(&q.int_repr).map_err(|e| format!("{at}: {e}"))?;
+                r.storage_type = crate::checkpoint::pickle_read::quantized_storage_name(&q.dtype)
+                    .ok_or_else(|| {
+                    format!("{at}: quantized dtype {} has no storage", q.dtype)
+                })?;
+                self.global("torch._utils", "_rebuild_qtensor");
+                self.out.push(MARK);
+                self.persistent_id(&r)?;
+                self.int(r.offset);
+                self.tuple_of_ints(&r.size);
+                self.tuple_of_ints(&r.stride);
+                self.out.push(MARK);
+                let scheme = crate::checkpoint::pickle_read::qscheme_name(&q.qscheme)
+                    .ok_or_else(|| format!("{at}: unknown qscheme {}", q.qscheme))?;
+                self.global("torch", scheme);
+                for p in &q.params {
+                    self.value(p, at, depth + 1)?;
+                }
+                self.out.push(TUPLE);
+                self.bool(q.requires_grad);
+                self.ordered_dict_new();
+                self.out.extend_from_slice(&[TUPLE, REDUCE]);
+            }
+            TorchObject::Sparse { layout, data } => {
+                self.global("torch._utils", "_rebuild_sparse_tensor");
+                self.layout(layout)?;
+                self.value(&Value::Tuple(data.clone()), at, depth + 1)?;
+                self.out.extend_from_slice(&[TUPLE2, REDUCE]);
+            }
+            TorchObject::Meta {
+                dtype,
+                size,
+                stride,
+                requires_grad,
+            } => {
+                self.global("torch._utils", "_rebuild_meta_tensor_no_storage");
+                self.out.push(MARK);
+                self.dtype(dtype, at)?;
+                self.tuple_of_ints(size);
+                self.tuple_of_ints(stride);
+                self.bool(*requires_grad);
+                self.out.extend_from_slice(&[TUPLE, REDUCE]);
+            }
+            TorchObject::Nested { parts } => {
+                let args: Vec<&Value> = parts.iter().collect();
+                self.call_rebuild("_rebuild_nested_tensor", &args, at, depth)?;
+            }
+            TorchObject::Layout(l) => self.layout(l)?,
+            TorchObject::Global(g) => {
+                let (m, n) = g
+                    .rsplit_once('.')
+                    .filter(|(m, n)| crate::checkpoint::pickle_read::is_allowed(m, n))
+                    .ok_or_else(|| format!("{at}: global {g} is not allowlisted"))?;
+                self.global(m, n);
+            }
+        }
+        Ok(())
+    }
+
+    /// A dtype global (`torch.uint16`), checked against the allowlist.
+    fn dtype(&mut self, name: &str, at: &str) -> Result<(), String> {
+        if !crate::checkpoint::pickle_read::is_allowed("torch", name) {
+            return Err(format!("{at}: unknown dtype {name}"));
+        }
+        self.global("torch", name);
         Ok(())
     }
 }

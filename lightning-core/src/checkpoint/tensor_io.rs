@@ -6,6 +6,7 @@ use super::pickle_read::storage_type_name;
 use super::pickle_write::TensorRef;
 use super::zip_io::ZipReader;
 use super::CheckpointError;
+use crate::torch_value::{dtype_name, DTYPES};
 use crate::value::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -111,7 +112,7 @@ impl StoragePlan {
     pub fn new(v: &Value) -> Result<Self, String> {
         let mut plan = StoragePlan::default();
         let mut err = None;
-        v.visit_tensors("", &mut |path, t| {
+        v.visit_all_tensors("", &mut |path, t| {
             if err.is_some() {
                 return;
             }
@@ -127,9 +128,9 @@ impl StoragePlan {
 
     fn add(&mut self, t: &Tensor) -> Result<(), String> {
         let kind = t.f_kind().map_err(|e| e.to_string())?;
-        if storage_type_name(kind).is_none() {
+        if storage_type_name(kind).is_none() && !DTYPES.iter().any(|d| d.2 == Some(kind)) {
             return Err(format!(
-                "dtype {kind:?} has no torch storage type (supported: f64, f32, f16, bf16, i64, i32, i16, i8, u8, bool)"
+                "dtype {kind:?} cannot be saved (torch has no such dtype)"
             ));
         }
         let g = geometry(t)?;
@@ -163,11 +164,22 @@ impl StoragePlan {
             .get(&g.id)
             .map(|&i| &self.storages[i])
             .ok_or("tensor was not planned")?;
-        let storage_type = storage_type_name(s.kind).ok_or("unsupported dtype")?;
+        let numel = s.end - s.start;
+        // Dtypes without a legacy storage class (float8, complex32) go through
+        // `_rebuild_tensor_v3` over an untyped storage, sized in bytes.
+        let (storage_type, v3_dtype, storage_numel) = match storage_type_name(s.kind) {
+            Some(name) => (name, None, numel),
+            None => (
+                "UntypedStorage",
+                Some(dtype_name(s.kind)),
+                numel * s.kind.elt_size_in_bytes() as i64,
+            ),
+        };
         Ok(TensorRef {
             storage_type,
+            v3_dtype,
             key: s.key.clone(),
-            storage_numel: s.end - s.start,
+            storage_numel,
             offset: if t.numel() == 0 {
                 0
             } else {

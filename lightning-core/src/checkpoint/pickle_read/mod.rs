@@ -6,6 +6,7 @@
 //! the value tree) by a budget proportional to the pickle's length.
 
 use super::CheckpointError;
+use crate::torch_value::{BigInt, TorchObject};
 use crate::value::{Dict, Key, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,10 @@ const MAX_DIMS: usize = 64;
 mod globals;
 mod rebuild;
 
-pub use globals::storage_type_name;
-use globals::{resolve_global, Glob};
+pub use globals::{
+    allowed_globals, is_allowed, qscheme_name, quantized_storage_name, storage_type_name,
+};
+use globals::{resolve_global, Glob, StorageClass};
 
 type Id = usize;
 
@@ -29,17 +32,23 @@ enum Node {
     None,
     Bool(bool),
     Int(i64),
+    BigInt(BigInt),
     Float(f64),
+    Complex(f64, f64),
     Str(String),
-    Bytes(usize),
+    Bytes(Vec<u8>),
+    ByteArray(Vec<u8>),
     List(Vec<Id>),
     Tuple(Vec<Id>),
     Dict(Vec<(Id, Id)>),
     OrderedDict(Vec<(Id, Id)>),
+    Counter(Vec<(Id, Id)>),
     Set(Vec<Id>),
+    Size(Vec<i64>),
     Global(Glob),
-    Storage(Kind, Tensor),
+    Storage(&'static StorageClass, Tensor),
     Tensor(Tensor),
+    Obj(TorchObject),
 }
 
 impl Node {
@@ -47,10 +56,15 @@ impl Node {
         match self {
             Node::None => "None",
             Node::Bool(_) => "bool",
-            Node::Int(_) => "int",
+            Node::Int(_) | Node::BigInt(_) => "int",
             Node::Float(_) => "float",
+            Node::Complex(..) => "complex",
             Node::Str(_) => "str",
             Node::Bytes(_) => "bytes",
+            Node::ByteArray(_) => "bytearray",
+            Node::Counter(_) => "Counter",
+            Node::Size(_) => "torch.Size",
+            Node::Obj(_) => "torch object",
             Node::List(_) => "list",
             Node::Tuple(_) => "tuple",
             Node::Dict(_) => "dict",
@@ -74,7 +88,7 @@ struct Vm<'a, 'b> {
     stack: Vec<Id>,
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
-    storages: HashMap<String, (Kind, Tensor)>,
+    storages: HashMap<String, (&'static StorageClass, Tensor)>,
     /// Elements that may still be copied (memo references make copies cheap to request).
     budget: std::cell::Cell<usize>,
     load: &'a mut StorageFn<'b>,
@@ -219,7 +233,7 @@ impl Vm<'_, '_> {
     fn len_of(&self, id: Id) -> usize {
         match &self.arena[id] {
             Node::List(v) | Node::Tuple(v) | Node::Set(v) => v.len(),
-            Node::Dict(v) | Node::OrderedDict(v) => v.len(),
+            Node::Dict(v) | Node::OrderedDict(v) | Node::Counter(v) => v.len(),
             _ => 0,
         }
     }
@@ -285,7 +299,7 @@ impl Vm<'_, '_> {
         }
         let pairs = items.chunks(2).map(|p| (p[0], p[1]));
         match &mut self.arena[target] {
-            Node::Dict(v) | Node::OrderedDict(v) => {
+            Node::Dict(v) | Node::OrderedDict(v) | Node::Counter(v) => {
                 v.extend(pairs);
                 Ok(())
             }
@@ -343,19 +357,11 @@ impl Vm<'_, '_> {
                     } else {
                         self.u32()? as usize
                     };
-                    let b = self.take(n)?;
-                    if n > 8 {
-                        return Err(self.err(format!("integer of {n} bytes exceeds 64 bits")));
+                    let big = BigInt::from_le_bytes(self.take(n)?);
+                    match big.to_i128().and_then(|v| i64::try_from(v).ok()) {
+                        Some(v) => self.push(Node::Int(v)),
+                        None => self.push(Node::BigInt(big)),
                     }
-                    let v = if n == 0 {
-                        0
-                    } else {
-                        let fill = if b[n - 1] & 0x80 != 0 { 0xFF } else { 0 };
-                        let mut a = [fill; 8];
-                        a[..n].copy_from_slice(b);
-                        i64::from_le_bytes(a)
-                    };
-                    self.push(Node::Int(v));
                 }
                 b'I' | b'L' => {
                     let s = self.line()?;
@@ -412,8 +418,8 @@ impl Vm<'_, '_> {
                         _ => self.u64()?,
                     };
                     let n = usize::try_from(n).map_err(|_| self.err("bytes length overflow"))?;
-                    self.take(n)?;
-                    self.push(Node::Bytes(n));
+                    let b = self.take(n)?.to_vec();
+                    self.push(Node::Bytes(b));
                 }
                 b')' => self.push(Node::Tuple(vec![])),
                 b't' => {
