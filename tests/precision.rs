@@ -31,23 +31,29 @@ fn parses_lightning_spellings() {
     assert!(Precision::Bf16Mixed.grad_scaler().is_none());
 }
 
+/// Mixed precision autocasts on the device the step runs on, CPU included (never a silent
+/// f32 run), and restores f32 after.
 #[test]
-fn autocast_uses_the_precision_dtype_on_gpu() {
-    if !tch::Cuda::is_available() {
-        println!("SKIP: no CUDA GPU; autocast dtype not checked");
-        return;
+fn autocast_uses_the_precision_dtype_on_cpu_and_gpu() {
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    } else {
+        println!("SKIP (CUDA part): no CUDA GPU; autocast checked on the CPU only");
     }
-    let a = Tensor::ones([8, 8], (Kind::Float, Device::Cuda(0)));
-    for (p, kind) in [
-        (Precision::F16Mixed, Kind::Half),
-        (Precision::Bf16Mixed, Kind::BFloat16),
-        (Precision::F32, Kind::Float),
-    ] {
-        let y = p.autocast(|| a.matmul(&a));
-        assert_eq!(y.kind(), kind, "{p}");
+    for device in devices {
+        let a = Tensor::ones([8, 8], (Kind::Float, device));
+        for (p, kind) in [
+            (Precision::F16Mixed, Kind::Half),
+            (Precision::Bf16Mixed, Kind::BFloat16),
+            (Precision::F32, Kind::Float),
+        ] {
+            let y = p.autocast(device, || a.matmul(&a)).expect("autocast");
+            assert_eq!(y.kind(), kind, "{p} on {device:?}");
+        }
+        // Outside autocast, back to f32.
+        assert_eq!(a.matmul(&a).kind(), Kind::Float);
     }
-    // Outside autocast, back to f32.
-    assert_eq!(a.matmul(&a).kind(), Kind::Float);
 }
 
 const SCRIPT: &str = r#"

@@ -355,46 +355,71 @@ fn model_checkpoint_every_n_steps_then_last_and_best_resume_exactly() {
     assert_same(&final_state(&m3, &mut t3, dir.path()), &want);
 }
 
-#[test]
-fn mixed_precision_scaler_state_is_saved_and_resumed_exactly() {
-    let _serial = trainer_util::serial();
-    let dir = tempfile::tempdir().unwrap();
-    let run = |epochs: i64, resume: Option<&Path>| {
-        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
-        let mut t = builder(dir.path())
-            .max_epochs(epochs)
-            .precision("16-mixed")
-            .gradient_clip_val(0.5)
-            .enable_checkpointing(false)
-            .build()
-            .unwrap();
-        t.fit(&mut m, &data(80, 8, true), resume.map(CkptPath::from))
-            .unwrap();
-        final_state(&m, &mut t, dir.path())
-    };
-    let want = run(3, None);
-    let scaler = want
-        .get("MixedPrecision")
-        .expect("scaler state under Lightning's key");
-    assert_eq!(scaler.get("scale").and_then(Value::as_f64), Some(65536.0));
-    assert_eq!(
-        scaler.get("_growth_tracker").and_then(Value::as_i64),
-        Some(24)
-    );
-    let mid = dir.path().join("mid.ckpt");
-    let (mut m1, _vs1) = Tiny::new(TinyHp::default(), 5);
-    let mut t1 = builder(dir.path())
-        .max_epochs(1)
-        .precision("16-mixed")
+/// A run of `epochs` at `precision` (gradient clipping on), optionally resumed from `resume`.
+fn precision_run(dir: &Path, precision: &str, epochs: i64, resume: Option<&Path>) -> Value {
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+    let mut t = builder(dir)
+        .max_epochs(epochs)
+        .precision(precision)
         .gradient_clip_val(0.5)
         .enable_checkpointing(false)
         .build()
         .unwrap();
-    t1.fit(&mut m1, &data(80, 8, true), None).unwrap();
-    t1.save_checkpoint(&m1, &mid, false).unwrap();
-    let got = run(3, Some(&mid));
+    t.fit(&mut m, &data(80, 8, true), resume.map(CkptPath::from))
+        .unwrap();
+    final_state(&m, &mut t, dir)
+}
+
+/// 3 epochs straight equal 1 epoch, a checkpoint, and a resume to 3, bit for bit.
+fn resumes_exactly_at(dir: &Path, precision: &str) -> Value {
+    let want = precision_run(dir, precision, 3, None);
+    let mid = dir.join("mid.ckpt");
+    std::fs::rename(dir.join("final.ckpt"), &mid).unwrap();
+    precision_run(dir, precision, 1, None);
+    std::fs::rename(dir.join("final.ckpt"), &mid).unwrap();
+    let got = precision_run(dir, precision, 3, Some(&mid));
     assert_same(&got, &want);
+    want
+}
+
+#[test]
+fn mixed_precision_scaler_state_is_saved_and_resumed_exactly() {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    // On the CPU too, "16-mixed" autocasts to f16 and scales the loss.
+    let want = resumes_exactly_at(dir.path(), "16-mixed");
+    let scaler = want
+        .get("MixedPrecision")
+        .expect("scaler state under Lightning's key");
+    // f16 gradients overflow at the initial scale 65536 here (f32 ones never do): the scaler
+    // backed off, so the step really ran in f16 and skipped the overflowing steps.
+    let scale = scaler.get("scale").and_then(Value::as_f64).unwrap();
+    assert!(
+        scale < 65536.0 && scale.log2().fract() == 0.0,
+        "scale {scale}"
+    );
+    let tracker = scaler
+        .get("_growth_tracker")
+        .and_then(Value::as_i64)
+        .unwrap();
+    assert!((0..2000).contains(&tracker), "growth tracker {tracker}");
     assert!(Trainer::builder().precision("8-bit").build().is_err());
+}
+
+/// "bf16-mixed" on the CPU autocasts (it used to train in f32 without saying so): its weights
+/// differ from a "32-true" run's and from a "16-mixed" run's, and it resumes exactly.
+#[test]
+fn bf16_mixed_autocasts_on_the_cpu_and_resumes_exactly() {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let bf16 = resumes_exactly_at(dir.path(), "bf16-mixed");
+    assert!(bf16.get("MixedPrecision").is_none(), "bf16 has no scaler");
+    let sd = |v: &Value| v.get("state_dict").cloned().unwrap();
+    let f32_run = precision_run(dir.path(), "32-true", 3, None);
+    assert_ne!(sd(&bf16), sd(&f32_run), "bf16-mixed trained in f32");
+    let f16_run = precision_run(dir.path(), "16-mixed", 3, None);
+    assert_ne!(sd(&bf16), sd(&f16_run), "bf16-mixed trained in f16");
+    assert_ne!(sd(&f16_run), sd(&f32_run), "16-mixed trained in f32");
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub enum Error {
     /// The precision setting is not one Lightning knows (`"fp8"`, ...).
     #[error(transparent)]
     Precision(#[from] crate::precision::PrecisionError),
+    /// The precision's autocast is not available on the trainer's device.
+    #[error(transparent)]
+    Autocast(#[from] crate::precision::AutocastError),
     /// A checkpoint could not be written; nothing on disk was replaced or deleted.
     #[error("saving checkpoint {}: {source}", path.display())]
     Save {

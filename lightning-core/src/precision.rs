@@ -5,7 +5,7 @@ use crate::optim::{OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
 use std::fmt;
 use std::str::FromStr;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// A bad `precision` string.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +13,18 @@ use tch::{Kind, Tensor};
 pub struct PrecisionError {
     /// What was given.
     pub given: String,
+}
+
+/// Autocast could not be entered for a device (one libtorch has no autocast for).
+#[derive(Debug, thiserror::Error)]
+#[error("precision {precision}: cannot autocast on {device:?}: {message}")]
+pub struct AutocastError {
+    /// The trainer's precision.
+    pub precision: Precision,
+    /// The device the step runs on.
+    pub device: Device,
+    /// libtorch's reason.
+    pub message: String,
 }
 
 /// Training precision (Lightning's `Trainer(precision=...)`).
@@ -69,18 +81,6 @@ impl fmt::Display for Precision {
     }
 }
 
-// libtorch's autocast dtype setter/getter (not wrapped by tch; `c10::DeviceType` and
-// `c10::ScalarType` are `enum class : int8_t`).
-extern "C" {
-    #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-    fn at_set_autocast_dtype(device_type: i8, dtype: i8);
-    #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
-    fn at_get_autocast_dtype(device_type: i8) -> i8;
-}
-const DEVICE_CUDA: i8 = 1;
-const SCALAR_HALF: i8 = 5;
-const SCALAR_BFLOAT16: i8 = 15;
-
 impl Precision {
     /// The autocast dtype, if this is a mixed mode.
     pub fn autocast_kind(&self) -> Option<Kind> {
@@ -91,32 +91,31 @@ impl Precision {
         }
     }
 
-    /// Runs `f` (a forward pass) under CUDA autocast with this precision's dtype. `"32"` and
-    /// machines without CUDA run `f` unchanged (tch's autocast covers CUDA only).
+    /// Runs `f` (a forward pass) under autocast to this precision's dtype on `device`'s type,
+    /// as Lightning's `MixedPrecision` plugin does with `torch.autocast(device, dtype)`: on
+    /// CUDA and on the CPU (where `"16-mixed"` autocasts to f16 with a gradient scaler, and
+    /// `"bf16-mixed"` to bf16). `"32-true"` runs `f` unchanged.
     ///
     /// ```
     /// use lightning_core::precision::Precision;
+    /// use tch::{Device, Kind, Tensor};
     /// let p: Precision = "bf16-mixed".parse()?;
-    /// let y = p.autocast(|| tch::Tensor::ones([2, 2], (tch::Kind::Float, tch::Device::Cpu)).matmul(
-    ///     &tch::Tensor::ones([2, 2], (tch::Kind::Float, tch::Device::Cpu))));
-    /// assert_eq!(y.kind(), tch::Kind::Float); // CPU tensors are not autocast
-    /// # Ok::<(), lightning_core::precision::PrecisionError>(())
+    /// let x = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
+    /// let y = p.autocast(Device::Cpu, || x.matmul(&x))?;
+    /// assert_eq!(y.kind(), Kind::BFloat16); // matmul runs in bf16 under autocast
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
-        let code = match self {
-            Precision::F32 => return f(),
-            Precision::F16Mixed => SCALAR_HALF,
-            Precision::Bf16Mixed => SCALAR_BFLOAT16,
+    pub fn autocast<T>(&self, device: Device, f: impl FnOnce() -> T) -> Result<T, AutocastError> {
+        let Some(kind) = self.autocast_kind() else {
+            return Ok(f());
         };
-        if !tch::Cuda::is_available() {
-            return f();
-        }
-        // SAFETY: plain setters of libtorch's thread-local autocast dtype.
-        let prev = unsafe { at_get_autocast_dtype(DEVICE_CUDA) };
-        unsafe { at_set_autocast_dtype(DEVICE_CUDA, code) };
-        let out = tch::autocast(true, f);
-        unsafe { at_set_autocast_dtype(DEVICE_CUDA, prev) };
-        out
+        let _guard =
+            lightning_dist::ops::Autocast::enter(device, kind).map_err(|e| AutocastError {
+                precision: *self,
+                device,
+                message: e.to_string(),
+            })?;
+        Ok(f())
     }
 
     /// A gradient scaler when this precision needs one (`"16-mixed"`).

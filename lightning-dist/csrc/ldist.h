@@ -9,6 +9,7 @@
 //     array are new heap `at::Tensor`s that the caller owns (tch's Tensor::from_ptr).
 //   - strings from Rust come as (pointer, length), never NUL-terminated.
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -100,6 +101,17 @@ char* ldist_add(const ldist_tensor* self, const ldist_tensor* other, double alph
                 ldist_tensor** out);
 // param.grad = None.
 char* ldist_grad_set_to_none(ldist_tensor* param);
+
+// torch.autocast(device_type, dtype) as a pair of calls: enter saves the previous state of
+// that device type into *prev; exit restores it (and clears the cast cache at nesting 0).
+// device_type is c10::DeviceType (0 CPU, 1 CUDA), dtype c10::ScalarType (5 Half, 15 BFloat16).
+typedef struct ldist_autocast_prev {
+  int8_t dtype;
+  bool enabled;
+  bool cache_enabled;
+} ldist_autocast_prev;
+char* ldist_autocast_enter(int8_t device_type, int8_t dtype, ldist_autocast_prev* prev);
+char* ldist_autocast_exit(int8_t device_type, const ldist_autocast_prev* prev);
 
 #ifdef __cplusplus
 }

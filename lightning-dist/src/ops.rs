@@ -16,7 +16,7 @@
 
 use std::ffi::{c_char, CStr};
 
-use tch::{TchError, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
@@ -40,6 +40,17 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn ldist_grad_set_to_none(param: *mut C_tensor) -> *mut c_char;
+    fn ldist_autocast_enter(device_type: i8, dtype: i8, prev: *mut AutocastPrev) -> *mut c_char;
+    fn ldist_autocast_exit(device_type: i8, prev: *const AutocastPrev) -> *mut c_char;
+}
+
+/// The autocast state of one device type before [`Autocast::enter`] (`ldist_autocast_prev`).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct AutocastPrev {
+    dtype: i8,
+    enabled: bool,
+    cache_enabled: bool,
 }
 
 /// ATen's message as tch reports its own errors.
@@ -103,10 +114,82 @@ pub fn set_grad_to_none(param: &Tensor) -> Result<(), TchError> {
     })
 }
 
+/// `torch.autocast(device_type, dtype)` for as long as the guard lives: ops on that device
+/// type that autocast covers (matmul, linear, conv, ...) run in `kind`; dropping the guard
+/// restores the previous state, as leaving the `with` block does. tch's own autocast covers
+/// CUDA only; this one takes the CPU too (`bf16` or `f16`, as `torch.autocast("cpu")`).
+///
+/// Autocast state is per thread, so the guard stays on the thread that made it.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// use lightning_dist::ops::Autocast;
+/// let a = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
+/// {
+///     let _bf16 = Autocast::enter(Device::Cpu, Kind::BFloat16)?;
+///     assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+/// }
+/// assert_eq!(a.matmul(&a).kind(), Kind::Float);
+/// # Ok::<(), tch::TchError>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "autocast ends when the guard is dropped"]
+pub struct Autocast {
+    device_type: i8,
+    prev: AutocastPrev,
+    // Autocast state is thread-local: the guard must not move to another thread.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Autocast {
+    /// Enters autocast to `kind` (`Half` or `BFloat16`) for `device`'s type (CPU or CUDA).
+    pub fn enter(device: Device, kind: Kind) -> Result<Autocast, TchError> {
+        let device_type = match device {
+            Device::Cpu => 0,
+            Device::Cuda(_) => 1,
+            Device::Mps => 13,
+            other => {
+                return Err(TchError::Torch(format!(
+                    "autocast: unsupported device {other:?} (expected cpu, cuda or mps)"
+                )))
+            }
+        };
+        // c10::ScalarType codes.
+        let dtype = match kind {
+            Kind::Half => 5,
+            Kind::BFloat16 => 15,
+            other => {
+                return Err(TchError::Torch(format!(
+                    "autocast: unsupported dtype {other:?} (expected Half or BFloat16)"
+                )))
+            }
+        };
+        let mut prev = AutocastPrev::default();
+        // SAFETY: plain setters of libtorch's thread-local autocast state; `prev` is a live
+        // out-parameter of the C layout the shim declares.
+        check("autocast", unsafe {
+            ldist_autocast_enter(device_type, dtype, &mut prev)
+        })?;
+        Ok(Autocast {
+            device_type,
+            prev,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        // SAFETY: restores the state `enter` saved, on the same thread. The setters do not
+        // throw for a device type `enter` accepted, so there is no error to report here.
+        let err = unsafe { ldist_autocast_exit(self.device_type, &self.prev) };
+        let _ = check("autocast exit", err);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
 
     fn vals(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(t).expect("f32 tensor")
@@ -149,6 +232,28 @@ mod tests {
         let mut x = a.copy();
         add_(&mut x, &b, 1.0).expect("add_");
         assert_eq!(vals(&x), vals(&(&a + &b)));
+    }
+
+    #[test]
+    fn autocast_nests_and_restores_per_device_type() {
+        let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+        {
+            let _outer = Autocast::enter(Device::Cpu, Kind::BFloat16).expect("bf16");
+            assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+            {
+                let _inner = Autocast::enter(Device::Cpu, Kind::Half).expect("f16");
+                assert_eq!(a.matmul(&a).kind(), Kind::Half);
+            }
+            assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+            // ops autocast keeps in f32 stay f32
+            assert_eq!(a.sum(Kind::Float).kind(), Kind::Float);
+        }
+        assert_eq!(a.matmul(&a).kind(), Kind::Float);
+        // CUDA autocast does not touch CPU ops.
+        let _cuda = Autocast::enter(Device::Cuda(0), Kind::Half).expect("cuda state");
+        assert_eq!(a.matmul(&a).kind(), Kind::Float);
+        let err = Autocast::enter(Device::Cpu, Kind::Int).expect_err("int autocast");
+        assert!(err.to_string().contains("Half or BFloat16"), "{err}");
     }
 
     #[test]

@@ -54,10 +54,10 @@ impl Trainer {
             for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
                 let batch = batch.to_device(device);
                 let mut ctx = StepContext::new(stage, epoch, step);
-                precision.autocast(|| match stage {
+                precision.autocast(device, || match stage {
                     Stage::Test => model.test_step(&batch, idx, &mut ctx),
                     _ => model.validation_step(&batch, idx, &mut ctx),
-                })?;
+                })??;
                 if let Some(w) = &world {
                     w.sync_logged(&mut ctx.logged)?;
                 }

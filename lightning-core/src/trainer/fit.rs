@@ -498,7 +498,9 @@ impl Trainer {
         }
         let mut ctx = StepContext::new(Stage::Train, epoch, self.run.global_step);
         let precision = self.cfg.precision;
-        let loss = precision.autocast(|| model.training_step(&batch, idx, &mut ctx))?;
+        let loss = precision.autocast(self.cfg.device, || {
+            model.training_step(&batch, idx, &mut ctx)
+        })??;
         let scaled = if acc > 1 { loss / acc as f64 } else { loss };
         let scaled = match &self.run.scaler {
             Some(s) => s.scale(&scaled),

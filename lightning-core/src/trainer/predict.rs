@@ -18,13 +18,17 @@ impl Trainer {
         self.eval_setup(model, ckpt_path)?;
         let n = self.cfg.limit_predict_batches.apply(loader.len());
         let (device, epoch, step) = (self.cfg.device, self.run.epoch, self.run.global_step);
+        let precision = self.cfg.precision;
         tch::no_grad(|| {
             loader
                 .epoch_iter(0, LoaderState::default())
                 .take(n)
                 .map(|(idx, batch)| {
                     let mut ctx = StepContext::new(Stage::Predict, epoch, step);
-                    model.predict_step(&batch.to_device(device), idx, &mut ctx)
+                    // Under the precision's autocast, as Lightning's predict loop runs it.
+                    precision.autocast(device, || {
+                        model.predict_step(&batch.to_device(device), idx, &mut ctx)
+                    })?
                 })
                 .collect()
         })
