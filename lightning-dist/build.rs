@@ -7,7 +7,7 @@
 //! Flags are torch-sys's (`-std=c++17 -D_GLIBCXX_USE_CXX11_ABI=$LIBTORCH_CXX11_ABI`, default 1)
 //! plus `-DUSE_C10D_GLOO` with the vendored gloo stub headers (`csrc/gloo-stub`).
 //!
-//! NCCL (`csrc/nccl_shim.cpp` with `-DUSE_C10D_NCCL -DUSE_CUDA`) is compiled when libtorch has
+//! The CUDA part (`csrc/cuda_shim.cpp`: NCCL and libtorch's current stream, with `-DUSE_C10D_NCCL -DUSE_CUDA`) is compiled when libtorch has
 //! `libtorch_cuda.so` and the CUDA headers are found: `$CUDA_HOME/include`, or the pip packages
 //! next to the torch package (`nvidia/cu13/include`, from `nvidia-cuda-runtime`,
 //! `nvidia-cuda-crt` and `nvidia-cuda-cccl`, and `nvidia/nccl/include`). `LIGHTNING_DIST_NCCL=0`
@@ -103,7 +103,7 @@ fn main() {
         "ldist.h",
         "common.h",
         "c10d_shim.cpp",
-        "nccl_shim.cpp",
+        "cuda_shim.cpp",
         "ops_shim.cpp",
     ] {
         println!("cargo:rerun-if-changed={}", csrc.join(f).display());
@@ -151,7 +151,7 @@ fn main() {
         _ => cuda_includes(&lib),
     };
     let mut nccl_build = base();
-    nccl_build.file(csrc.join("nccl_shim.cpp"));
+    nccl_build.file(csrc.join("cuda_shim.cpp"));
     let status = match &nccl {
         Ok(dirs) => {
             nccl_build
@@ -181,6 +181,7 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib.display());
     if nccl.is_ok() {
         println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     for l in ["torch", "torch_cpu", "c10"] {
         println!("cargo:rustc-link-lib=dylib={l}");

@@ -372,3 +372,44 @@ fn fused_adamw_matches_torch_fused_adamw_on_gpu() {
     println!("our fused AdamW vs torch.optim.AdamW(fused=True): max rel diff {e:e}");
     assert!(e < 1e-5, "vs torch fused AdamW: {e}");
 }
+
+/// The fused kernels launch on libtorch's current stream: with a non-blocking pool stream
+/// made current, torch's writes of the gradients, our fused Adam step and torch's reads are
+/// ordered on that one stream, with no synchronization, and give the tch-ops result.
+#[test]
+fn fused_kernels_run_on_libtorchs_current_stream() {
+    use lightning_dist::cuda as streams;
+    let Some(dev) = gpu() else { return };
+    let default = streams::current_stream(0).expect("current stream");
+    let pool = streams::pool_stream(0).expect("pool stream");
+    assert_ne!(default, pool);
+    let (init, grads) = setup(Kind::Float, dev);
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        ..AdamConfig::adamw()
+    };
+    let want = leaf_copies(&init);
+    let mut ops = Adam::adamw(
+        shallow(&want),
+        AdamConfig {
+            fused: false,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    run(&mut ops, &want, &grads);
+    tch::Cuda::synchronize(0);
+
+    let got = leaf_copies(&init);
+    tch::Cuda::synchronize(0);
+    streams::set_current_stream(0, pool).expect("switch to the pool stream");
+    assert_eq!(streams::current_stream(0).unwrap(), pool);
+    let mut fused = Adam::adamw(shallow(&got), cfg).unwrap();
+    run(&mut fused, &got, &grads);
+    // Read back on the pool stream (the copy to the host waits for that stream only).
+    let host: Vec<Tensor> = got.iter().map(|p| p.to_device(Device::Cpu)).collect();
+    streams::set_current_stream(0, default).expect("restore the default stream");
+    let want_host: Vec<Tensor> = want.iter().map(|p| p.to_device(Device::Cpu)).collect();
+    let err = max_rel(&host, &want_host);
+    assert!(err <= 1e-5, "fused on a pool stream vs tch ops: {err}");
+}

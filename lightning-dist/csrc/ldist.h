@@ -55,7 +55,7 @@ char* ldist_store_set_timeout(ldist_store* s, int64_t timeout_ms);
 // The group's keys live under `prefix` in the store (a c10d PrefixStore).
 char* ldist_pg_new_gloo(ldist_store* store, const char* prefix, size_t prefix_len, int rank,
                         int size, int64_t timeout_ms, ldist_pg** out);
-// Defined in nccl_shim.cpp; without NCCL support compiled in, it returns an error.
+// Defined in cuda_shim.cpp; without NCCL support compiled in, it returns an error.
 char* ldist_pg_new_nccl(ldist_store* store, const char* prefix, size_t prefix_len, int rank,
                         int size, int64_t timeout_ms, ldist_pg** out);
 int ldist_nccl_compiled(void);
@@ -112,6 +112,14 @@ typedef struct ldist_autocast_prev {
 } ldist_autocast_prev;
 char* ldist_autocast_enter(int8_t device_type, int8_t dtype, ldist_autocast_prev* prev);
 char* ldist_autocast_exit(int8_t device_type, const ldist_autocast_prev* prev);
+
+// ---- libtorch's CUDA streams (cuda_shim.cpp; errors when CUDA was not compiled in) -------
+// The current stream of `device` (a cudaStream_t; the legacy default stream is NULL).
+char* ldist_current_cuda_stream(int device, void** out);
+// A stream from libtorch's pool for `device` (not made current).
+char* ldist_cuda_pool_stream(int device, void** out);
+// Makes `stream` (from the two above) the current stream of `device`.
+char* ldist_set_current_cuda_stream(int device, void* stream);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 //! - [`Reducer`]: DDP's bucketed gradient averaging, hooked into autograd.
 //! - [`ClusterEnv`]: where this process sits in the job (our launcher, `torchrun`, SLURM) and
 //!   the rendezvous store that implies.
+//! - [`cuda`]: libtorch's current CUDA stream (custom kernels launch on it).
 //! - [`ops`]: the few tensor ops tch leaves out (`addcmul_` with `value`, `grad = None`), which
 //!   the optimizers need to run `torch.optim`'s exact kernels; they share the shim's build.
 //!
@@ -16,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cuda;
 mod env;
 mod error;
 mod ffi;

@@ -54,7 +54,7 @@ struct AutocastPrev {
 }
 
 /// ATen's message as tch reports its own errors.
-fn check(op: &str, err: *mut c_char) -> Result<(), TchError> {
+pub(crate) fn check(op: &str, err: *mut c_char) -> Result<(), TchError> {
     if err.is_null() {
         return Ok(());
     }

@@ -6,9 +6,11 @@
 //! - Multi-tensor launches: a table of pointers and sizes (an int64 tensor on the device,
 //!   uploaded once and cached while the pointers stay the same) and a block-to-chunk map let
 //!   one launch update many tensors; aligned tensors use float4 (16-byte) accesses.
-//! - Stream: kernels are launched on the CUDA legacy default stream (the null stream). That
-//!   is libtorch's current stream unless a program switches streams, which tch offers no API
-//!   for, so our launches are ordered with libtorch's work without any synchronization.
+//! - Stream: kernels launch on libtorch's current stream of the device
+//!   ([`lightning_dist::cuda::current_stream`]), as a PyTorch C++ extension does, so they are
+//!   ordered with libtorch's work on any stream a program makes current, without a
+//!   synchronization. (Only a shim built without CUDA headers falls back to the legacy
+//!   default stream, with a warning.)
 //! - NVRTC is looked up by cudarc's default names first; when that fails (a machine with only
 //!   the pip-installed CUDA runtime), `libnvrtc.so.13` next to the loaded libtorch
 //!   (`site-packages/nvidia/cu13/lib`) or in `$LIGHTNING_RS_NVRTC` is loaded by path, so
@@ -198,6 +200,7 @@ pub fn compile_ptx(arch: &str) -> Result<String, CudaError> {
 
 /// The compiled kernels loaded on one device.
 pub(crate) struct Kernels {
+    ordinal: usize,
     ctx: Arc<CudaContext>,
     funcs: HashMap<&'static str, CudaFunction>,
 }
@@ -218,10 +221,15 @@ impl Kernels {
         for &name in KERNEL_NAMES {
             funcs.insert(name, module.load_function(name).map_err(driver_err)?);
         }
-        Ok(Kernels { ctx, funcs })
+        Ok(Kernels {
+            ordinal,
+            ctx,
+            funcs,
+        })
     }
 
-    /// Launches `name` with `blocks` blocks of 256 threads on the null stream.
+    /// Launches `name` with `blocks` blocks of 256 threads on libtorch's current stream of
+    /// this device, so the kernel is ordered with torch's work as a PyTorch extension's is.
     ///
     /// # Safety
     /// `args` must match the kernel's parameters and point at live values; the device
@@ -237,15 +245,35 @@ impl Kernels {
             .get(name)
             .ok_or_else(|| CudaError::Driver(format!("no kernel named {name}")))?;
         self.ctx.bind_to_thread().map_err(driver_err)?;
+        let stream = current_stream(self.ordinal);
         cudarc::driver::result::launch_kernel(
             f.cu_function(),
             (blocks, 1, 1),
             (256, 1, 1),
             0,
-            std::ptr::null_mut(),
+            stream as cudarc::driver::sys::CUstream,
             args,
         )
         .map_err(driver_err)
+    }
+}
+
+/// libtorch's current stream on `ordinal`, or the legacy default stream (null) when the
+/// engine's shim was built without CUDA headers (said once as a warning): that is libtorch's
+/// current stream unless the program switched streams.
+fn current_stream(ordinal: usize) -> *mut std::ffi::c_void {
+    match lightning_dist::cuda::current_stream(ordinal) {
+        Ok(s) => s.0,
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "fused CUDA kernels launch on the legacy default stream: {e} \
+                     (install CUDA headers, see scripts/setup.sh, and rebuild)"
+                )
+            });
+            std::ptr::null_mut()
+        }
     }
 }
 
