@@ -193,9 +193,16 @@ enum Cmd {
     Demo,
 }
 
-/// `data/digits.csv.gz`: 64 pixel values (0..16) then the label, one row per image.
+/// `data/digits.csv.gz`: 64 pixel values (0..16) then the label, one row per image. Looked up
+/// in the source tree the binary was built from, else under the working directory (a release
+/// binary carried to another machine with the repository, as `scripts/gpu_check.sh` does).
 fn load_digits() -> anyhow::Result<(Tensor, Tensor)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz");
+    let path = if built.exists() {
+        built
+    } else {
+        Path::new("data/digits.csv.gz").to_path_buf()
+    };
     let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut text = String::new();
     GzDecoder::new(file)

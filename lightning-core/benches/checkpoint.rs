@@ -81,7 +81,7 @@ fn print_table(title: &str, bytes: f64, rows: &[Row]) {
     }
 }
 
-fn python_times(dir: &Path, gib: i64) -> Option<(f64, f64, f64, f64)> {
+fn python_times(dir: &Path, gib: i64) -> Option<PyTimes> {
     let script = r#"
 import sys, time, os, torch, json
 gib, path = int(sys.argv[1]), sys.argv[2]
@@ -102,7 +102,12 @@ def load():
 def load_mmap():
     t = time.perf_counter(); s = torch.load(path, weights_only=True, mmap=True)
     sum(float(x.sum()) for x in s.values()); return time.perf_counter() - t
-print(json.dumps([best(save), best(save_sync), best(load), best(load_mmap)]))
+def load_cuda():
+    torch.cuda.synchronize(); t = time.perf_counter()
+    s = torch.load(path, weights_only=True, map_location="cuda")
+    torch.cuda.synchronize(); return time.perf_counter() - t
+cuda = best(load_cuda) if torch.cuda.is_available() else -1.0
+print(json.dumps([best(save), best(save_sync), best(load), best(load_mmap), cuda]))
 "#;
     let py = std::env::var_os("LIGHTNING_RS_PYTHON")?;
     let path = dir.join("python.pt");
@@ -117,14 +122,30 @@ print(json.dumps([best(save), best(save_sync), best(load), best(load_mmap)]))
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    (v.len() == 4).then(|| (v[0], v[1], v[2], v[3]))
+    (v.len() == 5).then(|| PyTimes {
+        save: v[0],
+        save_sync: v[1],
+        load: v[2],
+        load_mmap: v[3],
+        load_cuda: (v[4] >= 0.0).then_some(v[4]),
+    })
 }
 
-fn load_py_ratio(py: Option<(f64, f64, f64, f64)>, ours: f64) -> String {
-    py.map(|(_, _, l, _)| {
+/// Python's times (seconds): `torch.save`, `torch.save` + fsync, `torch.load`, `torch.load`
+/// with mmap + a sum of every tensor, and `torch.load(map_location="cuda")` when a GPU is there.
+struct PyTimes {
+    save: f64,
+    save_sync: f64,
+    load: f64,
+    load_mmap: f64,
+    load_cuda: Option<f64>,
+}
+
+fn load_py_ratio(py: Option<&PyTimes>, ours: f64) -> String {
+    py.map(|t| {
         format!(
             "; ours load = {:.2}x torch.load(weights_only=True)",
-            l / ours
+            t.load / ours
         )
     })
     .unwrap_or_default()
@@ -208,15 +229,15 @@ fn run(dir: &Path, gib: i64) {
             anchor: Some(("ours .ckpt durable", ours)),
         },
     ];
-    if let Some((s, ss, _, _)) = py {
+    if let Some(t) = &py {
         rows.push(Row {
             name: "python torch.save, no fsync".into(),
-            secs: s,
+            secs: t.save,
             anchor: Some(("ours durable", ours)),
         });
         rows.push(Row {
             name: "python torch.save + fsync".into(),
-            secs: ss,
+            secs: t.save_sync,
             anchor: Some(("ours durable", ours)),
         });
     }
@@ -286,20 +307,52 @@ fn run(dir: &Path, gib: i64) {
             anchor: Some(("ours load", load)),
         },
     ];
-    if let Some((_, _, l, lm)) = py {
+    if let Some(t) = &py {
         rows.push(Row {
             name: "python torch.load(weights_only=True)".into(),
-            secs: l,
+            secs: t.load,
             anchor: Some(("ours load", load)),
         });
         rows.push(Row {
             name: "python torch.load(mmap=True) + sum".into(),
-            secs: lm,
+            secs: t.load_mmap,
             anchor: Some(("ours mmap + sum", load_mmap_touch)),
         });
     }
+    // To the GPU: ours places each storage on the device as it is read; torch.load with
+    // map_location="cuda". Both end synchronized.
+    if tch::Cuda::is_available() {
+        let cuda = LoadOptions {
+            device: Device::Cuda(0),
+            ..LoadOptions::default()
+        };
+        let load_cuda = best(|| {
+            time(|| {
+                drop(checkpoint::load_with(&ckpt, &cuda).unwrap());
+                tch::Cuda::synchronize(0);
+            })
+        });
+        rows.push(Row {
+            name: "**ours load to cuda:0 (CRC-checked)**".into(),
+            secs: load_cuda,
+            anchor: Some(("ours load", load)),
+        });
+        if let Some(l) = py.as_ref().and_then(|t| t.load_cuda) {
+            rows.push(Row {
+                name: "python torch.load(map_location=\"cuda\")".into(),
+                secs: l,
+                anchor: Some(("ours load to cuda", load_cuda)),
+            });
+            println!(
+                "ours load to cuda = {:.2}x torch.load(map_location=\"cuda\")",
+                l / load_cuda
+            );
+        }
+    } else {
+        println!("(no CUDA GPU: the load-to-GPU rows are not measured)");
+    }
     print_table(&format!("load, {gib} GiB (warm page cache)"), bytes, &rows);
-    let (w, r) = (raw_sync / ours, load_py_ratio(py, load));
+    let (w, r) = (raw_sync / ours, load_py_ratio(py.as_ref(), load));
     println!(
         "\nours durable save = {w:.2}x the throughput of raw write+fsync of the same bytes{r}"
     );

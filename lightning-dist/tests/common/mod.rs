@@ -59,6 +59,14 @@ fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
+/// The rank binary: the one cargo built, or `LIGHTNING_DIST_CHILD` (a test binary carried to
+/// another machine with its child, as `scripts/gpu_check.sh` does).
+fn child_binary() -> std::path::PathBuf {
+    std::env::var_os("LIGHTNING_DIST_CHILD")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_lightning-dist-child").into())
+}
+
 /// Runs `world` ranks of `scenario` against the store at 127.0.0.1:`port`, with `env` added,
 /// and returns each rank's result once all have exited or `limit` has passed (the rest are
 /// killed).
@@ -72,7 +80,7 @@ pub fn run_ranks(
     let started = Instant::now();
     let mut children: Vec<(Child, JoinHandle<String>, JoinHandle<String>)> = (0..world)
         .map(|rank| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_lightning-dist-child"));
+            let mut cmd = Command::new(child_binary());
             cmd.arg(scenario)
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())

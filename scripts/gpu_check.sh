@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Everything the GPU must show, in one prepared command (issue 12).
+#
+#   scripts/gpu_check.sh build   # here, with cargo: release binaries into gpu-bundle/ (ignored)
+#   scripts/gpu_check.sh run     # on the GPU machine (no cargo), from the repository root with
+#                                # gpu-bundle/ carried along; about 6 minutes on an H100/H200
+#
+# `run` finds libtorch through the machine's Python (`import torch`) or the project's venv,
+# and runs, each step under its own time limit:
+#   1. the CUDA tests with LIGHTNING_RS_EXPECT_GPU=1 (a missing GPU is a failure, not a skip):
+#      fused kernels (incl. on libtorch's current stream), autocast, NCCL world size 1 and
+#      Gloo on CUDA tensors (two ranks);
+#   2. digits on --device cuda for 32-true, 16-mixed and bf16-mixed, sync and
+#      --async-checkpointing: a straight 4-epoch run against 2 epochs + `--resume last` to 4,
+#      compared with `lightning-ckpt diff` (bitwise, then the largest difference if not);
+#   3. the kernel bench (fused AdamW/SGD/unscale/grad-norm vs torch's fused/foreach ops and
+#      the device copy bandwidth, same run);
+#   4. the stall bench at ~0.8 GB of model + AdamW state: sync vs async stall vs the pinned
+#      device-to-host snapshot;
+#   5. the checkpoint bench: load to cuda:0 vs torch.load(map_location="cuda").
+# It writes $OUT/gpu_check.json (every figure and step status) and $OUT/gpu_check.md (the
+# summary table), with OUT defaulting to gpu-check-out/. On a machine without a GPU it says so,
+# runs the CPU parts (the same tests, which then skip their GPU halves) and exits 0.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BUNDLE=gpu-bundle
+
+build() {
+    set -e
+    scripts/setup.sh
+    rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
+    local json
+    json=$(mktemp)
+    cargo build --release --locked --example digits -p lightning-rs --message-format=json >"$json"
+    cargo build --release --locked -p lightning-ckpt --message-format=json >>"$json"
+    cargo test --release --locked --no-run --message-format=json -p lightning-rs \
+        --test cuda_kernels --test precision >>"$json"
+    cargo test --release --locked --no-run --message-format=json -p lightning-dist \
+        --test single_process --test multiprocess >>"$json"
+    cargo build --release --locked -p lightning-dist --bin lightning-dist-child \
+        --message-format=json >>"$json"
+    cargo bench --locked --no-run --message-format=json -p lightning-core \
+        --bench optim --bench checkpoint >>"$json"
+    cargo bench --locked --no-run --message-format=json -p lightning-rs --bench stall >>"$json"
+    # One file per target, named after it; stripped to fit the 64 MiB a device run carries.
+    python3 - "$json" "$BUNDLE" <<'PY'
+import json, shutil, sys, os
+out = sys.argv[2]
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    exe = m.get("executable") if m.get("reason") == "compiler-artifact" else None
+    if exe:
+        dst = os.path.join(out, m["target"]["name"])
+        shutil.copy2(exe, dst)
+        print(f"  {dst} <- {exe}")
+PY
+    rm -f "$json"
+    strip --strip-debug "$BUNDLE"/* 2>/dev/null || true
+    du -sh "$BUNDLE"
+    echo "built $BUNDLE/; on the GPU machine: scripts/gpu_check.sh run (carry $BUNDLE)"
+}
+
+# ---- run ------------------------------------------------------------------------------------
+OUT=${OUT:-gpu-check-out}
+RESULTS=()   # JSON objects, one per step or figure
+FAILED=0     # steps that failed or timed out
+
+json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
+
+# record NAME STATUS SECONDS [EXTRA-JSON-FIELDS]
+record() {
+    RESULTS+=("{\"step\": $(json_str "$1"), \"status\": \"$2\", \"seconds\": $3${4:+, $4}}")
+    case $2 in FAIL | timeout) FAILED=$((FAILED + 1)) ;; esac
+    printf '%-58s %-6s %6ss\n' "$1" "$2" "$3"
+}
+
+# step NAME LIMIT LOG CMD...: runs CMD under a time limit, logs to $OUT/logs/LOG.
+step() {
+    local name=$1 limit=$2 log=$OUT/logs/$3
+    shift 3
+    local t0=$SECONDS rc
+    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+    rc=$?
+    local status=ok
+    [ $rc -eq 124 ] && status=timeout
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] && status=FAIL
+    record "$name" "$status" $((SECONDS - t0)) "\"log\": $(json_str "$log")"
+    return $rc
+}
+
+find_libtorch() {
+    local py lib
+    for py in python3 .venv/bin/python; do
+        lib=$("$py" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null) || continue
+        [ -f "$lib/libtorch_cpu.so" ] && { PYTHON=$py; TORCH_LIB=$lib; return 0; }
+    done
+    return 1
+}
+
+digits_pair() {   # precision, extra flag ("" or --async-checkpointing)
+    local prec=$1 extra=$2 tag root a b
+    tag="digits-$prec${extra:+-async}"
+    root=$OUT/runs/$tag
+    a=$OUT/runs/$tag-straight.ckpt
+    local common=(--device cuda --precision "$prec" --seed 7 --root "$root" $extra)
+    rm -rf "$root"
+    step "$tag: 4 epochs straight" 300 "$tag-straight.log" \
+        "$BUNDLE/digits" "${common[@]}" --max-epochs 4 || return
+    cp "$root/checkpoints/last.ckpt" "$a"
+    rm -rf "$root"
+    step "$tag: 2 epochs" 300 "$tag-first.log" "$BUNDLE/digits" "${common[@]}" --max-epochs 2 || return
+    step "$tag: --resume last to 4" 300 "$tag-resume.log" \
+        "$BUNDLE/digits" "${common[@]}" --max-epochs 4 --resume last || return
+    b=$root/checkpoints/last.ckpt
+    local t0=$SECONDS verdict
+    if "$BUNDLE/lightning-ckpt" diff "$a" "$b" >"$OUT/logs/$tag-diff.log" 2>&1; then
+        verdict=bitwise
+    else
+        verdict=differs
+    fi
+    local maxdiff
+    maxdiff=$(grep -o 'max abs diff [0-9.e+-]*' "$OUT/logs/$tag-diff.log" | awk '{print $4}' | sort -g | tail -1)
+    record "$tag: straight vs resumed" "$verdict" $((SECONDS - t0)) \
+        "\"figure\": \"resume\", \"max_abs_diff\": $(json_str "${maxdiff:-0}")"
+}
+
+run() {
+    mkdir -p "$OUT/logs" "$OUT/runs"
+    [ -x "$BUNDLE/digits" ] || { echo "no $BUNDLE/: run 'scripts/gpu_check.sh build' first (here, with cargo)"; exit 2; }
+    if ! find_libtorch; then
+        echo "no Python with torch found (python3 or .venv/bin/python)"
+        exit 2
+    fi
+    export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LIGHTNING_RS_PYTHON=$PYTHON LIGHTNING_DIST_CHILD=$PWD/$BUNDLE/lightning-dist-child
+    local gpu
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+    echo "gpu_check: GPU: ${gpu:-none}; torch lib: $TORCH_LIB; python: $PYTHON"
+    RESULTS+=("{\"gpu\": $(json_str "${gpu:-none}"), \"torch_lib\": $(json_str "$TORCH_LIB")}")
+
+    if [ -z "$gpu" ]; then
+        echo "gpu_check: no GPU on this machine: running the CPU parts only (GPU halves skip)"
+        for t in cuda_kernels precision single_process multiprocess; do
+            step "tests $t (CPU parts)" 300 "test-$t.log" "$BUNDLE/$t"
+        done
+        summary
+        exit 0
+    fi
+    export LIGHTNING_RS_EXPECT_GPU=1
+    for t in cuda_kernels precision single_process multiprocess; do
+        step "tests $t (LIGHTNING_RS_EXPECT_GPU=1)" 300 "test-$t.log" "$BUNDLE/$t"
+    done
+    for prec in 32-true 16-mixed bf16-mixed; do
+        digits_pair "$prec" ""
+        digits_pair "$prec" --async-checkpointing
+    done
+    step "kernel bench (release)" 240 bench-optim.log \
+        env OPTIM_ANCHOR_SCRIPT=lightning-core/benches/optim_anchor.py "$BUNDLE/optim" --bench
+    step "stall bench, cuda, ~0.8 GB" 300 bench-stall.log \
+        "$BUNDLE/stall" --bench --device cuda --hidden 3400 --dir "$OUT/stall"
+    step "checkpoint bench, load to cuda" 300 bench-checkpoint.log \
+        env CKPT_BENCH_DIR="$OUT/ckpt" "$BUNDLE/checkpoint" --bench
+    rm -rf "$OUT/stall" "$OUT/ckpt" "$OUT/runs"
+    summary
+    if [ "$FAILED" -gt 0 ]; then
+        echo "gpu_check: $FAILED step(s) failed or timed out (see the logs)"
+        exit 1
+    fi
+}
+
+summary() {
+    {
+        printf '[\n'
+        local i
+        for i in "${!RESULTS[@]}"; do
+            printf '  %s%s\n' "${RESULTS[$i]}" "$([ "$i" -lt $((${#RESULTS[@]} - 1)) ] && echo ,)"
+        done
+        printf ']\n'
+    } >"$OUT/gpu_check.json"
+    {
+        echo "| step | status | seconds |"
+        echo "|---|---|---|"
+        python3 - "$OUT/gpu_check.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    if "step" in r:
+        extra = f" (max abs diff {r['max_abs_diff']})" if r.get("status") == "differs" else ""
+        print(f"| {r['step']} | {r['status']}{extra} | {r['seconds']} |")
+PY
+        # The benches' own ratio lines, as they print them.
+        for f in "$OUT"/logs/bench-*.log; do
+            [ -f "$f" ] || continue
+            echo
+            echo "${f##*/}:"
+            grep -E 'x |ratio|GB/s|stall|goal' "$f" | tail -25 | sed 's/^/    /'
+        done
+    } >"$OUT/gpu_check.md"
+    cat "$OUT/gpu_check.md"
+    echo "figures: $OUT/gpu_check.json; logs: $OUT/logs/"
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) run ;;
+    *)
+        echo "usage: scripts/gpu_check.sh build|run" >&2
+        exit 2
+        ;;
+esac
