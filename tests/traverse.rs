@@ -223,13 +223,27 @@ fn strict_load_reports_missing_and_unexpected_like_pytorch() {
         net.fc1.ws.equal(&before),
         "strict failure must not copy anything"
     );
-    // Non-strict copies what matches and skips the mismatched tensor.
     sd.insert(
         "fc1.bias".into(),
         Tensor::full([8], 7.0, (Kind::Float, Device::Cpu)),
     );
+    // Non-strict still refuses a shape mismatch (PyTorch raises on sizes whatever `strict`
+    // says), lists only it, and copies nothing.
+    let before_bias = net.fc1.bs.as_ref().unwrap().copy();
+    sd.insert(
+        "fc1.weight".into(),
+        Tensor::zeros([8, 5], (Kind::Float, Device::Cpu)),
+    );
+    let StateError::Mismatch(report) = net.load_state_dict(&sd, false).unwrap_err();
+    assert!(report.missing.is_empty() && report.unexpected.is_empty());
+    assert_eq!(report.mismatched.len(), 1);
+    assert!(report.to_string().contains("size or dtype mismatch for fc1.weight"));
+    assert!(report.mismatched[0].2.contains("[8, 5]"), "{report}");
+    assert!(net.fc1.bs.as_ref().unwrap().equal(&before_bias));
+    // Without the mismatch, non-strict copies what matches and reports the rest.
+    sd.shift_remove("fc1.weight");
     let report = net.load_state_dict(&sd, false).unwrap();
-    assert_eq!(report.missing, ["head.bias"]);
+    assert_eq!(report.missing, ["fc1.weight", "head.bias"]);
     assert!(net.fc1.ws.equal(&before));
     assert_eq!(net.fc1.bs.as_ref().unwrap().double_value(&[3]), 7.0);
     assert!(net.fc1.ws.requires_grad(), "loading keeps requires_grad");

@@ -30,7 +30,8 @@ pub fn join_name(prefix: &str, name: &str) -> String {
 /// Errors loading a state_dict.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// Strict loading found missing, unexpected or mismatched keys.
+    /// Loading found tensors whose shape or dtype differ (always an error, as in PyTorch), or,
+    /// when strict, missing or unexpected keys. Nothing was copied.
     #[error("error(s) in loading state_dict: {0}")]
     Mismatch(LoadReport),
 }
@@ -146,12 +147,16 @@ pub type StateDict = indexmap::IndexMap<String, Tensor>;
 ///
 /// // In-memory round trip with an overridden hparam (a typo in `hp.hidden` would not compile).
 /// let ckpt = lightning_core::checkpoint_loader::checkpoint_value(&m);
-/// let (m2, report) = Mlp::loader_from_value(ckpt)
+/// let m2 = Mlp::loader_from_value(ckpt.clone()).hparams(|hp| hp.hidden = 4).load()?;
+/// assert_eq!(m2.hparams().hidden, 4);
+/// // A shape change is an error even when not strict (as in PyTorch): nothing is copied.
+/// let err = Mlp::loader_from_value(ckpt)
 ///     .hparams(|hp| hp.hidden = 5)
 ///     .strict(false)
-///     .load_with_report()?;
-/// assert_eq!(m2.hparams().hidden, 5);
-/// assert_eq!(report.mismatched.len(), 6); // every shape changed
+///     .load()
+///     .err()
+///     .expect("shapes differ");
+/// assert!(err.to_string().contains("size or dtype mismatch for fc1.weight"), "{err}");
 /// # Ok::<(), lightning_core::Error>(())
 /// ```
 #[diagnostic::on_unimplemented(
@@ -272,9 +277,11 @@ pub trait Traverse {
     ///
     /// Keys are compared by name: the module's persistent tensors absent from `sd` are
     /// *missing*, keys of `sd` the module lacks are *unexpected*, and keys whose shape or dtype
-    /// differ are *mismatched*. With `strict`, any of those is a [`StateError`] and nothing is
-    /// copied; without it, every matching tensor is copied and the report lists the rest
-    /// (unlike PyTorch, which raises on size mismatches even when not strict).
+    /// differ are *mismatched*. A mismatched tensor is always a [`StateError`], as PyTorch
+    /// raises on size mismatches whatever `strict` says (we also refuse a dtype change, which
+    /// PyTorch would convert); `strict` decides only whether missing and unexpected keys are
+    /// an error. On an error nothing is copied; otherwise every matching tensor is copied and
+    /// the report lists the missing and unexpected keys.
     fn load_state_dict(&mut self, sd: &StateDict, strict: bool) -> Result<LoadReport, StateError> {
         let mut report = LoadReport::default();
         let mut seen = std::collections::HashSet::new();
@@ -295,14 +302,16 @@ pub trait Traverse {
         if strict && !report.is_clean() {
             return Err(StateError::Mismatch(report));
         }
-        let bad: std::collections::HashSet<&str> = report
-            .mismatched
-            .iter()
-            .map(|(k, _, _)| k.as_str())
-            .collect();
+        if !report.mismatched.is_empty() {
+            // Not strict: PyTorch's message then lists only the size mismatches.
+            return Err(StateError::Mismatch(LoadReport {
+                mismatched: report.mismatched,
+                ..LoadReport::default()
+            }));
+        }
         tch::no_grad(|| {
             self.visit_mut("", &mut |name, t, kind| {
-                if !kind.is_persistent() || bad.contains(name) {
+                if !kind.is_persistent() {
                     return;
                 }
                 if let Some(src) = sd.get(name) {
