@@ -189,6 +189,9 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
         preempt: &Preemption,
     ) -> Result<()> {
+        // A model built from a struct literal never went through `from_value`: check its
+        // hyperparameters' rules before libtorch sees a bad value.
+        model.hparams().validate()?;
         let train = need(data.train_loader(), "fit: train")?;
         let world = match &self.cfg.strategy {
             Strategy::Ddp(o) if self.cfg.devices * self.cfg.num_nodes > 1 => {
