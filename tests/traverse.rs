@@ -387,3 +387,33 @@ fn derive_before_the_attribute_compiles() {
     assert_eq!(m.state_dict().len(), 2);
     assert!(format!("{m:?}").contains("DeriveFirst"));
 }
+
+#[test]
+fn tch_batchnorm_has_pytorchs_keys_and_accepts_the_counter_on_load() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut bn = nn::batch_norm2d(&vs.root() / "bn1", 3, Default::default());
+    let sd = bn.state_dict();
+    let keys: Vec<&String> = sd.keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "weight",
+            "bias",
+            "running_mean",
+            "running_var",
+            "num_batches_tracked"
+        ]
+    );
+    assert_eq!(sd["num_batches_tracked"].kind(), Kind::Int64);
+    assert_eq!(bn.named_parameters().len(), 2);
+    // A PyTorch state_dict (counter 7) loads strictly; the counter is dropped, the rest copied.
+    let mut py = StateDict::new();
+    for (k, t) in &sd {
+        py.insert(k.clone(), t.ones_like());
+    }
+    py.insert("num_batches_tracked".into(), Tensor::from(7i64));
+    let report = bn.load_state_dict(&py, true).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(bn.running_mean.double_value(&[0]), 1.0);
+    assert_eq!(bn.state_dict()["num_batches_tracked"].int64_value(&[]), 0);
+}
