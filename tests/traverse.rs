@@ -237,7 +237,9 @@ fn strict_load_reports_missing_and_unexpected_like_pytorch() {
     let StateError::Mismatch(report) = net.load_state_dict(&sd, false).unwrap_err();
     assert!(report.missing.is_empty() && report.unexpected.is_empty());
     assert_eq!(report.mismatched.len(), 1);
-    assert!(report.to_string().contains("size or dtype mismatch for fc1.weight"));
+    assert!(report
+        .to_string()
+        .contains("size or dtype mismatch for fc1.weight"));
     assert!(report.mismatched[0].2.contains("[8, 5]"), "{report}");
     assert!(net.fc1.bs.as_ref().unwrap().equal(&before_bias));
     // Without the mismatch, non-strict copies what matches and reports the rest.
@@ -416,4 +418,24 @@ fn tch_batchnorm_has_pytorchs_keys_and_accepts_the_counter_on_load() {
     assert!(report.is_clean(), "{report}");
     assert_eq!(bn.running_mean.double_value(&[0]), 1.0);
     assert_eq!(bn.state_dict()["num_batches_tracked"].int64_value(&[]), 0);
+}
+
+#[test]
+fn model_summary_lists_submodules_with_types_and_counts() {
+    let net = build(&defaults());
+    let summary = lightning_core::trainer::model_summary(&net);
+    let lines: Vec<&str> = summary.lines().collect();
+    // fc1: 4*8+8; a block: Linear 8*8+8 and BatchNorm 8+8; head: 8+1. Tensors are not rows.
+    assert_eq!(
+        lines[0], "  | Name   | Type                | Params",
+        "{summary}"
+    );
+    assert_eq!(lines[2], "0 | fc1    | Linear              | 40");
+    assert_eq!(lines[3], "1 | blocks | Vec<Block>          | 176");
+    assert_eq!(lines[4], "2 | head   | Option<Box<Linear>> | 9");
+    assert_eq!(lines.len(), 10, "{summary}");
+    assert_eq!(lines[6], "225       Trainable params");
+    assert_eq!(lines[7], "0         Non-trainable params");
+    assert_eq!(lines[8], "225       Total params");
+    assert_eq!(lines[9], "0.001     Total estimated model params size (MB)");
 }
