@@ -1,6 +1,7 @@
 //! Code generation for `#[derive(Hyperparameters)]`.
 
 use crate::ast::{HField, HVariant, HparamsInput};
+use crate::bounds;
 use crate::check;
 use crate::ctxt::Ctxt;
 use proc_macro2::{Span, TokenStream};
@@ -170,25 +171,8 @@ fn expand_struct(ident: &Ident, generics: &Generics, fields: &[HField]) -> Token
     let p = quote!(::lightning_core::__private);
     let g = bounded(generics);
 
-    // `Field: HparamValue` for every field type: a type that is not one is then reported
-    // once, on the field, instead of at each of the impl's uses of it.
-    let mut field_bounds = g.clone();
-    {
-        let wc = field_bounds.make_where_clause();
-        for f in fields {
-            let ty = f.ty;
-            // The bound's tokens at the type's last token, so the error underlines the
-            // whole field type.
-            let end = ty
-                .to_token_stream()
-                .into_iter()
-                .last()
-                .map_or_else(|| ty.span(), |t| t.span());
-            wc.predicates.push(syn::parse_quote_spanned!(end=>
-                #ty: ::lightning_core::__private::HparamValue
-            ));
-        }
-    }
+    // One error per unsupported field type, on the field.
+    let field_bounds = bounds::per_field(&g, fields.iter().map(|f| f.ty), "HparamValue");
     let (impl_g, ty_g, where_c) = field_bounds.split_for_impl();
     let (check_g, check_where) = (&impl_g, &where_c);
     let all_names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();

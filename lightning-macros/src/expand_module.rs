@@ -1,6 +1,7 @@
 //! Code generation for `#[lightning_module]`: `HasHparams` and `Traverse`.
 
 use crate::ast::{ModuleInput, Role};
+use crate::bounds;
 use crate::check;
 use crate::ctxt::Ctxt;
 use proc_macro2::{TokenStream, TokenTree};
@@ -133,24 +134,9 @@ fn impls(m: &ModuleInput) -> TokenStream {
             _ => None,
         })
         .collect();
-    // `Field: Traverse` for every traversed field type: a type without it is then reported
-    // once, on the field, however many generated calls use it.
-    let mut tr_generics = m.generics.clone();
-    {
-        let wc = tr_generics.make_where_clause();
-        for (f, _) in &traversed {
-            let ty = f.ty;
-            // The bound's tokens at the type's last token, so the whole type is underlined.
-            let end = ty
-                .to_token_stream()
-                .into_iter()
-                .last()
-                .map_or_else(|| ty.span(), |t| t.span());
-            wc.predicates.push(syn::parse_quote_spanned!(end=>
-                #ty: ::lightning_core::__private::Traverse
-            ));
-        }
-    }
+    // One error per field whose type has no tensors, on the field.
+    let tr_generics =
+        bounds::per_field(m.generics, traversed.iter().map(|(f, _)| f.ty), "Traverse");
     let (impl_g, ty_g, where_c) = tr_generics.split_for_impl();
     let (probe_g, _, probe_where) = m.generics.split_for_impl();
     let role = |b: &Option<bool>| match b {
