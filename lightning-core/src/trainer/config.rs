@@ -194,7 +194,8 @@ impl TrainerBuilder {
         seed: u64 => seed = Some);
     setter!(/// The device to train on (default CPU).
         device: Device => device = |v| v);
-    setter!(/// Show a progress bar (only when stdout is a terminal; default on).
+    setter!(/// Show a progress bar (default on) when stdout is a terminal; otherwise (a job's
+        /// log) print one line per epoch instead (batches, time, it/s, metrics).
         enable_progress_bar: bool => enable_progress_bar = |v| v);
     setter!(/// Print the model summary (submodules, parameter counts, size) when `fit` starts, as
         /// Lightning does (default on; rank 0 only).
