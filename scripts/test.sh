@@ -9,3 +9,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+# A user's crate outside the workspace builds and starts (libtorch found through lightning-build).
+scripts/template.sh

@@ -302,6 +302,123 @@ print(yaml.safe_dump({"t": 1, "lr": 0.001, "l": [1, "x", None], 3: {"a": True}},
     }
 }
 
+/// Kind of residual block: variant names are accepted in any case.
+#[derive(Hyperparameters, Clone, Copy, Debug, PartialEq)]
+pub enum Block {
+    Basic,
+    Bottleneck,
+}
+
+fn even(n: &i64) -> Result<(), String> {
+    if n % 2 == 0 {
+        Ok(())
+    } else {
+        Err("must be even".into())
+    }
+}
+
+/// Every field has a default: the derive implements `Default` with them.
+#[derive(Hyperparameters, Clone, Debug, PartialEq)]
+pub struct Sched {
+    #[hparam(default = 0.1, range = 0.0..1.0)]
+    pub gamma: f64,
+}
+
+#[derive(Hyperparameters, Clone, Debug, PartialEq)]
+pub struct Ruled {
+    #[hparam(default = 0.1, range = 0.0..=1.0)]
+    pub dropout: f64,
+    #[hparam(default = 2, validate = even)]
+    pub channels: i64,
+    #[hparam(default = vec![1, 2], range = 1..)]
+    pub widths: Vec<i64>,
+    #[hparam(default = Block::Basic)]
+    pub block: Block,
+    #[hparam(default = Sched::default())]
+    pub sched: Sched,
+}
+
+#[test]
+fn generated_default_uses_the_field_defaults() {
+    let d = Ruled::default();
+    assert_eq!((d.dropout, d.channels, d.block), (0.1, 2, Block::Basic));
+    assert_eq!(d.widths, [1, 2]);
+    assert_eq!(d.sched, Sched { gamma: 0.1 });
+    assert_eq!(
+        <Ruled as Hyperparameters>::from_value(&Value::dict()),
+        Ok(d)
+    );
+    // Optim (all defaults) gets one too; Config (a required field) does not need one.
+    assert_eq!(Optim::default().lr, 1e-3);
+}
+
+#[test]
+fn rules_are_checked_on_load_overrides_and_validate() {
+    let invalid = |e: HparamError| match e {
+        HparamError::Invalid { field, value, rule } => (field, value, rule),
+        other => panic!("expected Invalid, got {other:?}"),
+    };
+    // Loading (from_value): field, value and rule in the error.
+    let mut v = Value::dict();
+    v.insert("dropout", -0.5);
+    let e = <Ruled as Hyperparameters>::from_value(&v).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "hyperparameter `dropout` = -0.5 is invalid: must be in 0.0..=1.0"
+    );
+    let mut v = Value::dict();
+    v.insert("channels", 3i64);
+    let (field, value, rule) = invalid(<Ruled as Hyperparameters>::from_value(&v).unwrap_err());
+    assert_eq!((field.as_str(), value.as_str()), ("channels", "3"));
+    assert_eq!(rule, "must be even (checked by `even`)");
+    // String overrides: refused, and the field keeps its value.
+    let mut hp = Ruled::default();
+    let (field, value, _) = invalid(hp.set_str("dropout", "1.5").unwrap_err());
+    assert_eq!((field.as_str(), value.as_str()), ("dropout", "1.5"));
+    assert_eq!(hp.dropout, 0.1);
+    assert!(hp.set_str("dropout", "NaN").is_err());
+    let (field, value, _) = invalid(hp.set_str("widths", "[4, 0]").unwrap_err());
+    assert_eq!((field.as_str(), value.as_str()), ("widths", "0"));
+    // A nested config's rules, named with the dotted key.
+    let (field, ..) = invalid(hp.set_str("sched.gamma", "1.0").unwrap_err());
+    assert_eq!(field, "sched.gamma");
+    let mut v = Value::dict();
+    let mut sched = Value::dict();
+    sched.insert("gamma", 2.0);
+    v.insert("sched", sched);
+    let (field, ..) = invalid(<Ruled as Hyperparameters>::from_value(&v).unwrap_err());
+    assert_eq!(field, "sched.gamma");
+    // Values set in code: `validate` reports them.
+    hp.set_str("dropout", "0.25").unwrap();
+    assert_eq!(hp.validate(), Ok(()));
+    hp.sched.gamma = -1.0;
+    assert_eq!(invalid(hp.validate().unwrap_err()).0, "sched.gamma");
+}
+
+#[test]
+fn enum_variants_parse_in_any_case_and_save_canonically() {
+    let mut hp = Ruled::default();
+    hp.set_str("block", "BOTTLENECK").unwrap();
+    assert_eq!(hp.block, Block::Bottleneck);
+    assert_eq!(
+        Hyperparameters::to_value(&hp).get("block"),
+        Some(&Value::from("Bottleneck"))
+    );
+    let mut v = Value::dict();
+    v.insert("block", "basic");
+    assert_eq!(
+        <Ruled as Hyperparameters>::from_value(&v).unwrap().block,
+        Block::Basic
+    );
+    let e = hp.set_str("block", "wide").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "hyperparameter `block`: cannot parse \"wide\" as one of \"Basic\", \"Bottleneck\" (in any case)"
+    );
+    // A renamed variant answers to its saved name, in any case.
+    assert_eq!(Act::parse_str("GELU_TANH", "act"), Ok(Act::Gelu));
+}
+
 /// Value trees YAML can hold exactly: no tuples, tensors or OrderedDicts; finite floats.
 fn tree(int_keys: bool) -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -391,4 +508,52 @@ proptest! {
         let r = <u8 as HparamValue>::parse_str(&x.to_string(), "f");
         prop_assert_eq!(r.is_ok(), (0..=255).contains(&x));
     }
+}
+
+/// A module whose config has rules: a bad value is an error before libtorch sees it.
+#[lightning_module]
+pub struct Dropper {
+    #[hparams]
+    hp: Ruled,
+    fc: tch::nn::Linear,
+}
+
+impl LightningModule for Dropper {
+    fn build(hp: &Ruled, vs: &tch::nn::Path) -> lightning_core::Result<Self> {
+        Ok(Dropper {
+            hp: hp.clone(),
+            fc: tch::nn::linear(vs / "fc", 2, hp.channels, Default::default()),
+        })
+    }
+}
+
+#[test]
+fn fit_and_typed_loader_overrides_refuse_a_broken_rule() {
+    use lightning_core::checkpoint_loader::checkpoint_value;
+    use lightning_core::data::DataModule;
+    use lightning_core::trainer::Trainer;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let bad = Ruled {
+        dropout: -0.5,
+        ..Ruled::default()
+    };
+    let mut m = Dropper::build(&bad, &vs.root()).unwrap();
+    let mut t = Trainer::builder()
+        .enable_progress_bar(false)
+        .logger(false)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    let e = t.fit(&mut m, &DataModule::new(), None).unwrap_err();
+    assert!(
+        matches!(e, Error::Hparams(HparamError::Invalid { ref field, .. }) if field == "dropout"),
+        "{e}"
+    );
+    let good = Dropper::build(&Ruled::default(), &vs.root()).unwrap();
+    let e = Dropper::loader_from_value(checkpoint_value(&good))
+        .hparams(|hp| hp.channels = 5)
+        .load()
+        .err()
+        .expect("channels = 5 is odd");
+    assert!(e.to_string().contains("`channels` = 5 is invalid"), "{e}");
 }

@@ -223,13 +223,29 @@ fn strict_load_reports_missing_and_unexpected_like_pytorch() {
         net.fc1.ws.equal(&before),
         "strict failure must not copy anything"
     );
-    // Non-strict copies what matches and skips the mismatched tensor.
     sd.insert(
         "fc1.bias".into(),
         Tensor::full([8], 7.0, (Kind::Float, Device::Cpu)),
     );
+    // Non-strict still refuses a shape mismatch (PyTorch raises on sizes whatever `strict`
+    // says), lists only it, and copies nothing.
+    let before_bias = net.fc1.bs.as_ref().unwrap().copy();
+    sd.insert(
+        "fc1.weight".into(),
+        Tensor::zeros([8, 5], (Kind::Float, Device::Cpu)),
+    );
+    let StateError::Mismatch(report) = net.load_state_dict(&sd, false).unwrap_err();
+    assert!(report.missing.is_empty() && report.unexpected.is_empty());
+    assert_eq!(report.mismatched.len(), 1);
+    assert!(report
+        .to_string()
+        .contains("size or dtype mismatch for fc1.weight"));
+    assert!(report.mismatched[0].2.contains("[8, 5]"), "{report}");
+    assert!(net.fc1.bs.as_ref().unwrap().equal(&before_bias));
+    // Without the mismatch, non-strict copies what matches and reports the rest.
+    sd.shift_remove("fc1.weight");
     let report = net.load_state_dict(&sd, false).unwrap();
-    assert_eq!(report.missing, ["head.bias"]);
+    assert_eq!(report.missing, ["fc1.weight", "head.bias"]);
     assert!(net.fc1.ws.equal(&before));
     assert_eq!(net.fc1.bs.as_ref().unwrap().double_value(&[3]), 7.0);
     assert!(net.fc1.ws.requires_grad(), "loading keeps requires_grad");
@@ -372,4 +388,54 @@ fn derive_before_the_attribute_compiles() {
     };
     assert_eq!(m.state_dict().len(), 2);
     assert!(format!("{m:?}").contains("DeriveFirst"));
+}
+
+#[test]
+fn tch_batchnorm_has_pytorchs_keys_and_accepts_the_counter_on_load() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut bn = nn::batch_norm2d(&vs.root() / "bn1", 3, Default::default());
+    let sd = bn.state_dict();
+    let keys: Vec<&String> = sd.keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "weight",
+            "bias",
+            "running_mean",
+            "running_var",
+            "num_batches_tracked"
+        ]
+    );
+    assert_eq!(sd["num_batches_tracked"].kind(), Kind::Int64);
+    assert_eq!(bn.named_parameters().len(), 2);
+    // A PyTorch state_dict (counter 7) loads strictly; the counter is dropped, the rest copied.
+    let mut py = StateDict::new();
+    for (k, t) in &sd {
+        py.insert(k.clone(), t.ones_like());
+    }
+    py.insert("num_batches_tracked".into(), Tensor::from(7i64));
+    let report = bn.load_state_dict(&py, true).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(bn.running_mean.double_value(&[0]), 1.0);
+    assert_eq!(bn.state_dict()["num_batches_tracked"].int64_value(&[]), 0);
+}
+
+#[test]
+fn model_summary_lists_submodules_with_types_and_counts() {
+    let net = build(&defaults());
+    let summary = lightning_core::trainer::model_summary(&net);
+    let lines: Vec<&str> = summary.lines().collect();
+    // fc1: 4*8+8; a block: Linear 8*8+8 and BatchNorm 8+8; head: 8+1. Tensors are not rows.
+    assert_eq!(
+        lines[0], "  | Name   | Type                | Params",
+        "{summary}"
+    );
+    assert_eq!(lines[2], "0 | fc1    | Linear              | 40");
+    assert_eq!(lines[3], "1 | blocks | Vec<Block>          | 176");
+    assert_eq!(lines[4], "2 | head   | Option<Box<Linear>> | 9");
+    assert_eq!(lines.len(), 10, "{summary}");
+    assert_eq!(lines[6], "225       Trainable params");
+    assert_eq!(lines[7], "0         Non-trainable params");
+    assert_eq!(lines[8], "225       Total params");
+    assert_eq!(lines[9], "0.001     Total estimated model params size (MB)");
 }

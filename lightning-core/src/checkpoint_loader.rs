@@ -132,6 +132,8 @@ impl<'a, M: LightningModule> CheckpointLoader<'a, M> {
                 Override::Str(k, v) => hp.set_str(&k, &v)?,
             }
         }
+        // A typed override can set any value: check the rules before building on it.
+        hp.validate()?;
         let sd = state_dict_from_value(&Value::OrderedDict(ckpt.state_dict))?;
         let vs = tch::nn::VarStore::new(self.device);
         let mut model = M::build(&hp, &vs.root())?;

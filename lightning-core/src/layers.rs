@@ -2,6 +2,15 @@
 //! versions hide their tensors or lack PyTorch's state: [`BatchNorm`] (with
 //! `num_batches_tracked`), [`Lstm`]/[`Gru`] (tch keeps their weights private) and a traversable
 //! [`Sequential`].
+//!
+//! Which tch layers differ from PyTorch's:
+//!
+//! | tch layer | PyTorch's state | here |
+//! |---|---|---|
+//! | `nn::Linear`, `nn::Conv*`, `nn::ConvTranspose*`, `nn::LayerNorm`, `nn::GroupNorm`, `nn::Embedding` | same tensors | traversed as is |
+//! | `nn::BatchNorm` (`nn::batch_norm1d/2d/3d`) | lacks the `num_batches_tracked` buffer | reports it as `0` and accepts (drops) it on load, so files load both ways strictly; use [`BatchNorm`] to count batches |
+//! | `nn::LSTM`, `nn::GRU` | weights private | use [`Lstm`], [`Gru`] |
+//! | `nn::Sequential`, `nn::SequentialT` | layers private | use [`Sequential`] |
 
 use crate::traverse::{join_name, TensorKind, Traverse};
 use tch::nn::{self, ModuleT};
@@ -56,15 +65,54 @@ traverse_fields!(nn::ConvTranspose3D { "weight" => ws, "bias" => bs });
 traverse_fields!(nn::LayerNorm { "weight" => ws, "bias" => bs });
 traverse_fields!(nn::GroupNorm { "weight" => ws, "bias" => bs });
 traverse_fields!(nn::Embedding { "weight" => ws });
-// tch's bare BatchNorm has no `num_batches_tracked` counter, so it yields only `weight`,
-// `bias`, `running_mean` and `running_var`; a PyTorch checkpoint loaded into it strictly
-// reports `num_batches_tracked` as unexpected. Use [`BatchNorm`] for PyTorch's full set.
-traverse_fields!(nn::BatchNorm {
-    "weight" => ws,
-    "bias" => bs,
-    "running_mean" => running_mean,
-    "running_var" => running_var,
-});
+/// tch's bare BatchNorm has no `num_batches_tracked` counter. So that its files have
+/// PyTorch's keys (and a PyTorch checkpoint loads into it strictly), it reports a
+/// `num_batches_tracked` buffer that always reads `0` and drops what is loaded into it.
+/// PyTorch reads the counter only when `momentum=None`; use [`BatchNorm`] to count batches.
+impl Traverse for nn::BatchNorm {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
+        visit_batch_norm(self, prefix, f);
+        let untracked = untracked_count(&self.running_mean);
+        untracked.visit(&join_name(prefix, "num_batches_tracked"), f);
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind)) {
+        visit_batch_norm_mut(self, prefix, f);
+        // A fresh tensor: a loaded (or moved) value lands in it and is dropped.
+        let mut untracked = untracked_count(&self.running_mean);
+        untracked.visit_mut(&join_name(prefix, "num_batches_tracked"), f);
+    }
+}
+
+/// The four tensors tch's BatchNorm holds, in PyTorch's order.
+fn visit_batch_norm(
+    bn: &nn::BatchNorm,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &Tensor, TensorKind),
+) {
+    bn.ws.visit(&join_name(prefix, "weight"), f);
+    bn.bs.visit(&join_name(prefix, "bias"), f);
+    bn.running_mean.visit(&join_name(prefix, "running_mean"), f);
+    bn.running_var.visit(&join_name(prefix, "running_var"), f);
+}
+
+/// Mutable counterpart of [`visit_batch_norm`].
+fn visit_batch_norm_mut(
+    bn: &mut nn::BatchNorm,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut Tensor, TensorKind),
+) {
+    bn.ws.visit_mut(&join_name(prefix, "weight"), f);
+    bn.bs.visit_mut(&join_name(prefix, "bias"), f);
+    bn.running_mean
+        .visit_mut(&join_name(prefix, "running_mean"), f);
+    bn.running_var
+        .visit_mut(&join_name(prefix, "running_var"), f);
+}
+
+/// The `num_batches_tracked` of a tch BatchNorm: an int64 scalar 0 (a buffer) on its device.
+fn untracked_count(like: &Tensor) -> Tensor {
+    Tensor::zeros([], (Kind::Int64, like.device()))
+}
 
 impl<T: Traverse> Traverse for Option<T> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
@@ -157,7 +205,18 @@ impl BatchNorm {
     }
 }
 
-traverse_fields!(BatchNorm { "" => inner, "num_batches_tracked" => num_batches_tracked });
+impl Traverse for BatchNorm {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
+        visit_batch_norm(&self.inner, prefix, f);
+        self.num_batches_tracked
+            .visit(&join_name(prefix, "num_batches_tracked"), f);
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind)) {
+        visit_batch_norm_mut(&mut self.inner, prefix, f);
+        self.num_batches_tracked
+            .visit_mut(&join_name(prefix, "num_batches_tracked"), f);
+    }
+}
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {

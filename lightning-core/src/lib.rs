@@ -51,9 +51,10 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::hparams::{
-        parse_error, type_error, DictReader, HparamError, HparamField, HparamValue,
-        Hyperparameters, NoHparams,
+        check_range, check_with, match_variant, parse_error, type_error, variant_error, DictReader,
+        HparamError, HparamField, HparamValue, Hyperparameters, NoHparams,
     };
+    pub use crate::lightning_module::hparams_probe::{assert_not_config, Probe, ProbeFallback};
     pub use crate::lightning_module::HasHparams;
     pub use crate::traverse::passes::{FieldRole, Pass};
     pub use crate::traverse::{join_name, TensorKind, Traverse};

@@ -62,6 +62,59 @@ pub trait HasHparams {
     }
 }
 
+/// The check `#[lightning_module]` generates for each traversed field of a module without an
+/// `#[hparams]` field: a field whose type is a [`Hyperparameters`] config fails to compile
+/// with a message that says to mark it `#[hparams]`. Method resolution picks the inherent
+/// `kind` (an [`IsConfig`]) when the type is a config and the trait's fallback (a
+/// [`NotConfig`]) otherwise, including for type parameters. Used by generated code; not
+/// public API.
+#[doc(hidden)]
+pub mod hparams_probe {
+    use crate::hparams::Hyperparameters;
+    use std::marker::PhantomData;
+
+    /// Probes whether `T` is a config.
+    pub struct Probe<T: ?Sized>(PhantomData<T>);
+
+    /// What [`Probe::kind`] returns for a config.
+    pub struct IsConfig;
+    /// What the fallback returns for anything else.
+    pub struct NotConfig;
+
+    impl<T: ?Sized> Probe<T> {
+        /// A probe for `T`.
+        pub const NEW: Self = Probe(PhantomData);
+    }
+
+    impl<T: Hyperparameters> Probe<T> {
+        /// Chosen over [`ProbeFallback::kind`] when `T` is a config.
+        pub fn kind(&self) -> IsConfig {
+            IsConfig
+        }
+    }
+
+    /// The answer for every type that is not a config.
+    pub trait ProbeFallback {
+        /// [`NotConfig`].
+        fn kind(&self) -> NotConfig {
+            NotConfig
+        }
+    }
+    impl<T: ?Sized> ProbeFallback for Probe<T> {}
+
+    /// Implemented only for [`NotConfig`]: the message of a config field left unmarked.
+    #[diagnostic::on_unimplemented(
+        message = "this field holds a hyperparameters config: mark it `#[hparams]`",
+        label = "a `Hyperparameters` config in a module without an `#[hparams]` field",
+        note = "without `#[hparams]` the module's `Hparams` is `NoHparams` and the config is traversed for tensors"
+    )]
+    pub trait NotAnUnmarkedConfig {}
+    impl NotAnUnmarkedConfig for NotConfig {}
+
+    /// Compiles only for [`NotConfig`].
+    pub fn assert_not_config<K: NotAnUnmarkedConfig>(_: K) {}
+}
+
 /// A model that the trainer can fit and `load_from_checkpoint` can rebuild.
 ///
 /// Only [`build`](LightningModule::build) is required; training needs

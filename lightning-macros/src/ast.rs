@@ -14,6 +14,8 @@ pub enum HparamsInput<'a> {
         ident: &'a Ident,
         generics: &'a Generics,
         fields: Vec<HField<'a>>,
+        /// `#[hparam(no_default)]` on the struct: no generated `Default`.
+        no_default: bool,
     },
     /// An enum of unit variants: a field type stored as the variant name.
     Enum {
@@ -55,7 +57,9 @@ const TARGET_MSG: &str =
 impl<'a> HparamsInput<'a> {
     /// Parses the input; `None` when its shape is unsupported (the error is in `cx`).
     pub fn parse(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
-        reject_container_attr(cx, &input.attrs, "hparam");
+        if !matches!(input.data, Data::Struct(_)) {
+            reject_container_attr(cx, &input.attrs, "hparam");
+        }
         match &input.data {
             Data::Struct(s) => match &s.fields {
                 Fields::Named(named) => Some(HparamsInput::Struct {
@@ -66,6 +70,7 @@ impl<'a> HparamsInput<'a> {
                         .iter()
                         .filter_map(|f| HField::parse(cx, f))
                         .collect(),
+                    no_default: attr::hparam_container_attrs(cx, &input.attrs).is_some(),
                 }),
                 Fields::Unnamed(f) => {
                     cx.error_spanned(

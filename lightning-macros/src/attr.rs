@@ -44,6 +44,25 @@ pub struct HparamAttrs {
     pub skip: Option<syn::Path>,
     /// `rename = "name"`.
     pub rename: Option<LitStr>,
+    /// `range = <range expression>`.
+    pub range: Option<syn::ExprRange>,
+    /// `validate = path`.
+    pub validate: Option<syn::Path>,
+}
+
+/// Parses `range = lo..=hi` (any range expression).
+fn range_value(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::ExprRange>> {
+    let expr: Expr = meta.value()?.parse()?;
+    match expr {
+        Expr::Range(r) => Ok(Some(r)),
+        other => {
+            cx.error_spanned(
+                other,
+                "expected a range: `range = 0.0..=1.0` (or `1..`, `..=10`)",
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Parses `rename = "..."`: a string literal that is a valid (dot-free, non-empty) key.
@@ -74,12 +93,21 @@ pub fn hparam_attrs(cx: &Ctxt, attrs: &[Attribute], variant: bool) -> HparamAttr
     let mut default = Once::new("hparam", "default");
     let mut skip = Once::new("hparam", "skip");
     let mut rename = Once::new("hparam", "rename");
+    let mut range = Once::new("hparam", "range");
+    let mut validate = Once::new("hparam", "validate");
     for attr in attrs.iter().filter(|a| a.path().is_ident("hparam")) {
         let res = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("rename") {
                 if let Some(v) = rename_value(cx, &meta)? {
                     rename.set(cx, &meta, v);
                 }
+            } else if meta.path.is_ident("range") && !variant {
+                if let Some(r) = range_value(cx, &meta)? {
+                    range.set(cx, &meta, r);
+                }
+            } else if meta.path.is_ident("validate") && !variant {
+                let path: syn::Path = meta.value()?.parse()?;
+                validate.set(cx, &meta, path);
             } else if meta.path.is_ident("default") && !variant {
                 let e: Expr = meta.value()?.parse()?;
                 default.set(cx, &meta, e);
@@ -93,7 +121,7 @@ pub fn hparam_attrs(cx: &Ctxt, attrs: &[Attribute], variant: bool) -> HparamAttr
                 let valid = if variant {
                     "`rename`"
                 } else {
-                    "`default`, `skip`, `rename`"
+                    "`default`, `skip`, `rename`, `range`, `validate`"
                 };
                 return Err(meta.error(format!(
                     "unknown hparam attribute `{key}` (expected one of {valid})"
@@ -109,7 +137,31 @@ pub fn hparam_attrs(cx: &Ctxt, attrs: &[Attribute], variant: bool) -> HparamAttr
         default: default.get(),
         skip: skip.get(),
         rename: rename.get(),
+        range: range.get(),
+        validate: validate.get(),
     }
+}
+
+/// Reads `#[hparam(...)]` on a config struct itself: only `no_default` (do not generate
+/// `Default`) is allowed there.
+pub fn hparam_container_attrs(cx: &Ctxt, attrs: &[Attribute]) -> Option<syn::Path> {
+    let mut no_default = Once::new("hparam", "no_default");
+    for attr in attrs.iter().filter(|a| a.path().is_ident("hparam")) {
+        let res = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("no_default") {
+                no_default.set(cx, &meta, meta.path.clone());
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "on the type, `#[hparam(...)]` takes only `no_default`; field attributes go on fields",
+                ))
+            }
+        });
+        if let Err(e) = res {
+            cx.push(e);
+        }
+    }
+    no_default.get()
 }
 
 /// `#[state(...)]` on a module field.

@@ -1,6 +1,7 @@
 //! Code generation for `#[derive(Hyperparameters)]`.
 
 use crate::ast::{HField, HVariant, HparamsInput};
+use crate::bounds;
 use crate::check;
 use crate::ctxt::Ctxt;
 use proc_macro2::{Span, TokenStream};
@@ -68,7 +69,14 @@ fn expand(input: &HparamsInput) -> TokenStream {
             ident,
             generics,
             fields,
-        } => wrap(expand_struct(ident, generics, fields)),
+            no_default,
+        } => {
+            let mut out = expand_struct(ident, generics, fields);
+            if !no_default {
+                out.extend(expand_default(ident, generics, fields));
+            }
+            wrap(out)
+        }
         HparamsInput::Enum {
             ident,
             generics,
@@ -95,11 +103,80 @@ fn absent(f: &HField) -> TokenStream {
     }
 }
 
+/// `Default` with every field's `default`, when all fields have one.
+fn expand_default(ident: &Ident, generics: &Generics, fields: &[HField]) -> TokenStream {
+    if fields.iter().any(|f| f.attrs.default.is_none()) {
+        return TokenStream::new();
+    }
+    let g = bounded(generics);
+    let (impl_g, ty_g, where_c) = g.split_for_impl();
+    let inits = fields.iter().map(|f| {
+        let (m, value) = (f.member, absent(f));
+        quote!(#m: #value,)
+    });
+    quote! {
+        #[automatically_derived]
+        impl #impl_g ::core::default::Default for #ident #ty_g #where_c {
+            fn default() -> Self {
+                Self { #(#inits)* }
+            }
+        }
+    }
+}
+
+/// The range as written, for messages: `0.0..=1.0`.
+fn range_string(r: &syn::ExprRange) -> String {
+    type_string(r)
+        .replace(" ..= ", "..=")
+        .replace(" .. ", "..")
+        .replace(" ..", "..")
+        .replace(".. ", "..")
+}
+
+/// The checks of one field's rules on `__h.member`, run when `__only` is `None` or names it.
+fn field_checks(f: &HField) -> TokenStream {
+    let p = quote!(::lightning_core::__private);
+    let (m, ty, name) = (f.member, f.ty, &f.name);
+    // The field respanned to the rule, so a rule that does not fit the type is reported on
+    // the rule alone.
+    let at = |span: Span| {
+        let mut m = m.clone();
+        m.set_span(span);
+        m
+    };
+    let range = f.attrs.range.as_ref().map(|r| {
+        let rule = range_string(r);
+        let m = at(r.span());
+        quote_spanned! {r.span()=>
+            ::lightning_core::__private::check_range(#name, &__h.#m, #r, #rule)?;
+        }
+    });
+    let validate = f.attrs.validate.as_ref().map(|path| {
+        let path_s = type_string(path);
+        let m = at(path.span());
+        quote_spanned! {path.span()=>
+            ::lightning_core::__private::check_with(#name, &__h.#m, #path(&__h.#m), #path_s)?;
+        }
+    });
+    quote! {
+        if __only.is_none_or(|__n| __n == #name) {
+            #range
+            #validate
+            <#ty as #p::HparamValue>::validate_field(&__h.#m, #name)?;
+        }
+    }
+}
+
 fn expand_struct(ident: &Ident, generics: &Generics, fields: &[HField]) -> TokenStream {
     let p = quote!(::lightning_core::__private);
     let g = bounded(generics);
-    let (impl_g, ty_g, where_c) = g.split_for_impl();
+
+    // One error per unsupported field type, on the field.
+    let field_bounds = bounds::per_field(&g, fields.iter().map(|f| f.ty), "HparamValue");
+    let (impl_g, ty_g, where_c) = field_bounds.split_for_impl();
+    let (check_g, check_where) = (&impl_g, &where_c);
     let all_names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    let checks = fields.iter().map(field_checks);
 
     let to_value = fields.iter().filter(|f| f.attrs.skip.is_none()).map(|f| {
         let (m, ty, name) = (f.member, f.ty, &f.name);
@@ -118,12 +195,17 @@ fn expand_struct(ident: &Ident, generics: &Generics, fields: &[HField]) -> Token
             },
         }
     });
+    // The parsed value replaces the field only if it keeps the field's rules.
     let set_arms = fields.iter().map(|f| {
         let (m, ty, name) = (f.member, f.ty, &f.name);
         quote_spanned! {ty.span()=>
             (#name, #p::Option::None) => {
-                self.#m = <#ty as #p::HparamValue>::parse_str(__value, #name)?;
-                #p::Result::Ok(())
+                let __new = <#ty as #p::HparamValue>::parse_str(__value, #name)?;
+                let __old = ::core::mem::replace(&mut self.#m, __new);
+                __check_fields(self, #p::Option::Some(#name)).map_err(|__e| {
+                    self.#m = __old;
+                    __e
+                })
             }
             (#name, #p::Option::Some(__rest)) => {
                 <#ty as #p::HparamValue>::set_nested(&mut self.#m, __rest, __value, #name)
@@ -159,7 +241,18 @@ fn expand_struct(ident: &Ident, generics: &Generics, fields: &[HField]) -> Token
     });
 
     quote! {
+        /// The rules of every field (`__only: None`) or of the one named.
+        #[allow(private_bounds)]
+        fn __check_fields #check_g (
+            __h: &#ident #ty_g,
+            __only: #p::Option<&str>,
+        ) -> #p::Result<(), #p::HparamError> #check_where {
+            #(#checks)*
+            #p::Result::Ok(())
+        }
+
         #[automatically_derived]
+        #[allow(private_bounds)]
         impl #impl_g #p::Hyperparameters for #ident #ty_g #where_c {
             fn to_value(&self) -> #p::Value {
                 let mut __d = #p::Dict::new();
@@ -168,7 +261,12 @@ fn expand_struct(ident: &Ident, generics: &Generics, fields: &[HField]) -> Token
             }
             fn from_value(__v: &#p::Value) -> #p::Result<Self, #p::HparamError> {
                 let __r = #p::DictReader::new::<Self>(__v, &[#(#all_names),*])?;
-                #p::Result::Ok(Self { #(#from_value)* })
+                let __h = Self { #(#from_value)* };
+                __check_fields(&__h, #p::Option::None)?;
+                #p::Result::Ok(__h)
+            }
+            fn validate(&self) -> #p::Result<(), #p::HparamError> {
+                __check_fields(self, #p::Option::None)
             }
             fn set_str(&mut self, __key: &str, __value: &str) -> #p::Result<(), #p::HparamError> {
                 let (__head, __rest) = match __key.split_once('.') {
@@ -200,6 +298,7 @@ fn expand_enum(ident: &Ident, generics: &Generics, variants: &[HVariant]) -> Tok
     let (impl_g, ty_g, where_c) = generics.split_for_impl();
     let idents: Vec<&Ident> = variants.iter().map(|v| v.ident).collect();
     let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+    let indices: Vec<usize> = (0..variants.len()).collect();
     let type_name = format!(
         "one of {}",
         names
@@ -217,16 +316,18 @@ fn expand_enum(ident: &Ident, generics: &Generics, variants: &[HVariant]) -> Tok
             fn to_value(&self) -> #p::Value {
                 #p::Value::Str(#p::String::from(match self { #(Self::#idents => #names,)* }))
             }
+            /// The variant's name in any case (a hand-written YAML file may say `gelu`).
             fn from_value(__v: &#p::Value, __field: &str) -> #p::Result<Self, #p::HparamError> {
-                match __v.as_str() {
-                    #(#p::Option::Some(#names) => #p::Result::Ok(Self::#idents),)*
+                match __v.as_str().and_then(|__s| #p::match_variant(__s, &[#(#names),*])) {
+                    #(#p::Option::Some(#indices) => #p::Result::Ok(Self::#idents),)*
                     _ => #p::Result::Err(#p::type_error::<Self>(__field, __v)),
                 }
             }
+            /// The variant's name in any case; saved with its canonical spelling.
             fn parse_str(__s: &str, __field: &str) -> #p::Result<Self, #p::HparamError> {
-                match __s.trim() {
-                    #(#names => #p::Result::Ok(Self::#idents),)*
-                    _ => #p::Result::Err(#p::parse_error::<Self>(__field, __s)),
+                match #p::match_variant(__s.trim(), &[#(#names),*]) {
+                    #(#p::Option::Some(#indices) => #p::Result::Ok(Self::#idents),)*
+                    _ => #p::Result::Err(#p::variant_error(__field, __s, &[#(#names),*])),
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Code generation for `#[lightning_module]`: `HasHparams` and `Traverse`.
 
 use crate::ast::{ModuleInput, Role};
+use crate::bounds;
 use crate::check;
 use crate::ctxt::Ctxt;
 use proc_macro2::{TokenStream, TokenTree};
@@ -133,12 +134,11 @@ fn impls(m: &ModuleInput) -> TokenStream {
             _ => None,
         })
         .collect();
-    let tr_generics = with_bounds(
-        m.generics,
-        traversed.iter().map(|(f, _)| f.ty),
-        quote!(#p::Traverse),
-    );
+    // One error per field whose type has no tensors, on the field.
+    let tr_generics =
+        bounds::per_field(m.generics, traversed.iter().map(|(f, _)| f.ty), "Traverse");
     let (impl_g, ty_g, where_c) = tr_generics.split_for_impl();
+    let (probe_g, _, probe_where) = m.generics.split_for_impl();
     let role = |b: &Option<bool>| match b {
         Some(persistent) => quote!(#p::FieldRole::Buffer { persistent: #persistent }),
         None => quote!(#p::FieldRole::AsReported),
@@ -156,12 +156,42 @@ fn impls(m: &ModuleInput) -> TokenStream {
             <#ty as #p::Traverse>::visit_field_mut(&mut self.#member, &#p::join_name(__prefix, #name), #role, __pass, __f);
         }
     });
+    // Without an `#[hparams]` field, a config among the traversed fields was most likely
+    // meant to be it: say so on that field (the probe compiles for every other type).
+    let probes = traversed
+        .iter()
+        .filter(|_| hp_field.is_none())
+        .map(|(f, _)| {
+            let ty = f.ty;
+            // Every token at the field type, so the error is reported there.
+            quote_spanned! {ty.span()=>
+                ::lightning_core::__private::assert_not_config(
+                    ::lightning_core::__private::Probe::<#ty>::NEW.kind(),
+                );
+            }
+        });
+    let probe_fn = hp_field.is_none().then(|| {
+        quote! {
+            #[allow(dead_code, unused_imports, clippy::all)]
+            fn __lightning_hparams_probe #probe_g () #probe_where {
+                use #p::ProbeFallback as _;
+                #(#probes)*
+            }
+        }
+    });
+    let children = traversed.iter().map(|(f, _)| {
+        let (member, name) = (f.member, &f.name);
+        quote!(__f(#name, &self.#member);)
+    });
     quote! {
         #[allow(non_local_definitions, clippy::all)]
         const _: () = {
             #has_hparams
 
+            #probe_fn
+
             #[automatically_derived]
+            #[allow(private_bounds)]
             impl #impl_g #p::Traverse for #ident #ty_g #where_c {
                 fn visit(
                     &self,
@@ -181,6 +211,12 @@ fn impls(m: &ModuleInput) -> TokenStream {
                     for __pass in #p::Pass::IN_ORDER {
                         #(#visits_mut)*
                     }
+                }
+                fn visit_children(
+                    &self,
+                    __f: &mut dyn ::core::ops::FnMut(&str, &dyn #p::Traverse),
+                ) {
+                    #(#children)*
                 }
             }
         };

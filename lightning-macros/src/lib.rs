@@ -8,6 +8,7 @@ use proc_macro::TokenStream;
 
 mod ast;
 mod attr;
+mod bounds;
 mod check;
 mod ctxt;
 mod expand_hparams;

@@ -4,6 +4,7 @@ use lightning_core::prelude::*;
 struct Config {
     hidden: i64,
     timeout: std::time::Duration,
+    started: std::time::Instant,
 }
 
 fn main() {}

@@ -2,7 +2,8 @@
 mod model {
     use lightning_core::prelude::*;
 
-    #[derive(Hyperparameters, Clone, Debug, Default)]
+    // Every field has a default: `Default` is generated (a `derive(Default)` would conflict).
+    #[derive(Hyperparameters, Clone, Debug)]
     pub struct Config {
         #[hparam(default = 2)]
         pub(crate) width: i64,
@@ -32,6 +33,7 @@ fn main() {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let net = model::Net::new(&vs.root());
     assert_eq!(net.hp.width, 2);
+    assert_eq!(model::Config::default().width, 2);
     assert_eq!(net.fc.ws.size(), [2, 2]);
     assert_eq!(net.state_dict().len(), 2);
     println!("{net:?}");

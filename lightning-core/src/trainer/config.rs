@@ -77,6 +77,7 @@ pub struct TrainerConfig {
     pub seed: Option<u64>,
     pub device: Device,
     pub enable_progress_bar: bool,
+    pub enable_model_summary: bool,
     pub logger: bool,
     pub log_every_n_steps: usize,
     pub async_checkpointing: bool,
@@ -121,6 +122,7 @@ impl Default for TrainerConfig {
             seed: None,
             device: Device::Cpu,
             enable_progress_bar: true,
+            enable_model_summary: true,
             logger: true,
             log_every_n_steps: 50,
             async_checkpointing: false,
@@ -192,8 +194,12 @@ impl TrainerBuilder {
         seed: u64 => seed = Some);
     setter!(/// The device to train on (default CPU).
         device: Device => device = |v| v);
-    setter!(/// Show a progress bar (only when stdout is a terminal; default on).
+    setter!(/// Show a progress bar (default on) when stdout is a terminal; otherwise (a job's
+        /// log) print one line per epoch instead (batches, time, it/s, metrics).
         enable_progress_bar: bool => enable_progress_bar = |v| v);
+    setter!(/// Print the model summary (submodules, parameter counts, size) when `fit` starts, as
+        /// Lightning does (default on; rank 0 only).
+        enable_model_summary: bool => enable_model_summary = |v| v);
     setter!(/// Write `metrics.csv` and `hparams.yaml` to `lightning_logs/version_N` (default on).
         logger: bool => logger = |v| v);
     setter!(/// Write training-step metrics every this many steps (default 50).

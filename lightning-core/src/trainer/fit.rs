@@ -189,6 +189,9 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
         preempt: &Preemption,
     ) -> Result<()> {
+        // A model built from a struct literal never went through `from_value`: check its
+        // hyperparameters' rules before libtorch sees a bad value.
+        model.hparams().validate()?;
         let train = need(data.train_loader(), "fit: train")?;
         let world = match &self.cfg.strategy {
             Strategy::Ddp(o) if self.cfg.devices * self.cfg.num_nodes > 1 => {
@@ -239,6 +242,9 @@ impl Trainer {
             if r.ckpt.optimizer_states.is_none() {
                 return Err(restore_err(&r.path, RestoreError::WeightsOnly));
             }
+        }
+        if self.cfg.enable_model_summary && self.is_global_zero() {
+            println!("{}", super::summary::model_summary(&*model));
         }
         model.move_to(self.cfg.device);
         let mut optim = model.configure_optimizers()?;
@@ -350,6 +356,7 @@ impl Trainer {
         let epoch = self.run.epoch;
         self.run.val_every = super::val_every(&self.cfg, n);
         self.run.begin_epoch();
+        let (started, consumed_before) = (std::time::Instant::now(), self.run.batches_consumed);
         if self.run.batches_consumed < n {
             let rank_zero = self.is_global_zero();
             let bar = Bar::new(
@@ -404,6 +411,17 @@ impl Trainer {
             bar.finish();
         }
         self.end_epoch(model, data, n)?;
+        // In a log (no terminal, so no bar): one line per epoch, as Lightning's bar leaves.
+        if self.cfg.enable_progress_bar && self.is_global_zero() && !Bar::drawn() {
+            let batches = (self.run.batches_consumed.min(n)).saturating_sub(consumed_before.min(n));
+            let line = super::summary::epoch_line(
+                epoch,
+                batches,
+                started.elapsed(),
+                self.callback_metrics(),
+            );
+            println!("{line}");
+        }
         if let Some(l) = &self.logger {
             l.save()?;
         }

@@ -35,11 +35,13 @@ mod progress;
 mod saver;
 mod state;
 mod strategy;
+mod summary;
 
 pub use crate::checkpoint::schema::{LIGHTNING_VERSION, RESUME_KEY};
 pub use config::{ClipAlgorithm, Limit, SaveErrorPolicy, TrainerBuilder, TrainerConfig};
 pub use ddp::finish_distributed;
 pub use strategy::{Accelerator, DdpOptions, Strategy, StrategyError};
+pub use summary::model_summary;
 
 use crate::callbacks::Callback;
 use crate::checkpoint::schema::Checkpoint;

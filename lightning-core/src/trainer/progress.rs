@@ -11,7 +11,7 @@ pub(crate) struct Bar(Option<ProgressBar>);
 impl Bar {
     /// A bar of `len` steps titled `title`; hidden unless `enabled` and stdout is a terminal.
     pub fn new(enabled: bool, len: usize, title: String) -> Self {
-        if !enabled || !std::io::stdout().is_terminal() {
+        if !enabled || !Self::drawn() {
             return Bar(None);
         }
         let pb = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stdout());
@@ -22,6 +22,11 @@ impl Bar {
         pb.set_style(style);
         pb.set_prefix(title);
         Bar(Some(pb))
+    }
+
+    /// Whether bars are drawn at all: stdout is a terminal.
+    pub fn drawn() -> bool {
+        std::io::stdout().is_terminal()
     }
 
     /// Advances one step and shows `metrics`.

@@ -4,6 +4,9 @@
 use crate::value::{tensor_placeholder, Dict, Key, Value};
 use std::path::PathBuf;
 
+mod validate;
+pub use validate::{check_range, check_with, match_variant, variant_error, Bounded};
+
 /// Errors reading, building or overriding hyperparameters. Each names the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HparamError {
@@ -44,6 +47,16 @@ pub enum HparamError {
     /// An override was not of the form `key=value`.
     #[error("override {0:?} is not of the form key=value")]
     Syntax(String),
+    /// A value broke a rule of its field (`#[hparam(range = ..)]`, `#[hparam(validate = ..)]`).
+    #[error("hyperparameter `{field}` = {value} is invalid: {rule}")]
+    Invalid {
+        /// Dotted field name.
+        field: String,
+        /// The value, as Rust's `Debug` prints it.
+        value: String,
+        /// The rule it broke (`must be in 0.0..=1.0`, or the validator's message).
+        rule: String,
+    },
     /// A YAML or JSON hparams document could not be read.
     #[error("invalid {format} hparams document: {msg}")]
     Document {
@@ -75,7 +88,20 @@ pub struct HparamField {
 /// the enum too; it is stored as the variant's name, or its `#[hparam(rename = "..")]`).
 /// Attributes: `#[hparam(default = <expr>)]`, `#[hparam(skip)]` (never saved, like
 /// `save_hyperparameters(ignore=[..])`; needs a default; still settable by overrides),
-/// `#[hparam(rename = "name")]`. Doc comments become [`HparamField::doc`].
+/// `#[hparam(rename = "name")]`, and the value rules `#[hparam(range = 0.0..=1.0)]` (numbers,
+/// and `Option`/`Vec` of numbers: each one must lie in the range) and
+/// `#[hparam(validate = path)]` (`fn(&T) -> Result<(), E>` with `E: Display`). Doc comments
+/// become [`HparamField::doc`].
+///
+/// The rules are checked by [`Hyperparameters::validate`], which `from_value` (so loading a
+/// checkpoint or an hparams file), every string override, the checkpoint loader's typed
+/// overrides and `Trainer::fit` call: a bad value is an [`HparamError::Invalid`] naming the
+/// field, the value and the rule, never a panic inside libtorch.
+///
+/// When every field has a `default`, the derive also implements `Default` with those values
+/// (opt out with `#[hparam(no_default)]` on the struct, to write your own). Enum fields accept
+/// their variant names in any case from overrides and files (`act=gelu`) and are saved with
+/// the canonical name.
 ///
 /// ```
 /// use lightning_core::prelude::*;
@@ -102,7 +128,8 @@ pub struct HparamField {
 /// let mut hp = MlpConfig::from_value(&saved)?;          // missing fields take defaults
 /// assert_eq!((hp.hidden, hp.act), (64, Act::Relu));
 /// hp.set_str("lr", "3e-4")?;                            // `key=value` overrides
-/// hp.set_str("act", "Gelu")?;
+/// hp.set_str("act", "gelu")?;                           // variant names in any case
+/// assert_eq!(hp.to_value().get("act"), Some(&Value::from("Gelu")));
 /// assert_eq!(hp.to_value().get("lr"), Some(&Value::Float(3e-4)));
 /// assert!(hp.to_value().get("verbose").is_none());    // skipped: never saved
 /// let err = hp.set_str("hiden", "3").unwrap_err();
@@ -123,6 +150,12 @@ pub trait Hyperparameters: Sized + Clone + 'static {
     fn set_str(&mut self, key: &str, value: &str) -> Result<(), HparamError>;
     /// Every field, in declaration order (nested ones dotted).
     fn fields() -> Vec<HparamField>;
+    /// Checks every field's rules (`#[hparam(range = ..)]`, `#[hparam(validate = ..)]`),
+    /// nested configs included; the first broken rule is an [`HparamError::Invalid`].
+    /// Configs without rules are always valid.
+    fn validate(&self) -> Result<(), HparamError> {
+        Ok(())
+    }
 }
 
 /// A type that can be a hyperparameter field (implemented for scalars, strings, paths,
@@ -164,6 +197,13 @@ pub trait HparamValue: Sized {
     fn nested_fields() -> Vec<HparamField> {
         Vec::new()
     }
+
+    /// Checks the rules of a nested config's fields (and of each one in an `Option` or
+    /// `Vec`), with errors named under `field`; plain values have no rules of their own.
+    fn validate_field(&self, field: &str) -> Result<(), HparamError> {
+        let _ = field;
+        Ok(())
+    }
 }
 
 impl HparamError {
@@ -193,6 +233,11 @@ impl HparamError {
                 field: p(field),
                 value,
                 expected,
+            },
+            HparamError::Invalid { field, value, rule } => HparamError::Invalid {
+                field: p(field),
+                value,
+                rule,
             },
             other => other,
         }
@@ -366,6 +411,9 @@ impl<T: HparamValue> HparamValue for Option<T> {
             _ => T::parse_str(s, field).map(Some),
         }
     }
+    fn validate_field(&self, field: &str) -> Result<(), HparamError> {
+        self.as_ref().map_or(Ok(()), |v| v.validate_field(field))
+    }
 }
 
 impl<T: HparamValue> HparamValue for Vec<T> {
@@ -423,10 +471,18 @@ impl<T: HparamValue> HparamValue for Vec<T> {
             .map(|(i, item)| T::parse_str(item.trim(), &format!("{field}.{i}")))
             .collect()
     }
+    fn validate_field(&self, field: &str) -> Result<(), HparamError> {
+        self.iter()
+            .enumerate()
+            .try_for_each(|(i, v)| v.validate_field(&format!("{field}.{i}")))
+    }
 }
 
 /// Every [`Hyperparameters`] config is a field type too: it nests as a dict, and string
-/// overrides reach its fields with dotted keys (`model.hidden=128`).
+/// overrides reach its fields with dotted keys (`model.hidden=128`). Not recommended in
+/// errors: an unsupported field type is reported as "not a hyperparameter type", not as a
+/// missing config.
+#[diagnostic::do_not_recommend]
 impl<H: Hyperparameters> HparamValue for H {
     fn type_name() -> String {
         let full = std::any::type_name::<H>();
@@ -451,6 +507,9 @@ impl<H: Hyperparameters> HparamValue for H {
     }
     fn nested_fields() -> Vec<HparamField> {
         H::fields()
+    }
+    fn validate_field(&self, field: &str) -> Result<(), HparamError> {
+        Hyperparameters::validate(self).map_err(|e| e.prefixed(field))
     }
 }
 
