@@ -557,3 +557,93 @@ fn fit_and_typed_loader_overrides_refuse_a_broken_rule() {
         .expect("channels = 5 is odd");
     assert!(e.to_string().contains("`channels` = 5 is invalid"), "{e}");
 }
+
+/// Fields of the types Python writes with their own classes: `set`, `bytes`, `torch.Size`.
+#[derive(Hyperparameters, Clone, Debug, PartialEq)]
+pub struct PyTypes {
+    #[hparam(default = std::collections::BTreeSet::from(["b".to_owned(), "a".to_owned()]))]
+    pub tags: std::collections::BTreeSet<String>,
+    #[hparam(default = std::collections::HashSet::from([3]))]
+    pub ids: std::collections::HashSet<i64>,
+    #[hparam(default = vec![0, 255, 7])]
+    pub blob: Vec<u8>,
+    #[hparam(default = [1, 28, 28])]
+    pub input_shape: [i64; 3],
+    #[hparam(default = [0.9, 0.999])]
+    pub betas: [f64; 2],
+}
+
+#[test]
+fn sets_bytes_and_sizes_round_trip_as_python_writes_them() {
+    let cfg = PyTypes::default();
+    let v = Hyperparameters::to_value(&cfg);
+    assert_eq!(
+        v.get("tags"),
+        Some(&Value::Set(vec![Value::from("a"), Value::from("b")]))
+    );
+    assert_eq!(v.get("blob"), Some(&Value::Bytes(vec![0, 255, 7])));
+    assert_eq!(v.get("input_shape"), Some(&Value::Size(vec![1, 28, 28])));
+    assert_eq!(
+        v.get("betas"),
+        Some(&Value::Tuple(vec![Value::Float(0.9), Value::Float(0.999)]))
+    );
+    assert_eq!(<PyTypes as Hyperparameters>::from_value(&v).unwrap(), cfg);
+    // Lists (a YAML file) read too; a wrong length names the field.
+    let mut m = v.clone();
+    m.insert(
+        "input_shape",
+        Value::List(vec![Value::Int(3), Value::Int(4)]),
+    );
+    let err = <PyTypes as Hyperparameters>::from_value(&m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("input_shape") && err.contains("3 x i64"),
+        "{err}"
+    );
+    m.insert("blob", Value::ByteArray(vec![1, 2]));
+    m.insert("input_shape", Value::List(vec![Value::Int(3); 3]));
+    assert_eq!(
+        <PyTypes as Hyperparameters>::from_value(&m).unwrap().blob,
+        vec![1, 2]
+    );
+    // String overrides.
+    let mut c = cfg.clone();
+    apply_overrides(
+        &mut c,
+        &[
+            "tags={x, y}",
+            "input_shape=[3,32,32]",
+            "ids=1,2,2",
+            "blob=[9]",
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.tags, ["x".to_owned(), "y".to_owned()].into());
+    assert_eq!(c.input_shape, [3, 32, 32]);
+    assert_eq!(c.ids, [1, 2].into());
+    assert_eq!(c.blob, vec![9]);
+    assert!(apply_overrides(&mut c, &["input_shape=1,2"]).is_err());
+    assert!(apply_overrides(&mut c, &["blob=[256]"]).is_err());
+
+    // Python reads the written file's values with their own types.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hp.ckpt");
+    let mut ckpt = Value::dict();
+    ckpt.insert("hyper_parameters", Hyperparameters::to_value(&cfg));
+    lightning_core::checkpoint::save(&path, &ckpt).unwrap();
+    let script = r#"
+import sys, torch
+hp = torch.load(sys.argv[1], weights_only=True)["hyper_parameters"]
+assert hp["tags"] == {"a", "b"} and type(hp["tags"]) is set, hp
+assert hp["ids"] == {3} and type(hp["ids"]) is set, hp
+assert hp["blob"] == b"\x00\xff\x07" and type(hp["blob"]) is bytes, hp
+assert hp["input_shape"] == torch.Size([1, 28, 28]) and type(hp["input_shape"]) is torch.Size, hp
+assert hp["betas"] == (0.9, 0.999) and type(hp["betas"]) is tuple, hp
+print("ok")
+"#;
+    match lightning_rs::run_python(script, &[path.to_str().unwrap()]) {
+        None => eprintln!("SKIP: no venv Python (run scripts/setup.sh); torch.load check not run"),
+        Some(r) => assert_eq!(r.unwrap().trim(), "ok"),
+    }
+}

@@ -139,7 +139,7 @@ pub struct HparamField {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a hyperparameters config",
     label = "not a config",
-    note = "a config is a struct with named fields and `#[derive(Hyperparameters)]`; plain field types are integers, floats, bool, String, PathBuf, Option<T>, Vec<T> and unit enums"
+    note = "a config is a struct with named fields and `#[derive(Hyperparameters)]`; plain field types are integers, floats, bool, String, PathBuf, Option<T>, Vec<T>, [T; N], sets and unit enums"
 )]
 pub trait Hyperparameters: Sized + Clone + 'static {
     /// The fields as a `dict` (skipped fields left out).
@@ -163,7 +163,7 @@ pub trait Hyperparameters: Sized + Clone + 'static {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a hyperparameter type",
     label = "not a hyperparameter type",
-    note = "supported: integers, floats, bool, String, PathBuf, Option<T>, Vec<T>, and types with `#[derive(Hyperparameters)]` (configs, unit enums)"
+    note = "supported: integers, floats, bool, String, PathBuf, Option<T>, Vec<T> (Vec<u8>: bytes), [T; N] ([i64; N]: torch.Size), HashSet<T>/BTreeSet<T> (set), and types with `#[derive(Hyperparameters)]` (configs, unit enums)"
 )]
 pub trait HparamValue: Sized {
     /// The type's name for error messages (`"i64"`, `"list of f64"`).
@@ -203,6 +203,35 @@ pub trait HparamValue: Sized {
     fn validate_field(&self, field: &str) -> Result<(), HparamError> {
         let _ = field;
         Ok(())
+    }
+
+    /// How a `Vec` of this type is written: a list, except `Vec<u8>`, which Python would
+    /// have written as `bytes`.
+    #[doc(hidden)]
+    fn vec_to_value(items: &[Self]) -> Value {
+        Value::List(items.iter().map(Self::to_value).collect())
+    }
+
+    /// How a fixed-size array of this type is written: a tuple, except `[i64; N]`, which is a
+    /// shape: a `torch.Size`.
+    #[doc(hidden)]
+    fn array_to_value(items: &[Self]) -> Value {
+        Value::Tuple(items.iter().map(Self::to_value).collect())
+    }
+}
+
+/// The items of a sequence value as the value tree holds them: lists and tuples, and the
+/// sequences Python writes with their own types (`bytes`/`bytearray` as ints, `torch.Size`,
+/// `set`). `None` for anything else.
+fn seq_items(value: &Value) -> Option<std::borrow::Cow<'_, [Value]>> {
+    use std::borrow::Cow;
+    match value {
+        Value::List(v) | Value::Tuple(v) | Value::Set(v) => Some(Cow::Borrowed(v)),
+        Value::Bytes(b) | Value::ByteArray(b) => Some(Cow::Owned(
+            b.iter().map(|&x| Value::Int(i64::from(x))).collect(),
+        )),
+        Value::Size(d) => Some(Cow::Owned(d.iter().map(|&x| Value::Int(x)).collect())),
+        _ => None,
     }
 }
 
@@ -274,7 +303,7 @@ fn describe(v: &Value) -> String {
 }
 
 macro_rules! int_hparam {
-    ($($t:ty),*) => {$(
+    ($($t:ty $({ $($extra:tt)* })?),*) => {$(
         impl HparamValue for $t {
             fn type_name() -> String {
                 stringify!($t).to_owned()
@@ -300,10 +329,23 @@ macro_rules! int_hparam {
             fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
                 s.trim().parse::<$t>().map_err(|_| parse_error::<Self>(field, s))
             }
+            $($($extra)*)?
         }
     )*};
 }
-int_hparam!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+int_hparam!(i8, i16, i32, isize, u16, u32, u64, usize);
+int_hparam!(u8 {
+    /// `Vec<u8>` is Python `bytes`.
+    fn vec_to_value(items: &[Self]) -> Value {
+        Value::Bytes(items.to_vec())
+    }
+});
+int_hparam!(i64 {
+    /// `[i64; N]` is a shape: Python's `torch.Size`.
+    fn array_to_value(items: &[Self]) -> Value {
+        Value::Size(items.to_vec())
+    }
+});
 
 macro_rules! float_hparam {
     ($($t:ty),*) => {$(
@@ -420,14 +462,14 @@ impl<T: HparamValue> HparamValue for Vec<T> {
     fn type_name() -> String {
         format!("list of {}", T::type_name())
     }
+    /// A list (`Vec<u8>`: `bytes`).
     fn to_value(&self) -> Value {
-        Value::List(self.iter().map(T::to_value).collect())
+        T::vec_to_value(self)
     }
-    /// Accepts lists and tuples; an item's error names it `field.i`.
+    /// Accepts lists, tuples, sets, `bytes`/`bytearray` and `torch.Size`; an item's error
+    /// names it `field.i`.
     fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
-        let items = value
-            .as_seq()
-            .ok_or_else(|| type_error::<Self>(field, value))?;
+        let items = seq_items(value).ok_or_else(|| type_error::<Self>(field, value))?;
         items
             .iter()
             .enumerate()
@@ -477,6 +519,73 @@ impl<T: HparamValue> HparamValue for Vec<T> {
             .try_for_each(|(i, v)| v.validate_field(&format!("{field}.{i}")))
     }
 }
+
+/// A fixed-size array: written as a tuple (`[i64; N]`: a `torch.Size`); reads any sequence of
+/// exactly `N` items.
+impl<T: HparamValue, const N: usize> HparamValue for [T; N] {
+    fn type_name() -> String {
+        format!("{N} x {}", T::type_name())
+    }
+    fn to_value(&self) -> Value {
+        T::array_to_value(self)
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        let items = Vec::<T>::from_value(value, field)?;
+        let n = items.len();
+        items.try_into().map_err(|_| HparamError::Type {
+            field: field.to_owned(),
+            expected: Self::type_name(),
+            found: format!("{n} items"),
+        })
+    }
+    /// As `Vec<T>` (`[1, 2, 3]` or `1,2,3`), with exactly `N` items.
+    fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+        Vec::<T>::parse_str(s, field)?
+            .try_into()
+            .map_err(|_| parse_error::<Self>(field, s))
+    }
+    fn validate_field(&self, field: &str) -> Result<(), HparamError> {
+        self.iter()
+            .enumerate()
+            .try_for_each(|(i, v)| v.validate_field(&format!("{field}.{i}")))
+    }
+}
+
+/// Reads a set's items from any sequence (duplicates collapse); parses `{a, b}`, `[a, b]` or
+/// `a,b`.
+fn set_from_str<T: HparamValue>(s: &str, field: &str) -> Result<Vec<T>, HparamError> {
+    let t = s.trim();
+    match t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+        Some(inner) => Vec::<T>::parse_str(&format!("[{inner}]"), field),
+        None => Vec::<T>::parse_str(t, field),
+    }
+}
+
+macro_rules! set_hparam {
+    ($set:ident, $($bound:path),+; $doc:literal) => {
+        #[doc = $doc]
+        impl<T: HparamValue $(+ $bound)+> HparamValue for std::collections::$set<T> {
+            fn type_name() -> String {
+                format!("set of {}", T::type_name())
+            }
+            /// A Python `set`.
+            fn to_value(&self) -> Value {
+                Value::Set(self.iter().map(T::to_value).collect())
+            }
+            fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+                Ok(Vec::<T>::from_value(value, field)?.into_iter().collect())
+            }
+            fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+                Ok(set_from_str::<T>(s, field)?.into_iter().collect())
+            }
+            fn validate_field(&self, field: &str) -> Result<(), HparamError> {
+                self.iter().try_for_each(|v| v.validate_field(field))
+            }
+        }
+    };
+}
+set_hparam!(BTreeSet, Ord; "A Python `set` (written in sorted order).");
+set_hparam!(HashSet, Eq, std::hash::Hash; "A Python `set` (written in the set's iteration order).");
 
 /// Every [`Hyperparameters`] config is a field type too: it nests as a dict, and string
 /// overrides reach its fields with dotted keys (`model.hidden=128`). Not recommended in
