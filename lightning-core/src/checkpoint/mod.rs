@@ -463,8 +463,11 @@ fn read_tree(path: &Path, opts: &LoadOptions, skip_data: bool) -> Result<Value, 
         skip_data,
         path,
         used: Default::default(),
+        // CPU copy-loads read their storages after the pickle, in parallel.
+        pending: (map.is_none() && !skip_data && opts.device == Device::Cpu).then(Default::default),
     };
     let tree = pickle_read::read_pickle(&pickle, path, &mut |k, kind, n| loader.load(k, kind, n))?;
+    loader.fill_pending()?;
     if opts.verify_crc {
         // The records the tree did not read (metadata, unused storages) are checked too, so a
         // file that loads is a file that `verify` accepts.

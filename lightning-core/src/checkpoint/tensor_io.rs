@@ -207,9 +207,120 @@ pub struct StorageLoader<'a> {
     pub path: &'a Path,
     /// Records read so far (full names).
     pub used: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// CPU storages allocated while the pickle is read, filled afterwards by
+    /// [`StorageLoader::fill_pending`] in parallel (`None`: each is read when it is met).
+    pub pending: Option<std::cell::RefCell<Vec<PendingFill>>>,
 }
 
+/// A CPU storage whose bytes are still to be read: its record and its (fresh, contiguous)
+/// tensor, held so the memory stays alive until it is filled.
+pub struct PendingFill {
+    entry: super::zip_io::Entry,
+    tensor: Tensor,
+}
+
+/// Bytes per unit of parallel work: large records are split so every thread has work, and
+/// each chunk's CRC is computed while it is still in cache (then combined in order).
+const FILL_CHUNK: u64 = 8 << 20;
+
+/// A raw destination pointer that may cross to the reading threads.
+#[derive(Clone, Copy)]
+struct Dest(*mut u8);
+// SAFETY: each chunk's range is written by exactly one thread, and the tensors behind the
+// pointers outlive the scoped threads (held by the `PendingFill`s).
+unsafe impl Send for Dest {}
+unsafe impl Sync for Dest {}
+
 impl StorageLoader<'_> {
+    /// Reads every pending storage: chunks of at most 8 MiB spread over the machine's cores
+    /// (`pread` straight into the tensors' memory, one copy), each chunk CRC-checked while in
+    /// cache and the chunk CRCs combined per record. The first error wins and stops the rest.
+    pub fn fill_pending(&self) -> Result<(), CheckpointError> {
+        let Some(pending) = &self.pending else {
+            return Ok(());
+        };
+        let fills = pending.borrow();
+        // (fill, offset, len) for every chunk, in file order within a record.
+        let mut chunks = Vec::new();
+        for (i, f) in fills.iter().enumerate() {
+            let mut off = 0;
+            while off < f.entry.size {
+                let len = (f.entry.size - off).min(FILL_CHUNK);
+                chunks.push((i, off, len));
+                off += len;
+            }
+        }
+        let dests: Vec<Dest> = fills
+            .iter()
+            .map(|f| Dest(f.tensor.data_ptr() as *mut u8))
+            .collect();
+        // What the threads share: the archive, the records and the destinations.
+        let (zip, verify) = (self.zip, self.verify_crc);
+        let entries: Vec<&super::zip_io::Entry> = fills.iter().map(|f| &f.entry).collect();
+        let crcs: Vec<std::sync::Mutex<Option<crc32fast::Hasher>>> =
+            chunks.iter().map(|_| Default::default()).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed: std::sync::Mutex<Option<CheckpointError>> = Default::default();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(chunks.len().max(1));
+        let work = || loop {
+            let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(i, off, len)) = chunks.get(c) else {
+                return;
+            };
+            if failed.lock().map_or(true, |f| f.is_some()) {
+                return;
+            }
+            let e = entries[i];
+            // SAFETY: `dests[i]` is the start of a fresh contiguous tensor of `e.size` bytes
+            // (checked in `load`), and chunk ranges are disjoint and inside it.
+            let buf = unsafe {
+                std::slice::from_raw_parts_mut(dests[i].0.add(off as usize), len as usize)
+            };
+            match zip.fill_at(&e.name, e.data_offset + off, buf) {
+                Ok(()) if verify => {
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(buf);
+                    if let Ok(mut slot) = crcs[c].lock() {
+                        *slot = Some(h);
+                    }
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    if let Ok(mut f) = failed.lock() {
+                        f.get_or_insert(err);
+                    }
+                    return;
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(work);
+            }
+            work();
+        });
+        if let Some(err) = failed.into_inner().ok().flatten() {
+            return Err(err);
+        }
+        if self.verify_crc {
+            let mut per_record: Vec<crc32fast::Hasher> =
+                fills.iter().map(|_| crc32fast::Hasher::new()).collect();
+            for (slot, &(i, _, _)) in crcs.into_iter().zip(&chunks) {
+                // Every chunk was read (no error), so every slot holds its CRC.
+                if let Some(h) = slot.into_inner().ok().flatten() {
+                    per_record[i].combine(&h);
+                }
+            }
+            for (f, h) in fills.iter().zip(per_record) {
+                self.zip.check_crc_value(&f.entry, h.finalize())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the storage `key` holding `numel` elements of `kind`.
     pub fn load(&self, key: &str, kind: Kind, numel: i64) -> Result<Tensor, CheckpointError> {
         let fmt = |msg: String| CheckpointError::Format {
@@ -248,6 +359,15 @@ impl StorageLoader<'_> {
             _ => {
                 let t = Tensor::f_empty([numel], (kind, Device::Cpu))
                     .map_err(|err| fmt(format!("storage {key}: {err}")))?;
+                if let (Some(pending), false, Device::Cpu) =
+                    (&self.pending, self.skip_data, self.device)
+                {
+                    pending.borrow_mut().push(PendingFill {
+                        entry: e,
+                        tensor: t.shallow_clone(),
+                    });
+                    return Ok(t);
+                }
                 if !self.skip_data {
                     let buf: &mut [u8] = if nbytes == 0 {
                         &mut [] // still CRC-checked below: an empty record's CRC is 0

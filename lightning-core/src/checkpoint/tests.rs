@@ -257,3 +257,38 @@ fn stale_temp_files_of_dead_processes_are_removed_live_ones_kept() {
     assert_eq!(temp_file_pid(".epoch=1.ckpt.tmp-42-7"), Some(42));
     assert_eq!(temp_file_pid("epoch=1.ckpt"), None);
 }
+
+/// The parallel copy-load splits records into 8 MiB chunks: a record of several chunks (and
+/// an odd tail) reads back equal, and a flipped byte in any chunk is that record's CRC error.
+#[test]
+fn multi_chunk_records_load_in_parallel_and_keep_their_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.ckpt");
+    let n = (2 * (8 << 20) + 12_345) / 4; // two full chunks and a tail, in f32
+    let big = Tensor::arange(n, (Kind::Float, Device::Cpu));
+    let mut tree = Value::dict();
+    tree.insert("small", Tensor::from_slice(&[1.0f32, 2.0]));
+    tree.insert("big", big.shallow_clone());
+    tree.insert("view", big.narrow(0, 7, 100));
+    save(&p, &tree).unwrap();
+    let back = load(&p).unwrap();
+    let got = back.get("big").and_then(Value::as_tensor).unwrap();
+    assert!(got.equal(&big));
+    let view = back.get("view").and_then(Value::as_tensor).unwrap();
+    assert!(view.equal(&big.narrow(0, 7, 100)));
+    let entry = |name: &str| ZipReader::open(&p).unwrap().entry(name).unwrap().clone();
+    let big_record = ["data/0", "data/1"]
+        .into_iter()
+        .map(entry)
+        .max_by_key(|e| e.size)
+        .unwrap();
+    for at in [3u64, (8 << 20) + 11, big_record.size - 2] {
+        let off = (big_record.data_offset + at) as usize;
+        let q = corrupt(&p, |b| b[off] ^= 0x01);
+        let e = load(&q).unwrap_err();
+        assert!(
+            matches!(&e, CheckpointError::Crc { record, .. } if *record == big_record.name),
+            "byte {at}: {e}"
+        );
+    }
+}
