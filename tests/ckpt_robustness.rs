@@ -138,6 +138,8 @@ fn odd_values() -> Value {
             requires_grad: false,
         }),
         obj(TorchObject::Layout("sparse_csr".into())),
+        obj(TorchObject::Global("torch.bfloat16".into())),
+        obj(TorchObject::Device("cuda:1".into())),
     ])
 }
 

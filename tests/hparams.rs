@@ -647,3 +647,60 @@ print("ok")
         Some(r) => assert_eq!(r.unwrap().trim(), "ok"),
     }
 }
+
+/// `torch.dtype` and `torch.device` fields, saved as the objects Python saves.
+#[derive(Hyperparameters, Clone, Debug, PartialEq)]
+pub struct Placement {
+    #[hparam(default = hparams::TorchDtype(tch::Kind::BFloat16))]
+    pub dtype: hparams::TorchDtype,
+    #[hparam(default = hparams::TorchDevice(tch::Device::Cuda(1)))]
+    pub device: hparams::TorchDevice,
+    /// A plain string field still reads a dtype object (as its text).
+    #[hparam(default = "torch.float32".to_owned())]
+    pub name: String,
+}
+
+#[test]
+fn dtype_and_device_fields_round_trip_as_torch_objects() {
+    let cfg = Placement::default();
+    let v = Hyperparameters::to_value(&cfg);
+    assert_eq!(<Placement as Hyperparameters>::from_value(&v).unwrap(), cfg);
+    let mut c = cfg.clone();
+    apply_overrides(&mut c, &["dtype=float16", "device=cpu"]).unwrap();
+    assert_eq!(c.dtype, hparams::TorchDtype(tch::Kind::Half));
+    assert_eq!(c.device, hparams::TorchDevice(tch::Device::Cpu));
+    assert!(apply_overrides(&mut c, &["dtype=float17"]).is_err());
+    assert!(apply_overrides(&mut c, &["device=tpu"]).is_err());
+    // hparams.yaml gets their text.
+    assert!(hparams::to_yaml(&v).contains("dtype: torch.bfloat16"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hp.ckpt");
+    let mut ckpt = Value::dict();
+    ckpt.insert("hyper_parameters", v);
+    lightning_core::checkpoint::save(&path, &ckpt).unwrap();
+    // Python sees the objects, and a file Python writes reads back to the same config.
+    let out = dir.path().join("py.ckpt");
+    let script = r#"
+import sys, torch
+hp = torch.load(sys.argv[1], weights_only=True)["hyper_parameters"]
+assert hp["dtype"] is torch.bfloat16, hp
+assert hp["device"] == torch.device("cuda", 1) and type(hp["device"]) is torch.device, hp
+torch.save({"hyper_parameters": {"dtype": torch.float16, "device": torch.device("cpu"),
+                                 "name": torch.int64}}, sys.argv[2])
+print("ok")
+"#;
+    match lightning_rs::run_python(script, &[path.to_str().unwrap(), out.to_str().unwrap()]) {
+        None => eprintln!("SKIP: no venv Python (run scripts/setup.sh); torch.load check not run"),
+        Some(r) => {
+            assert_eq!(r.unwrap().trim(), "ok");
+            let back = lightning_core::checkpoint::load(&out).unwrap();
+            let hp =
+                <Placement as Hyperparameters>::from_value(back.get("hyper_parameters").unwrap())
+                    .unwrap();
+            assert_eq!(hp.dtype, hparams::TorchDtype(tch::Kind::Half));
+            assert_eq!(hp.device, hparams::TorchDevice(tch::Device::Cpu));
+            assert_eq!(hp.name, "torch.int64");
+        }
+    }
+}

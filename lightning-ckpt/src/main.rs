@@ -279,7 +279,9 @@ fn object_row(path: &str, o: &TorchObject, values: bool) -> Result<Option<J>> {
             }
             row
         }
-        TorchObject::Layout(_) | TorchObject::Global(_) => return Ok(None),
+        TorchObject::Layout(_) | TorchObject::Global(_) | TorchObject::Device(_) => {
+            return Ok(None)
+        }
     };
     Ok(Some(row))
 }
@@ -370,7 +372,7 @@ fn convert(input: &Path, output: &Path) -> Result<()> {
     leaves(&v, String::new(), &mut all);
     n += all
         .iter()
-        .filter(|(_, x)| matches!(x, Value::Torch(o) if !matches!(**o, TorchObject::Layout(_) | TorchObject::Global(_))))
+        .filter(|(_, x)| matches!(x, Value::Torch(o) if !matches!(**o, TorchObject::Layout(_) | TorchObject::Global(_) | TorchObject::Device(_))))
         .count();
     println!("wrote {} ({n} tensors)", output.display());
     Ok(())

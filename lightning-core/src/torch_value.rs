@@ -231,9 +231,12 @@ pub enum TorchObject {
     },
     /// A layout (`torch.sparse_coo`), pickled through `torch.serialization._get_layout`.
     Layout(String),
-    /// A global used as a value: a qscheme (`torch.per_tensor_affine`), a tensor or storage
-    /// class (`torch.FloatTensor`): `module.name`.
+    /// A global used as a value: a dtype (`torch.float32`), a qscheme
+    /// (`torch.per_tensor_affine`), a tensor or storage class (`torch.FloatTensor`):
+    /// `module.name`.
     Global(String),
+    /// A `torch.device` (`"cuda:0"`, `"cpu"`), as `str(device)` prints it.
+    Device(String),
 }
 
 impl Clone for TorchObject {
@@ -267,6 +270,7 @@ impl Clone for TorchObject {
             },
             TorchObject::Layout(l) => TorchObject::Layout(l.clone()),
             TorchObject::Global(g) => TorchObject::Global(g.clone()),
+            TorchObject::Device(d) => TorchObject::Device(d.clone()),
         }
     }
 }
@@ -305,7 +309,9 @@ impl PartialEq for TorchObject {
                 },
             ) => dtype == d2 && size == s2 && stride == st2 && requires_grad == r2,
             (T::Nested { parts }, T::Nested { parts: p2 }) => parts == p2,
-            (T::Layout(a), T::Layout(b)) | (T::Global(a), T::Global(b)) => a == b,
+            (T::Layout(a), T::Layout(b))
+            | (T::Global(a), T::Global(b))
+            | (T::Device(a), T::Device(b)) => a == b,
             _ => false,
         }
     }
@@ -322,6 +328,7 @@ impl TorchObject {
             TorchObject::Nested { .. } => "nested tensor".into(),
             TorchObject::Layout(l) => format!("layout torch.{l}"),
             TorchObject::Global(g) => g.clone(),
+            TorchObject::Device(d) => format!("device {d}"),
         }
     }
 
@@ -343,7 +350,10 @@ impl TorchObject {
                 v.insert(0, ("int_repr".into(), q.int_repr.shallow_clone().into()));
                 v
             }
-            TorchObject::Meta { .. } | TorchObject::Layout(_) | TorchObject::Global(_) => vec![],
+            TorchObject::Meta { .. }
+            | TorchObject::Layout(_)
+            | TorchObject::Global(_)
+            | TorchObject::Device(_) => vec![],
         }
     }
 }

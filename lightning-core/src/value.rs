@@ -516,10 +516,15 @@ impl Serialize for Value {
             Value::Size(v) => s.collect_seq(v),
             Value::List(items) | Value::Tuple(items) | Value::Set(items) => s.collect_seq(items),
             Value::Dict(d) | Value::OrderedDict(d) | Value::Counter(d) => s.collect_map(d),
-            Value::Torch(o) => Err(ser::Error::custom(format!(
-                "a {} has no serde form",
-                o.describe()
-            ))),
+            // A dtype, qscheme or device is its text, as `str()` prints it.
+            Value::Torch(o) => match &**o {
+                crate::torch_value::TorchObject::Global(g) => s.serialize_str(g),
+                crate::torch_value::TorchObject::Device(d) => s.serialize_str(d),
+                _ => Err(ser::Error::custom(format!(
+                    "a {} has no serde form",
+                    o.describe()
+                ))),
+            },
             Value::Tensor(t) => Err(ser::Error::custom(format!(
                 "a tensor ({:?} {:?}) has no serde form",
                 t.kind(),

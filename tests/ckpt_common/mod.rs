@@ -56,8 +56,10 @@ def desc(x):
         return {"layout": str(x)}
     if isinstance(x, torch.qscheme):
         return {"global": str(x)}
-    if isinstance(x, (torch.dtype, torch.device)):
-        return {"str": str(x)}
+    if isinstance(x, torch.dtype):
+        return {"global": str(x)}
+    if isinstance(x, torch.device):
+        return {"device": str(x)}
     if isinstance(x, collections.OrderedDict):
         return {"OrderedDict": [[k, desc(v)] for k, v in x.items()]}
     if isinstance(x, dict):
@@ -174,6 +176,7 @@ fn torch_object(o: &TorchObject) -> J {
         }
         TorchObject::Layout(l) => json!({ "layout": format!("torch.{l}") }),
         TorchObject::Global(g) => json!({ "global": g }),
+        TorchObject::Device(d) => json!({ "device": d }),
     }
 }
 

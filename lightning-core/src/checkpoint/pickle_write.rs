@@ -446,6 +446,12 @@ impl Emitter<'_> {
                 self.call_rebuild("_rebuild_nested_tensor", &args, at, depth)?;
             }
             TorchObject::Layout(l) => self.layout(l)?,
+            TorchObject::Device(d) => {
+                // torch.device("cuda:0"): what torch.device.__reduce__ rebuilds.
+                self.global("torch", "device");
+                self.str(d)?;
+                self.out.extend_from_slice(&[TUPLE1, REDUCE]);
+            }
             TorchObject::Global(g) => {
                 let (m, n) = g
                     .rsplit_once('.')

@@ -1,6 +1,7 @@
 //! Hyperparameters: the trait `#[derive(Hyperparameters)]` implements, and the conversions
 //! between field types and the [`Value`] tree.
 
+use crate::torch_value::TorchObject;
 use crate::value::{tensor_placeholder, Dict, Key, Value};
 use std::path::PathBuf;
 
@@ -401,15 +402,106 @@ impl HparamValue for String {
     fn to_value(&self) -> Value {
         Value::Str(self.clone())
     }
+    /// A string; also a `torch.dtype` or `torch.device` value as `str()` prints it
+    /// (`"torch.float32"`, `"cuda:0"`), the strings older checkpoints of ours held for them.
     fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
-        value
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| type_error::<Self>(field, value))
+        match value {
+            Value::Str(s) => Ok(s.clone()),
+            Value::Torch(o) => match &**o {
+                TorchObject::Global(g) if g.starts_with("torch.") => Ok(g.clone()),
+                TorchObject::Device(d) => Ok(d.clone()),
+                _ => Err(type_error::<Self>(field, value)),
+            },
+            _ => Err(type_error::<Self>(field, value)),
+        }
     }
     /// The string as given (not trimmed, not unquoted).
     fn parse_str(s: &str, _field: &str) -> Result<Self, HparamError> {
         Ok(s.to_owned())
+    }
+}
+
+/// A `torch.dtype` hyperparameter (`dtype=torch.bfloat16` in a Lightning `__init__`): saved
+/// as the dtype object itself, as Python saves it; reads a dtype object or its name
+/// (`"bfloat16"`, `"torch.bfloat16"`), and string overrides take either spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TorchDtype(pub tch::Kind);
+
+impl TorchDtype {
+    fn from_name(name: &str) -> Option<TorchDtype> {
+        let n = name.trim().strip_prefix("torch.").unwrap_or(name.trim());
+        crate::torch_value::DTYPES
+            .iter()
+            .find(|(d, _, _)| *d == n)
+            .and_then(|(_, _, k)| k.map(TorchDtype))
+    }
+}
+
+impl HparamValue for TorchDtype {
+    fn type_name() -> String {
+        "torch.dtype".to_owned()
+    }
+    fn to_value(&self) -> Value {
+        Value::Torch(Box::new(TorchObject::Global(format!(
+            "torch.{}",
+            crate::torch_value::dtype_name(self.0)
+        ))))
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        String::from_value(value, field)
+            .ok()
+            .and_then(|s| Self::from_name(&s))
+            .ok_or_else(|| type_error::<Self>(field, value))
+    }
+    fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+        Self::from_name(s).ok_or_else(|| parse_error::<Self>(field, s))
+    }
+}
+
+/// A `torch.device` hyperparameter: saved as a `torch.device` object, as Python saves it;
+/// reads a device object or its text (`"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TorchDevice(pub tch::Device);
+
+impl TorchDevice {
+    fn from_name(name: &str) -> Option<TorchDevice> {
+        let n = name.trim();
+        let d = match n.split_once(':') {
+            None => match n {
+                "cpu" => tch::Device::Cpu,
+                "cuda" => tch::Device::Cuda(0),
+                "mps" => tch::Device::Mps,
+                _ => return None,
+            },
+            Some(("cuda", i)) => tch::Device::Cuda(i.parse().ok()?),
+            Some(("cpu", "0")) => tch::Device::Cpu,
+            _ => return None,
+        };
+        Some(TorchDevice(d))
+    }
+}
+
+impl HparamValue for TorchDevice {
+    fn type_name() -> String {
+        "torch.device".to_owned()
+    }
+    fn to_value(&self) -> Value {
+        let name = match self.0 {
+            tch::Device::Cpu => "cpu".to_owned(),
+            tch::Device::Cuda(i) => format!("cuda:{i}"),
+            tch::Device::Mps => "mps".to_owned(),
+            tch::Device::Vulkan => "vulkan".to_owned(),
+        };
+        Value::Torch(Box::new(TorchObject::Device(name)))
+    }
+    fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {
+        String::from_value(value, field)
+            .ok()
+            .and_then(|s| Self::from_name(&s))
+            .ok_or_else(|| type_error::<Self>(field, value))
+    }
+    fn parse_str(s: &str, field: &str) -> Result<Self, HparamError> {
+        Self::from_name(s).ok_or_else(|| parse_error::<Self>(field, s))
     }
 }
 

@@ -162,7 +162,7 @@ impl Vm<'_, '_> {
                         s = format!("{s}:{n}");
                     }
                 }
-                Ok(Node::Str(s))
+                Ok(Node::Obj(TorchObject::Device(s)))
             }
             Glob::RebuildTensorV2 | Glob::RebuildTensor => {
                 let storage = arg(0)?;
@@ -563,7 +563,9 @@ impl Vm<'_, '_> {
             Node::Counter(v) => Value::Counter(dict(v, budget)?),
             Node::Tensor(t) => Value::Tensor(t.shallow_clone()),
             Node::Obj(o) => Value::Torch(Box::new(o.clone())),
-            Node::Global(Glob::Dtype(d)) => Value::Str(format!("torch.{d}")),
+            Node::Global(Glob::Dtype(d)) => {
+                Value::Torch(Box::new(TorchObject::Global(format!("torch.{d}"))))
+            }
             Node::Global(Glob::QScheme(q)) => {
                 Value::Torch(Box::new(TorchObject::Global(format!("torch.{q}"))))
             }
