@@ -214,6 +214,7 @@ impl Trainer {
             num_val_batches: data
                 .val_loader()
                 .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
+            datamodule: data.named_state().cloned(),
             ..RunState::default()
         };
         self.run.val_every =
@@ -278,14 +279,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// Restores a run, in Lightning's order: model, callbacks, precision, loops, optimizers,
-    /// schedulers.
+    /// Restores a run, in Lightning's order: datamodule, model, callbacks, precision, loops,
+    /// optimizers, schedulers.
     fn restore<M: LightningModule>(
         &mut self,
         model: &mut M,
         optim: &mut OptimizerConfig,
         r: Loaded,
     ) -> Result<()> {
+        self.restore_datamodule(&r)?;
         r.load_model(model)?;
         self.restore_callbacks(&r)?;
         if let (Some(scaler), Some(state)) = (&mut self.run.scaler, &r.ckpt.precision) {
@@ -316,11 +318,47 @@ impl Trainer {
         Ok(())
     }
 
-    fn restore_callbacks(&mut self, r: &Loaded) -> Result<()> {
-        let states = r.ckpt.callbacks.as_ref();
+    /// Gives the datamodule the state saved under its name, if the file has one
+    /// (Lightning's `restore_datamodule`).
+    pub(crate) fn restore_datamodule(&self, r: &Loaded) -> Result<()> {
+        let Some(dm) = &self.run.datamodule else {
+            return Ok(());
+        };
+        match r.value.get(&dm.name) {
+            Some(state) => dm.load_state_dict(state).map_err(|e| {
+                restore_err(
+                    &r.path,
+                    RestoreError::DataModule {
+                        name: dm.name.clone(),
+                        source: Box::new(e),
+                    },
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Lightning's `restore_callbacks`: every callback's `on_load_checkpoint` with the whole
+    /// file, then each one's `load_state_dict` with its saved state.
+    pub(crate) fn restore_callbacks(&mut self, r: &Loaded) -> Result<()> {
+        for cb in &mut self.callbacks {
+            cb.on_load_checkpoint(&r.value).map_err(|e| {
+                restore_err(
+                    &r.path,
+                    RestoreError::Callback {
+                        key: cb.state_key(),
+                        source: Box::new(e),
+                    },
+                )
+            })?;
+        }
+        // a weights-only file has no `callbacks` (fit refuses it; evaluation loads it)
+        let Some(states) = r.ckpt.callbacks.as_ref() else {
+            return Ok(());
+        };
         for cb in &mut self.callbacks {
             let key = cb.state_key();
-            match states.and_then(|s| s.get(&Key::Str(key.clone()))) {
+            match states.get(&Key::Str(key.clone())) {
                 Some(s) => cb.load_state_dict(s).map_err(|e| {
                     restore_err(
                         &r.path,
@@ -351,6 +389,7 @@ impl Trainer {
         self.run.val_every = super::val_every(&self.cfg, n);
         self.run.begin_epoch();
         if self.run.batches_consumed < n {
+            self.hooks(&*model, |cb, t| cb.on_train_epoch_start(t))?;
             let rank_zero = self.is_global_zero();
             let bar = Bar::new(
                 self.cfg.enable_progress_bar && rank_zero,
@@ -371,6 +410,7 @@ impl Trainer {
                 if let Some(e) = self.world.as_ref().and_then(|w| w.failed_rank()) {
                     return Err(e);
                 }
+                self.hooks(&*model, |cb, t| cb.on_train_batch_start(t))?;
                 let stepped = self.train_step(model, batch, idx, n)?;
                 bar.step(&self.run.metrics.prog_bar);
                 self.run.point = LoopPoint::TrainBatchEnd { stepped };
@@ -581,13 +621,10 @@ impl Trainer {
             .find_map(|c| c.checkpoint_dirpath())
             .unwrap_or_else(|| self.cfg.default_root_dir.join("checkpoints"));
         let path = dir.join("last.ckpt");
-        let states = self
-            .callbacks
-            .iter()
-            .map(|c| (c.state_key(), c.state_dict()));
+        let callbacks = self.callbacks.iter().map(|c| c.as_ref());
         let (optim, run) = (self.optim.as_ref(), &self.run);
         save_on_rank_zero(self.world.as_deref(), &mut self.saver, &path, true, || {
-            checkpoint_of(model, optim, states, run, false)
+            checkpoint_of(model, optim, callbacks, run, false)
         })?;
         warn(&format!(
             "received a preemption signal: saved {} at epoch {} step {}; resume with ckpt_path=last",

@@ -68,6 +68,8 @@ pub(crate) struct RunState {
     pub preempted: bool,
     /// Processes training together (1 without `strategy="ddp"`).
     pub world_size: usize,
+    /// The datamodule's state, saved in checkpoints under its name.
+    pub datamodule: Option<crate::data::NamedState>,
 }
 
 impl RunState {
