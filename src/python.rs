@@ -72,6 +72,32 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
+/// [`run_python`] under a time limit: the interpreter is killed (and the test fails, with
+/// its output) when it runs past `limit`.
+pub fn run_python_within(
+    script: &str,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> Option<Result<String, String>> {
+    let py = python()?;
+    let mut cmd = Command::new(py);
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = crate::child::Supervised::spawn(&mut cmd, limit).wait_with_output();
+    Some(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "python failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })
+}
+
 /// Runs a Python snippet with [`python`] and returns its stdout.
 ///
 /// Errors (with stderr) when the script fails; `None` when the test is skipped (see
