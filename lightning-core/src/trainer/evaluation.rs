@@ -67,10 +67,12 @@ impl Trainer {
                     w.sync_logged(&mut ctx.logged)?;
                 }
                 run.metrics.record_step(&ctx.logged, stage, batch.size());
-                // `on_step` metrics reach the logger at step = the batch's index in this run
-                // (Lightning's `update_eval_step_metrics(_seen_batches_per_dataloader)`)
+                // `on_step` metrics reach the logger at step = evaluation batches seen so far
+                // in this fit/validate/test (Lightning's `update_eval_step_metrics(
+                // _seen_batches_per_dataloader)`; the sanity check neither logs nor counts)
                 if let Some(l) = logger.as_deref_mut() {
-                    l.log_metrics_at(&run.metrics.step_row, idx as i64);
+                    l.log_metrics_at(&run.metrics.step_row, run.eval_batches_seen);
+                    run.eval_batches_seen += 1;
                 }
                 if in_fit {
                     run.val_batches.0 += 1;
@@ -120,6 +122,7 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
     ) -> Result<()> {
         self.run.fitting = false;
+        self.run.eval_batches_seen = 0;
         self.run.datamodule = data.named_state().cloned();
         if self.cfg.logger && self.logger.is_none() {
             self.logger = Some(CsvLogger::new_version(&self.cfg.default_root_dir));

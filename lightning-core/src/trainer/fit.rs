@@ -597,13 +597,15 @@ impl Trainer {
         }
         o.optimizer.zero_grad();
         self.run.global_step += 1;
-        let gs = self.run.global_step;
+        // Lightning counts a step-interval scheduler's `frequency` in batches of the epoch
+        // (`batch_idx + 1`), not in global steps
+        let batch = self.run.batches_consumed;
         for s in o
             .schedulers
             .iter_mut()
             .filter(|s| s.interval == Interval::Step)
         {
-            if gs % s.frequency as i64 == 0 {
+            if batch.is_multiple_of(s.frequency) {
                 s.scheduler.step(o.optimizer.as_mut());
                 self.run.scheduler_steps.0 += 1;
                 self.run.scheduler_steps.1 += 1;
