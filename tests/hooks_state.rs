@@ -463,3 +463,83 @@ fn ckpt_path_selects_the_weights_of_validate_test_and_predict() {
         .to_string();
     assert!(e.contains("ckpt_path=\"best\""), "{e}");
 }
+
+/// Lightning side of the datamodule round trip: `argv[1]` is our checkpoint (datamodule state
+/// `{"epochs": 7}` under `PreparedDataModule`); Lightning resumes from it with a datamodule of
+/// that class, then saves its own file `argv[2]` with `{"epochs": 11}`.
+const PY_DM: &str = r#"
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+from torch.utils.data import DataLoader, TensorDataset
+ours, theirs = sys.argv[1], sys.argv[2]
+class PreparedDataModule(pl.LightningDataModule):
+    def __init__(self, epochs):
+        super().__init__(); self.epochs = epochs; self.loaded = []
+    def train_dataloader(self):
+        torch.manual_seed(0)
+        x = torch.randn(48, 4)
+        return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
+    def state_dict(self):
+        return {"epochs": self.epochs}
+    def load_state_dict(self, s):
+        self.loaded.append(s["epochs"])
+dm = PreparedDataModule(0)
+t = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+               enable_checkpointing=False)
+t.fit(Tiny(), datamodule=dm, ckpt_path=ours)
+dm.epochs = 11
+t.save_checkpoint(theirs)
+print(json.dumps({"loaded": dm.loaded}))
+"#;
+
+/// Our datamodule state reaches Lightning's `LightningDataModule.load_state_dict` on its
+/// resume, and Lightning's saved state reaches ours.
+#[test]
+fn datamodule_state_is_shared_with_lightning() {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(Mutex::new(Prepared {
+        epochs: 7,
+        ..Default::default()
+    }));
+    let dm = data(64, 8, true).state("PreparedDataModule", state);
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 1);
+    let mut t = Trainer::builder()
+        .max_epochs(1)
+        .enable_progress_bar(false)
+        .logger(false)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    t.fit(&mut m, &dm, None).unwrap();
+    let ours = dir.path().join("ours.ckpt");
+    t.save_checkpoint(&m, &ours, false).unwrap();
+    let theirs = dir.path().join("theirs.ckpt");
+    let Some(out) = lightning_rs::run_python_within(
+        &format!("{}\n{PY_DM}", trainer_util::PY_TINY),
+        &[ours.to_str().unwrap(), theirs.to_str().unwrap()],
+        std::time::Duration::from_secs(120),
+    ) else {
+        return;
+    };
+    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    let got: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        got["loaded"],
+        serde_json::json!([7]),
+        "Lightning read our state"
+    );
+    // and back: our resume from Lightning's file restores its state
+    let fresh = Arc::new(Mutex::new(Prepared::default()));
+    let dm = data(64, 8, true).state("PreparedDataModule", fresh.clone());
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 3);
+    let mut t = Trainer::builder()
+        .max_epochs(3)
+        .enable_progress_bar(false)
+        .logger(false)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    t.fit(&mut m, &dm, Some(CkptPath::from(&theirs))).unwrap();
+    assert_eq!(fresh.lock().unwrap().loaded, vec![11]);
+}
