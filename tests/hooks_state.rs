@@ -413,7 +413,7 @@ fn ckpt_path_selects_the_weights_of_validate_test_and_predict() {
             .unwrap();
         metrics_of(&mut plain, &mut loaded, &dm, None)
     };
-    let want_best = expect(&best);
+    let want_best = expect(best);
     let want_last = expect(&ck.join("last.ckpt"));
     let want_e0 = expect(&ck.join("epoch=0-step=6.ckpt"));
     // the model's own weights are the last epoch's
