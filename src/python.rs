@@ -87,7 +87,12 @@ pub fn run_python_within(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let out = crate::child::Supervised::spawn(&mut cmd, limit).wait_with_output();
-    Some(if out.status.success() {
+    Some(stdout_or_error(&out))
+}
+
+/// The script's stdout, or an error with its exit status and stderr.
+fn stdout_or_error(out: &std::process::Output) -> Result<String, String> {
+    if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
@@ -95,7 +100,7 @@ pub fn run_python_within(
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ))
-    })
+    }
 }
 
 /// Runs a Python snippet with [`python`] and returns its stdout.
@@ -108,13 +113,5 @@ pub fn run_python(script: &str, args: &[&str]) -> Option<Result<String, String>>
         Ok(o) => o,
         Err(e) => return Some(Err(format!("could not start python: {e}"))),
     };
-    Some(if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "python failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    })
+    Some(stdout_or_error(&out))
 }
