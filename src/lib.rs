@@ -6,4 +6,4 @@ mod child;
 mod python;
 
 pub use child::Supervised;
-pub use python::{python, run_python, PYTHON_ENV, REQUIRE_ENV};
+pub use python::{python, run_python, run_python_within, PYTHON_ENV, REQUIRE_ENV};

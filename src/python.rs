@@ -72,6 +72,37 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
+/// [`run_python`] under a time limit: the interpreter is killed (and the test fails, with
+/// its output) when it runs past `limit`.
+pub fn run_python_within(
+    script: &str,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> Option<Result<String, String>> {
+    let py = python()?;
+    let mut cmd = Command::new(py);
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = crate::child::Supervised::spawn(&mut cmd, limit).wait_with_output();
+    Some(stdout_or_error(&out))
+}
+
+/// The script's stdout, or an error with its exit status and stderr.
+fn stdout_or_error(out: &std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "python failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// Runs a Python snippet with [`python`] and returns its stdout.
 ///
 /// Errors (with stderr) when the script fails; `None` when the test is skipped (see
@@ -82,13 +113,5 @@ pub fn run_python(script: &str, args: &[&str]) -> Option<Result<String, String>>
         Ok(o) => o,
         Err(e) => return Some(Err(format!("could not start python: {e}"))),
     };
-    Some(if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "python failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    })
+    Some(stdout_or_error(&out))
 }

@@ -126,6 +126,15 @@ pub enum RestoreError {
     /// The module's `state_dict` did not load.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The datamodule's saved state did not load.
+    #[error("restoring the datamodule state {name:?}: {source}")]
+    DataModule {
+        /// The key the state is saved under (the datamodule's name).
+        name: String,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
     /// A callback's saved state did not load.
     #[error("restoring callback {key}: {source}")]
     Callback {

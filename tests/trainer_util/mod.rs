@@ -99,6 +99,11 @@ pub struct Tiny {
     pub fail_at: Option<i64>,
     /// Log `train_loss` with `sync_dist` (averaged over DDP ranks).
     pub sync_dist: bool,
+    /// Step the StepLR (step_size 1) every this many batches (`interval="step"`) instead of
+    /// every `step_lr` epochs; 0: per epoch.
+    pub sched_every_step: usize,
+    /// Log `val_loss` with `on_step=True` too.
+    pub val_on_step: bool,
     last_val_batch: usize,
 }
 
@@ -180,6 +185,8 @@ impl LightningModule for Tiny {
             val_runs: Arc::new(AtomicUsize::new(0)),
             fail_at: None,
             sync_dist: false,
+            sched_every_step: 0,
+            val_on_step: false,
             last_val_batch: usize::MAX,
         })
     }
@@ -211,7 +218,8 @@ impl LightningModule for Tiny {
         }
         self.last_val_batch = i;
         let out = self.forward(&b[0], ctx.training());
-        ctx.log("val_loss", out.cross_entropy_for_logits(&b[1]));
+        ctx.log("val_loss", out.cross_entropy_for_logits(&b[1]))
+            .on_step(self.val_on_step);
         ctx.log(
             "val_acc",
             out.argmax(-1, false)
@@ -258,7 +266,20 @@ impl LightningModule for Tiny {
                 },
             )?)
         };
-        if self.hp.step_lr > 0 {
+        if self.sched_every_step > 0 {
+            let s = Scheduler::new(
+                cfg.optimizer.as_mut(),
+                Schedule::Step {
+                    step_size: 1,
+                    gamma: 0.7,
+                },
+            )?;
+            cfg = cfg.scheduler_config(
+                SchedulerConfig::new(s)
+                    .interval(Interval::Step)
+                    .frequency(self.sched_every_step),
+            );
+        } else if self.hp.step_lr > 0 {
             let s = Scheduler::new(
                 cfg.optimizer.as_mut(),
                 Schedule::Step {

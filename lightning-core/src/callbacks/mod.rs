@@ -8,9 +8,13 @@
 //! [`RunInfo`].
 
 mod early_stopping;
+mod lr_monitor;
 mod model_checkpoint;
 
 pub use early_stopping::{EarlyStopping, EarlyStoppingBuilder, StoppingReason};
+pub use lr_monitor::{
+    LearningRateMonitor, Optimization, OptimizerView, ParamGroupView, SchedulerView,
+};
 pub use model_checkpoint::{
     find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
 };
@@ -61,6 +65,10 @@ pub struct RunInfo<'a> {
     /// Whether a validation run has completed in this `fit` (Lightning's `val_loop._has_run`):
     /// a monitored key missing after that is an error, before it only a warning.
     pub validation_ran: bool,
+    /// Whether metrics logged now reach the logger (Lightning's `should_update_logs`: the
+    /// step about to run, `global_step + 1`, is a multiple of `log_every_n_steps`, or the
+    /// trainer is stopping).
+    pub should_update_logs: bool,
 }
 
 impl<'a> RunInfo<'a> {
@@ -83,6 +91,7 @@ impl<'a> RunInfo<'a> {
             check_val_every_n_epoch: Some(1),
             val_check_within_epoch: false,
             validation_ran: true,
+            should_update_logs: true,
         }
     }
 }
@@ -139,6 +148,18 @@ pub trait TrainerHandle {
     }
     /// Asks the trainer to stop at the next opportunity (Lightning's `trainer.should_stop = True`).
     fn request_stop(&mut self);
+    /// The optimizers and LR schedulers of the running `fit` (empty outside `fit` and in
+    /// fake handles); weight decays are read only when `weight_decay` is set.
+    fn optimization(&self, weight_decay: bool) -> Optimization {
+        let _ = weight_decay;
+        Optimization::default()
+    }
+    /// Sends `metrics` to the logger at `step` as Lightning's `logger.log_metrics(metrics,
+    /// step)` (a row without an `epoch` column) and adds them to `callback_metrics`. Fake
+    /// handles drop them.
+    fn log_metrics(&mut self, metrics: IndexMap<String, f64>, step: i64) {
+        let _ = (metrics, step);
+    }
 }
 
 /// What every hook receives: the run as of now, and a handle on the trainer.
@@ -181,6 +202,17 @@ impl<'a> TrainerContext<'a> {
     pub fn request_stop(&mut self) {
         self.handle.request_stop();
     }
+
+    /// The optimizers and LR schedulers of the running `fit` (see
+    /// [`TrainerHandle::optimization`]).
+    pub fn optimization(&self, weight_decay: bool) -> Optimization {
+        self.handle.optimization(weight_decay)
+    }
+
+    /// Logs `metrics` at `step` (see [`TrainerHandle::log_metrics`]).
+    pub fn log_metrics(&mut self, metrics: IndexMap<String, f64>, step: i64) {
+        self.handle.log_metrics(metrics, step);
+    }
 }
 
 /// A trainer hook. Every method has a default that does nothing.
@@ -194,6 +226,14 @@ pub trait Callback: Send + Any {
     }
     /// Called once before training starts (after a resume has restored state).
     fn on_fit_start(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
+        Ok(())
+    }
+    /// Called at the start of every training epoch (also of an epoch a run resumes into).
+    fn on_train_epoch_start(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
+        Ok(())
+    }
+    /// Called before every training batch's `training_step`.
+    fn on_train_batch_start(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// Called after every training batch's optimizer step.
@@ -223,6 +263,17 @@ pub trait Callback: Send + Any {
     }
     /// Restores [`Callback::state_dict`]'s output on resume.
     fn load_state_dict(&mut self, _state: &Value) -> crate::Result<()> {
+        Ok(())
+    }
+    /// Lightning's `Callback.on_save_checkpoint`: called with the whole checkpoint dict just
+    /// before it is written (after every callback's [`Callback::state_dict`], before the
+    /// module's `on_save_checkpoint`); it may add or change top-level keys. Not called for
+    /// weights-only saves, as Lightning.
+    fn on_save_checkpoint(&self, _checkpoint: &mut Value) {}
+    /// Lightning's `Callback.on_load_checkpoint`: called with the whole checkpoint dict when a
+    /// run resumes (or `validate`/`test`/`predict` load a `ckpt_path`), before any callback's
+    /// [`Callback::load_state_dict`].
+    fn on_load_checkpoint(&mut self, _checkpoint: &Value) -> crate::Result<()> {
         Ok(())
     }
     /// Where this callback writes checkpoints (set for `ModelCheckpoint` once its directory

@@ -443,6 +443,15 @@ fn check_header_records(zip: &ZipReader, path: &Path) -> Result<(), CheckpointEr
 }
 
 fn read_tree(path: &Path, opts: &LoadOptions, skip_data: bool) -> Result<Value, CheckpointError> {
+    read_tree_located(path, opts, skip_data).map(|(v, _)| v)
+}
+
+/// [`read_tree`], and the storages' saved locations in the order the pickle first names them.
+fn read_tree_located(
+    path: &Path,
+    opts: &LoadOptions,
+    skip_data: bool,
+) -> Result<(Value, Vec<String>), CheckpointError> {
     let zip = ZipReader::open(path)?;
     check_header_records(&zip, path)?;
     let pickle = zip.read_record("data.pkl", true)?;
@@ -466,7 +475,11 @@ fn read_tree(path: &Path, opts: &LoadOptions, skip_data: bool) -> Result<Value, 
         // CPU copy-loads read their storages after the pickle, in parallel.
         pending: (map.is_none() && !skip_data && opts.device == Device::Cpu).then(Default::default),
     };
-    let tree = pickle_read::read_pickle(&pickle, path, &mut |k, kind, n| loader.load(k, kind, n))?;
+    let mut locations = Vec::new();
+    let tree = pickle_read::read_pickle(&pickle, path, &mut |k, kind, n, location| {
+        locations.push(location.to_owned());
+        loader.load(k, kind, n)
+    })?;
     loader.fill_pending()?;
     if opts.verify_crc {
         // The records the tree did not read (metadata, unused storages) are checked too, so a
@@ -481,12 +494,24 @@ fn read_tree(path: &Path, opts: &LoadOptions, skip_data: bool) -> Result<Value, 
             zip.check_entry(e)?;
         }
     }
-    Ok(tree)
+    Ok((tree, locations))
 }
 
 /// Reads a `.ckpt` file with options (zero-copy mmap, target device, CRC checks).
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Value, CheckpointError> {
     read_tree(path, opts, false)
+}
+
+/// [`load_with`], and the location tag each storage was saved with (`"cpu"`, `"cuda:1"`, as
+/// `torch.save` records it), in the order the file first uses them: in a Lightning
+/// checkpoint the first is that of the first tensor of `state_dict`, which decides the device
+/// `load_from_checkpoint` puts the module on. The tensors themselves are placed on
+/// `opts.device`.
+pub fn load_with_locations(
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<(Value, Vec<String>), CheckpointError> {
+    read_tree_located(path, opts, false)
 }
 
 /// What [`verify`] found in a complete, valid file.

@@ -23,6 +23,7 @@ pub use sampler::{torch_randperm, DistributedSampler};
 use crate::error::{Error, Result};
 use crate::value::Value;
 use std::ops::Index;
+use std::sync::{Arc, Mutex, PoisonError};
 use tch::{Device, Kind, Tensor};
 
 /// A batch: the dataset's tensors, each with the batch as its first dimension
@@ -383,13 +384,95 @@ impl LoaderState {
     }
 }
 
-/// The loaders of a run, as Lightning's `LightningDataModule`.
+/// The state of a datamodule (Lightning's `LightningDataModule.state_dict` /
+/// `load_state_dict`): saved in every checkpoint under the datamodule's name (Lightning uses
+/// the class's `__qualname__`) when it is not empty, and restored on resume and by
+/// `validate`/`test`/`predict` with a `ckpt_path`.
+///
+/// ```
+/// use lightning_core::data::{DataModule, DataModuleState};
+/// use lightning_core::value::Value;
+/// use std::sync::{Arc, Mutex};
+///
+/// #[derive(Default)]
+/// struct Vocab { size: i64 }
+/// impl DataModuleState for Vocab {
+///     fn state_dict(&self) -> Value {
+///         let mut v = Value::dict();
+///         v.insert("size", self.size);
+///         v
+///     }
+///     fn load_state_dict(&mut self, state: &Value) -> lightning_core::Result<()> {
+///         self.size = state.get("size").and_then(Value::as_i64).unwrap_or(0);
+///         Ok(())
+///     }
+/// }
+/// let vocab = Arc::new(Mutex::new(Vocab { size: 7 }));
+/// let dm = DataModule::new().state("MyDataModule", vocab.clone());
+/// assert_eq!(dm.state_name(), Some("MyDataModule"));
+/// ```
+pub trait DataModuleState: Send {
+    /// The state to save; an empty dict (the default) saves nothing, as Lightning.
+    fn state_dict(&self) -> Value {
+        Value::dict()
+    }
+    /// Restores what [`DataModuleState::state_dict`] returned.
+    fn load_state_dict(&mut self, state: &Value) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+}
+
+/// A datamodule's named, shared state (see [`DataModule::state`]).
+#[derive(Clone)]
+pub(crate) struct NamedState {
+    pub name: String,
+    pub state: Arc<Mutex<dyn DataModuleState>>,
+}
+
+impl NamedState {
+    /// The state to save, or `None` when it is empty (Lightning saves nothing then).
+    pub fn state_dict(&self) -> Option<Value> {
+        let v = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state_dict();
+        let empty = match &v {
+            Value::None => true,
+            Value::Dict(d) | Value::OrderedDict(d) => d.is_empty(),
+            Value::List(l) | Value::Tuple(l) => l.is_empty(),
+            _ => false,
+        };
+        (!empty).then_some(v)
+    }
+
+    /// Restores a saved state.
+    pub fn load_state_dict(&self, v: &Value) -> Result<()> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .load_state_dict(v)
+    }
+}
+
+impl std::fmt::Debug for NamedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedState")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The loaders of a run, as Lightning's `LightningDataModule`, and optionally its state
+/// ([`DataModule::state`]).
 #[derive(Clone, Debug, Default)]
 pub struct DataModule {
     train: Option<DataLoader>,
     val: Option<DataLoader>,
     test: Option<DataLoader>,
     predict: Option<DataLoader>,
+    state: Option<NamedState>,
 }
 
 impl DataModule {
@@ -416,6 +499,28 @@ impl DataModule {
     pub fn predict(mut self, l: DataLoader) -> Self {
         self.predict = Some(l);
         self
+    }
+    /// Gives the datamodule a state saved in checkpoints under `name` (Lightning's key is the
+    /// datamodule class's `__qualname__`, e.g. `"MNISTDataModule"`; use that name to read or
+    /// write files Python Lightning shares). The trainer locks `state` to save and restore it;
+    /// keep a clone of the `Arc` to read it after a resume.
+    pub fn state<S: DataModuleState + 'static>(
+        mut self,
+        name: impl Into<String>,
+        state: Arc<Mutex<S>>,
+    ) -> Self {
+        self.state = Some(NamedState {
+            name: name.into(),
+            state,
+        });
+        self
+    }
+    /// The name the datamodule's state is saved under, when it has one.
+    pub fn state_name(&self) -> Option<&str> {
+        self.state.as_ref().map(|s| s.name.as_str())
+    }
+    pub(crate) fn named_state(&self) -> Option<&NamedState> {
+        self.state.as_ref()
     }
     /// The training loader.
     pub fn train_loader(&self) -> Option<&DataLoader> {

@@ -266,6 +266,14 @@ impl Optimizer for Adam {
         self.groups.get(group).map(|g| g.cfg.betas.0)
     }
 
+    /// `"AdamW"` when the (first) group decays weights decoupled, else `"Adam"`.
+    fn class_name(&self) -> &'static str {
+        match self.groups.first() {
+            Some(g) if g.cfg.decoupled_weight_decay => "AdamW",
+            _ => "Adam",
+        }
+    }
+
     fn set_momentum(&mut self, group: usize, momentum: f64) {
         if let Some(g) = self.groups.get_mut(group) {
             g.cfg.betas.0 = momentum;

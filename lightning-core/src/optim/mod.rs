@@ -55,6 +55,11 @@ pub trait Optimizer: Send {
     }
     /// Sets the momentum of one param group (no-op for optimizers without one).
     fn set_momentum(&mut self, _group: usize, _momentum: f64) {}
+    /// The `torch.optim` class this optimizer stands for (`"Adam"`, `"AdamW"`, `"SGD"`):
+    /// Lightning's `LearningRateMonitor` names its metrics after it (`lr-Adam`).
+    fn class_name(&self) -> &'static str {
+        "Optimizer"
+    }
 }
 
 /// A learning-rate scheduler with `torch.optim.lr_scheduler`'s state layout.

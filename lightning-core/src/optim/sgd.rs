@@ -187,6 +187,10 @@ impl Optimizer for Sgd {
         self.groups.get(group).map(|g| g.cfg.momentum)
     }
 
+    fn class_name(&self) -> &'static str {
+        "SGD"
+    }
+
     fn set_momentum(&mut self, group: usize, momentum: f64) {
         if let Some(g) = self.groups.get_mut(group) {
             g.cfg.momentum = momentum;

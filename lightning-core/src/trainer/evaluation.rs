@@ -50,7 +50,12 @@ impl Trainer {
         let run = &mut self.run;
         let precision = self.cfg.precision;
         let in_fit = run.fitting && !run.sanity_checking;
+        let logger = match run.sanity_checking {
+            true => None,
+            false => self.logger.as_mut(),
+        };
         tch::no_grad(|| {
+            let mut logger = logger;
             for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
                 let batch = batch.to_device(device);
                 let mut ctx = StepContext::new(stage, epoch, step);
@@ -62,6 +67,13 @@ impl Trainer {
                     w.sync_logged(&mut ctx.logged)?;
                 }
                 run.metrics.record_step(&ctx.logged, stage, batch.size());
+                // `on_step` metrics reach the logger at step = evaluation batches seen so far
+                // in this fit/validate/test (Lightning's `update_eval_step_metrics(
+                // _seen_batches_per_dataloader)`; the sanity check neither logs nor counts)
+                if let Some(l) = logger.as_deref_mut() {
+                    l.log_metrics_at(&run.metrics.step_row, run.eval_batches_seen);
+                    run.eval_batches_seen += 1;
+                }
                 if in_fit {
                     run.val_batches.0 += 1;
                     run.val_batches.1 += 1;
@@ -100,20 +112,28 @@ impl Trainer {
             && (self.run.epoch + 1) % self.cfg.check_val_every_n_epoch as i64 == 0
     }
 
-    /// Loads the weights of `ckpt_path` (if given) for an evaluation loop.
+    /// Restores `ckpt_path` (if given) for an evaluation loop as Lightning's
+    /// `_restore_modules_and_callbacks`: the module (`on_load_checkpoint`, then the weights),
+    /// the datamodule's state, the callbacks (`on_load_checkpoint`, then their states).
     pub(crate) fn eval_setup<M: LightningModule>(
         &mut self,
         model: &mut M,
+        data: &DataModule,
         ckpt_path: Option<CkptPath>,
     ) -> Result<()> {
         self.run.fitting = false;
+        self.run.eval_batches_seen = 0;
+        self.run.datamodule = data.named_state().cloned();
         if self.cfg.logger && self.logger.is_none() {
             self.logger = Some(CsvLogger::new_version(&self.cfg.default_root_dir));
         }
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         if let Some(p) = ckpt_path {
             if let Some(path) = self.resolve_ckpt(&p)? {
-                Loaded::read(path)?.load_model(model)?;
+                let loaded = Loaded::read(path)?;
+                loaded.load_model(model)?;
+                self.restore_datamodule(&loaded)?;
+                self.restore_callbacks(&loaded)?;
             }
         }
         model.move_to(self.cfg.device);
@@ -123,11 +143,12 @@ impl Trainer {
     fn eval_loop<M: LightningModule>(
         &mut self,
         model: &mut M,
+        data: &DataModule,
         loader: &DataLoader,
         stage: Stage,
         ckpt_path: Option<CkptPath>,
     ) -> Result<IndexMap<String, f64>> {
-        self.eval_setup(model, ckpt_path)?;
+        self.eval_setup(model, data, ckpt_path)?;
         let limit = if stage == Stage::Test {
             self.cfg.limit_test_batches
         } else {
@@ -151,7 +172,7 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
     ) -> Result<IndexMap<String, f64>> {
         let val = need(data.val_loader(), "validate: val")?;
-        self.eval_loop(model, val, Stage::Validate, ckpt_path)
+        self.eval_loop(model, data, val, Stage::Validate, ckpt_path)
     }
 
     /// Runs the test loop once and returns the logged epoch metrics.
@@ -162,6 +183,6 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
     ) -> Result<IndexMap<String, f64>> {
         let test = need(data.test_loader(), "test: test")?;
-        self.eval_loop(model, test, Stage::Test, ckpt_path)
+        self.eval_loop(model, data, test, Stage::Test, ckpt_path)
     }
 }

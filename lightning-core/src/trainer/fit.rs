@@ -217,6 +217,7 @@ impl Trainer {
             num_val_batches: data
                 .val_loader()
                 .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
+            datamodule: data.named_state().cloned(),
             ..RunState::default()
         };
         self.run.val_every =
@@ -284,14 +285,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// Restores a run, in Lightning's order: model, callbacks, precision, loops, optimizers,
-    /// schedulers.
+    /// Restores a run, in Lightning's order: datamodule, model, callbacks, precision, loops,
+    /// optimizers, schedulers.
     fn restore<M: LightningModule>(
         &mut self,
         model: &mut M,
         optim: &mut OptimizerConfig,
         r: Loaded,
     ) -> Result<()> {
+        self.restore_datamodule(&r)?;
         r.load_model(model)?;
         self.restore_callbacks(&r)?;
         if let (Some(scaler), Some(state)) = (&mut self.run.scaler, &r.ckpt.precision) {
@@ -322,11 +324,47 @@ impl Trainer {
         Ok(())
     }
 
-    fn restore_callbacks(&mut self, r: &Loaded) -> Result<()> {
-        let states = r.ckpt.callbacks.as_ref();
+    /// Gives the datamodule the state saved under its name, if the file has one
+    /// (Lightning's `restore_datamodule`).
+    pub(crate) fn restore_datamodule(&self, r: &Loaded) -> Result<()> {
+        let Some(dm) = &self.run.datamodule else {
+            return Ok(());
+        };
+        match r.value.get(&dm.name) {
+            Some(state) => dm.load_state_dict(state).map_err(|e| {
+                restore_err(
+                    &r.path,
+                    RestoreError::DataModule {
+                        name: dm.name.clone(),
+                        source: Box::new(e),
+                    },
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Lightning's `restore_callbacks`: every callback's `on_load_checkpoint` with the whole
+    /// file, then each one's `load_state_dict` with its saved state.
+    pub(crate) fn restore_callbacks(&mut self, r: &Loaded) -> Result<()> {
+        for cb in &mut self.callbacks {
+            cb.on_load_checkpoint(&r.value).map_err(|e| {
+                restore_err(
+                    &r.path,
+                    RestoreError::Callback {
+                        key: cb.state_key(),
+                        source: Box::new(e),
+                    },
+                )
+            })?;
+        }
+        // a weights-only file has no `callbacks` (fit refuses it; evaluation loads it)
+        let Some(states) = r.ckpt.callbacks.as_ref() else {
+            return Ok(());
+        };
         for cb in &mut self.callbacks {
             let key = cb.state_key();
-            match states.and_then(|s| s.get(&Key::Str(key.clone()))) {
+            match states.get(&Key::Str(key.clone())) {
                 Some(s) => cb.load_state_dict(s).map_err(|e| {
                     restore_err(
                         &r.path,
@@ -358,6 +396,7 @@ impl Trainer {
         self.run.begin_epoch();
         let (started, consumed_before) = (std::time::Instant::now(), self.run.batches_consumed);
         if self.run.batches_consumed < n {
+            self.hooks(&*model, |cb, t| cb.on_train_epoch_start(t))?;
             let rank_zero = self.is_global_zero();
             let bar = Bar::new(
                 self.cfg.enable_progress_bar && rank_zero,
@@ -378,6 +417,7 @@ impl Trainer {
                 if let Some(e) = self.world.as_ref().and_then(|w| w.failed_rank()) {
                     return Err(e);
                 }
+                self.hooks(&*model, |cb, t| cb.on_train_batch_start(t))?;
                 let stepped = self.train_step(model, batch, idx, n)?;
                 bar.step(&self.run.metrics.prog_bar);
                 self.run.point = LoopPoint::TrainBatchEnd { stepped };
@@ -577,13 +617,15 @@ impl Trainer {
         }
         o.optimizer.zero_grad();
         self.run.global_step += 1;
-        let gs = self.run.global_step;
+        // Lightning counts a step-interval scheduler's `frequency` in batches of the epoch
+        // (`batch_idx + 1`), not in global steps
+        let batch = self.run.batches_consumed;
         for s in o
             .schedulers
             .iter_mut()
             .filter(|s| s.interval == Interval::Step)
         {
-            if gs % s.frequency as i64 == 0 {
+            if batch.is_multiple_of(s.frequency) {
                 s.scheduler.step(o.optimizer.as_mut());
                 self.run.scheduler_steps.0 += 1;
                 self.run.scheduler_steps.1 += 1;
@@ -601,13 +643,10 @@ impl Trainer {
             .find_map(|c| c.checkpoint_dirpath())
             .unwrap_or_else(|| self.cfg.default_root_dir.join("checkpoints"));
         let path = dir.join("last.ckpt");
-        let states = self
-            .callbacks
-            .iter()
-            .map(|c| (c.state_key(), c.state_dict()));
+        let callbacks = self.callbacks.iter().map(|c| c.as_ref());
         let (optim, run) = (self.optim.as_ref(), &self.run);
         save_on_rank_zero(self.world.as_deref(), &mut self.saver, &path, true, || {
-            checkpoint_of(model, optim, states, run, false)
+            checkpoint_of(model, optim, callbacks, run, false)
         })?;
         warn(&format!(
             "received a preemption signal: saved {} at epoch {} step {}; resume with ckpt_path=last",

@@ -6,9 +6,14 @@ use super::ddp::{save_on_rank_zero, writes_files};
 use super::saver::Saver;
 use super::state::RunState;
 use super::{checkpoint_of, SaveErrorPolicy, Trainer, TrainerConfig};
-use crate::callbacks::{AfterSave, Callback, RunInfo, TrainerContext, TrainerHandle};
+use crate::callbacks::{
+    AfterSave, Callback, Optimization, OptimizerView, ParamGroupView, RunInfo, SchedulerView,
+    TrainerContext, TrainerHandle,
+};
 use crate::error::Result;
 use crate::lightning_module::{LightningModule, OptimizerConfig};
+use crate::value::Value;
+use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
 
 /// A callback hook, as a function of the callback and the context.
@@ -25,6 +30,8 @@ struct Handle<'a, M: LightningModule> {
     after: &'a [Box<dyn Callback>],
     world: Option<&'a super::ddp::World>,
     stop_requested: bool,
+    /// Metrics the callback logged, for the logger and `callback_metrics` after the hook.
+    logged: Vec<(IndexMap<String, f64>, i64)>,
 }
 
 impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
@@ -39,13 +46,12 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
         let (before, after, model, optim, run) =
             (self.before, self.after, self.model, self.optim, self.run);
         save_on_rank_zero(self.world, self.saver, path, false, || {
-            let state = |c: &dyn Callback| (c.state_key(), c.state_dict());
-            let states = before
+            let callbacks = before
                 .iter()
-                .map(|c| state(c.as_ref()))
-                .chain(std::iter::once(state(caller)))
-                .chain(after.iter().map(|c| state(c.as_ref())));
-            checkpoint_of(model, optim, states, run, weights_only)
+                .map(|c| c.as_ref())
+                .chain(std::iter::once(caller))
+                .chain(after.iter().map(|c| c.as_ref()));
+            checkpoint_of(model, optim, callbacks, run, weights_only)
         })
     }
 
@@ -59,6 +65,64 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
 
     fn request_stop(&mut self) {
         self.stop_requested = true;
+    }
+
+    fn optimization(&self, weight_decay: bool) -> Optimization {
+        self.optim
+            .map(|o| optimization_of(o, weight_decay))
+            .unwrap_or_default()
+    }
+
+    fn log_metrics(&mut self, metrics: IndexMap<String, f64>, step: i64) {
+        self.logged.push((metrics, step));
+    }
+}
+
+/// What callbacks see of the optimizer and its schedulers.
+fn optimization_of(o: &OptimizerConfig, weight_decay: bool) -> Optimization {
+    let opt = o.optimizer.as_ref();
+    // weight decays and group names live in the param groups of the state dict
+    let groups_value = weight_decay.then(|| opt.state_dict());
+    let group = |i: usize| {
+        groups_value
+            .as_ref()
+            .and_then(|v| v.get_path(&format!("param_groups.{i}")).cloned())
+    };
+    let groups = opt
+        .lrs()
+        .into_iter()
+        .enumerate()
+        .map(|(i, lr)| {
+            let g = group(i);
+            ParamGroupView {
+                lr,
+                momentum: opt.momentum(i),
+                weight_decay: g
+                    .as_ref()
+                    .and_then(|g| g.get("weight_decay"))
+                    .and_then(Value::as_f64),
+                name: g
+                    .as_ref()
+                    .and_then(|g| g.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            }
+        })
+        .collect();
+    Optimization {
+        optimizers: vec![OptimizerView {
+            class_name: opt.class_name().to_owned(),
+            groups,
+        }],
+        schedulers: o
+            .schedulers
+            .iter()
+            .map(|s| SchedulerView {
+                optimizer: 0,
+                interval: s.interval,
+                name: None,
+            })
+            .collect(),
     }
 }
 
@@ -85,6 +149,8 @@ fn run_info<'a>(
         check_val_every_n_epoch: Some(cfg.check_val_every_n_epoch as i64),
         val_check_within_epoch: run.val_every.is_some(),
         validation_ran: run.val_ran,
+        should_update_logs: (run.global_step + 1) % cfg.log_every_n_steps.max(1) as i64 == 0
+            || run.should_stop,
     }
 }
 
@@ -114,11 +180,18 @@ impl Trainer {
                 after,
                 world: self.world.as_deref(),
                 stop_requested: false,
+                logged: Vec::new(),
             };
             let info = run_info(&self.run, &self.cfg, log_dir.as_deref(), rank_zero);
             let mut ctx = TrainerContext::new(info, &mut handle);
             result = hook(cb.as_mut(), &mut ctx);
             stop |= handle.stop_requested;
+            for (metrics, step) in std::mem::take(&mut handle.logged) {
+                if let Some(l) = &mut self.logger {
+                    l.log_metrics_at(&metrics, step);
+                }
+                self.run.metrics.callback_metrics.extend(metrics);
+            }
             if result.is_err() {
                 break;
             }

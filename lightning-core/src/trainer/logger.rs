@@ -168,6 +168,21 @@ impl CsvLogger {
         self.rows.push(row);
     }
 
+    /// Adds a row as `logger.log_metrics(metrics, step=step)` does: the metrics and `step`,
+    /// no `epoch` (Lightning's evaluation step metrics and `LearningRateMonitor`).
+    pub fn log_metrics_at(&mut self, metrics: &IndexMap<String, f64>, step: i64) {
+        if metrics.is_empty() {
+            return;
+        }
+        let mut row: IndexMap<String, String> = metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), pyfmt::repr_float(*v)))
+            .collect();
+        row.insert("step".into(), step.to_string());
+        self.keys.extend(row.keys().cloned());
+        self.rows.push(row);
+    }
+
     /// Writes `metrics.csv` (header: every key seen, sorted, as CSVLogger).
     pub fn save(&self) -> Result<()> {
         if self.rows.is_empty() {

@@ -176,17 +176,14 @@ impl Trainer {
         path: impl AsRef<Path>,
         weights_only: bool,
     ) -> Result<()> {
-        let states = self
-            .callbacks
-            .iter()
-            .map(|c| (c.state_key(), c.state_dict()));
+        let callbacks = self.callbacks.iter().map(|c| c.as_ref());
         let (optim, run) = (self.optim.as_ref(), &self.run);
         ddp::save_on_rank_zero(
             self.world.as_deref(),
             &mut self.saver,
             path.as_ref(),
             true,
-            || checkpoint_of(model, optim, states, run, weights_only),
+            || checkpoint_of(model, optim, callbacks, run, weights_only),
         )
     }
 
@@ -197,15 +194,17 @@ impl Trainer {
     }
 }
 
-/// The checkpoint of `model` and the run, in Lightning's layout, then the module's
-/// `on_save_checkpoint` extras.
-pub(crate) fn checkpoint_of<M: LightningModule>(
+/// The checkpoint of `model` and the run, in Lightning's layout (`dump_checkpoint`): the
+/// callbacks' states, the datamodule's state under its name, then the callbacks'
+/// `on_save_checkpoint` (not for weights-only files) and the module's `on_save_checkpoint`.
+pub(crate) fn checkpoint_of<'c, M: LightningModule>(
     model: &M,
     optim: Option<&OptimizerConfig>,
-    callback_states: impl Iterator<Item = (String, crate::value::Value)>,
+    callbacks: impl Iterator<Item = &'c dyn Callback>,
     run: &RunState,
     weights_only: bool,
 ) -> crate::value::Value {
+    let callbacks: Vec<&dyn Callback> = callbacks.collect();
     let hp = model.hparams().to_value();
     let hyper_parameters = hp.as_dict().filter(|d| !d.is_empty()).cloned();
     let mut ckpt = Checkpoint {
@@ -219,10 +218,19 @@ pub(crate) fn checkpoint_of<M: LightningModule>(
         hparams_name: hyper_parameters.as_ref().map(|_| "kwargs".to_owned()),
         hyper_parameters,
         resume: Some(run.resume_state()),
+        datamodule: run
+            .datamodule
+            .as_ref()
+            .and_then(|d| Some((d.name.clone(), d.state_dict()?))),
         ..Checkpoint::default()
     };
     if !weights_only {
-        ckpt.callbacks = Some(callback_states.map(|(k, s)| (Key::Str(k), s)).collect());
+        ckpt.callbacks = Some(
+            callbacks
+                .iter()
+                .map(|c| (Key::Str(c.state_key()), c.state_dict()))
+                .collect(),
+        );
         ckpt.optimizer_states = Some(optim.map_or(vec![], |o| vec![o.optimizer.state_dict()]));
         ckpt.lr_schedulers = Some(optim.map_or(vec![], |o| {
             o.schedulers
@@ -233,6 +241,11 @@ pub(crate) fn checkpoint_of<M: LightningModule>(
         ckpt.precision = run.scaler.as_ref().map(|s| s.state_dict());
     }
     let mut value = ckpt.to_value();
+    if !weights_only {
+        for c in &callbacks {
+            c.on_save_checkpoint(&mut value);
+        }
+    }
     model.on_save_checkpoint(&mut value);
     value
 }
@@ -274,4 +287,29 @@ pub(crate) fn need<'a, T>(loader: Option<&'a T>, what: &str) -> Result<&'a T> {
             "`{what}` needs a {what} loader in the DataModule; none was given"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ckpt_path_parse_reads_lightnings_strings() {
+        assert_eq!(CkptPath::parse("last"), CkptPath::Last);
+        assert_eq!(CkptPath::parse("best"), CkptPath::Best);
+        // only the exact words are special: anything else is a file name
+        assert_eq!(
+            CkptPath::parse("Best"),
+            CkptPath::Path(PathBuf::from("Best"))
+        );
+        assert_eq!(
+            CkptPath::parse("runs/last.ckpt"),
+            CkptPath::Path(PathBuf::from("runs/last.ckpt"))
+        );
+        assert_eq!(CkptPath::parse(""), CkptPath::Path(PathBuf::new()));
+        assert_eq!(
+            CkptPath::from("a/b.ckpt"),
+            CkptPath::Path(PathBuf::from("a/b.ckpt"))
+        );
+    }
 }

@@ -15,7 +15,7 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
     ) -> Result<Vec<Tensor>> {
         let loader = need(data.predict_loader(), "predict: predict")?;
-        self.eval_setup(model, ckpt_path)?;
+        self.eval_setup(model, data, ckpt_path)?;
         let n = self.cfg.limit_predict_batches.apply(loader.len());
         let (device, epoch, step) = (self.cfg.device, self.run.epoch, self.run.global_step);
         let precision = self.cfg.precision;

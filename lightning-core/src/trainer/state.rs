@@ -68,6 +68,12 @@ pub(crate) struct RunState {
     pub preempted: bool,
     /// Processes training together (1 without `strategy="ddp"`).
     pub world_size: usize,
+    /// Evaluation batches run (outside the sanity check) since this `fit`/`validate`/`test`
+    /// began: the step their `on_step` metrics are logged at (Lightning's
+    /// `_seen_batches_per_dataloader`).
+    pub eval_batches_seen: i64,
+    /// The datamodule's state, saved in checkpoints under its name.
+    pub datamodule: Option<crate::data::NamedState>,
 }
 
 impl RunState {

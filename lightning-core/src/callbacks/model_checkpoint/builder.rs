@@ -28,6 +28,7 @@ pub struct ModelCheckpointBuilder {
     save_on_train_epoch_end: Option<bool>,
     enable_version_counter: bool,
     last_name: String,
+    prefix: Option<String>,
 }
 
 impl Default for ModelCheckpointBuilder {
@@ -49,6 +50,7 @@ impl Default for ModelCheckpointBuilder {
             save_on_train_epoch_end: None,
             enable_version_counter: true,
             last_name: ModelCheckpoint::CHECKPOINT_NAME_LAST.to_owned(),
+            prefix: None,
         }
     }
 }
@@ -142,6 +144,16 @@ impl ModelCheckpointBuilder {
         self
     }
 
+    /// Lightning 1.x's `ModelCheckpoint(prefix=..)` (removed in 1.3): every file name,
+    /// `last` included, becomes `{prefix}-{name}` (joined with
+    /// [`ModelCheckpoint::CHECKPOINT_JOIN_CHAR`], as Lightning's
+    /// `_format_checkpoint_name(.., prefix=..)`): `run1-epoch=0-step=6.ckpt`,
+    /// `run1-last.ckpt`. `ckpt_path = Last` finds `{prefix}-last*.ckpt` too.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
     /// Validates the options as Lightning's constructor does.
     pub fn build(self) -> Result<ModelCheckpoint, CallbackError> {
         let mode = self
@@ -219,6 +231,7 @@ impl ModelCheckpointBuilder {
             save_on_train_epoch_end: self.save_on_train_epoch_end,
             enable_version_counter: self.enable_version_counter,
             last_name: self.last_name,
+            prefix: self.prefix,
             book: Book::new(mode),
             last_global_step_saved: 0,
             last_time_checked: None,

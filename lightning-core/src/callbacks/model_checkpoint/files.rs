@@ -194,7 +194,17 @@ pub(super) fn str_timedelta(d: Duration) -> String {
     s
 }
 
-/// The newest `last*.ckpt` in `dirs` (by modification time, as Lightning's
+/// A `last` file's stem: `last...` (`last`, `last-v1`, a `last_name` template), or a 1.x
+/// `prefix`'s `{prefix}-last` / `{prefix}-last-v1`.
+fn is_last_stem(stem: &str) -> bool {
+    let last = ModelCheckpoint::CHECKPOINT_NAME_LAST;
+    let join = ModelCheckpoint::CHECKPOINT_JOIN_CHAR;
+    stem.starts_with(last)
+        || stem.ends_with(&format!("{join}{last}"))
+        || stem.contains(&format!("{join}{last}{join}v"))
+}
+
+/// The newest `last*.ckpt` (or `{prefix}-last*.ckpt`) in `dirs` (by modification time, as Lightning's
 /// `ckpt_path="last"`) that `verify` accepts; damaged files are reported and skipped.
 ///
 /// The trainer passes a check that reads the file back completely (for example
@@ -210,10 +220,9 @@ pub fn find_last_checkpoint(dirs: &[PathBuf], verify: impl Fn(&Path) -> bool) ->
         for entry in entries.flatten() {
             let path = lexical_absolute(&entry.path());
             let is_last = path.extension().is_some_and(|e| e == "ckpt")
-                && path.file_stem().is_some_and(|s| {
-                    s.to_string_lossy()
-                        .starts_with(ModelCheckpoint::CHECKPOINT_NAME_LAST)
-                });
+                && path
+                    .file_stem()
+                    .is_some_and(|s| is_last_stem(&s.to_string_lossy()));
             if !is_last || !seen.insert(path.clone()) {
                 continue;
             }

@@ -153,6 +153,8 @@ pub struct ModelCheckpoint {
     save_on_train_epoch_end: Option<bool>,
     enable_version_counter: bool,
     last_name: String,
+    /// Lightning 1.x's `prefix` of every file name.
+    prefix: Option<String>,
     book: Book,
     last_global_step_saved: i64,
     last_time_checked: Option<Duration>,
@@ -550,7 +552,7 @@ impl Callback for ModelCheckpoint {
                 return Ok(());
             }
             let cands = Self::monitor_candidates(t);
-            let path = me.format_checkpoint_name(&cands, None, None, None)?;
+            let path = me.format_checkpoint_name(&cands, None, None, me.prefix.as_deref())?;
             me.save_file(t, &path)?;
             me.save_last_checkpoint(t, &cands)?;
             tracing::info!(

@@ -133,11 +133,12 @@ impl ModelCheckpoint {
         t: &TrainerContext<'_>,
         del: Option<&Path>,
     ) -> Result<PathBuf, CallbackError> {
-        let mut path = self.format_checkpoint_name(cands, None, None, None)?;
+        let mut path = self.format_checkpoint_name(cands, None, None, self.prefix.as_deref())?;
         if self.enable_version_counter {
             let mut ver = Self::STARTING_VERSION;
             while Self::file_exists(t, &path) && Some(path.as_path()) != del {
-                path = self.format_checkpoint_name(cands, None, Some(ver), None)?;
+                path =
+                    self.format_checkpoint_name(cands, None, Some(ver), self.prefix.as_deref())?;
                 ver += 1;
             }
         }
@@ -234,13 +235,19 @@ impl ModelCheckpoint {
         }
         let last_name = self.last_name.clone();
         self.transact(|me| {
-            let mut path = me.format_checkpoint_name(cands, Some(&last_name), None, None)?;
+            let mut path =
+                me.format_checkpoint_name(cands, Some(&last_name), None, me.prefix.as_deref())?;
             if me.enable_version_counter {
                 let mut ver = Self::STARTING_VERSION;
                 while Self::file_exists(t, &path)
                     && Some(path.as_path()) != me.book.last_model_path.as_deref()
                 {
-                    path = me.format_checkpoint_name(cands, Some(&last_name), Some(ver), None)?;
+                    path = me.format_checkpoint_name(
+                        cands,
+                        Some(&last_name),
+                        Some(ver),
+                        me.prefix.as_deref(),
+                    )?;
                     ver += 1;
                 }
             }

@@ -77,8 +77,9 @@ impl Node {
     }
 }
 
-/// Loads the storage `key` holding `numel` elements of `kind`.
-pub type StorageFn<'a> = dyn FnMut(&str, Kind, i64) -> Result<Tensor, CheckpointError> + 'a;
+/// Loads the storage `key` holding `numel` elements of `kind`, saved on `location` (torch's
+/// location tag: `"cpu"`, `"cuda:0"`, ...).
+pub type StorageFn<'a> = dyn FnMut(&str, Kind, i64, &str) -> Result<Tensor, CheckpointError> + 'a;
 
 struct Vm<'a, 'b> {
     data: &'a [u8],

@@ -321,7 +321,8 @@ impl Vm<'_, '_> {
             }
             return Ok(Node::Storage(class, t.shallow_clone()));
         }
-        let t = (self.load)(&key, class.kind, numel)?;
+        let location = s(self, 3)?;
+        let t = (self.load)(&key, class.kind, numel, &location)?;
         self.storages.insert(key, (class, t.shallow_clone()));
         Ok(Node::Storage(class, t))
     }
