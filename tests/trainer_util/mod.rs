@@ -8,7 +8,7 @@ use lightning_core::hparams::{HparamError, HparamField, Hyperparameters};
 use lightning_core::lightning_module::{
     Batch, Interval, OptimizerConfig, SchedulerConfig, StepContext,
 };
-use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler, Sgd, SgdConfig};
+use lightning_core::optim::{Adam, AdamConfig, Optimizer, Schedule, Scheduler, Sgd, SgdConfig};
 use lightning_core::prelude::*;
 use lightning_core::TensorKind;
 use std::any::Any;
@@ -240,36 +240,39 @@ impl LightningModule for Tiny {
         Ok(self.forward(&b[0], false).argmax(-1, false))
     }
     fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
-        let mut cfg = if self.hp.optimizer == "sgd" {
-            OptimizerConfig::new(Sgd::new(
-                self.params(),
-                SgdConfig {
-                    lr: self.hp.lr,
-                    momentum: 0.9,
-                    ..Default::default()
-                },
-            )?)
+        let step_lr = self.hp.step_lr;
+        if self.hp.optimizer == "sgd" {
+            let cfg = SgdConfig {
+                lr: self.hp.lr,
+                momentum: 0.9,
+                ..Default::default()
+            };
+            with_step_lr(Sgd::new(self.params(), cfg)?, step_lr)
         } else {
-            OptimizerConfig::new(Adam::new(
-                self.params(),
-                AdamConfig {
-                    lr: self.hp.lr,
-                    ..Default::default()
-                },
-            )?)
-        };
-        if self.hp.step_lr > 0 {
-            let s = Scheduler::new(
-                cfg.optimizer.as_mut(),
-                Schedule::Step {
-                    step_size: self.hp.step_lr,
-                    gamma: 0.7,
-                },
-            )?;
-            cfg = cfg.scheduler_config(SchedulerConfig::new(s).interval(Interval::Epoch));
+            let cfg = AdamConfig {
+                lr: self.hp.lr,
+                ..Default::default()
+            };
+            with_step_lr(Adam::new(self.params(), cfg)?, step_lr)
         }
-        Ok(cfg)
     }
+}
+
+/// `opt` with StepLR(`step_lr`, 0.7) per epoch (none when `step_lr` is 0).
+fn with_step_lr<O: Optimizer + 'static>(
+    mut opt: O,
+    step_lr: i64,
+) -> lightning_core::Result<OptimizerConfig> {
+    if step_lr <= 0 {
+        return Ok(OptimizerConfig::new(opt));
+    }
+    let step = Schedule::Step {
+        step_size: step_lr,
+        gamma: 0.7,
+    };
+    let s = Scheduler::new(&mut opt, step)?;
+    Ok(OptimizerConfig::new(opt)
+        .scheduler_config(SchedulerConfig::new(s).interval(Interval::Epoch)))
 }
 
 /// The Python Lightning twin of [`Tiny`] (same parameter names, hyperparameters, Adam and
