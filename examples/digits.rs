@@ -11,14 +11,12 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use flate2::read::GzDecoder;
 use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
 use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
 use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
 use lightning_core::prelude::*;
 use lightning_core::trainer::{CkptPath, Trainer};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
@@ -193,45 +191,8 @@ enum Cmd {
     Demo,
 }
 
-/// `data/digits.csv.gz`: 64 pixel values (0..16) then the label, one row per image.
-fn load_digits() -> anyhow::Result<(Tensor, Tensor)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz");
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mut text = String::new();
-    GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .with_context(|| format!("decompressing {}", path.display()))?;
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let vals: Vec<f32> = line
-            .split(',')
-            .map(|v| v.trim().parse::<f32>())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("{}: line {}: not a number", path.display(), i + 1))?;
-        if vals.len() != 65 {
-            bail!(
-                "{}: line {}: expected 65 values, found {}",
-                path.display(),
-                i + 1,
-                vals.len()
-            );
-        }
-        xs.extend(vals[..64].iter().map(|v| v / 16.0));
-        ys.push(vals[64] as i64);
-    }
-    let n = ys.len() as i64;
-    Ok((
-        Tensor::from_slice(&xs).view([n, 64]),
-        Tensor::from_slice(&ys),
-    ))
-}
-
 fn datamodule(seed: u64) -> anyhow::Result<DataModule> {
-    let (x, y) = load_digits()?;
+    let (x, y) = lightning_rs::digits::load()?;
     let n = y.size()[0];
     let ds = TensorDataset::new(vec![x, y])?;
     let val = n / 5;
