@@ -21,7 +21,7 @@ use lightning_core::hparams::NoHparams;
 use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
 use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
 use lightning_core::prelude::*;
-use lightning_core::trainer::{CkptPath, Trainer};
+use lightning_core::trainer::{CkptPath, ClipAlgorithm, Trainer};
 use std::path::Path;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -32,7 +32,8 @@ const BATCH: i64 = 4;
 const BATCHES: i64 = TRAIN_ROWS / BATCH;
 
 /// A deterministic two-optimizer GAN-shaped module (no random noise: the "noise" is the batch
-/// flipped), so Lightning and we compute the same thing from the same state.
+/// flipped), so Lightning and we compute the same thing from the same state; the generator's
+/// gradients are clipped (`self.clip_gradients`) and its StepLR steps at each epoch's end.
 #[lightning_module]
 struct TinyGan {
     gen: nn::Linear,
@@ -82,6 +83,8 @@ impl LightningModule for TinyGan {
         let g_loss = bce(&self.generate(&z).apply(&self.disc), 1.0);
         ctx.optimizers()?.zero_grad(0)?;
         ctx.manual_backward(&g_loss)?;
+        ctx.optimizers()?
+            .clip_gradients(0, 0.5, ClipAlgorithm::Norm)?;
         ctx.optimizers()?.step(0)?;
         ctx.optimizers()?.untoggle(0)?;
         ctx.optimizers()?.toggle(1)?;
@@ -149,7 +152,9 @@ class TinyGan(L.LightningModule):
         x = b[0]; z = x.flip(1) * 0.5; g, d = self.optimizers()
         self.toggle_optimizer(g)
         gl = bce(self.disc(torch.sigmoid(self.gen(z))), 1.0)
-        g.zero_grad(); self.manual_backward(gl); g.step(); self.untoggle_optimizer(g)
+        g.zero_grad(); self.manual_backward(gl)
+        self.clip_gradients(g, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+        g.step(); self.untoggle_optimizer(g)
         self.toggle_optimizer(d)
         fake = torch.sigmoid(self.gen(z)).detach()
         dl = (bce(self.disc(x), 1.0) + bce(self.disc(fake), 0.0)) / 2.0
@@ -494,50 +499,7 @@ print(json.dumps(out))
 /// states load into `torch.optim.Adam`.
 #[test]
 fn gan_example_four_epochs_equal_two_plus_resume() {
-    let _serial = trainer_util::serial();
-    let dir = tempfile::tempdir().unwrap();
-    let args = |root: &Path, epochs: &str, resume: bool| {
-        let mut a = vec![
-            "gan",
-            "--max-epochs",
-            epochs,
-            "--root",
-            root.to_str().unwrap(),
-            "--seed",
-            "7",
-        ];
-        if resume {
-            a.extend(["--resume", "last"]);
-        }
-        gan::Args::parse_from(a)
-    };
-    let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
-    let start = std::time::Instant::now();
-    let four = gan::train(&args(&straight, "4", false)).unwrap();
-    let two = gan::train(&args(&resumed, "2", false)).unwrap();
-    let again = gan::train(&args(&resumed, "4", true)).unwrap();
-    eprintln!("3 gan runs in {:.2}s", start.elapsed().as_secs_f64());
-    // 1797 images in batches of 64: 29 batches an epoch, 2 optimizer steps each
-    assert_eq!((two.epoch, two.global_step), (2, 2 * 29 * 2));
-    assert_eq!((four.epoch, four.global_step), (4, 4 * 29 * 2));
-    assert_eq!((again.epoch, again.global_step), (4, 4 * 29 * 2));
-    let (a, b) = (
-        load(&four.checkpoints.join("last.ckpt")),
-        load(&again.checkpoints.join("last.ckpt")),
-    );
-    for key in [
-        "state_dict",
-        "optimizer_states",
-        "lr_schedulers",
-        "loops",
-        "global_step",
-        "epoch",
-    ] {
-        assert_eq!(field(&a, key), field(&b, key), "{key}");
-    }
-    let mut names = trainer_util::files_under(&straight.join("checkpoints"));
-    names.sort();
-    assert_eq!(names.len(), 5, "{names:?}");
+    let (four, _dir) = gan_four_equals_two_plus_resume("32-true");
     let last = four.checkpoints.join("last.ckpt");
     let Some(got) = lightning_rs::run_python(LOAD_INTO_ADAM, &[last.to_str().unwrap()]) else {
         return;
@@ -560,4 +522,69 @@ fn gan_example_four_epochs_equal_two_plus_resume() {
         got["steps"],
         serde_json::json!([[117, 117, 117, 117], [117, 117, 117, 117]])
     );
+}
+
+/// The same under 16-mixed (on the CPU: the grad scaler without autocast): manual_backward
+/// scales, each step unscales and updates the scaler, whose state resumes exactly.
+#[test]
+fn gan_example_resumes_exactly_under_16_mixed() {
+    let (four, _dir) = gan_four_equals_two_plus_resume("16-mixed");
+    let last = load(&four.checkpoints.join("last.ckpt"));
+    let scale = field(&last, "MixedPrecision")
+        .get("scale")
+        .and_then(Value::as_f64);
+    assert!(scale.is_some_and(|s| s > 0.0), "{scale:?}");
+}
+
+/// Trains the gan example 4 epochs, and 2 then `--resume last` to 4, and checks both end
+/// with the same file bit for bit; returns the 4-epoch run.
+fn gan_four_equals_two_plus_resume(precision: &str) -> (gan::Outcome, tempfile::TempDir) {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let args = |root: &Path, epochs: &str, resume: bool| {
+        let mut a = vec![
+            "gan",
+            "--max-epochs",
+            epochs,
+            "--root",
+            root.to_str().unwrap(),
+            "--seed",
+            "7",
+            "--precision",
+            precision,
+        ];
+        if resume {
+            a.extend(["--resume", "last"]);
+        }
+        gan::Args::parse_from(a)
+    };
+    let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
+    let start = std::time::Instant::now();
+    let four = gan::train(&args(&straight, "4", false)).unwrap();
+    let two = gan::train(&args(&resumed, "2", false)).unwrap();
+    let again = gan::train(&args(&resumed, "4", true)).unwrap();
+    eprintln!("3 gan runs in {:.2}s", start.elapsed().as_secs_f64());
+    // 1797 images in batches of 64: 29 batches an epoch, 2 optimizer steps each
+    assert_eq!((two.epoch, two.global_step), (2, 2 * 29 * 2));
+    assert_eq!((four.epoch, four.global_step), (4, 4 * 29 * 2));
+    assert_eq!((again.epoch, again.global_step), (4, 4 * 29 * 2));
+    let (a, b) = (
+        load(&four.checkpoints.join("last.ckpt")),
+        load(&again.checkpoints.join("last.ckpt")),
+    );
+    assert_eq!(a.get("MixedPrecision"), b.get("MixedPrecision"), "scaler");
+    for key in [
+        "state_dict",
+        "optimizer_states",
+        "lr_schedulers",
+        "loops",
+        "global_step",
+        "epoch",
+    ] {
+        assert_eq!(field(&a, key), field(&b, key), "{key}");
+    }
+    let mut names = trainer_util::files_under(&straight.join("checkpoints"));
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    (four, dir)
 }

@@ -725,3 +725,32 @@ fn random_seed() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     mix_seed(nanos, &[u64::from(std::process::id())])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trainer::TrainerBuilder;
+
+    fn refused(b: TrainerBuilder, manual: bool, optimizers: usize) -> String {
+        let cfg = b.build().unwrap().cfg;
+        check_optimization(&cfg, manual, optimizers)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn optimization_modes_refuse_what_they_cannot_train() {
+        let two = refused(Trainer::builder(), false, 2);
+        assert!(
+            two.contains("only supported with manual optimization"),
+            "{two}"
+        );
+        let ddp = refused(Trainer::builder().strategy("ddp").devices(2), true, 2);
+        assert!(ddp.contains("not supported with strategy=\"ddp\""), "{ddp}");
+        let clip = refused(Trainer::builder().gradient_clip_val(0.5), true, 1);
+        assert!(clip.contains("gradient_clip_val(0.5)"), "{clip}");
+        let cfg = Trainer::builder().build().unwrap().cfg;
+        assert!(check_optimization(&cfg, true, 2).is_ok());
+        assert!(check_optimization(&cfg, false, 1).is_ok());
+    }
+}
