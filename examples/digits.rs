@@ -202,15 +202,6 @@ fn datamodule(seed: u64) -> anyhow::Result<DataModule> {
         .val(DataLoader::new(val, 256)))
 }
 
-fn device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => bail!("--device cuda: no CUDA device is available"),
-        d => bail!("--device {d:?}: expected cpu or cuda"),
-    }
-}
-
 fn config(sets: &[String]) -> anyhow::Result<MlpConfig> {
     let mut hp = MlpConfig::from_value(&Value::dict())?;
     for s in sets {
@@ -242,7 +233,7 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .max_epochs(max_epochs)
         .default_root_dir(&args.root)
         .seed(args.seed)
-        .device(device(&args.device)?)
+        .device(lightning_rs::digits::device(&args.device)?)
         .precision(args.precision.as_str())
         .async_checkpointing(args.async_checkpointing)
         .strategy(args.strategy.as_str())
@@ -293,7 +284,7 @@ fn evaluate(args: &Args, ckpt: &Path, sets: &[String]) -> anyhow::Result<f64> {
     let mut trainer = Trainer::builder()
         .logger(false)
         .enable_progress_bar(false)
-        .device(device(&args.device)?)
+        .device(lightning_rs::digits::device(&args.device)?)
         .build()?;
     let metrics = trainer.validate(&mut model, &datamodule(args.seed)?, None)?;
     if other_rank() {

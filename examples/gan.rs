@@ -9,7 +9,7 @@
 //! cargo run --release --example gan -- --max-epochs 8 --resume last --root runs/gan
 //! ```
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
@@ -188,15 +188,6 @@ pub struct Outcome {
     pub checkpoints: PathBuf,
 }
 
-fn device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => bail!("--device cuda: no CUDA device is available"),
-        d => bail!("--device {d:?}: expected cpu or cuda"),
-    }
-}
-
 /// Trains (or resumes) the GAN up to `--max-epochs`.
 pub fn train(args: &Args) -> anyhow::Result<Outcome> {
     if args.threads > 0 {
@@ -216,7 +207,7 @@ pub fn train(args: &Args) -> anyhow::Result<Outcome> {
         .max_epochs(args.max_epochs)
         .default_root_dir(&args.root)
         .seed(args.seed)
-        .device(device(&args.device)?)
+        .device(lightning_rs::digits::device(&args.device)?)
         .precision(args.precision.as_str())
         .enable_progress_bar(false)
         .callback(ckpt)

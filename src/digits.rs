@@ -1,11 +1,11 @@
 //! The digits data shipped in `data/` (scikit-learn's copy of the UCI handwritten digits,
-//! 1797 8x8 images), for the examples (`digits`, `gan`) and tests.
+//! 1797 8x8 images), for the examples (`digits`, `gan`) and tests, and the examples' `--device`.
 
 use anyhow::{bail, Context};
 use flate2::read::GzDecoder;
 use std::io::Read;
 use std::path::Path;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// `data/digits.csv.gz`: 64 pixel values (0..16) then the label, one row per image. Returns
 /// the images as `[n, 64]` f32 in [0, 1] and the labels as `[n]` i64.
@@ -43,4 +43,14 @@ pub fn load() -> anyhow::Result<(Tensor, Tensor)> {
         Tensor::from_slice(&xs).view([n, 64]),
         Tensor::from_slice(&ys),
     ))
+}
+
+/// The examples' `--device`: `cpu`, or `cuda` when a CUDA device is available.
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => bail!("--device cuda: no CUDA device is available"),
+        d => bail!("--device {d:?}: expected cpu or cuda"),
+    }
 }

@@ -7,6 +7,7 @@
 //! - the `gan` example's 4-epoch run equals 2 epochs + resume to 4, bit for bit, its steps are
 //!   counted as Lightning counts them, and both optimizer states load into `torch.optim.Adam`.
 
+mod loops_compare;
 mod trainer_util;
 
 #[allow(dead_code)] // the example's `main` is not called here
@@ -14,7 +15,6 @@ mod trainer_util;
 mod gan;
 
 use clap::Parser;
-use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
 use lightning_core::checkpoint;
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
 use lightning_core::hparams::NoHparams;
@@ -133,7 +133,7 @@ impl LightningModule for TinyGan {
     }
 }
 
-/// The Python twin of [`TinyGan`] and its data; defines `TinyGan`, `data()`, `flat()`.
+/// The Python twin of [`TinyGan`] and its data; defines `TinyGan`, `data()`, `trainer()`.
 const PY_TINY_GAN: &str = r#"
 import json, os, sys, warnings
 import torch, lightning as L
@@ -177,14 +177,6 @@ def trainer(dirpath, max_epochs, every=0):
                                              every_n_train_steps=every or None)
     return L.Trainer(max_epochs=max_epochs, callbacks=[cb], logger=False, enable_progress_bar=False,
                      enable_model_summary=False, default_root_dir=dirpath, num_sanity_val_steps=0)
-def flat(d, p=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat(v, p + k + "/"))
-        else:
-            out[p + k] = v
-    return out
 "#;
 
 /// The same data as `data()` in [`PY_TINY_GAN`].
@@ -200,43 +192,17 @@ fn data() -> DataModule {
 }
 
 fn trainer(dir: &Path, max_epochs: i64, every: i64) -> Trainer {
-    let mut ckpt = ModelCheckpoint::builder()
-        .dirpath(dir)
-        .save_top_k(-1)
-        .save_last(SaveLast::True);
-    if every > 0 {
-        ckpt = ckpt.every_n_train_steps(every);
-    }
-    Trainer::builder()
+    loops_compare::checkpointing_trainer(dir, every)
         .max_epochs(max_epochs)
-        .enable_progress_bar(false)
-        .logger(false)
         .num_sanity_val_steps(0)
-        .seed(5)
-        .default_root_dir(dir)
-        .callback(ckpt.build().unwrap())
         .build()
         .unwrap()
 }
 
 fn python(script: &str, args: &[&str]) -> Option<serde_json::Value> {
-    let full = format!("{PY_TINY_GAN}\n{script}");
+    let full = format!("{PY_TINY_GAN}{}{script}", loops_compare::PY_COMPARE_LOOPS);
     let out = lightning_rs::run_python(&full, args)?.unwrap_or_else(|e| panic!("{e}"));
     Some(serde_json::from_str(out.lines().last().unwrap()).unwrap())
-}
-
-fn assert_no_diffs(got: &serde_json::Value) {
-    let diffs = got["diffs"].as_array().unwrap();
-    assert!(
-        diffs.is_empty(),
-        "{} differences:\n{}",
-        diffs.len(),
-        diffs
-            .iter()
-            .map(|d| d.as_str().unwrap())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 /// Compares the `loops`, `epoch` and `global_step` of every file of the same name.
@@ -245,18 +211,7 @@ theirs, ours, every = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.manual_seed(0)
 tr, va = data()
 trainer(theirs, 4, every).fit(TinyGan(), tr, va)
-names_t, names_o = sorted(os.listdir(theirs)), sorted(os.listdir(ours))
-diffs, compared = [], 0
-for n in sorted(set(names_t) & set(names_o)):
-    a = torch.load(os.path.join(ours, n), weights_only=True)
-    b = torch.load(os.path.join(theirs, n), weights_only=True)
-    fa = flat({"loops": a["loops"], "epoch": a["epoch"], "global_step": a["global_step"]})
-    fb = flat({"loops": b["loops"], "epoch": b["epoch"], "global_step": b["global_step"]})
-    for k in sorted(set(fa) | set(fb)):
-        compared += 1
-        if fa.get(k, "<missing>") != fb.get(k, "<missing>"):
-            diffs.append(f"{n}: {k}: ours {fa.get(k, '<missing>')!r}, Lightning {fb.get(k, '<missing>')!r}")
-print(json.dumps({"theirs": names_t, "ours": names_o, "diffs": diffs, "compared": compared}))
+compare_loops(theirs, ours)
 "#;
 
 fn compare_loops(every: i64) {
@@ -271,16 +226,14 @@ fn compare_loops(every: i64) {
         ours.to_str().unwrap(),
         &every.to_string(),
     ];
-    let Some(got) = python(COMPARE_LOOPS, &args) else {
+    let script = format!(
+        "{PY_TINY_GAN}{}{COMPARE_LOOPS}",
+        loops_compare::PY_COMPARE_LOOPS
+    );
+    let Some(out) = lightning_rs::run_python(&script, &args) else {
         return;
     };
-    assert_eq!(got["ours"], got["theirs"], "the same files");
-    assert!(got["compared"].as_u64().unwrap() > 70, "{got}");
-    eprintln!(
-        "compared {} values in {} files",
-        got["compared"], got["ours"]
-    );
-    assert_no_diffs(&got);
+    loops_compare::assert_same_loops(&out.unwrap_or_else(|e| panic!("{e}")));
 }
 
 #[test]
@@ -438,7 +391,7 @@ fn our_gan_checkpoint_resumes_in_lightning() {
         let d = got[key].as_f64().unwrap();
         assert!(d <= 1e-6, "{key}: max difference {d}");
     }
-    assert_no_diffs(&got);
+    loops_compare::assert_no_diffs(&got);
 }
 
 /// A manual-optimization run with the trainer's automatic clipping or accumulation is refused

@@ -46,6 +46,17 @@ impl ManualOptim {
         }
     }
 
+    /// Optimizer `i` and the grad scaler, borrowed together.
+    fn optimizer(&mut self, i: usize) -> Result<(&mut dyn Optimizer, &mut Option<GradScaler>)> {
+        let n = self.optim.len();
+        let e = self
+            .optim
+            .entries_mut()
+            .get_mut(i)
+            .ok_or_else(|| out_of_range("optimizer", i, n))?;
+        Ok((e.optimizer.as_mut(), &mut self.scaler))
+    }
+
     /// `loss` scaled by the grad scaler (16-mixed), back-propagated.
     pub fn backward(&self, loss: &Tensor) -> Result<()> {
         let scaled = match &self.scaler {
@@ -87,19 +98,9 @@ impl<'a> ManualOptimizers<'a> {
         self.m.optim.is_empty()
     }
 
-    fn entry(&mut self, i: usize) -> Result<&mut Box<dyn Optimizer>> {
-        let n = self.m.optim.len();
-        self.m
-            .optim
-            .entries_mut()
-            .get_mut(i)
-            .map(|e| &mut e.optimizer)
-            .ok_or_else(|| out_of_range("optimizer", i, n))
-    }
-
     /// Optimizer `i` itself (its learning rates, state, parameters).
     pub fn get(&mut self, i: usize) -> Result<&mut dyn Optimizer> {
-        Ok(self.entry(i)?.as_mut())
+        Ok(self.m.optimizer(i)?.0)
     }
 
     /// `opt.step()`: under `16-mixed` the scaler unscales (unless
@@ -107,14 +108,7 @@ impl<'a> ManualOptimizers<'a> {
     /// inf/NaN, and updates its scale (as Lightning's precision plugin does for each manual
     /// step). Returns whether the optimizer stepped; the step counts either way.
     pub fn step(&mut self, i: usize) -> Result<bool> {
-        let ManualOptim { optim, scaler, .. } = &mut *self.m;
-        let n = optim.len();
-        let opt = optim
-            .entries_mut()
-            .get_mut(i)
-            .ok_or_else(|| out_of_range("optimizer", i, n))?
-            .optimizer
-            .as_mut();
+        let (opt, scaler) = self.m.optimizer(i)?;
         let stepped = match scaler {
             Some(s) => {
                 let stepped = s.step(opt)?;
@@ -132,7 +126,7 @@ impl<'a> ManualOptimizers<'a> {
 
     /// `opt.zero_grad()` (gradients set to `None`, as torch's default).
     pub fn zero_grad(&mut self, i: usize) -> Result<()> {
-        self.entry(i)?.zero_grad();
+        self.get(i)?.zero_grad();
         Ok(())
     }
 
@@ -188,16 +182,9 @@ impl<'a> ManualOptimizers<'a> {
     /// clips optimizer `i`'s gradients, unscaled first under `16-mixed` (its `step` then does
     /// not unscale again).
     pub fn clip_gradients(&mut self, i: usize, value: f64, algorithm: ClipAlgorithm) -> Result<()> {
-        let ManualOptim { optim, scaler, .. } = &mut *self.m;
-        let n = optim.len();
-        let opt = optim
-            .entries()
-            .get(i)
-            .ok_or_else(|| out_of_range("optimizer", i, n))?
-            .optimizer
-            .as_ref();
+        let (opt, scaler) = self.m.optimizer(i)?;
         if let Some(s) = scaler {
-            let _found_inf = s.unscale_(opt)?;
+            let _found_inf = s.unscale_(&*opt)?;
         }
         crate::trainer::clip_gradients(&opt.params(), value, algorithm)
     }
