@@ -11,14 +11,12 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use flate2::read::GzDecoder;
 use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
 use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
 use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
 use lightning_core::prelude::*;
 use lightning_core::trainer::{CkptPath, Trainer};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
@@ -193,52 +191,8 @@ enum Cmd {
     Demo,
 }
 
-/// `data/digits.csv.gz`: 64 pixel values (0..16) then the label, one row per image. Looked up
-/// in the source tree the binary was built from, else under the working directory (a release
-/// binary carried to another machine with the repository, as `scripts/gpu_check.sh` does).
-fn load_digits() -> anyhow::Result<(Tensor, Tensor)> {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz");
-    let path = if built.exists() {
-        built
-    } else {
-        Path::new("data/digits.csv.gz").to_path_buf()
-    };
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mut text = String::new();
-    GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .with_context(|| format!("decompressing {}", path.display()))?;
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let vals: Vec<f32> = line
-            .split(',')
-            .map(|v| v.trim().parse::<f32>())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("{}: line {}: not a number", path.display(), i + 1))?;
-        if vals.len() != 65 {
-            bail!(
-                "{}: line {}: expected 65 values, found {}",
-                path.display(),
-                i + 1,
-                vals.len()
-            );
-        }
-        xs.extend(vals[..64].iter().map(|v| v / 16.0));
-        ys.push(vals[64] as i64);
-    }
-    let n = ys.len() as i64;
-    Ok((
-        Tensor::from_slice(&xs).view([n, 64]),
-        Tensor::from_slice(&ys),
-    ))
-}
-
 fn datamodule(seed: u64) -> anyhow::Result<DataModule> {
-    let (x, y) = load_digits()?;
+    let (x, y) = lightning_rs::digits::load()?;
     let n = y.size()[0];
     let ds = TensorDataset::new(vec![x, y])?;
     let val = n / 5;
@@ -246,15 +200,6 @@ fn datamodule(seed: u64) -> anyhow::Result<DataModule> {
     Ok(DataModule::new()
         .train(DataLoader::new(train, 32).shuffle(true))
         .val(DataLoader::new(val, 256)))
-}
-
-fn device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => bail!("--device cuda: no CUDA device is available"),
-        d => bail!("--device {d:?}: expected cpu or cuda"),
-    }
 }
 
 fn config(sets: &[String]) -> anyhow::Result<MlpConfig> {
@@ -288,7 +233,7 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .max_epochs(max_epochs)
         .default_root_dir(&args.root)
         .seed(args.seed)
-        .device(device(&args.device)?)
+        .device(lightning_rs::digits::device(&args.device)?)
         .precision(args.precision.as_str())
         .async_checkpointing(args.async_checkpointing)
         .strategy(args.strategy.as_str())
@@ -339,7 +284,7 @@ fn evaluate(args: &Args, ckpt: &Path, sets: &[String]) -> anyhow::Result<f64> {
     let mut trainer = Trainer::builder()
         .logger(false)
         .enable_progress_bar(false)
-        .device(device(&args.device)?)
+        .device(lightning_rs::digits::device(&args.device)?)
         .build()?;
     let metrics = trainer.validate(&mut model, &datamodule(args.seed)?, None)?;
     if other_rank() {

@@ -1,8 +1,10 @@
 //! Support shared by the workspace's examples and integration tests (not a public API):
 //! finding the project's Python (the venv scripts/setup.sh creates) to compare with PyTorch,
-//! and running the tests' child processes (`src/bin/test-child`) under a time limit.
+//! running the tests' child processes (`src/bin/test-child`) under a time limit, and the
+//! digits data shipped in `data/` (`digits`).
 
 mod child;
+pub mod digits;
 mod python;
 
 pub use child::Supervised;

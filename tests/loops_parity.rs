@@ -4,9 +4,9 @@
 //! for epoch-end checkpoints and for mid-epoch ones (`every_n_train_steps`). A run stopped
 //! mid-epoch and resumed writes the same `loops` as one that never stopped.
 
+mod loops_compare;
 mod trainer_util;
 
-use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
 use lightning_core::trainer::{CkptPath, Trainer};
 use std::path::Path;
@@ -44,26 +44,7 @@ cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=theirs, save_top_k=-1, save_las
 t = L.Trainer(max_epochs=4, callbacks=[cb], logger=False, enable_progress_bar=False,
               enable_model_summary=False, default_root_dir=theirs)
 t.fit(M(), tr, va)
-def flat(d, p=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat(v, p + k + "/"))
-        else:
-            out[p + k] = v
-    return out
-names_t, names_o = sorted(os.listdir(theirs)), sorted(os.listdir(ours))
-diffs, compared = [], 0
-for n in sorted(set(names_t) & set(names_o)):
-    a = torch.load(os.path.join(ours, n), weights_only=True)
-    b = torch.load(os.path.join(theirs, n), weights_only=True)
-    fa = flat({"loops": a["loops"], "epoch": a["epoch"], "global_step": a["global_step"]})
-    fb = flat({"loops": b["loops"], "epoch": b["epoch"], "global_step": b["global_step"]})
-    for k in sorted(set(fa) | set(fb)):
-        compared += 1
-        if fa.get(k, "<missing>") != fb.get(k, "<missing>"):
-            diffs.append(f"{n}: {k}: ours {fa.get(k, '<missing>')!r}, Lightning {fb.get(k, '<missing>')!r}")
-print(json.dumps({"theirs": names_t, "ours": names_o, "diffs": diffs, "compared": compared}))
+compare_loops(theirs, ours)
 "#;
 
 fn data() -> DataModule {
@@ -86,21 +67,9 @@ fn data() -> DataModule {
 }
 
 fn trainer(dir: &Path, every: i64, max_epochs: i64, max_steps: i64) -> Trainer {
-    let mut ckpt = ModelCheckpoint::builder()
-        .dirpath(dir)
-        .save_top_k(-1)
-        .save_last(SaveLast::True);
-    if every > 0 {
-        ckpt = ckpt.every_n_train_steps(every);
-    }
-    Trainer::builder()
+    loops_compare::checkpointing_trainer(dir, every)
         .max_epochs(max_epochs)
         .max_steps(max_steps)
-        .enable_progress_bar(false)
-        .logger(false)
-        .seed(5)
-        .default_root_dir(dir)
-        .callback(ckpt.build().unwrap())
         .build()
         .unwrap()
 }
@@ -128,28 +97,11 @@ fn compare(dir: &Path, every: i64) {
         &every.to_string(),
     ];
     // None: skipped with the reason printed (a failure when Python is required)
-    let Some(out) = lightning_rs::run_python(SCRIPT, &args) else {
+    let script = format!("{}{SCRIPT}", loops_compare::PY_COMPARE_LOOPS);
+    let Some(out) = lightning_rs::run_python(&script, &args) else {
         return;
     };
-    let out = out.unwrap_or_else(|e| panic!("{e}"));
-    let got: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(got["ours"], got["theirs"], "the same files");
-    assert!(got["compared"].as_u64().unwrap() > 70, "{got}");
-    eprintln!(
-        "compared {} values in {} files",
-        got["compared"], got["ours"]
-    );
-    let diffs = got["diffs"].as_array().unwrap();
-    assert!(
-        diffs.is_empty(),
-        "{} differences:\n{}",
-        diffs.len(),
-        diffs
-            .iter()
-            .map(|d| d.as_str().unwrap())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    loops_compare::assert_same_loops(&out.unwrap_or_else(|e| panic!("{e}")));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use lightning_core::hparams::{HparamError, HparamField, Hyperparameters};
 use lightning_core::lightning_module::{
     Batch, Interval, OptimizerConfig, SchedulerConfig, StepContext,
 };
-use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler, Sgd, SgdConfig};
+use lightning_core::optim::{Adam, AdamConfig, Optimizer, Schedule, Scheduler, Sgd, SgdConfig};
 use lightning_core::prelude::*;
 use lightning_core::TensorKind;
 use std::any::Any;
@@ -248,49 +248,59 @@ impl LightningModule for Tiny {
         Ok(self.forward(&b[0], false).argmax(-1, false))
     }
     fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
-        let mut cfg = if self.hp.optimizer == "sgd" {
-            OptimizerConfig::new(Sgd::new(
-                self.params(),
-                SgdConfig {
-                    lr: self.hp.lr,
-                    momentum: 0.9,
-                    ..Default::default()
-                },
-            )?)
+        let step_lr = self.hp.step_lr;
+        if self.hp.optimizer == "sgd" {
+            let cfg = SgdConfig {
+                lr: self.hp.lr,
+                momentum: 0.9,
+                ..Default::default()
+            };
+            with_step_lr(
+                Sgd::new(self.params(), cfg)?,
+                step_lr,
+                self.sched_every_step,
+            )
         } else {
-            OptimizerConfig::new(Adam::new(
-                self.params(),
-                AdamConfig {
-                    lr: self.hp.lr,
-                    ..Default::default()
-                },
-            )?)
-        };
-        if self.sched_every_step > 0 {
-            let s = Scheduler::new(
-                cfg.optimizer.as_mut(),
-                Schedule::Step {
-                    step_size: 1,
-                    gamma: 0.7,
-                },
-            )?;
-            cfg = cfg.scheduler_config(
-                SchedulerConfig::new(s)
-                    .interval(Interval::Step)
-                    .frequency(self.sched_every_step),
-            );
-        } else if self.hp.step_lr > 0 {
-            let s = Scheduler::new(
-                cfg.optimizer.as_mut(),
-                Schedule::Step {
-                    step_size: self.hp.step_lr,
-                    gamma: 0.7,
-                },
-            )?;
-            cfg = cfg.scheduler_config(SchedulerConfig::new(s).interval(Interval::Epoch));
+            let cfg = AdamConfig {
+                lr: self.hp.lr,
+                ..Default::default()
+            };
+            with_step_lr(
+                Adam::new(self.params(), cfg)?,
+                step_lr,
+                self.sched_every_step,
+            )
         }
-        Ok(cfg)
     }
+}
+
+/// `opt` with StepLR(`step_lr`, 0.7) per epoch (none when `step_lr` is 0).
+/// `opt` with StepLR(gamma 0.7): every `every_step` optimizer steps (step interval with that
+/// frequency) when set, else every `step_lr` epochs when set, else no scheduler.
+fn with_step_lr<O: Optimizer + 'static>(
+    mut opt: O,
+    step_lr: i64,
+    every_step: usize,
+) -> lightning_core::Result<OptimizerConfig> {
+    let (step_size, interval) = if every_step > 0 {
+        (1, Interval::Step)
+    } else if step_lr > 0 {
+        (step_lr, Interval::Epoch)
+    } else {
+        return Ok(OptimizerConfig::new(opt));
+    };
+    let s = Scheduler::new(
+        &mut opt,
+        Schedule::Step {
+            step_size,
+            gamma: 0.7,
+        },
+    )?;
+    let mut sc = SchedulerConfig::new(s).interval(interval);
+    if every_step > 0 {
+        sc = sc.frequency(every_step);
+    }
+    Ok(OptimizerConfig::new(opt).scheduler_config(sc))
 }
 
 /// The Python Lightning twin of [`Tiny`] (same parameter names, hyperparameters, Adam and

@@ -24,7 +24,9 @@ use crate::checkpoint::{self};
 use crate::data::{mix_seed, DataLoader, DataModule, LoaderState};
 use crate::error::{Error, RestoreError, Result};
 use crate::hparams::Hyperparameters;
-use crate::lightning_module::{Interval, LightningModule, OptimizerConfig, Stage, StepContext};
+use crate::lightning_module::{
+    Interval, LightningModule, ManualOptim, OptimizerConfig, Stage, StepContext,
+};
 use crate::traverse::state_dict_from_value;
 use crate::value::{Key, Value};
 use std::path::{Path, PathBuf};
@@ -72,38 +74,85 @@ fn restore_err(path: &Path, source: RestoreError) -> Error {
     }
 }
 
-/// Restores the optimizer and schedulers (after model and loops, as Lightning).
+/// Restores the optimizers and schedulers (after model and loops, as Lightning): the file's
+/// `optimizer_states` and `lr_schedulers` in `configure_optimizers`'s order.
 fn restore_optim(ckpt: &Checkpoint, optim: &mut OptimizerConfig) -> Result<(), RestoreError> {
     let states = ckpt.optimizer_states.as_deref().unwrap_or(&[]);
-    let [state] = states else {
+    if states.len() != optim.len() {
         return Err(RestoreError::Count {
             what: "optimizer",
             found: states.len(),
-            configured: 1,
+            configured: optim.len(),
         });
-    };
-    optim
-        .optimizer
-        .load_state_dict(state)
-        .map_err(|source| RestoreError::Optim {
-            what: "the optimizer".into(),
-            source,
-        })?;
+    }
     let scheds = ckpt.lr_schedulers.as_deref().unwrap_or(&[]);
-    if scheds.len() != optim.schedulers.len() {
+    let configured = optim.schedulers().count();
+    if scheds.len() != configured {
         return Err(RestoreError::Count {
             what: "LR scheduler",
             found: scheds.len(),
-            configured: optim.schedulers.len(),
+            configured,
         });
     }
-    for (i, (s, cfg)) in scheds.iter().zip(optim.schedulers.iter_mut()).enumerate() {
-        cfg.scheduler
-            .load_state_dict(s)
+    let several = optim.len() > 1;
+    let mut scheds = scheds.iter().enumerate();
+    for (i, (state, e)) in states.iter().zip(optim.entries_mut()).enumerate() {
+        e.optimizer
+            .load_state_dict(state)
             .map_err(|source| RestoreError::Optim {
-                what: format!("LR scheduler {i}"),
+                what: match several {
+                    true => format!("optimizer {i}"),
+                    false => "the optimizer".into(),
+                },
                 source,
             })?;
+        for (cfg, (j, s)) in e.schedulers.iter_mut().zip(scheds.by_ref()) {
+            cfg.scheduler
+                .load_state_dict(s)
+                .map_err(|source| RestoreError::Optim {
+                    what: format!("LR scheduler {j}"),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Lightning's checks of a module's optimization mode against the trainer's settings
+/// (`configuration_validator`, `_init_optimizers`), plus what this trainer does not support.
+fn check_optimization(cfg: &super::TrainerConfig, manual: bool, optimizers: usize) -> Result<()> {
+    if !manual {
+        if optimizers != 1 {
+            return Err(Error::Config(format!(
+                "`configure_optimizers` returned {optimizers} optimizers: training with several \
+                 optimizers is only supported with manual optimization. Make \
+                 `automatic_optimization` return false and step them in `training_step` through \
+                 `ctx.optimizers()`"
+            )));
+        }
+        return Ok(());
+    }
+    if let Some(v) = cfg.gradient_clip_val.filter(|v| *v > 0.0) {
+        return Err(Error::Config(format!(
+            "Automatic gradient clipping is not supported for manual optimization. Remove \
+             `gradient_clip_val({v})` or switch to automatic optimization (in manual \
+             optimization, clip in `training_step` with `ctx.optimizers()?.clip_gradients(..)`)"
+        )));
+    }
+    if cfg.accumulate_grad_batches != 1 {
+        return Err(Error::Config(format!(
+            "Automatic gradient accumulation is not supported for manual optimization. Remove \
+             `accumulate_grad_batches({})` or switch to automatic optimization",
+            cfg.accumulate_grad_batches
+        )));
+    }
+    if matches!(cfg.strategy, Strategy::Ddp(_)) && cfg.devices * cfg.num_nodes > 1 {
+        return Err(Error::Config(
+            "manual optimization is not supported with strategy=\"ddp\" yet: the DDP reducer \
+             is driven for one backward per forward, and a manual step may run several (with \
+             parameters toggled off); train on one process or use automatic optimization"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -193,6 +242,11 @@ impl Trainer {
         // hyperparameters' rules before libtorch sees a bad value.
         model.hparams().validate()?;
         let train = need(data.train_loader(), "fit: train")?;
+        let manual = !model.automatic_optimization();
+        if manual {
+            // before a DDP job is joined: a refused configuration starts no ranks
+            check_optimization(&self.cfg, true, 1)?;
+        }
         let world = match &self.cfg.strategy {
             Strategy::Ddp(o) if self.cfg.devices * self.cfg.num_nodes > 1 => {
                 Some((World::get(&self.cfg, o)?, o.clone()))
@@ -214,6 +268,7 @@ impl Trainer {
             seed: self.cfg.seed.unwrap_or_else(random_seed),
             fitting: true,
             world_size: world.as_ref().map_or(1, |(w, _)| w.env.world_size),
+            manual,
             num_val_batches: data
                 .val_loader()
                 .map_or(0, |v| self.cfg.limit_val_batches.apply(v.len())),
@@ -249,6 +304,7 @@ impl Trainer {
         }
         model.move_to(self.cfg.device);
         let mut optim = model.configure_optimizers()?;
+        check_optimization(&self.cfg, manual, optim.len())?;
         self.ddp = match world {
             Some((w, opts)) => {
                 let buffers: Vec<Tensor> =
@@ -494,7 +550,7 @@ impl Trainer {
         self.run.point = LoopPoint::Outside;
         let row = self.run.metrics.reduce_epoch(Stage::Train);
         if let Some(l) = &mut self.logger {
-            l.log_row(&row, epoch, (self.run.global_step - 1).max(0));
+            l.log_row(&row, epoch, self.run.log_step().max(0));
         }
         if self.run.phase != EpochPhase::Done {
             self.run.phase = EpochPhase::Done;
@@ -507,16 +563,19 @@ impl Trainer {
     /// batch's training step, before `on_train_batch_end`).
     fn step_epoch_schedulers(&mut self) {
         let epoch = self.run.epoch;
-        if let Some(o) = self.optim.as_mut() {
-            for s in o
-                .schedulers
-                .iter_mut()
-                .filter(|s| s.interval == Interval::Epoch)
-            {
-                if (epoch + 1) % s.frequency as i64 == 0 {
-                    s.scheduler.step(o.optimizer.as_mut());
-                    self.run.scheduler_steps.0 += 1;
-                    self.run.scheduler_steps.1 += 1;
+        // in manual optimization the training step steps its schedulers (Lightning)
+        if let Some(o) = self.optim.as_mut().filter(|_| !self.run.manual) {
+            for e in o.entries_mut() {
+                for s in e
+                    .schedulers
+                    .iter_mut()
+                    .filter(|s| s.interval == Interval::Epoch)
+                {
+                    if (epoch + 1) % s.frequency as i64 == 0 {
+                        s.scheduler.step(e.optimizer.as_mut());
+                        self.run.scheduler_steps.0 += 1;
+                        self.run.scheduler_steps.1 += 1;
+                    }
                 }
             }
         }
@@ -556,6 +615,9 @@ impl Trainer {
         }
         let mut ctx = StepContext::new(Stage::Train, epoch, self.run.global_step);
         let precision = self.cfg.precision;
+        if self.run.manual {
+            return self.manual_train_step(model, &batch, idx, n, ctx);
+        }
         let loss = precision.autocast(self.cfg.device, || {
             model.training_step(&batch, idx, &mut ctx)
         })??;
@@ -576,21 +638,81 @@ impl Trainer {
         if stepped {
             self.optimizer_step().map_err(step_err("optimizer step"))?;
         }
+        self.after_train_step(ctx, &batch, idx, n, stepped)?;
+        Ok(stepped)
+    }
+
+    /// A batch's end shared by both optimization modes: the step's logged metrics, the log
+    /// row when due, and after the epoch's last batch the epoch-interval schedulers.
+    fn after_train_step(
+        &mut self,
+        mut ctx: StepContext,
+        batch: &crate::data::Batch,
+        idx: usize,
+        n: usize,
+        stepped: bool,
+    ) -> Result<()> {
         if let Some(w) = &self.world {
             w.sync_logged(&mut ctx.logged)?;
         }
         self.run
             .metrics
             .record_step(&ctx.logged, Stage::Train, batch.size());
-        if stepped && self.run.global_step % self.cfg.log_every_n_steps as i64 == 0 {
+        let step = self.run.log_step();
+        if stepped && (step + 1) % self.cfg.log_every_n_steps as i64 == 0 {
             if let Some(l) = &mut self.logger {
-                l.log_row(&self.run.metrics.step_row, epoch, self.run.global_step - 1);
+                l.log_row(&self.run.metrics.step_row, self.run.epoch, step);
             }
         }
         if idx + 1 == n {
             self.step_epoch_schedulers();
         }
-        Ok(stepped)
+        Ok(())
+    }
+
+    /// A training batch in manual optimization: `training_step` gets the optimizers and the
+    /// grad scaler (through `ctx`) and runs backward and the steps itself; the trainer counts
+    /// its optimizer steps (`global_step`, as Lightning's `optim_step_progress`).
+    fn manual_train_step<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        batch: &crate::data::Batch,
+        idx: usize,
+        n: usize,
+        mut ctx: StepContext,
+    ) -> Result<bool> {
+        let optim = self
+            .optim
+            .take()
+            .ok_or_else(|| Error::Config("fit: no optimizer configured".into()))?;
+        ctx.manual = Some(ManualOptim::new(optim, self.run.scaler.take()));
+        let precision = self.cfg.precision;
+        let out = precision
+            .autocast(self.cfg.device, || {
+                model.training_step(batch, idx, &mut ctx)
+            })
+            .map_err(Error::from)
+            .and_then(|r| r);
+        if let Some(m) = ctx.manual.take() {
+            self.optim = Some(m.optim);
+            self.run.scaler = m.scaler;
+            self.run.global_step += m.steps;
+            self.run.manual_steps.0 += m.steps;
+            self.run.manual_steps.1 += m.steps;
+        }
+        // the returned loss is not back-propagated (Lightning detaches it)
+        let _loss = out.map_err(|e| Error::Step {
+            what: "training_step (manual optimization)",
+            epoch: self.run.epoch,
+            batch: idx,
+            source: Box::new(e),
+        })?;
+        self.run.batches_consumed = idx + 1;
+        self.run.total_batches += 1;
+        self.run.is_last_batch = idx + 1 == n;
+        // every batch "steps" for Lightning's loggers and counters (no accumulation here)
+        self.after_train_step(ctx, batch, idx, n, true)?;
+        Ok(true)
     }
 
     /// Clipping (on unscaled gradients), the optimizer step through the grad scaler,
@@ -599,6 +721,7 @@ impl Trainer {
         let o = self
             .optim
             .as_mut()
+            .and_then(|o| o.entries_mut().first_mut())
             .ok_or_else(|| Error::Config("fit: no optimizer configured".into()))?;
         if let Some(v) = self.cfg.gradient_clip_val {
             // Gradients are unscaled before clipping, as Lightning does.
@@ -665,4 +788,33 @@ fn random_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     mix_seed(nanos, &[u64::from(std::process::id())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trainer::TrainerBuilder;
+
+    fn refused(b: TrainerBuilder, manual: bool, optimizers: usize) -> String {
+        let cfg = b.build().unwrap().cfg;
+        check_optimization(&cfg, manual, optimizers)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn optimization_modes_refuse_what_they_cannot_train() {
+        let two = refused(Trainer::builder(), false, 2);
+        assert!(
+            two.contains("only supported with manual optimization"),
+            "{two}"
+        );
+        let ddp = refused(Trainer::builder().strategy("ddp").devices(2), true, 2);
+        assert!(ddp.contains("not supported with strategy=\"ddp\""), "{ddp}");
+        let clip = refused(Trainer::builder().gradient_clip_val(0.5), true, 1);
+        assert!(clip.contains("gradient_clip_val(0.5)"), "{clip}");
+        let cfg = Trainer::builder().build().unwrap().cfg;
+        assert!(check_optimization(&cfg, true, 2).is_ok());
+        assert!(check_optimization(&cfg, false, 1).is_ok());
+    }
 }

@@ -78,9 +78,27 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
     }
 }
 
-/// What callbacks see of the optimizer and its schedulers.
+/// What callbacks see of the optimizers and their schedulers.
 fn optimization_of(o: &OptimizerConfig, weight_decay: bool) -> Optimization {
-    let opt = o.optimizer.as_ref();
+    Optimization {
+        optimizers: o
+            .entries()
+            .iter()
+            .map(|e| optimizer_view(e.optimizer.as_ref(), weight_decay))
+            .collect(),
+        schedulers: o
+            .schedulers()
+            .map(|(i, s)| SchedulerView {
+                optimizer: i,
+                interval: s.interval,
+                name: None,
+            })
+            .collect(),
+    }
+}
+
+/// One optimizer's class and param groups (lr, momentum, and on request weight decay).
+fn optimizer_view(opt: &dyn crate::optim::Optimizer, weight_decay: bool) -> OptimizerView {
     // weight decays and group names live in the param groups of the state dict
     let groups_value = weight_decay.then(|| opt.state_dict());
     let group = |i: usize| {
@@ -109,20 +127,9 @@ fn optimization_of(o: &OptimizerConfig, weight_decay: bool) -> Optimization {
             }
         })
         .collect();
-    Optimization {
-        optimizers: vec![OptimizerView {
-            class_name: opt.class_name().to_owned(),
-            groups,
-        }],
-        schedulers: o
-            .schedulers
-            .iter()
-            .map(|s| SchedulerView {
-                optimizer: 0,
-                interval: s.interval,
-                name: None,
-            })
-            .collect(),
+    OptimizerView {
+        class_name: opt.class_name().to_owned(),
+        groups,
     }
 }
 

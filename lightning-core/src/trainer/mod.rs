@@ -231,11 +231,15 @@ pub(crate) fn checkpoint_of<'c, M: LightningModule>(
                 .map(|c| (Key::Str(c.state_key()), c.state_dict()))
                 .collect(),
         );
-        ckpt.optimizer_states = Some(optim.map_or(vec![], |o| vec![o.optimizer.state_dict()]));
-        ckpt.lr_schedulers = Some(optim.map_or(vec![], |o| {
-            o.schedulers
+        ckpt.optimizer_states = Some(optim.map_or(vec![], |o| {
+            o.entries()
                 .iter()
-                .map(|s| s.scheduler.state_dict())
+                .map(|e| e.optimizer.state_dict())
+                .collect()
+        }));
+        ckpt.lr_schedulers = Some(optim.map_or(vec![], |o| {
+            o.schedulers()
+                .map(|(_, s)| s.scheduler.state_dict())
                 .collect()
         }));
         ckpt.precision = run.scaler.as_ref().map(|s| s.state_dict());

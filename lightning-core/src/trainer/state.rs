@@ -74,6 +74,11 @@ pub(crate) struct RunState {
     pub eval_batches_seen: i64,
     /// The datamodule's state, saved in checkpoints under its name.
     pub datamodule: Option<crate::data::NamedState>,
+    /// Whether the module optimizes manually (`automatic_optimization` false).
+    pub manual: bool,
+    /// Manual optimizer steps in total and "current" (Lightning's
+    /// `manual_optimization.optim_step_progress`, never reset by an epoch).
+    pub manual_steps: (i64, i64),
 }
 
 impl RunState {
@@ -104,6 +109,16 @@ impl RunState {
         self.epoch += 1;
         self.batches_consumed = 0;
         self.phase = EpochPhase::Training;
+    }
+
+    /// The step of a log row written now: Lightning's `_batches_that_stepped` before this
+    /// batch's increment (one per optimizer step in automatic optimization, one per batch in
+    /// manual optimization).
+    pub fn log_step(&self) -> i64 {
+        match self.manual {
+            true => self.total_batches - 1,
+            false => self.global_step - 1,
+        }
     }
 
     /// Lightning's `loops` counters for this point of the run, as Lightning 2.6.6 would have
@@ -137,9 +152,14 @@ impl RunState {
         };
         let (vt, vc) = self.val_batches;
         let mut loops = Loops::zero();
+        // manual optimization: the automatic loop's counters stay at zero, each batch steps
+        let (gs, es, stepped_batches, manual) = match self.manual {
+            true => (0, 0, total, self.manual_steps),
+            false => (gs, es, gs, (0, 0)),
+        };
         loops.fit = FitLoop {
             epoch_progress: Progress::new(epoch, epoch),
-            batches_that_stepped: gs - i64::from(stepped),
+            batches_that_stepped: stepped_batches - i64::from(stepped),
             batch_progress: Progress::batches(
                 Tracker::processed(total, total - lag),
                 Tracker::processed(current, current - lag),
@@ -148,7 +168,7 @@ impl RunState {
             scheduler_progress: rc(self.scheduler_steps.0, self.scheduler_steps.1),
             optimizer_step: rc(gs, es),
             optimizer_zero_grad: Progress::new(Tracker::started(gs, gs), Tracker::started(es, es)),
-            manual_optim_step: rc(0, 0),
+            manual_optim_step: rc(manual.0, manual.1),
             val_batch_progress: Progress::batches(
                 Tracker::processed(vt, vt),
                 Tracker::processed(vc, vc),
@@ -179,6 +199,9 @@ impl RunState {
     /// file written by Python Lightning) from its `loops`. Returns the seed it recorded.
     pub fn restore_position(&mut self, ckpt: &Checkpoint) -> Result<Option<u64>, String> {
         self.global_step = ckpt.global_step;
+        // ours and Lightning's files both keep manual steps in `loops` only
+        let manual = ckpt.loops.as_ref().map(|l| l.fit.manual_optim_step);
+        self.manual_steps = manual.map_or((0, 0), |p| (p.total.completed, p.current.completed));
         if let Some(r) = &ckpt.resume {
             let mid_epoch = r.batches_consumed > 0 && r.epoch_phase == EpochPhase::Training;
             if mid_epoch && r.world_size.max(1) != self.world_size.max(1) {
