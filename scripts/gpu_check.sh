@@ -11,13 +11,15 @@
 #      fused kernels (incl. on libtorch's current stream), autocast, NCCL world size 1 and
 #      Gloo on CUDA tensors (two ranks);
 #   2. digits on --device cuda for 32-true, 16-mixed and bf16-mixed, sync and
-#      --async-checkpointing: a straight 4-epoch run against 2 epochs + `--resume last` to 4,
+#      --async-checkpointing: a straight 3-epoch run against 1 epoch + `--resume last` to 3,
 #      compared with `lightning-ckpt diff` (bitwise, then the largest difference if not);
 #   3. the kernel bench (fused AdamW/SGD/unscale/grad-norm vs torch's fused/foreach ops and
 #      the device copy bandwidth, same run);
 #   4. the stall bench at ~0.8 GB of model + AdamW state: sync vs async stall vs the pinned
 #      device-to-host snapshot;
-#   5. the checkpoint bench: load to cuda:0 vs torch.load(map_location="cuda").
+#   5. the checkpoint bench: load to cuda:0 vs torch.load(map_location="cuda");
+#   6. the end-to-end GPT bench (ours vs a plain PyTorch loop and Lightning, same weights and
+#      batches) in 32-true and bf16-mixed, our fused AdamW vs torch's fused AdamW.
 # It writes $OUT/gpu_check.json (every figure and step status) and $OUT/gpu_check.md (the
 # summary table), with OUT defaulting to gpu-check-out/. On a machine without a GPU it says so,
 # runs the CPU parts (the same tests, which then skip their GPU halves) and exits 0.
@@ -41,7 +43,8 @@ build() {
         --message-format=json >>"$json"
     cargo bench --locked --no-run --message-format=json -p lightning-core \
         --bench optim --bench checkpoint >>"$json"
-    cargo bench --locked --no-run --message-format=json -p lightning-rs --bench stall >>"$json"
+    cargo bench --locked --no-run --message-format=json -p lightning-rs --bench stall \
+        --bench e2e >>"$json"
     # One file per target, named after it; stripped to fit the 64 MiB a device run carries.
     python3 - "$json" "$BUNDLE" <<'PY'
 import json, shutil, sys, os
@@ -107,13 +110,13 @@ digits_pair() {   # precision, extra flag ("" or --async-checkpointing)
     a=$OUT/runs/$tag-straight.ckpt
     local common=(--device cuda --precision "$prec" --seed 7 --root "$root" $extra)
     rm -rf "$root"
-    step "$tag: 4 epochs straight" 300 "$tag-straight.log" \
-        "$BUNDLE/digits" "${common[@]}" --max-epochs 4 || return
+    step "$tag: 3 epochs straight" 300 "$tag-straight.log" \
+        "$BUNDLE/digits" "${common[@]}" --max-epochs 3 || return
     cp "$root/checkpoints/last.ckpt" "$a"
     rm -rf "$root"
-    step "$tag: 2 epochs" 300 "$tag-first.log" "$BUNDLE/digits" "${common[@]}" --max-epochs 2 || return
-    step "$tag: --resume last to 4" 300 "$tag-resume.log" \
-        "$BUNDLE/digits" "${common[@]}" --max-epochs 4 --resume last || return
+    step "$tag: 1 epoch" 300 "$tag-first.log" "$BUNDLE/digits" "${common[@]}" --max-epochs 1 || return
+    step "$tag: --resume last to 3" 300 "$tag-resume.log" \
+        "$BUNDLE/digits" "${common[@]}" --max-epochs 3 --resume last || return
     b=$root/checkpoints/last.ckpt
     local t0=$SECONDS verdict
     if "$BUNDLE/lightning-ckpt" diff "$a" "$b" >"$OUT/logs/$tag-diff.log" 2>&1; then
@@ -163,6 +166,10 @@ run() {
         "$BUNDLE/stall" --bench --device cuda --hidden 3400 --dir "$OUT/stall"
     step "checkpoint bench, load to cuda" 300 bench-checkpoint.log \
         env CKPT_BENCH_DIR="$OUT/ckpt" "$BUNDLE/checkpoint" --bench
+    for prec in 32-true bf16-mixed; do
+        step "e2e GPT bench, cuda, $prec" 300 "bench-e2e-$prec.log" \
+            "$BUNDLE/e2e" --bench --device cuda --precision "$prec" --batch 16 --steps 30
+    done
     rm -rf "$OUT/stall" "$OUT/ckpt" "$OUT/runs"
     summary
     if [ "$FAILED" -gt 0 ]; then

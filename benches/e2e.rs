@@ -1,0 +1,592 @@
+//! End-to-end training speed: a small decoder-only transformer trained through our `Trainer`,
+//! against the same model as a plain PyTorch loop and as a Lightning module, in one run.
+//!
+//! The model: token + learned position embeddings, `--layers` pre-norm blocks (causal
+//! self-attention through `scaled_dot_product_attention`, a GELU MLP of 4x width), a final
+//! LayerNorm and an untied head; dropout off. AdamW (lr 3e-4, betas (0.9, 0.95), weight decay
+//! 0.1), gradient clipping at norm 1.0, a linear warmup then cosine schedule stepped every
+//! optimizer step, random tokens. Python gets our initial weights and the same batches in a
+//! checkpoint file this bench writes, so all three start equal and see the same data; after
+//! training each reports the loss of the first batch under its final weights, and the bench
+//! checks the three agree (an honest comparison trains the same thing).
+//!
+//! ```text
+//! cargo bench --bench e2e -- --bench                                    # CPU, fp32
+//! target/release/deps/e2e-<hash> --bench --device cuda --precision 32-true
+//! target/release/deps/e2e-<hash> --bench --device cuda --precision bf16-mixed
+//! ```
+//!
+//! On CUDA our AdamW is the fused kernel and Python's is `torch.optim.AdamW(fused=True)`;
+//! on the CPU both run torch's single-tensor AdamW ops. Options: `--steps N` (timed after
+//! `--warmup-steps`), `--batch`, `--ctx`, `--width`, `--heads`, `--layers`, `--vocab`,
+//! `--threads` (intra-op threads for all three; default: every core). Without `--bench` (as
+//! `cargo test --all-targets` runs it) a tiny model trains 3 steps through the Trainer only.
+
+use lightning_core::callbacks::{Callback, TrainerContext};
+use lightning_core::checkpoint;
+use lightning_core::data::{DataLoader, DataModule, TensorDataset};
+use lightning_core::lightning_module::{
+    Batch, Interval, OptimizerConfig, SchedulerConfig, StepContext,
+};
+use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
+use lightning_core::prelude::*;
+use lightning_core::trainer::Trainer;
+use lightning_core::traverse::state_dict_to_value;
+use lightning_rs::Supervised;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tch::{nn, Device, Kind, Tensor};
+
+/// The transformer's shape.
+#[derive(Hyperparameters, Clone, Debug)]
+pub struct GptConfig {
+    /// Vocabulary size.
+    #[hparam(default = 512)]
+    pub vocab: i64,
+    /// Context length (tokens per sequence).
+    #[hparam(default = 256)]
+    pub ctx: i64,
+    /// Model width.
+    #[hparam(default = 384)]
+    pub width: i64,
+    /// Attention heads.
+    #[hparam(default = 6)]
+    pub heads: i64,
+    /// Transformer blocks.
+    #[hparam(default = 6)]
+    pub layers: i64,
+    /// Optimizer steps (for the cosine schedule's length).
+    #[hparam(default = 12)]
+    pub steps: i64,
+}
+
+/// One pre-norm block: causal self-attention and a GELU MLP, each with a residual.
+#[lightning_module]
+pub struct Block {
+    ln1: nn::LayerNorm,
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    ln2: nn::LayerNorm,
+    fc: nn::Linear,
+    out: nn::Linear,
+}
+
+impl Block {
+    fn new(vs: &nn::Path, c: i64) -> Block {
+        let lin = |name: &str, a, b| nn::linear(vs / name, a, b, Default::default());
+        Block {
+            ln1: nn::layer_norm(vs / "ln1", vec![c], Default::default()),
+            qkv: lin("qkv", c, 3 * c),
+            proj: lin("proj", c, c),
+            ln2: nn::layer_norm(vs / "ln2", vec![c], Default::default()),
+            fc: lin("fc", c, 4 * c),
+            out: lin("out", 4 * c, c),
+        }
+    }
+
+    fn forward(&self, h: &Tensor, heads: i64) -> Tensor {
+        let (b, t, c) = h.size3().expect("[batch, time, width]");
+        let qkv = h.apply(&self.ln1).apply(&self.qkv).split(c, -1);
+        let split = |x: &Tensor| x.view([b, t, heads, c / heads]).transpose(1, 2);
+        let y = Tensor::scaled_dot_product_attention(
+            &split(&qkv[0]),
+            &split(&qkv[1]),
+            &split(&qkv[2]),
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        );
+        let h = h + y
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, t, c])
+            .apply(&self.proj);
+        let m = h
+            .apply(&self.ln2)
+            .apply(&self.fc)
+            .gelu("none")
+            .apply(&self.out);
+        h + m
+    }
+}
+
+/// The model trained through our `Trainer`.
+#[lightning_module]
+pub struct Gpt {
+    #[hparams]
+    hp: GptConfig,
+    tok: nn::Embedding,
+    pos: nn::Embedding,
+    blocks: Vec<Block>,
+    ln_f: nn::LayerNorm,
+    head: nn::Linear,
+}
+
+impl Gpt {
+    /// Logits `[batch, time, vocab]` of tokens `[batch, time]`.
+    fn logits(&self, x: &Tensor) -> Tensor {
+        let t = x.size()[1];
+        let pos = Tensor::arange(t, (Kind::Int64, x.device()));
+        let mut h = x.apply(&self.tok) + pos.apply(&self.pos);
+        for b in &self.blocks {
+            h = b.forward(&h, self.hp.heads);
+        }
+        h.apply(&self.ln_f).apply(&self.head)
+    }
+
+    /// Next-token cross-entropy of a batch of `ctx + 1` tokens.
+    fn loss(&self, seq: &Tensor) -> Tensor {
+        let t = seq.size()[1] - 1;
+        let (x, y) = (seq.narrow(1, 0, t), seq.narrow(1, 1, t));
+        let logits = self.logits(&x).to_kind(Kind::Float);
+        logits
+            .view([-1, self.hp.vocab])
+            .cross_entropy_for_logits(&y.reshape([-1]))
+    }
+}
+
+impl LightningModule for Gpt {
+    fn build(hp: &GptConfig, vs: &nn::Path) -> lightning_core::Result<Self> {
+        let emb = |name: &str, n| nn::embedding(vs / name, n, hp.width, Default::default());
+        Ok(Gpt {
+            hp: hp.clone(),
+            tok: emb("tok", hp.vocab),
+            pos: emb("pos", hp.ctx),
+            blocks: (0..hp.layers)
+                .map(|i| Block::new(&(vs / "blocks" / i), hp.width))
+                .collect(),
+            ln_f: nn::layer_norm(vs / "ln_f", vec![hp.width], Default::default()),
+            head: nn::linear(vs / "head", hp.width, hp.vocab, Default::default()),
+        })
+    }
+
+    fn training_step(
+        &mut self,
+        batch: &Batch,
+        _idx: usize,
+        ctx: &mut StepContext,
+    ) -> lightning_core::Result<Tensor> {
+        let loss = self.loss(&batch[0]);
+        ctx.log("train_loss", &loss);
+        Ok(loss)
+    }
+
+    fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
+        let mut opt = Adam::adamw(
+            self.parameters(),
+            AdamConfig {
+                lr: 3e-4,
+                betas: (0.9, 0.95),
+                weight_decay: 0.1,
+                ..AdamConfig::adamw()
+            },
+        )?;
+        let warmup = warmup_steps(self.hp.steps);
+        let schedule = Schedule::warmup_then(
+            warmup,
+            0.1,
+            Schedule::CosineAnnealing {
+                t_max: (self.hp.steps - warmup).max(1),
+                eta_min: 0.0,
+            },
+        );
+        let s = Scheduler::new(&mut opt, schedule)?;
+        Ok(OptimizerConfig::new(opt)
+            .scheduler_config(SchedulerConfig::new(s).interval(Interval::Step)))
+    }
+}
+
+/// Warm-up length of the LR schedule: a tenth of the run, at least one step.
+fn warmup_steps(steps: i64) -> i64 {
+    (steps / 10).max(1)
+}
+
+/// Time stamps after every training batch (the step loop's own pace; on CUDA after a
+/// synchronize, so the stamp includes the step's kernels).
+struct Stamps(Arc<Mutex<Vec<Instant>>>, Device);
+
+impl Callback for Stamps {
+    fn state_key(&self) -> String {
+        "Stamps".into()
+    }
+    fn on_train_batch_end(&mut self, _: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
+        if let Device::Cuda(i) = self.1 {
+            tch::Cuda::synchronize(i as i64);
+        }
+        if let Ok(mut v) = self.0.lock() {
+            v.push(Instant::now());
+        }
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+struct Opts {
+    full: bool,
+    hp: GptConfig,
+    batch: i64,
+    warmup: usize,
+    device: Device,
+    precision: String,
+    threads: i32,
+}
+
+fn parse() -> Result<Opts, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let mut o = Opts {
+        full,
+        hp: if full {
+            GptConfig::default()
+        } else {
+            GptConfig {
+                vocab: 32,
+                ctx: 8,
+                width: 16,
+                heads: 2,
+                layers: 1,
+                steps: 3,
+            }
+        },
+        batch: 2,
+        warmup: 2,
+        device: Device::Cpu,
+        precision: "32-true".into(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get() as i32),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        let mut num = |name: &str| -> Result<i64, String> {
+            let v = val(name)?;
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} {v:?}: expected a positive integer"))
+        };
+        match a.as_str() {
+            "--steps" => o.hp.steps = num(a)?,
+            "--batch" => o.batch = num(a)?,
+            "--ctx" => o.hp.ctx = num(a)?,
+            "--width" => o.hp.width = num(a)?,
+            "--heads" => o.hp.heads = num(a)?,
+            "--layers" => o.hp.layers = num(a)?,
+            "--vocab" => o.hp.vocab = num(a)?,
+            "--warmup-steps" => o.warmup = num(a)? as usize,
+            "--threads" => o.threads = num(a)? as i32,
+            "--precision" => o.precision = val(a)?,
+            "--device" => {
+                o.device = match val(a)?.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+                    "cuda" => return Err("--device cuda: no CUDA device is available".into()),
+                    d => return Err(format!("--device {d:?}: expected cpu or cuda")),
+                }
+            }
+            "--bench" | "--nocapture" | "--test" => {}
+            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+            _ => {}
+        }
+    }
+    if o.hp.width % o.hp.heads != 0 {
+        return Err(format!(
+            "--width {} is not a multiple of --heads {}",
+            o.hp.width, o.hp.heads
+        ));
+    }
+    if o.warmup as i64 >= o.hp.steps {
+        return Err(format!(
+            "--steps {} must exceed --warmup-steps {}",
+            o.hp.steps, o.warmup
+        ));
+    }
+    Ok(o)
+}
+
+/// Random tokens, `steps * batch` sequences of `ctx + 1`.
+fn tokens(o: &Opts) -> Tensor {
+    tch::manual_seed(0);
+    Tensor::randint(
+        o.hp.vocab,
+        [o.hp.steps * o.batch, o.hp.ctx + 1],
+        (Kind::Int64, Device::Cpu),
+    )
+}
+
+/// Median of the step times after the warm-up steps, in ms.
+fn median_step_ms(stamps: &[f64], warmup: usize) -> f64 {
+    let mut d: Vec<f64> = stamps
+        .windows(2)
+        .skip(warmup.saturating_sub(1))
+        .map(|w| (w[1] - w[0]) * 1e3)
+        .collect();
+    d.sort_by(f64::total_cmp);
+    d.get(d.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Ours: the Trainer. Returns (ms/step, final loss on batch 0, the initial weights).
+fn ours(o: &Opts, data: &Tensor) -> lightning_core::Result<(f64, f64, Value)> {
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(o.device);
+    let mut m = Gpt::build(&o.hp, &vs.root())?;
+    let init = state_dict_to_value(&m.state_dict());
+    let dm = DataModule::new().train(DataLoader::new(
+        TensorDataset::new(vec![data.shallow_clone()])?,
+        o.batch,
+    ));
+    let stamps = Arc::new(Mutex::new(Vec::new()));
+    let dir = tempfile::tempdir().map_err(|e| lightning_core::Error::Config(e.to_string()))?;
+    let mut t = Trainer::builder()
+        .max_steps(o.hp.steps)
+        .device(o.device)
+        .precision(o.precision.as_str())
+        .gradient_clip_val(1.0)
+        .seed(0)
+        .default_root_dir(dir.path())
+        .logger(false)
+        .enable_checkpointing(false)
+        .enable_progress_bar(false)
+        .enable_model_summary(false)
+        .callback(Stamps(stamps.clone(), o.device))
+        .build()?;
+    let start = Instant::now();
+    t.fit(&mut m, &dm, None)?;
+    let secs: Vec<f64> = stamps
+        .lock()
+        .map(|v| v.iter().map(|s| (*s - start).as_secs_f64()).collect())
+        .unwrap_or_default();
+    let first = data.narrow(0, 0, o.batch).to_device(o.device);
+    let loss = tch::no_grad(|| m.loss(&first)).double_value(&[]);
+    Ok((median_step_ms(&secs, o.warmup), loss, init))
+}
+
+const PY: &str = r#"
+import json, sys, time, math, torch, warnings
+import torch.nn.functional as F
+warnings.filterwarnings("ignore")
+mode, path, out = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = json.loads(sys.argv[4])
+torch.set_num_threads(cfg["threads"])
+blob = torch.load(path, weights_only=True)
+tokens, init = blob["tokens"], blob["state_dict"]
+dev = torch.device(cfg["device"])
+V, T, C, H, L, S, B = (cfg[k] for k in ("vocab", "ctx", "width", "heads", "layers", "steps", "batch"))
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1 = torch.nn.LayerNorm(C); self.qkv = torch.nn.Linear(C, 3 * C)
+        self.proj = torch.nn.Linear(C, C); self.ln2 = torch.nn.LayerNorm(C)
+        self.fc = torch.nn.Linear(C, 4 * C); self.out = torch.nn.Linear(4 * C, C)
+    def forward(self, h):
+        b, t, c = h.shape
+        q, k, v = self.qkv(self.ln1(h)).split(c, -1)
+        sp = lambda x: x.view(b, t, H, c // H).transpose(1, 2)
+        y = F.scaled_dot_product_attention(sp(q), sp(k), sp(v), is_causal=True)
+        h = h + self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+        return h + self.out(F.gelu(self.fc(self.ln2(h))))
+
+class Gpt(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok = torch.nn.Embedding(V, C); self.pos = torch.nn.Embedding(T, C)
+        self.blocks = torch.nn.ModuleList(Block() for _ in range(L))
+        self.ln_f = torch.nn.LayerNorm(C); self.head = torch.nn.Linear(C, V)
+    def loss(self, seq):
+        x, y = seq[:, :-1], seq[:, 1:]
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
+        for b in self.blocks:
+            h = b(h)
+        logits = self.head(self.ln_f(h)).float()
+        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+
+def optim(params):
+    fused = dev.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused or None)
+    warm = max(S // 10, 1)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, 0.1, 1.0, warm),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(S - warm, 1))], [warm])
+    return opt, sched
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+model = Gpt(); model.load_state_dict(init); model.to(dev)
+stamps = []
+if mode == "plain":
+    opt, sched = optim(model.parameters())
+    amp = cfg["precision"] == "bf16-mixed"
+    t0 = time.perf_counter()
+    for i in range(S):
+        seq = tokens[i * B:(i + 1) * B].to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model.loss(seq)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(); sched.step(); opt.zero_grad()
+        sync(); stamps.append(time.perf_counter() - t0)
+else:
+    import lightning.pytorch as pl
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__(); self.net = model
+        def training_step(self, batch, idx):
+            loss = self.net.loss(batch[0]); self.log("train_loss", loss); return loss
+        def configure_optimizers(self):
+            opt, sched = optim(self.parameters())
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    class Stamp(pl.Callback):
+        def on_train_batch_end(self, *a):
+            sync(); stamps.append(time.perf_counter() - t0)
+    t = pl.Trainer(max_steps=S, accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1,
+                   precision=cfg["precision"], gradient_clip_val=1.0, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=[Stamp()])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens), batch_size=B)
+    t0 = time.perf_counter()
+    t.fit(Module(), loader)
+    model.to(dev)
+with torch.no_grad():
+    final = model.loss(tokens[:B].to(dev)).item()
+json.dump({"stamps": stamps, "loss": final, "threads": torch.get_num_threads()}, open(out, "w"))
+"#;
+
+/// Runs the Python twin (`plain` or `lightning`): (ms/step, final loss).
+fn python(py: &Path, mode: &str, o: &Opts, blob: &Path) -> Result<(f64, f64), String> {
+    let out = blob.with_extension(format!("{mode}.json"));
+    let cfg = serde_json::json!({
+        "vocab": o.hp.vocab, "ctx": o.hp.ctx, "width": o.hp.width, "heads": o.hp.heads,
+        "layers": o.hp.layers, "steps": o.hp.steps, "batch": o.batch, "threads": o.threads,
+        "device": if o.device == Device::Cpu { "cpu" } else { "cuda" },
+        "precision": o.precision,
+    });
+    let mut cmd = std::process::Command::new(py);
+    cmd.args(["-c", PY, mode])
+        .arg(blob)
+        .arg(&out)
+        .arg(cfg.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let limit = Duration::from_secs(900);
+    let child = Supervised::spawn(&mut cmd, limit);
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child.wait_with_output()))
+        .map_err(|_| format!("{mode}: killed after {limit:?}"))?;
+    if !res.status.success() {
+        let err = String::from_utf8_lossy(&res.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "{mode}: python failed ({}):\n{}",
+            res.status,
+            tail.join("\n")
+        ));
+    }
+    let v: serde_json::Value = std::fs::read(&out)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("{mode}: no result in {}", out.display()))?;
+    let stamps: Vec<f64> = v["stamps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    let loss = v["loss"].as_f64().ok_or(format!("{mode}: no loss"))?;
+    Ok((median_step_ms(&stamps, o.warmup), loss))
+}
+
+fn main() {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("e2e bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    tch::set_num_threads(o.threads);
+    let data = tokens(&o);
+    let (ms, loss, init) = match ours(&o, &data) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("e2e bench: our run failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    if !o.full {
+        println!(
+            "e2e bench (smoke): {} steps through the Trainer, loss {loss:.4}; run with --bench",
+            o.hp.steps
+        );
+        assert!(loss.is_finite(), "the smoke run's loss is not finite");
+        return;
+    }
+    let params: i64 = {
+        let mut n = 0;
+        init.visit_tensors("", &mut |_, t| n += t.numel() as i64);
+        n
+    };
+    println!(
+        "e2e bench: GPT {} layers, width {}, {} heads, ctx {}, vocab {} ({:.1} M params), batch {}, \
+         {} steps ({} timed), AdamW + clip 1.0 + warmup/cosine, {:?}, {}, {} threads",
+        o.hp.layers,
+        o.hp.width,
+        o.hp.heads,
+        o.hp.ctx,
+        o.hp.vocab,
+        params as f64 / 1e6,
+        o.batch,
+        o.hp.steps,
+        o.hp.steps as usize - o.warmup,
+        o.device,
+        o.precision,
+        o.threads
+    );
+    println!("  ours (Trainer):        {ms:9.2} ms/step, final loss {loss:.6}");
+    let Some(py) = std::env::var_os("LIGHTNING_RS_PYTHON").map(std::path::PathBuf::from) else {
+        println!("  (LIGHTNING_RS_PYTHON not set: the PyTorch and Lightning anchors were not run)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let blob = dir.path().join("e2e.ckpt");
+    let mut v = Value::dict();
+    v.insert("tokens", data.shallow_clone());
+    v.insert("state_dict", init);
+    checkpoint::save(&blob, &v).expect("writing the data for Python");
+    let mut failed = false;
+    for (mode, name) in [
+        ("plain", "plain PyTorch loop"),
+        ("lightning", "Lightning Trainer"),
+    ] {
+        match python(&py, mode, &o, &blob) {
+            Ok((pms, ploss)) => {
+                let rel = (loss - ploss).abs() / ploss.abs().max(1e-12);
+                println!(
+                    "  {name:<22} {pms:9.2} ms/step, final loss {ploss:.6}; ours / {mode} = {:.3} \
+                     (loss rel. diff {rel:.1e})",
+                    ms / pms
+                );
+                if rel > 1e-3 {
+                    println!(
+                        "  ! the final losses differ by more than 1e-3: not the same training"
+                    );
+                    failed = true;
+                }
+            }
+            Err(e) => {
+                println!("  {name}: failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
