@@ -337,7 +337,13 @@ fn ours(o: &Opts, data: &Tensor) -> lightning_core::Result<(f64, f64, Value)> {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(o.device);
     let mut m = Gpt::build(&o.hp, &vs.root())?;
-    let init = state_dict_to_value(&m.state_dict());
+    // A copy: the state dict's tensors are the live parameters, which training updates.
+    let init: lightning_core::StateDict = m
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_device(Device::Cpu).copy()))
+        .collect();
+    let init = state_dict_to_value(&init);
     let dm = DataModule::new().train(DataLoader::new(
         TensorDataset::new(vec![data.shallow_clone()])?,
         o.batch,
