@@ -2,6 +2,7 @@
 //! whatever loads can be saved and loads back equal (and passes `verify`).
 
 use lightning_core::checkpoint;
+use lightning_core::torch_value::TorchObject;
 use lightning_core::{Dict, Key, Value};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -41,15 +42,60 @@ pub fn seeds() -> Vec<Vec<u8>> {
     sd.insert("w".into(), base.shallow_clone().into());
     sd.insert("col".into(), base.select(1, 1).into());
     sd.insert("b".into(), Tensor::from_slice(&[1i64, 2]).into());
-    sd.insert("h".into(), Tensor::from_slice(&[1.0f32]).to_kind(Kind::Half).into());
+    sd.insert(
+        "h".into(),
+        Tensor::from_slice(&[1.0f32]).to_kind(Kind::Half).into(),
+    );
     let mut st = Dict::new();
     st.insert(Key::Int(0), Value::from(vec![1.0f64]));
     let mut v = Value::dict();
     v.insert("epoch", 1i64);
     v.insert("state_dict", Value::OrderedDict(sd));
     v.insert("state", Value::Dict(st));
-    v.insert("t", Value::Tuple(vec![Value::None, true.into(), "x".into()]));
+    v.insert(
+        "t",
+        Value::Tuple(vec![Value::None, true.into(), "x".into()]),
+    );
     let p = scratch("seed.ckpt");
     checkpoint::save(&p, &v).expect("seed");
-    vec![std::fs::read(&p).expect("seed")]
+    let mut seeds = vec![std::fs::read(&p).expect("seed")];
+    // The values beyond plain tensors and containers (torch's whole allowlist): their opcodes
+    // and rebuild functions get mutated too.
+    let mut hp = Value::dict();
+    hp.insert("tags", Value::Set(vec![Value::from("a"), Value::Int(1)]));
+    hp.insert("z", Value::Complex(1.5, -2.0));
+    hp.insert("blob", Value::Bytes(vec![0, 255, 7]));
+    hp.insert("buf", Value::ByteArray(vec![1]));
+    hp.insert("shape", Value::Size(vec![1, 28, 28]));
+    hp.insert(
+        "dtype",
+        Value::Torch(Box::new(TorchObject::Global("torch.bfloat16".into()))),
+    );
+    hp.insert(
+        "device",
+        Value::Torch(Box::new(TorchObject::Device("cuda:1".into()))),
+    );
+    let mut w = Value::dict();
+    w.insert("hyper_parameters", hp);
+    w.insert(
+        "fp8",
+        Tensor::from_slice(&[0.5f32, -2.0]).to_kind(Kind::Float8e4m3fn),
+    );
+    w.insert(
+        "complex",
+        Tensor::from_slice(&[1.0f32, 2.0]).to_kind(Kind::ComplexFloat),
+    );
+    w.insert(
+        "meta",
+        Value::Torch(Box::new(TorchObject::Meta {
+            dtype: "float32".into(),
+            size: vec![2, 3],
+            stride: vec![3, 1],
+            requires_grad: false,
+        })),
+    );
+    let q = scratch("seed2.ckpt");
+    checkpoint::save(&q, &w).expect("seed 2");
+    seeds.push(std::fs::read(&q).expect("seed 2"));
+    seeds
 }
