@@ -284,12 +284,7 @@ fn parse() -> Result<Opts, String> {
             "--threads" => o.threads = num(a)? as i32,
             "--precision" => o.precision = val(a)?,
             "--device" => {
-                o.device = match val(a)?.as_str() {
-                    "cpu" => Device::Cpu,
-                    "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-                    "cuda" => return Err("--device cuda: no CUDA device is available".into()),
-                    d => return Err(format!("--device {d:?}: expected cpu or cuda")),
-                }
+                o.device = lightning_rs::digits::device(&val(a)?).map_err(|e| e.to_string())?
             }
             "--bench" | "--nocapture" | "--test" => {}
             other if other.starts_with("--") => return Err(format!("unknown option {other}")),

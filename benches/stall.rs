@@ -169,12 +169,8 @@ fn parse() -> Result<Opts, String> {
         };
         match a.as_str() {
             "--device" => {
-                o.device = match val("--device")?.as_str() {
-                    "cpu" => Device::Cpu,
-                    "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-                    "cuda" => return Err("--device cuda: no CUDA device is available".into()),
-                    d => return Err(format!("--device {d:?}: expected cpu or cuda")),
-                }
+                o.device =
+                    lightning_rs::digits::device(&val("--device")?).map_err(|e| e.to_string())?
             }
             "--hidden" => o.hidden = num(a, val(a)?)?,
             "--batch" => o.batch = num(a, val(a)?)?,

@@ -153,10 +153,10 @@ extern "C" {
     pub(crate) fn ldist_grad_mode_enabled() -> c_int;
 }
 
-/// Turns the shim's return value into a `Result`, freeing the message.
-pub(crate) fn check(op: &'static str, err: *mut c_char) -> Result<()> {
+/// The message of a shim call's return value (`None`: it succeeded), freed on the C side.
+pub(crate) fn take_message(err: *mut c_char) -> Option<String> {
     if err.is_null() {
-        return Ok(());
+        return None;
     }
     // SAFETY: a non-null return is a NUL-terminated string the shim allocated for us.
     let message = unsafe { CStr::from_ptr(err) }
@@ -165,7 +165,15 @@ pub(crate) fn check(op: &'static str, err: *mut c_char) -> Result<()> {
         .to_owned();
     // SAFETY: freed once, by the shim's allocator.
     unsafe { ldist_free_string(err) };
-    Err(DistError::C10d { op, message })
+    Some(message)
+}
+
+/// Turns the shim's return value into a `Result` (c10d's message as a [`DistError`]).
+pub(crate) fn check(op: &'static str, err: *mut c_char) -> Result<()> {
+    match take_message(err) {
+        None => Ok(()),
+        Some(message) => Err(DistError::C10d { op, message }),
+    }
 }
 
 /// The raw tensor pointers of `tensors`, for the shim (which copies the `at::Tensor` handles;

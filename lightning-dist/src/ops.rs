@@ -14,7 +14,7 @@
 //! # Ok::<(), tch::TchError>(())
 //! ```
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 use tch::{Device, Kind, TchError, Tensor};
 use torch_sys::C_tensor;
@@ -55,17 +55,10 @@ struct AutocastPrev {
 
 /// ATen's message as tch reports its own errors.
 pub(crate) fn check(op: &str, err: *mut c_char) -> Result<(), TchError> {
-    if err.is_null() {
-        return Ok(());
+    match crate::ffi::take_message(err) {
+        None => Ok(()),
+        Some(message) => Err(TchError::Torch(format!("{op}: {message}"))),
     }
-    // SAFETY: a non-null return is a NUL-terminated string the shim allocated for us.
-    let message = unsafe { CStr::from_ptr(err) }
-        .to_string_lossy()
-        .trim_end()
-        .to_owned();
-    // SAFETY: freed once, by the shim's allocator.
-    unsafe { crate::ffi::ldist_free_string(err) };
-    Err(TchError::Torch(format!("{op}: {message}")))
 }
 
 /// `t += value * t1 * t2` in place (`torch.Tensor.addcmul_(t1, t2, value=value)`).

@@ -359,9 +359,8 @@ impl StorageLoader<'_> {
             _ => {
                 let t = Tensor::f_empty([numel], (kind, Device::Cpu))
                     .map_err(|err| fmt(format!("storage {key}: {err}")))?;
-                if let (Some(pending), false, Device::Cpu) =
-                    (&self.pending, self.skip_data, self.device)
-                {
+                // Set only for CPU copy-loads that read data (`read_tree` decides).
+                if let Some(pending) = &self.pending {
                     pending.borrow_mut().push(PendingFill {
                         entry: e,
                         tensor: t.shallow_clone(),
