@@ -37,7 +37,7 @@ pub enum Error {
     #[error(transparent)]
     Autocast(#[from] crate::precision::AutocastError),
     /// A checkpoint could not be written; nothing on disk was replaced or deleted.
-    #[error("saving checkpoint {}: {source}", path.display())]
+    #[error("saving checkpoint {}", save_message(path, source))]
     Save {
         /// The checkpoint's path.
         path: PathBuf,
@@ -144,4 +144,13 @@ pub enum RestoreError {
         #[source]
         source: Box<Error>,
     },
+}
+
+/// `PATH: error`, naming the path once (the checkpoint error usually names it already).
+fn save_message(path: &std::path::Path, source: &CheckpointError) -> String {
+    if source.path() == path {
+        source.to_string()
+    } else {
+        format!("{}: {source}", path.display())
+    }
 }

@@ -8,6 +8,8 @@
 //!   dotted names, giving `state_dict()` / `load_state_dict()`.
 //! - [`checkpoint`] reads and writes real Lightning `.ckpt` files (a `torch.save` zip);
 //!   [`checkpoint_loader`] rebuilds a module from one (`M::loader(path)...load()`).
+//! - [`storage`]: where checkpoints live ([`storage::CheckpointIO`]): local paths, or object
+//!   storage (`s3://`, `gs://`, `az://`) through the `object_store` crate.
 //! - [`trainer`], [`callbacks`], [`optim`]: the training loop, `ModelCheckpoint`, optimizers,
 //!   LR schedulers and mixed precision, with fused CUDA kernels ([`cuda`]).
 
@@ -24,6 +26,7 @@ pub mod lightning_module;
 pub mod optim;
 pub mod precision;
 mod pyfmt;
+pub mod storage;
 pub mod torch_value;
 pub mod trainer;
 pub mod traverse;

@@ -18,10 +18,14 @@ pub use lr_monitor::{
 pub use model_checkpoint::{
     find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
 };
+pub(crate) use model_checkpoint::{
+    find_last_checkpoint_in, link_checkpoint, remove_stale_link_temps,
+};
 
 pub use crate::pyfmt::{MetricValue, Metrics};
 
 use crate::pyfmt;
+use crate::storage::CheckpointIO;
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::any::Any;
@@ -65,6 +69,9 @@ pub struct RunInfo<'a> {
     /// Whether a validation run has completed in this `fit` (Lightning's `val_loop._has_run`):
     /// a monitored key missing after that is an error, before it only a warning.
     pub validation_ran: bool,
+    /// Where checkpoint files are written, listed and removed (the trainer's
+    /// [`CheckpointIO`]).
+    pub checkpoint_io: &'a dyn CheckpointIO,
     /// Whether metrics logged now reach the logger (Lightning's `should_update_logs`: the
     /// step about to run, `global_step + 1`, is a multiple of `log_every_n_steps`, or the
     /// trainer is stopping).
@@ -92,6 +99,7 @@ impl<'a> RunInfo<'a> {
             val_check_within_epoch: false,
             validation_ran: true,
             should_update_logs: true,
+            checkpoint_io: &crate::storage::DefaultCheckpointIO,
         }
     }
 }
@@ -114,14 +122,16 @@ pub enum AfterSave {
 }
 
 impl AfterSave {
-    /// Carries the action out now.
-    pub fn apply(&self) -> Result<(), CallbackError> {
+    /// Carries the action out now through `io` (a failed removal is only logged).
+    pub fn apply(&self, io: &dyn CheckpointIO) -> Result<(), CallbackError> {
         match self {
             AfterSave::Remove(path) => {
-                model_checkpoint::remove_checkpoint(path);
+                if let Err(e) = io.remove_checkpoint(path) {
+                    tracing::warn!("could not remove old checkpoint {}: {e}", path.display());
+                }
                 Ok(())
             }
-            AfterSave::Link { target, link } => model_checkpoint::link_checkpoint(target, link),
+            AfterSave::Link { target, link } => Ok(io.link(target, link)?),
         }
     }
 }

@@ -121,6 +121,17 @@ pub enum CheckpointError {
         /// What.
         what: String,
     },
+    /// An object store (`s3://`, `gs://`, ...) refused or failed a request.
+    #[error("{path}: {what}: {source}")]
+    Remote {
+        /// The object's URL.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The store's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A safety limit was reached (nesting depth, shared-reference explosion).
     #[error("{path}: limit exceeded: {what}")]
     Limit {
@@ -149,7 +160,8 @@ impl CheckpointError {
             | CheckpointError::Crc { path, .. }
             | CheckpointError::DisallowedGlobal { path, .. }
             | CheckpointError::Unsupported { path, .. }
-            | CheckpointError::Limit { path, .. } => path,
+            | CheckpointError::Limit { path, .. }
+            | CheckpointError::Remote { path, .. } => path,
         }
     }
 }
@@ -194,7 +206,8 @@ impl Default for LoadOptions {
 
 /// Writes `ckpt` (a dict) to `path` as a Lightning/torch `.ckpt` file, durably and atomically.
 ///
-/// The file is written to a temporary file in the same directory, fsynced, renamed over
+/// `path` may be a URL (`s3://bucket/run/last.ckpt`, see [`crate::storage`]): the file is then
+/// streamed as a multipart upload that appears only once complete. A local file is written to a temporary file in the same directory, fsynced, renamed over
 /// `path`, and the directory is fsynced: `path` always holds either its old content or the
 /// complete new file. On error (disk full, size limit, permissions) the temporary file is
 /// removed and an existing file at `path` is untouched.
@@ -334,15 +347,18 @@ pub fn copy_atomically(from: &Path, to: &Path) -> Result<(), CheckpointError> {
 }
 
 /// Writes a file atomically: `write` fills a temporary file in `path`'s directory (through a
-/// 1 MiB buffer) and returns its length; then fsync (when `durable`), rename over `path`, and
+/// 1 MiB buffer) and returns its length (for a URL it streams an upload instead); then fsync (when `durable`), rename over `path`, and
 /// fsync of the directory. On error the temporary file is removed and `path` is untouched;
 /// ENOSPC/EDQUOT/EFBIG become [`CheckpointError::NoSpace`] with `needed` bytes.
 pub(crate) fn write_atomically(
     path: &Path,
     needed: u64,
     durable: bool,
-    write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<u64>,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
 ) -> Result<(), CheckpointError> {
+    if crate::storage::is_url(path) {
+        return crate::storage::object::upload(path, needed, write);
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -424,7 +440,9 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Reads a `.ckpt` file into a value tree with CPU tensors.
+/// Reads a `.ckpt` file into a value tree with CPU tensors. `path` may be a URL
+/// (`s3://bucket/run/last.ckpt`, see [`crate::storage`]): the object is downloaded into memory
+/// first.
 pub fn load(path: &Path) -> Result<Value, CheckpointError> {
     load_with(path, &LoadOptions::default())
 }
@@ -442,18 +460,14 @@ fn check_header_records(zip: &ZipReader, path: &Path) -> Result<(), CheckpointEr
     Ok(())
 }
 
-fn read_tree(path: &Path, opts: &LoadOptions, skip_data: bool) -> Result<Value, CheckpointError> {
-    read_tree_located(path, opts, skip_data).map(|(v, _)| v)
-}
-
 /// [`read_tree`], and the storages' saved locations in the order the pickle first names them.
 fn read_tree_located(
+    zip: &ZipReader,
     path: &Path,
     opts: &LoadOptions,
     skip_data: bool,
 ) -> Result<(Value, Vec<String>), CheckpointError> {
-    let zip = ZipReader::open(path)?;
-    check_header_records(&zip, path)?;
+    check_header_records(zip, path)?;
     let pickle = zip.read_record("data.pkl", true)?;
     let map: Option<&'static [u8]> = if opts.mmap && !skip_data {
         // SAFETY: a private (copy-on-write) mapping; it is leaked so tensors built over it stay
@@ -465,7 +479,7 @@ fn read_tree_located(
         None
     };
     let loader = StorageLoader {
-        zip: &zip,
+        zip,
         map,
         verify_crc: opts.verify_crc,
         device: opts.device,
@@ -499,7 +513,7 @@ fn read_tree_located(
 
 /// Reads a `.ckpt` file with options (zero-copy mmap, target device, CRC checks).
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Value, CheckpointError> {
-    read_tree(path, opts, false)
+    read_tree_located(&ZipReader::open(path)?, path, opts, false).map(|(v, _)| v)
 }
 
 /// [`load_with`], and the location tag each storage was saved with (`"cpu"`, `"cuda:1"`, as
@@ -511,7 +525,7 @@ pub fn load_with_locations(
     path: &Path,
     opts: &LoadOptions,
 ) -> Result<(Value, Vec<String>), CheckpointError> {
-    read_tree_located(path, opts, false)
+    read_tree_located(&ZipReader::open(path)?, path, opts, false)
 }
 
 /// What [`verify`] found in a complete, valid file.
@@ -537,7 +551,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, CheckpointError> {
         verify_crc: false,
         ..LoadOptions::default()
     };
-    let tree = read_tree(path, &opts, true)?;
+    let (tree, _) = read_tree_located(&zip, path, &opts, true)?;
     let mut tensors = 0;
     tree.visit_tensors("", &mut |_, _| tensors += 1);
     Ok(VerifyReport {

@@ -8,7 +8,6 @@ use crate::value::{Dict, Key, Value};
 use ::safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -146,7 +145,7 @@ pub fn import(path: &Path) -> Result<Value, CheckpointError> {
         path: path.to_owned(),
         msg,
     };
-    let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+    let file = crate::storage::open_for_read(path)?;
     // SAFETY: read-only mapping of a file we only read; it is dropped before returning.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, e))?;
     let st =

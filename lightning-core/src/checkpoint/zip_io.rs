@@ -226,9 +226,9 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 impl ZipReader {
-    /// Opens `path` and reads its directory.
+    /// Opens `path` and reads its directory (a URL is downloaded into memory first).
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        let file = crate::storage::open_for_read(path)?;
         let len = file
             .metadata()
             .map_err(|e| CheckpointError::io(path, e))?

@@ -32,9 +32,12 @@ pub fn read(path: &Path) -> Result<Value> {
             )))
         }
     };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        context: format!("reading hparams_file {}", path.display()),
-        source,
+    let bytes = crate::storage::read(path).map_err(Error::Load)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Config(format!(
+            "hparams_file {}: not UTF-8 text: {e}",
+            path.display()
+        ))
     })?;
     let bad = |e: String| Error::Config(format!("hparams_file {}: {e}", path.display()));
     let v = match kind {

@@ -5,7 +5,9 @@ use super::Trainer;
 use crate::callbacks::Callback;
 use crate::error::{Error, Result};
 use crate::precision::{Precision, PrecisionError};
+use crate::storage::{CheckpointIO, DefaultCheckpointIO};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::Device;
 
 /// How many batches of a loader to use: all, a count, or a fraction.
@@ -87,6 +89,9 @@ pub struct TrainerConfig {
     pub accelerator: Accelerator,
     pub devices: usize,
     pub num_nodes: usize,
+    /// Where checkpoint files are written, read, listed and removed (default: local paths on
+    /// the file system, `s3://`/`gs://`/`az://` URLs on object storage).
+    pub checkpoint_io: Arc<dyn CheckpointIO>,
 }
 
 /// What the trainer does when writing a checkpoint fails (disk full, file too large,
@@ -132,6 +137,7 @@ impl Default for TrainerConfig {
             accelerator: Accelerator::Cpu,
             devices: 1,
             num_nodes: 1,
+            checkpoint_io: Arc::new(DefaultCheckpointIO),
         }
     }
 }
@@ -214,6 +220,14 @@ impl TrainerBuilder {
     /// Where logs and default checkpoints go (default: the current directory).
     pub fn default_root_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.cfg.default_root_dir = dir.as_ref().to_owned();
+        self
+    }
+
+    /// Where checkpoints are written, read, listed and removed (Lightning's
+    /// `Trainer(plugins=[CheckpointIO])`); replaces the default, which picks local files or
+    /// object storage by the path. `async_checkpointing` wraps it.
+    pub fn checkpoint_io(mut self, io: impl CheckpointIO + 'static) -> Self {
+        self.cfg.checkpoint_io = Arc::new(io);
         self
     }
 

@@ -130,7 +130,7 @@ impl Trainer {
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         if let Some(p) = ckpt_path {
             if let Some(path) = self.resolve_ckpt(&p)? {
-                let loaded = Loaded::read(path)?;
+                let loaded = Loaded::read(&*self.cfg.checkpoint_io, path)?;
                 loaded.load_model(model)?;
                 self.restore_datamodule(&loaded)?;
                 self.restore_callbacks(&loaded)?;

@@ -18,15 +18,15 @@ use super::saver::Saver;
 use super::state::{LoopPoint, RunState};
 use super::strategy::Strategy;
 use super::{checkpoint_of, clip_gradients, effective_max_epochs, need, warn, CkptPath, Trainer};
-use crate::callbacks::{find_last_checkpoint, Callback, ModelCheckpoint};
+use crate::callbacks::{find_last_checkpoint_in, Callback, ModelCheckpoint};
 use crate::checkpoint::schema::{Checkpoint, EpochPhase};
-use crate::checkpoint::{self};
 use crate::data::{mix_seed, DataLoader, DataModule, LoaderState};
 use crate::error::{Error, RestoreError, Result};
 use crate::hparams::Hyperparameters;
 use crate::lightning_module::{
     Interval, LightningModule, ManualOptim, OptimizerConfig, Stage, StepContext,
 };
+use crate::storage::CheckpointIO;
 use crate::traverse::state_dict_from_value;
 use crate::value::{Key, Value};
 use std::path::{Path, PathBuf};
@@ -47,9 +47,9 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// Reads `path` (CPU tensors) and checks it has Lightning's shape.
-    pub fn read(path: PathBuf) -> Result<Self> {
-        let value = checkpoint::load(&path).map_err(Error::Load)?;
+    /// Reads `path` (CPU tensors) through `io` and checks it has Lightning's shape.
+    pub fn read(io: &dyn CheckpointIO, path: PathBuf) -> Result<Self> {
+        let value = io.load_checkpoint(&path).map_err(Error::Load)?;
         let ckpt = Checkpoint::from_value(&value).map_err(|e| restore_err(&path, e.into()))?;
         Ok(Loaded { path, value, ckpt })
     }
@@ -158,6 +158,22 @@ fn check_optimization(cfg: &super::TrainerConfig, manual: bool, optimizers: usiz
 }
 
 impl Trainer {
+    /// Where loggers write: `default_root_dir`, or the current directory when that is an
+    /// object-storage URL (logs are local files; checkpoints go to the URL).
+    fn log_root(&self) -> PathBuf {
+        let root = &self.cfg.default_root_dir;
+        if crate::storage::is_url(root) {
+            tracing::info!(
+                "default_root_dir {} is object storage: checkpoints go there, logs to ./lightning_logs",
+                root.display()
+            );
+            return PathBuf::from(".");
+        }
+        root.clone()
+    }
+}
+
+impl Trainer {
     /// Resolves `ckpt_path` to a file; `None` for `Last` with nothing saved yet (warned).
     pub(crate) fn resolve_ckpt(&self, ckpt_path: &CkptPath) -> Result<Option<PathBuf>> {
         let path = match ckpt_path {
@@ -168,7 +184,8 @@ impl Trainer {
                     .iter()
                     .filter_map(|c| c.checkpoint_dirpath())
                     .collect();
-                match find_last_checkpoint(&dirs, |p| checkpoint::verify(p).is_ok()) {
+                let io = &*self.cfg.checkpoint_io;
+                match find_last_checkpoint_in(io, &dirs, |p| io.verify(p).is_ok()) {
                     Some(p) => p,
                     None => {
                         warn(&format!(
@@ -191,7 +208,7 @@ impl Trainer {
                     )
                 })?,
         };
-        if !path.is_file() {
+        if !self.cfg.checkpoint_io.exists(&path).map_err(Error::Load)? {
             return Err(Error::CheckpointNotFound(path));
         }
         Ok(Some(path))
@@ -212,7 +229,7 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
     ) -> Result<()> {
         let preempt = Preemption::install(self.cfg.handle_signals)?;
-        self.saver = Saver::new(self.cfg.async_checkpointing);
+        self.saver = Saver::new(self.cfg.async_checkpointing, self.cfg.checkpoint_io.clone());
         let mut result = self.fit_inner(model, data, ckpt_path, &preempt);
         if result.is_err() {
             if let Err(e) = self.hooks(&*model, |cb, t| cb.on_exception(t)) {
@@ -286,12 +303,15 @@ impl Trainer {
         // directories from it in `setup`, before `ckpt_path = Last` searches them.
         self.world = world.as_ref().map(|(w, _)| w.clone());
         self.logger = match self.cfg.logger && self.is_global_zero() {
-            true => Some(CsvLogger::new_version(&self.cfg.default_root_dir)),
+            true => Some(CsvLogger::new_version(&self.log_root())),
             false => None,
         };
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         let resume = match &ckpt_path {
-            Some(p) => self.resolve_ckpt(p)?.map(Loaded::read).transpose()?,
+            Some(p) => self
+                .resolve_ckpt(p)?
+                .map(|p| Loaded::read(&*self.cfg.checkpoint_io, p))
+                .transpose()?,
             None => None,
         };
         if let Some(r) = &resume {

@@ -156,6 +156,7 @@ fn run_info<'a>(
         check_val_every_n_epoch: Some(cfg.check_val_every_n_epoch as i64),
         val_check_within_epoch: run.val_every.is_some(),
         validation_ran: run.val_ran,
+        checkpoint_io: &*cfg.checkpoint_io,
         should_update_logs: (run.global_step + 1) % cfg.log_every_n_steps.max(1) as i64 == 0
             || run.should_stop,
     }

@@ -143,6 +143,11 @@ impl Trainer {
         self.logger.as_ref().map(|l| l.dir())
     }
 
+    /// The checkpoint the last `fit` resumed from (a path or URL), if it resumed.
+    pub fn resumed_from(&self) -> Option<&Path> {
+        self.run.resumed_from.as_deref()
+    }
+
     /// Whether the last `fit` stopped because of SIGTERM/SIGUSR1.
     pub fn was_preempted(&self) -> bool {
         self.run.preempted

@@ -1,8 +1,9 @@
 //! Checkpoint writing, synchronous or in the background.
 //!
-//! Async mode: the step loop only takes a snapshot (every tensor copied to host memory, pinned
-//! when the tensor is on a GPU), then a thread serializes and writes it with
-//! [`crate::checkpoint::save`] (atomic and durable). At most one save is in flight: the next
+//! Every file goes through the trainer's [`CheckpointIO`] (local files: atomic and durable;
+//! object storage: an upload that appears only once complete). Async mode wraps it: the step
+//! loop only takes a snapshot (every tensor copied to host memory, pinned when the tensor is
+//! on a GPU), then a thread serializes and writes it with the IO's `save_checkpoint`. At most one save is in flight: the next
 //! one waits for it (the wait is logged). A failed background save is reported by the next
 //! call into the saver ([`Saver::poll`] every step) and by [`Saver::finish`] at the end of
 //! `fit`, which returns only once every pending save is durable.
@@ -14,8 +15,10 @@
 use crate::callbacks::AfterSave;
 use crate::checkpoint;
 use crate::error::{Error, Result};
+use crate::storage::{CheckpointIO, DefaultCheckpointIO};
 use crate::value::Value;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -28,37 +31,35 @@ struct Pending {
 }
 
 /// Writes checkpoints for the trainer.
-#[derive(Default)]
 pub(crate) struct Saver {
     asynchronous: bool,
+    io: Arc<dyn CheckpointIO>,
     pending: Option<Pending>,
     /// Saves that failed so far (lets the trainer tell save errors from other errors).
     pub failures: usize,
 }
 
+impl Default for Saver {
+    fn default() -> Self {
+        Saver::new(false, Arc::new(DefaultCheckpointIO))
+    }
+}
+
 impl Saver {
-    pub fn new(asynchronous: bool) -> Self {
+    pub fn new(asynchronous: bool, io: Arc<dyn CheckpointIO>) -> Self {
         Saver {
             asynchronous,
+            io,
             pending: None,
             failures: 0,
         }
     }
 
-    /// Saves `ckpt` to `path` (creating its folder): directly, or (async) after a consistent
-    /// snapshot.
+    /// Saves `ckpt` to `path` through the IO (which creates its folder): directly, or (async)
+    /// after a consistent snapshot.
     pub fn save(&mut self, path: &Path, ckpt: Value) -> Result<()> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Err(source) = std::fs::create_dir_all(parent) {
-                self.failures += 1;
-                return Err(save_err(path)(checkpoint::CheckpointError::Io {
-                    path: parent.to_owned(),
-                    source,
-                }));
-            }
-        }
         if !self.asynchronous {
-            let r = checkpoint::save(path, &ckpt).map_err(save_err(path));
+            let r = self.io.save_checkpoint(&ckpt, path).map_err(save_err(path));
             self.failures += usize::from(r.is_err());
             return r;
         }
@@ -73,9 +74,10 @@ impl Saver {
             );
         }
         let owned = path.to_owned();
+        let io = self.io.clone();
         let handle = std::thread::Builder::new()
             .name("ckpt-writer".into())
-            .spawn(move || checkpoint::save(&owned, &snap))
+            .spawn(move || io.save_checkpoint(&snap, &owned))
             .map_err(|e| Error::Io {
                 context: format!("starting the checkpoint writer for {}", path.display()),
                 source: e,
@@ -93,7 +95,7 @@ impl Saver {
     pub fn when_durable(&mut self, action: AfterSave) -> Result<()> {
         match &mut self.pending {
             Some(p) => p.then.push(action),
-            None => action.apply()?,
+            None => action.apply(&*self.io)?,
         }
         Ok(())
     }
@@ -139,7 +141,7 @@ impl Saver {
             return written;
         }
         for action in p.then {
-            action.apply()?;
+            action.apply(&*self.io)?;
         }
         Ok(())
     }
@@ -217,7 +219,7 @@ mod tests {
         let big = Tensor::ones([1 << 20], (tch::Kind::Float, Device::Cpu));
         let mut tree = Value::dict();
         tree.insert("w", big.shallow_clone());
-        let mut saver = Saver::new(true);
+        let mut saver = Saver::new(true, Arc::new(DefaultCheckpointIO));
         let (a, b) = (dir.path().join("a.ckpt"), dir.path().join("b.ckpt"));
         saver.save(&a, tree.clone()).unwrap();
         // Training goes on while the file is written: in-place updates right after.
@@ -243,7 +245,7 @@ mod tests {
     #[test]
     fn a_failed_background_save_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let mut saver = Saver::new(true);
+        let mut saver = Saver::new(true, Arc::new(DefaultCheckpointIO));
         // a non-empty directory where the file should go: the final rename fails
         let bad = dir.path().join("x.ckpt");
         std::fs::create_dir_all(bad.join("occupied")).unwrap();

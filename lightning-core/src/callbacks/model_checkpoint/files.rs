@@ -2,29 +2,16 @@
 //! rules (`abspath`, `relpath`, `expanduser`, `realpath`), and finding the newest `last*.ckpt`.
 
 use super::ModelCheckpoint;
-use crate::callbacks::CallbackError;
+use crate::checkpoint::CheckpointError;
+use crate::storage::{is_url, CheckpointIO, DefaultCheckpointIO};
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-/// Deletes a replaced checkpoint (a file, a link, or a directory); a missing one is fine and
-/// any other failure is logged, never fatal.
-pub(crate) fn remove_checkpoint(path: &Path) {
-    let r = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = r {
-        tracing::warn!("could not remove old checkpoint {}: {e}", path.display());
-    }
-}
-
 /// Points `link` at `target` with a relative symlink (a copy where links are not possible),
 /// replacing what was there atomically: a temporary link is renamed over `link`, so a `last`
 /// file always exists once one was written.
-pub(crate) fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CallbackError> {
+pub(crate) fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CheckpointError> {
     link_or_copy(target, link, symlink)
 }
 
@@ -45,13 +32,10 @@ pub(super) fn link_or_copy(
     target: &Path,
     link: &Path,
     make_link: fn(&Path, &Path) -> std::io::Result<()>,
-) -> Result<(), CallbackError> {
-    let io = |what: &str, p: &Path| {
-        let ctx = format!("{what} {}", p.display());
-        move |source| CallbackError::Io {
-            context: ctx,
-            source,
-        }
+) -> Result<(), CheckpointError> {
+    let io = |_what: &str, p: &Path| {
+        let p = p.to_owned();
+        move |source| CheckpointError::Io { path: p, source }
     };
     let (abs_target, abs_link) = (lexical_absolute(target), lexical_absolute(link));
     if abs_target == abs_link {
@@ -74,8 +58,7 @@ pub(super) fn link_or_copy(
         tracing::debug!("symlink {} failed ({e}); copying instead", tmp.display());
         // fall back to a durable, atomic copy straight over the link's name
         let _ = std::fs::remove_file(&tmp);
-        return crate::checkpoint::copy_atomically(&abs_target, &abs_link)
-            .map_err(CallbackError::from);
+        return crate::checkpoint::copy_atomically(&abs_target, &abs_link);
     }
     if let Err(e) = std::fs::rename(&tmp, &abs_link) {
         let _ = std::fs::remove_file(&tmp);
@@ -95,7 +78,7 @@ fn link_temp_name(name: &str) -> String {
 const LINK_TEMP_MARK: &str = ".tmp-link-";
 
 /// Deletes `.<name>.tmp-link-<pid>` entries in `dir` (left when a run died mid-link).
-pub(super) fn remove_stale_link_temps(dir: &Path) {
+pub(crate) fn remove_stale_link_temps(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -109,8 +92,11 @@ pub(super) fn remove_stale_link_temps(dir: &Path) {
     }
 }
 
-/// `os.path.abspath`: absolute, with `.` and `..` resolved lexically.
+/// `os.path.abspath`: absolute, with `.` and `..` resolved lexically (a URL is kept as is).
 pub(super) fn lexical_absolute(p: &Path) -> PathBuf {
+    if is_url(p) {
+        return p.to_owned();
+    }
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
     let mut out = PathBuf::new();
     for c in abs.components() {
@@ -142,6 +128,9 @@ fn relative_path(target: &Path, base: &Path) -> PathBuf {
 
 /// `os.path.expanduser` for a leading `~`.
 pub(super) fn expanduser(p: &Path) -> PathBuf {
+    if is_url(p) {
+        return p.to_owned();
+    }
     match p.strip_prefix("~") {
         Ok(rest) => match std::env::var_os("HOME") {
             Some(home) => PathBuf::from(home).join(rest),
@@ -151,8 +140,12 @@ pub(super) fn expanduser(p: &Path) -> PathBuf {
     }
 }
 
-/// `os.path.realpath` (non-strict): absolute, symlinks of the existing part resolved.
+/// `os.path.realpath` (non-strict): absolute, symlinks of the existing part resolved (a URL
+/// is kept as is).
 pub(super) fn realpath(p: &Path) -> std::io::Result<PathBuf> {
+    if is_url(p) {
+        return Ok(p.to_owned());
+    }
     let abs = lexical_absolute(p);
     let mut existing = abs.clone();
     let mut rest = vec![];
@@ -209,26 +202,35 @@ fn is_last_stem(stem: &str) -> bool {
 ///
 /// The trainer passes a check that reads the file back completely (for example
 /// `|p| lightning_core::checkpoint::load(p).is_ok()`), so a torn or corrupt `last.ckpt` never
-/// becomes the resume point while an older good one exists.
+/// becomes the resume point while an older good one exists. `dirs` may be URLs.
 pub fn find_last_checkpoint(dirs: &[PathBuf], verify: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    find_last_checkpoint_in(&DefaultCheckpointIO, dirs, verify)
+}
+
+/// [`find_last_checkpoint`], listing through `io`.
+pub(crate) fn find_last_checkpoint_in(
+    io: &dyn CheckpointIO,
+    dirs: &[PathBuf],
+    verify: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
     let mut seen = HashSet::new();
     let mut cands = vec![];
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
+        let files = match io.list(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot list {}: {e}", dir.display());
+                continue;
+            }
         };
-        for entry in entries.flatten() {
-            let path = lexical_absolute(&entry.path());
+        for f in files {
+            let path = lexical_absolute(&f.path);
             let is_last = path.extension().is_some_and(|e| e == "ckpt")
                 && path
                     .file_stem()
                     .is_some_and(|s| is_last_stem(&s.to_string_lossy()));
-            if !is_last || !seen.insert(path.clone()) {
-                continue;
-            }
-            match std::fs::metadata(&path).and_then(|m| m.modified()) {
-                Ok(mtime) => cands.push((mtime, path)),
-                Err(e) => tracing::warn!("skipping checkpoint {}: {e}", path.display()),
+            if is_last && seen.insert(path.clone()) {
+                cands.push((f.modified, path));
             }
         }
     }

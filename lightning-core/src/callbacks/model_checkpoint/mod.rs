@@ -20,7 +20,7 @@ mod topk;
 
 pub use builder::ModelCheckpointBuilder;
 pub use files::find_last_checkpoint;
-pub(crate) use files::{link_checkpoint, remove_checkpoint};
+pub(crate) use files::{find_last_checkpoint_in, link_checkpoint, remove_stale_link_temps};
 
 use super::{AfterSave, Callback, CallbackError, TrainerContext};
 use super::{MetricValue, Metrics};
@@ -284,14 +284,15 @@ impl ModelCheckpoint {
     }
 
     /// Lightning's `__resolve_ckpt_dir`: the given dirpath, else `<log_dir>/checkpoints`, else
-    /// `<default_root_dir>/checkpoints`.
+    /// `<default_root_dir>/checkpoints`. With an object-storage root (`s3://...`) the logs stay
+    /// local, so the checkpoints go to `<default_root_dir>/checkpoints`.
     fn resolve_dir(&self, t: &TrainerContext<'_>) -> PathBuf {
         if let Some(d) = &self.dirpath {
             return d.clone();
         }
         match t.run.log_dir {
-            Some(log) => log.join("checkpoints"),
-            None => t.run.default_root_dir.join("checkpoints"),
+            Some(log) if !crate::storage::is_url(t.run.default_root_dir) => log.join("checkpoints"),
+            _ => t.run.default_root_dir.join("checkpoints"),
         }
     }
 
@@ -379,7 +380,7 @@ impl ModelCheckpoint {
     }
 
     fn file_exists(t: &TrainerContext<'_>, path: &Path) -> bool {
-        t.run.is_global_zero && path.exists()
+        t.run.is_global_zero && t.run.checkpoint_io.exists(path).unwrap_or(false)
     }
 
     /// Writes a checkpoint through the trainer (which creates its folder and makes it
@@ -439,12 +440,11 @@ impl Callback for ModelCheckpoint {
     fn setup(&mut self, t: &mut TrainerContext<'_>) -> crate::Result<()> {
         self.ensure_setup(t)?;
         if let (true, Some(dir)) = (t.run.is_global_zero, &self.dirpath) {
-            files::remove_stale_link_temps(dir);
-            crate::checkpoint::remove_stale_temp_files(dir);
+            t.run.checkpoint_io.prepare_dir(dir);
         }
         if t.run.is_global_zero && t.run.is_fitting && self.save_top_k != 0 {
             if let Some(dir) = &self.dirpath {
-                if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+                if t.run.checkpoint_io.dir_has_files(dir) {
                     tracing::warn!(
                         "Checkpoint directory {} exists and is not empty.",
                         dir.display()

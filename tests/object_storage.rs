@@ -1,0 +1,474 @@
+//! Checkpoints on object storage (issue 13): the in-process `memory://` store, and a real S3
+//! API server on the loopback interface (`moto_server` from the venv, which
+//! `scripts/setup.sh` installs; under `LIGHTNING_RS_REQUIRE_PYTHON` a missing one fails the
+//! test, elsewhere it is skipped with the reason).
+//!
+//! - `fit` with `s3://` (and `memory://`) checkpoints: top-k deletes, `last`, `ckpt_path=last`
+//!   resumes bit for bit like a local run, `load_from_checkpoint` and `lightning-ckpt`-style
+//!   reads from the URL.
+//! - kill -9 during an upload: no partial object; the older object under the same name
+//!   stays whole.
+//! - the server disappears mid-upload: training stops with an error naming the URL.
+//! - wrong credentials: a clear error naming the URL.
+//!
+//! The scenarios that kill something run in a child process: this test binary itself, with
+//! [`CHILD`] naming what to do (each child under a watchdog).
+
+mod trainer_util;
+
+use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
+use lightning_core::checkpoint::{self, schema::RESUME_KEY};
+use lightning_core::prelude::*;
+use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO, RETRIES_ENV};
+use lightning_core::trainer::{CkptPath, Trainer, TrainerBuilder};
+use lightning_core::Key;
+use lightning_rs::Supervised;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+use trainer_util::{data, Tiny, TinyHp};
+
+/// Environment variable naming the child scenario.
+const CHILD: &str = "OBJECT_STORAGE_CHILD";
+/// The URL a child writes to.
+const CHILD_URL: &str = "OBJECT_STORAGE_URL";
+
+/// A `moto_server` on 127.0.0.1 (a free port), killed on drop.
+struct Moto {
+    proc: Option<Supervised>,
+    port: u16,
+}
+
+impl Moto {
+    /// Starts one (with signature checks when `auth`), or says why not (`None`: skipped).
+    fn start(auth: bool) -> Option<Moto> {
+        let python = lightning_rs::python()?;
+        let bin = python.with_file_name("moto_server");
+        if !bin.exists() {
+            let why = format!(
+                "{} is missing: scripts/setup.sh installs moto[server] into the venv",
+                bin.display()
+            );
+            let required = std::env::var_os(lightning_rs::REQUIRE_ENV)
+                .is_some_and(|v| !v.is_empty() && v != "0");
+            assert!(!required, "{why}");
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if auth {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
+        }
+        let proc = Supervised::spawn(&mut cmd, Duration::from_secs(600));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Moto {
+            proc: Some(proc),
+            port,
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment object_store reads to reach this server.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            (RETRIES_ENV, "1".into()),
+        ]
+    }
+
+    /// A plain HTTP request (moto accepts unsigned ones unless `auth`); returns the body.
+    fn http(&self, method: &str, path: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("moto is up");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let r = self.http("PUT", &format!("/{bucket}"));
+        assert!(r.starts_with("HTTP/1.1 200"), "creating {bucket}: {r}");
+    }
+
+    /// Multipart uploads in progress in `bucket` (started, neither completed nor aborted).
+    fn uploads_in_progress(&self, bucket: &str) -> usize {
+        self.http("GET", &format!("/{bucket}?uploads"))
+            .matches("<UploadId>")
+            .count()
+    }
+
+    fn kill(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.signal(libc::SIGKILL);
+            p.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The shared server for in-process tests; its environment is set once, before any store
+/// is opened (object_store reads it when a bucket's store is built).
+fn shared_moto() -> Option<&'static Moto> {
+    static MOTO: OnceLock<Option<Moto>> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let m = Moto::start(false)?;
+        for (k, v) in m.env() {
+            std::env::set_var(k, v);
+        }
+        Some(m)
+    })
+    .as_ref()
+}
+
+fn builder(root: &Path) -> TrainerBuilder {
+    Trainer::builder()
+        .enable_progress_bar(false)
+        .enable_model_summary(false)
+        .seed(11)
+        .default_root_dir(root)
+        .logger(false)
+}
+
+fn topk_last(dir: &str, last: SaveLast) -> ModelCheckpoint {
+    ModelCheckpoint::builder()
+        .dirpath(dir)
+        .filename("{epoch}-{val_loss:.4f}")
+        .monitor("val_loss")
+        .mode(Mode::Min)
+        .save_top_k(2)
+        .save_last(last)
+        .build()
+        .unwrap()
+}
+
+/// Weights, optimizer and scheduler state, and position of a finished run.
+fn final_state(m: &Tiny, t: &mut Trainer, path: &Path) -> Value {
+    t.save_checkpoint(m, path, false).unwrap();
+    let mut v = checkpoint::load(path).unwrap();
+    for k in ["loops", RESUME_KEY, "callbacks"] {
+        v.as_dict_mut().unwrap().shift_remove(&Key::from(k));
+    }
+    v
+}
+
+fn names(dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = DefaultCheckpointIO
+        .list(Path::new(dir))
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Four epochs straight vs two + `ckpt_path=last` from `dir` (a URL): the same final state
+/// as a local run; top-k keeps two files plus `last`; the files load from the URL.
+fn fit_and_resume_on(dir: &str, last: SaveLast) {
+    let local = tempfile::tempdir().unwrap();
+    let straight = {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(local.path())
+            .max_epochs(4)
+            .enable_checkpointing(false)
+            .build()
+            .unwrap();
+        t.fit(&mut m, &data(80, 8, true), None).unwrap();
+        final_state(&m, &mut t, &local.path().join("straight.ckpt"))
+    };
+    for epochs in [2, 4] {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(local.path())
+            .max_epochs(epochs)
+            .callback(topk_last(dir, last))
+            .build()
+            .unwrap();
+        let resume = (epochs == 4).then_some(CkptPath::Last);
+        t.fit(&mut m, &data(80, 8, true), resume).unwrap();
+        if epochs == 4 {
+            assert_eq!(
+                t.resumed_from().map(Path::to_path_buf),
+                Some(PathBuf::from(format!("{dir}/last.ckpt"))),
+                "resumed from the URL's last.ckpt"
+            );
+            let resumed = final_state(&m, &mut t, &local.path().join("resumed.ckpt"));
+            assert_eq!(resumed, straight, "2 + resume on {dir} != 4 straight");
+        }
+    }
+    let files = names(dir);
+    assert_eq!(files.len(), 3, "top-2 and last: {files:?}");
+    assert!(files.contains(&"last.ckpt".to_string()), "{files:?}");
+    // nothing but whole checkpoints: no temporary objects
+    for f in &files {
+        let url = PathBuf::from(format!("{dir}/{f}"));
+        checkpoint::verify(&url).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    // last.ckpt is the newest epoch's file; load_from_checkpoint reads it from the URL
+    let last = checkpoint::load(Path::new(&format!("{dir}/last.ckpt"))).unwrap();
+    assert_eq!(last.get("epoch").and_then(Value::as_i64), Some(3));
+    let m = Tiny::load_from_checkpoint(format!("{dir}/last.ckpt")).unwrap();
+    assert_eq!(m.hparams().hidden, TinyHp::default().hidden);
+}
+
+#[test]
+fn memory_store_fit_keeps_top_k_and_last_and_resumes_exactly() {
+    fit_and_resume_on(
+        &format!("memory://ckpts-{}/run", std::process::id()),
+        SaveLast::True,
+    );
+}
+
+#[test]
+fn s3_fit_keeps_top_k_and_last_and_resumes_exactly() {
+    let Some(moto) = shared_moto() else { return };
+    moto.create_bucket("fit");
+    // `last` as a link: a server-side copy on object storage
+    fit_and_resume_on("s3://fit/run/a", SaveLast::Link);
+    // the bucket holds nothing else: no temp objects, no stray multipart uploads
+    assert_eq!(moto.uploads_in_progress("fit"), 0);
+}
+
+#[test]
+fn s3_missing_bucket_and_missing_object_are_clear_errors() {
+    let Some(moto) = shared_moto() else { return };
+    let _ = moto;
+    let mut v = Value::dict();
+    v.insert("epoch", 1i64);
+    let e = checkpoint::save(Path::new("s3://no-such-bucket/x.ckpt"), &v)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s3://no-such-bucket/x.ckpt"), "{e}");
+    assert!(e.contains("NoSuchBucket") || e.contains("404"), "{e}");
+    moto.create_bucket("errs");
+    let e = checkpoint::load(Path::new("s3://errs/absent.ckpt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("s3://errs/absent.ckpt") && e.contains("no such object"),
+        "{e}"
+    );
+}
+
+/// Runs this test binary as a child with `scenario` and `env`, stdout piped.
+fn spawn_child(scenario: &str, url: &str, env: &[(&str, String)]) -> Supervised {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD, scenario)
+        .env(CHILD_URL, url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Supervised::spawn(&mut cmd, Duration::from_secs(120))
+}
+
+/// A checkpoint dict with one `n`-float tensor filled with `fill`.
+fn blob(n: i64, fill: f64) -> Value {
+    let mut v = Value::dict();
+    v.insert("fill", fill);
+    v.insert("w", Tensor::full([n], fill, (Kind::Float, Device::Cpu)));
+    v
+}
+
+/// The child side of the kill tests (does nothing in a normal test run).
+#[test]
+fn child_entry() {
+    let Ok(scenario) = std::env::var(CHILD) else {
+        return;
+    };
+    let url = PathBuf::from(std::env::var(CHILD_URL).unwrap());
+    let out = match scenario.as_str() {
+        // A small file, then a large one (many parts) to the same name.
+        "overwrite" => (|| {
+            checkpoint::save(&url, &blob(1000, 1.0))?;
+            println!("first saved");
+            checkpoint::save(&url, &blob(96 << 20, 2.0))?;
+            println!("second saved");
+            Ok::<(), checkpoint::CheckpointError>(())
+        })()
+        .map_err(|e| e.to_string()),
+        // Training with a 100 MB checkpoint every epoch to `url`.
+        "fit" => (|| {
+            let hp = TinyHp {
+                hidden: 1 << 20,
+                ..TinyHp::default()
+            };
+            let (mut m, _vs) = Tiny::new(hp, 3);
+            let dir = tempfile::tempdir().unwrap();
+            let mc = ModelCheckpoint::builder()
+                .dirpath(&url)
+                .filename("{epoch}")
+                .save_top_k(-1)
+                .build()?;
+            let mut t = builder(dir.path()).max_epochs(100).callback(mc).build()?;
+            t.fit(&mut m, &data(16, 8, false), None)
+        })()
+        .map_err(|e| e.to_string()),
+        "small" => checkpoint::save(&url, &blob(10, 1.0)).map_err(|e| e.to_string()),
+        other => Err(format!("unknown scenario {other}")),
+    };
+    match out {
+        Ok(()) => println!("child done"),
+        Err(e) => {
+            println!("child error: {e}");
+            std::io::stdout().flush().unwrap();
+            std::process::exit(3);
+        }
+    }
+}
+
+/// Reads the child's stdout lines until one satisfies `until` (or the child ends).
+fn read_until(lines: &mut impl Iterator<Item = String>, until: &str) -> Vec<String> {
+    let mut seen = vec![];
+    for l in lines.by_ref() {
+        let done = l.contains(until);
+        seen.push(l);
+        if done {
+            break;
+        }
+    }
+    seen
+}
+
+fn wait_for_upload(moto: &Moto, bucket: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moto.uploads_in_progress(bucket) == 0 {
+        assert!(Instant::now() < deadline, "no upload started: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kill_9_during_an_upload_leaves_no_partial_object_and_keeps_the_old_one() {
+    // A server of its own: the child gets its environment, nothing global changes here.
+    let Some(moto) = Moto::start(false) else {
+        return;
+    };
+    moto.create_bucket("kill");
+    let url = "s3://kill/run/last.ckpt";
+    let mut child = spawn_child("overwrite", url, &moto.env());
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let seen = read_until(&mut lines, "first saved");
+    assert!(seen.iter().any(|l| l.ends_with("first saved")), "{seen:?}");
+    wait_for_upload(&moto, "kill", "the 384 MB save");
+    assert!(child.signal(libc::SIGKILL), "the child was still uploading");
+    child.wait();
+    let listing = moto.http("GET", "/kill?list-type=2&prefix=run/");
+    assert_eq!(
+        listing.matches("<Key>").count(),
+        1,
+        "only the first object is visible: {listing}"
+    );
+    let head = moto.http("HEAD", "/kill/run/last.ckpt");
+    let len: u64 = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Content-Length: ")
+                .or(l.strip_prefix("content-length: "))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{head}"));
+    assert!(
+        len < 1 << 20,
+        "the old small file is still there ({len} bytes)"
+    );
+    assert_eq!(
+        moto.uploads_in_progress("kill"),
+        1,
+        "the killed upload is an invisible, incomplete multipart upload"
+    );
+}
+
+#[test]
+fn a_server_gone_mid_upload_stops_training_with_an_error_naming_the_url() {
+    let Some(mut moto) = Moto::start(false) else {
+        return;
+    };
+    moto.create_bucket("gone");
+    let url = "s3://gone/ck";
+    let mut child = spawn_child("fit", url, &moto.env());
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        BufReader::new(stdout).read_to_string(&mut s).unwrap();
+        s
+    });
+    // one checkpoint lands, then the server dies during the next upload
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !moto.http("GET", "/gone?list-type=2").contains("<Key>") {
+        assert!(Instant::now() < deadline, "no checkpoint landed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_upload(&moto, "gone", "the second epoch's save");
+    moto.kill();
+    let status = child.wait();
+    let out = reader.join().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "training stopped with an error: {out}"
+    );
+    let err = out
+        .lines()
+        .find_map(|l| l.split_once("child error:").map(|(_, e)| e))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(err.contains("s3://gone/ck/epoch="), "names the URL: {err}");
+    assert!(err.contains(".ckpt"), "{err}");
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_naming_the_url() {
+    let Some(moto) = Moto::start(true) else {
+        return;
+    };
+    let url = "s3://creds/x.ckpt";
+    let child = spawn_child("small", url, &moto.env());
+    let out = child.wait_with_output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains(&format!("{url}: uploading")),
+        "names the URL: {text}"
+    );
+    assert!(
+        text.contains("InvalidAccessKeyId") || text.contains("403"),
+        "says the key is refused: {text}"
+    );
+}
