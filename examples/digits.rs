@@ -7,6 +7,10 @@
 //! cargo run --release --example digits -- --max-epochs 10 --root runs/digits
 //! cargo run --release --example digits -- --max-epochs 20 --resume last --root runs/digits
 //! cargo run --release --example digits -- --load-best --set dropout=0.0 --root runs/digits
+//! # checkpoints on S3 (or any S3 API server; see the README's object-storage section)
+//! AWS_ENDPOINT=http://127.0.0.1:5000 AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=testing \
+//!   AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
+//!   cargo run --release --example digits -- demo --root s3://bucket/digits
 //! ```
 
 use anyhow::{bail, Context};
@@ -133,7 +137,11 @@ struct Args {
     /// Epochs to train to (a resumed run continues up to this epoch).
     #[arg(long, global = true, default_value_t = 12)]
     max_epochs: i64,
-    /// Root directory for logs (`lightning_logs/version_N`) and `checkpoints/`.
+    /// Root directory for logs (`lightning_logs/version_N`) and `checkpoints/`; or an
+    /// object-storage URL (`s3://bucket/prefix`, `gs://`, `az://`) for the checkpoints (logs
+    /// then go to `./lightning_logs`), with credentials and endpoint from the environment
+    /// (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`).
     #[arg(long, global = true, default_value = "runs/digits")]
     root: PathBuf,
     /// Resume from a checkpoint: a path, `last` or `best`.
@@ -305,6 +313,18 @@ const DEMO_MARKER: &str = ".digits-demo";
 /// The demo starts from an empty `root`: it clears a directory an earlier demo made, creates a
 /// missing one, and refuses to touch any other non-empty directory (it may hold real runs).
 fn clear_demo_root(root: &Path) -> anyhow::Result<()> {
+    if lightning_core::storage::is_url(root) {
+        use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
+        let ck = root.join("checkpoints");
+        if DefaultCheckpointIO.dir_has_files(&ck) {
+            bail!(
+                "refusing to run the demo in {}: it already holds checkpoints (the demo starts \
+                 from an empty prefix; pick a new one)",
+                ck.display()
+            );
+        }
+        return Ok(());
+    }
     let occupied = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some());
     if occupied {
         if !root.join(DEMO_MARKER).exists() {

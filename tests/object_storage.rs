@@ -19,12 +19,12 @@ mod trainer_util;
 use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
 use lightning_core::checkpoint::{self, schema::RESUME_KEY};
 use lightning_core::prelude::*;
-use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO, RETRIES_ENV};
+use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
 use lightning_core::trainer::{CkptPath, Trainer, TrainerBuilder};
 use lightning_core::Key;
+use lightning_rs::moto::Moto;
 use lightning_rs::Supervised;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -36,108 +36,6 @@ use trainer_util::{data, Tiny, TinyHp};
 const CHILD: &str = "OBJECT_STORAGE_CHILD";
 /// The URL a child writes to.
 const CHILD_URL: &str = "OBJECT_STORAGE_URL";
-
-/// A `moto_server` on 127.0.0.1 (a free port), killed on drop.
-struct Moto {
-    proc: Option<Supervised>,
-    port: u16,
-}
-
-impl Moto {
-    /// Starts one (with signature checks when `auth`), or says why not (`None`: skipped).
-    fn start(auth: bool) -> Option<Moto> {
-        let python = lightning_rs::python()?;
-        let bin = python.with_file_name("moto_server");
-        if !bin.exists() {
-            let why = format!(
-                "{} is missing: scripts/setup.sh installs moto[server] into the venv",
-                bin.display()
-            );
-            let required = std::env::var_os(lightning_rs::REQUIRE_ENV)
-                .is_some_and(|v| !v.is_empty() && v != "0");
-            assert!(!required, "{why}");
-            eprintln!("skipped: {why}");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if auth {
-            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
-        }
-        let proc = Supervised::spawn(&mut cmd, Duration::from_secs(600));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(Moto {
-            proc: Some(proc),
-            port,
-        })
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The environment object_store reads to reach this server.
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT", self.endpoint()),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_ACCESS_KEY_ID", "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            (RETRIES_ENV, "1".into()),
-        ]
-    }
-
-    /// A plain HTTP request (moto accepts unsigned ones unless `auth`); returns the body.
-    fn http(&self, method: &str, path: &str) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("moto is up");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let r = self.http("PUT", &format!("/{bucket}"));
-        assert!(r.starts_with("HTTP/1.1 200"), "creating {bucket}: {r}");
-    }
-
-    /// Multipart uploads in progress in `bucket` (started, neither completed nor aborted).
-    fn uploads_in_progress(&self, bucket: &str) -> usize {
-        self.http("GET", &format!("/{bucket}?uploads"))
-            .matches("<UploadId>")
-            .count()
-    }
-
-    fn kill(&mut self) {
-        if let Some(p) = self.proc.take() {
-            p.signal(libc::SIGKILL);
-            p.wait();
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The shared server for in-process tests; its environment is set once, before any store
 /// is opened (object_store reads it when a bucket's store is built).

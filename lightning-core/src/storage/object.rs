@@ -39,6 +39,13 @@ pub(crate) fn part_size(needed: u64) -> usize {
     PART.max(usize::try_from(min).unwrap_or(usize::MAX))
 }
 
+/// The size of each ranged `GET` of a download of `len` bytes: the object split over the
+/// requests in flight, between 16 and 64 MiB (fewer, larger requests cost servers that read
+/// the whole object per range less; at most 512 MiB is buffered in flight).
+fn range_size(len: u64) -> u64 {
+    (len / CONCURRENCY as u64).clamp(PART as u64, 4 * PART as u64)
+}
+
 /// The runtime every object-store call runs on (two worker threads; the calls block on it).
 fn runtime() -> Result<&'static tokio::runtime::Runtime, std::io::Error> {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -356,9 +363,10 @@ pub(crate) fn download(path: &Path) -> Result<File, CheckpointError> {
                 store: "memfd",
                 source: Box::new(e),
             })?;
+        let step = range_size(len);
         let ranges: Vec<_> = (0..len)
-            .step_by(PART)
-            .map(|start| start..(start + PART as u64).min(len))
+            .step_by(step as usize)
+            .map(|start| start..(start + step).min(len))
             .collect();
         futures::stream::iter(ranges)
             .map(|r| {
