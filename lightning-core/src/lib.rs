@@ -10,6 +10,7 @@
 //!   [`checkpoint_loader`] rebuilds a module from one (`M::loader(path)...load()`).
 //! - [`trainer`], [`callbacks`], [`optim`]: the training loop, `ModelCheckpoint`, optimizers,
 //!   LR schedulers and mixed precision, with fused CUDA kernels ([`cuda`]).
+//! - [`loggers`]: where metrics and hyperparameters go ([`CsvLogger`], [`TensorBoardLogger`]).
 
 pub mod callbacks;
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod hparams;
 pub mod layers;
 pub mod lightning_module;
+pub mod loggers;
 pub mod optim;
 pub mod precision;
 mod pyfmt;
@@ -33,6 +35,7 @@ pub use error::{Error, Result};
 pub use hparams::{HparamError, Hyperparameters};
 pub use lightning_macros::{lightning_module, Hyperparameters};
 pub use lightning_module::{HasHparams, LightningModule};
+pub use loggers::{CsvLogger, Logger, TensorBoardLogger};
 pub use traverse::{LoadReport, StateDict, TensorKind, Traverse};
 pub use value::{Dict, Key, Value};
 
