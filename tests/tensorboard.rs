@@ -3,7 +3,8 @@
 //! directory. Every value in `metrics.csv` must be a scalar event with the same tag, step
 //! and value (as a 32-bit float, what `simple_value` holds), nothing else but `hp_metric`;
 //! the hparams plugin must show our hyperparameters with their types, `hp_metric` as the
-//! metric and a successful session.
+//! metric and a successful session, the same plugin data Lightning's own `TensorBoardLogger`
+//! writes for these hyperparameters.
 
 mod trainer_util;
 
@@ -44,6 +45,24 @@ for tag, content in acc.PluginTagToContent("hparams").items():
         }
     else:
         out["hparams"][tag] = api_pb2.Status.Name(d.session_end_info.status)
+
+# Lightning's own TensorBoardLogger given the same hyperparameters (our hparams.yaml)
+import os, yaml
+from lightning.pytorch.loggers import TensorBoardLogger
+with open(os.path.join(sys.argv[1], "hparams.yaml")) as f:
+    hp = yaml.safe_load(f)
+ref = TensorBoardLogger(sys.argv[2])
+ref.log_hyperparams(hp)
+ref.finalize("success")
+racc = EventAccumulator(ref.log_dir)
+racc.Reload()
+ours, theirs = acc.PluginTagToContent("hparams"), racc.PluginTagToContent("hparams")
+parse = plugin_data_pb2.HParamsPluginData.FromString
+out["lightning"] = {
+    "tags_equal": sorted(ours) == sorted(theirs),
+    "plugin_data_equal": {t: parse(ours[t]) == parse(theirs[t]) for t in theirs},
+    "hp_metric": [[e.step, e.value] for e in racc.Scalars("hp_metric")],
+}
 print(json.dumps(out))
 "#;
 
@@ -118,7 +137,10 @@ fn tensorboard_sees_every_scalar_and_the_hparams() {
 
     let Some(out) = lightning_rs::run_python_within(
         READ_BACK,
-        &[v.to_str().unwrap()],
+        &[
+            v.to_str().unwrap(),
+            dir.path().join("lightning").to_str().unwrap(),
+        ],
         Duration::from_secs(120),
     ) else {
         return; // skipped, the reason printed
@@ -178,5 +200,18 @@ fn tensorboard_sees_every_scalar_and_the_hparams() {
     assert_eq!(
         hparams["_hparams_/session_end_info"],
         serde_json::json!("STATUS_SUCCESS")
+    );
+    // and they are what Lightning's TensorBoardLogger writes for these hyperparameters
+    assert_eq!(
+        out["lightning"],
+        serde_json::json!({
+            "tags_equal": true,
+            "plugin_data_equal": {
+                "_hparams_/experiment": true,
+                "_hparams_/session_start_info": true,
+                "_hparams_/session_end_info": true,
+            },
+            "hp_metric": [[0, -1.0]],
+        })
     );
 }
