@@ -1,6 +1,6 @@
 //! `TensorBoardLogger` read back by TensorBoard itself: a short fit (and a test run after it)
-//! logging to TensorBoard and CSV together, then tensorboard's `EventAccumulator` on the log
-//! directory. Every value in `metrics.csv` must be a scalar event with the same tag, step
+//! logging to TensorBoard and CSV together (epoch 0's records must be on disk when epoch 1
+//! starts), then tensorboard's `EventAccumulator` on the log directory. Every value in `metrics.csv` must be a scalar event with the same tag, step
 //! and value (as a 32-bit float, what `simple_value` holds), nothing else but `hp_metric`;
 //! the hparams plugin must show our hyperparameters with their types, `hp_metric` as the
 //! metric and a successful session, the same plugin data Lightning's own `TensorBoardLogger`
@@ -8,7 +8,7 @@
 
 mod trainer_util;
 
-use lightning_core::callbacks::LearningRateMonitor;
+use lightning_core::callbacks::{Callback, LearningRateMonitor, TrainerContext};
 use lightning_core::loggers::{CsvLogger, TensorBoardLogger};
 use lightning_core::trainer::Trainer;
 use std::collections::BTreeMap;
@@ -66,6 +66,40 @@ out["lightning"] = {
 print(json.dumps(out))
 "#;
 
+/// What the event file on disk holds when epoch 1 starts: TensorBoard follows a live run.
+#[derive(Default)]
+struct LiveReader {
+    seen: Option<Vec<u8>>,
+}
+
+impl Callback for LiveReader {
+    fn state_key(&self) -> String {
+        "LiveReader".into()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn on_train_epoch_start(&mut self, t: &mut TrainerContext<'_>) -> lightning_core::Result<()> {
+        if t.run.current_epoch == 1 {
+            let dir = t.run.log_dir.expect("a log dir");
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.to_str().unwrap().contains("events.out.tfevents.") {
+                    self.seen = Some(std::fs::read(path).unwrap());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
 /// `metrics.csv` as (tag -> [(step, value)]) in row order, every non-empty cell but `step`.
 fn csv_scalars(text: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
     let mut lines = text.lines();
@@ -102,10 +136,23 @@ fn tensorboard_sees_every_scalar_and_the_hparams() {
         .log_every_n_steps(1)
         .enable_checkpointing(false)
         .callback(LearningRateMonitor::new())
+        .callback(LiveReader::default())
         .logger((TensorBoardLogger::default(), CsvLogger::default()))
         .build()
         .unwrap();
     t.fit(&mut m, &dm, None).unwrap();
+    // epoch 0's records were on disk (flushed) before epoch 1 started
+    let live = t.callback::<LiveReader>().unwrap().seen.as_deref();
+    let live = live.expect("an event file during the run");
+    for tag in [
+        "_hparams_/experiment",
+        "hp_metric",
+        "train_loss",
+        "val_loss",
+        "epoch",
+    ] {
+        assert!(contains(live, tag), "{tag} not flushed after epoch 0");
+    }
     t.test(&mut m, &dm, None).unwrap();
 
     // Both loggers share version_0, the trainer's log_dir (the first logger's).
