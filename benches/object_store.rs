@@ -85,11 +85,14 @@ fn main() {
         assert_eq!(back.as_ref(), Some(&ckpt), "the file reads back equal");
     }
     let gbs = |s: f64| mib as f64 / 1024.0 * 1.073_741_824 / s;
-    println!("  ours  save {save:7.3} s ({:5.2} GB/s)  load {load:7.3} s ({:5.2} GB/s)", gbs(save), gbs(load));
-    let Some(py) = lightning_rs::run_python(
-        PY,
-        &[&moto.endpoint(), &mib.to_string(), "bench/ours.ckpt"],
-    ) else {
+    println!(
+        "  ours  save {save:7.3} s ({:5.2} GB/s)  load {load:7.3} s ({:5.2} GB/s)",
+        gbs(save),
+        gbs(load)
+    );
+    let Some(py) =
+        lightning_rs::run_python(PY, &[&moto.endpoint(), &mib.to_string(), "bench/ours.ckpt"])
+    else {
         return;
     };
     let out = py.expect("the Python side runs");
@@ -102,8 +105,15 @@ fn main() {
             .unwrap_or_else(|| panic!("no {k} in {line}"))
     };
     let (py_save, py_load) = (field("save"), field("load"));
-    println!("  s3fs  save {py_save:7.3} s ({:5.2} GB/s)  load {py_load:7.3} s ({:5.2} GB/s)", gbs(py_save), gbs(py_load));
-    assert!(line.contains("\"reads_ours\": true"), "Python reads our file: {line}");
+    println!(
+        "  s3fs  save {py_save:7.3} s ({:5.2} GB/s)  load {py_load:7.3} s ({:5.2} GB/s)",
+        gbs(py_save),
+        gbs(py_load)
+    );
+    assert!(
+        line.contains("\"reads_ours\": true"),
+        "Python reads our file: {line}"
+    );
     // and we read Python's (a plain dict there, an OrderedDict here: compare the entries)
     let theirs = checkpoint::load(Path::new("s3://bench/py.ckpt")).expect("Python's file loads");
     let entries = |v: &Value| -> Vec<(String, Value)> {
@@ -111,7 +121,11 @@ fn main() {
         let d = sd.as_dict().expect("a dict");
         d.iter().map(|(k, x)| (k.to_string(), x.clone())).collect()
     };
-    assert_eq!(entries(&theirs), entries(&ckpt), "Python's file reads back equal");
+    assert_eq!(
+        entries(&theirs),
+        entries(&ckpt),
+        "Python's file reads back equal"
+    );
     println!("  each side reads the other's file: yes");
     println!(
         "object_store bench: {mib} MiB: ours save = {:.2}x s3fs torch.save, ours load = {:.2}x s3fs torch.load(weights_only=True)",

@@ -7,6 +7,7 @@
 //! cargo run --release --example digits -- --max-epochs 10 --root runs/digits
 //! cargo run --release --example digits -- --max-epochs 20 --resume last --root runs/digits
 //! cargo run --release --example digits -- --load-best --set dropout=0.0 --root runs/digits
+//! cargo run --release --example digits -- --logger tensorboard   # + TensorBoard event files
 //! # checkpoints on S3 (or any S3 API server; see the README's object-storage section)
 //! AWS_ENDPOINT=http://127.0.0.1:5000 AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=testing \
 //!   AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
@@ -14,10 +15,11 @@
 //! ```
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
 use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
+use lightning_core::loggers::{CsvLogger, Loggers, TensorBoardLogger};
 use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
 use lightning_core::prelude::*;
 use lightning_core::trainer::{CkptPath, Trainer};
@@ -185,6 +187,31 @@ struct Args {
     /// Nodes with `--strategy ddp`.
     #[arg(long, global = true, default_value_t = 1)]
     num_nodes: usize,
+    /// Where metrics go, in `<root>/lightning_logs/version_N`: `csv` (`metrics.csv`) or
+    /// `tensorboard` (TensorBoard event files and `metrics.csv`, in the same version_N;
+    /// watch with `tensorboard --logdir <root>/lightning_logs`).
+    #[arg(long, global = true, value_enum, default_value_t = LoggerKind::Csv)]
+    logger: LoggerKind,
+}
+
+/// `--logger`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LoggerKind {
+    /// Lightning's `CSVLogger`.
+    Csv,
+    /// Lightning's `TensorBoardLogger`, plus the `CSVLogger`.
+    Tensorboard,
+}
+
+impl LoggerKind {
+    fn loggers(self) -> Loggers {
+        match self {
+            LoggerKind::Csv => Loggers::Default,
+            LoggerKind::Tensorboard => {
+                Loggers::from((TensorBoardLogger::default(), CsvLogger::default()))
+            }
+        }
+    }
 }
 
 /// Whether this process is a rank other than 0 of a `--strategy ddp` job (it then prints
@@ -248,6 +275,7 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .accelerator(if args.device == "cuda" { "cuda" } else { "cpu" })
         .devices(args.devices)
         .num_nodes(args.num_nodes)
+        .logger(args.logger.loggers())
         .callback(ckpt.build()?)
         .build()?;
     let data = datamodule(args.seed)?;

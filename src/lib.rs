@@ -9,4 +9,4 @@ pub mod moto;
 mod python;
 
 pub use child::Supervised;
-pub use python::{python, run_python, run_python_within, PYTHON_ENV, REQUIRE_ENV};
+pub use python::{python, run_python, run_python_within, skip_or_fail, PYTHON_ENV, REQUIRE_ENV};

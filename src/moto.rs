@@ -26,8 +26,8 @@ impl Moto {
                 "{} is missing: scripts/setup.sh installs moto[server] into the venv",
                 bin.display()
             );
-            let required = std::env::var_os(crate::REQUIRE_ENV)
-                .is_some_and(|v| !v.is_empty() && v != "0");
+            let required =
+                std::env::var_os(crate::REQUIRE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
             assert!(!required, "{why}");
             eprintln!("skipped: {why}");
             return None;
@@ -111,4 +111,3 @@ impl Drop for Moto {
         self.kill();
     }
 }
-

@@ -72,6 +72,20 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
+/// For a test whose Python lacks an optional package it needs (the probe checks only torch
+/// and lightning): fails the test when `LIGHTNING_RS_REQUIRE_PYTHON` is set, else prints why
+/// it is skipped. `why` says what is missing.
+///
+/// # Panics
+/// When Python is required.
+pub fn skip_or_fail(why: &str) {
+    if required() {
+        panic!("this test needs {why}; {REQUIRE_ENV} is set, so that is a failure")
+    }
+    let test = std::thread::current().name().unwrap_or("test").to_owned();
+    eprintln!("skipped {test}: {why} (set {REQUIRE_ENV}=1 to make this a failure)");
+}
+
 /// [`run_python`] under a time limit: the interpreter is killed (and the test fails, with
 /// its output) when it runs past `limit`.
 pub fn run_python_within(

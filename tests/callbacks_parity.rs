@@ -304,7 +304,7 @@ impl TrainerHandle for FileIo {
             .map_err(|e| lightning_core::Error::Msg(e.to_string()))
     }
     fn when_durable(&mut self, action: AfterSave) -> lightning_core::Result<()> {
-        Ok(action.apply()?)
+        Ok(action.apply(&lightning_core::storage::DefaultCheckpointIO)?)
     }
     fn request_stop(&mut self) {
         self.stop = true;

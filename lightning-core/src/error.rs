@@ -73,6 +73,9 @@ pub enum Error {
     /// A libtorch call failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A logger could not write its files (`metrics.csv`, an event file, `hparams.yaml`).
+    #[error(transparent)]
+    Logger(#[from] crate::loggers::LoggerError),
     /// An I/O error outside the checkpoint format (logs, directories).
     #[error("{context}: {source}")]
     Io {

@@ -12,6 +12,7 @@
 //!   storage (`s3://`, `gs://`, `az://`) through the `object_store` crate.
 //! - [`trainer`], [`callbacks`], [`optim`]: the training loop, `ModelCheckpoint`, optimizers,
 //!   LR schedulers and mixed precision, with fused CUDA kernels ([`cuda`]).
+//! - [`loggers`]: where metrics and hyperparameters go ([`CsvLogger`], [`TensorBoardLogger`]).
 
 pub mod callbacks;
 pub mod checkpoint;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod hparams;
 pub mod layers;
 pub mod lightning_module;
+pub mod loggers;
 pub mod optim;
 pub mod precision;
 mod pyfmt;
@@ -36,6 +38,7 @@ pub use error::{Error, Result};
 pub use hparams::{HparamError, Hyperparameters};
 pub use lightning_macros::{lightning_module, Hyperparameters};
 pub use lightning_module::{HasHparams, LightningModule};
+pub use loggers::{CsvLogger, Logger, TensorBoardLogger};
 pub use traverse::{LoadReport, StateDict, TensorKind, Traverse};
 pub use value::{Dict, Key, Value};
 

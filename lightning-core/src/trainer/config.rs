@@ -4,6 +4,7 @@ use super::strategy::{Accelerator, Strategy, StrategyError};
 use super::Trainer;
 use crate::callbacks::Callback;
 use crate::error::{Error, Result};
+use crate::loggers::Loggers;
 use crate::precision::{Precision, PrecisionError};
 use crate::storage::{CheckpointIO, DefaultCheckpointIO};
 use std::path::{Path, PathBuf};
@@ -80,7 +81,6 @@ pub struct TrainerConfig {
     pub device: Device,
     pub enable_progress_bar: bool,
     pub enable_model_summary: bool,
-    pub logger: bool,
     pub log_every_n_steps: usize,
     pub async_checkpointing: bool,
     pub handle_signals: bool,
@@ -128,7 +128,6 @@ impl Default for TrainerConfig {
             device: Device::Cpu,
             enable_progress_bar: true,
             enable_model_summary: true,
-            logger: true,
             log_every_n_steps: 50,
             async_checkpointing: false,
             handle_signals: true,
@@ -151,6 +150,7 @@ pub struct TrainerBuilder {
     precision_error: Option<PrecisionError>,
     /// A strategy or accelerator name that did not parse (reported by `build`).
     strategy_error: Option<StrategyError>,
+    loggers: Loggers,
 }
 
 macro_rules! setter {
@@ -206,8 +206,6 @@ impl TrainerBuilder {
     setter!(/// Print the model summary (submodules, parameter counts, size) when `fit` starts, as
         /// Lightning does (default on; rank 0 only).
         enable_model_summary: bool => enable_model_summary = |v| v);
-    setter!(/// Write `metrics.csv` and `hparams.yaml` to `lightning_logs/version_N` (default on).
-        logger: bool => logger = |v| v);
     setter!(/// Write training-step metrics every this many steps (default 50).
         log_every_n_steps: usize => log_every_n_steps = |v: usize| v.max(1));
     setter!(/// Write checkpoints in the background after a host-memory snapshot (default off).
@@ -216,6 +214,18 @@ impl TrainerBuilder {
         on_save_error: SaveErrorPolicy => on_save_error = |v| v);
     setter!(/// On SIGTERM/SIGUSR1: finish the step, save `last.ckpt`, stop (default on).
         handle_signals: bool => handle_signals = |v| v);
+
+    /// Lightning's `logger`: `true` (the default: a [`CsvLogger`](crate::loggers::CsvLogger)
+    /// writing `metrics.csv` and `hparams.yaml` to `<default_root_dir>/lightning_logs/version_N`),
+    /// `false` (no logging), one logger (`CsvLogger`, [`TensorBoardLogger`]), or several: a
+    /// tuple `(tb, csv)` or a `Vec<Box<dyn Logger>>`. Loggers with the same save directory and
+    /// name share one `version_N`.
+    ///
+    /// [`TensorBoardLogger`]: crate::loggers::TensorBoardLogger
+    pub fn logger(mut self, loggers: impl Into<Loggers>) -> Self {
+        self.loggers = loggers.into();
+        self
+    }
 
     /// Where logs and default checkpoints go (default: the current directory).
     pub fn default_root_dir(mut self, dir: impl AsRef<Path>) -> Self {
@@ -322,6 +332,6 @@ impl TrainerBuilder {
                 "max_epochs and max_steps must be >= -1".into(),
             ));
         }
-        Ok(Trainer::new(cfg, self.callbacks))
+        Ok(Trainer::new(cfg, self.callbacks, self.loggers))
     }
 }

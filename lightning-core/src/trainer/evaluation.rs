@@ -2,11 +2,11 @@
 //! `Trainer::validate`) and `Trainer::test`.
 
 use super::fit::Loaded;
-use super::logger::CsvLogger;
 use super::{need, CkptPath, Trainer};
 use crate::data::{DataLoader, DataModule, LoaderState};
 use crate::error::Result;
 use crate::lightning_module::{LightningModule, Stage, StepContext};
+use crate::loggers::RunStatus;
 use indexmap::IndexMap;
 
 impl Trainer {
@@ -50,12 +50,12 @@ impl Trainer {
         let run = &mut self.run;
         let precision = self.cfg.precision;
         let in_fit = run.fitting && !run.sanity_checking;
-        let logger = match run.sanity_checking {
+        let logging = match run.sanity_checking {
             true => None,
-            false => self.logger.as_mut(),
+            false => Some(&mut self.logging),
         };
         tch::no_grad(|| {
-            let mut logger = logger;
+            let mut logging = logging;
             for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
                 let batch = batch.to_device(device);
                 let mut ctx = StepContext::new(stage, epoch, step);
@@ -70,8 +70,8 @@ impl Trainer {
                 // `on_step` metrics reach the logger at step = evaluation batches seen so far
                 // in this fit/validate/test (Lightning's `update_eval_step_metrics(
                 // _seen_batches_per_dataloader)`; the sanity check neither logs nor counts)
-                if let Some(l) = logger.as_deref_mut() {
-                    l.log_metrics_at(&run.metrics.step_row, run.eval_batches_seen);
+                if let Some(l) = logging.as_deref_mut() {
+                    l.log_metrics_at(&run.metrics.step_row, run.eval_batches_seen)?;
                     run.eval_batches_seen += 1;
                 }
                 if in_fit {
@@ -100,9 +100,7 @@ impl Trainer {
         self.run.val_ran = true;
         let row = self.run.metrics.reduce_epoch(Stage::Validate);
         let (epoch, step) = (self.run.epoch, self.run.global_step - 1);
-        if let Some(l) = &mut self.logger {
-            l.log_row(&row, epoch, step.max(0));
-        }
+        self.logging.log_row(&row, epoch, step.max(0))?;
         self.hooks(&*model, |cb, t| cb.on_validation_end(t))
     }
 
@@ -124,9 +122,8 @@ impl Trainer {
         self.run.fitting = false;
         self.run.eval_batches_seen = 0;
         self.run.datamodule = data.named_state().cloned();
-        if self.cfg.logger && self.logger.is_none() {
-            self.logger = Some(CsvLogger::new_version(&self.cfg.default_root_dir));
-        }
+        let rank_zero = self.is_global_zero();
+        self.logging.start(&self.log_root(), rank_zero, false);
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         if let Some(p) = ckpt_path {
             if let Some(path) = self.resolve_ckpt(&p)? {
@@ -148,6 +145,26 @@ impl Trainer {
         stage: Stage,
         ckpt_path: Option<CkptPath>,
     ) -> Result<IndexMap<String, f64>> {
+        let result = self.eval_run(model, data, loader, stage, ckpt_path);
+        let status = match result {
+            Ok(_) => RunStatus::Success,
+            Err(_) => RunStatus::Failed,
+        };
+        // Lightning finalizes the loggers after every run, failed or not
+        let finalized = self.logging.finalize(status);
+        let row = result?;
+        finalized?;
+        Ok(row)
+    }
+
+    fn eval_run<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        data: &DataModule,
+        loader: &DataLoader,
+        stage: Stage,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<IndexMap<String, f64>> {
         self.eval_setup(model, data, ckpt_path)?;
         let limit = if stage == Stage::Test {
             self.cfg.limit_test_batches
@@ -156,10 +173,8 @@ impl Trainer {
         };
         self.eval_batches(model, loader, stage, limit.apply(loader.len()))?;
         let row = self.run.metrics.reduce_epoch(stage);
-        if let Some(l) = &mut self.logger {
-            l.log_row(&row, self.run.epoch, self.run.global_step);
-            l.save()?;
-        }
+        self.logging
+            .log_row(&row, self.run.epoch, self.run.global_step)?;
         Ok(row)
     }
 

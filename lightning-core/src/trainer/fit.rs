@@ -11,7 +11,6 @@
 //! ```
 
 use super::ddp::{save_on_rank_zero, Ddp, World};
-use super::logger::CsvLogger;
 use super::preempt::Preemption;
 use super::progress::Bar;
 use super::saver::Saver;
@@ -26,6 +25,7 @@ use crate::hparams::Hyperparameters;
 use crate::lightning_module::{
     Interval, LightningModule, ManualOptim, OptimizerConfig, Stage, StepContext,
 };
+use crate::loggers::RunStatus;
 use crate::storage::CheckpointIO;
 use crate::traverse::state_dict_from_value;
 use crate::value::{Key, Value};
@@ -160,7 +160,7 @@ fn check_optimization(cfg: &super::TrainerConfig, manual: bool, optimizers: usiz
 impl Trainer {
     /// Where loggers write: `default_root_dir`, or the current directory when that is an
     /// object-storage URL (logs are local files; checkpoints go to the URL).
-    fn log_root(&self) -> PathBuf {
+    pub(super) fn log_root(&self) -> PathBuf {
         let root = &self.cfg.default_root_dir;
         if crate::storage::is_url(root) {
             tracing::info!(
@@ -241,7 +241,11 @@ impl Trainer {
         let before = self.saver.failures;
         let flushed = self.saver.finish();
         let flushed = self.save_policy(flushed, before);
-        let logged = self.logger.as_ref().map_or(Ok(()), |l| l.save());
+        let status = match result {
+            Ok(()) => RunStatus::Success,
+            Err(_) => RunStatus::Failed,
+        };
+        let logged = self.logging.finalize(status);
         if result.is_ok() {
             result = flushed.and(logged);
         }
@@ -302,10 +306,9 @@ impl Trainer {
         // The log directory is chosen (not created) first: callbacks resolve their
         // directories from it in `setup`, before `ckpt_path = Last` searches them.
         self.world = world.as_ref().map(|(w, _)| w.clone());
-        self.logger = match self.cfg.logger && self.is_global_zero() {
-            true => Some(CsvLogger::new_version(&self.log_root())),
-            false => None,
-        };
+        let rank_zero = self.is_global_zero();
+        let log_root = self.log_root();
+        self.logging.start(&log_root, rank_zero, true);
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         let resume = match &ckpt_path {
             Some(p) => self
@@ -334,9 +337,7 @@ impl Trainer {
             None => None,
         };
         self.run.scaler = self.cfg.precision.grad_scaler();
-        if let Some(l) = &self.logger {
-            l.log_hparams(&model.hparams().to_value())?;
-        }
+        self.logging.log_hyperparams(&model.hparams().to_value())?;
         if let Some(r) = resume {
             self.restore(model, &mut optim, r)?;
         }
@@ -538,9 +539,7 @@ impl Trainer {
             );
             println!("{line}");
         }
-        if let Some(l) = &self.logger {
-            l.save()?;
-        }
+        self.logging.save()?;
         self.run.end_epoch();
         Ok(())
     }
@@ -569,9 +568,8 @@ impl Trainer {
         }
         self.run.point = LoopPoint::Outside;
         let row = self.run.metrics.reduce_epoch(Stage::Train);
-        if let Some(l) = &mut self.logger {
-            l.log_row(&row, epoch, self.run.log_step().max(0));
-        }
+        self.logging
+            .log_row(&row, epoch, self.run.log_step().max(0))?;
         if self.run.phase != EpochPhase::Done {
             self.run.phase = EpochPhase::Done;
             self.hooks(&*model, |cb, t| cb.on_train_epoch_end(t))?;
@@ -680,9 +678,8 @@ impl Trainer {
             .record_step(&ctx.logged, Stage::Train, batch.size());
         let step = self.run.log_step();
         if stepped && (step + 1) % self.cfg.log_every_n_steps as i64 == 0 {
-            if let Some(l) = &mut self.logger {
-                l.log_row(&self.run.metrics.step_row, self.run.epoch, step);
-            }
+            self.logging
+                .log_row(&self.run.metrics.step_row, self.run.epoch, step)?;
         }
         if idx + 1 == n {
             self.step_epoch_schedulers();

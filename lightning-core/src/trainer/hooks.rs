@@ -169,7 +169,7 @@ impl Trainer {
         if self.callbacks.is_empty() {
             return Ok(());
         }
-        let log_dir: Option<PathBuf> = self.logger.as_ref().map(|l| l.dir().to_owned());
+        let log_dir: Option<PathBuf> = self.logging.log_dir().map(Path::to_owned);
         let failures_before = self.saver.failures;
         let rank_zero = writes_files(self.world.as_deref());
         let mut result = Ok(());
@@ -195,8 +195,9 @@ impl Trainer {
             result = hook(cb.as_mut(), &mut ctx);
             stop |= handle.stop_requested;
             for (metrics, step) in std::mem::take(&mut handle.logged) {
-                if let Some(l) = &mut self.logger {
-                    l.log_metrics_at(&metrics, step);
+                let logged = self.logging.log_metrics_at(&metrics, step);
+                if result.is_ok() {
+                    result = logged;
                 }
                 self.run.metrics.callback_metrics.extend(metrics);
             }

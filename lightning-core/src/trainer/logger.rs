@@ -1,16 +1,13 @@
-//! Logged metrics: per-step values, epoch means, `callback_metrics`, and the CSV logger that
-//! writes `metrics.csv` and `hparams.yaml` into `lightning_logs/version_N` as Lightning's
-//! `CSVLogger` does: cells as Python's csv module writes `str(value)` (floats via
-//! [`crate::pyfmt::repr_float`]), `\r\n` line ends, minimal quoting.
+//! Logged metrics: per-step values, epoch means, `callback_metrics`; and the run's loggers
+//! ([`crate::loggers`]) behind Lightning's logger connector (which rows reach them, when).
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lightning_module::{Logged, Stage};
-use crate::pyfmt;
+use crate::loggers::{CsvLogger, Logger, LoggerError, Loggers, Metrics, RunStatus, Scalar};
 use crate::value::Value;
 use indexmap::IndexMap;
-use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 
 /// An epoch-mean accumulator for one metric.
 #[derive(Clone, Debug, Default)]
@@ -98,156 +95,158 @@ impl MetricStore {
     }
 }
 
-/// Lightning's `CSVLogger`: `<root>/lightning_logs/version_N/{metrics.csv,hparams.yaml}`.
-#[derive(Debug)]
-pub(crate) struct CsvLogger {
-    dir: PathBuf,
-    rows: Vec<IndexMap<String, String>>,
-    keys: BTreeSet<String>,
+/// The trainer's loggers and Lightning's logger connector in front of them: which loggers a
+/// run has (only global rank 0 logs), their directories, and the rows the connector builds
+/// (`epoch` added, a logged `step` used as the step).
+#[derive(Default)]
+pub(crate) struct Logging {
+    /// `logger=True`: a fresh [`CsvLogger`] each `fit`.
+    default_csv: bool,
+    loggers: Vec<Box<dyn Logger>>,
+    /// Whether this process logs in the current run.
+    active: bool,
 }
 
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
-}
-
-impl CsvLogger {
-    /// The next free `version_N` under `<root>/lightning_logs` (created on the first write).
-    pub fn new_version(root: &Path) -> Self {
-        let base = root.join("lightning_logs");
-        let next = match fs::read_dir(&base) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("version_")?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .max()
-                .map_or(0, |m| m + 1),
-            Err(_) => 0,
+impl Logging {
+    pub fn new(choice: Loggers) -> Self {
+        let (default_csv, loggers) = match choice {
+            Loggers::Default => (true, Vec::new()),
+            Loggers::Off => (false, Vec::new()),
+            Loggers::Given(l) => (false, l),
         };
-        let dir = base.join(format!("version_{next}"));
-        CsvLogger {
-            dir,
-            rows: Vec::new(),
-            keys: BTreeSet::new(),
+        Logging {
+            default_csv,
+            loggers,
+            active: false,
         }
     }
 
-    /// `<root>/lightning_logs/version_N`.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Adds a row as Lightning's logger connector and `CSVLogger` do: a logged `step` metric
-    /// replaces `step` (as `int(value)`) and adds no `epoch`; otherwise `epoch` is added
-    /// unless logged. Values are written as Python's `str(float)`, `epoch`/`step` as ints.
-    pub fn log_row(&mut self, metrics: &IndexMap<String, f64>, epoch: i64, step: i64) {
-        if metrics.is_empty() {
+    /// A run starts: `fit` (`new_run`: the default CSV logger starts a new version) or an
+    /// evaluation (which keeps the loggers of an earlier run). Chooses the directories (not
+    /// created yet: callbacks resolve theirs from them in `setup`); loggers sharing a
+    /// `save_dir` and name share the next free version.
+    pub fn start(&mut self, default_root_dir: &Path, rank_zero: bool, new_run: bool) {
+        if !new_run && self.active {
             return;
         }
-        let mut row: IndexMap<String, String> = metrics
+        self.active = rank_zero && (self.default_csv || !self.loggers.is_empty());
+        if !self.active {
+            return;
+        }
+        if self.default_csv && (new_run || self.loggers.is_empty()) {
+            self.loggers = vec![Box::new(CsvLogger::default())];
+        }
+        let mut chosen = HashMap::new();
+        for l in &mut self.loggers {
+            if let Some(loc) = l.location_mut() {
+                loc.resolve(default_root_dir, &mut chosen);
+            }
+        }
+    }
+
+    /// The first logger's directory (`trainer.log_dir`).
+    pub fn log_dir(&self) -> Option<&Path> {
+        match self.active {
+            true => self.loggers.iter().find_map(|l| l.log_dir()),
+            false => None,
+        }
+    }
+
+    fn each(
+        &mut self,
+        mut f: impl FnMut(&mut dyn Logger) -> Result<(), LoggerError>,
+    ) -> Result<()> {
+        if !self.active {
+            return Ok(());
+        }
+        for l in &mut self.loggers {
+            f(l.as_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Sends a row as Lightning's logger connector does: a logged `step` metric replaces
+    /// `step` (as `int(value)`) and adds no `epoch`; otherwise `epoch` is added unless logged.
+    pub fn log_row(
+        &mut self,
+        metrics: &IndexMap<String, f64>,
+        epoch: i64,
+        step: i64,
+    ) -> Result<()> {
+        if metrics.is_empty() {
+            return Ok(());
+        }
+        let mut row: Metrics = metrics
             .iter()
             .filter(|(k, _)| *k != "step")
-            .map(|(k, v)| (k.clone(), pyfmt::repr_float(*v)))
+            .map(|(k, v)| (k.clone(), Scalar::Float(*v)))
             .collect();
         let step = match metrics.get("step") {
             // Python's `int(float)`, truncating toward zero (a NaN or infinite step raises
             // there; here it saturates).
             Some(s) => *s as i64,
             None => {
-                row.entry("epoch".into()).or_insert(epoch.to_string());
+                row.entry("epoch".into()).or_insert(Scalar::Int(epoch));
                 step
             }
         };
-        row.insert("step".into(), step.to_string());
-        self.keys.extend(row.keys().cloned());
-        self.rows.push(row);
+        self.each(|l| l.log_metrics(&row, step))
     }
 
-    /// Adds a row as `logger.log_metrics(metrics, step=step)` does: the metrics and `step`,
+    /// Sends metrics as `logger.log_metrics(metrics, step=step)` does: the metrics and `step`,
     /// no `epoch` (Lightning's evaluation step metrics and `LearningRateMonitor`).
-    pub fn log_metrics_at(&mut self, metrics: &IndexMap<String, f64>, step: i64) {
+    pub fn log_metrics_at(&mut self, metrics: &IndexMap<String, f64>, step: i64) -> Result<()> {
         if metrics.is_empty() {
-            return;
-        }
-        let mut row: IndexMap<String, String> = metrics
-            .iter()
-            .map(|(k, v)| (k.clone(), pyfmt::repr_float(*v)))
-            .collect();
-        row.insert("step".into(), step.to_string());
-        self.keys.extend(row.keys().cloned());
-        self.rows.push(row);
-    }
-
-    /// Writes `metrics.csv` (header: every key seen, sorted, as CSVLogger).
-    pub fn save(&self) -> Result<()> {
-        if self.rows.is_empty() {
             return Ok(());
         }
-        let mut out = String::new();
-        out.push_str(
-            &self
-                .keys
-                .iter()
-                .map(|k| csv_field(k))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push_str(CSV_LINE_END);
-        for row in &self.rows {
-            let cells: Vec<String> = self
-                .keys
-                .iter()
-                .map(|k| row.get(k).map(|v| csv_field(v)).unwrap_or_default())
-                .collect();
-            out.push_str(&cells.join(","));
-            out.push_str(CSV_LINE_END);
-        }
-        self.create_dir()?;
-        let path = self.dir.join("metrics.csv");
-        fs::write(&path, out).map_err(io_err(format!("writing {}", path.display())))
+        let row: Metrics = metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), Scalar::Float(*v)))
+            .collect();
+        self.each(|l| l.log_metrics(&row, step))
     }
 
-    fn create_dir(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(io_err(format!(
-            "creating log directory {}",
-            self.dir.display()
-        )))
+    /// Lightning's `_log_hyperparams`: every logger's `log_hyperparams`, then `save`.
+    pub fn log_hyperparams(&mut self, hparams: &Value) -> Result<()> {
+        self.each(|l| {
+            l.log_hyperparams(hparams)?;
+            l.save()
+        })
     }
 
-    /// Writes `hparams.yaml`.
-    pub fn log_hparams(&self, hparams: &Value) -> Result<()> {
-        self.create_dir()?;
-        let path = self.dir.join("hparams.yaml");
-        let text = if hparams.as_dict().is_some_and(|d| d.is_empty()) {
-            "{}\n".to_owned()
-        } else {
-            crate::hparams::to_yaml(hparams)
-        };
-        fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))
+    pub fn save(&mut self) -> Result<()> {
+        self.each(|l| l.save())
     }
-}
 
-/// The line end of Python's csv module (`excel` dialect), which `CSVLogger` uses.
-const CSV_LINE_END: &str = "\r\n";
-
-/// A cell as Python's csv module writes it with `QUOTE_MINIMAL`: quoted (with `"` doubled)
-/// when it holds the delimiter, the quote or a line-end character.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
+    /// The run ended: every logger's `finalize` (all of them, the first error returned).
+    pub fn finalize(&mut self, status: RunStatus) -> Result<()> {
+        let mut first = Ok(());
+        let _ = self.each(|l| {
+            if let Err(e) = l.finalize(status) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+            Ok(())
+        });
+        first.map_err(Into::into)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn csv_run(dir: &Path) -> Logging {
+        let mut l = Logging::new(Loggers::Default);
+        l.start(dir, true, true);
+        l
+    }
+
+    fn read_csv(l: &Logging) -> String {
+        fs::read_to_string(l.log_dir().unwrap().join("metrics.csv")).unwrap()
+    }
 
     fn logged(name: &str, value: f64, on_step: bool, on_epoch: bool) -> Logged {
         Logged {
@@ -276,15 +275,17 @@ mod tests {
     #[test]
     fn csv_has_sorted_header_and_python_floats() {
         let dir = tempfile::tempdir().unwrap();
-        let mut l = CsvLogger::new_version(dir.path());
-        assert!(l.dir().ends_with("lightning_logs/version_0"));
-        l.log_row(&[("val_loss".to_string(), 1.0)].into_iter().collect(), 0, 3);
-        l.log_row(&[("a".to_string(), 0.5)].into_iter().collect(), 1, 7);
+        let mut l = csv_run(dir.path());
+        assert!(l.log_dir().unwrap().ends_with("lightning_logs/version_0"));
+        l.log_row(&[("val_loss".to_string(), 1.0)].into_iter().collect(), 0, 3)
+            .unwrap();
+        l.log_row(&[("a".to_string(), 0.5)].into_iter().collect(), 1, 7)
+            .unwrap();
         l.save().unwrap();
-        let text = fs::read_to_string(l.dir().join("metrics.csv")).unwrap();
+        let text = read_csv(&l);
         assert_eq!(text, "a,epoch,step,val_loss\r\n,0,3,1.0\r\n0.5,1,7,\r\n");
-        let l2 = CsvLogger::new_version(dir.path());
-        assert!(l2.dir().ends_with("version_1"));
+        let l2 = csv_run(dir.path());
+        assert!(l2.log_dir().unwrap().ends_with("version_1"));
     }
 
     /// `metrics.csv` cells for a set of floats, as CPython 3.11's csv module writes `str(x)`
@@ -312,12 +313,13 @@ mod tests {
             (f64::from(0.1f32), "0.10000000149011612"),
         ];
         let dir = tempfile::tempdir().unwrap();
-        let mut l = CsvLogger::new_version(dir.path());
+        let mut l = csv_run(dir.path());
         for (x, _) in cases {
-            l.log_row(&[("a".to_string(), *x)].into_iter().collect(), 0, 1);
+            l.log_row(&[("a".to_string(), *x)].into_iter().collect(), 0, 1)
+                .unwrap();
         }
         l.save().unwrap();
-        let text = fs::read_to_string(l.dir().join("metrics.csv")).unwrap();
+        let text = read_csv(&l);
         let mut want = String::from("a,epoch,step\r\n");
         for (_, s) in cases {
             want.push_str(&format!("{s},0,1\r\n"));
@@ -330,16 +332,19 @@ mod tests {
     #[test]
     fn logged_step_and_epoch_and_quoting_follow_lightning() {
         let dir = tempfile::tempdir().unwrap();
-        let mut l = CsvLogger::new_version(dir.path());
-        l.log_row(&[("step".to_string(), 7.9)].into_iter().collect(), 3, 100);
-        l.log_row(&[("epoch".to_string(), 2.0)].into_iter().collect(), 3, 101);
+        let mut l = csv_run(dir.path());
+        l.log_row(&[("step".to_string(), 7.9)].into_iter().collect(), 3, 100)
+            .unwrap();
+        l.log_row(&[("epoch".to_string(), 2.0)].into_iter().collect(), 3, 101)
+            .unwrap();
         l.log_row(
             &[("a,\"b\"".to_string(), 0.5)].into_iter().collect(),
             3,
             102,
-        );
+        )
+        .unwrap();
         l.save().unwrap();
-        let text = fs::read_to_string(l.dir().join("metrics.csv")).unwrap();
+        let text = read_csv(&l);
         assert_eq!(
             text,
             "\"a,\"\"b\"\"\",epoch,step\r\n,,7\r\n,2.0,101\r\n0.5,3,102\r\n"

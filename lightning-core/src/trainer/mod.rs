@@ -92,7 +92,8 @@ pub struct Trainer {
     saver: saver::Saver,
     /// The optimizer and schedulers of the last `fit` (kept for `save_checkpoint`).
     optim: Option<OptimizerConfig>,
-    logger: Option<logger::CsvLogger>,
+    /// The loggers (`logger` setting) and the connector in front of them.
+    logging: logger::Logging,
     /// The distributed job (`strategy="ddp"`), once a `fit` joined it.
     world: Option<std::sync::Arc<ddp::World>>,
     /// DDP around the module during a `fit`.
@@ -100,14 +101,18 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    fn new(cfg: TrainerConfig, callbacks: Vec<Box<dyn Callback>>) -> Self {
+    fn new(
+        cfg: TrainerConfig,
+        callbacks: Vec<Box<dyn Callback>>,
+        loggers: crate::loggers::Loggers,
+    ) -> Self {
         Trainer {
             cfg,
             callbacks,
             run: RunState::default(),
             saver: saver::Saver::default(),
             optim: None,
-            logger: None,
+            logging: logger::Logging::new(loggers),
             world: None,
             ddp: None,
         }
@@ -138,9 +143,10 @@ impl Trainer {
         &self.run.metrics.callback_metrics
     }
 
-    /// The log directory of the last run (`<root>/lightning_logs/version_N`).
+    /// The log directory of the last run (`<root>/lightning_logs/version_N`): the first
+    /// logger's, as Lightning's `trainer.log_dir`.
     pub fn log_dir(&self) -> Option<&Path> {
-        self.logger.as_ref().map(|l| l.dir())
+        self.logging.log_dir()
     }
 
     /// The checkpoint the last `fit` resumed from (a path or URL), if it resumed.

@@ -74,7 +74,7 @@ impl TrainerHandle for FakeIo {
             self.queued.push(action);
             Ok(())
         } else {
-            Ok(action.apply()?)
+            Ok(action.apply(&crate::storage::DefaultCheckpointIO)?)
         }
     }
     fn request_stop(&mut self) {
@@ -129,7 +129,7 @@ impl FakeTrainer {
     pub fn finish_in_flight(&mut self) {
         self.io.in_flight = false;
         for a in std::mem::take(&mut self.io.queued) {
-            a.apply().unwrap();
+            a.apply(&crate::storage::DefaultCheckpointIO).unwrap();
         }
     }
 
