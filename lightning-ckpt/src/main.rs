@@ -464,7 +464,23 @@ fn diff(a: &Path, b: &Path, atol: f64) -> Result<bool> {
     Ok(differ)
 }
 
+/// `lightning-ckpt: what: cause: cause`, each cause once (a checkpoint error's text already
+/// ends with the OS error it carries as its source).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.ends_with(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
+}
+
 fn main() {
+    // Output piped into `head` ends quietly, as other command-line tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match &cli.cmd {
         Cmd::Inspect { file, json, values } => {
@@ -479,7 +495,7 @@ fn main() {
         },
     };
     if let Err(e) = result {
-        eprintln!("lightning-ckpt: {e:#}");
+        eprintln!("lightning-ckpt: {}", error_text(&e));
         std::process::exit(2);
     }
 }
