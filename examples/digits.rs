@@ -140,8 +140,8 @@ struct Args {
     #[arg(long, global = true, default_value_t = 12)]
     max_epochs: i64,
     /// Root directory for logs (`lightning_logs/version_N`) and `checkpoints/`; or an
-    /// object-storage URL (`s3://bucket/prefix`, `gs://`, `az://`) for the checkpoints (logs
-    /// then go to `./lightning_logs`), with credentials and endpoint from the environment
+    /// object-storage URL (`s3://bucket/prefix`, `gs://`, `az://`; the logs are uploaded there
+    /// too), with credentials and endpoint from the environment
     /// (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_REGION`).
     #[arg(long, global = true, default_value = "runs/digits")]

@@ -10,6 +10,8 @@
 //!   stays whole.
 //! - the server disappears mid-upload: training stops with an error naming the URL.
 //! - wrong credentials: a clear error naming the URL.
+//! - an `s3://` `default_root_dir`: logs (CSV, TensorBoard) uploaded under
+//!   `lightning_logs/version_N` (numbered from the bucket), default checkpoints beside them.
 //!
 //! The scenarios that kill something run in a child process: this test binary itself, with
 //! [`CHILD`] naming what to do (each child under a watchdog).
@@ -18,6 +20,7 @@ mod trainer_util;
 
 use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
 use lightning_core::checkpoint::{self, schema::RESUME_KEY};
+use lightning_core::loggers::{CsvLogger, TensorBoardLogger};
 use lightning_core::prelude::*;
 use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
 use lightning_core::trainer::{CkptPath, Trainer, TrainerBuilder};
@@ -369,4 +372,53 @@ fn wrong_credentials_are_a_clear_error_naming_the_url() {
         text.contains("InvalidAccessKeyId") || text.contains("403"),
         "says the key is refused: {text}"
     );
+}
+
+#[test]
+fn an_object_storage_root_holds_the_logs_and_the_default_checkpoints() {
+    let Some(moto) = shared_moto() else { return };
+    moto.create_bucket("root");
+    let root = "s3://root/exp";
+    for run in 0..2 {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = Trainer::builder()
+            .enable_progress_bar(false)
+            .enable_model_summary(false)
+            .seed(11)
+            .default_root_dir(root)
+            .logger((TensorBoardLogger::default(), CsvLogger::default()))
+            .max_epochs(2)
+            .build()
+            .unwrap();
+        t.fit(&mut m, &data(40, 8, true), None).unwrap();
+        // versions are numbered from what the bucket holds
+        let log_dir = format!("{root}/lightning_logs/version_{run}");
+        assert_eq!(t.log_dir(), Some(PathBuf::from(&log_dir)));
+        let mut files = names(&log_dir);
+        files.retain(|f| !f.starts_with("events.out.tfevents."));
+        assert_eq!(files, ["hparams.yaml", "metrics.csv"], "{log_dir}");
+        assert_eq!(
+            DefaultCheckpointIO
+                .list(Path::new(&log_dir))
+                .unwrap()
+                .iter()
+                .filter(|f| f.path.to_string_lossy().contains("events.out.tfevents."))
+                .count(),
+            1,
+            "one TensorBoard event file"
+        );
+        let csv =
+            lightning_core::storage::read(Path::new(&format!("{log_dir}/metrics.csv"))).unwrap();
+        let csv = String::from_utf8(csv).unwrap();
+        assert!(csv.starts_with("epoch,"), "{csv}");
+        assert!(
+            csv.lines().count() >= 3,
+            "a header and a row per epoch: {csv}"
+        );
+        // the default ModelCheckpoint writes to <log_dir>/checkpoints (Lightning's rule)
+        assert_eq!(
+            names(&format!("{log_dir}/checkpoints")),
+            ["epoch=1-step=8.ckpt"]
+        );
+    }
 }

@@ -34,6 +34,9 @@ pub enum LoggerError {
         #[source]
         source: std::io::Error,
     },
+    /// Uploading log files to object storage failed (the local copies are kept).
+    #[error("uploading logs: {0}")]
+    Upload(#[source] crate::checkpoint::CheckpointError),
     /// The logger was written to before its directory was chosen (the trainer chooses it when
     /// a run starts, or call [`LogLocation::resolve`]).
     #[error("{logger}: no log directory yet (the trainer chooses it when a run starts)")]
@@ -240,23 +243,15 @@ impl LogLocation {
 }
 
 /// The next free version under `root` (Lightning's `_get_next_version`): one more than the
-/// largest `N` of the `version_N` directories there, 0 when there are none.
+/// largest `N` of the `version_N` directories there, 0 when there are none. `root` may be an
+/// object-storage URL (its `version_N/` prefixes count).
 pub fn next_version(root: &Path) -> u64 {
-    match fs::read_dir(root) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_prefix("version_")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max()
-            .map_or(0, |m| m + 1),
-        Err(_) => 0,
-    }
+    crate::storage::list_dirs(root)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|name| name.strip_prefix("version_")?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |m| m + 1)
 }
 
 /// Lightning's `Logger`: what the trainer calls with hyperparameters and metrics. Only

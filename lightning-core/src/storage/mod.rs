@@ -214,6 +214,23 @@ pub fn copy(from: &Path, to: &Path) -> Result<(), CheckpointError> {
     }
 }
 
+/// The names of the "folders" directly in `dir` (object-key prefixes for a URL, directories
+/// for a local path); none when `dir` does not exist.
+pub fn list_dirs(dir: &Path) -> Result<Vec<String>, CheckpointError> {
+    if is_url(dir) {
+        return object::list_dirs(dir);
+    }
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(CheckpointError::io(dir, e)),
+    }
+}
+
 /// Reads a whole file or object (hparams files, configs).
 pub fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     if is_url(path) {

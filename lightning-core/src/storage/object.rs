@@ -475,6 +475,21 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<Listed>, CheckpointError> {
         .collect())
 }
 
+/// The names of the prefixes ("folders") directly under `dir`.
+pub(crate) fn list_dirs(dir: &Path) -> Result<Vec<String>, CheckpointError> {
+    let loc = locate(dir)?;
+    let store = store_for(dir, &loc)?;
+    let prefix = (loc.key.as_ref() != "").then_some(&loc.key);
+    let listing = block_on(async { store.list_with_delimiter(prefix).await })
+        .map_err(|e| runtime_err(dir, e))?
+        .map_err(|e| remote(dir, "listing", e))?;
+    Ok(listing
+        .common_prefixes
+        .into_iter()
+        .filter_map(|p| p.filename().map(str::to_owned))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,7 +123,8 @@ impl Trainer {
         self.run.eval_batches_seen = 0;
         self.run.datamodule = data.named_state().cloned();
         let rank_zero = self.is_global_zero();
-        self.logging.start(&self.log_root(), rank_zero, false);
+        self.logging
+            .start(&self.cfg.default_root_dir, rank_zero, false)?;
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         if let Some(p) = ckpt_path {
             if let Some(path) = self.resolve_ckpt(&p)? {

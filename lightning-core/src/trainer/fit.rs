@@ -158,22 +158,6 @@ fn check_optimization(cfg: &super::TrainerConfig, manual: bool, optimizers: usiz
 }
 
 impl Trainer {
-    /// Where loggers write: `default_root_dir`, or the current directory when that is an
-    /// object-storage URL (logs are local files; checkpoints go to the URL).
-    pub(super) fn log_root(&self) -> PathBuf {
-        let root = &self.cfg.default_root_dir;
-        if crate::storage::is_url(root) {
-            tracing::info!(
-                "default_root_dir {} is object storage: checkpoints go there, logs to ./lightning_logs",
-                root.display()
-            );
-            return PathBuf::from(".");
-        }
-        root.clone()
-    }
-}
-
-impl Trainer {
     /// Resolves `ckpt_path` to a file; `None` for `Last` with nothing saved yet (warned).
     pub(crate) fn resolve_ckpt(&self, ckpt_path: &CkptPath) -> Result<Option<PathBuf>> {
         let path = match ckpt_path {
@@ -307,8 +291,8 @@ impl Trainer {
         // directories from it in `setup`, before `ckpt_path = Last` searches them.
         self.world = world.as_ref().map(|(w, _)| w.clone());
         let rank_zero = self.is_global_zero();
-        let log_root = self.log_root();
-        self.logging.start(&log_root, rank_zero, true);
+        self.logging
+            .start(&self.cfg.default_root_dir, rank_zero, true)?;
         self.hooks(&*model, |cb, t| cb.setup(t))?;
         let resume = match &ckpt_path {
             Some(p) => self

@@ -169,7 +169,7 @@ impl Trainer {
         if self.callbacks.is_empty() {
             return Ok(());
         }
-        let log_dir: Option<PathBuf> = self.logging.log_dir().map(Path::to_owned);
+        let log_dir: Option<PathBuf> = self.logging.log_dir();
         let failures_before = self.saver.failures;
         let rank_zero = writes_files(self.world.as_deref());
         let mut result = Ok(());

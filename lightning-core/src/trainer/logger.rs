@@ -3,11 +3,13 @@
 
 use crate::error::Result;
 use crate::lightning_module::{Logged, Stage};
-use crate::loggers::{CsvLogger, Logger, LoggerError, Loggers, Metrics, RunStatus, Scalar};
+use crate::loggers::{
+    next_version, CsvLogger, Logger, LoggerError, Loggers, Metrics, RunStatus, Scalar,
+};
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// An epoch-mean accumulator for one metric.
 #[derive(Clone, Debug, Default)]
@@ -98,6 +100,12 @@ impl MetricStore {
 /// The trainer's loggers and Lightning's logger connector in front of them: which loggers a
 /// run has (only global rank 0 logs), their directories, and the rows the connector builds
 /// (`epoch` added, a logged `step` used as the step).
+///
+/// When `default_root_dir` is object storage (`s3://...`), loggers that take the default save
+/// directory write into a local staging directory and every `save`/`finalize` uploads what
+/// changed to `<root>/<name>/version_N/` (versions numbered from what the bucket holds), so
+/// the run's logs and its default checkpoint folder (`<log_dir>/checkpoints`) are there, as
+/// with Lightning's fsspec paths.
 #[derive(Default)]
 pub(crate) struct Logging {
     /// `logger=True`: a fresh [`CsvLogger`] each `fit`.
@@ -105,6 +113,54 @@ pub(crate) struct Logging {
     loggers: Vec<Box<dyn Logger>>,
     /// Whether this process logs in the current run.
     active: bool,
+    /// Local staging of logs bound for object storage.
+    mirror: Option<Mirror>,
+}
+
+/// Local staging of the logs of a run whose root is object storage.
+struct Mirror {
+    staging: tempfile::TempDir,
+    remote: PathBuf,
+    /// What was uploaded: file -> (modified, length).
+    uploaded: HashMap<PathBuf, (std::time::SystemTime, u64)>,
+}
+
+impl Mirror {
+    /// The remote path of a local path under the staging directory.
+    fn remote_of(&self, local: &Path) -> Option<PathBuf> {
+        let rel = local.strip_prefix(self.staging.path()).ok()?;
+        Some(match rel.as_os_str().is_empty() {
+            true => self.remote.clone(),
+            false => self.remote.join(rel),
+        })
+    }
+
+    /// Uploads every staged file that changed since its last upload.
+    fn sync(&mut self) -> Result<(), LoggerError> {
+        let mut stack = vec![self.staging.path().to_owned()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(crate::loggers::io_err(format!("listing {}", dir.display())))?;
+            for e in entries.flatten() {
+                let path = e.path();
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+                if self.uploaded.get(&path) == Some(&stamp) {
+                    continue;
+                }
+                let Some(url) = self.remote_of(&path) else {
+                    continue;
+                };
+                crate::storage::copy(&path, &url).map_err(LoggerError::Upload)?;
+                self.uploaded.insert(path, stamp);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Logging {
@@ -118,6 +174,7 @@ impl Logging {
             default_csv,
             loggers,
             active: false,
+            mirror: None,
         }
     }
 
@@ -125,30 +182,76 @@ impl Logging {
     /// evaluation (which keeps the loggers of an earlier run). Chooses the directories (not
     /// created yet: callbacks resolve theirs from them in `setup`); loggers sharing a
     /// `save_dir` and name share the next free version.
-    pub fn start(&mut self, default_root_dir: &Path, rank_zero: bool, new_run: bool) {
+    pub fn start(&mut self, default_root_dir: &Path, rank_zero: bool, new_run: bool) -> Result<()> {
         if !new_run && self.active {
-            return;
+            return Ok(());
         }
         self.active = rank_zero && (self.default_csv || !self.loggers.is_empty());
         if !self.active {
-            return;
+            return Ok(());
         }
         if self.default_csv && (new_run || self.loggers.is_empty()) {
             self.loggers = vec![Box::new(CsvLogger::default())];
         }
         let mut chosen = HashMap::new();
+        if crate::storage::is_url(default_root_dir) && (new_run || self.mirror.is_none()) {
+            let staging = tempfile::Builder::new()
+                .prefix("lightning-rs-logs-")
+                .tempdir()
+                .map_err(crate::loggers::io_err(
+                    "creating a local staging directory for the logs".into(),
+                ))
+                .map_err(crate::Error::from)?;
+            // versions are numbered from what the bucket holds
+            for l in &mut self.loggers {
+                if let Some(loc) = l.location_mut() {
+                    if loc.save_dir().is_none() && loc.version().is_none() {
+                        let name = loc.name().to_owned();
+                        let local = staging.path().join(&name);
+                        chosen
+                            .entry(local)
+                            .or_insert_with(|| next_version(&default_root_dir.join(&name)));
+                    }
+                }
+            }
+            self.mirror = Some(Mirror {
+                staging,
+                remote: default_root_dir.to_owned(),
+                uploaded: HashMap::new(),
+            });
+        }
+        let save_dir = match &self.mirror {
+            Some(m) => m.staging.path().to_owned(),
+            None => default_root_dir.to_owned(),
+        };
         for l in &mut self.loggers {
             if let Some(loc) = l.location_mut() {
-                loc.resolve(default_root_dir, &mut chosen);
+                loc.resolve(&save_dir, &mut chosen);
             }
         }
+        Ok(())
     }
 
-    /// The first logger's directory (`trainer.log_dir`).
-    pub fn log_dir(&self) -> Option<&Path> {
-        match self.active {
-            true => self.loggers.iter().find_map(|l| l.log_dir()),
-            false => None,
+    /// The first logger's directory (`trainer.log_dir`; its object-storage URL when the logs
+    /// are mirrored there).
+    pub fn log_dir(&self) -> Option<PathBuf> {
+        if !self.active {
+            return None;
+        }
+        let dir = self.loggers.iter().find_map(|l| l.log_dir())?;
+        Some(
+            self.mirror
+                .as_ref()
+                .and_then(|m| m.remote_of(dir))
+                .unwrap_or_else(|| dir.to_owned()),
+        )
+    }
+
+    /// Uploads mirrored logs that changed.
+    fn sync(&mut self) -> Result<()> {
+        match (&mut self.mirror, self.active) {
+            (Some(m), true) => m.sync().map_err(Into::into),
+            _ => Ok(()),
         }
     }
 
@@ -211,11 +314,13 @@ impl Logging {
         self.each(|l| {
             l.log_hyperparams(hparams)?;
             l.save()
-        })
+        })?;
+        self.sync()
     }
 
     pub fn save(&mut self) -> Result<()> {
-        self.each(|l| l.save())
+        self.each(|l| l.save())?;
+        self.sync()
     }
 
     /// The run ended: every logger's `finalize` (all of them, the first error returned).
@@ -229,7 +334,8 @@ impl Logging {
             }
             Ok(())
         });
-        first.map_err(Into::into)
+        first?;
+        self.sync()
     }
 }
 
@@ -240,7 +346,7 @@ mod tests {
 
     fn csv_run(dir: &Path) -> Logging {
         let mut l = Logging::new(Loggers::Default);
-        l.start(dir, true, true);
+        l.start(dir, true, true).unwrap();
         l
     }
 

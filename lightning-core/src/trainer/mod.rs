@@ -144,8 +144,9 @@ impl Trainer {
     }
 
     /// The log directory of the last run (`<root>/lightning_logs/version_N`): the first
-    /// logger's, as Lightning's `trainer.log_dir`.
-    pub fn log_dir(&self) -> Option<&Path> {
+    /// logger's, as Lightning's `trainer.log_dir` (a URL when `default_root_dir` is object
+    /// storage: the logs are uploaded there).
+    pub fn log_dir(&self) -> Option<PathBuf> {
         self.logging.log_dir()
     }
 

@@ -284,15 +284,14 @@ impl ModelCheckpoint {
     }
 
     /// Lightning's `__resolve_ckpt_dir`: the given dirpath, else `<log_dir>/checkpoints`, else
-    /// `<default_root_dir>/checkpoints`. With an object-storage root (`s3://...`) the logs stay
-    /// local, so the checkpoints go to `<default_root_dir>/checkpoints`.
+    /// `<default_root_dir>/checkpoints`.
     fn resolve_dir(&self, t: &TrainerContext<'_>) -> PathBuf {
         if let Some(d) = &self.dirpath {
             return d.clone();
         }
         match t.run.log_dir {
-            Some(log) if !crate::storage::is_url(t.run.default_root_dir) => log.join("checkpoints"),
-            _ => t.run.default_root_dir.join("checkpoints"),
+            Some(log) => log.join("checkpoints"),
+            None => t.run.default_root_dir.join("checkpoints"),
         }
     }
 
