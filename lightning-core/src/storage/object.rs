@@ -12,6 +12,8 @@
 //!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
 //!   `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...), one per
 //!   bucket, kept for the life of the process.
+//! - Every call blocks the calling thread until the store answers (on a shared runtime of
+//!   two threads); from async code, call them through `spawn_blocking`.
 
 use crate::checkpoint::CheckpointError;
 use bytes::Bytes;
@@ -224,7 +226,6 @@ struct Uploader {
     part: usize,
     buf: Vec<u8>,
     upload: Option<WriteMultipart>,
-    written: u64,
 }
 
 impl Uploader {
@@ -289,7 +290,6 @@ impl Write for Uploader {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = data.len().min(self.part - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        self.written += n as u64;
         if self.buf.len() == self.part {
             self.flush_part()?;
         }
@@ -320,7 +320,6 @@ pub(crate) fn upload(
                 .max(1 << 16),
         ),
         upload: None,
-        written: 0,
     };
     match write(&mut up) {
         Ok(_) => up
@@ -357,7 +356,6 @@ pub(crate) fn download(path: &Path) -> Result<File, CheckpointError> {
     let r = block_on(async {
         let meta = store.head(&key).await?;
         let len = meta.size;
-        // SAFETY-free: set_len on a memfd only sizes the anonymous file.
         file.set_len(len)
             .map_err(|e| object_store::Error::Generic {
                 store: "memfd",
@@ -456,14 +454,20 @@ pub(crate) struct Listed {
     pub size: u64,
 }
 
-/// The objects directly under the "folder" `dir` (not recursively).
-pub(crate) fn list(dir: &Path) -> Result<Vec<Listed>, CheckpointError> {
+/// One level of the listing of the "folder" `dir`: its store and what it holds.
+fn listing(dir: &Path) -> Result<(Location, object_store::ListResult), CheckpointError> {
     let loc = locate(dir)?;
     let store = store_for(dir, &loc)?;
     let prefix = (loc.key.as_ref() != "").then_some(&loc.key);
     let listing = block_on(async { store.list_with_delimiter(prefix).await })
         .map_err(|e| runtime_err(dir, e))?
         .map_err(|e| remote(dir, "listing", e))?;
+    Ok((loc, listing))
+}
+
+/// The objects directly under the "folder" `dir` (not recursively).
+pub(crate) fn list(dir: &Path) -> Result<Vec<Listed>, CheckpointError> {
+    let (loc, listing) = listing(dir)?;
     Ok(listing
         .objects
         .into_iter()
@@ -477,12 +481,7 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<Listed>, CheckpointError> {
 
 /// The names of the prefixes ("folders") directly under `dir`.
 pub(crate) fn list_dirs(dir: &Path) -> Result<Vec<String>, CheckpointError> {
-    let loc = locate(dir)?;
-    let store = store_for(dir, &loc)?;
-    let prefix = (loc.key.as_ref() != "").then_some(&loc.key);
-    let listing = block_on(async { store.list_with_delimiter(prefix).await })
-        .map_err(|e| runtime_err(dir, e))?
-        .map_err(|e| remote(dir, "listing", e))?;
+    let (_, listing) = listing(dir)?;
     Ok(listing
         .common_prefixes
         .into_iter()
