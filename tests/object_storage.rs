@@ -99,6 +99,7 @@ fn names(dir: &str) -> Vec<String> {
 /// Four epochs straight vs two + `ckpt_path=last` from `dir` (a URL): the same final state
 /// as a local run; top-k keeps two files plus `last`; the files load from the URL.
 fn fit_and_resume_on(dir: &str, last: SaveLast) {
+    let _serial = trainer_util::serial(); // libtorch's RNG is process-global
     let local = tempfile::tempdir().unwrap();
     let straight = {
         let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
@@ -142,6 +143,17 @@ fn fit_and_resume_on(dir: &str, last: SaveLast) {
     assert_eq!(last.get("epoch").and_then(Value::as_i64), Some(3));
     let m = Tiny::load_from_checkpoint(format!("{dir}/last.ckpt")).unwrap();
     assert_eq!(m.hparams().hidden, TinyHp::default().hidden);
+    // an hparams file on the store replaces the saved hyperparameters, as a local one does
+    let yaml = local.path().join("hp.yaml");
+    std::fs::write(&yaml, "hidden: 8\nlr: 0.25\n").unwrap();
+    let url = PathBuf::from(format!("{dir}/hp.yaml"));
+    lightning_core::storage::copy(&yaml, &url).unwrap();
+    let m = Tiny::loader(format!("{dir}/last.ckpt"))
+        .hparams_file(&url)
+        .load()
+        .unwrap();
+    assert_eq!(m.hparams().lr, 0.25);
+    DefaultCheckpointIO.remove_checkpoint(&url).unwrap();
 }
 
 #[test]
@@ -379,6 +391,7 @@ fn an_object_storage_root_holds_the_logs_and_the_default_checkpoints() {
     let Some(moto) = shared_moto() else { return };
     moto.create_bucket("root");
     let root = "s3://root/exp";
+    let _serial = trainer_util::serial();
     for run in 0..2 {
         let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
         let mut t = Trainer::builder()
