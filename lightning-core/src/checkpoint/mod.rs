@@ -543,7 +543,15 @@ pub struct VerifyReport {
 /// pickle, and every tensor's storage and geometry, in constant memory (tensor data is
 /// checksummed in 1 MiB chunks, not loaded).
 pub fn verify(path: &Path) -> Result<VerifyReport, CheckpointError> {
-    let zip = ZipReader::open(path)?;
+    verify_zip(path, ZipReader::open(path)?)
+}
+
+/// [`verify`] on an opened file (a download of the object at `path`).
+pub(crate) fn verify_file(path: &Path, file: File) -> Result<VerifyReport, CheckpointError> {
+    verify_zip(path, ZipReader::from_file(path, file)?)
+}
+
+fn verify_zip(path: &Path, zip: ZipReader) -> Result<VerifyReport, CheckpointError> {
     for e in zip.entries() {
         zip.check_entry(e)?;
     }

@@ -228,7 +228,11 @@ fn le64(b: &[u8], at: usize) -> u64 {
 impl ZipReader {
     /// Opens `path` and reads its directory (a URL is downloaded into memory first).
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let file = crate::storage::open_for_read(path)?;
+        Self::from_file(path, crate::storage::open_for_read(path)?)
+    }
+
+    /// Reads the directory of `file`, opened from `path` (named in errors).
+    pub fn from_file(path: &Path, file: File) -> Result<Self, CheckpointError> {
         let len = file
             .metadata()
             .map_err(|e| CheckpointError::io(path, e))?

@@ -173,7 +173,16 @@ impl CheckpointIO for DefaultCheckpointIO {
         crate::callbacks::link_checkpoint(target, link)
     }
 
+    /// Reads the file back completely. An object's bytes are kept for the load that follows
+    /// (the resume after `ckpt_path="last"` picks it), so it is downloaded once.
     fn verify(&self, path: &Path) -> Result<(), CheckpointError> {
+        if is_url(path) {
+            let (file, version) = object::download_version(path)?;
+            let kept = file.try_clone().map_err(|e| CheckpointError::io(path, e))?;
+            checkpoint::verify_file(path, file)?;
+            object::keep(path, version, kept);
+            return Ok(());
+        }
         checkpoint::verify(path).map(drop)
     }
 

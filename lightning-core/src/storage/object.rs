@@ -349,28 +349,78 @@ fn memfd(path: &Path) -> Result<File, CheckpointError> {
     Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Which version of an object a download holds (its ETag and size).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ObjectVersion {
+    e_tag: Option<String>,
+    size: u64,
+}
+
+/// A download kept for the load that follows its check (see [`keep`]).
+static KEPT: Mutex<Option<(PathBuf, ObjectVersion, File)>> = Mutex::new(None);
+
+/// Full downloads made so far (the tests count them).
+pub(crate) static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Keeps a verified download of `path` for the next download of the same version (the
+/// resume that follows the `last` search reads it without fetching it again). One object is
+/// kept at a time; the next download of any object takes or drops it.
+pub(crate) fn keep(path: &Path, version: ObjectVersion, file: File) {
+    let mut k = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    *k = Some((path.to_owned(), version, file));
+}
+
 /// Downloads the object at `path` into an in-memory file (parallel ranged `GET`s).
 pub(crate) fn download(path: &Path) -> Result<File, CheckpointError> {
+    download_version(path).map(|(f, _)| f)
+}
+
+/// [`download`], and which version of the object it holds. Every range asks for the same
+/// version (`If-Match` its ETag), so an object replaced during the download is an error,
+/// never a mix of two files.
+pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), CheckpointError> {
     let (store, key) = open(path)?;
+    let not_found = |e: object_store::Error| match e {
+        object_store::Error::NotFound { .. } => CheckpointError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such object"),
+        ),
+        e => remote(path, "downloading the checkpoint", e),
+    };
+    let meta = block_on(async { store.head(&key).await })
+        .map_err(|e| runtime_err(path, e))?
+        .map_err(not_found)?;
+    let version = ObjectVersion {
+        e_tag: meta.e_tag.clone(),
+        size: meta.size,
+    };
+    let kept = KEPT.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((p, v, file)) = kept {
+        if p == path && v == version && version.e_tag.is_some() {
+            return Ok((file, version));
+        }
+    }
+    DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = memfd(path)?;
+    let len = meta.size;
+    file.set_len(len)
+        .map_err(|e| CheckpointError::io(path, e))?;
+    let step = range_size(len);
+    let ranges: Vec<_> = (0..len)
+        .step_by(step as usize)
+        .map(|start| start..(start + step).min(len))
+        .collect();
     let r = block_on(async {
-        let meta = store.head(&key).await?;
-        let len = meta.size;
-        file.set_len(len)
-            .map_err(|e| object_store::Error::Generic {
-                store: "memfd",
-                source: Box::new(e),
-            })?;
-        let step = range_size(len);
-        let ranges: Vec<_> = (0..len)
-            .step_by(step as usize)
-            .map(|start| start..(start + step).min(len))
-            .collect();
         futures::stream::iter(ranges)
             .map(|r| {
                 let (store, key) = (store.clone(), key.clone());
+                let opts = object_store::GetOptions {
+                    range: Some(r.clone().into()),
+                    if_match: meta.e_tag.clone(),
+                    ..Default::default()
+                };
                 async move {
-                    let data = store.get_range(&key, r.clone()).await?;
+                    let data = store.get_opts(&key, opts).await?.bytes().await?;
                     Ok::<_, object_store::Error>((r.start, data))
                 }
             })
@@ -387,14 +437,8 @@ pub(crate) fn download(path: &Path) -> Result<File, CheckpointError> {
             .await
     })
     .map_err(|e| runtime_err(path, e))?;
-    r.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => CheckpointError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such object"),
-        ),
-        e => remote(path, "downloading the checkpoint", e),
-    })?;
-    Ok(file)
+    r.map_err(not_found)?;
+    Ok((file, version))
 }
 
 /// Reads a whole (small) object, e.g. an hparams file.
@@ -509,6 +553,30 @@ mod tests {
         assert!(e.contains("no bucket"), "{e}");
         let e = locate(Path::new("s3://b/a//b")).unwrap_err().to_string();
         assert!(e.contains("invalid object key"), "{e}");
+    }
+
+    #[test]
+    fn a_verified_download_is_reused_by_the_load_of_the_same_version_only() {
+        use crate::storage::{CheckpointIO, DefaultCheckpointIO};
+        use std::sync::atomic::Ordering::SeqCst;
+        let url = Path::new("memory://kept/run/last.ckpt");
+        let mut v = crate::Value::dict();
+        v.insert("epoch", 1i64);
+        crate::checkpoint::save(url, &v).unwrap();
+        let before = DOWNLOADS.load(SeqCst);
+        DefaultCheckpointIO.verify(url).unwrap();
+        assert_eq!(crate::checkpoint::load(url).unwrap(), v);
+        assert_eq!(
+            DOWNLOADS.load(SeqCst) - before,
+            1,
+            "the load reused the check's bytes"
+        );
+        // a new version of the object is fetched again, never served from the old bytes
+        DefaultCheckpointIO.verify(url).unwrap();
+        v.insert("epoch", 2i64);
+        crate::checkpoint::save(url, &v).unwrap();
+        assert_eq!(crate::checkpoint::load(url).unwrap(), v);
+        assert_eq!(DOWNLOADS.load(SeqCst) - before, 3);
     }
 
     #[test]
