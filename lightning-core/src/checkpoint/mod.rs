@@ -336,9 +336,10 @@ pub fn save_with(path: &Path, ckpt: &Value, opts: &SaveOptions) -> Result<(), Ch
 
 /// Copies the file `from` to `to` atomically and durably (temporary file, fsync, rename,
 /// directory fsync), as every checkpoint is written: `to` is either its old self or a
-/// complete copy.
+/// complete copy. Either may be a URL (a download, an upload that appears only when whole);
+/// [`crate::storage::copy`] copies within one object store on the server instead.
 pub fn copy_atomically(from: &Path, to: &Path) -> Result<(), CheckpointError> {
-    let mut src = File::open(from).map_err(|e| CheckpointError::io(from, e))?;
+    let mut src = crate::storage::open_for_read(from)?;
     let len = src
         .metadata()
         .map_err(|e| CheckpointError::io(from, e))?
@@ -347,8 +348,8 @@ pub fn copy_atomically(from: &Path, to: &Path) -> Result<(), CheckpointError> {
 }
 
 /// Writes a file atomically: `write` fills a temporary file in `path`'s directory (through a
-/// 1 MiB buffer) and returns its length (for a URL it streams an upload instead); then fsync (when `durable`), rename over `path`, and
-/// fsync of the directory. On error the temporary file is removed and `path` is untouched;
+/// 1 MiB buffer) and returns its length (for a URL it streams an upload instead); then fsync
+/// (when `durable`), rename over `path`, and fsync of the directory. On error the temporary file is removed and `path` is untouched;
 /// ENOSPC/EDQUOT/EFBIG become [`CheckpointError::NoSpace`] with `needed` bytes.
 pub(crate) fn write_atomically(
     path: &Path,

@@ -135,14 +135,7 @@ impl CheckpointIO for DefaultCheckpointIO {
 
     fn list(&self, dir: &Path) -> Result<Vec<StoredFile>, CheckpointError> {
         if is_url(dir) {
-            return Ok(object::list(dir)?
-                .into_iter()
-                .map(|l| StoredFile {
-                    path: l.path,
-                    modified: l.modified,
-                    size: l.size,
-                })
-                .collect());
+            return object::list(dir);
         }
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -194,33 +187,14 @@ impl CheckpointIO for DefaultCheckpointIO {
     }
 }
 
-/// Copies a checkpoint atomically: a server-side copy within one object store, else a
-/// download and upload, or a local durable copy.
+/// Copies a checkpoint atomically: a server-side copy within one object store, otherwise
+/// [`checkpoint::copy_atomically`] (read, downloaded when a URL; written as every checkpoint
+/// is: a durable temporary file renamed over `to`, or an upload that appears only when whole).
 pub fn copy(from: &Path, to: &Path) -> Result<(), CheckpointError> {
-    match (is_url(from), is_url(to)) {
-        (true, true) => object::copy(from, to),
-        (false, false) => checkpoint::copy_atomically(from, to),
-        (true, false) => {
-            let file = object::download(from)?;
-            let len = file
-                .metadata()
-                .map_err(|e| CheckpointError::io(from, e))?
-                .len();
-            checkpoint::write_atomically(to, len, true, |w| {
-                std::io::copy(&mut std::io::BufReader::new(&file), w)
-            })
-        }
-        (false, true) => {
-            let file = std::fs::File::open(from).map_err(|e| CheckpointError::io(from, e))?;
-            let len = file
-                .metadata()
-                .map_err(|e| CheckpointError::io(from, e))?
-                .len();
-            object::upload(to, len, |w| {
-                std::io::copy(&mut std::io::BufReader::new(&file), w)
-            })
-        }
+    if is_url(from) && is_url(to) && object::server_side_copy(from, to)? {
+        return Ok(());
     }
+    checkpoint::copy_atomically(from, to)
 }
 
 /// The names of the "folders" directly in `dir` (object-key prefixes for a URL, directories

@@ -15,6 +15,7 @@
 //! - Every call blocks the calling thread until the store answers (on a shared runtime of
 //!   two threads); from async code, call them through `spawn_blocking`.
 
+use super::StoredFile;
 use crate::checkpoint::CheckpointError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -27,7 +28,6 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
 
 /// Upload part size (and download range size): 16 MiB.
 const PART: usize = 16 << 20;
@@ -207,10 +207,6 @@ fn remote(path: &Path, what: &str, e: object_store::Error) -> CheckpointError {
     }
 }
 
-fn runtime_err(path: &Path, e: std::io::Error) -> CheckpointError {
-    CheckpointError::io(path, e)
-}
-
 /// Resolves `path` to its store and key.
 fn open(path: &Path) -> Result<(Arc<dyn ObjectStore>, ObjectPath), CheckpointError> {
     let loc = locate(path)?;
@@ -388,7 +384,7 @@ pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), Che
         e => remote(path, "downloading the checkpoint", e),
     };
     let meta = block_on(async { store.head(&key).await })
-        .map_err(|e| runtime_err(path, e))?
+        .map_err(|e| CheckpointError::io(path, e))?
         .map_err(not_found)?;
     let version = ObjectVersion {
         e_tag: meta.e_tag.clone(),
@@ -436,7 +432,7 @@ pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), Che
             })
             .await
     })
-    .map_err(|e| runtime_err(path, e))?;
+    .map_err(|e| CheckpointError::io(path, e))?;
     r.map_err(not_found)?;
     Ok((file, version))
 }
@@ -445,7 +441,7 @@ pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), Che
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     let (store, key) = open(path)?;
     let r = block_on(async { store.get(&key).await?.bytes().await })
-        .map_err(|e| runtime_err(path, e))?;
+        .map_err(|e| CheckpointError::io(path, e))?;
     r.map(|b| b.to_vec())
         .map_err(|e| remote(path, "reading", e))
 }
@@ -453,7 +449,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
 /// Deletes the object at `path` (a missing one is fine).
 pub(crate) fn remove(path: &Path) -> Result<(), CheckpointError> {
     let (store, key) = open(path)?;
-    match block_on(async { store.delete(&key).await }).map_err(|e| runtime_err(path, e))? {
+    match block_on(async { store.delete(&key).await }).map_err(|e| CheckpointError::io(path, e))? {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(remote(path, "deleting", e)),
     }
@@ -462,40 +458,25 @@ pub(crate) fn remove(path: &Path) -> Result<(), CheckpointError> {
 /// Whether an object exists at `path`.
 pub(crate) fn exists(path: &Path) -> Result<bool, CheckpointError> {
     let (store, key) = open(path)?;
-    match block_on(async { store.head(&key).await }).map_err(|e| runtime_err(path, e))? {
+    match block_on(async { store.head(&key).await }).map_err(|e| CheckpointError::io(path, e))? {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
         Err(e) => Err(remote(path, "checking", e)),
     }
 }
 
-/// Copies the object `from` to `to` on the server (both in one store): `to` is replaced
-/// whole, never half-written. Across stores it downloads and uploads.
-pub(crate) fn copy(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+/// Copies the object `from` to `to` on the server when both are in one store (`to` is
+/// replaced whole, never half-written); `Ok(false)` when they are not.
+pub(crate) fn server_side_copy(from: &Path, to: &Path) -> Result<bool, CheckpointError> {
     let (a, b) = (locate(from)?, locate(to)?);
     if a.store != b.store {
-        let file = download(from)?;
-        let len = file
-            .metadata()
-            .map_err(|e| CheckpointError::io(from, e))?
-            .len();
-        return upload(to, len, |w| {
-            let mut r = std::io::BufReader::new(&file);
-            std::io::copy(&mut r, w)
-        });
+        return Ok(false);
     }
     let store = store_for(from, &a)?;
     block_on(async { store.copy(&a.key, &b.key).await })
-        .map_err(|e| runtime_err(to, e))?
-        .map_err(|e| remote(to, "copying", e))
-}
-
-/// One object of a listing.
-#[derive(Clone, Debug)]
-pub(crate) struct Listed {
-    pub path: PathBuf,
-    pub modified: SystemTime,
-    pub size: u64,
+        .map_err(|e| CheckpointError::io(to, e))?
+        .map_err(|e| remote(to, "copying", e))?;
+    Ok(true)
 }
 
 /// One level of the listing of the "folder" `dir`: its store and what it holds.
@@ -504,18 +485,18 @@ fn listing(dir: &Path) -> Result<(Location, object_store::ListResult), Checkpoin
     let store = store_for(dir, &loc)?;
     let prefix = (loc.key.as_ref() != "").then_some(&loc.key);
     let listing = block_on(async { store.list_with_delimiter(prefix).await })
-        .map_err(|e| runtime_err(dir, e))?
+        .map_err(|e| CheckpointError::io(dir, e))?
         .map_err(|e| remote(dir, "listing", e))?;
     Ok((loc, listing))
 }
 
 /// The objects directly under the "folder" `dir` (not recursively).
-pub(crate) fn list(dir: &Path) -> Result<Vec<Listed>, CheckpointError> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<StoredFile>, CheckpointError> {
     let (loc, listing) = listing(dir)?;
     Ok(listing
         .objects
         .into_iter()
-        .map(|m| Listed {
+        .map(|m| StoredFile {
             path: PathBuf::from(format!("{}/{}", loc.store, m.location)),
             modified: m.last_modified.into(),
             size: m.size,

@@ -33,16 +33,12 @@ pub(super) fn link_or_copy(
     link: &Path,
     make_link: fn(&Path, &Path) -> std::io::Result<()>,
 ) -> Result<(), CheckpointError> {
-    let io = |_what: &str, p: &Path| {
-        let p = p.to_owned();
-        move |source| CheckpointError::Io { path: p, source }
-    };
     let (abs_target, abs_link) = (lexical_absolute(target), lexical_absolute(link));
     if abs_target == abs_link {
         return Ok(());
     }
     let dir = abs_link.parent().unwrap_or(Path::new("/")).to_owned();
-    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
     let name = abs_link
         .file_name()
         .map_or("last".into(), |n| n.to_string_lossy().into_owned());
@@ -50,7 +46,7 @@ pub(super) fn link_or_copy(
     let _ = std::fs::remove_file(&tmp);
     if let Ok(m) = std::fs::symlink_metadata(&abs_link) {
         if m.is_dir() {
-            std::fs::remove_dir_all(&abs_link).map_err(io("removing", &abs_link))?;
+            std::fs::remove_dir_all(&abs_link).map_err(|e| CheckpointError::io(&abs_link, e))?;
         }
     }
     let rel = relative_path(&abs_target, &dir);
@@ -62,7 +58,7 @@ pub(super) fn link_or_copy(
     }
     if let Err(e) = std::fs::rename(&tmp, &abs_link) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io("replacing", &abs_link)(e));
+        return Err(CheckpointError::io(&abs_link, e));
     }
     if let Ok(d) = std::fs::File::open(&dir) {
         let _ = d.sync_all();
