@@ -435,3 +435,31 @@ fn an_object_storage_root_holds_the_logs_and_the_default_checkpoints() {
         );
     }
 }
+
+#[test]
+fn later_fits_of_one_trainer_keep_logging_to_the_object_storage_root() {
+    let root = format!("memory://refit-{}/exp", std::process::id());
+    let _serial = trainer_util::serial();
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+    // given loggers keep their version across fits; the default CSV logger starts a new one
+    for (loggers, dirs) in [
+        (true, ["version_0", "version_0"]),
+        (false, ["version_1", "version_2"]),
+    ] {
+        let b = builder(Path::new(&root)).max_epochs(1);
+        let mut t = match loggers {
+            true => b.logger((TensorBoardLogger::default(), CsvLogger::default())),
+            false => b.logger(true),
+        }
+        .build()
+        .unwrap();
+        for (fit, dir) in dirs.iter().enumerate() {
+            t.fit(&mut m, &data(40, 8, true), None).unwrap();
+            let log_dir = format!("{root}/lightning_logs/{dir}");
+            assert_eq!(t.log_dir(), Some(PathBuf::from(&log_dir)), "fit {fit}");
+            let csv = lightning_core::storage::read(Path::new(&format!("{log_dir}/metrics.csv")))
+                .unwrap_or_else(|e| panic!("fit {fit}: {e}"));
+            assert!(String::from_utf8(csv).unwrap().starts_with("epoch,"));
+        }
+    }
+}

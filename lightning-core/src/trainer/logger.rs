@@ -194,7 +194,9 @@ impl Logging {
             self.loggers = vec![Box::new(CsvLogger::default())];
         }
         let mut chosen = HashMap::new();
-        if crate::storage::is_url(default_root_dir) && (new_run || self.mirror.is_none()) {
+        if crate::storage::is_url(default_root_dir) && self.mirror.is_none() {
+            // One staging directory for the trainer's life: loggers of an earlier fit keep
+            // their directories in it.
             let staging = tempfile::Builder::new()
                 .prefix("lightning-rs-logs-")
                 .tempdir()
@@ -202,23 +204,27 @@ impl Logging {
                     "creating a local staging directory for the logs".into(),
                 ))
                 .map_err(crate::Error::from)?;
-            // versions are numbered from what the bucket holds
-            for l in &mut self.loggers {
-                if let Some(loc) = l.location_mut() {
-                    if loc.save_dir().is_none() && loc.version().is_none() {
-                        let name = loc.name().to_owned();
-                        let local = staging.path().join(&name);
-                        chosen
-                            .entry(local)
-                            .or_insert_with(|| next_version(&default_root_dir.join(&name)));
-                    }
-                }
-            }
             self.mirror = Some(Mirror {
                 staging,
                 remote: default_root_dir.to_owned(),
                 uploaded: HashMap::new(),
             });
+        }
+        if let Some(m) = &self.mirror {
+            // new versions are numbered from what the bucket holds
+            for l in &mut self.loggers {
+                if let Some(loc) = l.location_mut() {
+                    if loc.log_dir().is_none()
+                        && loc.save_dir().is_none()
+                        && loc.version().is_none()
+                    {
+                        let name = loc.name().to_owned();
+                        chosen
+                            .entry(m.staging.path().join(&name))
+                            .or_insert_with(|| next_version(&m.remote.join(&name)));
+                    }
+                }
+            }
         }
         let save_dir = match &self.mirror {
             Some(m) => m.staging.path().to_owned(),
