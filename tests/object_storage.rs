@@ -463,3 +463,87 @@ fn later_fits_of_one_trainer_keep_logging_to_the_object_storage_root() {
         }
     }
 }
+
+/// A `CheckpointIO` that records every call, then does what the default does.
+#[derive(Debug, Default)]
+struct Recording {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl Recording {
+    fn note(&self, what: &str, path: &Path) {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        self.calls.lock().unwrap().push(format!("{what} {name}"));
+    }
+    fn saw(&self, what: &str) -> usize {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|c| c.starts_with(what)).count()
+    }
+}
+
+impl CheckpointIO for &'static Recording {
+    fn save_checkpoint(&self, c: &Value, p: &Path) -> Result<(), checkpoint::CheckpointError> {
+        self.note("save", p);
+        DefaultCheckpointIO.save_checkpoint(c, p)
+    }
+    fn load_checkpoint(&self, p: &Path) -> Result<Value, checkpoint::CheckpointError> {
+        self.note("load", p);
+        DefaultCheckpointIO.load_checkpoint(p)
+    }
+    fn remove_checkpoint(&self, p: &Path) -> Result<(), checkpoint::CheckpointError> {
+        self.note("remove", p);
+        DefaultCheckpointIO.remove_checkpoint(p)
+    }
+    fn exists(&self, p: &Path) -> Result<bool, checkpoint::CheckpointError> {
+        self.note("exists", p);
+        DefaultCheckpointIO.exists(p)
+    }
+    fn list(
+        &self,
+        d: &Path,
+    ) -> Result<Vec<lightning_core::storage::StoredFile>, checkpoint::CheckpointError> {
+        self.note("list", d);
+        DefaultCheckpointIO.list(d)
+    }
+    fn link(&self, t: &Path, l: &Path) -> Result<(), checkpoint::CheckpointError> {
+        self.note("link", l);
+        DefaultCheckpointIO.link(t, l)
+    }
+}
+
+#[test]
+fn a_custom_checkpoint_io_handles_every_file_the_trainer_touches() {
+    let _serial = trainer_util::serial();
+    let io: &'static Recording = Box::leak(Box::default());
+    let dir = format!("memory://custom-io-{}/run", std::process::id());
+    let local = tempfile::tempdir().unwrap();
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+    for (epochs, resume) in [(2, None), (3, Some(CkptPath::Last))] {
+        let mut t = builder(local.path())
+            .max_epochs(epochs)
+            .checkpoint_io(io)
+            .callback(topk_last(&dir, SaveLast::Link))
+            .build()
+            .unwrap();
+        if resume.is_none() {
+            // a manual save before any fit goes through it too
+            t.save_checkpoint(&m, format!("{dir}/manual.ckpt"), true)
+                .unwrap();
+            assert_eq!(io.saw("save manual.ckpt"), 1);
+        }
+        t.fit(&mut m, &data(80, 8, true), resume).unwrap();
+    }
+    for what in ["save", "remove", "exists", "list", "link", "load"] {
+        assert!(
+            io.saw(what) > 0,
+            "no {what} call: {:?}",
+            io.calls.lock().unwrap()
+        );
+    }
+    // the resume read the `last` file through it (verify's default loads it, then the load)
+    assert!(
+        io.saw("load last.ckpt") >= 2,
+        "{:?}",
+        io.calls.lock().unwrap()
+    );
+}

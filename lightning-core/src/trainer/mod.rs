@@ -107,10 +107,10 @@ impl Trainer {
         loggers: crate::loggers::Loggers,
     ) -> Self {
         Trainer {
+            saver: saver::Saver::new(cfg.async_checkpointing, cfg.checkpoint_io.clone()),
             cfg,
             callbacks,
             run: RunState::default(),
-            saver: saver::Saver::default(),
             optim: None,
             logging: logger::Logging::new(loggers),
             world: None,

@@ -3,8 +3,8 @@
 //! Every file goes through the trainer's [`CheckpointIO`] (local files: atomic and durable;
 //! object storage: an upload that appears only once complete). Async mode wraps it: the step
 //! loop only takes a snapshot (every tensor copied to host memory, pinned when the tensor is
-//! on a GPU), then a thread serializes and writes it with the IO's `save_checkpoint`. At most one save is in flight: the next
-//! one waits for it (the wait is logged). A failed background save is reported by the next
+//! on a GPU), then a thread serializes and writes it with the IO's `save_checkpoint`. At most
+//! one save is in flight: the next one waits for it (the wait is logged). A failed background save is reported by the next
 //! call into the saver ([`Saver::poll`] every step) and by [`Saver::finish`] at the end of
 //! `fit`, which returns only once every pending save is durable.
 //!
@@ -15,7 +15,7 @@
 use crate::callbacks::AfterSave;
 use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::storage::{CheckpointIO, DefaultCheckpointIO};
+use crate::storage::CheckpointIO;
 use crate::value::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,12 +37,6 @@ pub(crate) struct Saver {
     pending: Option<Pending>,
     /// Saves that failed so far (lets the trainer tell save errors from other errors).
     pub failures: usize,
-}
-
-impl Default for Saver {
-    fn default() -> Self {
-        Saver::new(false, Arc::new(DefaultCheckpointIO))
-    }
 }
 
 impl Saver {
@@ -197,6 +191,7 @@ fn host_copy(t: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::DefaultCheckpointIO;
 
     #[test]
     fn snapshot_is_independent_of_later_in_place_updates() {
