@@ -207,9 +207,9 @@ impl Default for LoadOptions {
 /// Writes `ckpt` (a dict) to `path` as a Lightning/torch `.ckpt` file, durably and atomically.
 ///
 /// `path` may be a URL (`s3://bucket/run/last.ckpt`, see [`crate::storage`]): the file is then
-/// streamed as a multipart upload that appears only once complete. A local file is written to a temporary file in the same directory, fsynced, renamed over
-/// `path`, and the directory is fsynced: `path` always holds either its old content or the
-/// complete new file. On error (disk full, size limit, permissions) the temporary file is
+/// streamed as a multipart upload that appears only once complete. A local file is written
+/// to a temporary file in the same directory, fsynced, renamed over `path`, and the directory
+/// is fsynced: `path` always holds either its old content or the complete new file. On error (disk full, size limit, permissions) the temporary file is
 /// removed and an existing file at `path` is untouched.
 pub fn save(path: &Path, ckpt: &Value) -> Result<(), CheckpointError> {
     save_with(path, ckpt, &SaveOptions::default())
@@ -349,8 +349,9 @@ pub fn copy_atomically(from: &Path, to: &Path) -> Result<(), CheckpointError> {
 
 /// Writes a file atomically: `write` fills a temporary file in `path`'s directory (through a
 /// 1 MiB buffer) and returns its length (for a URL it streams an upload instead); then fsync
-/// (when `durable`), rename over `path`, and fsync of the directory. On error the temporary file is removed and `path` is untouched;
-/// ENOSPC/EDQUOT/EFBIG become [`CheckpointError::NoSpace`] with `needed` bytes.
+/// (when `durable`), rename over `path`, and fsync of the directory. On error the temporary
+/// file is removed and `path` is untouched; ENOSPC/EDQUOT/EFBIG become
+/// [`CheckpointError::NoSpace`] with `needed` bytes.
 pub(crate) fn write_atomically(
     path: &Path,
     needed: u64,

@@ -6,7 +6,6 @@ use super::{need, CkptPath, Trainer};
 use crate::data::{DataLoader, DataModule, LoaderState};
 use crate::error::Result;
 use crate::lightning_module::{LightningModule, Stage, StepContext};
-use crate::loggers::RunStatus;
 use indexmap::IndexMap;
 
 impl Trainer {
@@ -147,12 +146,8 @@ impl Trainer {
         ckpt_path: Option<CkptPath>,
     ) -> Result<IndexMap<String, f64>> {
         let result = self.eval_run(model, data, loader, stage, ckpt_path);
-        let status = match result {
-            Ok(_) => RunStatus::Success,
-            Err(_) => RunStatus::Failed,
-        };
         // Lightning finalizes the loggers after every run, failed or not
-        let finalized = self.logging.finalize(status);
+        let finalized = self.logging.finalize(&result);
         let row = result?;
         finalized?;
         Ok(row)

@@ -25,7 +25,6 @@ use crate::hparams::Hyperparameters;
 use crate::lightning_module::{
     Interval, LightningModule, ManualOptim, OptimizerConfig, Stage, StepContext,
 };
-use crate::loggers::RunStatus;
 use crate::storage::CheckpointIO;
 use crate::traverse::state_dict_from_value;
 use crate::value::{Key, Value};
@@ -225,11 +224,7 @@ impl Trainer {
         let before = self.saver.failures;
         let flushed = self.saver.finish();
         let flushed = self.save_policy(flushed, before);
-        let status = match result {
-            Ok(()) => RunStatus::Success,
-            Err(_) => RunStatus::Failed,
-        };
-        let logged = self.logging.finalize(status);
+        let logged = self.logging.finalize(&result);
         if result.is_ok() {
             result = flushed.and(logged);
         }

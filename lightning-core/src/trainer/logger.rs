@@ -329,8 +329,13 @@ impl Logging {
         self.sync()
     }
 
-    /// The run ended: every logger's `finalize` (all of them, the first error returned).
-    pub fn finalize(&mut self, status: RunStatus) -> Result<()> {
+    /// The run ended with `run`: every logger's `finalize` with `success` or `failed` (all of
+    /// them, the first error returned).
+    pub fn finalize<T>(&mut self, run: &Result<T>) -> Result<()> {
+        let status = match run {
+            Ok(_) => RunStatus::Success,
+            Err(_) => RunStatus::Failed,
+        };
         let mut first = Ok(());
         let _ = self.each(|l| {
             if let Err(e) = l.finalize(status) {
