@@ -177,7 +177,6 @@ fn s3_fit_keeps_top_k_and_last_and_resumes_exactly() {
 #[test]
 fn s3_missing_bucket_and_missing_object_are_clear_errors() {
     let Some(moto) = shared_moto() else { return };
-    let _ = moto;
     let mut v = Value::dict();
     v.insert("epoch", 1i64);
     let e = checkpoint::save(Path::new("s3://no-such-bucket/x.ckpt"), &v)
