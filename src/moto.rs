@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,15 @@ impl Moto {
         if auth {
             cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
         }
+        // The server dies with the thread that started it, even when this process is killed
+        // before `Drop` runs: no server is ever left behind.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let proc = crate::Supervised::spawn(&mut cmd, Duration::from_secs(600));
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -55,6 +65,25 @@ impl Moto {
         })
     }
 
+    /// [`Moto::start`] for a server shared by a whole test binary (kept in a `static`, so its
+    /// `Drop` never runs): it is started from a thread that never ends, so it lives exactly as
+    /// long as this process (the parent-death signal fires when the process exits).
+    pub fn start_for_process(auth: bool) -> Option<Moto> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::panic::catch_unwind(|| Moto::start(auth)));
+            loop {
+                std::thread::park();
+            }
+        });
+        match rx.recv() {
+            Ok(Ok(m)) => m,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("the thread starting moto_server ended"),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -45,7 +45,7 @@ const CHILD_URL: &str = "OBJECT_STORAGE_URL";
 fn shared_moto() -> Option<&'static Moto> {
     static MOTO: OnceLock<Option<Moto>> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let m = Moto::start(false)?;
+        let m = Moto::start_for_process(false)?;
         for (k, v) in m.env() {
             std::env::set_var(k, v);
         }
