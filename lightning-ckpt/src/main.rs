@@ -3,7 +3,7 @@
 //! ```text
 //! lightning-ckpt inspect FILE [--json] [--values]
 //! lightning-ckpt convert IN OUT        # by extension: .ckpt/.pt/.pth <-> .safetensors
-//! lightning-ckpt diff A B [--atol X]   # exit 0 same, 1 different, 2 error
+//! lightning-ckpt diff A B [--atol X] [--ignore PATH]...   # exit 0 same, 1 different, 2 error
 //! ```
 //!
 //! `inspect --json` prints one object (schema version 1):
@@ -70,6 +70,11 @@ enum Cmd {
         /// Largest absolute difference still counted as equal.
         #[arg(long, default_value_t = 0.0)]
         atol: f64,
+        /// A key path to leave out of the comparison, with everything under it (repeatable),
+        /// e.g. `--ignore lightning_rs.train_time_s` for the wall-clock time a resumed run
+        /// and a straight run never share.
+        #[arg(long, value_name = "PATH")]
+        ignore: Vec<String>,
     },
 }
 
@@ -403,11 +408,20 @@ fn leaves<'a>(v: &'a Value, prefix: String, out: &mut Vec<(String, &'a Value)>) 
 }
 
 /// Prints the differences; returns whether the files differ.
-fn diff(a: &Path, b: &Path, atol: f64) -> Result<bool> {
+fn diff(a: &Path, b: &Path, atol: f64, ignore: &[String]) -> Result<bool> {
     let (va, vb) = (load_any(a)?, load_any(b)?);
     let (mut la, mut lb) = (vec![], vec![]);
     leaves(&va, String::new(), &mut la);
     leaves(&vb, String::new(), &mut lb);
+    // `x` leaves out `x` and `x.*`, not `xy`.
+    let ignored = |path: &str| {
+        ignore.iter().any(|i| {
+            path.strip_prefix(i.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
+    };
+    la.retain(|(p, _)| !ignored(p));
+    lb.retain(|(p, _)| !ignored(p));
     let mb: std::collections::HashMap<_, _> = lb.iter().cloned().collect();
     let ma: std::collections::HashMap<_, _> = la.iter().cloned().collect();
     let mut differ = false;
@@ -488,7 +502,7 @@ fn main() {
         }
         Cmd::Convert { input, output } => convert(input, output)
             .with_context(|| format!("convert {} -> {}", input.display(), output.display())),
-        Cmd::Diff { a, b, atol } => match diff(a, b, *atol) {
+        Cmd::Diff { a, b, atol, ignore } => match diff(a, b, *atol, ignore) {
             Ok(true) => std::process::exit(1),
             Ok(false) => Ok(()),
             Err(e) => Err(e),

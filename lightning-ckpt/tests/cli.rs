@@ -137,6 +137,13 @@ fn convert_round_trips_through_safetensors_and_diff_reports_changes() {
         "{}",
         stdout(&d)
     );
+    // `--ignore` leaves a subtree out (and only that subtree: not `net.0.weightx`).
+    let d = run(&["diff", &a, &b, "--ignore", "state_dict.net.0.weight"]);
+    assert_eq!(d.status.code(), Some(0), "{}", stdout(&d));
+    let d = run(&["diff", &a, &b, "--ignore", "state_dict.net.0.w"]);
+    assert_eq!(d.status.code(), Some(1), "{}", stdout(&d));
+    let d = run(&["diff", &a, &b, "--ignore", "state_dict"]);
+    assert_eq!(d.status.code(), Some(0), "{}", stdout(&d));
     // The weights-only round trip lost the optimizer state: keys only in `a`.
     let d = run(&["diff", &a, &back]);
     assert_eq!(d.status.code(), Some(1));
