@@ -13,7 +13,9 @@
 //!   `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...), one per
 //!   bucket, kept for the life of the process.
 //! - Every call blocks the calling thread until the store answers (on a shared runtime of
-//!   two threads); from async code, call them through `spawn_blocking`.
+//!   two threads). Called from inside a tokio runtime, a call runs on a helper thread (where
+//!   blocking in place would panic); it still blocks that runtime's worker, so async code
+//!   should call through `spawn_blocking`.
 
 use super::StoredFile;
 use crate::checkpoint::CheckpointError;
@@ -233,8 +235,7 @@ impl Uploader {
         let rt = runtime()?;
         if self.upload.is_none() {
             let (store, key) = (self.store.clone(), self.key.clone());
-            let up = rt
-                .block_on(async move { store.put_multipart(&key).await })
+            let up = block_on(async move { store.put_multipart(&key).await })?
                 .map_err(std::io::Error::other)?;
             self.upload = Some(WriteMultipart::new_with_chunk_size(up, self.part));
         }
@@ -245,28 +246,29 @@ impl Uploader {
             let _enter = rt.enter();
             up.put(data);
         }
-        rt.block_on(up.wait_for_capacity(CONCURRENCY))
-            .map_err(std::io::Error::other)
+        block_on(up.wait_for_capacity(CONCURRENCY))?.map_err(std::io::Error::other)
     }
 
     /// Completes the upload: the object appears now, whole.
     fn finish(mut self) -> Result<(), object_store::Error> {
-        let rt = runtime().map_err(|e| object_store::Error::Generic {
+        let generic = |e: std::io::Error| object_store::Error::Generic {
             store: "runtime",
             source: Box::new(e),
-        })?;
+        };
+        let rt = runtime().map_err(generic)?;
         let buf = std::mem::take(&mut self.buf);
         match self.upload.take() {
             None => {
                 let (store, key) = (self.store.clone(), self.key.clone());
-                rt.block_on(async move { store.put(&key, PutPayload::from(buf)).await })?;
+                block_on(async move { store.put(&key, PutPayload::from(buf)).await })
+                    .map_err(generic)??;
             }
             Some(mut up) => {
                 {
                     let _enter = rt.enter();
                     up.put(Bytes::from(buf));
                 }
-                rt.block_on(up.finish())?;
+                block_on(up.finish()).map_err(generic)??;
             }
         }
         Ok(())
@@ -274,9 +276,11 @@ impl Uploader {
 
     /// Aborts the multipart upload (its parts are deleted; no object appears).
     fn abort(mut self) {
-        if let (Some(up), Ok(rt)) = (self.upload.take(), runtime()) {
-            if let Err(e) = rt.block_on(up.abort()) {
-                tracing::warn!("could not abort the upload of {}: {e}", self.key);
+        if let Some(up) = self.upload.take() {
+            match block_on(up.abort()) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("could not abort the upload of {}: {e}", self.key),
+                Err(e) => tracing::warn!("could not abort the upload of {}: {e}", self.key),
             }
         }
     }
@@ -558,6 +562,40 @@ mod tests {
         crate::checkpoint::save(url, &v).unwrap();
         assert_eq!(crate::checkpoint::load(url).unwrap(), v);
         assert_eq!(DOWNLOADS.load(SeqCst) - before, 3);
+    }
+
+    #[test]
+    fn saves_and_loads_work_from_inside_a_tokio_runtime() {
+        // Blocking on our runtime from inside another one panics; every call (single PUT,
+        // multipart parts and completion, download, listing, removal) must step aside.
+        let outer = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        outer.block_on(async {
+            let mut v = crate::Value::dict();
+            v.insert("epoch", 3i64);
+            // over one part: a multipart upload of two parts
+            let big =
+                tch::Tensor::arange(PART as i64 / 4 + 7, (tch::Kind::Float, tch::Device::Cpu));
+            v.insert("w", big);
+            for url in [
+                "memory://in-async/a/big.ckpt",
+                "memory://in-async/a/small.ckpt",
+            ] {
+                if url.ends_with("small.ckpt") {
+                    v.insert("w", tch::Tensor::from_slice(&[1.0f32, 2.0]));
+                }
+                let p = Path::new(url);
+                crate::checkpoint::save(p, &v).unwrap();
+                assert_eq!(crate::checkpoint::load(p).unwrap(), v);
+            }
+            use crate::storage::CheckpointIO;
+            let names = crate::storage::DefaultCheckpointIO
+                .list(Path::new("memory://in-async/a"))
+                .unwrap();
+            assert_eq!(names.len(), 2, "{names:?}");
+            remove(Path::new("memory://in-async/a/big.ckpt")).unwrap();
+        });
     }
 
     #[test]
