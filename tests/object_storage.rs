@@ -463,6 +463,51 @@ fn later_fits_of_one_trainer_keep_logging_to_the_object_storage_root() {
     }
 }
 
+#[test]
+fn loggers_with_their_own_object_storage_save_dir_upload_there() {
+    // A local root; the loggers' own save_dir is a bucket (Lightning's
+    // `CSVLogger("s3://...")`). Before, this wrote a local folder named `memory:`.
+    let remote = format!("memory://own-logs-{}/exp", std::process::id());
+    let local = tempfile::tempdir().unwrap();
+    let _serial = trainer_util::serial();
+    for run in 0..2 {
+        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+        let mut t = builder(local.path())
+            .max_epochs(2)
+            .logger((
+                CsvLogger::new(&remote),
+                TensorBoardLogger::new(&remote).with_name("tb"),
+            ))
+            .build()
+            .unwrap();
+        t.fit(&mut m, &data(40, 8, true), None).unwrap();
+        // versions come from the bucket; the first logger's dir is the trainer's log_dir
+        let csv_dir = format!("{remote}/lightning_logs/version_{run}");
+        assert_eq!(t.log_dir(), Some(PathBuf::from(&csv_dir)));
+        let csv = lightning_core::storage::read(Path::new(&format!("{csv_dir}/metrics.csv")))
+            .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        let csv = String::from_utf8(csv).unwrap();
+        assert!(
+            csv.starts_with("epoch,") && csv.lines().count() >= 3,
+            "{csv}"
+        );
+        let tb = names(&format!("{remote}/tb/version_{run}"));
+        assert!(
+            tb.iter().any(|f| f.starts_with("events.out.tfevents."))
+                && tb.contains(&"hparams.yaml".to_string()),
+            "{tb:?}"
+        );
+        // the default checkpoints follow the first logger's directory
+        assert_eq!(
+            names(&format!("{csv_dir}/checkpoints")),
+            ["epoch=1-step=8.ckpt"]
+        );
+    }
+    // nothing landed locally, neither under the root nor as a folder named after the scheme
+    assert!(!Path::new("memory:").exists());
+    assert_eq!(std::fs::read_dir(local.path()).unwrap().count(), 0);
+}
+
 /// A `CheckpointIO` that records every call, then does what the default does.
 #[derive(Debug, Default)]
 struct Recording {

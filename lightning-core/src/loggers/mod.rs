@@ -209,7 +209,7 @@ impl LogLocation {
     }
 
     /// `<save_dir>/<name>`: the folder holding the versions.
-    fn root(&self, save_dir: &Path) -> PathBuf {
+    pub(crate) fn root(&self, save_dir: &Path) -> PathBuf {
         match self.name.is_empty() {
             true => save_dir.to_owned(),
             false => save_dir.join(&self.name),

@@ -101,11 +101,11 @@ impl MetricStore {
 /// run has (only global rank 0 logs), their directories, and the rows the connector builds
 /// (`epoch` added, a logged `step` used as the step).
 ///
-/// When `default_root_dir` is object storage (`s3://...`), loggers that take the default save
-/// directory write into a local staging directory and every `save`/`finalize` uploads what
-/// changed to `<root>/<name>/version_N/` (versions numbered from what the bucket holds), so
-/// the run's logs and its default checkpoint folder (`<log_dir>/checkpoints`) are there, as
-/// with Lightning's fsspec paths.
+/// Loggers whose save directory is object storage (`s3://...`: `default_root_dir`, or a
+/// logger's own `save_dir`) write into a local staging directory and every `save`/`finalize`
+/// uploads what changed to `<save_dir>/<name>/version_N/` (versions numbered from what the
+/// bucket holds), so the run's logs and its default checkpoint folder
+/// (`<log_dir>/checkpoints`) are there, as with Lightning's fsspec paths.
 #[derive(Default)]
 pub(crate) struct Logging {
     /// `logger=True`: a fresh [`CsvLogger`] each `fit`.
@@ -117,21 +117,52 @@ pub(crate) struct Logging {
     mirror: Option<Mirror>,
 }
 
-/// Local staging of the logs of a run whose root is object storage.
+/// Local staging of logs bound for object storage.
 struct Mirror {
     staging: tempfile::TempDir,
-    remote: PathBuf,
+    /// Each staged save directory (a folder of `staging`) and the URL it mirrors.
+    roots: Vec<(PathBuf, PathBuf)>,
     /// What was uploaded: file -> (modified, length).
     uploaded: HashMap<PathBuf, (std::time::SystemTime, u64)>,
 }
 
 impl Mirror {
-    /// The remote path of a local path under the staging directory.
+    fn new() -> Result<Self> {
+        let staging = tempfile::Builder::new()
+            .prefix("lightning-rs-logs-")
+            .tempdir()
+            .map_err(crate::loggers::io_err(
+                "creating a local staging directory for the logs".into(),
+            ))
+            .map_err(crate::Error::from)?;
+        Ok(Mirror {
+            staging,
+            roots: Vec::new(),
+            uploaded: HashMap::new(),
+        })
+    }
+
+    /// The local folder staging the save directory `remote` (the same one each time).
+    fn stage(&mut self, remote: &Path) -> PathBuf {
+        if let Some((local, _)) = self.roots.iter().find(|(_, r)| r == remote) {
+            return local.clone();
+        }
+        let local = self
+            .staging
+            .path()
+            .join(format!("save_dir_{}", self.roots.len()));
+        self.roots.push((local.clone(), remote.to_owned()));
+        local
+    }
+
+    /// The remote path of a local path under a staged save directory.
     fn remote_of(&self, local: &Path) -> Option<PathBuf> {
-        let rel = local.strip_prefix(self.staging.path()).ok()?;
-        Some(match rel.as_os_str().is_empty() {
-            true => self.remote.clone(),
-            false => self.remote.join(rel),
+        self.roots.iter().find_map(|(l, remote)| {
+            let rel = local.strip_prefix(l).ok()?;
+            Some(match rel.as_os_str().is_empty() {
+                true => remote.clone(),
+                false => remote.join(rel),
+            })
         })
     }
 
@@ -194,41 +225,47 @@ impl Logging {
             self.loggers = vec![Box::new(CsvLogger::default())];
         }
         let mut chosen = HashMap::new();
-        if crate::storage::is_url(default_root_dir) && self.mirror.is_none() {
+        let url = crate::storage::is_url;
+        // The save directory each unresolved logger will get, when it is object storage.
+        let remote_of = |loc: &crate::loggers::LogLocation| -> Option<PathBuf> {
+            if loc.log_dir().is_some() {
+                return None;
+            }
+            let dir = loc.save_dir().unwrap_or(default_root_dir);
+            url(dir).then(|| dir.to_owned())
+        };
+        let staged = self
+            .loggers
+            .iter_mut()
+            .any(|l| l.location_mut().is_some_and(|loc| remote_of(loc).is_some()));
+        if staged && self.mirror.is_none() {
             // One staging directory for the trainer's life: loggers of an earlier fit keep
             // their directories in it.
-            let staging = tempfile::Builder::new()
-                .prefix("lightning-rs-logs-")
-                .tempdir()
-                .map_err(crate::loggers::io_err(
-                    "creating a local staging directory for the logs".into(),
-                ))
-                .map_err(crate::Error::from)?;
-            self.mirror = Some(Mirror {
-                staging,
-                remote: default_root_dir.to_owned(),
-                uploaded: HashMap::new(),
-            });
+            self.mirror = Some(Mirror::new()?);
         }
-        if let Some(m) = &self.mirror {
-            // new versions are numbered from what the bucket holds
+        if let Some(m) = &mut self.mirror {
             for l in &mut self.loggers {
-                if let Some(loc) = l.location_mut() {
-                    if loc.log_dir().is_none()
-                        && loc.save_dir().is_none()
-                        && loc.version().is_none()
-                    {
-                        let name = loc.name().to_owned();
-                        chosen
-                            .entry(m.staging.path().join(&name))
-                            .or_insert_with(|| next_version(&m.remote.join(&name)));
-                    }
+                let Some(loc) = l.location_mut() else {
+                    continue;
+                };
+                let Some(remote) = remote_of(loc) else {
+                    continue;
+                };
+                let local = m.stage(&remote);
+                if loc.save_dir().is_some() {
+                    loc.set_save_dir(local.clone());
+                }
+                // new versions are numbered from what the bucket holds
+                if loc.version().is_none() {
+                    chosen
+                        .entry(loc.root(&local))
+                        .or_insert_with(|| next_version(&loc.root(&remote)));
                 }
             }
         }
-        let save_dir = match &self.mirror {
-            Some(m) => m.staging.path().to_owned(),
-            None => default_root_dir.to_owned(),
+        let save_dir = match &mut self.mirror {
+            Some(m) if url(default_root_dir) => m.stage(default_root_dir),
+            _ => default_root_dir.to_owned(),
         };
         for l in &mut self.loggers {
             if let Some(loc) = l.location_mut() {
