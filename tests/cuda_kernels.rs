@@ -1,5 +1,7 @@
 //! The fused kernels: every source compiles to PTX with NVRTC (no GPU needed, the pip CUDA
-//! runtime ships NVRTC), and on a GPU the fused path matches the tch-ops path.
+//! runtime ships NVRTC), and on a GPU the fused path matches the tch-ops path. Also the GPU's
+//! other hot path, checkpoint loads straight to `cuda:0` (parallel reads through pinned
+//! staging).
 
 mod optim_support;
 
@@ -412,4 +414,43 @@ fn fused_kernels_run_on_libtorchs_current_stream() {
     let want_host: Vec<Tensor> = want.iter().map(|p| p.to_device(Device::Cpu)).collect();
     let err = max_rel(&host, &want_host);
     assert!(err <= 1e-5, "fused on a pool stream vs tch ops: {err}");
+}
+
+#[test]
+fn checkpoints_load_to_the_gpu_through_staging() {
+    use lightning_core::checkpoint::{self, CheckpointError, LoadOptions};
+    use lightning_core::Value;
+    let Some(dev) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("to_gpu.ckpt");
+    // 160 MiB of f32: more than one 128 MiB staging batch, several 8 MiB chunks.
+    let big = Tensor::arange(40 << 20, (Kind::Float, Device::Cpu));
+    let mut tree = Value::dict();
+    tree.insert("big", big.shallow_clone());
+    tree.insert("view", big.narrow(0, 5, 1000));
+    tree.insert(
+        "bf16",
+        Tensor::from_slice(&[0.5f32, 8.0]).to_kind(Kind::BFloat16),
+    );
+    tree.insert("i64", Tensor::arange(999, (Kind::Int64, Device::Cpu)));
+    checkpoint::save(&p, &tree).unwrap();
+    let opts = LoadOptions {
+        device: dev,
+        ..LoadOptions::default()
+    };
+    let back = checkpoint::load_with(&p, &opts).unwrap();
+    for key in ["big", "view", "bf16", "i64"] {
+        let want = tree.get(key).and_then(Value::as_tensor).unwrap();
+        let got = back.get(key).and_then(Value::as_tensor).unwrap();
+        assert_eq!(got.device(), dev, "{key}");
+        assert!(got.to_device(Device::Cpu).equal(want), "{key}");
+    }
+    // A flipped byte in the second batch is still the record's CRC error.
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = bytes.len() - (20 << 20);
+    bytes[at] ^= 1;
+    let q = dir.path().join("bad.ckpt");
+    std::fs::write(&q, bytes).unwrap();
+    let e = checkpoint::load_with(&q, &opts).unwrap_err();
+    assert!(matches!(e, CheckpointError::Crc { .. }), "{e}");
 }

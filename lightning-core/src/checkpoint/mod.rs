@@ -488,8 +488,9 @@ fn read_tree_located(
         skip_data,
         path,
         used: Default::default(),
-        // CPU copy-loads read their storages after the pickle, in parallel.
-        pending: (map.is_none() && !skip_data && opts.device == Device::Cpu).then(Default::default),
+        // Copy-loads read their storages after the pickle, in parallel (to another device
+        // through host staging).
+        pending: (map.is_none() && !skip_data).then(Default::default),
     };
     let mut locations = Vec::new();
     let tree = pickle_read::read_pickle(&pickle, path, &mut |k, kind, n, location| {

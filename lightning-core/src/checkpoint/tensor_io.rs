@@ -243,18 +243,48 @@ fn prefault(buf: &mut [u8]) {
     unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE) };
 }
 
+/// Host staging per batch when storages go to another device: 128 MiB (pinned once, reused).
+const STAGE_BYTES: u64 = 128 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: stage CPU loads too, in batches of this many bytes (the device path's logic,
+    /// checked without a GPU).
+    pub(crate) static FORCE_STAGING: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The batch size tests force CPU loads to stage with (never in a build that is not a test).
+fn forced_staging() -> Option<u64> {
+    #[cfg(test)]
+    return FORCE_STAGING.with(|f| f.get());
+    #[cfg(not(test))]
+    None
+}
+
+/// The start of a pending CPU tensor's memory.
+fn fills_ptr(f: &PendingFill) -> *mut u8 {
+    f.tensor.data_ptr() as *mut u8
+}
+
 /// A raw destination pointer that may cross to the reading threads.
 #[derive(Clone, Copy)]
 struct Dest(*mut u8);
 // SAFETY: each chunk's range is written by exactly one thread, and the tensors behind the
-// pointers outlive the scoped threads (held by the `PendingFill`s).
+// pointers outlive the scoped threads (the `PendingFill`s, or the staging buffer).
 unsafe impl Send for Dest {}
 unsafe impl Sync for Dest {}
 
 impl StorageLoader<'_> {
-    /// Reads every pending storage: chunks of at most 8 MiB spread over the machine's cores
-    /// (`pread` straight into the tensors' memory, one copy), each chunk CRC-checked while in
-    /// cache and the chunk CRCs combined per record. The first error wins and stops the rest.
+    /// Reads every pending storage: chunks of at most 8 MiB spread over the machine's cores,
+    /// each chunk CRC-checked while in cache and the chunk CRCs combined per record. The first
+    /// error wins and stops the rest.
+    ///
+    /// CPU storages are read straight into their tensors' memory (`pread`, one copy). Storages
+    /// on another device (`LoadOptions::device`) are read the same way into one reused host
+    /// staging buffer (pinned when the device allows), [`STAGE_BYTES`] at a time, and each
+    /// batch is copied to its tensors on the device: the reads stay parallel, and host memory
+    /// stays bounded whatever the checkpoint's size.
     pub fn fill_pending(&self) -> Result<(), CheckpointError> {
         let Some(pending) = &self.pending else {
             return Ok(());
@@ -270,15 +300,130 @@ impl StorageLoader<'_> {
                 off += len;
             }
         }
-        let dests: Vec<Dest> = fills
-            .iter()
-            .map(|f| Dest(f.tensor.data_ptr() as *mut u8))
-            .collect();
-        // What the threads share: the archive, the records and the destinations.
-        let (zip, verify) = (self.zip, self.verify_crc);
-        let entries: Vec<&super::zip_io::Entry> = fills.iter().map(|f| &f.entry).collect();
         let crcs: Vec<std::sync::Mutex<Option<crc32fast::Hasher>>> =
             chunks.iter().map(|_| Default::default()).collect();
+        let forced = forced_staging();
+        let entries: Vec<&super::zip_io::Entry> = fills.iter().map(|f| &f.entry).collect();
+        let device = fills
+            .iter()
+            .map(|f| f.tensor.device())
+            .find(|d| *d != Device::Cpu);
+        if device.is_none() && forced.is_none() {
+            let dests: Vec<Dest> = chunks
+                .iter()
+                // SAFETY: in bounds: each tensor holds its record's `size` bytes (checked in
+                // `load`) and `off < size`.
+                .map(|&(i, off, _)| Dest(unsafe { fills_ptr(&fills[i]).add(off as usize) }))
+                .collect();
+            self.read_chunks(&entries, &chunks, &dests, &crcs)?;
+        } else {
+            self.read_staged(
+                &fills,
+                &chunks,
+                &crcs,
+                forced.unwrap_or(STAGE_BYTES),
+                device,
+            )?;
+        }
+        if self.verify_crc {
+            let mut per_record: Vec<crc32fast::Hasher> =
+                fills.iter().map(|_| crc32fast::Hasher::new()).collect();
+            for (slot, &(i, _, _)) in crcs.into_iter().zip(&chunks) {
+                // Every chunk was read (no error), so every slot holds its CRC.
+                if let Some(h) = slot.into_inner().ok().flatten() {
+                    per_record[i].combine(&h);
+                }
+            }
+            for (f, h) in fills.iter().zip(per_record) {
+                self.zip.check_crc_value(&f.entry, h.finalize())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `chunks` into host staging, at most `stage` bytes per batch (a chunk is never
+    /// split), and copies each batch to its tensors on `device`.
+    fn read_staged(
+        &self,
+        fills: &[PendingFill],
+        chunks: &[(usize, u64, u64)],
+        crcs: &[std::sync::Mutex<Option<crc32fast::Hasher>>],
+        stage: u64,
+        device: Option<Device>,
+    ) -> Result<(), CheckpointError> {
+        let fmt = |msg: String| CheckpointError::Format {
+            path: self.path.to_owned(),
+            msg,
+        };
+        let entries: Vec<&super::zip_io::Entry> = fills.iter().map(|f| &f.entry).collect();
+        let total: u64 = chunks.iter().map(|c| c.2).sum();
+        let largest = chunks.iter().map(|c| c.2).max().unwrap_or(0);
+        let size = i64::try_from(total.min(stage.max(largest)))
+            .map_err(|_| fmt("staging buffer size overflows".into()))?;
+        let host = Tensor::f_empty([size], (Kind::Uint8, Device::Cpu))
+            .map_err(|e| fmt(format!("allocating {size} bytes of host staging: {e}")))?;
+        // Pinned memory copies to a GPU at full speed; where it cannot be had, pageable works.
+        let host = match device {
+            Some(d @ Device::Cuda(_)) => host.f_pin_memory(d).unwrap_or(host),
+            _ => host,
+        };
+        let base = host.data_ptr() as *mut u8;
+        // Each chunk starts 64-byte aligned in the buffer, so it can be viewed as its dtype.
+        let align = |at: u64| at.div_ceil(64) * 64;
+        let mut start = 0;
+        while start < chunks.len() {
+            // The batch: chunks from `start` while they fit (the first always does).
+            let (mut end, mut bytes, mut starts) = (start, 0u64, Vec::new());
+            while end < chunks.len()
+                && (end == start || align(bytes) + chunks[end].2 <= size as u64)
+            {
+                starts.push(align(bytes));
+                bytes = align(bytes) + chunks[end].2;
+                end += 1;
+            }
+            let batch = &chunks[start..end];
+            let dests: Vec<Dest> = starts
+                .iter()
+                // SAFETY: each chunk's range `[at, at + len)` lies inside the `size`-byte buffer.
+                .map(|&at| Dest(unsafe { base.add(at as usize) }))
+                .collect();
+            self.read_chunks(&entries, batch, &dests, &crcs[start..end])?;
+            for (&(i, off, len), &at) in batch.iter().zip(&starts) {
+                let at = at as i64;
+                let f = &fills[i];
+                let kind = f.tensor.kind();
+                let elt = kind.elt_size_in_bytes() as u64;
+                let copy = || -> Result<(), tch::TchError> {
+                    let src = host.f_narrow(0, at, len as i64)?.f_view_dtype(kind)?;
+                    let mut dst = f
+                        .tensor
+                        .f_narrow(0, (off / elt) as i64, (len / elt) as i64)?;
+                    dst.f_copy_(&src)
+                };
+                copy().map_err(|e| {
+                    fmt(format!(
+                        "record {}: copying bytes {off}..{} to {:?}: {e}",
+                        f.entry.name,
+                        off + len,
+                        f.tensor.device()
+                    ))
+                })?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Reads each of `chunks` (fill, offset, len) to its `dests` pointer on up to 8 threads,
+    /// pieces of 256 KiB CRC-checked while in cache, each chunk's CRC into its `crcs` slot.
+    fn read_chunks(
+        &self,
+        entries: &[&super::zip_io::Entry],
+        chunks: &[(usize, u64, u64)],
+        dests: &[Dest],
+        crcs: &[std::sync::Mutex<Option<crc32fast::Hasher>>],
+    ) -> Result<(), CheckpointError> {
+        let (zip, verify) = (self.zip, self.verify_crc);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failed: std::sync::Mutex<Option<CheckpointError>> = Default::default();
         let threads = std::thread::available_parallelism()
@@ -294,11 +439,9 @@ impl StorageLoader<'_> {
                 return;
             }
             let e = entries[i];
-            // SAFETY: `dests[i]` is the start of a fresh contiguous tensor of `e.size` bytes
-            // (checked in `load`), and chunk ranges are disjoint and inside it.
-            let buf = unsafe {
-                std::slice::from_raw_parts_mut(dests[i].0.add(off as usize), len as usize)
-            };
+            // SAFETY: `dests[c]` starts `len` writable bytes that only this chunk writes, and
+            // the memory behind it outlives the scoped threads.
+            let buf = unsafe { std::slice::from_raw_parts_mut(dests[c].0, len as usize) };
             prefault(buf);
             // Read in pieces that stay in cache for their CRC.
             let mut h = crc32fast::Hasher::new();
@@ -335,23 +478,10 @@ impl StorageLoader<'_> {
             }
             work();
         });
-        if let Some(err) = failed.into_inner().ok().flatten() {
-            return Err(err);
+        match failed.into_inner().ok().flatten() {
+            Some(err) => Err(err),
+            None => Ok(()),
         }
-        if self.verify_crc {
-            let mut per_record: Vec<crc32fast::Hasher> =
-                fills.iter().map(|_| crc32fast::Hasher::new()).collect();
-            for (slot, &(i, _, _)) in crcs.into_iter().zip(&chunks) {
-                // Every chunk was read (no error), so every slot holds its CRC.
-                if let Some(h) = slot.into_inner().ok().flatten() {
-                    per_record[i].combine(&h);
-                }
-            }
-            for (f, h) in fills.iter().zip(per_record) {
-                self.zip.check_crc_value(&f.entry, h.finalize())?;
-            }
-        }
-        Ok(())
     }
 
     /// Loads the storage `key` holding `numel` elements of `kind`.
@@ -390,16 +520,19 @@ impl StorageLoader<'_> {
                     .map_err(|err| fmt(format!("storage {key}: {err}")))?
             }
             _ => {
-                let t = Tensor::f_empty([numel], (kind, Device::Cpu))
-                    .map_err(|err| fmt(format!("storage {key}: {err}")))?;
-                // Set only for CPU copy-loads that read data (`read_tree` decides).
+                // Set only for copy-loads that read data (`read_tree` decides): the storage is
+                // allocated where it goes and filled after the pickle.
                 if let Some(pending) = &self.pending {
+                    let t = Tensor::f_empty([numel], (kind, self.device))
+                        .map_err(|err| fmt(format!("storage {key} on {:?}: {err}", self.device)))?;
                     pending.borrow_mut().push(PendingFill {
                         entry: e,
                         tensor: t.shallow_clone(),
                     });
                     return Ok(t);
                 }
+                let t = Tensor::f_empty([numel], (kind, Device::Cpu))
+                    .map_err(|err| fmt(format!("storage {key}: {err}")))?;
                 if !self.skip_data {
                     let buf: &mut [u8] = if nbytes == 0 {
                         &mut [] // still CRC-checked below: an empty record's CRC is 0
