@@ -196,8 +196,21 @@ fn s3_missing_bucket_and_missing_object_are_clear_errors() {
 
 /// Runs this test binary as a child with `scenario` and `env`, stdout piped.
 fn spawn_child(scenario: &str, url: &str, env: &[(&str, String)]) -> Supervised {
+    spawn_child_without(scenario, url, env, &[])
+}
+
+/// [`spawn_child`], with the variables `remove` taken out of the inherited environment.
+fn spawn_child_without(
+    scenario: &str,
+    url: &str,
+    env: &[(&str, String)],
+    remove: &[&str],
+) -> Supervised {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(exe);
+    for k in remove {
+        cmd.env_remove(k);
+    }
     cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env(CHILD, scenario)
         .env(CHILD_URL, url)
@@ -383,6 +396,62 @@ fn wrong_credentials_are_a_clear_error_naming_the_url() {
         text.contains("InvalidAccessKeyId") || text.contains("403"),
         "says the key is refused: {text}"
     );
+}
+
+#[test]
+fn an_aws_profile_supplies_keys_region_and_endpoint() {
+    // Only the shared AWS files say where the server is and which keys to use (as boto, so
+    // s3fs, reads them): no AWS_ENDPOINT, no keys, no region in the child's environment.
+    let Some(moto) = shared_moto() else { return };
+    moto.create_bucket("profile");
+    let dir = tempfile::tempdir().unwrap();
+    let (credentials, config) = (dir.path().join("credentials"), dir.path().join("config"));
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = WRONG\n\n[lab]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[profile lab]\nregion = us-east-1\nendpoint_url = {}\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let aws = [
+        "AWS_ENDPOINT",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+    ];
+    let files = |profile: &str| {
+        vec![
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                credentials.display().to_string(),
+            ),
+            ("AWS_CONFIG_FILE", config.display().to_string()),
+            ("AWS_PROFILE", profile.to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            (lightning_core::storage::RETRIES_ENV, "0".to_string()),
+        ]
+    };
+    let url = "s3://profile/x.ckpt";
+    let out = spawn_child_without("small", url, &files("lab"), &aws).wait_with_output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let listing = moto.http("GET", "/profile");
+    assert!(listing.contains("<Key>x.ckpt</Key>"), "{listing}");
+    // A profile neither file has is an error that names it.
+    let out = spawn_child_without("small", url, &files("nope"), &aws).wait_with_output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("AWS_PROFILE=\"nope\""), "{text}");
 }
 
 #[test]

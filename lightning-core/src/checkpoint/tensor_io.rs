@@ -282,7 +282,7 @@ impl StorageLoader<'_> {
     ///
     /// CPU storages are read straight into their tensors' memory (`pread`, one copy). Storages
     /// on another device (`LoadOptions::device`) are read the same way into one reused host
-    /// staging buffer (pinned when the device allows), [`STAGE_BYTES`] at a time, and each
+    /// staging buffer (pinned when the device allows), 128 MiB at a time, and each
     /// batch is copied to its tensors on the device: the reads stay parallel, and host memory
     /// stays bounded whatever the checkpoint's size.
     pub fn fill_pending(&self) -> Result<(), CheckpointError> {

@@ -8,7 +8,8 @@
 //! - `s3://bucket/key`, `gs://`, `az://` (and `abfs[s]://`, `adl://`, `azure://`), and the
 //!   in-process `memory://`: object storage through the `object_store` crate, with
 //!   credentials and endpoints from the environment as it reads them (`AWS_ACCESS_KEY_ID`,
-//!   `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...). Saves are
+//!   `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...; for S3 the
+//!   `AWS_PROFILE` of `~/.aws/credentials` and `~/.aws/config` fills in the rest). Saves are
 //!   streamed multipart uploads that appear only once complete; `last` is a server-side copy.
 //!   A failed request is retried with backoff ([`RETRIES_ENV`] sets how many times).
 //!
@@ -39,6 +40,7 @@
 //! # Ok::<(), lightning_core::checkpoint::CheckpointError>(())
 //! ```
 
+mod aws_profile;
 pub(crate) mod object;
 
 pub use object::{is_url, RETRIES_ENV};

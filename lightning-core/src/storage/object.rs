@@ -11,7 +11,9 @@
 //! - Stores are built from the URL and the environment as `object_store` reads it
 //!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
 //!   `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...), one per
-//!   bucket, kept for the life of the process.
+//!   bucket, kept for the life of the process. For S3, the profile of the shared AWS files
+//!   (`~/.aws/credentials`, `~/.aws/config`, `AWS_PROFILE`) fills in the keys, region and
+//!   endpoint the environment leaves unset, as boto does.
 //! - Every call blocks the calling thread until the store answers (on a shared runtime of
 //!   two threads). Called from inside a tokio runtime, a call runs on a helper thread (where
 //!   blocking in place would panic); it still blocks that runtime's worker, so async code
@@ -159,13 +161,27 @@ fn store_for(path: &Path, loc: &Location) -> Result<Arc<dyn ObjectStore>, Checkp
     let retry = retry_config();
     let scheme = loc.store.split_once("://").map_or("", |(s, _)| s);
     let store: Arc<dyn ObjectStore> = match scheme {
-        "s3" | "s3a" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(&loc.store)
-                .with_retry(retry)
-                .build()
-                .map_err(err)?,
-        ),
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env();
+            // What the environment leaves unset, from the shared AWS files' profile.
+            let profile =
+                super::aws_profile::settings(&|k| std::env::var(k).ok()).map_err(|e| {
+                    CheckpointError::Remote {
+                        path: path.to_owned(),
+                        what: "reading the AWS profile".into(),
+                        source: Box::new(e),
+                    }
+                })?;
+            for (key, value) in profile {
+                b = b.with_config(key.parse().map_err(err)?, value);
+            }
+            Arc::new(
+                b.with_url(&loc.store)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(err)?,
+            )
+        }
         "gs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(&loc.store)
