@@ -69,8 +69,8 @@ pub trait HasHparams {
 /// The check `#[lightning_module]` generates for each traversed field of a module without an
 /// `#[hparams]` field: a field whose type is a [`Hyperparameters`] config fails to compile
 /// with a message that says to mark it `#[hparams]`. Method resolution picks the inherent
-/// `kind` (an [`IsConfig`]) when the type is a config and the trait's fallback (a
-/// [`NotConfig`]) otherwise, including for type parameters. Used by generated code; not
+/// `kind` (an `IsConfig`) when the type is a config and the trait's fallback (a
+/// `NotConfig`) otherwise, including for type parameters. Used by generated code; not
 /// public API.
 #[doc(hidden)]
 pub mod hparams_probe {

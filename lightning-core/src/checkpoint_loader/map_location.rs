@@ -1,16 +1,4 @@
-//! `map_location`: where the tensors of a checkpoint go, as `torch.load` (and Lightning's
-//! `load_from_checkpoint`, which hands it to `torch.load`) decides.
-//!
-//! `torch.save` tags every storage with the device it was on (`"cpu"`, `"cuda:1"`). Loading:
-//! - no `map_location` (Lightning's default): each storage goes back to its tag's device, except
-//!   that `cuda*` and `mps*` tags go to the CPU when that accelerator is not available;
-//! - one device (`"cpu"`, `"cuda:0"`, a [`tch::Device`]): every storage goes there;
-//! - a mapping: a storage whose tag is a key (the exact string: `"cuda"` does not match
-//!   `"cuda:0"`) goes to the key's value, any other to its own tag's device.
-//!
-//! A target CUDA device that does not exist is an error with torch's message. The module is
-//! then moved to the device of the first tensor of `state_dict` (Lightning's
-//! `model.to(device)`).
+//! `map_location`: where the tensors of a checkpoint go (see [`MapLocation`]).
 
 use tch::Device;
 
@@ -90,7 +78,19 @@ pub enum MapLocationError {
     },
 }
 
-/// `torch.load`'s `map_location`: see the [module docs](self).
+/// `map_location`: where the tensors of a checkpoint go, as `torch.load` (and Lightning's
+/// `load_from_checkpoint`, which hands it to `torch.load`) decides.
+///
+/// `torch.save` tags every storage with the device it was on (`"cpu"`, `"cuda:1"`). Loading:
+/// - no `map_location` (Lightning's default): each storage goes back to its tag's device, except
+///   that `cuda*` and `mps*` tags go to the CPU when that accelerator is not available;
+/// - one device (`"cpu"`, `"cuda:0"`, a [`tch::Device`]): every storage goes there;
+/// - a mapping: a storage whose tag is a key (the exact string: `"cuda"` does not match
+///   `"cuda:0"`) goes to the key's value, any other to its own tag's device.
+///
+/// A target CUDA device that does not exist is an error with torch's message. The module is
+/// then moved to the device of the first tensor of `state_dict` (Lightning's
+/// `model.to(device)`).
 ///
 /// ```
 /// use lightning_core::checkpoint_loader::{Devices, MapLocation};
