@@ -252,6 +252,8 @@ thread_local! {
     /// checked without a GPU).
     pub(crate) static FORCE_STAGING: std::cell::Cell<Option<u64>> =
         const { std::cell::Cell::new(None) };
+    /// Tests: staged batches read on this thread so far.
+    pub(crate) static STAGED_BATCHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// The batch size tests force CPU loads to stage with (never in a build that is not a test).
@@ -356,9 +358,12 @@ impl StorageLoader<'_> {
             msg,
         };
         let entries: Vec<&super::zip_io::Entry> = fills.iter().map(|f| &f.entry).collect();
-        let total: u64 = chunks.iter().map(|c| c.2).sum();
+        // Each chunk starts 64-byte aligned in the buffer, so it can be viewed as its dtype;
+        // the buffer holds them all when they fit in `stage`, else the largest.
+        let align = |at: u64| at.div_ceil(64) * 64;
+        let padded: u64 = chunks.iter().map(|c| align(c.2)).sum();
         let largest = chunks.iter().map(|c| c.2).max().unwrap_or(0);
-        let size = i64::try_from(total.min(stage.max(largest)))
+        let size = i64::try_from(padded.min(stage.max(largest)))
             .map_err(|_| fmt("staging buffer size overflows".into()))?;
         let host = Tensor::f_empty([size], (Kind::Uint8, Device::Cpu))
             .map_err(|e| fmt(format!("allocating {size} bytes of host staging: {e}")))?;
@@ -368,8 +373,6 @@ impl StorageLoader<'_> {
             _ => host,
         };
         let base = host.data_ptr() as *mut u8;
-        // Each chunk starts 64-byte aligned in the buffer, so it can be viewed as its dtype.
-        let align = |at: u64| at.div_ceil(64) * 64;
         let mut start = 0;
         while start < chunks.len() {
             // The batch: chunks from `start` while they fit (the first always does).
@@ -382,6 +385,8 @@ impl StorageLoader<'_> {
                 end += 1;
             }
             let batch = &chunks[start..end];
+            #[cfg(test)]
+            STAGED_BATCHES.with(|b| b.set(b.get() + 1));
             let dests: Vec<Dest> = starts
                 .iter()
                 // SAFETY: each chunk's range `[at, at + len)` lies inside the `size`-byte buffer.

@@ -294,13 +294,13 @@ fn multi_chunk_records_load_in_parallel_and_keep_their_crc() {
 }
 
 /// Loads to another device read through host staging in batches (`STAGE_BYTES` each), then
-/// copy each batch to the device. Forced on the CPU here, with batch sizes that put every
-/// chunk in its own batch, split a record across batches, and hold everything in one: the
-/// tensors (several dtypes, views, an empty one) come back equal, and a flipped byte is
+/// copy each batch to the device. Forced on the CPU here, with batch sizes that give each
+/// large chunk its own batch, split a record across batches, and hold everything in one:
+/// the tensors (several dtypes, views, an empty one) come back equal, and a flipped byte is
 /// still its record's CRC error.
 #[test]
 fn staged_loads_copy_every_batch_and_keep_their_crc() {
-    use super::tensor_io::FORCE_STAGING;
+    use super::tensor_io::{FORCE_STAGING, STAGED_BATCHES};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("staged.ckpt");
     let n = (2 * (8 << 20) + 12_344) / 4; // two full 8 MiB chunks and a tail, in f32
@@ -321,9 +321,14 @@ fn staged_loads_copy_every_batch_and_keep_their_crc() {
         let z = ZipReader::open(&p).unwrap();
         z.entries().iter().max_by_key(|e| e.size).unwrap().clone()
     };
-    for stage in [1u64, (8 << 20) + 5, 64 << 20] {
+    // (stage, batches). The buffer holds at least the largest chunk (8 MiB): the two full
+    // chunks alone, then the tail with every small record. Two full chunks together, then
+    // the tail and the rest. Everything in one.
+    for (stage, batches) in [(1u64, 3), ((16 << 20) + 100, 2), (64 << 20, 1)] {
         FORCE_STAGING.with(|f| f.set(Some(stage)));
+        STAGED_BATCHES.with(|b| b.set(0));
         let back = load(&p);
+        assert_eq!(STAGED_BATCHES.with(|b| b.get()), batches, "stage {stage}");
         let corrupted = load(&corrupt(&p, |b| {
             b[(big_record.data_offset + (8 << 20) + 11) as usize] ^= 0x01
         }));
