@@ -5,7 +5,9 @@
 //! `object_store` reads only environment variables; this fills in what they leave unset:
 //! the access key, secret and session token (credentials file first, then config file; taken
 //! together, never mixed with a key from the environment), the region and the endpoint
-//! (`endpoint_url`). Single sign-on, `credential_process` and role assumption are not read.
+//! (`endpoint_url`). Single sign-on, `credential_process` and role assumption are not
+//! followed: a profile that relies on one of them (and has no key pair) is an error saying
+//! how to export its keys, rather than a confusing instance-metadata failure later.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,7 +27,37 @@ pub(crate) enum ProfileError {
     /// `AWS_PROFILE` names a profile neither file has.
     #[error("AWS_PROFILE={0:?}: no such profile in the AWS credentials or config file")]
     Missing(String),
+    /// The profile gets its keys in a way this reader does not follow.
+    #[error(
+        "AWS profile {profile:?} gets its credentials through `{key}`, which lightning-rs does \
+         not read; export them instead (`eval \"$(aws configure export-credentials --profile \
+         {profile} --format env)\"`) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    Unsupported {
+        /// The profile.
+        profile: String,
+        /// The setting (`credential_process`, `sso_session`, `role_arn`, ...).
+        key: &'static str,
+    },
 }
+
+/// Profile settings that fetch credentials some other way: without a key pair beside them, a
+/// profile using one would otherwise end in a confusing instance-metadata error.
+const INDIRECT: [&str; 5] = [
+    "credential_process",
+    "sso_session",
+    "sso_start_url",
+    "role_arn",
+    "web_identity_token_file",
+];
+
+/// Environment variables through which `object_store` itself finds credentials.
+const ENV_CREDENTIALS: [&str; 4] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+];
 
 /// The settings of the selected profile that the environment (`env`) leaves unset.
 pub(crate) fn settings(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ProfileError> {
@@ -57,7 +89,7 @@ pub(crate) fn settings(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings,
         first.as_ref().and_then(|s| s.get(key)).cloned()
     };
     let mut out = Vec::new();
-    if env("AWS_ACCESS_KEY_ID").is_none() {
+    if ENV_CREDENTIALS.iter().all(|k| env(k).is_none()) {
         // The first file holding a key pair gives the whole set.
         for s in [&from_credentials, &from_config] {
             if let (Some(id), Some(secret)) =
@@ -69,6 +101,14 @@ pub(crate) fn settings(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings,
                     out.push(("aws_session_token", token));
                 }
                 break;
+            }
+        }
+        if out.is_empty() {
+            let indirect = INDIRECT
+                .iter()
+                .find(|k| get(k, &from_config).is_some() || get(k, &from_credentials).is_some());
+            if let Some(key) = indirect {
+                return Err(ProfileError::Unsupported { profile, key });
             }
         }
     }
@@ -178,6 +218,10 @@ endpoint_url = http://127.0.0.1:5000
 [profile keys-in-config]
 aws_access_key_id = AKCONFIG
 aws_secret_access_key = secret-config
+
+[profile sso]
+sso_session = corp
+region = eu-west-1
 ";
 
     #[test]
@@ -240,5 +284,24 @@ aws_secret_access_key = secret-config
         assert!(settings(&env_of(&[])).unwrap().is_empty());
         let (_d, env) = files("", "");
         assert!(settings(&env_of(&env)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_profile_that_fetches_its_keys_another_way_says_how_to_export_them() {
+        let (_d, mut env) = files(CREDENTIALS, CONFIG);
+        env.push(("AWS_PROFILE", "sso".into()));
+        let e = settings(&env_of(&env)).unwrap_err().to_string();
+        assert!(
+            e.contains("\"sso\"")
+                && e.contains("`sso_session`")
+                && e.contains("export-credentials"),
+            "{e}"
+        );
+        // keys from the environment make the profile's way irrelevant
+        env.push(("AWS_ACCESS_KEY_ID", "AKENV".into()));
+        assert_eq!(
+            settings(&env_of(&env)).unwrap(),
+            [("aws_region", "eu-west-1".to_string())]
+        );
     }
 }
