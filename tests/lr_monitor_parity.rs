@@ -106,10 +106,10 @@ for s in scenarios:
 print(json.dumps(out))
 "#;
 
-/// The `lr-*` rows: the same rows, keys and steps; values equal within 1e-12 relative (our
-/// schedulers compute the closed form `base * gamma^k`, torch chains `lr * gamma`, which can
-/// differ in the last bits: 0.01715 vs 0.017149999999999995 after three steps).
-fn assert_rows_close(name: &str, ours: &serde_json::Value, theirs: &serde_json::Value) {
+/// The `lr-*` rows: the same rows, keys, steps and values, to the last digit (our schedulers
+/// chain `lr * gamma` step by step as torch does; the closed form `base * gamma^k` differed
+/// in the last bits: 0.01715 vs 0.017149999999999995 after three steps).
+fn assert_rows_equal(name: &str, ours: &serde_json::Value, theirs: &serde_json::Value) {
     let (o, t) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
     assert_eq!(
         o.len(),
@@ -125,9 +125,8 @@ fn assert_rows_close(name: &str, ours: &serde_json::Value, theirs: &serde_json::
         );
         for (k, va) in a {
             let (x, y) = (va.as_str().unwrap(), b[k].as_str().unwrap());
-            let (fx, fy): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
-            assert!(
-                (fx - fy).abs() <= 1e-12 * fy.abs().max(1.0),
+            assert_eq!(
+                x, y,
                 "{name}: {k} ours {x}, Lightning {y}\nours {ours}\ntheirs {theirs}"
             );
         }
@@ -198,7 +197,7 @@ fn lr_monitor_val_step_rows_and_scheduler_progress_match_lightning() {
     let got: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     for s in &SCENARIOS {
         let r = &got[s.name];
-        assert_rows_close(s.name, &r["ours"]["lr_rows"], &r["theirs"]["lr_rows"]);
+        assert_rows_equal(s.name, &r["ours"]["lr_rows"], &r["theirs"]["lr_rows"]);
         for part in ["val_step_rows", "scheduler_progress", "checkpoint"] {
             assert_eq!(
                 r["ours"][part], r["theirs"][part],

@@ -1,9 +1,12 @@
 //! LR schedulers with `torch.optim.lr_scheduler`'s lr sequences and state layout.
 //!
-//! Every schedule is computed in closed form from the epoch counter (torch's `get_lr` is a
-//! chained recurrence over the group's current lr; the two agree to rounding, which the tests
-//! check against PyTorch). Construction performs torch's initial step: after `new`, the
-//! optimizer's lrs are the schedule's values at epoch 0 and `last_epoch == 0`.
+//! Each step computes the next lr from the group's current lr as torch's chainable `get_lr`
+//! does (`lr * gamma` at a step boundary, cosine's ratio recurrence, ...), so the lrs equal
+//! torch's bit for bit (`tests/optim_sched.rs` compares them exactly); the closed forms
+//! (torch's `_get_closed_form_lr`) serve where torch uses them: `OneCycleLR`, and each later
+//! schedule of a `SequentialLR` at its milestone. Construction performs torch's initial step:
+//! after `new`, the optimizer's lrs are the schedule's values at epoch 0 and
+//! `last_epoch == 0`.
 
 use super::{LrScheduler, OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
@@ -239,7 +242,76 @@ impl Schedule {
         }
     }
 
-    /// The lr for one group at `epoch` from its `base` (initial) lr.
+    /// The next lr of one group as torch's `step()` computes it (its chainable `get_lr`):
+    /// from the group's current `lr`, step by step, so the bits match torch's, where the
+    /// closed form [`Schedule::lr`] differs in the last bits. `initial`: the constructor's
+    /// step. `OneCycleLR` is closed-form in torch too; `SequentialLR` starts each later
+    /// schedule at its milestone from the closed form at 0, as torch does.
+    fn next_lr(&self, lr: f64, base: f64, epoch: i64, initial: bool) -> f64 {
+        match self {
+            Schedule::Step { step_size, gamma } => {
+                if epoch == 0 || epoch % step_size != 0 {
+                    lr
+                } else {
+                    lr * gamma
+                }
+            }
+            Schedule::MultiStep { milestones, gamma } => {
+                match milestones.iter().filter(|&&m| m == epoch).count() {
+                    0 => lr,
+                    n => lr * gamma.powf(n as f64),
+                }
+            }
+            Schedule::Exponential { gamma } => match initial {
+                true => lr,
+                false => lr * gamma,
+            },
+            Schedule::CosineAnnealing { t_max, eta_min } => {
+                let t = *t_max as f64;
+                if initial {
+                    lr
+                } else if (epoch - 1 - t_max).rem_euclid(2 * t_max) == 0 {
+                    lr + (base - eta_min) * (1.0 - (PI / t).cos()) / 2.0
+                } else {
+                    (1.0 + (PI * epoch as f64 / t).cos())
+                        / (1.0 + (PI * (epoch - 1) as f64 / t).cos())
+                        * (lr - eta_min)
+                        + eta_min
+                }
+            }
+            Schedule::Linear {
+                start_factor,
+                end_factor,
+                total_iters,
+            } => {
+                if epoch == 0 {
+                    lr * start_factor
+                } else if initial || epoch > *total_iters {
+                    lr
+                } else {
+                    lr * (1.0
+                        + (end_factor - start_factor)
+                            / (*total_iters as f64 * start_factor
+                                + (epoch - 1) as f64 * (end_factor - start_factor)))
+                }
+            }
+            Schedule::OneCycle(_) => self.lr(base, epoch),
+            Schedule::Sequential {
+                schedules,
+                milestones,
+            } => {
+                let (i, sub) = sequential_pos(milestones, epoch);
+                if i > 0 && sub == 0 {
+                    schedules[i].lr(base, 0)
+                } else {
+                    schedules[i].next_lr(lr, base, sub, initial)
+                }
+            }
+        }
+    }
+
+    /// The lr for one group at `epoch` from its `base` (initial) lr: torch's
+    /// `_get_closed_form_lr`.
     fn lr(&self, base: f64, epoch: i64) -> f64 {
         let e = epoch.max(0);
         match self {
@@ -469,7 +541,7 @@ impl Scheduler {
             step_count: 0,
             last_lr: Vec::new(),
         };
-        s.step(opt);
+        s.advance(opt, true);
         Ok(s)
     }
 
@@ -483,11 +555,26 @@ impl Scheduler {
         self.last_epoch
     }
 
-    fn apply(&mut self, opt: &mut dyn Optimizer) {
+    /// One step: the epoch advances and every group's lr follows (`initial`: the
+    /// constructor's step).
+    fn advance(&mut self, opt: &mut dyn Optimizer, initial: bool) {
+        self.step_count += 1;
+        self.last_epoch += 1;
+        if let Schedule::OneCycle(o) = &self.schedule {
+            if self.last_epoch > o.total_steps {
+                tracing::warn!(
+                    "OneCycleLR stepped {} times; the specified number of total steps is {} (lr held)",
+                    self.last_epoch,
+                    o.total_steps
+                );
+            }
+        }
+        let current = opt.lrs();
         let lrs: Vec<f64> = self
             .base_lrs
             .iter()
-            .map(|&b| self.schedule.lr(b, self.last_epoch))
+            .zip(&current)
+            .map(|(&b, &lr)| self.schedule.next_lr(lr, b, self.last_epoch, initial))
             .collect();
         for (g, &lr) in lrs.iter().enumerate() {
             opt.set_lr(g, lr);
@@ -505,18 +592,7 @@ impl Scheduler {
 
 impl LrScheduler for Scheduler {
     fn step(&mut self, opt: &mut dyn Optimizer) {
-        self.step_count += 1;
-        self.last_epoch += 1;
-        if let Schedule::OneCycle(o) = &self.schedule {
-            if self.last_epoch > o.total_steps {
-                tracing::warn!(
-                    "OneCycleLR stepped {} times; the specified number of total steps is {} (lr held)",
-                    self.last_epoch,
-                    o.total_steps
-                );
-            }
-        }
-        self.apply(opt);
+        self.advance(opt, false);
     }
 
     fn last_lr(&self) -> Vec<f64> {
