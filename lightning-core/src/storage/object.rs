@@ -80,6 +80,11 @@ fn block_on<T: Send>(f: impl Future<Output = T> + Send) -> Result<T, std::io::Er
     Ok(rt.block_on(f))
 }
 
+/// [`block_on`] for a call about `path`: a runtime failure is an I/O error naming it.
+fn call<T: Send>(path: &Path, f: impl Future<Output = T> + Send) -> Result<T, CheckpointError> {
+    block_on(f).map_err(|e| CheckpointError::io(path, e))
+}
+
 /// An object's URL split: the store's key (`s3://bucket`) and the object's path in it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Location {
@@ -293,10 +298,9 @@ impl Uploader {
     /// Aborts the multipart upload (its parts are deleted; no object appears).
     fn abort(mut self) {
         if let Some(up) = self.upload.take() {
-            match block_on(up.abort()) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("could not abort the upload of {}: {e}", self.key),
-                Err(e) => tracing::warn!("could not abort the upload of {}: {e}", self.key),
+            let aborted = block_on(up.abort()).map(|r| r.map_err(std::io::Error::other));
+            if let Err(e) = aborted.and_then(|r| r) {
+                tracing::warn!("could not abort the upload of {}: {e}", self.key);
             }
         }
     }
@@ -403,9 +407,7 @@ pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), Che
         ),
         e => remote(path, "downloading the checkpoint", e),
     };
-    let meta = block_on(async { store.head(&key).await })
-        .map_err(|e| CheckpointError::io(path, e))?
-        .map_err(not_found)?;
+    let meta = call(path, async { store.head(&key).await })?.map_err(not_found)?;
     let version = ObjectVersion {
         e_tag: meta.e_tag.clone(),
         size: meta.size,
@@ -426,7 +428,7 @@ pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), Che
         .step_by(step as usize)
         .map(|start| start..(start + step).min(len))
         .collect();
-    let r = block_on(async {
+    call(path, async {
         futures::stream::iter(ranges)
             .map(|r| {
                 let (store, key) = (store.clone(), key.clone());
@@ -451,25 +453,23 @@ pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), Che
                 futures::future::ready(r)
             })
             .await
-    })
-    .map_err(|e| CheckpointError::io(path, e))?;
-    r.map_err(not_found)?;
+    })?
+    .map_err(not_found)?;
     Ok((file, version))
 }
 
 /// Reads a whole (small) object, e.g. an hparams file.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     let (store, key) = open(path)?;
-    let r = block_on(async { store.get(&key).await?.bytes().await })
-        .map_err(|e| CheckpointError::io(path, e))?;
-    r.map(|b| b.to_vec())
+    call(path, async { store.get(&key).await?.bytes().await })?
+        .map(|b| b.to_vec())
         .map_err(|e| remote(path, "reading", e))
 }
 
 /// Deletes the object at `path` (a missing one is fine).
 pub(crate) fn remove(path: &Path) -> Result<(), CheckpointError> {
     let (store, key) = open(path)?;
-    match block_on(async { store.delete(&key).await }).map_err(|e| CheckpointError::io(path, e))? {
+    match call(path, async { store.delete(&key).await })? {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(remote(path, "deleting", e)),
     }
@@ -478,7 +478,7 @@ pub(crate) fn remove(path: &Path) -> Result<(), CheckpointError> {
 /// Whether an object exists at `path`.
 pub(crate) fn exists(path: &Path) -> Result<bool, CheckpointError> {
     let (store, key) = open(path)?;
-    match block_on(async { store.head(&key).await }).map_err(|e| CheckpointError::io(path, e))? {
+    match call(path, async { store.head(&key).await })? {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
         Err(e) => Err(remote(path, "checking", e)),
@@ -493,9 +493,7 @@ pub(crate) fn server_side_copy(from: &Path, to: &Path) -> Result<bool, Checkpoin
         return Ok(false);
     }
     let store = store_for(from, &a)?;
-    block_on(async { store.copy(&a.key, &b.key).await })
-        .map_err(|e| CheckpointError::io(to, e))?
-        .map_err(|e| remote(to, "copying", e))?;
+    call(to, async { store.copy(&a.key, &b.key).await })?.map_err(|e| remote(to, "copying", e))?;
     Ok(true)
 }
 
@@ -504,8 +502,7 @@ fn listing(dir: &Path) -> Result<(Location, object_store::ListResult), Checkpoin
     let loc = locate(dir)?;
     let store = store_for(dir, &loc)?;
     let prefix = (loc.key.as_ref() != "").then_some(&loc.key);
-    let listing = block_on(async { store.list_with_delimiter(prefix).await })
-        .map_err(|e| CheckpointError::io(dir, e))?
+    let listing = call(dir, async { store.list_with_delimiter(prefix).await })?
         .map_err(|e| remote(dir, "listing", e))?;
     Ok((loc, listing))
 }
