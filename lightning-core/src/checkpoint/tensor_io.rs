@@ -264,11 +264,6 @@ fn forced_staging() -> Option<u64> {
     None
 }
 
-/// The start of a pending CPU tensor's memory.
-fn fills_ptr(f: &PendingFill) -> *mut u8 {
-    f.tensor.data_ptr() as *mut u8
-}
-
 /// A raw destination pointer that may cross to the reading threads.
 #[derive(Clone, Copy)]
 struct Dest(*mut u8);
@@ -315,12 +310,15 @@ impl StorageLoader<'_> {
                 .iter()
                 // SAFETY: in bounds: each tensor holds its record's `size` bytes (checked in
                 // `load`) and `off < size`.
-                .map(|&(i, off, _)| Dest(unsafe { fills_ptr(&fills[i]).add(off as usize) }))
+                .map(|&(i, off, _)| {
+                    Dest(unsafe { (fills[i].tensor.data_ptr() as *mut u8).add(off as usize) })
+                })
                 .collect();
             self.read_chunks(&entries, &chunks, &dests, &crcs)?;
         } else {
             self.read_staged(
                 &fills,
+                &entries,
                 &chunks,
                 &crcs,
                 forced.unwrap_or(STAGE_BYTES),
@@ -348,6 +346,7 @@ impl StorageLoader<'_> {
     fn read_staged(
         &self,
         fills: &[PendingFill],
+        entries: &[&super::zip_io::Entry],
         chunks: &[(usize, u64, u64)],
         crcs: &[std::sync::Mutex<Option<crc32fast::Hasher>>],
         stage: u64,
@@ -357,7 +356,6 @@ impl StorageLoader<'_> {
             path: self.path.to_owned(),
             msg,
         };
-        let entries: Vec<&super::zip_io::Entry> = fills.iter().map(|f| &f.entry).collect();
         // Each chunk starts 64-byte aligned in the buffer, so it can be viewed as its dtype;
         // the buffer holds them all when they fit in `stage`, else the largest.
         let align = |at: u64| at.div_ceil(64) * 64;
@@ -392,7 +390,7 @@ impl StorageLoader<'_> {
                 // SAFETY: each chunk's range `[at, at + len)` lies inside the `size`-byte buffer.
                 .map(|&at| Dest(unsafe { base.add(at as usize) }))
                 .collect();
-            self.read_chunks(&entries, batch, &dests, &crcs[start..end])?;
+            self.read_chunks(entries, batch, &dests, &crcs[start..end])?;
             for (&(i, off, len), &at) in batch.iter().zip(&starts) {
                 let at = at as i64;
                 let f = &fills[i];
