@@ -234,33 +234,28 @@ impl Logging {
             let dir = loc.save_dir().unwrap_or(default_root_dir);
             url(dir).then(|| dir.to_owned())
         };
-        let staged = self
-            .loggers
-            .iter_mut()
-            .any(|l| l.location_mut().is_some_and(|loc| remote_of(loc).is_some()));
-        if staged && self.mirror.is_none() {
-            // One staging directory for the trainer's life: loggers of an earlier fit keep
-            // their directories in it.
-            self.mirror = Some(Mirror::new()?);
-        }
-        if let Some(m) = &mut self.mirror {
-            for l in &mut self.loggers {
-                let Some(loc) = l.location_mut() else {
-                    continue;
-                };
-                let Some(remote) = remote_of(loc) else {
-                    continue;
-                };
-                let local = m.stage(&remote);
-                if loc.save_dir().is_some() {
-                    loc.set_save_dir(local.clone());
-                }
-                // new versions are numbered from what the bucket holds
-                if loc.version().is_none() {
-                    chosen
-                        .entry(loc.root(&local))
-                        .or_insert_with(|| next_version(&loc.root(&remote)));
-                }
+        for l in &mut self.loggers {
+            let Some(loc) = l.location_mut() else {
+                continue;
+            };
+            let Some(remote) = remote_of(loc) else {
+                continue;
+            };
+            // One staging directory for the trainer's life, made when first needed: loggers
+            // of an earlier fit keep their directories in it.
+            let m = match &mut self.mirror {
+                Some(m) => m,
+                None => self.mirror.insert(Mirror::new()?),
+            };
+            let local = m.stage(&remote);
+            if loc.save_dir().is_some() {
+                loc.set_save_dir(local.clone());
+            }
+            // new versions are numbered from what the bucket holds
+            if loc.version().is_none() {
+                chosen
+                    .entry(loc.root(&local))
+                    .or_insert_with(|| next_version(&loc.root(&remote)));
             }
         }
         let save_dir = match &mut self.mirror {
