@@ -2,8 +2,8 @@
 # Everything the GPU must show, in one prepared command (issue 12).
 #
 #   scripts/gpu_check.sh build   # here, with cargo: release binaries packed into
-#                                # gpu-bundle.tar.gz (ignored; ~27 MB, under the 64 MiB a
-#                                # device run carries, where the unpacked binaries are ~80 MB)
+#                                # gpu-bundle.tar.gz (ignored; ~23 MB, under the 64 MiB a
+#                                # device run carries; the binaries are ~54 MB unpacked)
 #   scripts/gpu_check.sh run     # on the GPU machine (no cargo), from the repository root with
 #                                # gpu-bundle.tar.gz carried along (unpacked into gpu-bundle/);
 #                                # about 6 minutes on an H100/H200
@@ -140,7 +140,7 @@ digits_pair() {   # precision, extra flag ("" or --async-checkpointing), device 
 
 run() {
     mkdir -p "$OUT/logs" "$OUT/runs"
-    if [ -f "$PACKED" ] && { [ ! -x "$BUNDLE/digits" ] || [ "$PACKED" -nt "$BUNDLE/digits" ]; }; then
+    if [ -f "$PACKED" ]; then
         rm -rf "$BUNDLE" && tar xzf "$PACKED" || { echo "cannot unpack $PACKED"; exit 2; }
     fi
     [ -x "$BUNDLE/digits" ] || { echo "no $BUNDLE/: run 'scripts/gpu_check.sh build' first (here, with cargo)"; exit 2; }

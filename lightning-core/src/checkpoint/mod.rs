@@ -209,8 +209,9 @@ impl Default for LoadOptions {
 /// `path` may be a URL (`s3://bucket/run/last.ckpt`, see [`crate::storage`]): the file is then
 /// streamed as a multipart upload that appears only once complete. A local file is written
 /// to a temporary file in the same directory, fsynced, renamed over `path`, and the directory
-/// is fsynced: `path` always holds either its old content or the complete new file. On error (disk full, size limit, permissions) the temporary file is
-/// removed and an existing file at `path` is untouched.
+/// is fsynced: `path` always holds either its old content or the complete new file. On error
+/// (disk full, size limit, permissions) the temporary file is removed and an existing file at
+/// `path` is untouched.
 pub fn save(path: &Path, ckpt: &Value) -> Result<(), CheckpointError> {
     save_with(path, ckpt, &SaveOptions::default())
 }

@@ -4,9 +4,10 @@
 //! object storage: an upload that appears only once complete). Async mode wraps it: the step
 //! loop only takes a snapshot (every tensor copied to host memory, pinned when the tensor is
 //! on a GPU), then a thread serializes and writes it with the IO's `save_checkpoint`. At most
-//! one save is in flight: the next one waits for it (the wait is logged). A failed background save is reported by the next
-//! call into the saver ([`Saver::poll`] every step) and by [`Saver::finish`] at the end of
-//! `fit`, which returns only once every pending save is durable.
+//! one save is in flight: the next one waits for it (the wait is logged). A failed background
+//! save is reported by the next call into the saver ([`Saver::poll`] every step) and by
+//! [`Saver::finish`] at the end of `fit`, which returns only once every pending save is
+//! durable.
 //!
 //! What must follow a save ([`AfterSave`]: deleting the file it replaced, pointing `last` at
 //! it) is handed to the saver with [`Saver::when_durable`] and runs once the file is durable,
