@@ -6,7 +6,15 @@
 #                                # device run carries; the binaries are ~54 MB unpacked)
 #   scripts/gpu_check.sh run     # on the GPU machine (no cargo), from the repository root with
 #                                # gpu-bundle.tar.gz carried along (unpacked into gpu-bundle/);
-#                                # about 6 minutes on an H100/H200
+#                                # about 6 minutes on an H100/H200 (estimated: never run there)
+#   scripts/gpu_check.sh run stall load   # only some parts: tests digits kernels stall load e2e
+#
+# The whole run keeps within GPU_CHECK_BUDGET_S (default 540 s; a device command may run 600 s):
+# each step's limit is cut to the time left, steps that no longer fit are recorded as skipped,
+# the JSON and the table are rewritten after every step, and the last line names the parts to
+# run next. Exit status: 0 all ran and passed, 1 a step failed or timed out, 2 not set up,
+# 3 some steps skipped for lack of time. Checkpoints and bench files go to a temporary folder
+# outside $OUT, removed at exit.
 #
 # `run` finds libtorch through the machine's Python (`import torch`) or the project's venv,
 # and runs, each step under its own time limit:
@@ -25,7 +33,8 @@
 #      batches) in 32-true and bf16-mixed, our fused AdamW vs torch's fused AdamW.
 # It writes $OUT/gpu_check.json (every figure and step status) and $OUT/gpu_check.md (the
 # summary table), with OUT defaulting to gpu-check-out/. On a machine without a GPU it says so,
-# runs the CPU parts (the same tests, which then skip their GPU halves) and exits 0.
+# runs the CPU parts (the same tests, which then skip their GPU halves, and one digits resume
+# comparison on the CPU) and exits 0 when they pass.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUNDLE=gpu-bundle
@@ -74,22 +83,39 @@ PY
 
 # ---- run ------------------------------------------------------------------------------------
 OUT=${OUT:-gpu-check-out}
+# The whole run stays inside this many seconds (a device command may run 600 s at most): each
+# step's limit is cut to what is left, and steps that no longer fit are recorded as skipped,
+# so the JSON and the table always come back, with the parts to run next time.
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
+PARTS_ALL="tests digits kernels stall load e2e"
 RESULTS=()   # JSON objects, one per step or figure
 FAILED=0     # steps that failed or timed out
+SKIPPED=()   # parts with a step skipped for lack of time
+PART=""      # the part running now
+SCRATCH=""   # checkpoints and bench files: outside $OUT, so a killed run sends back no GiBs
 
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 
 # record NAME STATUS SECONDS [EXTRA-JSON-FIELDS]
 record() {
-    RESULTS+=("{\"step\": $(json_str "$1"), \"status\": \"$2\", \"seconds\": $3${4:+, $4}}")
+    RESULTS+=("{\"step\": $(json_str "$1"), \"part\": \"$PART\", \"status\": \"$2\", \"seconds\": $3${4:+, $4}}")
     case $2 in FAIL | timeout) FAILED=$((FAILED + 1)) ;; esac
-    printf '%-58s %-6s %6ss\n' "$1" "$2" "$3"
+    printf '%-58s %-7s %6ss\n' "$1" "$2" "$3"
+    write_results   # after every step: a run cut short still leaves its figures
 }
 
-# step NAME LIMIT LOG CMD...: runs CMD under a time limit, logs to $OUT/logs/LOG.
+# step NAME LIMIT LOG CMD...: runs CMD under a time limit (cut to the budget left), logs to
+# $OUT/logs/LOG; skipped (status 3) when under 20 s of the budget are left.
 step() {
     local name=$1 limit=$2 log=$OUT/logs/$3
     shift 3
+    local left=$((BUDGET - SECONDS - 10))
+    if [ "$left" -lt 20 ]; then
+        record "$name" skipped 0 "\"why\": \"budget of ${BUDGET}s spent\""
+        case " ${SKIPPED[*]} " in *" $PART "*) ;; *) SKIPPED+=("$PART") ;; esac
+        return 3
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     local t0=$SECONDS rc
     timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
     rc=$?
@@ -112,8 +138,8 @@ find_libtorch() {
 digits_pair() {   # precision, extra flag ("" or --async-checkpointing), device (default cuda)
     local prec=$1 extra=$2 device=${3:-cuda} tag root a b
     tag="digits-$device-$prec${extra:+-async}"
-    root=$OUT/runs/$tag
-    a=$OUT/runs/$tag-straight.ckpt
+    root=$SCRATCH/runs/$tag
+    a=$SCRATCH/runs/$tag-straight.ckpt
     local common=(--device "$device" --precision "$prec" --seed 7 --root "$root" $extra)
     rm -rf "$root"
     step "$tag: 3 epochs straight" 300 "$tag-straight.log" \
@@ -136,10 +162,55 @@ digits_pair() {   # precision, extra flag ("" or --async-checkpointing), device 
     maxdiff=$(grep -o 'max abs diff [0-9.e+-]*' "$OUT/logs/$tag-diff.log" | awk '{print $4}' | sort -g | tail -1)
     record "$tag: straight vs resumed" "$verdict" $((SECONDS - t0)) \
         "\"figure\": \"resume\", \"max_abs_diff\": $(json_str "${maxdiff:-0}")"
+    rm -rf "$root" "$a"
+}
+
+# The parts, in the order a run takes them (`run PART...` picks some, in this order).
+part_tests() {
+    local t
+    for t in cuda_kernels precision single_process multiprocess; do
+        step "tests $t (LIGHTNING_RS_EXPECT_GPU=1)" 300 "test-$t.log" "$BUNDLE/$t"
+    done
+}
+part_digits() {
+    local prec
+    for prec in 32-true 16-mixed bf16-mixed; do
+        digits_pair "$prec" ""
+        digits_pair "$prec" --async-checkpointing
+    done
+}
+part_kernels() {
+    step "kernel bench (release)" 240 bench-optim.log \
+        env OPTIM_ANCHOR_SCRIPT=lightning-core/benches/optim_anchor.py "$BUNDLE/optim" --bench
+}
+part_stall() {
+    step "stall bench, cuda, ~0.8 GB" 300 bench-stall.log \
+        "$BUNDLE/stall" --bench --device cuda --hidden 3400 --dir "$SCRATCH/stall"
+    rm -rf "$SCRATCH/stall"
+}
+part_load() {
+    step "checkpoint bench, load to cuda" 300 bench-checkpoint.log \
+        env CKPT_BENCH_DIR="$SCRATCH/ckpt" "$BUNDLE/checkpoint" --bench
+    rm -rf "$SCRATCH/ckpt"
+}
+part_e2e() {
+    local prec
+    for prec in 32-true bf16-mixed; do
+        step "e2e GPT bench, cuda, $prec" 300 "bench-e2e-$prec.log" \
+            "$BUNDLE/e2e" --bench --device cuda --precision "$prec" --batch 16 --steps 30
+    done
 }
 
 run() {
-    mkdir -p "$OUT/logs" "$OUT/runs"
+    local parts=("$@") p
+    [ ${#parts[@]} -eq 0 ] && read -r -a parts <<<"$PARTS_ALL"
+    for p in "${parts[@]}"; do
+        case " $PARTS_ALL " in
+            *" $p "*) ;;
+            *) echo "unknown part '$p'; the parts are: $PARTS_ALL" >&2; exit 2 ;;
+        esac
+    done
+    mkdir -p "$OUT/logs"
     if [ -f "$PACKED" ]; then
         rm -rf "$BUNDLE" && tar xzf "$PACKED" || { echo "cannot unpack $PACKED"; exit 2; }
     fi
@@ -148,51 +219,41 @@ run() {
         echo "no Python with torch found (python3 or .venv/bin/python)"
         exit 2
     fi
+    SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+    trap 'rm -rf "$SCRATCH"' EXIT
     export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export LIGHTNING_RS_PYTHON=$PYTHON LIGHTNING_DIST_CHILD=$PWD/$BUNDLE/lightning-dist-child
-    local gpu
-    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-    echo "gpu_check: GPU: ${gpu:-none}; torch lib: $TORCH_LIB; python: $PYTHON"
-    RESULTS+=("{\"gpu\": $(json_str "${gpu:-none}"), \"torch_lib\": $(json_str "$TORCH_LIB")}")
+    local gpu lightning
+    gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+    # The e2e bench's Lightning anchor needs it; the machine may not have it (and no network).
+    lightning=$("$PYTHON" -c 'import lightning; print(lightning.__version__)' 2>/dev/null || echo "not installed")
+    echo "gpu_check: GPU: ${gpu:-none}; torch lib: $TORCH_LIB; python: $PYTHON; lightning: $lightning; budget ${BUDGET}s"
+    RESULTS+=("{\"gpu\": $(json_str "${gpu:-none}"), \"torch_lib\": $(json_str "$TORCH_LIB"), \"lightning\": $(json_str "$lightning"), \"parts\": $(json_str "${parts[*]}"), \"budget_s\": $BUDGET}")
 
     if [ -z "$gpu" ]; then
         echo "gpu_check: no GPU on this machine: running the CPU parts only (GPU halves skip)"
+        PART=tests
         for t in cuda_kernels precision single_process multiprocess; do
             step "tests $t (CPU parts)" 300 "test-$t.log" "$BUNDLE/$t"
         done
         # The resume comparison once on the CPU, so the pipeline itself is known to work.
+        PART=digits
         digits_pair 32-true --async-checkpointing cpu
-        rm -rf "$OUT/runs"
-        summary
-        exit 0
+    else
+        export LIGHTNING_RS_EXPECT_GPU=1
+        for p in "${parts[@]}"; do
+            PART=$p
+            "part_$p"
+        done
     fi
-    export LIGHTNING_RS_EXPECT_GPU=1
-    for t in cuda_kernels precision single_process multiprocess; do
-        step "tests $t (LIGHTNING_RS_EXPECT_GPU=1)" 300 "test-$t.log" "$BUNDLE/$t"
-    done
-    for prec in 32-true 16-mixed bf16-mixed; do
-        digits_pair "$prec" ""
-        digits_pair "$prec" --async-checkpointing
-    done
-    step "kernel bench (release)" 240 bench-optim.log \
-        env OPTIM_ANCHOR_SCRIPT=lightning-core/benches/optim_anchor.py "$BUNDLE/optim" --bench
-    step "stall bench, cuda, ~0.8 GB" 300 bench-stall.log \
-        "$BUNDLE/stall" --bench --device cuda --hidden 3400 --dir "$OUT/stall"
-    step "checkpoint bench, load to cuda" 300 bench-checkpoint.log \
-        env CKPT_BENCH_DIR="$OUT/ckpt" "$BUNDLE/checkpoint" --bench
-    for prec in 32-true bf16-mixed; do
-        step "e2e GPT bench, cuda, $prec" 300 "bench-e2e-$prec.log" \
-            "$BUNDLE/e2e" --bench --device cuda --precision "$prec" --batch 16 --steps 30
-    done
-    rm -rf "$OUT/stall" "$OUT/ckpt" "$OUT/runs"
-    summary
-    if [ "$FAILED" -gt 0 ]; then
-        echo "gpu_check: $FAILED step(s) failed or timed out (see the logs)"
-        exit 1
-    fi
+    finish
+    [ "$FAILED" -gt 0 ] && { echo "gpu_check: $FAILED step(s) failed or timed out (see the logs)"; exit 1; }
+    [ ${#SKIPPED[@]} -gt 0 ] && exit 3
+    exit 0
 }
 
-summary() {
+# Writes $OUT/gpu_check.json and $OUT/gpu_check.md from what has run so far.
+write_results() {
     {
         printf '[\n'
         local i
@@ -200,14 +261,16 @@ summary() {
             printf '  %s%s\n' "${RESULTS[$i]}" "$([ "$i" -lt $((${#RESULTS[@]} - 1)) ] && echo ,)"
         done
         printf ']\n'
-    } >"$OUT/gpu_check.json"
+    } >"$OUT/gpu_check.json.tmp" && mv "$OUT/gpu_check.json.tmp" "$OUT/gpu_check.json"
     {
         echo "| step | status | seconds |"
         echo "|---|---|---|"
         python3 - "$OUT/gpu_check.json" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1])):
-    if "step" in r:
+    if "gpu" in r:
+        print(f"| GPU: {r['gpu']}; lightning {r['lightning']} | parts: {r['parts']} | budget {r['budget_s']} |")
+    elif "step" in r:
         extra = f" (max abs diff {r['max_abs_diff']})" if r.get("status") == "differs" else ""
         print(f"| {r['step']} | {r['status']}{extra} | {r['seconds']} |")
 PY
@@ -218,16 +281,26 @@ PY
             echo "${f##*/}:"
             grep -E 'x |ratio|GB/s|stall|goal' "$f" | tail -25 | sed 's/^/    /'
         done
-    } >"$OUT/gpu_check.md"
+    } >"$OUT/gpu_check.md.tmp" && mv "$OUT/gpu_check.md.tmp" "$OUT/gpu_check.md"
+}
+
+finish() {
+    write_results
     cat "$OUT/gpu_check.md"
     echo "figures: $OUT/gpu_check.json; logs: $OUT/logs/"
+    if [ ${#SKIPPED[@]} -gt 0 ]; then
+        echo "gpu_check: out of time (GPU_CHECK_BUDGET_S=$BUDGET); to finish: scripts/gpu_check.sh run ${SKIPPED[*]}"
+    fi
 }
 
 case "${1:-}" in
     build) build ;;
-    run) run ;;
+    run)
+        shift
+        run "$@"
+        ;;
     *)
-        echo "usage: scripts/gpu_check.sh build|run" >&2
+        echo "usage: scripts/gpu_check.sh build | run [$PARTS_ALL]" >&2
         exit 2
         ;;
 esac
