@@ -30,6 +30,41 @@ fn kernels_compile_to_ptx_without_a_gpu() {
 }
 
 #[test]
+fn kernels_assemble_for_hopper_without_register_spills() {
+    // What the H100/H200 load: SASS for sm_90, assembled by NVRTC's ptxas, no GPU needed.
+    // A spill or a stack frame in a bandwidth-bound kernel would cost the copy-bandwidth goal.
+    for arch in ["sm_90", "sm_80"] {
+        let cubin = cuda::compile_cubin(arch).expect("NVRTC assembles every kernel");
+        assert_eq!(
+            &cubin.image[..4],
+            b"\x7fELF",
+            "{arch}: a cubin is an ELF image"
+        );
+        let res = cubin.resources();
+        for name in KERNEL_NAMES {
+            let k = res.iter().find(|k| k.name == *name).unwrap_or_else(|| {
+                panic!("{arch}: ptxas reported nothing for {name}:\n{}", cubin.log)
+            });
+            eprintln!(
+                "{arch} {name}: {} registers, {} B stack",
+                k.registers, k.stack_bytes
+            );
+            assert!(
+                k.registers > 0 && k.registers <= 255,
+                "{arch} {name}: {k:?}"
+            );
+            assert_eq!(k.spill_bytes, 0, "{arch} {name} spills registers: {k:?}");
+            assert_eq!(k.stack_bytes, 0, "{arch} {name} uses a stack frame: {k:?}");
+        }
+    }
+    let err = cuda::compile_cubin("sm_1").unwrap_err().to_string();
+    assert!(
+        err.contains("NVRTC failed to compile") && err.contains("sm_1"),
+        "{err}"
+    );
+}
+
+#[test]
 fn compile_errors_are_reported_with_the_log() {
     // A source with an error would be reported with NVRTC's log; check via a bad arch.
     let err = cuda::compile_ptx("compute_1").unwrap_err().to_string();

@@ -15,6 +15,9 @@
 //!   the pip-installed CUDA runtime), `libnvrtc.so.13` next to the loaded libtorch
 //!   (`site-packages/nvidia/cu13/lib`) or in `$LIGHTNING_RS_NVRTC` is loaded by path, so
 //!   kernel sources compile to PTX even without a GPU.
+//! - Loading: the sources are assembled for the device's own architecture (`sm_XY`, a cubin:
+//!   no PTX JIT in the driver, and it loads even when the NVRTC found is newer than the
+//!   driver); PTX for the driver to JIT is the fallback.
 
 pub(crate) mod fused;
 
@@ -198,6 +201,114 @@ pub fn compile_ptx(arch: &str) -> Result<String, CudaError> {
     Ok(ptx.to_src())
 }
 
+/// The kernels assembled by NVRTC for one GPU architecture (SASS in an ELF cubin), with
+/// ptxas's report of each kernel's registers, stack and spills.
+#[derive(Debug, Clone)]
+pub struct Cubin {
+    /// The cubin image, loadable with `cuModuleLoadData`.
+    pub image: Vec<u8>,
+    /// NVRTC's log, ptxas's `-v` report included.
+    pub log: String,
+}
+
+/// What ptxas reported for one kernel of a [`Cubin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelResources {
+    /// The kernel's entry name.
+    pub name: String,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Bytes of stack frame per thread.
+    pub stack_bytes: u32,
+    /// Bytes of register spill stores plus spill loads.
+    pub spill_bytes: u32,
+}
+
+impl Cubin {
+    /// Each kernel's resources as ptxas reported them (`Function properties for NAME`, then
+    /// `N bytes stack frame, N bytes spill stores, N bytes spill loads` and `Used N
+    /// registers`), in the order of the report.
+    pub fn resources(&self) -> Vec<KernelResources> {
+        fn num_before(line: &str, what: &str) -> Option<u32> {
+            let end = line.find(what)?;
+            line[..end].split_whitespace().last()?.parse().ok()
+        }
+        let mut out: Vec<KernelResources> = Vec::new();
+        for line in self.log.lines() {
+            if let Some(rest) = line.split("Function properties for ").nth(1) {
+                out.push(KernelResources {
+                    name: rest.trim().to_owned(),
+                    registers: 0,
+                    stack_bytes: 0,
+                    spill_bytes: 0,
+                });
+            } else if let Some(k) = out.last_mut() {
+                if let Some(n) = num_before(line, "bytes stack frame") {
+                    k.stack_bytes = n;
+                    k.spill_bytes = num_before(line, "bytes spill stores").unwrap_or(0)
+                        + num_before(line, "bytes spill loads").unwrap_or(0);
+                }
+                if let Some(n) = num_before(line, "registers") {
+                    k.registers = n;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Compiles and assembles the kernel sources for `arch` (e.g. `"sm_90"`) into a cubin, the
+/// form [`Kernels`] loads first: SASS needs no PTX JIT in the driver, so a newer NVRTC than
+/// the driver's CUDA version still loads (CUDA's minor-version compatibility), and the first
+/// launch does not wait for a JIT. Works without a GPU.
+pub fn compile_cubin(arch: &str) -> Result<Cubin, CudaError> {
+    use cudarc::nvrtc::{result, sys};
+    ensure_nvrtc()?;
+    let compile_err = |log: String| CudaError::Compile {
+        file: "kernels/*.cu".into(),
+        log,
+    };
+    let src = std::ffi::CString::new(full_source())
+        .map_err(|e| compile_err(format!("kernel source holds a NUL byte: {e}")))?;
+    let name = c"lightning_rs_kernels.cu";
+    let prog = result::create_program(&src, Some(name)).map_err(|e| compile_err(e.to_string()))?;
+    let opts = [
+        "--std=c++17".to_owned(),
+        format!("--gpu-architecture={arch}"),
+        "--ptxas-options=-v".to_owned(),
+    ];
+    // SAFETY: `prog` is live until destroyed below, and `src`/`name` outlive it.
+    let res = unsafe {
+        let compiled = result::compile_program(prog, &opts);
+        let log = result::get_program_log(prog)
+            .map(|l| {
+                std::ffi::CStr::from_ptr(l.as_ptr())
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        let image = compiled
+            .map_err(|e| compile_err(format!("{e:?} ({arch}): {log}")))
+            .and_then(|()| {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| compile_err(format!("no cubin for {arch}: {e:?}")))?;
+                let mut image = vec![0u8; size];
+                sys::nvrtcGetCUBIN(prog, image.as_mut_ptr().cast())
+                    .result()
+                    .map_err(|e| compile_err(format!("no cubin for {arch}: {e:?}")))?;
+                Ok(image)
+            });
+        let _ = result::destroy_program(prog);
+        image.map(|image| Cubin { image, log })
+    }?;
+    if res.image.is_empty() {
+        return Err(compile_err(format!("NVRTC gave an empty cubin for {arch}")));
+    }
+    Ok(res)
+}
+
 /// The compiled kernels loaded on one device.
 pub(crate) struct Kernels {
     ordinal: usize,
@@ -213,10 +324,23 @@ impl Kernels {
         }
         let ctx = CudaContext::new(ordinal).map_err(driver_err)?;
         let (major, minor) = ctx.compute_capability().map_err(driver_err)?;
-        let ptx = compile_ptx(&format!("compute_{major}{minor}"))?;
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(driver_err)?;
+        // SASS for this GPU first (no driver JIT, loads even when NVRTC is newer than the
+        // driver), PTX for the driver to JIT when NVRTC cannot assemble for this GPU.
+        let cubin = compile_cubin(&format!("sm_{major}{minor}")).and_then(|c| {
+            ctx.load_module(cudarc::nvrtc::Ptx::from_binary(c.image))
+                .map_err(driver_err)
+        });
+        let module = match cubin {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::info!(
+                    "fused CUDA kernels: no cubin for sm_{major}{minor} ({e}); loading PTX"
+                );
+                let ptx = compile_ptx(&format!("compute_{major}{minor}"))?;
+                ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                    .map_err(driver_err)?
+            }
+        };
         let mut funcs = HashMap::new();
         for &name in KERNEL_NAMES {
             funcs.insert(name, module.load_function(name).map_err(driver_err)?);
@@ -331,4 +455,44 @@ pub fn fused_grads_supported(grads: &[Tensor]) -> bool {
 /// Whether a CUDA device is usable by tch and by our kernels (for tests and benches).
 pub fn available() -> bool {
     tch::Cuda::is_available() && kernels(0).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptxas_report_is_read_per_kernel() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'adam_f32' for 'sm_90'\n\
+ptxas info    : Function properties for adam_f32\n\
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+ptxas info    : Used 58 registers, used 0 barriers, 400 bytes cmem[0]\n\
+ptxas info    : Compiling entry function 'sgd_f32' for 'sm_90'\n\
+ptxas info    : Function properties for sgd_f32\n\
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+ptxas info    : Used 30 registers, used 0 barriers, 392 bytes cmem[0]\n";
+        let c = Cubin {
+            image: vec![0x7f],
+            log: log.into(),
+        };
+        let r = c.resources();
+        assert_eq!(
+            r,
+            vec![
+                KernelResources {
+                    name: "adam_f32".into(),
+                    registers: 58,
+                    stack_bytes: 8,
+                    spill_bytes: 16
+                },
+                KernelResources {
+                    name: "sgd_f32".into(),
+                    registers: 30,
+                    stack_bytes: 0,
+                    spill_bytes: 0
+                },
+            ]
+        );
+    }
 }

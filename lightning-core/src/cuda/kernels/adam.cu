@@ -23,15 +23,17 @@ __device__ __forceinline__ float lerp_t(float a, float b, float w) {
     return w < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w);
 }
 
-__device__ __forceinline__ void adam_elem(float& p, float g, float& m, float& v, float* vmax,
-                                          const AdamArgs& a) {
+// `vmax` is read and written only with amsgrad. (A pointer that was either a register's address
+// or global memory kept a local-memory slot alive in adam_f16's SASS.)
+__device__ __forceinline__ void adam_elem(float& p, float g, float& m, float& v, bool amsgrad,
+                                          float& vmax, const AdamArgs& a) {
     if (a.flags & 2) g = -g;
     p = p * a.decay;
     g = g + a.wd * p;
     m = lerp_t(m, g, a.w1);
     v = v * a.beta2 + (a.omb2 * g) * g;
     float vv = v;
-    if (vmax) { vv = fmaxf(*vmax, v); *vmax = vv; }
+    if (amsgrad) { vv = fmaxf(vmax, v); vmax = vv; }
     float denom = sqrtf(vv) / a.bc2_sqrt + a.eps;
     p = p + (a.neg_step * m) / denom;
 }
@@ -47,9 +49,10 @@ __device__ void adam_impl(const i64* tensors, const i64* chunks, AdamArgs a) {
     float* vm = (a.flags & 1) ? reinterpret_cast<float*>(c.t[4]) : 0;
     for_chunk(c,
         [&](i64 i) {
-            float pp = Elem<T>::load(p, i), mm = m[i], vv = v[i];
-            adam_elem(pp, Elem<T>::load(g, i), mm, vv, vm ? vm + i : 0, a);
+            float pp = Elem<T>::load(p, i), mm = m[i], vv = v[i], xx = vm ? vm[i] : 0.f;
+            adam_elem(pp, Elem<T>::load(g, i), mm, vv, vm != 0, xx, a);
             Elem<T>::store(p, i, pp); m[i] = mm; v[i] = vv;
+            if (vm) vm[i] = xx;
         },
         [&](i64 i) {
             float4 pp = Elem<T>::load4(p, i), gg = Elem<T>::load4(g, i);
@@ -58,7 +61,7 @@ __device__ void adam_impl(const i64* tensors, const i64* chunks, AdamArgs a) {
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 float pk = get(pp, k), mk = get(mm, k), vk = get(vv, k), xk = get(xx, k);
-                adam_elem(pk, get(gg, k), mk, vk, vm ? &xk : 0, a);
+                adam_elem(pk, get(gg, k), mk, vk, vm != 0, xk, a);
                 set(pp, k, pk); set(mm, k, mk); set(vv, k, vk); set(xx, k, xk);
             }
             Elem<T>::store4(p, i, pp);
