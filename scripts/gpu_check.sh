@@ -7,7 +7,7 @@
 #   scripts/gpu_check.sh run     # on the GPU machine (no cargo), from the repository root with
 #                                # gpu-bundle.tar.gz carried along (unpacked into gpu-bundle/);
 #                                # about 6 minutes on an H100/H200 (estimated: never run there)
-#   scripts/gpu_check.sh run stall load   # only some parts: tests digits kernels stall load e2e
+#   scripts/gpu_check.sh run stall load   # only some parts: tests kernels stall load e2e digits
 #
 # The whole run keeps within GPU_CHECK_BUDGET_S (default 540 s; a device command may run 600 s):
 # each step's limit is cut to the time left, steps that no longer fit are recorded as skipped,
@@ -17,24 +17,26 @@
 # outside $OUT, removed at exit.
 #
 # `run` finds libtorch through the machine's Python (`import torch`) or the project's venv,
-# and runs, each step under its own time limit:
-#   1. the CUDA tests with LIGHTNING_RS_EXPECT_GPU=1 (a missing GPU is a failure, not a skip):
-#      fused kernels (incl. on libtorch's current stream), autocast, NCCL world size 1 and
-#      Gloo on CUDA tensors (two ranks);
-#   2. digits on --device cuda for 32-true, 16-mixed and bf16-mixed, sync and
-#      --async-checkpointing: a straight 3-epoch run against 1 epoch + `--resume last` to 3,
-#      compared with `lightning-ckpt diff` (bitwise, then the largest difference if not);
-#   3. the kernel bench (fused AdamW/SGD/unscale/grad-norm vs torch's fused/foreach ops and
-#      the device copy bandwidth, same run);
-#   4. the stall bench at ~0.8 GB of model + AdamW state: sync vs async stall vs the pinned
-#      device-to-host snapshot;
-#   5. the checkpoint bench: load to cuda:0 vs torch.load(map_location="cuda");
-#   6. the end-to-end GPT bench (ours vs a plain PyTorch loop and Lightning, same weights and
-#      batches) in 32-true and bf16-mixed, our fused AdamW vs torch's fused AdamW.
-# It writes $OUT/gpu_check.json (every figure and step status) and $OUT/gpu_check.md (the
-# summary table), with OUT defaulting to gpu-check-out/. On a machine without a GPU it says so,
-# runs the CPU parts (the same tests, which then skip their GPU halves, and one digits resume
-# comparison on the CPU) and exits 0 when they pass.
+# and runs these parts, in this order, each step under its own time limit:
+#   tests    the CUDA tests with LIGHTNING_RS_EXPECT_GPU=1 and LIGHTNING_RS_REQUIRE_PYTHON=1
+#            (a missing GPU, kernel or Python anchor is a failure, not a skip): fused kernels
+#            (incl. on libtorch's current stream), autocast, NCCL world size 1 and Gloo on
+#            CUDA tensors (two ranks);
+#   kernels  the kernel bench (fused AdamW/SGD/unscale/grad-norm vs torch's fused/foreach ops
+#            and the device copy bandwidth, same run);
+#   stall    the stall bench at ~0.8 GB of model + AdamW state: sync vs async stall vs the
+#            pinned device-to-host snapshot;
+#   load     the checkpoint bench: load to cuda:0 vs torch.load(map_location="cuda");
+#   e2e      the end-to-end GPT bench (ours vs a plain PyTorch loop and Lightning, same weights
+#            and batches) in 32-true and bf16-mixed, our fused AdamW vs torch's fused AdamW;
+#   digits   digits on --device cuda for 32-true, 16-mixed and bf16-mixed, sync and
+#            --async-checkpointing: a straight 3-epoch run against 1 epoch + `--resume last`
+#            to 3, compared with `lightning-ckpt diff` (bitwise, then the largest difference).
+# It writes $OUT/gpu_check.json (every figure and step status, and the commit the binaries
+# were built from), $OUT/gpu_check.md (the summary table) and $OUT/logs.tgz (every step's
+# log; a failed step's tail is also printed), with OUT defaulting to gpu-check-out/. On a
+# machine without a GPU it says so, runs the CPU parts (the same tests, which then skip their
+# GPU halves, and one digits resume comparison on the CPU) and exits 0 when they pass.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUNDLE=gpu-bundle
@@ -76,6 +78,9 @@ for line in open(sys.argv[1]):
 PY
     rm -f "$json"
     strip --strip-all "$BUNDLE"/* 2>/dev/null || true
+    # What the binaries were built from: `run` prints it and records it with the figures.
+    { git rev-parse HEAD; git diff --quiet HEAD -- . ':!gpu-bundle*' || echo "+ uncommitted changes"; } \
+        >"$BUNDLE/COMMIT" 2>/dev/null || echo unknown >"$BUNDLE/COMMIT"
     tar czf "$PACKED" "$BUNDLE"
     du -sh "$BUNDLE" "$PACKED"
     echo "built $PACKED; on the GPU machine: scripts/gpu_check.sh run (carry $PACKED)"
@@ -87,11 +92,13 @@ OUT=${OUT:-gpu-check-out}
 # step's limit is cut to what is left, and steps that no longer fit are recorded as skipped,
 # so the JSON and the table always come back, with the parts to run next time.
 BUDGET=${GPU_CHECK_BUDGET_S:-540}
-PARTS_ALL="tests digits kernels stall load e2e"
+# Figures first, then the 18 short digits runs: what a budget cuts short is the cheapest to rerun.
+PARTS_ALL="tests kernels stall load e2e digits"
 RESULTS=()   # JSON objects, one per step or figure
 FAILED=0     # steps that failed or timed out
 SKIPPED=()   # parts with a step skipped for lack of time
 PART=""      # the part running now
+LOGS=""      # the steps' logs (in $SCRATCH; packed into $OUT/logs.tgz)
 SCRATCH=""   # checkpoints and bench files: outside $OUT, so a killed run sends back no GiBs
 
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
@@ -105,9 +112,10 @@ record() {
 }
 
 # step NAME LIMIT LOG CMD...: runs CMD under a time limit (cut to the budget left), logs to
-# $OUT/logs/LOG; skipped (status 3) when under 20 s of the budget are left.
+# $LOGS/LOG (packed into $OUT/logs.tgz: a device run sends back at most 8 files), and prints
+# the log's tail when it fails; skipped (status 3) when under 20 s of the budget are left.
 step() {
-    local name=$1 limit=$2 log=$OUT/logs/$3
+    local name=$1 limit=$2 logname=$3 log=$LOGS/$3
     shift 3
     local left=$((BUDGET - SECONDS - 10))
     if [ "$left" -lt 20 ]; then
@@ -122,7 +130,8 @@ step() {
     local status=ok
     [ $rc -eq 124 ] && status=timeout
     [ $rc -ne 0 ] && [ $rc -ne 124 ] && status=FAIL
-    record "$name" "$status" $((SECONDS - t0)) "\"log\": $(json_str "$log")"
+    [ "$status" != ok ] && tail -n 30 "$log" | sed 's/^/    | /'
+    record "$name" "$status" $((SECONDS - t0)) "\"log\": $(json_str "logs/$logname")"
     return $rc
 }
 
@@ -153,13 +162,13 @@ digits_pair() {   # precision, extra flag ("" or --async-checkpointing), device 
     local t0=$SECONDS verdict
     # The wall-clock training time is the one entry a resumed run never shares.
     if "$BUNDLE/lightning-ckpt" diff "$a" "$b" --ignore lightning_rs.train_time_s \
-        >"$OUT/logs/$tag-diff.log" 2>&1; then
+        >"$LOGS/$tag-diff.log" 2>&1; then
         verdict=bitwise
     else
         verdict=differs
     fi
     local maxdiff
-    maxdiff=$(grep -o 'max abs diff [0-9.e+-]*' "$OUT/logs/$tag-diff.log" | awk '{print $4}' | sort -g | tail -1)
+    maxdiff=$(grep -o 'max abs diff [0-9.e+-]*' "$LOGS/$tag-diff.log" | awk '{print $4}' | sort -g | tail -1)
     record "$tag: straight vs resumed" "$verdict" $((SECONDS - t0)) \
         "\"figure\": \"resume\", \"max_abs_diff\": $(json_str "${maxdiff:-0}")"
     rm -rf "$root" "$a"
@@ -210,7 +219,7 @@ run() {
             *) echo "unknown part '$p'; the parts are: $PARTS_ALL" >&2; exit 2 ;;
         esac
     done
-    mkdir -p "$OUT/logs"
+    mkdir -p "$OUT"
     if [ -f "$PACKED" ]; then
         rm -rf "$BUNDLE" && tar xzf "$PACKED" || { echo "cannot unpack $PACKED"; exit 2; }
     fi
@@ -220,15 +229,19 @@ run() {
         exit 2
     fi
     SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+    LOGS=$SCRATCH/logs
+    mkdir -p "$LOGS"
     trap 'rm -rf "$SCRATCH"' EXIT
+    local built
+    built=$(tr '\n' ' ' <"$BUNDLE/COMMIT" 2>/dev/null || echo unknown)
     export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export LIGHTNING_RS_PYTHON=$PYTHON LIGHTNING_DIST_CHILD=$PWD/$BUNDLE/lightning-dist-child
     local gpu lightning
     gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
     # The e2e bench's Lightning anchor needs it; the machine may not have it (and no network).
     lightning=$("$PYTHON" -c 'import lightning; print(lightning.__version__)' 2>/dev/null || echo "not installed")
-    echo "gpu_check: GPU: ${gpu:-none}; torch lib: $TORCH_LIB; python: $PYTHON; lightning: $lightning; budget ${BUDGET}s"
-    RESULTS+=("{\"gpu\": $(json_str "${gpu:-none}"), \"torch_lib\": $(json_str "$TORCH_LIB"), \"lightning\": $(json_str "$lightning"), \"parts\": $(json_str "${parts[*]}"), \"budget_s\": $BUDGET}")
+    echo "gpu_check: GPU: ${gpu:-none}; torch lib: $TORCH_LIB; python: $PYTHON; lightning: $lightning; binaries built from: $built; budget ${BUDGET}s"
+    RESULTS+=("{\"gpu\": $(json_str "${gpu:-none}"), \"torch_lib\": $(json_str "$TORCH_LIB"), \"lightning\": $(json_str "$lightning"), \"built_from\": $(json_str "$built"), \"parts\": $(json_str "${parts[*]}"), \"budget_s\": $BUDGET}")
 
     if [ -z "$gpu" ]; then
         echo "gpu_check: no GPU on this machine: running the CPU parts only (GPU halves skip)"
@@ -240,7 +253,9 @@ run() {
         PART=digits
         digits_pair 32-true --async-checkpointing cpu
     else
-        export LIGHTNING_RS_EXPECT_GPU=1
+        # Missing GPU, kernels or Python anchors fail a step instead of skipping inside it;
+        # NCCL says why it fails (in a sandbox, NCCL_CUMEM_ENABLE=0 is the next thing to try).
+        export LIGHTNING_RS_EXPECT_GPU=1 LIGHTNING_RS_REQUIRE_PYTHON=1 NCCL_DEBUG=${NCCL_DEBUG:-WARN}
         for p in "${parts[@]}"; do
             PART=$p
             "part_$p"
@@ -269,25 +284,26 @@ write_results() {
 import json, sys
 for r in json.load(open(sys.argv[1])):
     if "gpu" in r:
-        print(f"| GPU: {r['gpu']}; lightning {r['lightning']} | parts: {r['parts']} | budget {r['budget_s']} |")
+        print(f"| GPU: {r['gpu']}; lightning {r['lightning']}; built from {r['built_from']} | parts: {r['parts']} | budget {r['budget_s']} |")
     elif "step" in r:
         extra = f" (max abs diff {r['max_abs_diff']})" if r.get("status") == "differs" else ""
         print(f"| {r['step']} | {r['status']}{extra} | {r['seconds']} |")
 PY
         # The benches' own ratio lines, as they print them.
-        for f in "$OUT"/logs/bench-*.log; do
+        for f in "$LOGS"/bench-*.log; do
             [ -f "$f" ] || continue
             echo
             echo "${f##*/}:"
             grep -E 'x |ratio|GB/s|stall|goal' "$f" | tail -25 | sed 's/^/    /'
         done
     } >"$OUT/gpu_check.md.tmp" && mv "$OUT/gpu_check.md.tmp" "$OUT/gpu_check.md"
+    tar czf "$OUT/logs.tgz.tmp" -C "$SCRATCH" logs && mv "$OUT/logs.tgz.tmp" "$OUT/logs.tgz"
 }
 
 finish() {
     write_results
     cat "$OUT/gpu_check.md"
-    echo "figures: $OUT/gpu_check.json; logs: $OUT/logs/"
+    echo "figures: $OUT/gpu_check.json; logs: $OUT/logs.tgz"
     if [ ${#SKIPPED[@]} -gt 0 ]; then
         echo "gpu_check: out of time (GPU_CHECK_BUDGET_S=$BUDGET); to finish: scripts/gpu_check.sh run ${SKIPPED[*]}"
     fi
