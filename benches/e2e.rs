@@ -536,7 +536,7 @@ fn main() {
     };
     println!(
         "e2e bench: GPT {} layers, width {}, {} heads, ctx {}, vocab {} ({:.1} M params), batch {}, \
-         {} steps ({} timed), AdamW + clip 1.0 + warmup/cosine, {:?}, {}, {} threads",
+         {} steps ({} timed), AdamW + clip 1.0 + warmup/cosine, {:?}, {}, {} threads{}",
         o.hp.layers,
         o.hp.width,
         o.hp.heads,
@@ -548,7 +548,13 @@ fn main() {
         o.hp.steps as usize - o.warmup,
         o.device,
         o.precision,
-        o.threads
+        o.threads,
+        match o.device {
+            // Whether our AdamW ran as the fused kernel or fell back to tch ops.
+            Device::Cuda(_) if lightning_core::cuda::available() => ", fused kernels",
+            Device::Cuda(_) => ", tch-ops optimizer (fused kernels unavailable)",
+            _ => "",
+        }
     );
     println!("  ours (Trainer):        {ms:9.2} ms/step, final loss {loss:.6}");
     let Some(py) = std::env::var_os("LIGHTNING_RS_PYTHON").map(std::path::PathBuf::from) else {

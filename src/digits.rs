@@ -56,7 +56,14 @@ pub fn load() -> anyhow::Result<(Tensor, Tensor)> {
 pub fn device(name: &str) -> anyhow::Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" if tch::Cuda::is_available() => {
+            // On the GPU check a silent fall back to the tch-ops optimizer path would time
+            // and compare the wrong code.
+            if let Some(missing) = lightning_core::cuda::expected_gpu_missing() {
+                bail!("--device cuda: {missing}");
+            }
+            Ok(Device::Cuda(0))
+        }
         "cuda" => bail!("--device cuda: no CUDA device is available"),
         d => bail!("--device {d:?}: expected cpu or cuda"),
     }

@@ -10,6 +10,7 @@ use lightning_core::optim::{clip_grad_norm, Adam, AdamConfig, Optimizer, Sgd, Sg
 use lightning_core::precision::GradScaler;
 use optim_support::{from_json, python_json, tensor_json};
 use serde_json::json;
+use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -79,10 +80,13 @@ fn reports_device() {
         tch::Cuda::device_count(),
         cuda && cuda::available()
     );
+    // The caller says a GPU is here (scripts/gpu_check.sh): CUDA and the kernels must load.
+    if let Some(missing) = cuda::expected_gpu_missing() {
+        panic!("{missing}");
+    }
     // A GPU machine: an NVIDIA device node exists (or the caller says so). There, tch must see
     // CUDA (the --no-as-needed link of libtorch_cuda) and our kernels must load.
-    let gpu_machine = std::path::Path::new("/dev/nvidia0").exists()
-        || std::env::var_os("LIGHTNING_RS_EXPECT_GPU").is_some();
+    let gpu_machine = std::path::Path::new("/dev/nvidia0").exists() || cuda::gpu_expected();
     if gpu_machine {
         assert!(
             cuda,
@@ -95,6 +99,41 @@ fn reports_device() {
     } else {
         println!("SKIP: no GPU on this machine; GPU assertions not run");
     }
+}
+
+/// `LIGHTNING_RS_EXPECT_GPU=1` turns a missing GPU from a skip into a failure that says what
+/// is missing; `0` leaves the skip. (Run on a CPU machine: the test re-runs itself.)
+#[test]
+fn an_expected_gpu_that_is_missing_fails_instead_of_skipping() {
+    if tch::Cuda::is_available() {
+        println!("SKIP: this machine has a GPU, so nothing expected is missing");
+        return;
+    }
+    let run = |value: &str| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([
+            "reports_device",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(cuda::EXPECT_GPU_ENV, value)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let out =
+            lightning_rs::Supervised::spawn(&mut cmd, Duration::from_secs(120)).wait_with_output();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run("1");
+    assert!(!ok, "expected a failure:\n{text}");
+    assert!(
+        text.contains("LIGHTNING_RS_EXPECT_GPU is set but tch::Cuda::is_available() is false"),
+        "{text}"
+    );
+    let (ok, text) = run("0");
+    assert!(ok && text.contains("SKIP: no GPU"), "{text}");
 }
 
 fn gpu() -> Option<Device> {

@@ -39,6 +39,10 @@ fn autocast_uses_the_precision_dtype_on_cpu_and_gpu() {
     if tch::Cuda::is_available() {
         devices.push(Device::Cuda(0));
     } else {
+        assert!(
+            !lightning_core::cuda::gpu_expected(),
+            "LIGHTNING_RS_EXPECT_GPU is set but tch::Cuda::is_available() is false"
+        );
         println!("SKIP (CUDA part): no CUDA GPU; autocast checked on the CPU only");
     }
     for device in devices {

@@ -351,7 +351,12 @@ fn run(dir: &Path, gib: i64) {
             secs: load_cuda,
             anchor: Some(("ours load", load)),
         });
-        if let Some(l) = py.as_ref().and_then(|t| t.load_cuda) {
+        let py_cuda = py.as_ref().and_then(|t| t.load_cuda);
+        if py_cuda.is_none() && lightning_core::cuda::gpu_expected() {
+            eprintln!("checkpoint bench: a GPU is expected but torch.load(map_location=\"cuda\") was not measured");
+            std::process::exit(1);
+        }
+        if let Some(l) = py_cuda {
             rows.push(Row {
                 name: "python torch.load(map_location=\"cuda\")".into(),
                 secs: l,
@@ -362,6 +367,9 @@ fn run(dir: &Path, gib: i64) {
                 l / load_cuda
             );
         }
+    } else if let Some(missing) = lightning_core::cuda::expected_gpu_missing() {
+        eprintln!("checkpoint bench: {missing}");
+        std::process::exit(1);
     } else {
         println!("(no CUDA GPU: the load-to-GPU rows are not measured)");
     }

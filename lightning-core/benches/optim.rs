@@ -74,6 +74,10 @@ fn main() {
         println!("optim bench: run with `cargo bench -p lightning-core --bench optim` (skipped under cargo test)");
         return;
     }
+    if let Some(missing) = lightning_core::cuda::expected_gpu_missing() {
+        eprintln!("optim bench: {missing}");
+        std::process::exit(1);
+    }
     if !tch::Cuda::is_available() || !lightning_core::cuda::available() {
         println!("SKIP: optim bench needs a CUDA GPU with the fused kernels (none here)");
         return;
@@ -85,6 +89,12 @@ fn main() {
     let dev = Device::Cuda(0);
     // PyTorch first, so the two runs do not share GPU memory.
     let anchor = anchors(per, nt, reps);
+    if anchor.is_none() && std::env::var_os("LIGHTNING_RS_REQUIRE_PYTHON").is_some() {
+        eprintln!(
+            "optim bench: LIGHTNING_RS_REQUIRE_PYTHON is set but PyTorch's figures are missing"
+        );
+        std::process::exit(1);
+    }
 
     let gbps = |bytes_per_elem: f64, s: f64| bytes_per_elem * n / s / 1e9;
     let src = Tensor::randn([per * nt], (Kind::Float, dev));

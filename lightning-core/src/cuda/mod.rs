@@ -457,6 +457,32 @@ pub fn available() -> bool {
     tch::Cuda::is_available() && kernels(0).is_ok()
 }
 
+/// The variable that says a GPU must be present (`scripts/gpu_check.sh` sets it on the GPU
+/// machine): tests and benches then fail where they would otherwise skip their GPU part.
+pub const EXPECT_GPU_ENV: &str = "LIGHTNING_RS_EXPECT_GPU";
+
+/// Whether [`EXPECT_GPU_ENV`] is set (to anything but empty or `0`).
+pub fn gpu_expected() -> bool {
+    std::env::var(EXPECT_GPU_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// When a GPU is expected ([`gpu_expected`]) but tch sees no CUDA device or the fused kernels
+/// do not load on `cuda:0`: what is missing, so that a GPU run that would silently fall back
+/// (to no GPU part, or to the tch-ops optimizer path) fails instead. `None` otherwise.
+pub fn expected_gpu_missing() -> Option<String> {
+    if !gpu_expected() {
+        return None;
+    }
+    if !tch::Cuda::is_available() {
+        return Some(format!(
+            "{EXPECT_GPU_ENV} is set but tch::Cuda::is_available() is false"
+        ));
+    }
+    kernels(0)
+        .err()
+        .map(|e| format!("{EXPECT_GPU_ENV} is set but the fused CUDA kernels did not load: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
