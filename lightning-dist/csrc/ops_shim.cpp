@@ -5,6 +5,7 @@
 // success, else a malloc'd message; no C++ exception leaves these functions.
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include "common.h"
 
@@ -27,6 +28,17 @@ char* ldist_add_(ldist_tensor* self, const ldist_tensor* other, double alpha) {
 char* ldist_add(const ldist_tensor* self, const ldist_tensor* other, double alpha,
                 ldist_tensor** out) {
   return ldist::guard([&] { *out = new at::Tensor(self->add(*other, alpha)); });
+}
+
+// torch.empty(size, dtype=dtype_of.dtype, pin_memory=True): page-locked host memory from the
+// accelerator's caching host allocator, without the pageable tensor (and its copy) that
+// Tensor.pin_memory() goes through. Fails without CUDA.
+char* ldist_empty_pinned(const ldist_tensor* dtype_of, const int64_t* sizes, size_t ndim,
+                         ldist_tensor** out) {
+  return ldist::guard([&] {
+    auto opts = at::TensorOptions().dtype(dtype_of->scalar_type()).pinned_memory(true);
+    *out = new at::Tensor(at::empty(c10::IntArrayRef(sizes, ndim), opts));
+  });
 }
 
 char* ldist_grad_set_to_none(ldist_tensor* param) {

@@ -40,6 +40,12 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn ldist_grad_set_to_none(param: *mut C_tensor) -> *mut c_char;
+    fn ldist_empty_pinned(
+        dtype_of: *const C_tensor,
+        sizes: *const i64,
+        ndim: usize,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn ldist_autocast_enter(device_type: i8, dtype: i8, prev: *mut AutocastPrev) -> *mut c_char;
     fn ldist_autocast_exit(device_type: i8, prev: *const AutocastPrev) -> *mut c_char;
 }
@@ -92,6 +98,26 @@ pub fn add(t: &Tensor, other: &Tensor, alpha: f64) -> Result<Tensor, TchError> {
     // SAFETY: as in `addcmul_`; on success `out` is a new heap at::Tensor that we own.
     check("add", unsafe {
         ldist_add(t.as_ptr(), other.as_ptr(), alpha, &mut out)
+    })?;
+    // SAFETY: the shim allocated `out` with `new at::Tensor`, as tch's own outputs are.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// An uninitialized tensor in page-locked (pinned) host memory, `torch.empty(size, dtype=kind,
+/// pin_memory=True)`: from the CUDA caching host allocator, so a block freed by an earlier
+/// snapshot is reused, and without the pageable tensor and copy that `Tensor::pin_memory`
+/// makes first. Device-to-host and host-to-device copies with it run at full bus speed.
+///
+/// # Errors
+/// Where libtorch has no pinned-memory allocator (no CUDA), ATen's message.
+pub fn empty_pinned(size: &[i64], kind: Kind) -> Result<Tensor, TchError> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // The dtype travels as an empty tensor of it (tch keeps its ScalarType codes private).
+    let dtype_of = Tensor::f_empty([0], (kind, Device::Cpu))?;
+    // SAFETY: `dtype_of` and `size` are live for the call; on success `out` is a new heap
+    // at::Tensor we own.
+    check("empty_pinned", unsafe {
+        ldist_empty_pinned(dtype_of.as_ptr(), size.as_ptr(), size.len(), &mut out)
     })?;
     // SAFETY: the shim allocated `out` with `new at::Tensor`, as tch's own outputs are.
     Ok(unsafe { Tensor::from_ptr(out) })
@@ -266,5 +292,31 @@ mod tests {
         assert!(!w.grad().defined());
         (&w * 2.0).sum(Kind::Float).backward();
         assert_eq!(vals(&w.grad()), [2.0, 2.0]);
+    }
+
+    #[test]
+    fn empty_pinned_is_page_locked_with_a_gpu_and_an_error_without() {
+        for kind in [
+            Kind::Float,
+            Kind::BFloat16,
+            Kind::Half,
+            Kind::Int64,
+            Kind::Uint8,
+        ] {
+            match empty_pinned(&[3, 5], kind) {
+                Ok(t) => {
+                    assert!(tch::Cuda::is_available(), "pinned memory without CUDA?");
+                    assert_eq!(
+                        (t.size(), t.kind(), t.device()),
+                        (vec![3, 5], kind, Device::Cpu)
+                    );
+                    assert!(t.is_pinned(Device::Cuda(0)), "{kind:?} not page-locked");
+                }
+                Err(e) => {
+                    assert!(!tch::Cuda::is_available(), "{kind:?} with a GPU: {e}");
+                    assert!(e.to_string().contains("empty_pinned: "), "{e}");
+                }
+            }
+        }
     }
 }

@@ -363,12 +363,16 @@ impl StorageLoader<'_> {
         let largest = chunks.iter().map(|c| c.2).max().unwrap_or(0);
         let size = i64::try_from(padded.min(stage.max(largest)))
             .map_err(|_| fmt("staging buffer size overflows".into()))?;
-        let host = Tensor::f_empty([size], (Kind::Uint8, Device::Cpu))
-            .map_err(|e| fmt(format!("allocating {size} bytes of host staging: {e}")))?;
-        // Pinned memory copies to a GPU at full speed; where it cannot be had, pageable works.
-        let host = match device {
-            Some(d @ Device::Cuda(_)) => host.f_pin_memory(d).unwrap_or(host),
-            _ => host,
+        // Pinned memory copies to a GPU at full speed, allocated as such (not a pageable
+        // buffer copied into pinned memory); where it cannot be had, pageable works.
+        let pinned = match device {
+            Some(Device::Cuda(_)) => lightning_dist::ops::empty_pinned(&[size], Kind::Uint8).ok(),
+            _ => None,
+        };
+        let host = match pinned {
+            Some(host) => host,
+            None => Tensor::f_empty([size], (Kind::Uint8, Device::Cpu))
+                .map_err(|e| fmt(format!("allocating {size} bytes of host staging: {e}")))?,
         };
         let base = host.data_ptr() as *mut u8;
         let mut start = 0;
