@@ -24,14 +24,20 @@ fn ptr(t: &Tensor) -> i64 {
 }
 
 /// The device copy of a launch table, cached by content (pointers rarely change between
-/// steps, so the host-to-device upload, which synchronizes, happens once).
-fn device_table(host: Vec<i64>, device: Device) -> Result<Tensor, OptimError> {
-    type Cache = Mutex<Vec<(Device, Vec<i64>, Tensor)>>;
+/// steps, so the host-to-device upload, which synchronizes, happens once) and by the stream
+/// it is used on: the caching allocator ties a block to the stream current when it was
+/// allocated, so a table shared with kernels on another stream could be freed (evicted) and
+/// handed out again while such a kernel still reads it.
+fn device_table(host: Vec<i64>, device: Device, stream: usize) -> Result<Tensor, OptimError> {
+    type Cache = Mutex<Vec<(Device, usize, Vec<i64>, Tensor)>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pos) = c.iter().position(|(d, h, _)| *d == device && *h == host) {
-        let t = c[pos].2.shallow_clone();
+    if let Some(pos) = c
+        .iter()
+        .position(|(d, s, h, _)| *d == device && *s == stream && *h == host)
+    {
+        let t = c[pos].3.shallow_clone();
         return Ok(t);
     }
     let t = Tensor::from_slice(&host)
@@ -40,7 +46,7 @@ fn device_table(host: Vec<i64>, device: Device) -> Result<Tensor, OptimError> {
     if c.len() >= 64 {
         let _evicted = c.remove(0);
     }
-    c.push((device, host, t.shallow_clone()));
+    c.push((device, stream, host, t.shallow_clone()));
     Ok(t)
 }
 
@@ -73,7 +79,9 @@ fn launch(
         .map_err(|_| OptimError::Backend(format!("too many blocks for one launch: {blocks}")))?;
     let ntab = host.len();
     host.extend(chunks);
-    let table = device_table(host, device)?;
+    // The stream `k.launch` runs the kernel on: libtorch's current one.
+    let stream = super::current_stream(k.ordinal) as usize;
+    let table = device_table(host, device, stream)?;
     let mut tp = table.data_ptr() as u64;
     let mut cp = tp + (ntab * 8) as u64;
     let mut args: Vec<*mut c_void> = vec![
