@@ -528,3 +528,24 @@ fn checkpoints_load_to_the_gpu_through_staging() {
     let e = checkpoint::load_with(&q, &opts).unwrap_err();
     assert!(matches!(e, CheckpointError::Crc { .. }), "{e}");
 }
+
+/// Snapshots and load staging use host memory allocated page-locked (not a pageable tensor
+/// copied into pinned memory): on a GPU it is pinned and a device round trip through it is
+/// exact; without one, allocating it is an error the callers fall back from.
+#[test]
+fn pinned_host_memory_for_snapshots() {
+    let pinned = lightning_dist::ops::empty_pinned(&[1000, 3], Kind::BFloat16);
+    let Some(dev) = gpu() else {
+        let err = pinned.expect_err("pinned memory without a GPU").to_string();
+        assert!(err.contains("empty_pinned"), "{err}");
+        return;
+    };
+    let mut host = pinned.expect("pinned allocation on a GPU machine");
+    assert!(host.is_pinned(dev), "not page-locked");
+    let src = Tensor::randn([1000, 3], (Kind::Float, dev)).to_kind(Kind::BFloat16);
+    host.copy_(&src);
+    assert!(
+        host.to_device(dev).equal(&src),
+        "device -> pinned host -> device changed values"
+    );
+}
