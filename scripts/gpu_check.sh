@@ -294,9 +294,11 @@ PY
             [ -f "$f" ] || continue
             echo
             echo "${f##*/}:"
-            grep -E 'x |ratio|GB/s|stall|goal' "$f" | tail -25 | sed 's/^/    /'
+            # (A log without such lines must not fail the block: pipefail would skip the mv.)
+            grep -E 'x |ratio|GB/s|stall|goal' "$f" | tail -25 | sed 's/^/    /' || true
         done
-    } >"$OUT/gpu_check.md.tmp" && mv "$OUT/gpu_check.md.tmp" "$OUT/gpu_check.md"
+    } >"$OUT/gpu_check.md.tmp"
+    mv "$OUT/gpu_check.md.tmp" "$OUT/gpu_check.md"
     tar czf "$OUT/logs.tgz.tmp" -C "$SCRATCH" logs && mv "$OUT/logs.tgz.tmp" "$OUT/logs.tgz"
 }
 
