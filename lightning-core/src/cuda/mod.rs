@@ -258,9 +258,9 @@ impl Cubin {
 }
 
 /// Compiles and assembles the kernel sources for `arch` (e.g. `"sm_90"`) into a cubin, the
-/// form [`Kernels`] loads first: SASS needs no PTX JIT in the driver, so a newer NVRTC than
-/// the driver's CUDA version still loads (CUDA's minor-version compatibility), and the first
-/// launch does not wait for a JIT. Works without a GPU.
+/// form the fused kernels are loaded in first: SASS needs no PTX JIT in the driver, so it
+/// loads even when NVRTC is newer than the driver's CUDA version (CUDA's minor-version
+/// compatibility), and the first launch does not wait for a JIT. Works without a GPU.
 pub fn compile_cubin(arch: &str) -> Result<Cubin, CudaError> {
     use cudarc::nvrtc::{result, sys};
     ensure_nvrtc()?;
