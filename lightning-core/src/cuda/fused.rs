@@ -79,9 +79,9 @@ fn launch(
         .map_err(|_| OptimError::Backend(format!("too many blocks for one launch: {blocks}")))?;
     let ntab = host.len();
     host.extend(chunks);
-    // The stream `k.launch` runs the kernel on: libtorch's current one.
-    let stream = super::current_stream(k.ordinal) as usize;
-    let table = device_table(host, device, stream)?;
+    // libtorch's current stream: the table is cached for it and the kernel runs on it.
+    let stream = k.stream();
+    let table = device_table(host, device, stream as usize)?;
     let mut tp = table.data_ptr() as u64;
     let mut cp = tp + (ntab * 8) as u64;
     let mut args: Vec<*mut c_void> = vec![
@@ -92,7 +92,7 @@ fn launch(
     // SAFETY: the table holds live device pointers of tensors the caller keeps alive for the
     // launch (stream-ordered: later frees wait for the kernel in the caching allocator's
     // stream order); args match the kernel signatures in kernels/*.cu.
-    unsafe { k.launch(kernel, blocks, &mut args) }?;
+    unsafe { k.launch(kernel, blocks, stream, &mut args) }?;
     Ok(())
 }
 

@@ -352,8 +352,14 @@ impl Kernels {
         })
     }
 
-    /// Launches `name` with `blocks` blocks of 256 threads on libtorch's current stream of
-    /// this device, so the kernel is ordered with torch's work as a PyTorch extension's is.
+    /// libtorch's current stream on this device: where [`Kernels::launch`] must run, so the
+    /// kernel is ordered with torch's work as a PyTorch extension's is.
+    pub(crate) fn stream(&self) -> *mut std::ffi::c_void {
+        current_stream(self.ordinal)
+    }
+
+    /// Launches `name` with `blocks` blocks of 256 threads on `stream` (from
+    /// [`Kernels::stream`]).
     ///
     /// # Safety
     /// `args` must match the kernel's parameters and point at live values; the device
@@ -362,6 +368,7 @@ impl Kernels {
         &self,
         name: &str,
         blocks: u32,
+        stream: *mut std::ffi::c_void,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<(), CudaError> {
         let f = self
@@ -369,7 +376,6 @@ impl Kernels {
             .get(name)
             .ok_or_else(|| CudaError::Driver(format!("no kernel named {name}")))?;
         self.ctx.bind_to_thread().map_err(driver_err)?;
-        let stream = current_stream(self.ordinal);
         cudarc::driver::result::launch_kernel(
             f.cu_function(),
             (blocks, 1, 1),
