@@ -266,9 +266,9 @@ fn snapshot_time(ckpt: &Path, device: Device) -> lightning_core::Result<(f64, u6
             .map(|t| match device {
                 Device::Cpu => t.copy(),
                 _ => {
-                    // Allocated pinned, as the saver's snapshot is.
-                    let mut dst = lightning_dist::ops::empty_pinned(&t.size(), t.kind())
-                        .unwrap_or_else(|_| Tensor::empty(t.size(), (t.kind(), Device::Cpu)));
+                    // Allocated as the saver's snapshot is.
+                    let mut dst = lightning_core::cuda::pinned_host(&t.size(), t.kind())
+                        .unwrap_or_else(|| Tensor::empty(t.size(), (t.kind(), Device::Cpu)));
                     dst.copy_(t);
                     dst
                 }

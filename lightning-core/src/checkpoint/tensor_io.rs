@@ -363,10 +363,9 @@ impl StorageLoader<'_> {
         let largest = chunks.iter().map(|c| c.2).max().unwrap_or(0);
         let size = i64::try_from(padded.min(stage.max(largest)))
             .map_err(|_| fmt("staging buffer size overflows".into()))?;
-        // Pinned memory copies to a GPU at full speed, allocated as such (not a pageable
-        // buffer copied into pinned memory); where it cannot be had, pageable works.
+        // Pinned memory copies to a GPU at full speed; where it cannot be had, pageable works.
         let pinned = match device {
-            Some(Device::Cuda(_)) => lightning_dist::ops::empty_pinned(&[size], Kind::Uint8).ok(),
+            Some(Device::Cuda(_)) => crate::cuda::pinned_host(&[size], Kind::Uint8),
             _ => None,
         };
         let host = match pinned {

@@ -463,6 +463,22 @@ pub fn available() -> bool {
     tch::Cuda::is_available() && kernels(0).is_ok()
 }
 
+/// Page-locked host memory for copies to or from a GPU (`torch.empty(size, dtype=kind,
+/// pin_memory=True)`): allocated as such from the CUDA caching host allocator, which reuses
+/// freed blocks, not through `Tensor::pin_memory`, which first makes a pageable tensor and
+/// copies it. `None` where pinned memory cannot be had (no CUDA; said once as a warning): the
+/// caller then uses pageable memory, which is slower and otherwise the same.
+pub fn pinned_host(size: &[i64], kind: Kind) -> Option<Tensor> {
+    lightning_dist::ops::empty_pinned(size, kind)
+        .map_err(|e| {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("host memory for GPU copies is pageable: no pinned memory ({e})")
+            });
+        })
+        .ok()
+}
+
 /// The variable that says a GPU must be present (`scripts/gpu_check.sh` sets it on the GPU
 /// machine): tests and benches then fail where they would otherwise skip their GPU part.
 pub const EXPECT_GPU_ENV: &str = "LIGHTNING_RS_EXPECT_GPU";

@@ -182,24 +182,12 @@ fn host_copy(t: &Tensor) -> Tensor {
     if t.device() == Device::Cpu {
         return t.copy();
     }
-    let mut dst = pinned_host(&t.size(), t.kind());
+    // Pinned, so the device->host copy runs at full bus speed; where it cannot be had,
+    // pageable: the snapshot is slower, never lost.
+    let mut dst = crate::cuda::pinned_host(&t.size(), t.kind())
+        .unwrap_or_else(|| Tensor::empty(t.size(), (t.kind(), Device::Cpu)));
     dst.copy_(&t);
     dst
-}
-
-/// An empty host tensor for a device-to-host snapshot: page-locked, so the copy runs at full
-/// bus speed, allocated directly (`torch.empty(..., pin_memory=True)`: from the CUDA caching
-/// host allocator, reused across saves), not through `Tensor::pin_memory`, which first makes
-/// a pageable tensor and copies it. Where pinned memory cannot be had, pageable memory (said
-/// once): the snapshot is slower, never lost.
-pub(crate) fn pinned_host(size: &[i64], kind: tch::Kind) -> Tensor {
-    lightning_dist::ops::empty_pinned(size, kind).unwrap_or_else(|e| {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| {
-            tracing::warn!("snapshots to host use pageable memory: no pinned memory ({e})")
-        });
-        Tensor::empty(size, (kind, Device::Cpu))
-    })
 }
 
 #[cfg(test)]
