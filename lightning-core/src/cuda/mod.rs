@@ -181,24 +181,71 @@ pub fn full_source() -> String {
 
 /// Compiles the kernel sources to PTX for `arch` (e.g. `"compute_90"`). Works without a GPU.
 pub fn compile_ptx(arch: &str) -> Result<String, CudaError> {
+    let (ptx, _) = nvrtc_compile(arch, &[], Output::Ptx)?;
+    // NVRTC's PTX ends with a NUL.
+    let end = ptx.iter().position(|&b| b == 0).unwrap_or(ptx.len());
+    Ok(String::from_utf8_lossy(&ptx[..end]).into_owned())
+}
+
+/// What [`nvrtc_compile`] takes from the compiled program.
+enum Output {
+    Ptx,
+    Cubin,
+}
+
+/// Compiles [`full_source`] for `arch` with NVRTC (plus `extra` options) and returns the
+/// `output` and NVRTC's log.
+fn nvrtc_compile(
+    arch: &str,
+    extra: &[&str],
+    output: Output,
+) -> Result<(Vec<u8>, String), CudaError> {
+    use cudarc::nvrtc::{result, sys};
     ensure_nvrtc()?;
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(Box::leak(arch.to_owned().into_boxed_str())),
-        options: vec!["--std=c++17".into()],
-        name: Some("lightning_rs_kernels.cu".into()),
-        ..Default::default()
+    let compile_err = |log: String| CudaError::Compile {
+        file: "kernels/*.cu".into(),
+        log,
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(full_source(), opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => CudaError::Compile {
-            file: "kernels/*.cu".into(),
-            log: log.to_string_lossy().into_owned(),
-        },
-        other => CudaError::Compile {
-            file: "kernels/*.cu".into(),
-            log: format!("{other:?}"),
-        },
-    })?;
-    Ok(ptx.to_src())
+    let src = std::ffi::CString::new(full_source())
+        .map_err(|e| compile_err(format!("kernel source holds a NUL byte: {e}")))?;
+    let name = c"lightning_rs_kernels.cu";
+    let prog = result::create_program(&src, Some(name)).map_err(|e| compile_err(e.to_string()))?;
+    let mut opts = vec![
+        "--std=c++17".to_owned(),
+        format!("--gpu-architecture={arch}"),
+    ];
+    opts.extend(extra.iter().map(|o| o.to_string()));
+    // SAFETY: `prog` is live until destroyed below, and `src`/`name` outlive it.
+    unsafe {
+        let compiled = result::compile_program(prog, &opts);
+        let log = result::get_program_log(prog)
+            .map(|l| {
+                std::ffi::CStr::from_ptr(l.as_ptr())
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        let out = compiled
+            .map_err(|e| compile_err(format!("{e:?} ({arch}): {log}")))
+            .and_then(|()| match output {
+                Output::Ptx => result::get_ptx(prog)
+                    .map(|p| p.into_iter().map(|c| c as u8).collect())
+                    .map_err(|e| compile_err(format!("no PTX for {arch}: {e:?}"))),
+                Output::Cubin => {
+                    let mut size = 0usize;
+                    sys::nvrtcGetCUBINSize(prog, &mut size)
+                        .result()
+                        .map_err(|e| compile_err(format!("no cubin for {arch}: {e:?}")))?;
+                    let mut image = vec![0u8; size];
+                    sys::nvrtcGetCUBIN(prog, image.as_mut_ptr().cast())
+                        .result()
+                        .map_err(|e| compile_err(format!("no cubin for {arch}: {e:?}")))?;
+                    Ok(image)
+                }
+            });
+        let _ = result::destroy_program(prog);
+        out.map(|out| (out, log))
+    }
 }
 
 /// The kernels assembled by NVRTC for one GPU architecture (SASS in an ELF cubin), with
@@ -262,51 +309,14 @@ impl Cubin {
 /// loads even when NVRTC is newer than the driver's CUDA version (CUDA's minor-version
 /// compatibility), and the first launch does not wait for a JIT. Works without a GPU.
 pub fn compile_cubin(arch: &str) -> Result<Cubin, CudaError> {
-    use cudarc::nvrtc::{result, sys};
-    ensure_nvrtc()?;
-    let compile_err = |log: String| CudaError::Compile {
-        file: "kernels/*.cu".into(),
-        log,
-    };
-    let src = std::ffi::CString::new(full_source())
-        .map_err(|e| compile_err(format!("kernel source holds a NUL byte: {e}")))?;
-    let name = c"lightning_rs_kernels.cu";
-    let prog = result::create_program(&src, Some(name)).map_err(|e| compile_err(e.to_string()))?;
-    let opts = [
-        "--std=c++17".to_owned(),
-        format!("--gpu-architecture={arch}"),
-        "--ptxas-options=-v".to_owned(),
-    ];
-    // SAFETY: `prog` is live until destroyed below, and `src`/`name` outlive it.
-    let res = unsafe {
-        let compiled = result::compile_program(prog, &opts);
-        let log = result::get_program_log(prog)
-            .map(|l| {
-                std::ffi::CStr::from_ptr(l.as_ptr())
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default();
-        let image = compiled
-            .map_err(|e| compile_err(format!("{e:?} ({arch}): {log}")))
-            .and_then(|()| {
-                let mut size = 0usize;
-                sys::nvrtcGetCUBINSize(prog, &mut size)
-                    .result()
-                    .map_err(|e| compile_err(format!("no cubin for {arch}: {e:?}")))?;
-                let mut image = vec![0u8; size];
-                sys::nvrtcGetCUBIN(prog, image.as_mut_ptr().cast())
-                    .result()
-                    .map_err(|e| compile_err(format!("no cubin for {arch}: {e:?}")))?;
-                Ok(image)
-            });
-        let _ = result::destroy_program(prog);
-        image.map(|image| Cubin { image, log })
-    }?;
-    if res.image.is_empty() {
-        return Err(compile_err(format!("NVRTC gave an empty cubin for {arch}")));
+    let (image, log) = nvrtc_compile(arch, &["--ptxas-options=-v"], Output::Cubin)?;
+    if image.is_empty() {
+        return Err(CudaError::Compile {
+            file: "kernels/*.cu".into(),
+            log: format!("NVRTC gave an empty cubin for {arch}"),
+        });
     }
-    Ok(res)
+    Ok(Cubin { image, log })
 }
 
 /// The compiled kernels loaded on one device.
