@@ -41,6 +41,7 @@
 
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
+pub use crate::optim::Interval;
 use crate::optim::{LrScheduler, Optimizer};
 use crate::traverse::Traverse;
 use crate::value::Value;
@@ -200,16 +201,6 @@ pub trait LightningModule: Traverse + HasHparams + Sized {
         let _ = ckpt;
         Ok(())
     }
-}
-
-/// When a scheduler steps: after every optimizer step or at every epoch end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Interval {
-    /// After every `frequency` optimizer steps.
-    Step,
-    /// At the end of every `frequency` epochs (Lightning's default).
-    #[default]
-    Epoch,
 }
 
 /// An LR scheduler with Lightning's `lr_scheduler_config` (`interval`, `frequency`).

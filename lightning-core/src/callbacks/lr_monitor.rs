@@ -5,7 +5,7 @@
 //! `lr-AdamW-weight_decay`.
 
 use super::{Callback, CallbackError, TrainerContext};
-use crate::lightning_module::Interval;
+use crate::optim::Interval;
 use indexmap::IndexMap;
 use std::any::Any;
 

@@ -11,9 +11,8 @@
 
 use super::OptimizerConfig;
 use crate::error::{Error, Result};
-use crate::optim::{LrScheduler, Optimizer};
+use crate::optim::{clip_gradients, ClipAlgorithm, LrScheduler, Optimizer};
 use crate::precision::GradScaler;
-use crate::trainer::ClipAlgorithm;
 use tch::Tensor;
 
 /// What the trainer lends a manual-optimization step.
@@ -186,7 +185,7 @@ impl<'a> ManualOptimizers<'a> {
         if let Some(s) = scaler {
             let _found_inf = s.unscale_(&*opt)?;
         }
-        crate::trainer::clip_gradients(&opt.params(), value, algorithm)
+        Ok(clip_gradients(&opt.params(), value, algorithm)?)
     }
 }
 

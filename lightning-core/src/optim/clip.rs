@@ -5,6 +5,29 @@ use super::common::backend;
 use super::OptimError;
 use tch::Tensor;
 
+/// Gradient clipping by total norm or by value (`gradient_clip_algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClipAlgorithm {
+    /// Scale all gradients so their total 2-norm is at most the clip value.
+    #[default]
+    Norm,
+    /// Clamp every gradient element to `[-v, v]`.
+    Value,
+}
+
+/// Clips the gradients of `params` as the trainer's `gradient_clip_algorithm` says
+/// (`torch.nn.utils.clip_grad_norm_` with the 2-norm, or `clip_grad_value_`).
+pub(crate) fn clip_gradients(
+    params: &[Tensor],
+    value: f64,
+    algo: ClipAlgorithm,
+) -> Result<(), OptimError> {
+    match algo {
+        ClipAlgorithm::Norm => clip_grad_norm(params, value, 2.0).map(drop),
+        ClipAlgorithm::Value => clip_grad_value(params, value),
+    }
+}
+
 /// `torch.linalg.vector_norm(t, ord)` over all elements.
 fn vector_norm(t: &Tensor, ord: f64) -> Result<Tensor, tch::TchError> {
     t.f_flatten(0, -1)?.f_norm_scalaropt_dim(ord, [0i64], false)

@@ -14,7 +14,8 @@ mod sgd;
 
 pub(crate) use adam::AdamState;
 pub use adam::{Adam, AdamConfig, AdamWConfig};
-pub use clip::{clip_grad_norm, clip_grad_value};
+pub(crate) use clip::clip_gradients;
+pub use clip::{clip_grad_norm, clip_grad_value, ClipAlgorithm};
 pub use sched::{Anneal, OneCycle, Schedule, Scheduler};
 pub use sgd::{Sgd, SgdConfig};
 
@@ -60,6 +61,16 @@ pub trait Optimizer: Send {
     fn class_name(&self) -> &'static str {
         "Optimizer"
     }
+}
+
+/// When a scheduler steps: after every optimizer step or at every epoch end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Interval {
+    /// After every `frequency` optimizer steps.
+    Step,
+    /// At the end of every `frequency` epochs (Lightning's default).
+    #[default]
+    Epoch,
 }
 
 /// A learning-rate scheduler with `torch.optim.lr_scheduler`'s state layout.

@@ -5,6 +5,7 @@ use super::Trainer;
 use crate::callbacks::Callback;
 use crate::error::{Error, Result};
 use crate::loggers::Loggers;
+use crate::optim::ClipAlgorithm;
 use crate::precision::{Precision, PrecisionError};
 use crate::storage::{CheckpointIO, DefaultCheckpointIO};
 use std::path::{Path, PathBuf};
@@ -47,16 +48,6 @@ impl From<f64> for Limit {
             Limit::Fraction(f)
         }
     }
-}
-
-/// Gradient clipping by total norm or by value (`gradient_clip_algorithm`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ClipAlgorithm {
-    /// Scale all gradients so their total 2-norm is at most the clip value.
-    #[default]
-    Norm,
-    /// Clamp every gradient element to `[-v, v]`.
-    Value,
 }
 
 /// The trainer's settings (see [`TrainerBuilder`] for each one's meaning and default).

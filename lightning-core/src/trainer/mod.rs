@@ -38,7 +38,9 @@ mod strategy;
 mod summary;
 
 pub use crate::checkpoint::schema::{LIGHTNING_VERSION, RESUME_KEY};
-pub use config::{ClipAlgorithm, Limit, SaveErrorPolicy, TrainerBuilder, TrainerConfig};
+pub(crate) use crate::optim::clip_gradients;
+pub use crate::optim::ClipAlgorithm;
+pub use config::{Limit, SaveErrorPolicy, TrainerBuilder, TrainerConfig};
 pub use ddp::finish_distributed;
 pub use strategy::{Accelerator, DdpOptions, Strategy, StrategyError};
 pub use summary::model_summary;
@@ -53,7 +55,6 @@ use crate::value::{Dict, Key};
 use indexmap::IndexMap;
 use state::RunState;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
 
 /// Which checkpoint `fit` resumes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,15 +270,6 @@ pub(crate) fn checkpoint_of<'c, M: LightningModule>(
 fn warn(msg: &str) {
     tracing::warn!("{msg}");
     eprintln!("warning: {msg}");
-}
-
-/// Clips the gradients of `params` as `torch.nn.utils.clip_grad_{norm,value}_`.
-pub(crate) fn clip_gradients(params: &[Tensor], value: f64, algo: ClipAlgorithm) -> Result<()> {
-    let r = match algo {
-        ClipAlgorithm::Norm => crate::optim::clip_grad_norm(params, value, 2.0).map(drop),
-        ClipAlgorithm::Value => crate::optim::clip_grad_value(params, value),
-    };
-    Ok(r?)
 }
 
 /// Validation every this many of an epoch's `n` training batches, when that is inside the epoch.
