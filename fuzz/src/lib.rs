@@ -2,7 +2,7 @@
 //! whatever loads can be saved and loads back equal (and passes `verify`).
 
 use lightning_core::checkpoint;
-use lightning_core::torch_value::TorchObject;
+use lightning_core::value::TorchObject;
 use lightning_core::{Dict, Key, Value};
 use std::cell::RefCell;
 use std::path::PathBuf;

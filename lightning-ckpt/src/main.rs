@@ -24,7 +24,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lightning_core::checkpoint::{self, safetensors};
-use lightning_core::torch_value::{dtype_name as torch_dtype, TorchObject};
+use lightning_core::value::{dtype_name as torch_dtype, TorchObject};
 use lightning_core::{Key, Value};
 use serde_json::{json, Value as J};
 use std::path::{Path, PathBuf};

@@ -29,7 +29,6 @@ pub mod optim;
 pub mod precision;
 mod pyfmt;
 pub mod storage;
-pub mod torch_value;
 pub mod trainer;
 pub mod traverse;
 pub mod value;
@@ -41,6 +40,10 @@ pub use lightning_module::{HasHparams, LightningModule};
 pub use loggers::{CsvLogger, Logger, TensorBoardLogger};
 pub use traverse::{LoadReport, StateDict, TensorKind, Traverse};
 pub use value::{Dict, Key, Value};
+
+/// The torch objects of the value tree, now in [`value`]; kept so old paths still compile.
+#[doc(hidden)]
+pub use value as torch_value;
 
 /// The names most programs need: `use lightning_core::prelude::*;`.
 pub mod prelude {

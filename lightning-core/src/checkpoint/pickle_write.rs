@@ -1,7 +1,7 @@
 //! Protocol-2 pickle emitter for [`Value`] trees, using only the opcodes and globals that
 //! `torch.load(weights_only=True)` accepts (DESIGN §3), laid out as `torch.save` does.
 
-use crate::torch_value::TorchObject;
+use crate::value::TorchObject;
 use crate::value::{Key, Value};
 use std::collections::HashMap;
 use tch::Tensor;

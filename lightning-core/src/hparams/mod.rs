@@ -1,7 +1,7 @@
 //! Hyperparameters: the trait `#[derive(Hyperparameters)]` implements, and the conversions
 //! between field types and the [`Value`] tree.
 
-use crate::torch_value::TorchObject;
+use crate::value::TorchObject;
 use crate::value::{tensor_placeholder, Dict, Key, Value};
 use std::path::PathBuf;
 
@@ -430,7 +430,7 @@ pub struct TorchDtype(pub tch::Kind);
 impl TorchDtype {
     fn from_name(name: &str) -> Option<TorchDtype> {
         let n = name.trim().strip_prefix("torch.").unwrap_or(name.trim());
-        crate::torch_value::DTYPES
+        crate::value::DTYPES
             .iter()
             .find(|(d, _, _)| *d == n)
             .and_then(|(_, _, k)| k.map(TorchDtype))
@@ -444,7 +444,7 @@ impl HparamValue for TorchDtype {
     fn to_value(&self) -> Value {
         Value::Torch(Box::new(TorchObject::Global(format!(
             "torch.{}",
-            crate::torch_value::dtype_name(self.0)
+            crate::value::dtype_name(self.0)
         ))))
     }
     fn from_value(value: &Value, field: &str) -> Result<Self, HparamError> {

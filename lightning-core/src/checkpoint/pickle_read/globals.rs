@@ -3,7 +3,7 @@
 //! refused by name. Protocol-2 pickles name builtins with Python 2's module `__builtin__`,
 //! which is read as `builtins` (torch's `IMPORT_MAPPING` does the same).
 
-use crate::torch_value::DTYPES;
+use crate::value::DTYPES;
 use tch::Kind;
 
 /// A storage class named in a persistent id: how its record is read.

@@ -6,7 +6,7 @@
 //! the value tree) by a budget proportional to the pickle's length.
 
 use super::CheckpointError;
-use crate::torch_value::{BigInt, TorchObject};
+use crate::value::{BigInt, TorchObject};
 use crate::value::{Dict, Key, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! persistent storage ids, tensor views), and converting the result to a [`Value`].
 
 use super::*;
-use crate::torch_value::{QTensor, RawTensor, DTYPES};
+use crate::value::{QTensor, RawTensor, DTYPES};
 
 /// The layouts `torch.serialization._get_layout` names.
 const LAYOUTS: [&str; 8] = [

@@ -1,10 +1,10 @@
-//! The parts of a checkpoint's value tree that are neither plain Python values nor dense tch
-//! tensors: Python ints beyond 64 bits ([`BigInt`]), dense tensors of dtypes tch has no
-//! `Kind` for ([`RawTensor`]), and the other torch objects that `torch.load(weights_only=True)`
-//! rebuilds (sparse, quantized, meta and nested tensors, layouts, qschemes, classes), kept as
-//! the file says them ([`TorchObject`]) so that writing them back gives the same objects.
+//! What tch has no type for, kept as the file says it: Python ints beyond 64 bits
+//! ([`BigInt`]), dense tensors of dtypes tch has no `Kind` for ([`RawTensor`]), and torch's
+//! dtype names ([`DTYPES`], [`dtype_name`]). The other torch objects that
+//! `torch.load(weights_only=True)` rebuilds (sparse, quantized, meta and nested tensors,
+//! layouts, qschemes, classes) are [`TorchObject`](super::TorchObject)s, next to the tree
+//! that holds them.
 
-use crate::value::Value;
 use std::fmt;
 use tch::{Kind, Tensor};
 
@@ -180,184 +180,6 @@ impl PartialEq for RawTensor {
     }
 }
 
-/// A quantized tensor (`torch._utils._rebuild_qtensor`): its integer representation and its
-/// quantizer, as the file says them.
-#[derive(Debug)]
-pub struct QTensor {
-    /// The quantized dtype (`"quint8"`, `"qint8"`, `"qint32"`, `"quint4x2"`, `"quint2x4"`).
-    pub dtype: String,
-    /// The stored integers: a `Uint8`, `Int8` or `Int` tensor viewing the storage.
-    pub int_repr: Tensor,
-    /// The qscheme (`"per_tensor_affine"`, `"per_channel_affine"`, ...).
-    pub qscheme: String,
-    /// The quantizer's parameters after the qscheme: `(scale, zero_point)` per tensor,
-    /// `(scales, zero_points, axis)` per channel.
-    pub params: Vec<Value>,
-    /// `requires_grad` as saved.
-    pub requires_grad: bool,
-}
-
-/// A torch object that is not a dense tch tensor, kept as the file describes it.
-#[derive(Debug)]
-pub enum TorchObject {
-    /// A dense tensor of a dtype tch has no `Kind` for.
-    Raw(RawTensor),
-    /// A sparse tensor (`_rebuild_sparse_tensor(layout, data)`): `layout` is torch's name
-    /// (`"sparse_coo"`, `"sparse_csr"`, ...) and `data` its parts: `(indices, values, size,
-    /// is_coalesced)` for COO, `(compressed_indices, plain_indices, values, size)` otherwise.
-    Sparse {
-        /// torch's layout name without `torch.`.
-        layout: String,
-        /// The parts, as saved.
-        data: Vec<Value>,
-    },
-    /// A quantized tensor.
-    Quantized(QTensor),
-    /// A tensor on the `meta` device: a shape and no data.
-    Meta {
-        /// torch's dtype name without `torch.`.
-        dtype: String,
-        /// Shape.
-        size: Vec<i64>,
-        /// Strides.
-        stride: Vec<i64>,
-        /// `requires_grad` as saved.
-        requires_grad: bool,
-    },
-    /// A nested tensor (`_rebuild_nested_tensor(buffer, sizes, strides, storage_offsets)`).
-    Nested {
-        /// The four parts, as saved.
-        parts: Vec<Value>,
-    },
-    /// A layout (`torch.sparse_coo`), pickled through `torch.serialization._get_layout`.
-    Layout(String),
-    /// A global used as a value: a dtype (`torch.float32`), a qscheme
-    /// (`torch.per_tensor_affine`), a tensor or storage class (`torch.FloatTensor`):
-    /// `module.name`.
-    Global(String),
-    /// A `torch.device` (`"cuda:0"`, `"cpu"`), as `str(device)` prints it.
-    Device(String),
-}
-
-impl Clone for TorchObject {
-    fn clone(&self) -> Self {
-        match self {
-            TorchObject::Raw(r) => TorchObject::Raw(r.clone()),
-            TorchObject::Sparse { layout, data } => TorchObject::Sparse {
-                layout: layout.clone(),
-                data: data.clone(),
-            },
-            TorchObject::Quantized(q) => TorchObject::Quantized(QTensor {
-                dtype: q.dtype.clone(),
-                int_repr: q.int_repr.shallow_clone(),
-                qscheme: q.qscheme.clone(),
-                params: q.params.clone(),
-                requires_grad: q.requires_grad,
-            }),
-            TorchObject::Meta {
-                dtype,
-                size,
-                stride,
-                requires_grad,
-            } => TorchObject::Meta {
-                dtype: dtype.clone(),
-                size: size.clone(),
-                stride: stride.clone(),
-                requires_grad: *requires_grad,
-            },
-            TorchObject::Nested { parts } => TorchObject::Nested {
-                parts: parts.clone(),
-            },
-            TorchObject::Layout(l) => TorchObject::Layout(l.clone()),
-            TorchObject::Global(g) => TorchObject::Global(g.clone()),
-            TorchObject::Device(d) => TorchObject::Device(d.clone()),
-        }
-    }
-}
-
-impl PartialEq for TorchObject {
-    fn eq(&self, other: &Self) -> bool {
-        use TorchObject as T;
-        match (self, other) {
-            (T::Raw(a), T::Raw(b)) => a == b,
-            (
-                T::Sparse { layout, data },
-                T::Sparse {
-                    layout: l2,
-                    data: d2,
-                },
-            ) => layout == l2 && data == d2,
-            (T::Quantized(a), T::Quantized(b)) => {
-                a.dtype == b.dtype
-                    && a.qscheme == b.qscheme
-                    && a.params == b.params
-                    && a.requires_grad == b.requires_grad
-                    && crate::value::tensors_equal(&a.int_repr, &b.int_repr)
-            }
-            (
-                T::Meta {
-                    dtype,
-                    size,
-                    stride,
-                    requires_grad,
-                },
-                T::Meta {
-                    dtype: d2,
-                    size: s2,
-                    stride: st2,
-                    requires_grad: r2,
-                },
-            ) => dtype == d2 && size == s2 && stride == st2 && requires_grad == r2,
-            (T::Nested { parts }, T::Nested { parts: p2 }) => parts == p2,
-            (T::Layout(a), T::Layout(b))
-            | (T::Global(a), T::Global(b))
-            | (T::Device(a), T::Device(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
-impl TorchObject {
-    /// What it is, for messages and reports (`"uint16 tensor"`, `"sparse_coo tensor"`).
-    pub fn describe(&self) -> String {
-        match self {
-            TorchObject::Raw(r) => format!("{} tensor {:?}", r.dtype, r.size),
-            TorchObject::Sparse { layout, .. } => format!("{layout} tensor"),
-            TorchObject::Quantized(q) => format!("{} quantized tensor", q.dtype),
-            TorchObject::Meta { dtype, size, .. } => format!("meta {dtype} tensor {size:?}"),
-            TorchObject::Nested { .. } => "nested tensor".into(),
-            TorchObject::Layout(l) => format!("layout torch.{l}"),
-            TorchObject::Global(g) => g.clone(),
-            TorchObject::Device(d) => format!("device {d}"),
-        }
-    }
-
-    /// The tensors it holds (parts of sparse and nested tensors, a quantized tensor's integers
-    /// and per-channel parameters; a raw tensor's storage bytes), with their names.
-    pub fn inner_tensors(&self) -> Vec<(String, Value)> {
-        let named = |vals: &[Value]| {
-            vals.iter()
-                .enumerate()
-                .map(|(i, v)| (i.to_string(), v.clone()))
-                .collect()
-        };
-        match self {
-            TorchObject::Raw(r) => vec![("storage".into(), r.storage.shallow_clone().into())],
-            TorchObject::Sparse { data, .. } => named(data),
-            TorchObject::Nested { parts } => named(parts),
-            TorchObject::Quantized(q) => {
-                let mut v: Vec<(String, Value)> = named(&q.params);
-                v.insert(0, ("int_repr".into(), q.int_repr.shallow_clone().into()));
-                v
-            }
-            TorchObject::Meta { .. }
-            | TorchObject::Layout(_)
-            | TorchObject::Global(_)
-            | TorchObject::Device(_) => vec![],
-        }
-    }
-}
-
 /// Bytes per element of every dtype torch's safe loader names, with the tch `Kind` where tch
 /// has one.
 pub const DTYPES: [(&str, usize, Option<Kind>); 46] = [
@@ -425,6 +247,7 @@ pub fn dtype_name(k: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::{TorchObject, Value};
 
     #[test]
     fn bigint_prints_decimal_and_keeps_minimal_bytes() {

@@ -1,20 +1,10 @@
-//! The dynamic value tree shared by hyperparameters, `hparams.yaml` and checkpoint files.
-//!
-//! A Lightning checkpoint is a pickled Python dict; [`Value`] is the subset of Python values
-//! that `torch.load(weights_only=True)` accepts: `None`, bools, ints (of any size), floats,
-//! complex numbers, strings, bytes, bytearrays, lists, tuples, sets, dicts (string or int keys,
-//! insertion-ordered), `OrderedDict`s, `Counter`s, `torch.Size`s, tensors, and the torch
-//! objects tch has no type for ([`TorchObject`]).
+//! The tree itself: [`Value`] and its keys, and the torch objects inside it
+//! ([`TorchObject`]), one file because each holds the other.
 
+use super::torch::{BigInt, RawTensor};
 use indexmap::IndexMap;
-use serde::de::{
-    self, Deserialize, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
-};
-use serde::ser::{self, Serialize, Serializer};
 use std::fmt;
 use tch::Tensor;
-
-pub use crate::torch_value::{BigInt, QTensor, RawTensor, TorchObject};
 
 /// A dict key: Python checkpoints use strings, and ints for optimizer state (`state[0]`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -402,6 +392,184 @@ impl<T: Into<Value>> From<Vec<T>> for Value {
     }
 }
 
+/// A quantized tensor (`torch._utils._rebuild_qtensor`): its integer representation and its
+/// quantizer, as the file says them.
+#[derive(Debug)]
+pub struct QTensor {
+    /// The quantized dtype (`"quint8"`, `"qint8"`, `"qint32"`, `"quint4x2"`, `"quint2x4"`).
+    pub dtype: String,
+    /// The stored integers: a `Uint8`, `Int8` or `Int` tensor viewing the storage.
+    pub int_repr: Tensor,
+    /// The qscheme (`"per_tensor_affine"`, `"per_channel_affine"`, ...).
+    pub qscheme: String,
+    /// The quantizer's parameters after the qscheme: `(scale, zero_point)` per tensor,
+    /// `(scales, zero_points, axis)` per channel.
+    pub params: Vec<Value>,
+    /// `requires_grad` as saved.
+    pub requires_grad: bool,
+}
+
+/// A torch object that is not a dense tch tensor, kept as the file describes it.
+#[derive(Debug)]
+pub enum TorchObject {
+    /// A dense tensor of a dtype tch has no `Kind` for.
+    Raw(RawTensor),
+    /// A sparse tensor (`_rebuild_sparse_tensor(layout, data)`): `layout` is torch's name
+    /// (`"sparse_coo"`, `"sparse_csr"`, ...) and `data` its parts: `(indices, values, size,
+    /// is_coalesced)` for COO, `(compressed_indices, plain_indices, values, size)` otherwise.
+    Sparse {
+        /// torch's layout name without `torch.`.
+        layout: String,
+        /// The parts, as saved.
+        data: Vec<Value>,
+    },
+    /// A quantized tensor.
+    Quantized(QTensor),
+    /// A tensor on the `meta` device: a shape and no data.
+    Meta {
+        /// torch's dtype name without `torch.`.
+        dtype: String,
+        /// Shape.
+        size: Vec<i64>,
+        /// Strides.
+        stride: Vec<i64>,
+        /// `requires_grad` as saved.
+        requires_grad: bool,
+    },
+    /// A nested tensor (`_rebuild_nested_tensor(buffer, sizes, strides, storage_offsets)`).
+    Nested {
+        /// The four parts, as saved.
+        parts: Vec<Value>,
+    },
+    /// A layout (`torch.sparse_coo`), pickled through `torch.serialization._get_layout`.
+    Layout(String),
+    /// A global used as a value: a dtype (`torch.float32`), a qscheme
+    /// (`torch.per_tensor_affine`), a tensor or storage class (`torch.FloatTensor`):
+    /// `module.name`.
+    Global(String),
+    /// A `torch.device` (`"cuda:0"`, `"cpu"`), as `str(device)` prints it.
+    Device(String),
+}
+
+impl Clone for TorchObject {
+    fn clone(&self) -> Self {
+        match self {
+            TorchObject::Raw(r) => TorchObject::Raw(r.clone()),
+            TorchObject::Sparse { layout, data } => TorchObject::Sparse {
+                layout: layout.clone(),
+                data: data.clone(),
+            },
+            TorchObject::Quantized(q) => TorchObject::Quantized(QTensor {
+                dtype: q.dtype.clone(),
+                int_repr: q.int_repr.shallow_clone(),
+                qscheme: q.qscheme.clone(),
+                params: q.params.clone(),
+                requires_grad: q.requires_grad,
+            }),
+            TorchObject::Meta {
+                dtype,
+                size,
+                stride,
+                requires_grad,
+            } => TorchObject::Meta {
+                dtype: dtype.clone(),
+                size: size.clone(),
+                stride: stride.clone(),
+                requires_grad: *requires_grad,
+            },
+            TorchObject::Nested { parts } => TorchObject::Nested {
+                parts: parts.clone(),
+            },
+            TorchObject::Layout(l) => TorchObject::Layout(l.clone()),
+            TorchObject::Global(g) => TorchObject::Global(g.clone()),
+            TorchObject::Device(d) => TorchObject::Device(d.clone()),
+        }
+    }
+}
+
+impl PartialEq for TorchObject {
+    fn eq(&self, other: &Self) -> bool {
+        use TorchObject as T;
+        match (self, other) {
+            (T::Raw(a), T::Raw(b)) => a == b,
+            (
+                T::Sparse { layout, data },
+                T::Sparse {
+                    layout: l2,
+                    data: d2,
+                },
+            ) => layout == l2 && data == d2,
+            (T::Quantized(a), T::Quantized(b)) => {
+                a.dtype == b.dtype
+                    && a.qscheme == b.qscheme
+                    && a.params == b.params
+                    && a.requires_grad == b.requires_grad
+                    && tensors_equal(&a.int_repr, &b.int_repr)
+            }
+            (
+                T::Meta {
+                    dtype,
+                    size,
+                    stride,
+                    requires_grad,
+                },
+                T::Meta {
+                    dtype: d2,
+                    size: s2,
+                    stride: st2,
+                    requires_grad: r2,
+                },
+            ) => dtype == d2 && size == s2 && stride == st2 && requires_grad == r2,
+            (T::Nested { parts }, T::Nested { parts: p2 }) => parts == p2,
+            (T::Layout(a), T::Layout(b))
+            | (T::Global(a), T::Global(b))
+            | (T::Device(a), T::Device(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl TorchObject {
+    /// What it is, for messages and reports (`"uint16 tensor"`, `"sparse_coo tensor"`).
+    pub fn describe(&self) -> String {
+        match self {
+            TorchObject::Raw(r) => format!("{} tensor {:?}", r.dtype, r.size),
+            TorchObject::Sparse { layout, .. } => format!("{layout} tensor"),
+            TorchObject::Quantized(q) => format!("{} quantized tensor", q.dtype),
+            TorchObject::Meta { dtype, size, .. } => format!("meta {dtype} tensor {size:?}"),
+            TorchObject::Nested { .. } => "nested tensor".into(),
+            TorchObject::Layout(l) => format!("layout torch.{l}"),
+            TorchObject::Global(g) => g.clone(),
+            TorchObject::Device(d) => format!("device {d}"),
+        }
+    }
+
+    /// The tensors it holds (parts of sparse and nested tensors, a quantized tensor's integers
+    /// and per-channel parameters; a raw tensor's storage bytes), with their names.
+    pub fn inner_tensors(&self) -> Vec<(String, Value)> {
+        let named = |vals: &[Value]| {
+            vals.iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v.clone()))
+                .collect()
+        };
+        match self {
+            TorchObject::Raw(r) => vec![("storage".into(), r.storage.shallow_clone().into())],
+            TorchObject::Sparse { data, .. } => named(data),
+            TorchObject::Nested { parts } => named(parts),
+            TorchObject::Quantized(q) => {
+                let mut v: Vec<(String, Value)> = named(&q.params);
+                v.insert(0, ("int_repr".into(), q.int_repr.shallow_clone().into()));
+                v
+            }
+            TorchObject::Meta { .. }
+            | TorchObject::Layout(_)
+            | TorchObject::Global(_)
+            | TorchObject::Device(_) => vec![],
+        }
+    }
+}
+
 /// The placeholder that stands for a tensor where a text format has no room for one
 /// (`"<Tensor Float [2, 3]>"`).
 pub fn tensor_placeholder(t: &Tensor) -> String {
@@ -433,173 +601,6 @@ impl Value {
             }
             leaf => leaf.clone(),
         }
-    }
-}
-
-impl Serialize for Key {
-    /// A string key as a string, an int key as an int (JSON writes it as a string, `"0"`).
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Key::Str(k) => s.serialize_str(k),
-            Key::Int(i) => s.serialize_i64(*i),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Key {
-    /// A string, an int (a YAML `3:` key; one above `i64::MAX` is an error) or a bool (a YAML
-    /// `true:` key, read as PyYAML does, then as the string `"True"`/`"False"`); floats, nulls
-    /// and collections are errors. JSON keys are always strings, so they stay strings (`"0"`).
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or integer mapping key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(Key::Str(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Key, E> {
-                Ok(Key::Str(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Key, E> {
-                Ok(Key::Int(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Key, E> {
-                i64::try_from(v)
-                    .map(Key::Int)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Key, E> {
-                Ok(Key::Str(if v { "True" } else { "False" }.to_owned()))
-            }
-        }
-        d.deserialize_any(KeyVisitor)
-    }
-}
-
-/// The serde data model of the tree, shared by `hparams.yaml`, JSON hparams files and the
-/// JSON metadata of safetensors exports.
-///
-/// | Value | serialized as | deserialized from |
-/// |---|---|---|
-/// | `None` | unit (`null`) | unit / none (`null`, `~`, an empty YAML document) |
-/// | `Bool` | bool | bool |
-/// | `Int` | i64 | i64, and u64 up to `i64::MAX` |
-/// | `BigInt` | i128 when it fits, else its decimal string | never produced |
-/// | `Float` | f64: serde_json writes non-finite floats as `null` (JSON has none; callers that must not lose them check first), YAML as `.nan`/`.inf`/`-.inf` | f64, and integers beyond i64 (u64/i128/u128, as JSON parsers read them) |
-/// | `Complex` | a pair `[re, im]` | never produced |
-/// | `Str` | str | str |
-/// | `Bytes`, `ByteArray` | sequence of ints (0-255) | never produced |
-/// | `Set`, `Size` | sequence | never produced |
-/// | `Counter` | map | never produced |
-/// | `List`, `Tuple` | sequence | sequence, always as a `List` |
-/// | `Dict`, `OrderedDict` | map in insertion order, keys as [`Key`] says (int keys stay ints in YAML, become strings in JSON) | map, always as a `Dict`, in document order (a repeated key keeps its first position and its last value, as Python's loaders do) |
-/// | `Tensor`, `Torch` | an error: text formats have no tensor form (use [`Value::rewrite`] with [`tensor_placeholder`] or a report of your own first) | never produced |
-///
-/// A YAML tag (`!tag value`) is dropped and its content kept.
-impl Serialize for Value {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Value::None => s.serialize_unit(),
-            Value::Bool(b) => s.serialize_bool(*b),
-            Value::Int(i) => s.serialize_i64(*i),
-            Value::BigInt(i) => match i.to_i128() {
-                Some(v) => s.serialize_i128(v),
-                None => s.serialize_str(&i.to_string()),
-            },
-            Value::Float(x) => s.serialize_f64(*x),
-            Value::Complex(re, im) => s.collect_seq([re, im]),
-            Value::Str(v) => s.serialize_str(v),
-            Value::Bytes(b) | Value::ByteArray(b) => s.collect_seq(b),
-            Value::Size(v) => s.collect_seq(v),
-            Value::List(items) | Value::Tuple(items) | Value::Set(items) => s.collect_seq(items),
-            Value::Dict(d) | Value::OrderedDict(d) | Value::Counter(d) => s.collect_map(d),
-            // A dtype, qscheme or device is its text, as `str()` prints it.
-            Value::Torch(o) => match &**o {
-                crate::torch_value::TorchObject::Global(g) => s.serialize_str(g),
-                crate::torch_value::TorchObject::Device(d) => s.serialize_str(d),
-                _ => Err(ser::Error::custom(format!(
-                    "a {} has no serde form",
-                    o.describe()
-                ))),
-            },
-            Value::Tensor(t) => Err(ser::Error::custom(format!(
-                "a tensor ({:?} {:?}) has no serde form",
-                t.kind(),
-                t.size()
-            ))),
-        }
-    }
-}
-
-/// See the table on [`Value`]'s `Serialize` impl.
-impl<'de> Deserialize<'de> for Value {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValueVisitor)
-    }
-}
-
-struct ValueVisitor;
-
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("null, a bool, a number, a string, a sequence or a mapping")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::None)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::None)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Value::deserialize(d)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
-    }
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
-    }
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Float(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::Str(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        Ok(Value::Str(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(x) = seq.next_element()? {
-            items.push(x);
-        }
-        Ok(Value::List(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut d = Dict::with_capacity(map.size_hint().unwrap_or(0).min(4096));
-        while let Some((k, v)) = map.next_entry::<Key, Value>()? {
-            d.insert(k, v);
-        }
-        Ok(Value::Dict(d))
-    }
-    /// A YAML tagged node (`!tag value`): the tag is dropped, the content kept.
-    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        let (_tag, content) = data.variant::<String>()?;
-        content.newtype_variant()
     }
 }
 
