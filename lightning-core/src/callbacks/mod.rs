@@ -15,11 +15,9 @@ pub use early_stopping::{EarlyStopping, EarlyStoppingBuilder, StoppingReason};
 pub use lr_monitor::{
     LearningRateMonitor, Optimization, OptimizerView, ParamGroupView, SchedulerView,
 };
+pub(crate) use model_checkpoint::find_last_checkpoint_in;
 pub use model_checkpoint::{
     find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
-};
-pub(crate) use model_checkpoint::{
-    find_last_checkpoint_in, link_checkpoint, remove_stale_link_temps,
 };
 
 pub use crate::pyfmt::{MetricValue, Metrics};

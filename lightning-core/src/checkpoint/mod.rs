@@ -29,6 +29,7 @@
 //! # Ok::<(), checkpoint::CheckpointError>(())
 //! ```
 
+pub(crate) mod error;
 pub mod pickle_read;
 pub mod pickle_write;
 pub mod safetensors;
@@ -36,135 +37,17 @@ pub mod schema;
 pub mod tensor_io;
 pub mod zip_io;
 
+pub use error::CheckpointError;
+
+use crate::storage::files;
 use crate::value::Value;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tch::Device;
 use tensor_io::{StorageLoader, StoragePlan};
 use zip_io::{ZipReader, ZipWriter};
-
-/// Errors reading or writing checkpoint files; each names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// An OS error on a path.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid checkpoint.
-    #[error("{path}: {msg}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, and where in the file.
-        msg: String,
-    },
-    /// The disk is full or the file-size limit was reached while saving (ENOSPC, EDQUOT,
-    /// EFBIG); the temporary file was removed and any older file at `path` is untouched.
-    #[error("{path}: not enough space to save the checkpoint ({needed} bytes needed): {source}")]
-    NoSpace {
-        /// The final path of the checkpoint.
-        path: PathBuf,
-        /// Bytes the file needs.
-        needed: u64,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file ends before a structure it declares.
-    #[error("{path}: truncated file: {what} needs {needed} bytes, the file has {len}")]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// What was being read.
-        what: String,
-        /// The offset it needs to reach.
-        needed: u64,
-        /// The file's (or the pickle's) length.
-        len: u64,
-    },
-    /// A record's data does not match its CRC-32 (the file is corrupt).
-    #[error("{path}: record {record} is corrupt: CRC-32 {found:08x}, expected {expected:08x}")]
-    Crc {
-        /// The file.
-        path: PathBuf,
-        /// The zip record.
-        record: String,
-        /// CRC from the directory.
-        expected: u32,
-        /// CRC of the data.
-        found: u32,
-    },
-    /// The pickle references a global outside the allowlist (as `weights_only=True` would).
-    #[error(
-        "{path}: the checkpoint references `{global}`, which is not allowed: only plain \
-         containers, numbers, strings and tensors are loaded (nothing is ever executed)"
-    )]
-    DisallowedGlobal {
-        /// The file.
-        path: PathBuf,
-        /// `module.name`.
-        global: String,
-    },
-    /// Something valid in torch but not supported here (a dtype, compression, bytes values).
-    #[error("{path}: unsupported: {what}")]
-    Unsupported {
-        /// The file.
-        path: PathBuf,
-        /// What.
-        what: String,
-    },
-    /// An object store (`s3://`, `gs://`, ...) refused or failed a request.
-    #[error("{path}: {what}: {source}")]
-    Remote {
-        /// The object's URL.
-        path: PathBuf,
-        /// What was being done.
-        what: String,
-        /// The store's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// A safety limit was reached (nesting depth, shared-reference explosion).
-    #[error("{path}: limit exceeded: {what}")]
-    Limit {
-        /// The file.
-        path: PathBuf,
-        /// Which limit.
-        what: String,
-    },
-}
-
-impl CheckpointError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        CheckpointError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-
-    /// The file the error is about.
-    pub fn path(&self) -> &Path {
-        match self {
-            CheckpointError::Io { path, .. }
-            | CheckpointError::Format { path, .. }
-            | CheckpointError::NoSpace { path, .. }
-            | CheckpointError::Truncated { path, .. }
-            | CheckpointError::Crc { path, .. }
-            | CheckpointError::DisallowedGlobal { path, .. }
-            | CheckpointError::Unsupported { path, .. }
-            | CheckpointError::Limit { path, .. }
-            | CheckpointError::Remote { path, .. } => path,
-        }
-    }
-}
 
 /// How [`save_with`] writes.
 #[derive(Clone, Debug)]
@@ -281,166 +164,12 @@ fn serialization_id() -> String {
     )
 }
 
-fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
-    )
-}
-
 /// [`save`] with options.
-/// The pid in a temp-file name that [`save_with`] makes (`.NAME.tmp-PID-N`), if `name` is one.
-fn temp_file_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix('.')?;
-    let (_, tail) = rest.rsplit_once(".tmp-")?;
-    let (pid, n) = tail.split_once('-')?;
-    n.parse::<u64>().ok()?;
-    pid.parse().ok()
-}
-
-/// Deletes the temp files that saves of processes no longer alive left in `dir` (a run killed
-/// mid-save leaves `.NAME.tmp-PID-N`; it never sits under a final name, but it takes space).
-/// Temp files of live processes, this one included, are kept. Returns how many were removed.
-pub fn remove_stale_temp_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = temp_file_pid(&name) else {
-            continue;
-        };
-        let Ok(pid_t) = libc::pid_t::try_from(pid) else {
-            continue;
-        };
-        // SAFETY: kill(2) with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid_t, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-        if alive {
-            continue;
-        }
-        match std::fs::remove_file(e.path()) {
-            Ok(()) => removed += 1,
-            Err(err) => tracing::warn!("could not remove stale {}: {err}", e.path().display()),
-        }
-    }
-    removed
-}
-
 pub fn save_with(path: &Path, ckpt: &Value, opts: &SaveOptions) -> Result<(), CheckpointError> {
     let prepared = prepare(path, ckpt)?;
-    write_atomically(path, prepared.needed, opts.durable, |w| {
+    files::write_atomically(path, prepared.needed, opts.durable, |w| {
         write_archive(w, &prepared).map(|(_, len)| len)
     })
-}
-
-/// Copies the file `from` to `to` atomically and durably (temporary file, fsync, rename,
-/// directory fsync), as every checkpoint is written: `to` is either its old self or a
-/// complete copy. Either may be a URL (a download, an upload that appears only when whole);
-/// [`crate::storage::copy`] copies within one object store on the server instead.
-pub fn copy_atomically(from: &Path, to: &Path) -> Result<(), CheckpointError> {
-    let mut src = crate::storage::open_for_read(from)?;
-    let len = src
-        .metadata()
-        .map_err(|e| CheckpointError::io(from, e))?
-        .len();
-    write_atomically(to, len, true, |w| std::io::copy(&mut src, w))
-}
-
-/// Writes a file atomically: `write` fills a temporary file in `path`'s directory (through a
-/// 1 MiB buffer) and returns its length (for a URL it streams an upload instead); then fsync
-/// (when `durable`), rename over `path`, and fsync of the directory. On error the temporary
-/// file is removed and `path` is untouched; ENOSPC/EDQUOT/EFBIG become
-/// [`CheckpointError::NoSpace`] with `needed` bytes.
-pub(crate) fn write_atomically(
-    path: &Path,
-    needed: u64,
-    durable: bool,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
-) -> Result<(), CheckpointError> {
-    if crate::storage::is_url(path) {
-        return crate::storage::object::upload(path, needed, write);
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| CheckpointError::Format {
-            path: path.to_owned(),
-            msg: "not a file path".into(),
-        })?
-        .to_string_lossy()
-        .into_owned();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let map_err = |e: std::io::Error| {
-        if is_no_space(&e) {
-            CheckpointError::NoSpace {
-                path: path.to_owned(),
-                needed,
-                source: e,
-            }
-        } else {
-            CheckpointError::io(path, e)
-        }
-    };
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(map_err)?;
-    let written = (|| -> std::io::Result<()> {
-        reserve(&file, needed)?;
-        let mut w = BufWriter::with_capacity(1 << 20, &file);
-        let len = write(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?;
-        file.set_len(len)?; // frees blocks reserved beyond the end
-        if durable {
-            file.sync_all()?;
-        }
-        Ok(())
-    })();
-    drop(file);
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(map_err(e));
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(map_err(e));
-    }
-    if durable {
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| CheckpointError::io(&dir, e))?;
-    }
-    Ok(())
-}
-
-/// Reserves `len` bytes for `file` without changing its size, so a full disk is reported
-/// before anything is written; file systems without `fallocate` are fine.
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
-    // SAFETY: plain syscall on an open descriptor.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if is_no_space(&e) {
-        Err(e)
-    } else {
-        Ok(()) // EOPNOTSUPP and friends: no reservation, the writes will tell
-    }
 }
 
 /// Reads a `.ckpt` file into a value tree with CPU tensors. `path` may be a URL
@@ -515,9 +244,14 @@ fn read_tree_located(
     Ok((tree, locations))
 }
 
+/// Opens the file or object at `path` for the zip reader.
+fn open_zip(path: &Path) -> Result<ZipReader, CheckpointError> {
+    ZipReader::from_file(path, files::open_for_read(path)?)
+}
+
 /// Reads a `.ckpt` file with options (zero-copy mmap, target device, CRC checks).
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Value, CheckpointError> {
-    read_tree_located(&ZipReader::open(path)?, path, opts, false).map(|(v, _)| v)
+    read_tree_located(&open_zip(path)?, path, opts, false).map(|(v, _)| v)
 }
 
 /// [`load_with`], and the location tag each storage was saved with (`"cpu"`, `"cuda:1"`, as
@@ -529,7 +263,7 @@ pub fn load_with_locations(
     path: &Path,
     opts: &LoadOptions,
 ) -> Result<(Value, Vec<String>), CheckpointError> {
-    read_tree_located(&ZipReader::open(path)?, path, opts, false)
+    read_tree_located(&open_zip(path)?, path, opts, false)
 }
 
 /// What [`verify`] found in a complete, valid file.
@@ -547,7 +281,7 @@ pub struct VerifyReport {
 /// pickle, and every tensor's storage and geometry, in constant memory (tensor data is
 /// checksummed in 1 MiB chunks, not loaded).
 pub fn verify(path: &Path) -> Result<VerifyReport, CheckpointError> {
-    verify_zip(path, ZipReader::open(path)?)
+    verify_zip(path, open_zip(path)?)
 }
 
 /// [`verify`] on an opened file (a download of the object at `path`).

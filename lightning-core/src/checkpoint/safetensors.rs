@@ -2,8 +2,9 @@
 //! `hyper_parameters` (plus `hparams_name`, `epoch`, `global_step`, the Lightning version and
 //! the original key order) as JSON strings in `__metadata__`.
 
+use super::error::CheckpointError;
 use super::schema::LIGHTNING_VERSION;
-use super::{write_atomically, CheckpointError};
+use crate::storage::files::write_atomically;
 use crate::value::{Dict, Key, Value};
 use ::safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
@@ -145,7 +146,7 @@ pub fn import(path: &Path) -> Result<Value, CheckpointError> {
         path: path.to_owned(),
         msg,
     };
-    let file = crate::storage::open_for_read(path)?;
+    let file = crate::storage::files::open_for_read(path)?;
     // SAFETY: read-only mapping of a file we only read; it is dropped before returning.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, e))?;
     let st =

@@ -2,10 +2,10 @@
 //! moving CUDA tensors to host memory, and building tensors over records (copied into fresh
 //! memory, or zero-copy over a private memory map of the file).
 
+use super::error::CheckpointError;
 use super::pickle_read::storage_type_name;
 use super::pickle_write::TensorRef;
 use super::zip_io::ZipReader;
-use super::CheckpointError;
 use crate::value::Value;
 use crate::value::{dtype_name, DTYPES};
 use std::collections::HashMap;

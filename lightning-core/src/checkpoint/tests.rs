@@ -1,5 +1,6 @@
 use super::*;
 use crate::value::{Dict, Key};
+use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
 /// A tree exercising every dtype, view kind and container.
@@ -234,28 +235,6 @@ fn memoized_containers_cannot_be_copied_into_a_memory_bomb() {
     archive_with_pickle(&p, &pk);
     let e = load(&p).unwrap_err();
     assert!(matches!(e, CheckpointError::Limit { .. }), "{e}");
-}
-
-#[test]
-fn stale_temp_files_of_dead_processes_are_removed_live_ones_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    // A child that has exited: its pid is free (not reused this quickly in practice).
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
-    let mine = std::process::id();
-    let stale = dir.path().join(format!(".last.ckpt.tmp-{dead}-0"));
-    let live = dir.path().join(format!(".last.ckpt.tmp-{mine}-3"));
-    let final_name = dir.path().join("last.ckpt");
-    let lookalike = dir.path().join(".notes.tmp-abc-1");
-    for p in [&stale, &live, &final_name, &lookalike] {
-        std::fs::write(p, b"x").unwrap();
-    }
-    assert_eq!(remove_stale_temp_files(dir.path()), 1);
-    assert!(!stale.exists());
-    assert!(live.exists() && final_name.exists() && lookalike.exists());
-    assert_eq!(temp_file_pid(".epoch=1.ckpt.tmp-42-7"), Some(42));
-    assert_eq!(temp_file_pid("epoch=1.ckpt"), None);
 }
 
 /// The parallel copy-load splits records into 8 MiB chunks: a record of several chunks (and

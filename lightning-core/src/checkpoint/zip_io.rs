@@ -8,7 +8,7 @@
 //! way, with data descriptors as torch's own writer does. The reader is ours so that every
 //! size is checked against the file's length before anything is allocated.
 
-use super::CheckpointError;
+use super::error::CheckpointError;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -226,9 +226,13 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 impl ZipReader {
-    /// Opens `path` and reads its directory (a URL is downloaded into memory first).
+    /// Opens the local file `path` and reads its directory (a URL goes through
+    /// `crate::checkpoint::load`, which downloads it first).
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        Self::from_file(path, crate::storage::open_for_read(path)?)
+        Self::from_file(
+            path,
+            File::open(path).map_err(|e| CheckpointError::io(path, e))?,
+        )
     }
 
     /// Reads the directory of `file`, opened from `path` (named in errors).

@@ -19,8 +19,8 @@
 //!   blocking in place would panic); it still blocks that runtime's worker, so async code
 //!   should call through `spawn_blocking`.
 
-use super::StoredFile;
-use crate::checkpoint::CheckpointError;
+use super::local::StoredFile;
+use crate::checkpoint::error::CheckpointError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;

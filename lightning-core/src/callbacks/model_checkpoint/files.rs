@@ -2,124 +2,17 @@
 //! rules (`abspath`, `relpath`, `expanduser`, `realpath`), and finding the newest `last*.ckpt`.
 
 use super::ModelCheckpoint;
-use crate::checkpoint::CheckpointError;
 use crate::storage::{is_url, CheckpointIO, DefaultCheckpointIO};
 use std::collections::HashSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Points `link` at `target` with a relative symlink (a copy where links are not possible),
-/// replacing what was there atomically: a temporary link is renamed over `link`, so a `last`
-/// file always exists once one was written.
-pub(crate) fn link_checkpoint(target: &Path, link: &Path) -> Result<(), CheckpointError> {
-    link_or_copy(target, link, symlink)
-}
-
-/// Creates a symlink `link` -> `target` (`target` relative to `link`'s folder).
-fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    let r = std::os::unix::fs::symlink(target, link);
-    #[cfg(not(unix))]
-    let r = {
-        let _ = (target, link);
-        Err(std::io::ErrorKind::Unsupported.into())
-    };
-    r
-}
-
-/// [`link_checkpoint`] with the link-making function given (tests make it fail).
-pub(super) fn link_or_copy(
-    target: &Path,
-    link: &Path,
-    make_link: fn(&Path, &Path) -> std::io::Result<()>,
-) -> Result<(), CheckpointError> {
-    let (abs_target, abs_link) = (lexical_absolute(target), lexical_absolute(link));
-    if abs_target == abs_link {
-        return Ok(());
-    }
-    let dir = abs_link.parent().unwrap_or(Path::new("/")).to_owned();
-    std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
-    let name = abs_link
-        .file_name()
-        .map_or("last".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(link_temp_name(&name));
-    let _ = std::fs::remove_file(&tmp);
-    if let Ok(m) = std::fs::symlink_metadata(&abs_link) {
-        if m.is_dir() {
-            std::fs::remove_dir_all(&abs_link).map_err(|e| CheckpointError::io(&abs_link, e))?;
-        }
-    }
-    let rel = relative_path(&abs_target, &dir);
-    if let Err(e) = make_link(&rel, &tmp) {
-        tracing::debug!("symlink {} failed ({e}); copying instead", tmp.display());
-        // fall back to a durable, atomic copy straight over the link's name
-        let _ = std::fs::remove_file(&tmp);
-        return crate::checkpoint::copy_atomically(&abs_target, &abs_link);
-    }
-    if let Err(e) = std::fs::rename(&tmp, &abs_link) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(CheckpointError::io(&abs_link, e));
-    }
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// The temporary name [`link_checkpoint`] creates next to `name` before renaming it over.
-fn link_temp_name(name: &str) -> String {
-    format!(".{name}{LINK_TEMP_MARK}{}", std::process::id())
-}
-
-const LINK_TEMP_MARK: &str = ".tmp-link-";
-
-/// Deletes `.<name>.tmp-link-<pid>` entries in `dir` (left when a run died mid-link).
-pub(crate) fn remove_stale_link_temps(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(LINK_TEMP_MARK) {
-            if let Err(err) = std::fs::remove_file(e.path()) {
-                tracing::warn!("could not remove stale {}: {err}", e.path().display());
-            }
-        }
-    }
-}
 
 /// `os.path.abspath`: absolute, with `.` and `..` resolved lexically (a URL is kept as is).
 pub(super) fn lexical_absolute(p: &Path) -> PathBuf {
     if is_url(p) {
         return p.to_owned();
     }
-    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// `os.path.relpath(target, base)` for absolute, normalized paths.
-fn relative_path(target: &Path, base: &Path) -> PathBuf {
-    let t: Vec<_> = target.components().collect();
-    let b: Vec<_> = base.components().collect();
-    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut out = PathBuf::new();
-    for _ in common..b.len() {
-        out.push("..");
-    }
-    for c in &t[common..] {
-        out.push(c);
-    }
-    out
+    crate::storage::local::absolute(p)
 }
 
 /// `os.path.expanduser` for a leading `~`.

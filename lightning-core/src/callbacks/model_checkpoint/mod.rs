@@ -20,7 +20,7 @@ mod topk;
 
 pub use builder::ModelCheckpointBuilder;
 pub use files::find_last_checkpoint;
-pub(crate) use files::{find_last_checkpoint_in, link_checkpoint, remove_stale_link_temps};
+pub(crate) use files::find_last_checkpoint_in;
 
 use super::{AfterSave, Callback, CallbackError, TrainerContext};
 use super::{MetricValue, Metrics};

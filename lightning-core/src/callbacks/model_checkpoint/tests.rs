@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::callbacks::{Callback, RunInfo, TrainerHandle};
+use crate::storage::local::{link_checkpoint, link_or_copy};
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
@@ -468,7 +469,7 @@ fn link_replaces_files_links_and_folders() {
     );
     assert!(!listing(d).iter().any(|n| n.contains("tmp-link")));
     // where links cannot be made, a copy takes the link's place
-    files::link_or_copy(&d.join("a"), &d.join("copied"), |_, _| {
+    link_or_copy(&d.join("a"), &d.join("copied"), |_, _| {
         Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
     })
     .unwrap();

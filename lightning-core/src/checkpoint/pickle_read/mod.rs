@@ -5,7 +5,7 @@
 //! nesting by [`MAX_DEPTH`], and copying (of shared, memoized containers into calls or into
 //! the value tree) by a budget proportional to the pickle's length.
 
-use super::CheckpointError;
+use super::error::CheckpointError;
 use crate::value::{BigInt, TorchObject};
 use crate::value::{Dict, Key, Value};
 use std::collections::HashMap;
