@@ -16,9 +16,15 @@ pub enum Error {
     /// A state_dict could not be loaded into a module.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A dataset, batch, loader state or sampler was misused (names the index, rows or rank).
+    #[error(transparent)]
+    Data(#[from] crate::data::error::DataError),
+    /// A checkpoint's `state_dict` holds something a module cannot load (names the entry).
+    #[error(transparent)]
+    StateDict(#[from] crate::traverse::StateDictError),
     /// A callback was misconfigured or failed (`ModelCheckpoint`, `EarlyStopping`).
     #[error(transparent)]
-    Callback(#[from] crate::callbacks::CallbackError),
+    Callback(#[from] crate::callbacks::error::CallbackError),
     /// An optimizer or LR scheduler could not be built or stepped (`?` in
     /// `configure_optimizers`).
     #[error(transparent)]

@@ -471,29 +471,55 @@ pub fn state_dict_to_value(sd: &StateDict) -> crate::value::Value {
     )
 }
 
+/// Why a checkpoint's `state_dict` value is not a dict of tensors a module can load; each
+/// names the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDictError {
+    /// The value is not a dict.
+    #[error("state_dict: expected a dict of tensors, found {found}")]
+    NotADict {
+        /// The Python type found.
+        found: &'static str,
+    },
+    /// An entry is a torch object tch has no dense tensor for (a dtype or layout it lacks).
+    #[error(
+        "state_dict[{key:?}]: a {what} cannot be loaded into a module (tch has no dense \
+         tensor of that dtype or layout); convert it in PyTorch first"
+    )]
+    NotDense {
+        /// The entry's key.
+        key: String,
+        /// What it is (`uint16 tensor [2]`).
+        what: String,
+    },
+    /// An entry is not a tensor.
+    #[error("state_dict[{key:?}]: expected a tensor, found {found}")]
+    NotATensor {
+        /// The entry's key.
+        key: String,
+        /// The Python type found.
+        found: &'static str,
+    },
+}
+
 /// Reads a checkpoint's `state_dict` value (a dict of tensors) into a [`StateDict`];
 /// a non-tensor entry is an error naming its key.
-pub fn state_dict_from_value(v: &crate::value::Value) -> crate::Result<StateDict> {
-    let d = v.as_dict().ok_or_else(|| {
-        crate::Error::Msg(format!(
-            "state_dict: expected a dict of tensors, found {}",
-            v.type_name()
-        ))
+pub fn state_dict_from_value(v: &crate::value::Value) -> Result<StateDict, StateDictError> {
+    use crate::value::Value;
+    let d = v.as_dict().ok_or(StateDictError::NotADict {
+        found: v.type_name(),
     })?;
     d.iter()
         .map(|(k, v)| match v {
-            crate::value::Value::Tensor(t) => Ok((k.to_string(), t.shallow_clone())),
-            crate::value::Value::Torch(o) => Err(crate::Error::Msg(format!(
-                "state_dict[{:?}]: a {} cannot be loaded into a module (tch has no dense \
-                 tensor of that dtype or layout); convert it in PyTorch first",
-                k.to_string(),
-                o.describe()
-            ))),
-            other => Err(crate::Error::Msg(format!(
-                "state_dict[{:?}]: expected a tensor, found {}",
-                k.to_string(),
-                other.type_name()
-            ))),
+            Value::Tensor(t) => Ok((k.to_string(), t.shallow_clone())),
+            Value::Torch(o) => Err(StateDictError::NotDense {
+                key: k.to_string(),
+                what: o.describe(),
+            }),
+            other => Err(StateDictError::NotATensor {
+                key: k.to_string(),
+                found: other.type_name(),
+            }),
         })
         .collect()
 }

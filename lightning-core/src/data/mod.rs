@@ -16,11 +16,13 @@
 //! assert_eq!(dm.train_loader().unwrap().len(), 2);
 //! ```
 
+pub(crate) mod error;
 mod sampler;
 
+pub use error::DataError;
 pub use sampler::{torch_randperm, DistributedSampler};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::value::Value;
 use std::ops::Index;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,12 +52,10 @@ impl Batch {
         &self.tensors
     }
     /// The `i`-th tensor, or an error naming how many there are.
-    pub fn get(&self, i: usize) -> Result<&Tensor> {
-        self.tensors.get(i).ok_or_else(|| {
-            Error::Msg(format!(
-                "batch has {} tensors, no index {i}",
-                self.tensors.len()
-            ))
+    pub fn get(&self, i: usize) -> Result<&Tensor, DataError> {
+        self.tensors.get(i).ok_or(DataError::NoTensor {
+            index: i,
+            len: self.tensors.len(),
         })
     }
     /// Moves every tensor to `device` (no copy when already there).
@@ -96,21 +96,19 @@ impl Clone for TensorDataset {
 
 impl TensorDataset {
     /// A dataset of these tensors; errors when empty or when first dimensions differ.
-    pub fn new(tensors: Vec<Tensor>) -> Result<Self> {
+    pub fn new(tensors: Vec<Tensor>) -> Result<Self, DataError> {
         let len = match tensors.first().map(|t| t.size()) {
             Some(s) if !s.is_empty() => s[0],
-            _ => {
-                return Err(Error::Msg(
-                    "TensorDataset needs at least one tensor with a first dimension".into(),
-                ))
-            }
+            _ => return Err(DataError::NoRows),
         };
         for (i, t) in tensors.iter().enumerate() {
             let n = t.size().first().copied().unwrap_or(-1);
             if n != len {
-                return Err(Error::Msg(format!(
-                    "TensorDataset: tensor {i} has {n} rows, expected {len} (as tensor 0)"
-                )));
+                return Err(DataError::Rows {
+                    index: i,
+                    rows: n,
+                    expected: len,
+                });
             }
         }
         Ok(TensorDataset { tensors, len })
@@ -147,13 +145,13 @@ impl TensorDataset {
         &self,
         lengths: [i64; N],
         seed: u64,
-    ) -> Result<[TensorDataset; N]> {
+    ) -> Result<[TensorDataset; N], DataError> {
         let total: i64 = lengths.iter().sum();
         if total != self.len || lengths.iter().any(|&l| l < 0) {
-            return Err(Error::Msg(format!(
-                "random_split: lengths {lengths:?} must be >= 0 and sum to the dataset's {} rows",
-                self.len
-            )));
+            return Err(DataError::Split {
+                lengths: lengths.to_vec(),
+                rows: self.len,
+            });
         }
         let perm = permutation(self.len, seed);
         let mut start = 0usize;
@@ -241,7 +239,7 @@ impl DataLoader {
     /// The order is PyTorch's (`torch.randperm` from `seed + epoch`), not the
     /// single-process loader's, even with one replica. Errors, with PyTorch's message,
     /// unless `rank < num_replicas`.
-    pub fn distributed(mut self, num_replicas: usize, rank: usize) -> Result<Self> {
+    pub fn distributed(mut self, num_replicas: usize, rank: usize) -> Result<Self, DataError> {
         DistributedSampler::new(0, num_replicas, rank)?;
         self.shard = Some((num_replicas, rank));
         Ok(self)
@@ -369,13 +367,14 @@ impl LoaderState {
         v
     }
     /// Reads [`LoaderState::state_dict`]'s layout.
-    pub fn load_state_dict(v: &Value) -> Result<Self> {
+    pub fn load_state_dict(v: &Value) -> Result<Self, DataError> {
         let get = |k: &str| {
-            v.get(k).and_then(Value::as_i64).ok_or_else(|| {
-                Error::Msg(format!(
-                    "data loader state: missing or non-integer `{k}` in {v:?}"
-                ))
-            })
+            v.get(k)
+                .and_then(Value::as_i64)
+                .ok_or_else(|| DataError::LoaderState {
+                    key: k.to_owned(),
+                    state: format!("{v:?}"),
+                })
         };
         Ok(LoaderState {
             epoch: get("epoch")?,

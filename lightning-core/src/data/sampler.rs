@@ -2,7 +2,7 @@
 //! `torch.utils.data.DistributedSampler`, and [`torch_randperm`], the permutation it shuffles
 //! with (PyTorch's CPU `randperm` from a generator seeded with `seed + epoch`).
 
-use crate::error::{Error, Result};
+use super::error::DataError;
 
 /// Each rank's share of a dataset's indices, as PyTorch's
 /// `torch.utils.data.DistributedSampler(dataset, num_replicas, rank, shuffle, seed, drop_last)`
@@ -48,12 +48,9 @@ impl DistributedSampler {
     /// shuffled with seed 0 at epoch 0 and padded (PyTorch's defaults).
     ///
     /// Errors, with PyTorch's message, unless `rank < num_replicas`.
-    pub fn new(dataset_len: usize, num_replicas: usize, rank: usize) -> Result<Self> {
+    pub fn new(dataset_len: usize, num_replicas: usize, rank: usize) -> Result<Self, DataError> {
         if rank >= num_replicas {
-            return Err(Error::Config(format!(
-                "Invalid rank {rank}, rank should be in the interval [0, {}]",
-                num_replicas as i128 - 1
-            )));
+            return Err(DataError::Rank { rank, num_replicas });
         }
         Ok(DistributedSampler {
             dataset_len,

@@ -66,6 +66,23 @@ pub enum HparamError {
         /// What the parser reported (with line/column when known).
         msg: String,
     },
+    /// An hparams file could not be read.
+    #[error("reading hparams file {}: {msg}", path.display())]
+    ReadFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error's message (kept as text: this error is `Clone` and `PartialEq`).
+        msg: String,
+    },
+    /// An hparams file was read but its document is not valid.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with the document.
+        #[source]
+        source: Box<HparamError>,
+    },
 }
 
 /// Description of one hyperparameter field, for `--help`-style listings.
@@ -877,10 +894,10 @@ pub fn from_json(text: &str) -> Result<Value, HparamError> {
 }
 
 /// Reads an hparams file by extension: `.json` as JSON, anything else as YAML.
-pub fn read_file(path: &std::path::Path) -> crate::Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
-        context: format!("reading hparams file {}", path.display()),
-        source,
+pub fn read_file(path: &std::path::Path) -> Result<Value, HparamError> {
+    let text = std::fs::read_to_string(path).map_err(|e| HparamError::ReadFile {
+        path: path.to_owned(),
+        msg: e.to_string(),
     })?;
     let is_json = path
         .extension()
@@ -890,7 +907,10 @@ pub fn read_file(path: &std::path::Path) -> crate::Result<Value> {
     } else {
         from_yaml(&text)
     };
-    v.map_err(|e| crate::Error::Msg(format!("{}: {e}", path.display())))
+    v.map_err(|e| HparamError::InFile {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]
