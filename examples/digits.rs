@@ -16,13 +16,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
-use lightning_core::data::{DataLoader, DataModule, TensorDataset};
-use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
-use lightning_core::loggers::{CsvLogger, Loggers, TensorBoardLogger};
-use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
 use lightning_core::prelude::*;
-use lightning_core::trainer::{CkptPath, Trainer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};

@@ -11,12 +11,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
-use lightning_core::data::{DataLoader, DataModule, TensorDataset};
-use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
-use lightning_core::optim::{Adam, AdamConfig};
 use lightning_core::prelude::*;
-use lightning_core::trainer::{CkptPath, Trainer};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Reduction, Tensor};

@@ -45,12 +45,20 @@ pub use value::{Dict, Key, Value};
 #[doc(hidden)]
 pub use value as torch_value;
 
-/// The names most programs need: `use lightning_core::prelude::*;`.
+/// The names most programs need: `use lightning_core::prelude::*;` gives a module, its data,
+/// its optimizer, a trainer with checkpointing and loggers (what the examples use).
 pub mod prelude {
+    pub use crate::callbacks::{Callback, EarlyStopping, Mode, ModelCheckpoint, SaveLast};
     pub use crate::checkpoint_loader::LoadFromCheckpoint;
+    pub use crate::data::{Batch, DataLoader, DataModule, TensorDataset};
     pub use crate::error::{Error, Result};
     pub use crate::hparams::Hyperparameters;
-    pub use crate::lightning_module::{HasHparams, LightningModule};
+    pub use crate::lightning_module::{
+        HasHparams, LightningModule, OptimizerConfig, SchedulerConfig, StepContext,
+    };
+    pub use crate::loggers::{CsvLogger, Loggers, TensorBoardLogger};
+    pub use crate::optim::{Adam, AdamConfig, Interval, Schedule, Scheduler, Sgd, SgdConfig};
+    pub use crate::trainer::{CkptPath, Trainer};
     pub use crate::traverse::{StateDict, Traverse};
     pub use crate::value::Value;
     pub use lightning_macros::{lightning_module, Hyperparameters};

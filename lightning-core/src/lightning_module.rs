@@ -6,8 +6,6 @@
 //! through which they log metrics:
 //!
 //! ```no_run
-//! use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
-//! use lightning_core::optim::{Adam, AdamConfig};
 //! use lightning_core::prelude::*;
 //! use tch::{nn, Tensor};
 //!
@@ -47,6 +45,8 @@ use crate::traverse::Traverse;
 use crate::value::Value;
 use tch::Tensor;
 
+/// The batch a step receives; it lives in [`crate::data`] (and the prelude).
+#[doc(hidden)]
 pub use crate::data::Batch;
 pub use manual::{ManualOptimizers, ManualSchedulers};
 

@@ -30,12 +30,14 @@
 //! ```
 
 pub(crate) mod error;
-pub mod pickle_read;
-pub mod pickle_write;
+#[doc(hidden)]
+pub mod pickle_read; // internal; public for the allowlist tests
+pub(crate) mod pickle_write;
 pub mod safetensors;
 pub mod schema;
-pub mod tensor_io;
-pub mod zip_io;
+pub(crate) mod tensor_io;
+#[doc(hidden)]
+pub mod zip_io; // internal; public for the robustness tests
 
 pub use error::CheckpointError;
 
