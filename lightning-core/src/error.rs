@@ -16,6 +16,13 @@ pub enum Error {
     /// A state_dict could not be loaded into a module.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A module lacks a hook the run needs, or misuses manual optimization.
+    #[error(transparent)]
+    Module(#[from] crate::lightning_module::error::ModuleError),
+    /// `load_from_checkpoint`'s options did not fit (`hparams_file`, `weights_only`,
+    /// `map_location`); names the file.
+    #[error(transparent)]
+    Loader(#[from] crate::checkpoint_loader::error::LoaderError),
     /// A dataset, batch, loader state or sampler was misused (names the index, rows or rank).
     #[error(transparent)]
     Data(#[from] crate::data::error::DataError),

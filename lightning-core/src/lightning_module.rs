@@ -37,7 +37,7 @@
 //! }
 //! ```
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hparams::Hyperparameters;
 pub use crate::optim::Interval;
 use crate::optim::{LrScheduler, Optimizer};
@@ -48,8 +48,10 @@ use tch::Tensor;
 /// The batch a step receives; it lives in [`crate::data`] (and the prelude).
 #[doc(hidden)]
 pub use crate::data::Batch;
+pub use error::ModuleError;
 pub use manual::{ManualOptimizers, ManualSchedulers};
 
+pub(crate) mod error;
 mod manual;
 pub(crate) use manual::ManualOptim;
 
@@ -139,9 +141,11 @@ pub trait LightningModule: Traverse + HasHparams + Sized {
         ctx: &mut StepContext,
     ) -> Result<Tensor> {
         let _ = (batch, batch_idx, ctx);
-        Err(Error::Msg(
-            "`training_step` must be implemented to be used with the Lightning Trainer".into(),
-        ))
+        Err(ModuleError::NotImplemented {
+            hook: "training_step",
+            used_by: "the Lightning Trainer",
+        }
+        .into())
     }
 
     /// One validation step (runs without gradients); log metrics through `ctx`.
@@ -169,17 +173,20 @@ pub trait LightningModule: Traverse + HasHparams + Sized {
         ctx: &mut StepContext,
     ) -> Result<Tensor> {
         let _ = (batch, batch_idx, ctx);
-        Err(Error::Msg(
-            "`predict_step` must be implemented to be used with `Trainer::predict`".into(),
-        ))
+        Err(ModuleError::NotImplemented {
+            hook: "predict_step",
+            used_by: "`Trainer::predict`",
+        }
+        .into())
     }
 
     /// The optimizer and its LR schedulers (Lightning's `configure_optimizers`).
     fn configure_optimizers(&self) -> Result<OptimizerConfig> {
-        Err(Error::Msg(
-            "`configure_optimizers` must be implemented to be used with the Lightning Trainer"
-                .into(),
-        ))
+        Err(ModuleError::NotImplemented {
+            hook: "configure_optimizers",
+            used_by: "the Lightning Trainer",
+        }
+        .into())
     }
 
     /// Lightning's `automatic_optimization`: `true` (the default) lets the trainer run
@@ -439,13 +446,8 @@ impl StepContext {
         self.global_step + self.manual.as_ref().map_or(0, |m| m.steps)
     }
 
-    fn manual(&mut self, what: &str) -> Result<&mut ManualOptim> {
-        self.manual.as_mut().ok_or_else(|| {
-            Error::Config(format!(
-                "`{what}` is only available in a training step with manual optimization \
-                 (`LightningModule::automatic_optimization` returning false)"
-            ))
-        })
+    fn manual(&mut self, call: &'static str) -> Result<&mut ManualOptim, ModuleError> {
+        self.manual.as_mut().ok_or(ModuleError::ManualOnly { call })
     }
 
     /// Lightning's `self.optimizers()` in manual optimization: the optimizers of

@@ -2,6 +2,7 @@
 //! (`saving.load_hparams_from_yaml`, `saving.load_hparams_from_tags_csv`), chosen by extension
 //! as Lightning chooses, plus JSON as our extra.
 
+use super::error::LoaderError;
 use crate::error::{Error, Result};
 use crate::value::Value;
 use std::path::Path;
@@ -25,21 +26,18 @@ pub fn read(path: &Path) -> Result<Value> {
         "yml" | "yaml" => Kind::Yaml,
         "json" => Kind::Json,
         _ => {
-            return Err(Error::Config(format!(
-                "hparams_file {}: .csv, .yml or .yaml is required for `hparams_file` \
-                 (Lightning's rule; lightning-rs also reads .json)",
-                path.display()
-            )))
+            return Err(LoaderError::HparamsFileExtension {
+                path: path.to_owned(),
+            }
+            .into())
         }
     };
     let bytes = crate::storage::read(path).map_err(Error::Load)?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::Config(format!(
-            "hparams_file {}: not UTF-8 text: {e}",
-            path.display()
-        ))
-    })?;
-    let bad = |e: String| Error::Config(format!("hparams_file {}: {e}", path.display()));
+    let bad = |reason: String| LoaderError::HparamsFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = String::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
     let v = match kind {
         Kind::TagsCsv => Ok(tags_csv(&text)),
         Kind::Yaml if text.trim().is_empty() => Ok(Value::dict()),
@@ -51,7 +49,8 @@ pub fn read(path: &Path) -> Result<Value> {
         other => Err(bad(format!(
             "expected a mapping of hyperparameters, found a {}",
             other.type_name()
-        ))),
+        ))
+        .into()),
     }
 }
 

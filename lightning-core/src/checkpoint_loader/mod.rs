@@ -15,9 +15,11 @@
 //! the weights are loaded (`strict`), and the module is moved to the device of the first
 //! tensor of `state_dict` after [`CheckpointLoader::map_location`].
 
+pub(crate) mod error;
 mod hparams_file;
 mod map_location;
 
+pub use error::LoaderError;
 pub use map_location::{location_of, Devices, MapLocation, MapLocationError};
 
 use crate::checkpoint::schema::Checkpoint;
@@ -160,10 +162,7 @@ impl<'a, M: LightningModule> CheckpointLoader<'a, M> {
                 let (v, locations) =
                     crate::checkpoint::load_with_locations(&p, &LoadOptions::default()).map_err(
                         |e| match self.weights_only {
-                            Some(false) => Error::Msg(format!(
-                                "loading checkpoint: {e} (weights_only=False would let Python \
-                                 run the file's pickled code; lightning-rs never does)"
-                            )),
+                            Some(false) => LoaderError::NotWeightsOnly { source: e }.into(),
                             _ => Error::Load(e),
                         },
                     )?;
@@ -177,7 +176,10 @@ impl<'a, M: LightningModule> CheckpointLoader<'a, M> {
             let d = self
                 .map_location
                 .device_for(tag, devices)
-                .map_err(|e| Error::Msg(format!("{}: map_location: {e}", path.display())))?;
+                .map_err(|source| LoaderError::MapLocation {
+                    path: path.clone(),
+                    source,
+                })?;
             if i == 0 {
                 device = d;
             }

@@ -9,6 +9,7 @@
 //!
 //! [`StepContext`]: super::StepContext
 
+use super::error::ModuleError;
 use super::OptimizerConfig;
 use crate::error::{Error, Result};
 use crate::optim::{clip_gradients, ClipAlgorithm, LrScheduler, Optimizer};
@@ -64,14 +65,12 @@ impl ManualOptim {
         };
         scaled
             .f_backward()
-            .map_err(|e| Error::Msg(format!("manual_backward: backward of the loss failed: {e}")))
+            .map_err(|e| ModuleError::Backward(e).into())
     }
 }
 
-fn out_of_range(what: &str, i: usize, n: usize) -> Error {
-    Error::Config(format!(
-        "{what} index {i} is out of range: `configure_optimizers` returned {n}"
-    ))
+fn out_of_range(what: &'static str, index: usize, count: usize) -> Error {
+    ModuleError::IndexOutOfRange { what, index, count }.into()
 }
 
 /// The module's optimizers during a manual-optimization `training_step`
