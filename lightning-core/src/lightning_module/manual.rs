@@ -16,10 +16,29 @@ use crate::optim::{clip_gradients, ClipAlgorithm, LrScheduler, Optimizer};
 use crate::precision::GradScaler;
 use tch::Tensor;
 
+/// The optimizers of `configure_optimizers` with the precision plugin's grad scaler: what the
+/// trainer owns during a `fit` and lends, whole, to a manual-optimization step.
+pub(crate) struct Optimizers {
+    /// The optimizers and their schedulers.
+    pub config: OptimizerConfig,
+    /// The grad scaler of `16-mixed`.
+    pub scaler: Option<GradScaler>,
+}
+
+impl Optimizers {
+    /// `loss` scaled by the grad scaler (16-mixed), else `loss` itself.
+    pub fn scale(&self, loss: Tensor) -> Tensor {
+        match &self.scaler {
+            Some(s) => s.scale(&loss),
+            None => loss,
+        }
+    }
+}
+
 /// What the trainer lends a manual-optimization step.
 pub(crate) struct ManualOptim {
-    pub optim: OptimizerConfig,
-    pub scaler: Option<GradScaler>,
+    /// The trainer's optimizers and scaler, for this `training_step`.
+    pub lent: Optimizers,
     /// Optimizer steps taken in this `training_step` (skipped AMP steps count, as Lightning).
     pub steps: i64,
     /// `requires_grad` of every optimizer's parameters before `toggle` (Lightning's
@@ -30,17 +49,16 @@ pub(crate) struct ManualOptim {
 impl std::fmt::Debug for ManualOptim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManualOptim")
-            .field("optimizers", &self.optim.len())
+            .field("optimizers", &self.lent.config.len())
             .field("steps", &self.steps)
             .finish()
     }
 }
 
 impl ManualOptim {
-    pub fn new(optim: OptimizerConfig, scaler: Option<GradScaler>) -> Self {
+    pub fn new(lent: Optimizers) -> Self {
         ManualOptim {
-            optim,
-            scaler,
+            lent,
             steps: 0,
             toggled: Vec::new(),
         }
@@ -48,22 +66,19 @@ impl ManualOptim {
 
     /// Optimizer `i` and the grad scaler, borrowed together.
     fn optimizer(&mut self, i: usize) -> Result<(&mut dyn Optimizer, &mut Option<GradScaler>)> {
-        let n = self.optim.len();
-        let e = self
-            .optim
+        let Optimizers { config, scaler } = &mut self.lent;
+        let n = config.len();
+        let e = config
             .entries_mut()
             .get_mut(i)
             .ok_or_else(|| out_of_range("optimizer", i, n))?;
-        Ok((e.optimizer.as_mut(), &mut self.scaler))
+        Ok((e.optimizer.as_mut(), scaler))
     }
 
     /// `loss` scaled by the grad scaler (16-mixed), back-propagated.
     pub fn backward(&self, loss: &Tensor) -> Result<()> {
-        let scaled = match &self.scaler {
-            Some(s) => s.scale(loss),
-            None => loss.shallow_clone(),
-        };
-        scaled
+        self.lent
+            .scale(loss.shallow_clone())
             .f_backward()
             .map_err(|e| ModuleError::Backward(e).into())
     }
@@ -88,12 +103,12 @@ impl<'a> ManualOptimizers<'a> {
 
     /// How many optimizers.
     pub fn len(&self) -> usize {
-        self.m.optim.len()
+        self.m.lent.config.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.m.optim.is_empty()
+        self.m.lent.config.is_empty()
     }
 
     /// Optimizer `i` itself (its learning rates, state, parameters).
@@ -131,12 +146,12 @@ impl<'a> ManualOptimizers<'a> {
     /// Lightning's `toggle_optimizer`: only optimizer `i`'s parameters require gradients
     /// (the others' `requires_grad` is saved and turned off) until [`untoggle`](Self::untoggle).
     pub fn toggle(&mut self, i: usize) -> Result<()> {
-        let n = self.m.optim.len();
+        let n = self.m.lent.config.len();
         if i >= n {
             return Err(out_of_range("optimizer", i, n));
         }
         let mut saved: Vec<(usize, Tensor, bool)> = Vec::new();
-        for e in self.m.optim.entries() {
+        for e in self.m.lent.config.entries() {
             for p in e.optimizer.params() {
                 let key = p.data_ptr() as usize;
                 if saved.iter().all(|(k, _, _)| *k != key) {
@@ -145,7 +160,7 @@ impl<'a> ManualOptimizers<'a> {
                 }
             }
         }
-        for p in self.m.optim.entries()[i].optimizer.params() {
+        for p in self.m.lent.config.entries()[i].optimizer.params() {
             let key = p.data_ptr() as usize;
             if let Some((_, _, was)) = saved.iter().find(|(k, _, _)| *k == key) {
                 let _ = p.set_requires_grad(*was);
@@ -158,11 +173,11 @@ impl<'a> ManualOptimizers<'a> {
     /// Lightning's `untoggle_optimizer`: restores the `requires_grad` that
     /// [`toggle`](Self::toggle) saved, for every parameter outside optimizer `i`.
     pub fn untoggle(&mut self, i: usize) -> Result<()> {
-        let n = self.m.optim.len();
+        let n = self.m.lent.config.len();
         if i >= n {
             return Err(out_of_range("optimizer", i, n));
         }
-        let own: Vec<usize> = self.m.optim.entries()[i]
+        let own: Vec<usize> = self.m.lent.config.entries()[i]
             .optimizer
             .params()
             .iter()
@@ -203,7 +218,7 @@ impl<'a> ManualSchedulers<'a> {
 
     /// How many schedulers (over all optimizers).
     pub fn len(&self) -> usize {
-        self.m.optim.schedulers().count()
+        self.m.lent.config.schedulers().count()
     }
 
     /// Whether there are none.
@@ -216,14 +231,15 @@ impl<'a> ManualSchedulers<'a> {
         let n = self.len();
         let (o, j) = self
             .m
-            .optim
+            .lent
+            .config
             .entries()
             .iter()
             .enumerate()
             .flat_map(|(o, e)| (0..e.schedulers.len()).map(move |j| (o, j)))
             .nth(i)
             .ok_or_else(|| out_of_range("LR scheduler", i, n))?;
-        let e = &mut self.m.optim.entries_mut()[o];
+        let e = &mut self.m.lent.config.entries_mut()[o];
         e.schedulers[j].scheduler.step(e.optimizer.as_mut());
         Ok(())
     }
@@ -232,7 +248,8 @@ impl<'a> ManualSchedulers<'a> {
     pub fn get(&self, i: usize) -> Result<&dyn LrScheduler> {
         let n = self.len();
         self.m
-            .optim
+            .lent
+            .config
             .schedulers()
             .nth(i)
             .map(|(_, s)| s.scheduler.as_ref())

@@ -1,7 +1,7 @@
 //! Evaluation loops: validation (the sanity check and the runs inside `fit`, and
 //! `Trainer::validate`) and `Trainer::test`.
 
-use super::fit::Loaded;
+use super::resume::Loaded;
 use super::{need, CkptPath, Trainer};
 use crate::data::{DataLoader, DataModule, LoaderState};
 use crate::error::Result;
@@ -26,11 +26,11 @@ impl Trainer {
         if n == 0 {
             return Ok(());
         }
-        self.run.sanity_checking = true;
+        self.run.flags.sanity_checking = true;
         let r = self.eval_batches(model, val, Stage::Validate, n);
         self.run.metrics.reduce_epoch(Stage::Validate);
         self.run.metrics.callback_metrics.clear();
-        self.run.sanity_checking = false;
+        self.run.flags.sanity_checking = false;
         r
     }
 
@@ -44,12 +44,12 @@ impl Trainer {
         n: usize,
     ) -> Result<()> {
         let device = self.cfg.device;
-        let (epoch, step) = (self.run.epoch, self.run.global_step);
+        let (epoch, step) = (self.run.progress.epoch, self.run.progress.global_step);
         let world = self.world.clone();
         let run = &mut self.run;
         let precision = self.cfg.precision;
-        let in_fit = run.fitting && !run.sanity_checking;
-        let logging = match run.sanity_checking {
+        let in_fit = run.setup.fitting && !run.flags.sanity_checking;
+        let logging = match run.flags.sanity_checking {
             true => None,
             false => Some(&mut self.logging),
         };
@@ -70,13 +70,11 @@ impl Trainer {
                 // in this fit/validate/test (Lightning's `update_eval_step_metrics(
                 // _seen_batches_per_dataloader)`; the sanity check neither logs nor counts)
                 if let Some(l) = logging.as_deref_mut() {
-                    l.log_metrics_at(&run.metrics.step_row, run.eval_batches_seen)?;
-                    run.eval_batches_seen += 1;
+                    l.log_metrics_at(&run.metrics.step_row, run.progress.eval_batches_seen)?;
+                    run.progress.eval_batches_seen += 1;
                 }
                 if in_fit {
-                    run.val_batches.0 += 1;
-                    run.val_batches.1 += 1;
-                    run.val_last_batch = idx + 1 == n;
+                    run.progress.val_batch_done(idx + 1 == n);
                 }
             }
             Ok(())
@@ -93,12 +91,11 @@ impl Trainer {
         if n == 0 {
             return Ok(());
         }
-        self.run.val_batches.1 = 0;
-        self.run.val_last_batch = false;
+        self.run.progress.begin_validation();
         self.eval_batches(model, val, Stage::Validate, n)?;
-        self.run.val_ran = true;
+        self.run.flags.val_ran = true;
         let row = self.run.metrics.reduce_epoch(Stage::Validate);
-        let (epoch, step) = (self.run.epoch, self.run.global_step - 1);
+        let (epoch, step) = (self.run.progress.epoch, self.run.progress.global_step - 1);
         self.logging.log_row(&row, epoch, step.max(0))?;
         self.hooks(&*model, |cb, t| cb.on_validation_end(t))
     }
@@ -106,7 +103,7 @@ impl Trainer {
     /// Whether the epoch's validation is due (`check_val_every_n_epoch`).
     pub(crate) fn val_due(&self, data: &DataModule) -> bool {
         data.val_loader().is_some()
-            && (self.run.epoch + 1) % self.cfg.check_val_every_n_epoch as i64 == 0
+            && (self.run.progress.epoch + 1) % self.cfg.check_val_every_n_epoch as i64 == 0
     }
 
     /// Restores `ckpt_path` (if given) for an evaluation loop as Lightning's
@@ -118,9 +115,9 @@ impl Trainer {
         data: &DataModule,
         ckpt_path: Option<CkptPath>,
     ) -> Result<()> {
-        self.run.fitting = false;
-        self.run.eval_batches_seen = 0;
-        self.run.datamodule = data.named_state().cloned();
+        self.run.setup.fitting = false;
+        self.run.progress.eval_batches_seen = 0;
+        self.run.setup.datamodule = data.named_state().cloned();
         let rank_zero = self.is_global_zero();
         self.logging
             .start(&self.cfg.default_root_dir, rank_zero, false)?;
@@ -170,7 +167,7 @@ impl Trainer {
         self.eval_batches(model, loader, stage, limit.apply(loader.len()))?;
         let row = self.run.metrics.reduce_epoch(stage);
         self.logging
-            .log_row(&row, self.run.epoch, self.run.global_step)?;
+            .log_row(&row, self.run.progress.epoch, self.run.progress.global_step)?;
         Ok(row)
     }
 

@@ -11,7 +11,7 @@ use crate::callbacks::{
     TrainerContext, TrainerHandle,
 };
 use crate::error::Result;
-use crate::lightning_module::{LightningModule, OptimizerConfig};
+use crate::lightning_module::{LightningModule, OptimizerConfig, Optimizers};
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ pub(crate) type Hook = fn(&mut dyn Callback, &mut TrainerContext<'_>) -> Result<
 /// and the other callbacks (whose states go into a checkpoint next to the caller's).
 struct Handle<'a, M: LightningModule> {
     model: &'a M,
-    optim: Option<&'a OptimizerConfig>,
+    optim: Option<&'a Optimizers>,
     run: &'a RunState,
     saver: &'a mut Saver,
     before: &'a [Box<dyn Callback>],
@@ -69,7 +69,7 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
 
     fn optimization(&self, weight_decay: bool) -> Optimization {
         self.optim
-            .map(|o| optimization_of(o, weight_decay))
+            .map(|o| optimization_of(&o.config, weight_decay))
             .unwrap_or_default()
     }
 
@@ -141,24 +141,25 @@ fn run_info<'a>(
     is_global_zero: bool,
 ) -> RunInfo<'a> {
     RunInfo {
-        current_epoch: run.epoch,
-        global_step: run.global_step,
+        current_epoch: run.progress.epoch,
+        global_step: run.progress.global_step,
         callback_metrics: &run.metrics.callback_metrics,
         log_dir,
         default_root_dir: &cfg.default_root_dir,
         is_global_zero,
-        resumed_from: run.resumed_from.as_deref(),
+        resumed_from: run.setup.resumed_from.as_deref(),
         train_time: run.train_time(),
-        sanity_checking: run.sanity_checking,
-        is_last_batch: run.is_last_batch,
-        is_fitting: run.fitting,
-        num_val_batches: run.num_val_batches,
+        sanity_checking: run.flags.sanity_checking,
+        is_last_batch: run.progress.is_last_batch,
+        is_fitting: run.setup.fitting,
+        num_val_batches: run.setup.num_val_batches,
         check_val_every_n_epoch: Some(cfg.check_val_every_n_epoch as i64),
-        val_check_within_epoch: run.val_every.is_some(),
-        validation_ran: run.val_ran,
+        val_check_within_epoch: run.setup.val_every.is_some(),
+        validation_ran: run.flags.val_ran,
         checkpoint_io: &*cfg.checkpoint_io,
-        should_update_logs: (run.global_step + 1) % cfg.log_every_n_steps.max(1) as i64 == 0
-            || run.should_stop,
+        should_update_logs: (run.progress.global_step + 1) % cfg.log_every_n_steps.max(1) as i64
+            == 0
+            || run.flags.should_stop,
     }
 }
 
@@ -206,7 +207,7 @@ impl Trainer {
             }
         }
         if stop {
-            self.run.should_stop = true;
+            self.run.flags.should_stop = true;
         }
         self.save_policy(result, failures_before)
     }

@@ -13,7 +13,10 @@
 //! ```
 //!
 //! - `config`: the settings and their builder;
-//! - `fit`: the training loop (epochs, the per-batch step, the end of an epoch, resume);
+//! - `fit`: `Trainer::fit` (setup, the epochs, teardown); `resume`: the checkpoint connector
+//!   (`ckpt_path`, restoring in Lightning's order); `epoch_loop`: one training epoch (batches,
+//!   validation interval, stopping, the schedulers); `automatic` and `manual`: the two kinds
+//!   of training step;
 //! - `evaluation`: validation (also inside `fit`), test, and the sanity check; `predict`;
 //! - `state`: the run's progress and its checkpoint views (Lightning's `loops`, our resume
 //!   entry);
@@ -23,15 +26,19 @@
 //! - `logger`: metrics, `metrics.csv` and `hparams.yaml`; `progress`: the progress bar;
 //! - `preempt`: SIGTERM/SIGUSR1 handling (finish the step, save, stop).
 
+mod automatic;
 mod config;
 mod ddp;
+mod epoch_loop;
 mod evaluation;
 mod fit;
 mod hooks;
 mod logger;
+mod manual;
 mod predict;
 mod preempt;
 mod progress;
+mod resume;
 mod saver;
 mod state;
 mod strategy;
@@ -49,7 +56,7 @@ use crate::callbacks::Callback;
 use crate::checkpoint::schema::Checkpoint;
 use crate::error::{Error, Result};
 use crate::hparams::Hyperparameters;
-use crate::lightning_module::{LightningModule, OptimizerConfig};
+use crate::lightning_module::{LightningModule, Optimizers};
 use crate::traverse::state_dict_to_value;
 use crate::value::{Dict, Key};
 use indexmap::IndexMap;
@@ -91,8 +98,9 @@ pub struct Trainer {
     callbacks: Vec<Box<dyn Callback>>,
     run: RunState,
     saver: saver::Saver,
-    /// The optimizer and schedulers of the last `fit` (kept for `save_checkpoint`).
-    optim: Option<OptimizerConfig>,
+    /// The optimizers, schedulers and grad scaler of the last `fit` (kept for
+    /// `save_checkpoint`; lent to a manual-optimization step while it runs).
+    optim: Option<Optimizers>,
     /// The loggers (`logger` setting) and the connector in front of them.
     logging: logger::Logging,
     /// The distributed job (`strategy="ddp"`), once a `fit` joined it.
@@ -131,12 +139,12 @@ impl Trainer {
 
     /// The current epoch.
     pub fn current_epoch(&self) -> i64 {
-        self.run.epoch
+        self.run.progress.epoch
     }
 
     /// Optimizer steps taken.
     pub fn global_step(&self) -> i64 {
-        self.run.global_step
+        self.run.progress.global_step
     }
 
     /// The metrics callbacks saw last (`trainer.callback_metrics`).
@@ -153,12 +161,12 @@ impl Trainer {
 
     /// The checkpoint the last `fit` resumed from (a path or URL), if it resumed.
     pub fn resumed_from(&self) -> Option<&Path> {
-        self.run.resumed_from.as_deref()
+        self.run.setup.resumed_from.as_deref()
     }
 
     /// Whether the last `fit` stopped because of SIGTERM/SIGUSR1.
     pub fn was_preempted(&self) -> bool {
-        self.run.preempted
+        self.run.flags.preempted
     }
 
     /// The callbacks (including a default `ModelCheckpoint` added by `fit`).
@@ -212,7 +220,7 @@ impl Trainer {
 /// `on_save_checkpoint` (not for weights-only files) and the module's `on_save_checkpoint`.
 pub(crate) fn checkpoint_of<'c, M: LightningModule>(
     model: &M,
-    optim: Option<&OptimizerConfig>,
+    optim: Option<&Optimizers>,
     callbacks: impl Iterator<Item = &'c dyn Callback>,
     run: &RunState,
     weights_only: bool,
@@ -221,8 +229,8 @@ pub(crate) fn checkpoint_of<'c, M: LightningModule>(
     let hp = model.hparams().to_value();
     let hyper_parameters = hp.as_dict().filter(|d| !d.is_empty()).cloned();
     let mut ckpt = Checkpoint {
-        epoch: run.epoch,
-        global_step: run.global_step,
+        epoch: run.progress.epoch,
+        global_step: run.progress.global_step,
         state_dict: match state_dict_to_value(&model.state_dict()) {
             crate::value::Value::OrderedDict(d) | crate::value::Value::Dict(d) => d,
             _ => Dict::new(),
@@ -232,6 +240,7 @@ pub(crate) fn checkpoint_of<'c, M: LightningModule>(
         hyper_parameters,
         resume: Some(run.resume_state()),
         datamodule: run
+            .setup
             .datamodule
             .as_ref()
             .and_then(|d| Some((d.name.clone(), d.state_dict()?))),
@@ -245,17 +254,21 @@ pub(crate) fn checkpoint_of<'c, M: LightningModule>(
                 .collect(),
         );
         ckpt.optimizer_states = Some(optim.map_or(vec![], |o| {
-            o.entries()
+            o.config
+                .entries()
                 .iter()
                 .map(|e| e.optimizer.state_dict())
                 .collect()
         }));
         ckpt.lr_schedulers = Some(optim.map_or(vec![], |o| {
-            o.schedulers()
+            o.config
+                .schedulers()
                 .map(|(_, s)| s.scheduler.state_dict())
                 .collect()
         }));
-        ckpt.precision = run.scaler.as_ref().map(|s| s.state_dict());
+        ckpt.precision = optim
+            .and_then(|o| o.scaler.as_ref())
+            .map(|s| s.state_dict());
     }
     let mut value = ckpt.to_value();
     if !weights_only {

@@ -17,7 +17,11 @@ impl Trainer {
         let loader = need(data.predict_loader(), "predict: predict")?;
         self.eval_setup(model, data, ckpt_path)?;
         let n = self.cfg.limit_predict_batches.apply(loader.len());
-        let (device, epoch, step) = (self.cfg.device, self.run.epoch, self.run.global_step);
+        let (device, epoch, step) = (
+            self.cfg.device,
+            self.run.progress.epoch,
+            self.run.progress.global_step,
+        );
         let precision = self.cfg.precision;
         tch::no_grad(|| {
             loader

@@ -6,7 +6,6 @@ use super::logger::MetricStore;
 use crate::checkpoint::schema::{
     Checkpoint, EpochPhase, FitLoop, Loops, Progress, ResumeState, Tracker,
 };
-use crate::precision::GradScaler;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -24,68 +23,116 @@ pub(crate) enum LoopPoint {
     AfterBatch { stepped: bool },
 }
 
-/// Progress of the run: what a checkpoint saves and a resume restores, and the per-run flags
-/// the loops and callbacks read.
+/// A run's state, in groups with one job each: what the run is ([`RunSetup`]), where its
+/// loops stand ([`LoopProgress`]), its training time ([`TrainClock`]), what decides the loops'
+/// next move ([`RunFlags`]) and the logged metrics. The optimizers and the grad scaler are the
+/// trainer's (`Trainer::optim`), not the run's.
 #[derive(Default)]
 pub(crate) struct RunState {
-    pub epoch: i64,
-    pub global_step: i64,
-    /// Training batches of `epoch` already run.
-    pub batches_consumed: usize,
-    /// How far the end-of-epoch sequence of `epoch` got.
-    pub phase: EpochPhase,
-    /// Training batches run in total.
-    pub total_batches: i64,
-    /// `global_step` when `epoch` started.
-    pub epoch_start_step: i64,
-    /// LR scheduler steps in total and in this epoch.
-    pub scheduler_steps: (i64, i64),
-    /// Validation batches run in this epoch, and in the latest validation run.
-    pub val_batches: (i64, i64),
-    /// Whether the latest validation run reached its last batch.
-    pub val_last_batch: bool,
-    /// Training batches of the previous epoch (Lightning shows them until the next starts).
-    pub prev_epoch_batches: usize,
-    pub point: LoopPoint,
-    pub seed: u64,
-    pub metrics: MetricStore,
-    pub train_time_before: Duration,
-    pub train_started: Option<Instant>,
-    pub sanity_checking: bool,
-    pub is_last_batch: bool,
-    pub resumed_from: Option<PathBuf>,
-    /// Whether `fit` (not validate/test/predict) is running.
-    pub fitting: bool,
-    /// Validation batches per validation run in this `fit`.
-    pub num_val_batches: usize,
-    /// Whether a validation run completed in this `fit`.
-    pub val_ran: bool,
-    /// Validate after every this many training batches inside an epoch (`val_check_interval`).
-    pub val_every: Option<usize>,
-    pub should_stop: bool,
-    /// The gradient scaler of `16-mixed`.
-    pub scaler: Option<GradScaler>,
-    pub preempted: bool,
-    /// Processes training together (1 without `strategy="ddp"`).
-    pub world_size: usize,
-    /// Evaluation batches run (outside the sanity check) since this `fit`/`validate`/`test`
-    /// began: the step their `on_step` metrics are logged at (Lightning's
-    /// `_seen_batches_per_dataloader`).
-    pub eval_batches_seen: i64,
-    /// The datamodule's state, saved in checkpoints under its name.
-    pub datamodule: Option<crate::data::NamedState>,
-    /// Whether the module optimizes manually (`automatic_optimization` false).
-    pub manual: bool,
-    /// Manual optimizer steps in total and "current" (Lightning's
-    /// `manual_optimization.optim_step_progress`, never reset by an epoch).
-    pub manual_steps: (i64, i64),
+    pub(super) setup: RunSetup,
+    pub(super) progress: LoopProgress,
+    pub(super) clock: TrainClock,
+    pub(super) flags: RunFlags,
+    pub(super) metrics: MetricStore,
 }
 
-impl RunState {
-    pub fn train_time(&self) -> Duration {
-        self.train_time_before + self.train_started.map_or(Duration::ZERO, |t| t.elapsed())
+/// What a run is, fixed when `fit`/`validate`/`test` starts (the resume sets the seed and
+/// where it resumed from).
+#[derive(Default)]
+pub(crate) struct RunSetup {
+    /// The seed of the run's RNG streams (the checkpoint's, on a resume).
+    pub(super) seed: u64,
+    /// Whether `fit` (not validate/test/predict) is running.
+    pub(super) fitting: bool,
+    /// Processes training together (1 without `strategy="ddp"`).
+    pub(super) world_size: usize,
+    /// Whether the module optimizes manually (`automatic_optimization` false).
+    pub(super) manual: bool,
+    /// Validation batches per validation run in this `fit`.
+    pub(super) num_val_batches: usize,
+    /// Validate after every this many training batches inside an epoch (`val_check_interval`).
+    pub(super) val_every: Option<usize>,
+    /// The datamodule's state, saved in checkpoints under its name.
+    pub(super) datamodule: Option<crate::data::NamedState>,
+    /// The checkpoint this `fit` resumed from.
+    pub(super) resumed_from: Option<PathBuf>,
+}
+
+/// Where the loops stand: Lightning's progress counters, what a checkpoint saves and a
+/// resume restores. Changed through its methods, each counter in one place.
+#[derive(Default)]
+pub(crate) struct LoopProgress {
+    pub(super) epoch: i64,
+    /// Optimizer steps taken (in manual optimization, the steps `training_step` took).
+    pub(super) global_step: i64,
+    /// Training batches of `epoch` already run.
+    pub(super) batches_consumed: usize,
+    /// How far the end-of-epoch sequence of `epoch` got.
+    pub(super) phase: EpochPhase,
+    /// Training batches run in total.
+    pub(super) total_batches: i64,
+    /// `global_step` when `epoch` started.
+    pub(super) epoch_start_step: i64,
+    /// LR scheduler steps in total and in this epoch.
+    pub(super) scheduler_steps: (i64, i64),
+    /// Validation batches run in this epoch, and in the latest validation run.
+    pub(super) val_batches: (i64, i64),
+    /// Whether the latest validation run reached its last batch.
+    pub(super) val_last_batch: bool,
+    /// Training batches of the previous epoch (Lightning shows them until the next starts).
+    pub(super) prev_epoch_batches: usize,
+    /// Whether the latest training batch was the epoch's last.
+    pub(super) is_last_batch: bool,
+    /// Where in the per-batch sequence the loop stands (for the counters' lag).
+    pub(super) point: LoopPoint,
+    /// Manual optimizer steps in total and "current" (Lightning's
+    /// `manual_optimization.optim_step_progress`, never reset by an epoch).
+    pub(super) manual_steps: (i64, i64),
+    /// Evaluation batches run (outside the sanity check) since this `fit`/`validate`/`test`
+    /// began: the step their `on_step` metrics are logged at (Lightning's
+    /// `_seen_batches_per_dataloader`; not saved).
+    pub(super) eval_batches_seen: i64,
+}
+
+/// What decides the loops' next move, and what callbacks read of it.
+#[derive(Default)]
+pub(crate) struct RunFlags {
+    /// The sanity check is running.
+    pub(super) sanity_checking: bool,
+    /// A validation run completed in this `fit`.
+    pub(super) val_ran: bool,
+    /// A callback, `max_steps` or a preemption stopped the run.
+    pub(super) should_stop: bool,
+    /// The run stopped on SIGTERM/SIGUSR1.
+    pub(super) preempted: bool,
+}
+
+/// Training time across resumes: the time saved in the checkpoint plus this `fit`'s.
+#[derive(Default)]
+pub(crate) struct TrainClock {
+    before: Duration,
+    started: Option<Instant>,
+}
+
+impl TrainClock {
+    /// Training time so far.
+    pub fn elapsed(&self) -> Duration {
+        self.before + self.started.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
+    /// Training starts (after the sanity check).
+    pub fn start(&mut self) {
+        self.started = Some(Instant::now());
+    }
+
+    /// Training stops: the time so far is kept for the next `fit`.
+    pub fn stop(&mut self) {
+        self.before = self.elapsed();
+        self.started = None;
+    }
+}
+
+impl LoopProgress {
     /// Whether `epoch` has begun (a batch ran, or its end sequence did).
     fn in_epoch(&self) -> bool {
         self.batches_consumed > 0 || self.phase != EpochPhase::Training
@@ -102,6 +149,44 @@ impl RunState {
         self.is_last_batch = false;
     }
 
+    /// Batch `idx` of the epoch's `n` ran its training step (forward and backward).
+    pub fn batch_done(&mut self, idx: usize, n: usize) {
+        self.batches_consumed = idx + 1;
+        self.total_batches += 1;
+        self.is_last_batch = idx + 1 == n;
+    }
+
+    /// The optimizer stepped (automatic optimization).
+    pub fn optimizer_stepped(&mut self) {
+        self.global_step += 1;
+    }
+
+    /// A manual-optimization `training_step` took `steps` optimizer steps.
+    pub fn manual_stepped(&mut self, steps: i64) {
+        self.global_step += steps;
+        self.manual_steps.0 += steps;
+        self.manual_steps.1 += steps;
+    }
+
+    /// An LR scheduler stepped.
+    pub fn scheduler_stepped(&mut self) {
+        self.scheduler_steps.0 += 1;
+        self.scheduler_steps.1 += 1;
+    }
+
+    /// A validation run inside `fit` starts.
+    pub fn begin_validation(&mut self) {
+        self.val_batches.1 = 0;
+        self.val_last_batch = false;
+    }
+
+    /// A validation batch inside `fit` ran (`last`: the run's last).
+    pub fn val_batch_done(&mut self, last: bool) {
+        self.val_batches.0 += 1;
+        self.val_batches.1 += 1;
+        self.val_last_batch = last;
+    }
+
     /// Closes the epoch: the next one starts from its first batch.
     pub fn end_epoch(&mut self) {
         // (a Python Lightning file resumed at its epoch end has no batch count: usize::MAX)
@@ -110,51 +195,59 @@ impl RunState {
         self.batches_consumed = 0;
         self.phase = EpochPhase::Training;
     }
+}
+
+impl RunState {
+    /// Training time so far, across resumes.
+    pub fn train_time(&self) -> Duration {
+        self.clock.elapsed()
+    }
 
     /// The step of a log row written now: Lightning's `_batches_that_stepped` before this
     /// batch's increment (one per optimizer step in automatic optimization, one per batch in
     /// manual optimization).
     pub fn log_step(&self) -> i64 {
-        match self.manual {
-            true => self.total_batches - 1,
-            false => self.global_step - 1,
+        match self.setup.manual {
+            true => self.progress.total_batches - 1,
+            false => self.progress.global_step - 1,
         }
     }
 
     /// Lightning's `loops` counters for this point of the run, as Lightning 2.6.6 would have
     /// them in a checkpoint saved here.
     pub fn loops(&self) -> Loops {
-        let (in_hook, stepped) = match self.point {
+        let p = &self.progress;
+        let (in_hook, stepped) = match p.point {
             LoopPoint::Outside => (false, false),
             LoopPoint::TrainBatchEnd { stepped } => (true, stepped),
             LoopPoint::AfterBatch { stepped } => (false, stepped),
         };
         let lag = i64::from(in_hook);
-        let total = self.total_batches;
-        let current = if self.in_epoch() {
-            self.batches_consumed
+        let total = p.total_batches;
+        let current = if p.in_epoch() {
+            p.batches_consumed
         } else {
-            self.prev_epoch_batches
+            p.prev_epoch_batches
         } as i64;
-        let (gs, es) = (self.global_step, self.global_step - self.epoch_start_step);
+        let (gs, es) = (p.global_step, p.global_step - p.epoch_start_step);
         let rc = |t: i64, c: i64| {
             Progress::new(
                 Tracker::ready_completed(t, t),
                 Tracker::ready_completed(c, c),
             )
         };
-        let started = i64::from(self.in_epoch());
+        let started = i64::from(p.in_epoch());
         let epoch = Tracker {
-            ready: self.epoch + started,
-            completed: self.epoch,
-            started: Some(self.epoch + started),
-            processed: Some(self.epoch + i64::from(self.phase.validated())),
+            ready: p.epoch + started,
+            completed: p.epoch,
+            started: Some(p.epoch + started),
+            processed: Some(p.epoch + i64::from(p.phase.validated())),
         };
-        let (vt, vc) = self.val_batches;
+        let (vt, vc) = p.val_batches;
         let mut loops = Loops::zero();
         // manual optimization: the automatic loop's counters stay at zero, each batch steps
-        let (gs, es, stepped_batches, manual) = match self.manual {
-            true => (0, 0, total, self.manual_steps),
+        let (gs, es, stepped_batches, manual) = match self.setup.manual {
+            true => (0, 0, total, p.manual_steps),
             false => (gs, es, gs, (0, 0)),
         };
         loops.fit = FitLoop {
@@ -163,16 +256,16 @@ impl RunState {
             batch_progress: Progress::batches(
                 Tracker::processed(total, total - lag),
                 Tracker::processed(current, current - lag),
-                self.is_last_batch,
+                p.is_last_batch,
             ),
-            scheduler_progress: rc(self.scheduler_steps.0, self.scheduler_steps.1),
+            scheduler_progress: rc(p.scheduler_steps.0, p.scheduler_steps.1),
             optimizer_step: rc(gs, es),
             optimizer_zero_grad: Progress::new(Tracker::started(gs, gs), Tracker::started(es, es)),
             manual_optim_step: rc(manual.0, manual.1),
             val_batch_progress: Progress::batches(
                 Tracker::processed(vt, vt),
                 Tracker::processed(vc, vc),
-                self.val_last_batch,
+                p.val_last_batch,
             ),
         };
         loops
@@ -180,31 +273,33 @@ impl RunState {
 
     /// Our resume entry for this point of the run.
     pub fn resume_state(&self) -> ResumeState {
+        let p = &self.progress;
         ResumeState {
-            seed: self.seed,
-            epoch: self.epoch,
-            batches_consumed: self.batches_consumed,
-            epoch_phase: self.phase,
-            total_batches: self.total_batches,
+            seed: self.setup.seed,
+            epoch: p.epoch,
+            batches_consumed: p.batches_consumed,
+            epoch_phase: p.phase,
+            total_batches: p.total_batches,
             train_time_s: self.train_time().as_secs_f64(),
-            epoch_start_step: self.epoch_start_step,
-            scheduler_steps: self.scheduler_steps,
-            val_batches: self.val_batches,
-            val_last_batch: self.val_last_batch,
-            world_size: self.world_size.max(1),
+            epoch_start_step: p.epoch_start_step,
+            scheduler_steps: p.scheduler_steps,
+            val_batches: p.val_batches,
+            val_last_batch: p.val_last_batch,
+            world_size: self.setup.world_size.max(1),
         }
     }
 
     /// Restores the position of `ckpt`: from our resume entry when there is one, else (a
     /// file written by Python Lightning) from its `loops`. Returns the seed it recorded.
     pub fn restore_position(&mut self, ckpt: &Checkpoint) -> Result<Option<u64>, String> {
-        self.global_step = ckpt.global_step;
+        let p = &mut self.progress;
+        p.global_step = ckpt.global_step;
         // ours and Lightning's files both keep manual steps in `loops` only
         let manual = ckpt.loops.as_ref().map(|l| l.fit.manual_optim_step);
-        self.manual_steps = manual.map_or((0, 0), |p| (p.total.completed, p.current.completed));
+        p.manual_steps = manual.map_or((0, 0), |m| (m.total.completed, m.current.completed));
         if let Some(r) = &ckpt.resume {
             let mid_epoch = r.batches_consumed > 0 && r.epoch_phase == EpochPhase::Training;
-            if mid_epoch && r.world_size.max(1) != self.world_size.max(1) {
+            if mid_epoch && r.world_size.max(1) != self.setup.world_size.max(1) {
                 return Err(format!(
                     "this checkpoint was saved mid-epoch (epoch {}, after {} batches per process) \
                      by {} process(es); the position inside the epoch depends on how the data \
@@ -213,45 +308,45 @@ impl RunState {
                     r.epoch, r.batches_consumed, r.world_size, r.world_size
                 ));
             }
-            self.epoch = r.epoch;
-            self.batches_consumed = r.batches_consumed;
-            self.phase = r.epoch_phase;
-            self.total_batches = r.total_batches;
-            self.train_time_before = Duration::from_secs_f64(r.train_time_s);
-            self.epoch_start_step = r.epoch_start_step;
-            self.scheduler_steps = r.scheduler_steps;
-            self.val_batches = r.val_batches;
-            self.val_last_batch = r.val_last_batch;
-            self.is_last_batch = false;
+            p.epoch = r.epoch;
+            p.batches_consumed = r.batches_consumed;
+            p.phase = r.epoch_phase;
+            p.total_batches = r.total_batches;
+            self.clock.before = Duration::from_secs_f64(r.train_time_s);
+            p.epoch_start_step = r.epoch_start_step;
+            p.scheduler_steps = r.scheduler_steps;
+            p.val_batches = r.val_batches;
+            p.val_last_batch = r.val_last_batch;
+            p.is_last_batch = false;
             return Ok(Some(r.seed));
         }
         let fit = ckpt.loops.as_ref().map(|l| &l.fit);
         let epochs = fit.map(|f| f.epoch_progress.current);
-        self.epoch = epochs.map_or(ckpt.epoch, |e| e.completed);
+        p.epoch = epochs.map_or(ckpt.epoch, |e| e.completed);
         let batches = fit.map_or(Progress::default(), |f| f.batch_progress);
         match epochs {
             // The epoch's training ran (saved at its end): continue with the next epoch.
             Some(e) if e.processed.unwrap_or(0) > e.completed => {
-                self.batches_consumed = usize::MAX;
-                self.phase = EpochPhase::Done;
+                p.batches_consumed = usize::MAX;
+                p.phase = EpochPhase::Done;
             }
             _ => {
-                self.batches_consumed = usize::try_from(batches.current.completed).unwrap_or(0);
-                self.phase = EpochPhase::Training;
+                p.batches_consumed = usize::try_from(batches.current.completed).unwrap_or(0);
+                p.phase = EpochPhase::Training;
             }
         }
-        self.total_batches = batches.total.completed;
+        p.total_batches = batches.total.completed;
         if let Some(f) = fit {
-            self.epoch_start_step = ckpt.global_step - f.optimizer_step.current.completed;
-            self.scheduler_steps = (
+            p.epoch_start_step = ckpt.global_step - f.optimizer_step.current.completed;
+            p.scheduler_steps = (
                 f.scheduler_progress.total.completed,
                 f.scheduler_progress.current.completed,
             );
-            self.val_batches = (
+            p.val_batches = (
                 f.val_batch_progress.total.completed,
                 f.val_batch_progress.current.completed,
             );
-            self.val_last_batch = f.val_batch_progress.is_last_batch.unwrap_or(false);
+            p.val_last_batch = f.val_batch_progress.is_last_batch.unwrap_or(false);
         }
         Ok(None)
     }
@@ -274,21 +369,22 @@ mod tests {
             }),
             ..Checkpoint::default()
         };
-        let mut one = RunState {
-            world_size: 1,
+        let with_world = |world_size| RunState {
+            setup: RunSetup {
+                world_size,
+                ..RunSetup::default()
+            },
             ..RunState::default()
         };
+        let mut one = with_world(1);
         let e = one.restore_position(&ckpt).unwrap_err();
         assert!(
             e.contains("by 2 process(es)") && e.contains("epoch-end"),
             "{e}"
         );
-        let mut two = RunState {
-            world_size: 2,
-            ..RunState::default()
-        };
+        let mut two = with_world(2);
         assert_eq!(two.restore_position(&ckpt), Ok(Some(3)));
-        assert_eq!((two.epoch, two.batches_consumed), (1, 5));
+        assert_eq!((two.progress.epoch, two.progress.batches_consumed), (1, 5));
         // at an epoch's end any world size resumes (the shards are recomputed)
         if let Some(r) = &mut ckpt.resume {
             r.epoch_phase = EpochPhase::Done;

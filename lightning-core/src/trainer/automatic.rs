@@ -1,0 +1,87 @@
+//! The training step of automatic optimization (Lightning's `_AutomaticOptimization`):
+//! forward under autocast, the loss divided over accumulated batches, scaled and
+//! back-propagated; every `accumulate_grad_batches` batches (and at the epoch's end) the
+//! optimizer step: unscale and clip, step through the grad scaler, `zero_grad`.
+
+use super::fit::no_optimizer;
+use super::{clip_gradients, Trainer};
+use crate::data::Batch;
+use crate::error::{Error, Result};
+use crate::lightning_module::{LightningModule, StepContext};
+
+impl Trainer {
+    /// Batch `idx` of the epoch's `n` in automatic optimization. Returns whether the
+    /// optimizer stepped.
+    pub(super) fn automatic_step<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        batch: &Batch,
+        idx: usize,
+        n: usize,
+        ctx: &mut StepContext,
+    ) -> Result<bool> {
+        let epoch = self.run.progress.epoch;
+        let step_err = |what: &'static str| {
+            move |e: Error| Error::Step {
+                what,
+                epoch,
+                batch: idx,
+                source: Box::new(e),
+            }
+        };
+        let acc = self.cfg.accumulate_grad_batches;
+        let stepped = (idx + 1).is_multiple_of(acc) || idx + 1 == n;
+        if let Some(d) = &mut self.ddp {
+            d.before_forward(stepped)?;
+        }
+        let loss = self
+            .cfg
+            .precision
+            .autocast(self.cfg.device, || model.training_step(batch, idx, ctx))??;
+        let loss = if acc > 1 { loss / acc as f64 } else { loss };
+        let scaled = match &self.optim {
+            Some(o) => o.scale(loss),
+            None => loss,
+        };
+        if let Some(d) = &mut self.ddp {
+            d.before_backward(&scaled, stepped)?;
+        }
+        scaled
+            .f_backward()
+            .map_err(|e| step_err("backward of training_step's loss")(e.into()))?;
+        self.run.progress.batch_done(idx, n);
+        if stepped {
+            self.optimizer_step().map_err(step_err("optimizer step"))?;
+        }
+        Ok(stepped)
+    }
+
+    /// Clipping (on unscaled gradients), the optimizer step through the grad scaler, and
+    /// `zero_grad`.
+    fn optimizer_step(&mut self) -> Result<()> {
+        let optim = self.optim.as_mut().ok_or_else(no_optimizer)?;
+        let o = optim
+            .config
+            .entries_mut()
+            .first_mut()
+            .ok_or_else(no_optimizer)?;
+        if let Some(v) = self.cfg.gradient_clip_val {
+            // Gradients are unscaled before clipping, as Lightning does.
+            if let Some(s) = &mut optim.scaler {
+                let _found_inf = s.unscale_(o.optimizer.as_ref())?;
+            }
+            clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?;
+        }
+        match &mut optim.scaler {
+            // A step with inf/NaN gradients is skipped; the step still counts (Lightning).
+            Some(s) => {
+                s.step(o.optimizer.as_mut())?;
+                s.update()?;
+            }
+            None => o.optimizer.step()?,
+        }
+        o.optimizer.zero_grad();
+        self.run.progress.optimizer_stepped();
+        Ok(())
+    }
+}
