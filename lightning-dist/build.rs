@@ -122,7 +122,9 @@ fn main() {
     };
     println!("cargo:rustc-env=LIGHTNING_DIST_NCCL_STATUS={status}");
     nccl_build.compile("ldist_nccl");
-    base().file(csrc.join("c10d_shim.cpp")).compile("ldist_c10d");
+    base()
+        .file(csrc.join("c10d_shim.cpp"))
+        .compile("ldist_c10d");
 
     // After the static shims (cc emitted them), the libraries they need. torch-sys links these
     // too, but the shim must come before them on the link line.

@@ -154,7 +154,8 @@ extern "C" {
 
 /// Turns the shim's return value into a `Result` (c10d's message as a [`DistError`]).
 pub(crate) fn check(op: &'static str, err: *mut c_char) -> Result<()> {
-    match lightning_sys::shim::take_message(err) {
+    // SAFETY: every caller passes a shim function's return value, once.
+    match unsafe { lightning_sys::shim::take_message(err) } {
         None => Ok(()),
         Some(message) => Err(DistError::C10d { op, message }),
     }

@@ -15,13 +15,14 @@ extern "C" {
 
 /// The message of a shim call's return value (`None`: it succeeded), freed on the C side.
 ///
-/// `err` must be the return value of a shim function (NULL, or a message from
-/// `lsys::dup`/`lsys::guard`), and is freed here: it must not be used again.
-pub fn take_message(err: *mut c_char) -> Option<String> {
+/// # Safety
+/// `err` must be the return value of a shim function: NULL, or a message from
+/// `lsys::dup`/`lsys::guard` that nothing else frees or uses afterwards (it is freed here).
+pub unsafe fn take_message(err: *mut c_char) -> Option<String> {
     if err.is_null() {
         return None;
     }
-    // SAFETY: a non-null return is a NUL-terminated string the shim allocated for us.
+    // SAFETY: (the caller's) a non-null return is a NUL-terminated string the shim allocated.
     let message = unsafe { CStr::from_ptr(err) }
         .to_string_lossy()
         .trim_end()
@@ -31,9 +32,10 @@ pub fn take_message(err: *mut c_char) -> Option<String> {
     Some(message)
 }
 
-/// ATen's message as tch reports its own errors.
+/// ATen's message as tch reports its own errors. `err` is a shim function's return value.
 pub(crate) fn check(op: &str, err: *mut c_char) -> Result<(), TchError> {
-    match take_message(err) {
+    // SAFETY: every caller passes a shim function's return value, once.
+    match unsafe { take_message(err) } {
         None => Ok(()),
         Some(message) => Err(TchError::Torch(format!("{op}: {message}"))),
     }

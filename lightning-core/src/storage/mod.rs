@@ -15,7 +15,8 @@
 //!
 //! [`crate::checkpoint::load`], [`crate::checkpoint::save`] and [`crate::checkpoint::verify`]
 //! accept URLs too, so `load_from_checkpoint("s3://...")`, hparams files and `lightning-ckpt`
-//! work on object storage without a trainer.
+//! work on object storage without a trainer. Object storage is lightning-core's
+//! `object-storage` cargo feature (on by default); without it a URL is an error naming it.
 //!
 //! A custom [`CheckpointIO`] (set with `Trainer::builder().checkpoint_io(..)`) replaces the
 //! default for every file the trainer touches; async checkpointing wraps whichever is set
@@ -23,6 +24,7 @@
 //! thread).
 //!
 //! ```
+//! # #[cfg(feature = "object-storage")] {
 //! use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
 //! use lightning_core::Value;
 //! use std::path::Path;
@@ -37,13 +39,24 @@
 //! assert_eq!(io.list(Path::new("memory://doc-bucket/run"))?.len(), 1);
 //! io.remove_checkpoint(url)?;
 //! assert!(!io.exists(url)?);
+//! # }
 //! # Ok::<(), lightning_core::checkpoint::CheckpointError>(())
 //! ```
 
+#[cfg(feature = "object-storage")]
 mod aws_profile;
+#[cfg(feature = "object-storage")]
 pub(crate) mod object;
+// Without the feature, every URL is an error naming it.
+#[cfg(not(feature = "object-storage"))]
+pub(crate) mod object_disabled;
+#[cfg(not(feature = "object-storage"))]
+pub(crate) use object_disabled as object;
+mod urls;
 
-pub use object::{is_url, RETRIES_ENV};
+#[cfg(feature = "object-storage")]
+pub use object::RETRIES_ENV;
+pub use urls::is_url;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::value::Value;
