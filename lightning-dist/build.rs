@@ -68,7 +68,6 @@ fn main() {
         csrc.join("gloo-stub").display()
     );
 
-    let lib = PathBuf::from(sys("LIBTORCH_LIB"));
     let include_root = PathBuf::from(sys("LIBTORCH_INCLUDE"));
     let c10d = include_root.join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp");
     assert!(
@@ -126,20 +125,10 @@ fn main() {
         .file(csrc.join("c10d_shim.cpp"))
         .compile("ldist_c10d");
 
-    // After the static shims (cc emitted them), the libraries they need. torch-sys links these
-    // too, but the shim must come before them on the link line.
-    println!("cargo:rustc-link-search=native={}", lib.display());
-    if nccl.is_ok() {
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-    }
-    for l in ["torch", "torch_cpu", "c10"] {
-        println!("cargo:rustc-link-lib=dylib={l}");
-    }
-    // This package's tests, examples and binaries run without LD_LIBRARY_PATH (as
-    // build/link_torch.rs does for the root package), with libtorch_cuda loaded so CUDA works.
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
+    // The libraries the shims need (torch, torch_cpu, c10, and torch_cuda/c10_cuda when CUDA is
+    // compiled in, which NCCL needs) follow on the link line from lightning-sys, a dependency.
+    // This package's tests, examples and binaries run without LD_LIBRARY_PATH, with
+    // libtorch_cuda loaded so CUDA works (an rpath to libtorch, as every package with binaries
+    // gets it).
+    lightning_build::link_libtorch();
 }

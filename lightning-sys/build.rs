@@ -188,10 +188,7 @@ fn main() {
     for l in ["torch", "torch_cpu", "c10"] {
         println!("cargo:rustc-link-lib=dylib={l}");
     }
-    // This package's tests run without LD_LIBRARY_PATH (as build/link_torch.rs does for the
-    // root package), with libtorch_cuda loaded so CUDA works.
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
+    // This package's tests run without LD_LIBRARY_PATH, with libtorch_cuda loaded so CUDA
+    // works (an rpath to libtorch, as every package with binaries gets it).
+    lightning_build::link_libtorch();
 }
