@@ -1,97 +1,58 @@
-//! Compiles the C++ shim over libtorch's c10d and the few tensor ops tch leaves out (`csrc/`)
-//! and links it.
+//! Compiles the C++ shim over libtorch's c10d (`csrc/`) and links it.
 //!
-//! libtorch is the one torch-sys found: its lib dir comes from torch-sys's `links = "tch"`
-//! metadata (`DEP_TCH_LIBTORCH_LIB`), falling back to `$LIBTORCH/lib`; headers are
-//! `$LIBTORCH_INCLUDE/include` (torch-sys's override), else the `include/` next to that lib dir.
-//! Flags are torch-sys's (`-std=c++17 -D_GLIBCXX_USE_CXX11_ABI=$LIBTORCH_CXX11_ABI`, default 1)
-//! plus `-DUSE_C10D_GLOO` with the vendored gloo stub headers (`csrc/gloo-stub`).
+//! libtorch, its headers, the C++ ABI flag and the CUDA headers are the ones lightning-sys
+//! compiled its shim with (its `links = "lightning_sys"` metadata, `DEP_LIGHTNING_SYS_*`), so
+//! both shims see the same libtorch; lightning-sys's `csrc/` also gives the shared error bridge
+//! (`lsys_common.h`). Flags are torch-sys's (`-std=c++17 -D_GLIBCXX_USE_CXX11_ABI=...`) plus
+//! `-DUSE_C10D_GLOO` with the vendored gloo stub headers (`csrc/gloo-stub`).
 //!
-//! The CUDA part (`csrc/cuda_shim.cpp`: NCCL and libtorch's current stream, with `-DUSE_C10D_NCCL -DUSE_CUDA`) is compiled when libtorch has
-//! `libtorch_cuda.so` and the CUDA headers are found: `$CUDA_HOME/include`, or the pip packages
-//! next to the torch package (`nvidia/cu13/include`, from `nvidia-cuda-runtime`,
-//! `nvidia-cuda-crt` and `nvidia-cuda-cccl`, and `nvidia/nccl/include`). `LIGHTNING_DIST_NCCL=0`
-//! turns it off, `=1` makes missing headers a build error.
+//! The NCCL part (`csrc/nccl_shim.cpp`, with `-DUSE_C10D_NCCL -DUSE_CUDA`) is compiled when
+//! lightning-sys compiled its CUDA part and `nccl.h` is found where it looked for CUDA headers
+//! (`$CUDA_HOME/include`, or the pip package `nvidia/nccl/include` next to the torch package).
+//! `LIGHTNING_DIST_NCCL=0` turns it off, `=1` makes a missing header a build error.
 
 use std::env;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn env_rerun(name: &str) -> Option<String> {
     println!("cargo:rerun-if-env-changed={name}");
     env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn libtorch_lib_dir() -> PathBuf {
-    if let Some(lib) = env_rerun("DEP_TCH_LIBTORCH_LIB") {
-        return PathBuf::from(lib);
-    }
-    if let Some(lib) = env_rerun("LIBTORCH_LIB") {
-        return PathBuf::from(lib).join("lib");
-    }
-    if let Some(root) = env_rerun("LIBTORCH") {
-        return PathBuf::from(root).join("lib");
-    }
-    panic!(
-        "lightning-dist: libtorch not found (no DEP_TCH_LIBTORCH_LIB from torch-sys, no LIBTORCH); \
-         run scripts/setup.sh or set LIBTORCH to the torch package directory"
-    );
+/// lightning-sys's published `key` (its build script always sets the ones read with this).
+fn sys(key: &str) -> String {
+    env_rerun(&format!("DEP_LIGHTNING_SYS_{key}")).unwrap_or_else(|| {
+        panic!("lightning-dist: DEP_LIGHTNING_SYS_{key} not set (lightning-sys's build metadata)")
+    })
 }
 
-/// The include dirs a CUDA build of the shim needs, or why there are none.
-fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
-    if !lib.join("libtorch_cuda.so").exists() {
+fn paths(joined: &str) -> Vec<PathBuf> {
+    joined
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The include dirs the NCCL part needs (lightning-sys's CUDA dirs and nccl.h's), or why there
+/// are none.
+fn nccl_includes() -> Result<Vec<PathBuf>, String> {
+    let Some(cuda) = env_rerun("DEP_LIGHTNING_SYS_CUDA_INCLUDE") else {
+        return Err("lightning-sys compiled no CUDA part (see its build warning)".to_owned());
+    };
+    let roots = paths(&sys("CUDA_ROOTS"));
+    let Some(nccl) = roots.iter().find(|r| r.join("nccl.h").exists()) else {
         return Err(format!(
-            "{} has no libtorch_cuda.so (a CPU-only libtorch)",
-            lib.display()
-        ));
-    }
-    let mut roots = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(home) = env_rerun(var) {
-            roots.push(PathBuf::from(home).join("include"));
-        }
-    }
-    // lib = <site-packages>/torch/lib: the pip CUDA packages live in <site-packages>/nvidia.
-    // Resolve links first: the repo's `.libtorch` is a link to the venv's torch package, and
-    // its parent is the repo, not site-packages.
-    let real = lib.canonicalize().unwrap_or_else(|_| lib.to_owned());
-    if let Some(site) = real.parent().and_then(Path::parent) {
-        roots.push(site.join("nvidia/cu13/include"));
-        roots.push(site.join("nvidia/nccl/include"));
-    }
-    let find = |rel: &str| roots.iter().find(|r| r.join(rel).exists()).cloned();
-    let mut dirs = Vec::new();
-    let mut missing = Vec::new();
-    for (header, package) in [
-        ("cuda_runtime_api.h", "nvidia-cuda-runtime"),
-        ("crt/host_defines.h", "nvidia-cuda-crt"),
-        ("nccl.h", "nvidia-nccl-cu13"),
-    ] {
-        match find(header) {
-            Some(dir) => dirs.push(dir),
-            None => missing.push(format!("{header} ({package})")),
-        }
-    }
-    // CCCL (cuda/std/..., thrust, cub) is either in the include dir or in its cccl/ subdir.
-    match roots.iter().find_map(|r| {
-        [r.clone(), r.join("cccl")]
-            .into_iter()
-            .find(|d| d.join("cuda/std/version").exists())
-    }) {
-        Some(dir) => dirs.push(dir),
-        None => missing.push("cuda/std/version (nvidia-cuda-cccl)".to_owned()),
-    }
-    if !missing.is_empty() {
-        return Err(format!(
-            "CUDA headers not found: {} (looked in {})",
-            missing.join(", "),
+            "nccl.h (nvidia-nccl-cu13) not found (looked in {})",
             roots
                 .iter()
                 .map(|r| r.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-    }
+    };
+    let mut dirs = paths(&cuda);
+    dirs.push(nccl.clone());
     dirs.dedup();
     Ok(dirs)
 }
@@ -99,13 +60,7 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let csrc = manifest.join("csrc");
-    for f in [
-        "ldist.h",
-        "common.h",
-        "c10d_shim.cpp",
-        "cuda_shim.cpp",
-        "ops_shim.cpp",
-    ] {
+    for f in ["ldist.h", "common.h", "c10d_shim.cpp", "nccl_shim.cpp"] {
         println!("cargo:rerun-if-changed={}", csrc.join(f).display());
     }
     println!(
@@ -113,21 +68,15 @@ fn main() {
         csrc.join("gloo-stub").display()
     );
 
-    let lib = libtorch_lib_dir();
-    let include_root = match env_rerun("LIBTORCH_INCLUDE") {
-        Some(dir) => PathBuf::from(dir).join("include"),
-        None => lib
-            .parent()
-            .map(|p| p.join("include"))
-            .expect("libtorch lib dir has a parent"),
-    };
+    let include_root = PathBuf::from(sys("LIBTORCH_INCLUDE"));
     let c10d = include_root.join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp");
     assert!(
         c10d.exists(),
         "lightning-dist: {} not found; libtorch's headers are needed (set LIBTORCH_INCLUDE)",
         c10d.display()
     );
-    let abi = env_rerun("LIBTORCH_CXX11_ABI").unwrap_or_else(|| "1".to_owned());
+    let abi = sys("CXX11_ABI");
+    let sys_include = PathBuf::from(sys("INCLUDE"));
 
     let base = || {
         let mut b = cc::Build::new();
@@ -138,6 +87,7 @@ fn main() {
             .include(include_root.join("torch/csrc/api/include"))
             .include(csrc.join("gloo-stub"))
             .include(&csrc)
+            .include(&sys_include)
             .flag("-std=c++17")
             .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
             .flag("-DGLOG_USE_GLOG_EXPORT")
@@ -148,10 +98,10 @@ fn main() {
     let nccl_wanted = env_rerun("LIGHTNING_DIST_NCCL");
     let nccl = match nccl_wanted.as_deref() {
         Some("0") => Err("disabled by LIGHTNING_DIST_NCCL=0".to_owned()),
-        _ => cuda_includes(&lib),
+        _ => nccl_includes(),
     };
     let mut nccl_build = base();
-    nccl_build.file(csrc.join("cuda_shim.cpp"));
+    nccl_build.file(csrc.join("nccl_shim.cpp"));
     let status = match &nccl {
         Ok(dirs) => {
             nccl_build
@@ -173,23 +123,12 @@ fn main() {
     nccl_build.compile("ldist_nccl");
     base()
         .file(csrc.join("c10d_shim.cpp"))
-        .file(csrc.join("ops_shim.cpp"))
         .compile("ldist_c10d");
 
-    // After the static shims (cc emitted them), the libraries they need. torch-sys links these
-    // too, but the shim must come before them on the link line.
-    println!("cargo:rustc-link-search=native={}", lib.display());
-    if nccl.is_ok() {
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-    }
-    for l in ["torch", "torch_cpu", "c10"] {
-        println!("cargo:rustc-link-lib=dylib={l}");
-    }
-    // This package's tests, examples and binaries run without LD_LIBRARY_PATH (as
-    // build/link_torch.rs does for the root package), with libtorch_cuda loaded so CUDA works.
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
+    // The libraries the shims need (torch, torch_cpu, c10, and torch_cuda/c10_cuda when CUDA is
+    // compiled in, which NCCL needs) follow on the link line from lightning-sys, a dependency.
+    // This package's tests, examples and binaries run without LD_LIBRARY_PATH, with
+    // libtorch_cuda loaded so CUDA works (an rpath to libtorch, as every package with binaries
+    // gets it).
+    lightning_build::link_libtorch();
 }

@@ -20,8 +20,8 @@
 # and runs these parts, in this order, each step under its own time limit:
 #   tests    the CUDA tests with LIGHTNING_RS_EXPECT_GPU=1 and LIGHTNING_RS_REQUIRE_PYTHON=1
 #            (a missing GPU, kernel or Python anchor is a failure, not a skip): fused kernels
-#            (incl. on libtorch's current stream), autocast, NCCL world size 1 and Gloo on
-#            CUDA tensors (two ranks);
+#            (incl. on libtorch's current stream), autocast, lightning-sys's streams and
+#            pinned memory, NCCL world size 1 and Gloo on CUDA tensors (two ranks);
 #   kernels  the kernel bench (fused AdamW/SGD/unscale/grad-norm vs torch's fused/foreach ops
 #            and the device copy bandwidth, same run);
 #   stall    the stall bench at ~0.8 GB of model + AdamW state: sync vs async stall vs the
@@ -54,6 +54,8 @@ build() {
         --test cuda_kernels --test precision >>"$json"
     cargo test --release --locked --no-run --message-format=json -p lightning-dist \
         --test single_process --test multiprocess >>"$json"
+    cargo test --release --locked --no-run --message-format=json -p lightning-sys --lib \
+        >>"$json"
     cargo build --release --locked -p lightning-dist --bin lightning-dist-child \
         --message-format=json >>"$json"
     cargo bench --locked --no-run --message-format=json -p lightning-core \
@@ -94,7 +96,8 @@ OUT=${OUT:-gpu-check-out}
 BUDGET=${GPU_CHECK_BUDGET_S:-540}
 # Figures first, then the 18 short digits runs: what a budget cuts short is the cheapest to rerun.
 PARTS_ALL="tests kernels stall load e2e digits"
-TEST_BINS="cuda_kernels precision single_process multiprocess"   # the bundled test binaries
+# The bundled test binaries (lightning_sys: its unit tests, libtorch's streams and pinned memory).
+TEST_BINS="cuda_kernels precision lightning_sys single_process multiprocess"
 RESULTS=()   # JSON objects, one per step or figure
 FAILED=0     # steps that failed or timed out
 SKIPPED=()   # parts with a step skipped for lack of time

@@ -454,7 +454,7 @@ fn fused_adamw_matches_torch_fused_adamw_on_gpu() {
 /// ordered on that one stream, with no synchronization, and give the tch-ops result.
 #[test]
 fn fused_kernels_run_on_libtorchs_current_stream() {
-    use lightning_dist::cuda as streams;
+    use lightning_sys::cuda as streams;
     let Some(dev) = gpu() else { return };
     let default = streams::current_stream(0).expect("current stream");
     let pool = streams::pool_stream(0).expect("pool stream");
@@ -534,7 +534,7 @@ fn checkpoints_load_to_the_gpu_through_staging() {
 /// exact; without one, allocating it is an error the callers fall back from.
 #[test]
 fn pinned_host_memory_for_snapshots() {
-    let pinned = lightning_dist::ops::empty_pinned(&[1000, 3], Kind::BFloat16);
+    let pinned = lightning_sys::ops::empty_pinned(&[1000, 3], Kind::BFloat16);
     let Some(dev) = gpu() else {
         let err = pinned.expect_err("pinned memory without a GPU").to_string();
         assert!(err.contains("empty_pinned"), "{err}");

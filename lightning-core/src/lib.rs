@@ -13,12 +13,19 @@
 //! - [`trainer`], [`callbacks`], [`optim`]: the training loop, `ModelCheckpoint`, optimizers,
 //!   LR schedulers and mixed precision, with fused CUDA kernels ([`cuda`]).
 //! - [`loggers`]: where metrics and hyperparameters go ([`CsvLogger`], [`TensorBoardLogger`]).
+//!
+//! Cargo features, both on by default: `distributed` (`strategy="ddp"`: the launcher and DDP
+//! on lightning-dist's c10d, and the `distributed` module) and `object-storage` (`s3://`,
+//! `gs://`, `az://`, `memory://` checkpoints and logs, through `object_store` and `tokio`).
+//! Without them the rest works as before, and a run that asks for one (`strategy="ddp"` on
+//! several devices, a URL) fails with an error naming the missing feature.
 
 pub mod callbacks;
 pub mod checkpoint;
 pub mod checkpoint_loader;
 pub mod cuda;
 pub mod data;
+#[cfg(feature = "distributed")]
 pub mod distributed;
 pub mod error;
 pub mod hparams;

@@ -110,7 +110,7 @@ impl Precision {
             return Ok(f());
         };
         let _guard =
-            lightning_dist::ops::Autocast::enter(device, kind).map_err(|e| AutocastError {
+            lightning_sys::ops::Autocast::enter(device, kind).map_err(|e| AutocastError {
                 precision: *self,
                 device,
                 message: e.to_string(),

@@ -60,10 +60,6 @@ void wait_all(std::vector<c10::intrusive_ptr<c10d::Work>>& works) {
 
 extern "C" {
 
-void ldist_free_string(char* s) {
-  if (s != ldist::oom_message) std::free(s);
-}
-
 void ldist_free_bytes(uint8_t* p) { std::free(p); }
 
 // ---- TCPStore --------------------------------------------------------------------------

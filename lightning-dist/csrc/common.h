@@ -1,18 +1,16 @@
-// Internals shared by the shim's translation units: the handle types and the exception guard.
+// Internals shared by the shim's translation units: the handle types, and the exception guard
+// (lightning-sys's lsys_common.h, found through its `links` metadata).
 #pragma once
-#include <c10/util/Exception.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <string>
 
 #include "ldist.h"
+#include "lsys_common.h"
 
 struct ldist_store {
   c10::intrusive_ptr<c10d::TCPStore> tcp;
@@ -26,32 +24,8 @@ struct ldist_pg {
 
 namespace ldist {
 
-// Returned when even the error message cannot be allocated; ldist_free_string skips it.
-inline char oom_message[] = "out of memory while reporting an error";
-
-// A malloc'd copy of `s`, for the caller to free with ldist_free_string.
-inline char* dup(const std::string& s) {
-  char* p = static_cast<char*>(std::malloc(s.size() + 1));
-  if (p == nullptr) return oom_message;
-  std::memcpy(p, s.data(), s.size());
-  p[s.size()] = '\0';
-  return p;
-}
-
-// Runs `f`, turning every exception into an error string (NULL when `f` returned normally).
-template <class F>
-char* guard(F&& f) noexcept {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return dup(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return dup(e.what());
-  } catch (...) {
-    return dup("unknown C++ exception");
-  }
-}
+using lsys::dup;
+using lsys::guard;
 
 inline std::string str(const char* p, size_t n) { return std::string(p, n); }
 

@@ -3,7 +3,7 @@
 // Conventions:
 //   - every function that can fail returns `char*`: NULL on success, else a malloc'd message
 //     (the C++ exception's text, without c10's backtrace) that the caller frees with
-//     ldist_free_string. No C++ exception ever leaves these functions.
+//     lightning-sys's lsys_free_string. No C++ exception ever leaves these functions.
 //   - handles are opaque and owned by the caller, who frees them with the matching *_free.
 //   - tensors are tch's `C_tensor*`, that is `at::Tensor*`. Tensors returned through an out
 //     array are new heap `at::Tensor`s that the caller owns (tch's Tensor::from_ptr).
@@ -25,7 +25,6 @@ typedef struct ldist_store ldist_store;
 typedef struct ldist_pg ldist_pg;
 typedef struct ldist_reducer ldist_reducer;
 
-void ldist_free_string(char* s);
 void ldist_free_bytes(uint8_t* p);
 
 // ---- TCPStore --------------------------------------------------------------------------
@@ -86,40 +85,6 @@ char* ldist_reducer_prepare_for_backward(ldist_reducer* r, ldist_tensor* const* 
 // The number of gradient buckets (after a rebuild, the layout in gradient-ready order).
 char* ldist_reducer_bucket_count(ldist_reducer* r, size_t* out);
 int ldist_grad_mode_enabled(void);
-
-// ---- Tensor ops tch leaves out (ops_shim.cpp) -------------------------------------------
-// self += value * t1 * t2, as at::Tensor::addcmul_(t1, t2, value).
-char* ldist_addcmul_(ldist_tensor* self, const ldist_tensor* t1, const ldist_tensor* t2,
-                     double value);
-// self += value * t1 / t2, as at::Tensor::addcdiv_(t1, t2, value).
-char* ldist_addcdiv_(ldist_tensor* self, const ldist_tensor* t1, const ldist_tensor* t2,
-                     double value);
-// self += alpha * other, as at::Tensor::add_(other, alpha).
-char* ldist_add_(ldist_tensor* self, const ldist_tensor* other, double alpha);
-// *out = self + alpha * other (a new tensor the caller owns), as at::Tensor::add(other, alpha).
-char* ldist_add(const ldist_tensor* self, const ldist_tensor* other, double alpha,
-                ldist_tensor** out);
-// param.grad = None.
-char* ldist_grad_set_to_none(ldist_tensor* param);
-
-// torch.autocast(device_type, dtype) as a pair of calls: enter saves the previous state of
-// that device type into *prev; exit restores it (and clears the cast cache at nesting 0).
-// device_type is c10::DeviceType (0 CPU, 1 CUDA), dtype c10::ScalarType (5 Half, 15 BFloat16).
-typedef struct ldist_autocast_prev {
-  int8_t dtype;
-  bool enabled;
-  bool cache_enabled;
-} ldist_autocast_prev;
-char* ldist_autocast_enter(int8_t device_type, int8_t dtype, ldist_autocast_prev* prev);
-char* ldist_autocast_exit(int8_t device_type, const ldist_autocast_prev* prev);
-
-// ---- libtorch's CUDA streams (cuda_shim.cpp; errors when CUDA was not compiled in) -------
-// The current stream of `device` (a cudaStream_t; the legacy default stream is NULL).
-char* ldist_current_cuda_stream(int device, void** out);
-// A stream from libtorch's pool for `device` (not made current).
-char* ldist_cuda_pool_stream(int device, void** out);
-// Makes `stream` (from the two above) the current stream of `device`.
-char* ldist_set_current_cuda_stream(int device, void* stream);
 
 #ifdef __cplusplus
 }

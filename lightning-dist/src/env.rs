@@ -1,12 +1,10 @@
 //! Where this process sits in a distributed job: its ranks, the world, and the rendezvous
 //! address, read from the environment as Lightning's cluster environments read it
 //! (`TorchElasticEnvironment` for `torchrun`, `SLURMEnvironment`, and `LightningEnvironment`
-//! for processes a launcher started with `LOCAL_RANK`), and the store that address implies.
+//! for processes a launcher started with `LOCAL_RANK`). The store that address implies is
+//! [`ClusterEnv::store`], next to [`crate::Store`] (this module knows nothing of c10d).
 
 use std::collections::HashMap;
-use std::time::Duration;
-
-use crate::store::Store;
 
 /// Who set up the ranks of this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,18 +227,6 @@ impl ClusterEnv {
     /// The current process's environment.
     pub fn from_process(devices: usize, num_nodes: usize) -> Result<ClusterEnv, EnvError> {
         Self::detect(&std::env::vars().collect(), devices, num_nodes)
-    }
-
-    /// Connects to the job's rendezvous store on `port` as c10d's `env://` rendezvous does:
-    /// global rank 0 hosts it and waits for all `world_size` ranks to join, the others
-    /// connect, unless torchrun's agent hosts it (then every rank, rank 0 too, is a client).
-    pub fn store(&self, port: u16, timeout: Duration) -> crate::Result<Store> {
-        let agent = matches!(self.kind, ClusterKind::TorchElastic { agent_store: true });
-        if self.rank == 0 && !agent {
-            Store::server(&self.master_addr, port, self.world_size, timeout)
-        } else {
-            Store::client(&self.master_addr, port, timeout)
-        }
     }
 
     /// Whether this is global rank 0 (the only one that writes checkpoints and logs).

@@ -1,7 +1,7 @@
 //! The shim's C interface (`csrc/ldist.h`) and the one place its error strings become
-//! [`DistError`]s.
+//! [`DistError`]s (read and freed by lightning-sys's error bridge).
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 use torch_sys::C_tensor;
 
@@ -21,7 +21,6 @@ pub(crate) struct LdistReducer {
 }
 
 extern "C" {
-    pub(crate) fn ldist_free_string(s: *mut c_char);
     pub(crate) fn ldist_free_bytes(p: *mut u8);
 
     pub(crate) fn ldist_store_tcp_new(
@@ -153,24 +152,10 @@ extern "C" {
     pub(crate) fn ldist_grad_mode_enabled() -> c_int;
 }
 
-/// The message of a shim call's return value (`None`: it succeeded), freed on the C side.
-pub(crate) fn take_message(err: *mut c_char) -> Option<String> {
-    if err.is_null() {
-        return None;
-    }
-    // SAFETY: a non-null return is a NUL-terminated string the shim allocated for us.
-    let message = unsafe { CStr::from_ptr(err) }
-        .to_string_lossy()
-        .trim_end()
-        .to_owned();
-    // SAFETY: freed once, by the shim's allocator.
-    unsafe { ldist_free_string(err) };
-    Some(message)
-}
-
 /// Turns the shim's return value into a `Result` (c10d's message as a [`DistError`]).
 pub(crate) fn check(op: &'static str, err: *mut c_char) -> Result<()> {
-    match take_message(err) {
+    // SAFETY: every caller passes a shim function's return value, once.
+    match unsafe { lightning_sys::shim::take_message(err) } {
         None => Ok(()),
         Some(message) => Err(DistError::C10d { op, message }),
     }

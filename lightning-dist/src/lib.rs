@@ -8,20 +8,17 @@
 //! - [`Reducer`]: DDP's bucketed gradient averaging, hooked into autograd.
 //! - [`ClusterEnv`]: where this process sits in the job (our launcher, `torchrun`, SLURM) and
 //!   the rendezvous store that implies.
-//! - [`cuda`]: libtorch's current CUDA stream (custom kernels launch on it).
-//! - [`ops`]: the few tensor ops tch leaves out (`addcmul_` with `value`, `grad = None`), which
-//!   the optimizers need to run `torch.optim`'s exact kernels; they share the shim's build.
 //!
-//! The C++ side is a small shim (`csrc/`) compiled against the libtorch torch-sys links; every
-//! C++ exception becomes a [`DistError`] naming the operation, never an abort or an unwind.
+//! The C++ side is a small shim (`csrc/`) compiled against the libtorch lightning-sys compiled
+//! its own shim with (the tensor ops tch leaves out, autocast, pinned memory and CUDA streams
+//! live there: nothing in them is distributed); every C++ exception becomes a [`DistError`]
+//! naming the operation, never an abort or an unwind, through lightning-sys's error bridge.
 
 #![warn(missing_docs)]
 
-pub mod cuda;
 mod env;
 mod error;
 mod ffi;
-pub mod ops;
 mod process_group;
 mod reducer;
 mod store;

@@ -4,6 +4,7 @@ use std::ffi::c_char;
 use std::ptr::NonNull;
 use std::time::Duration;
 
+use crate::env::{ClusterEnv, ClusterKind};
 use crate::error::{DistError, Result};
 use crate::ffi::{self, check, millis};
 
@@ -259,5 +260,19 @@ impl Drop for Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl ClusterEnv {
+    /// Connects to the job's rendezvous store on `port` as c10d's `env://` rendezvous does:
+    /// global rank 0 hosts it and waits for all `world_size` ranks to join, the others
+    /// connect, unless torchrun's agent hosts it (then every rank, rank 0 too, is a client).
+    pub fn store(&self, port: u16, timeout: Duration) -> Result<Store> {
+        let agent = matches!(self.kind, ClusterKind::TorchElastic { agent_store: true });
+        if self.rank == 0 && !agent {
+            Store::server(&self.master_addr, port, self.world_size, timeout)
+        } else {
+            Store::client(&self.master_addr, port, timeout)
+        }
     }
 }

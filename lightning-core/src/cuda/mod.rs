@@ -7,10 +7,12 @@
 //!   uploaded once and cached while the pointers stay the same) and a block-to-chunk map let
 //!   one launch update many tensors; aligned tensors use float4 (16-byte) accesses.
 //! - Stream: kernels launch on libtorch's current stream of the device
-//!   ([`lightning_dist::cuda::current_stream`]), as a PyTorch C++ extension does, so they are
+//!   ([`lightning_sys::cuda::current_stream`]), as a PyTorch C++ extension does, so they are
 //!   ordered with libtorch's work on any stream a program makes current, without a
-//!   synchronization. (Only a shim built without CUDA headers falls back to the legacy
-//!   default stream, with a warning.)
+//!   synchronization. (Only a lightning-sys shim built without CUDA headers falls back to the
+//!   legacy default stream, with a warning.)
+//! - Pinned host memory ([`pinned_host`]) comes from lightning-sys too
+//!   ([`lightning_sys::ops::empty_pinned`]: libtorch's caching host allocator).
 //! - NVRTC is looked up by cudarc's default names first; when that fails (a machine with only
 //!   the pip-installed CUDA runtime), `libnvrtc.so.13` next to the loaded libtorch
 //!   (`site-packages/nvidia/cu13/lib`) or in `$LIGHTNING_RS_NVRTC` is loaded by path, so
@@ -398,11 +400,11 @@ impl Kernels {
     }
 }
 
-/// libtorch's current stream on `ordinal`, or the legacy default stream (null) when the
-/// engine's shim was built without CUDA headers (said once as a warning): that is libtorch's
+/// libtorch's current stream on `ordinal`, or the legacy default stream (null) when
+/// lightning-sys's shim was built without CUDA headers (said once as a warning): that is libtorch's
 /// current stream unless the program switched streams.
 fn current_stream(ordinal: usize) -> *mut std::ffi::c_void {
-    match lightning_dist::cuda::current_stream(ordinal) {
+    match lightning_sys::cuda::current_stream(ordinal) {
         Ok(s) => s.0,
         Err(e) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
@@ -479,7 +481,7 @@ pub fn available() -> bool {
 /// copies it. `None` where pinned memory cannot be had (no CUDA; said once as a warning): the
 /// caller then uses pageable memory, which is slower and otherwise the same.
 pub fn pinned_host(size: &[i64], kind: Kind) -> Option<Tensor> {
-    lightning_dist::ops::empty_pinned(size, kind)
+    lightning_sys::ops::empty_pinned(size, kind)
         .map_err(|e| {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {

@@ -3,7 +3,7 @@
 use super::common::{self, backend, check_nonneg, Group, LrConfig};
 use super::{OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
-use lightning_dist::ops;
+use lightning_sys::ops;
 use tch::Tensor;
 
 /// Hyperparameters of [`Adam`] (one param group). `Default` gives `torch.optim.Adam`'s
@@ -163,7 +163,7 @@ impl Adam {
 }
 
 /// The tch-ops update of one parameter: `_single_tensor_adam`'s ops in its order, with the
-/// same scalars (through [`lightning_dist::ops`] where tch drops them), so the same kernels
+/// same scalars (through [`lightning_sys::ops`] where tch drops them), so the same kernels
 /// run and the result is bit for bit `torch.optim.Adam(foreach=False)`'s.
 pub(crate) fn adam_update_ops(
     p: &mut Tensor,

@@ -266,7 +266,7 @@ impl<C: LrConfig> Group<C> {
     /// for a plain tensor; the fallback keeps `zero_grad`'s contract in any case).
     pub fn zero_grads(groups: &mut [Group<C>]) {
         for p in groups.iter_mut().flat_map(|g| g.params.iter_mut()) {
-            if lightning_dist::ops::set_grad_to_none(p).is_err() {
+            if lightning_sys::ops::set_grad_to_none(p).is_err() {
                 p.zero_grad();
             }
         }

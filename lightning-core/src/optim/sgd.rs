@@ -3,7 +3,7 @@
 use super::common::{self, backend, check_nonneg, Group, LrConfig};
 use super::{OptimError, Optimizer};
 use crate::value::{Dict, Key, Value};
-use lightning_dist::ops;
+use lightning_sys::ops;
 use tch::Tensor;
 
 /// Hyperparameters of [`Sgd`] (one param group); `Default` is torch's (lr 1e-3, no momentum).
@@ -95,7 +95,7 @@ impl Sgd {
 }
 
 /// The tch-ops update of one parameter: `_single_tensor_sgd`'s ops in its order, with the same
-/// `alpha`s (through [`lightning_dist::ops`] where tch drops them).
+/// `alpha`s (through [`lightning_sys::ops`] where tch drops them).
 pub(crate) fn sgd_update_ops(
     p: &mut Tensor,
     grad: &Tensor,

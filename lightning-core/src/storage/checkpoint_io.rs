@@ -3,7 +3,8 @@
 
 use super::files::copy;
 use super::local::{self, StoredFile};
-use super::object::{self, is_url};
+use super::object;
+use super::urls::is_url;
 use crate::checkpoint::{self, CheckpointError};
 use crate::value::Value;
 use std::fmt::Debug;

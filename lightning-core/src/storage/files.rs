@@ -2,7 +2,8 @@
 //! ([`super::local`]) or object storage ([`super::object`]) by the path.
 
 use super::local;
-use super::object::{self, is_url};
+use super::object;
+use super::urls::is_url;
 use crate::checkpoint::error::CheckpointError;
 use std::io::Write;
 use std::path::Path;

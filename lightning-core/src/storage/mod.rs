@@ -16,7 +16,8 @@
 //!
 //! [`crate::checkpoint::load`], [`crate::checkpoint::save`] and [`crate::checkpoint::verify`]
 //! accept URLs too, so `load_from_checkpoint("s3://...")`, hparams files and `lightning-ckpt`
-//! work on object storage without a trainer.
+//! work on object storage without a trainer. Object storage is lightning-core's
+//! `object-storage` cargo feature (on by default); without it a URL is an error naming it.
 //!
 //! A custom [`CheckpointIO`] (set with `Trainer::builder().checkpoint_io(..)`) replaces the
 //! default for every file the trainer touches; async checkpointing wraps whichever is set
@@ -24,6 +25,7 @@
 //! thread).
 //!
 //! ```
+//! # #[cfg(feature = "object-storage")] {
 //! use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
 //! use lightning_core::Value;
 //! use std::path::Path;
@@ -38,21 +40,33 @@
 //! assert_eq!(io.list(Path::new("memory://doc-bucket/run"))?.len(), 1);
 //! io.remove_checkpoint(url)?;
 //! assert!(!io.exists(url)?);
+//! # }
 //! # Ok::<(), lightning_core::checkpoint::CheckpointError>(())
 //! ```
 
 //! The files, from the bottom up: `local.rs` (the local file system: atomic durable writes,
-//! `last` symlinks, listings, stale temporary files), `object.rs` (object storage;
-//! `aws_profile.rs` reads `~/.aws`), `files.rs` (whole files at a path or URL: picks one of
-//! the two), `checkpoint_io.rs` (the plugin, over the checkpoint format).
+//! `last` symlinks, listings, stale temporary files), `urls.rs` (what is a URL), `object.rs`
+//! (object storage; `aws_profile.rs` reads `~/.aws`; without the `object-storage` feature
+//! `object_disabled.rs`, which refuses every URL), `files.rs` (whole files at a path or URL:
+//! picks one of the two), `checkpoint_io.rs` (the plugin, over the checkpoint format).
 
+#[cfg(feature = "object-storage")]
 mod aws_profile;
 mod checkpoint_io;
 pub(crate) mod files;
 pub(crate) mod local;
+#[cfg(feature = "object-storage")]
 pub(crate) mod object;
+// Without the feature, every URL is an error naming it.
+#[cfg(not(feature = "object-storage"))]
+pub(crate) mod object_disabled;
+#[cfg(not(feature = "object-storage"))]
+pub(crate) use object_disabled as object;
+mod urls;
 
 pub use checkpoint_io::{CheckpointIO, DefaultCheckpointIO};
 pub use files::{copy, copy_atomically, list_dirs, read};
 pub use local::{remove_stale_temp_files, StoredFile};
-pub use object::{is_url, RETRIES_ENV};
+#[cfg(feature = "object-storage")]
+pub use object::RETRIES_ENV;
+pub use urls::is_url;

@@ -20,6 +20,7 @@
 //!   should call through `spawn_blocking`.
 
 use super::local::StoredFile;
+use super::urls::scheme;
 use crate::checkpoint::error::CheckpointError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -98,22 +99,6 @@ pub(crate) struct Location {
 const SCHEMES: [&str; 9] = [
     "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "memory",
 ];
-
-/// Whether `path` is a URL (`scheme://...`) rather than a local path.
-pub fn is_url(path: &Path) -> bool {
-    scheme(path).is_some()
-}
-
-fn scheme(path: &Path) -> Option<&str> {
-    let s = path.to_str()?;
-    let (scheme, _) = s.split_once("://")?;
-    (!scheme.is_empty()
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        && scheme.starts_with(|c: char| c.is_ascii_alphabetic()))
-    .then_some(scheme)
-}
 
 fn bad_url(path: &Path, msg: impl Into<String>) -> CheckpointError {
     CheckpointError::Format {
@@ -534,6 +519,7 @@ pub(crate) fn list_dirs(dir: &Path) -> Result<Vec<String>, CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::is_url;
 
     #[test]
     fn urls_split_into_store_and_key() {

@@ -9,7 +9,7 @@
 //! use tch::{Kind, Tensor};
 //! let mut v = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
 //! let g = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-//! lightning_dist::ops::addcmul_(&mut v, &g, &g, 0.5)?;
+//! lightning_sys::ops::addcmul_(&mut v, &g, &g, 0.5)?;
 //! assert_eq!(Vec::<f32>::try_from(&v).unwrap(), [0.5, 2.0, 4.5]);
 //! # Ok::<(), tch::TchError>(())
 //! ```
@@ -19,38 +19,40 @@ use std::ffi::c_char;
 use tch::{Device, Kind, TchError, Tensor};
 use torch_sys::C_tensor;
 
+use crate::shim::check;
+
 extern "C" {
-    fn ldist_addcmul_(
+    fn lsys_addcmul_(
         s: *mut C_tensor,
         t1: *const C_tensor,
         t2: *const C_tensor,
         value: f64,
     ) -> *mut c_char;
-    fn ldist_addcdiv_(
+    fn lsys_addcdiv_(
         s: *mut C_tensor,
         t1: *const C_tensor,
         t2: *const C_tensor,
         value: f64,
     ) -> *mut c_char;
-    fn ldist_add_(s: *mut C_tensor, other: *const C_tensor, alpha: f64) -> *mut c_char;
-    fn ldist_add(
+    fn lsys_add_(s: *mut C_tensor, other: *const C_tensor, alpha: f64) -> *mut c_char;
+    fn lsys_add(
         s: *const C_tensor,
         other: *const C_tensor,
         alpha: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
-    fn ldist_grad_set_to_none(param: *mut C_tensor) -> *mut c_char;
-    fn ldist_empty_pinned(
+    fn lsys_grad_set_to_none(param: *mut C_tensor) -> *mut c_char;
+    fn lsys_empty_pinned(
         dtype_of: *const C_tensor,
         sizes: *const i64,
         ndim: usize,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
-    fn ldist_autocast_enter(device_type: i8, dtype: i8, prev: *mut AutocastPrev) -> *mut c_char;
-    fn ldist_autocast_exit(device_type: i8, prev: *const AutocastPrev) -> *mut c_char;
+    fn lsys_autocast_enter(device_type: i8, dtype: i8, prev: *mut AutocastPrev) -> *mut c_char;
+    fn lsys_autocast_exit(device_type: i8, prev: *const AutocastPrev) -> *mut c_char;
 }
 
-/// The autocast state of one device type before [`Autocast::enter`] (`ldist_autocast_prev`).
+/// The autocast state of one device type before [`Autocast::enter`] (`lsys_autocast_prev`).
 #[repr(C)]
 #[derive(Debug, Default)]
 struct AutocastPrev {
@@ -59,20 +61,12 @@ struct AutocastPrev {
     cache_enabled: bool,
 }
 
-/// ATen's message as tch reports its own errors.
-pub(crate) fn check(op: &str, err: *mut c_char) -> Result<(), TchError> {
-    match crate::ffi::take_message(err) {
-        None => Ok(()),
-        Some(message) => Err(TchError::Torch(format!("{op}: {message}"))),
-    }
-}
-
 /// `t += value * t1 * t2` in place (`torch.Tensor.addcmul_(t1, t2, value=value)`).
 pub fn addcmul_(t: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<(), TchError> {
     // SAFETY: the pointers are live tch tensors (at::Tensor*) for the whole call; the shim
     // changes only `t`'s storage, never the handle objects.
     check("addcmul_", unsafe {
-        ldist_addcmul_(t.as_mut_ptr(), t1.as_ptr(), t2.as_ptr(), value)
+        lsys_addcmul_(t.as_mut_ptr(), t1.as_ptr(), t2.as_ptr(), value)
     })
 }
 
@@ -80,7 +74,7 @@ pub fn addcmul_(t: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<
 pub fn addcdiv_(t: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<(), TchError> {
     // SAFETY: as in `addcmul_`.
     check("addcdiv_", unsafe {
-        ldist_addcdiv_(t.as_mut_ptr(), t1.as_ptr(), t2.as_ptr(), value)
+        lsys_addcdiv_(t.as_mut_ptr(), t1.as_ptr(), t2.as_ptr(), value)
     })
 }
 
@@ -88,7 +82,7 @@ pub fn addcdiv_(t: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) -> Result<
 pub fn add_(t: &mut Tensor, other: &Tensor, alpha: f64) -> Result<(), TchError> {
     // SAFETY: as in `addcmul_`.
     check("add_", unsafe {
-        ldist_add_(t.as_mut_ptr(), other.as_ptr(), alpha)
+        lsys_add_(t.as_mut_ptr(), other.as_ptr(), alpha)
     })
 }
 
@@ -97,7 +91,7 @@ pub fn add(t: &Tensor, other: &Tensor, alpha: f64) -> Result<Tensor, TchError> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: as in `addcmul_`; on success `out` is a new heap at::Tensor that we own.
     check("add", unsafe {
-        ldist_add(t.as_ptr(), other.as_ptr(), alpha, &mut out)
+        lsys_add(t.as_ptr(), other.as_ptr(), alpha, &mut out)
     })?;
     // SAFETY: the shim allocated `out` with `new at::Tensor`, as tch's own outputs are.
     Ok(unsafe { Tensor::from_ptr(out) })
@@ -117,7 +111,7 @@ pub fn empty_pinned(size: &[i64], kind: Kind) -> Result<Tensor, TchError> {
     // SAFETY: `dtype_of` and `size` are live for the call; on success `out` is a new heap
     // at::Tensor we own.
     check("empty_pinned", unsafe {
-        ldist_empty_pinned(dtype_of.as_ptr(), size.as_ptr(), size.len(), &mut out)
+        lsys_empty_pinned(dtype_of.as_ptr(), size.as_ptr(), size.len(), &mut out)
     })?;
     // SAFETY: the shim allocated `out` with `new at::Tensor`, as tch's own outputs are.
     Ok(unsafe { Tensor::from_ptr(out) })
@@ -129,7 +123,7 @@ pub fn set_grad_to_none(param: &Tensor) -> Result<(), TchError> {
     // SAFETY: `param` is a live tch tensor; resetting its grad slot changes the autograd
     // metadata it shares with every handle of the same variable, as torch's does.
     check("set_grad_to_none", unsafe {
-        ldist_grad_set_to_none(param.as_ptr() as *mut C_tensor)
+        lsys_grad_set_to_none(param.as_ptr() as *mut C_tensor)
     })
 }
 
@@ -142,7 +136,7 @@ pub fn set_grad_to_none(param: &Tensor) -> Result<(), TchError> {
 ///
 /// ```
 /// use tch::{Device, Kind, Tensor};
-/// use lightning_dist::ops::Autocast;
+/// use lightning_sys::ops::Autocast;
 /// let a = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
 /// {
 ///     let _bf16 = Autocast::enter(Device::Cpu, Kind::BFloat16)?;
@@ -187,7 +181,7 @@ impl Autocast {
         // SAFETY: plain setters of libtorch's thread-local autocast state; `prev` is a live
         // out-parameter of the C layout the shim declares.
         check("autocast", unsafe {
-            ldist_autocast_enter(device_type, dtype, &mut prev)
+            lsys_autocast_enter(device_type, dtype, &mut prev)
         })?;
         Ok(Autocast {
             device_type,
@@ -201,7 +195,7 @@ impl Drop for Autocast {
     fn drop(&mut self) {
         // SAFETY: restores the state `enter` saved, on the same thread. The setters do not
         // throw for a device type `enter` accepted, so there is no error to report here.
-        let err = unsafe { ldist_autocast_exit(self.device_type, &self.prev) };
+        let err = unsafe { lsys_autocast_exit(self.device_type, &self.prev) };
         let _ = check("autocast exit", err);
     }
 }

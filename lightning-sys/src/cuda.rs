@@ -4,16 +4,29 @@
 //! current stream (`torch.cuda.set_stream`).
 //!
 //! These need the CUDA part of the shim, compiled when CUDA's headers are found at build time
-//! ([`crate::nccl_build_status`] says whether they were); without it every call is an error.
+//! ([`build_status`] says whether they were); without it every call is an error.
 
 use std::ffi::{c_char, c_int, c_void};
 
 use tch::TchError;
 
 extern "C" {
-    fn ldist_current_cuda_stream(device: c_int, out: *mut *mut c_void) -> *mut c_char;
-    fn ldist_cuda_pool_stream(device: c_int, out: *mut *mut c_void) -> *mut c_char;
-    fn ldist_set_current_cuda_stream(device: c_int, stream: *mut c_void) -> *mut c_char;
+    fn lsys_current_cuda_stream(device: c_int, out: *mut *mut c_void) -> *mut c_char;
+    fn lsys_cuda_pool_stream(device: c_int, out: *mut *mut c_void) -> *mut c_char;
+    fn lsys_set_current_cuda_stream(device: c_int, stream: *mut c_void) -> *mut c_char;
+    fn lsys_cuda_compiled() -> c_int;
+}
+
+/// Whether the CUDA part of the shim was compiled in (CUDA's headers were found at build time).
+pub fn compiled() -> bool {
+    // SAFETY: a constant query with no arguments.
+    unsafe { lsys_cuda_compiled() != 0 }
+}
+
+/// Why the CUDA part of the shim is or is not compiled in: `"compiled"`, or `"not compiled in:
+/// <reason>"` (no `libtorch_cuda.so`, headers not found, `LIGHTNING_SYS_CUDA=0`).
+pub fn build_status() -> &'static str {
+    env!("LIGHTNING_SYS_CUDA_STATUS")
 }
 
 /// A CUDA stream handle (`cudaStream_t` / `CUstream`; null is the legacy default stream).
@@ -37,25 +50,25 @@ fn stream_of(
 ) -> Result<StreamHandle, TchError> {
     let mut out = std::ptr::null_mut();
     // SAFETY: `out` is a live out-parameter; the shim only writes a handle into it.
-    crate::ops::check(op, unsafe { f(ordinal(device)?, &mut out) })?;
+    crate::shim::check(op, unsafe { f(ordinal(device)?, &mut out) })?;
     Ok(StreamHandle(out))
 }
 
 /// libtorch's current stream on CUDA device `device` (`torch.cuda.current_stream`).
 pub fn current_stream(device: usize) -> Result<StreamHandle, TchError> {
-    stream_of("current CUDA stream", device, ldist_current_cuda_stream)
+    stream_of("current CUDA stream", device, lsys_current_cuda_stream)
 }
 
 /// A stream from libtorch's pool on `device` (`torch.cuda.Stream()`); not made current.
 pub fn pool_stream(device: usize) -> Result<StreamHandle, TchError> {
-    stream_of("CUDA stream from the pool", device, ldist_cuda_pool_stream)
+    stream_of("CUDA stream from the pool", device, lsys_cuda_pool_stream)
 }
 
 /// Makes `stream` libtorch's current stream on `device` (`torch.cuda.set_stream`).
 pub fn set_current_stream(device: usize, stream: StreamHandle) -> Result<(), TchError> {
     // SAFETY: the handle came from `current_stream` or `pool_stream` (a live libtorch stream).
-    crate::ops::check("set current CUDA stream", unsafe {
-        ldist_set_current_cuda_stream(ordinal(device)?, stream.0)
+    crate::shim::check("set current CUDA stream", unsafe {
+        lsys_set_current_cuda_stream(ordinal(device)?, stream.0)
     })
 }
 
@@ -65,7 +78,7 @@ mod tests {
 
     #[test]
     fn without_a_gpu_or_cuda_build_the_calls_are_errors_not_crashes() {
-        if tch::Cuda::is_available() && crate::nccl_compiled() {
+        if tch::Cuda::is_available() && compiled() {
             let s = current_stream(0).expect("current stream");
             let p = pool_stream(0).expect("pool stream");
             assert_ne!(s, p, "a pool stream is not the default stream");
@@ -76,7 +89,7 @@ mod tests {
             return;
         }
         println!("SKIP (GPU part): no CUDA GPU or no CUDA in the shim; only the error path runs");
-        if !crate::nccl_compiled() {
+        if !compiled() {
             let err = current_stream(0).expect_err("no CUDA compiled in");
             assert!(err.to_string().contains("not compiled"), "{err}");
         } else {

@@ -1,0 +1,113 @@
+//! `strategy="ddp"` without lightning-core's `distributed` feature: joining a job is an error
+//! naming the feature, so no [`World`] (nor [`Ddp`]) ever exists and the rest is unreachable.
+
+use crate::error::{Error, Result};
+use crate::trainer::strategy::DdpOptions;
+use crate::trainer::TrainerConfig;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tch::{Device, Tensor};
+
+/// What the trainer reads of a job's place (never made).
+pub(crate) struct Place {
+    pub rank: usize,
+    pub world_size: usize,
+    never: Infallible,
+}
+
+impl Place {
+    pub fn is_global_zero(&self) -> bool {
+        match self.never {}
+    }
+}
+
+/// A distributed job (never made without the feature).
+pub(crate) struct World {
+    pub env: Place,
+}
+
+impl World {
+    /// The error a run on several devices or nodes gets.
+    pub fn get(_cfg: &TrainerConfig, _opts: &DdpOptions) -> Result<Arc<World>> {
+        Err(Error::Config(
+            "strategy=\"ddp\" on several devices or nodes needs lightning-core's `distributed` \
+             cargo feature, which this build leaves out"
+                .into(),
+        ))
+    }
+
+    fn never(&self) -> ! {
+        match self.env.never {}
+    }
+
+    pub fn device(&self, _cfg: &TrainerConfig) -> Device {
+        self.never()
+    }
+
+    pub fn barrier(&self, _what: &str) -> Result<()> {
+        self.never()
+    }
+
+    pub fn sync_logged(&self, _logged: &mut [crate::lightning_module::Logged]) -> Result<()> {
+        self.never()
+    }
+
+    pub fn any(&self, _flag: bool) -> Result<bool> {
+        self.never()
+    }
+
+    pub fn failed_rank(&self) -> Option<Error> {
+        self.never()
+    }
+}
+
+/// A no-op: no local ranks were launched.
+pub fn finish_distributed() -> Result<()> {
+    Ok(())
+}
+
+/// DDP around a module (never made without the feature).
+pub(crate) struct Ddp {
+    pub world: Arc<World>,
+}
+
+impl Ddp {
+    pub fn wrap(
+        world: Arc<World>,
+        _opts: &DdpOptions,
+        _params: &[Tensor],
+        _buffers: &[Tensor],
+    ) -> Result<Ddp> {
+        world.never()
+    }
+
+    pub fn before_forward(&mut self, _sync: bool) -> Result<()> {
+        self.world.never()
+    }
+
+    pub fn before_backward(&mut self, _loss: &Tensor, _sync: bool) -> Result<()> {
+        self.world.never()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::trainer::Trainer;
+
+    #[test]
+    fn ddp_on_several_devices_is_an_error_naming_the_feature() {
+        let e = super::World::get(
+            &Trainer::builder()
+                .strategy("ddp")
+                .devices(2)
+                .build()
+                .expect("a valid configuration")
+                .cfg,
+            &Default::default(),
+        )
+        .err()
+        .expect("no distributed engine");
+        assert!(e.to_string().contains("`distributed` cargo feature"), "{e}");
+        super::finish_distributed().expect("a no-op");
+    }
+}
