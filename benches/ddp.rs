@@ -27,10 +27,11 @@
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) a smoke run trains a tiny MLP
 //! for 2 timed steps on 2 ranks, ours and the plain loop, without Python. Every child has a
-//! time limit: the Python runs are killed past theirs ([`lightning_rs::Supervised`]); our
+//! time limit: the Python runs are killed past theirs ([`lightning_testkit::Supervised`]); our
 //! rank 1 fails with its collectives' timeout when rank 0 is gone, and rank 0 waits for it
 //! at most that long.
 
+use clap::Parser;
 use lightning_core::callbacks::{Callback, TrainerContext};
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
 use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
@@ -38,7 +39,8 @@ use lightning_core::optim::{Adam, AdamConfig, Optimizer};
 use lightning_core::prelude::*;
 use lightning_core::trainer::{DdpOptions, Strategy, Trainer};
 use lightning_dist::{ProcessGroup, ReduceOp, Store};
-use lightning_rs::Supervised;
+use lightning_testkit::bench::{positive, CargoArgs};
+use lightning_testkit::Supervised;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -131,10 +133,31 @@ impl Opts {
     }
 }
 
+/// The command line; the counts default to the measurement's with `--bench`, to the smoke
+/// run's without it.
+#[derive(Parser, Debug)]
+#[command(about = "DDP step time on the CPU, 2 ranks: ours vs PyTorch DDP and Lightning")]
+struct Cli {
+    #[command(flatten)]
+    cargo: CargoArgs,
+    /// Rounds, each running every contender once (default 3; smoke 1).
+    #[arg(long, value_parser = positive::<usize>())]
+    rounds: Option<usize>,
+    /// Timed windows per run (default 5; smoke 2).
+    #[arg(long, value_parser = positive::<usize>())]
+    windows: Option<usize>,
+    /// Steps per window (default 10; smoke 1).
+    #[arg(long, value_parser = positive::<usize>())]
+    window: Option<usize>,
+    /// Warm-up steps before the first window (default 10; smoke 1).
+    #[arg(long, value_parser = positive::<usize>())]
+    warmup: Option<usize>,
+}
+
 /// Both ranks parse the same argv (rank 1 is this binary re-run with it), so they agree.
 fn parse() -> Result<Opts, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
+    let cli = Cli::parse();
+    let full = cli.cargo.bench;
     let mut o = if full {
         Opts {
             full,
@@ -164,26 +187,10 @@ fn parse() -> Result<Opts, String> {
             timeout: Duration::from_secs(30),
         }
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut num = |name: &str| -> Result<usize, String> {
-            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
-            v.parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{name} {v:?}: expected a positive integer"))
-        };
-        match a.as_str() {
-            "--rounds" => o.rounds = num(a)?,
-            "--windows" => o.windows = num(a)?,
-            "--window" => o.window = num(a)?,
-            "--warmup" => o.warmup = num(a)?,
-            // cargo's own flags for bench binaries.
-            "--bench" | "--nocapture" | "--test" => {}
-            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
-            _ => {} // a benchmark name filter from cargo: ignored
-        }
-    }
+    o.rounds = cli.rounds.unwrap_or(o.rounds);
+    o.windows = cli.windows.unwrap_or(o.windows);
+    o.window = cli.window.unwrap_or(o.window);
+    o.warmup = cli.warmup.unwrap_or(o.warmup);
     Ok(o)
 }
 
@@ -358,90 +365,7 @@ fn median(v: &[f64]) -> f64 {
 /// (Lightning's Trainer with strategy="ddp", which launches its rank 1 itself). Rank 0 writes
 /// {"stamps": [...], "threads": n, "world": n} to the output path (the plain DDP loop adds
 /// each step's milliseconds in forward + backward, "fwd_bwd", and in Adam, "opt").
-const PY: &str = r#"
-import json, os, sys, time
-import torch
-import torch.nn.functional as F
-
-torch.set_num_threads(1)
-mode, out = sys.argv[1], sys.argv[2]
-d_in, hidden, batch, steps = (int(a) for a in sys.argv[3:7])
-WORLD = 2
-
-def model():
-    torch.manual_seed(1)
-    return torch.nn.Sequential(
-        torch.nn.Linear(d_in, hidden), torch.nn.ReLU(),
-        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-        torch.nn.Linear(hidden, 10))
-
-def data():
-    g = torch.Generator().manual_seed(0)
-    n = WORLD * batch * steps
-    return torch.randn(n, d_in, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-def write(stamps, world, **phases):
-    with open(out, "w") as f:
-        json.dump(dict(stamps=stamps, threads=torch.get_num_threads(), world=world, **phases), f)
-
-if mode == "ddp":
-    import torch.distributed as dist
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    m = torch.nn.parallel.DistributedDataParallel(model())
-    opt = torch.optim.Adam(m.parameters())
-    x, y = data()
-    stamps, fwd_bwd, step = [], [], []
-    origin = time.perf_counter()
-    for i in range(steps):
-        t0 = time.perf_counter()
-        j = (i * world + rank) * batch
-        loss = F.cross_entropy(m(x[j:j + batch]), y[j:j + batch])
-        loss.backward()
-        t1 = time.perf_counter()
-        opt.step()
-        opt.zero_grad()
-        t2 = time.perf_counter()
-        stamps.append(t2 - origin)
-        fwd_bwd.append((t1 - t0) * 1e3)
-        step.append((t2 - t1) * 1e3)
-    if rank == 0:
-        write(stamps, world, fwd_bwd=fwd_bwd, opt=step)
-    dist.destroy_process_group()
-elif mode == "lightning":
-    import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class M(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = model()
-        def training_step(self, b, i):
-            return F.cross_entropy(self.net(b[0]), b[1])
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters())
-
-    class Clock(L.Callback):
-        def __init__(self):
-            self.t0 = time.perf_counter()
-            self.stamps = []
-        def on_train_start(self, trainer, pl_module):
-            torch.set_num_threads(1)
-        def on_train_batch_end(self, *args):
-            self.stamps.append(time.perf_counter() - self.t0)
-
-    clock = Clock()
-    trainer = L.Trainer(
-        accelerator="cpu", devices=WORLD, strategy="ddp", max_steps=steps,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=[clock])
-    trainer.fit(M(), DataLoader(TensorDataset(*data()), batch_size=batch))
-    if trainer.global_rank == 0:
-        write(clock.stamps, trainer.world_size)
-else:
-    sys.exit("unknown mode " + mode)
-"#;
+const PY: &str = include_str!("ddp_anchor.py");
 
 /// A Python run's windows (ms/step) and, for the plain DDP loop, the medians of its steps'
 /// forward + backward (with DDP's overlapped all-reduce) and Adam + zero_grad, in ms.
@@ -690,7 +614,7 @@ fn main() {
         );
         println!("machine: {}; load average {}", machine(), loadavg());
         if o.full {
-            python = lightning_rs::python();
+            python = lightning_testkit::python();
             if python.is_none() {
                 println!("no Python (the reason is above): only ours is reported");
             }

@@ -27,6 +27,7 @@
 //! its fast phase. Rounds alternate the order (ours, plain, Lightning, then Lightning, plain,
 //! ours, ...) and each side's figure is its best round, so drift cannot favour one side.
 
+use clap::Parser;
 use lightning_core::callbacks::{Callback, TrainerContext};
 use lightning_core::checkpoint;
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
@@ -37,7 +38,8 @@ use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
 use lightning_core::prelude::*;
 use lightning_core::trainer::Trainer;
 use lightning_core::traverse::state_dict_to_value;
-use lightning_rs::Supervised;
+use lightning_testkit::bench::{positive, CargoArgs};
+use lightning_testkit::Supervised;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -245,60 +247,84 @@ struct Opts {
     rounds: usize,
 }
 
+/// The command line; the model's sizes default to the measurement's GPT with `--bench`, to
+/// the smoke run's tiny one without it.
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end step time of a small GPT: the Trainer vs PyTorch and Lightning")]
+struct Cli {
+    #[command(flatten)]
+    cargo: CargoArgs,
+    /// Training steps per run.
+    #[arg(long, value_parser = positive::<i64>())]
+    steps: Option<i64>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 2, value_parser = positive::<i64>())]
+    batch: i64,
+    /// Context length.
+    #[arg(long, value_parser = positive::<i64>())]
+    ctx: Option<i64>,
+    /// Model width (a multiple of `--heads`).
+    #[arg(long, value_parser = positive::<i64>())]
+    width: Option<i64>,
+    /// Attention heads.
+    #[arg(long, value_parser = positive::<i64>())]
+    heads: Option<i64>,
+    /// Transformer blocks.
+    #[arg(long, value_parser = positive::<i64>())]
+    layers: Option<i64>,
+    /// Vocabulary size.
+    #[arg(long, value_parser = positive::<i64>())]
+    vocab: Option<i64>,
+    /// Steps left out of the timing (fewer than `--steps`).
+    #[arg(long = "warmup-steps", default_value_t = 2, value_parser = positive::<usize>())]
+    warmup: usize,
+    /// libtorch intra-op threads (default: the machine's cores).
+    #[arg(long, value_parser = positive::<i32>())]
+    threads: Option<i32>,
+    /// Rounds, each running every contender once.
+    #[arg(long, default_value_t = 2, value_parser = positive::<usize>())]
+    rounds: usize,
+    /// Trainer precision (`32-true`, `16-mixed`, `bf16-mixed`).
+    #[arg(long, default_value = "32-true")]
+    precision: String,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
 fn parse() -> Result<Opts, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let mut o = Opts {
-        full,
-        hp: if full {
-            GptConfig::default()
-        } else {
-            GptConfig {
-                vocab: 32,
-                ctx: 8,
-                width: 16,
-                heads: 2,
-                layers: 1,
-                steps: 3,
-            }
-        },
-        batch: 2,
-        warmup: 2,
-        device: Device::Cpu,
-        precision: "32-true".into(),
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get() as i32),
-        rounds: 2,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
-        let mut num = |name: &str| -> Result<i64, String> {
-            let v = val(name)?;
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{name} {v:?}: expected a positive integer"))
-        };
-        match a.as_str() {
-            "--steps" => o.hp.steps = num(a)?,
-            "--batch" => o.batch = num(a)?,
-            "--ctx" => o.hp.ctx = num(a)?,
-            "--width" => o.hp.width = num(a)?,
-            "--heads" => o.hp.heads = num(a)?,
-            "--layers" => o.hp.layers = num(a)?,
-            "--vocab" => o.hp.vocab = num(a)?,
-            "--warmup-steps" => o.warmup = num(a)? as usize,
-            "--threads" => o.threads = num(a)? as i32,
-            "--rounds" => o.rounds = num(a)? as usize,
-            "--precision" => o.precision = val(a)?,
-            "--device" => {
-                o.device = lightning_rs::digits::device(&val(a)?).map_err(|e| e.to_string())?
-            }
-            "--bench" | "--nocapture" | "--test" => {}
-            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
-            _ => {}
+    let cli = Cli::parse();
+    let full = cli.cargo.bench;
+    let mut hp = if full {
+        GptConfig::default()
+    } else {
+        GptConfig {
+            vocab: 32,
+            ctx: 8,
+            width: 16,
+            heads: 2,
+            layers: 1,
+            steps: 3,
         }
-    }
+    };
+    hp.steps = cli.steps.unwrap_or(hp.steps);
+    hp.ctx = cli.ctx.unwrap_or(hp.ctx);
+    hp.width = cli.width.unwrap_or(hp.width);
+    hp.heads = cli.heads.unwrap_or(hp.heads);
+    hp.layers = cli.layers.unwrap_or(hp.layers);
+    hp.vocab = cli.vocab.unwrap_or(hp.vocab);
+    let o = Opts {
+        full,
+        hp,
+        batch: cli.batch,
+        warmup: cli.warmup,
+        device: lightning_rs::digits::device(&cli.device).map_err(|e| e.to_string())?,
+        precision: cli.precision,
+        threads: cli
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32)),
+        rounds: cli.rounds,
+    };
     if o.hp.width % o.hp.heads != 0 {
         return Err(format!(
             "--width {} is not a multiple of --heads {}",
@@ -377,98 +403,7 @@ fn ours(o: &Opts, data: &Tensor) -> lightning_core::Result<(f64, f64, Value)> {
     Ok((median_step_ms(&secs, o.warmup), loss, init))
 }
 
-const PY: &str = r#"
-import json, sys, time, math, torch, warnings
-import torch.nn.functional as F
-warnings.filterwarnings("ignore")
-mode, path, out = sys.argv[1], sys.argv[2], sys.argv[3]
-cfg = json.loads(sys.argv[4])
-torch.set_num_threads(cfg["threads"])
-blob = torch.load(path, weights_only=True)
-tokens, init = blob["tokens"], blob["state_dict"]
-dev = torch.device(cfg["device"])
-V, T, C, H, L, S, B = (cfg[k] for k in ("vocab", "ctx", "width", "heads", "layers", "steps", "batch"))
-
-class Block(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln1 = torch.nn.LayerNorm(C); self.qkv = torch.nn.Linear(C, 3 * C)
-        self.proj = torch.nn.Linear(C, C); self.ln2 = torch.nn.LayerNorm(C)
-        self.fc = torch.nn.Linear(C, 4 * C); self.out = torch.nn.Linear(4 * C, C)
-    def forward(self, h):
-        b, t, c = h.shape
-        q, k, v = self.qkv(self.ln1(h)).split(c, -1)
-        sp = lambda x: x.view(b, t, H, c // H).transpose(1, 2)
-        y = F.scaled_dot_product_attention(sp(q), sp(k), sp(v), is_causal=True)
-        h = h + self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
-        return h + self.out(F.gelu(self.fc(self.ln2(h))))
-
-class Gpt(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.tok = torch.nn.Embedding(V, C); self.pos = torch.nn.Embedding(T, C)
-        self.blocks = torch.nn.ModuleList(Block() for _ in range(L))
-        self.ln_f = torch.nn.LayerNorm(C); self.head = torch.nn.Linear(C, V)
-    def loss(self, seq):
-        x, y = seq[:, :-1], seq[:, 1:]
-        h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
-        for b in self.blocks:
-            h = b(h)
-        logits = self.head(self.ln_f(h)).float()
-        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
-
-def optim(params):
-    fused = dev.type == "cuda"
-    opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused or None)
-    warm = max(S // 10, 1)
-    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
-        torch.optim.lr_scheduler.LinearLR(opt, 0.1, 1.0, warm),
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(S - warm, 1))], [warm])
-    return opt, sched
-
-def sync():
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-model = Gpt(); model.load_state_dict(init); model.to(dev)
-stamps = []
-if mode == "plain":
-    opt, sched = optim(model.parameters())
-    amp = cfg["precision"] == "bf16-mixed"
-    t0 = time.perf_counter()
-    for i in range(S):
-        seq = tokens[i * B:(i + 1) * B].to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.loss(seq)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); sched.step(); opt.zero_grad()
-        sync(); stamps.append(time.perf_counter() - t0)
-else:
-    import lightning.pytorch as pl
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__(); self.net = model
-        def training_step(self, batch, idx):
-            loss = self.net.loss(batch[0]); self.log("train_loss", loss); return loss
-        def configure_optimizers(self):
-            opt, sched = optim(self.parameters())
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-    class Stamp(pl.Callback):
-        def on_train_batch_end(self, *a):
-            sync(); stamps.append(time.perf_counter() - t0)
-    t = pl.Trainer(max_steps=S, accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1,
-                   precision=cfg["precision"], gradient_clip_val=1.0, logger=False,
-                   enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, callbacks=[Stamp()])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens), batch_size=B)
-    t0 = time.perf_counter()
-    t.fit(Module(), loader)
-    model.to(dev)
-with torch.no_grad():
-    final = model.loss(tokens[:B].to(dev)).item()
-json.dump({"stamps": stamps, "loss": final, "threads": torch.get_num_threads()}, open(out, "w"))
-"#;
+const PY: &str = include_str!("e2e_anchor.py");
 
 /// Runs the Python twin (`plain` or `lightning`): (ms/step, final loss).
 fn python(py: &Path, mode: &str, o: &Opts, blob: &Path) -> Result<(f64, f64), String> {

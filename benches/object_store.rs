@@ -6,9 +6,11 @@
 //! `cargo bench --bench object_store -- --bench` (`OBJ_BENCH_MIB` sets the size, default
 //! 1024). Under `cargo test --all-targets` it exits at once.
 
+use clap::Parser;
 use lightning_core::checkpoint;
 use lightning_core::{Dict, Value};
-use lightning_rs::moto::Moto;
+use lightning_testkit::bench::CargoArgs;
+use lightning_testkit::moto::Moto;
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -16,30 +18,7 @@ use tch::{Device, Kind, Tensor};
 const REPS: usize = 2;
 const TENSOR_MIB: i64 = 16;
 
-const PY: &str = r#"
-import json, sys, time, fsspec, torch
-endpoint, mib, ours = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-fs = fsspec.filesystem("s3", key="testing", secret="testing",
-                       client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
-n = mib // 16
-sd = {f"layer{i}.weight": torch.full((16 << 18,), float(i)) for i in range(n)}
-saves, loads = [], []
-for rep in range(2):
-    t = time.perf_counter()
-    with fs.open("bench/py.ckpt", "wb") as f:
-        torch.save({"state_dict": sd}, f)
-    saves.append(time.perf_counter() - t)
-    fs.invalidate_cache()
-    t = time.perf_counter()
-    with fs.open("bench/py.ckpt", "rb") as f:
-        back = torch.load(f, weights_only=True)
-    loads.append(time.perf_counter() - t)
-    assert len(back["state_dict"]) == n
-with fs.open(ours, "rb") as f:
-    theirs = torch.load(f, weights_only=True)["state_dict"]
-ok = len(theirs) == n and all(float(t[0]) == float(i) for i, t in enumerate(theirs.values()))
-print(json.dumps({"save": min(saves), "load": min(loads), "reads_ours": ok}))
-"#;
+const PY: &str = include_str!("object_store_anchor.py");
 
 fn time(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
@@ -47,8 +26,18 @@ fn time(f: impl FnOnce()) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// The command line: cargo's arguments only (`--bench` measures; without it, see above).
+#[derive(Parser, Debug)]
+#[command(
+    about = "Save/load of 1 GiB on a local S3 API server: ours vs torch.save/torch.load through s3fs"
+)]
+struct Cli {
+    #[command(flatten)]
+    cargo: CargoArgs,
+}
+
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !Cli::parse().cargo.bench {
         println!("object_store bench: skipped (run `cargo bench --bench object_store -- --bench`)");
         return;
     }
@@ -91,7 +80,7 @@ fn main() {
         gbs(load)
     );
     let Some(py) =
-        lightning_rs::run_python(PY, &[&moto.endpoint(), &mib.to_string(), "bench/ours.ckpt"])
+        lightning_testkit::run_python(PY, &[&moto.endpoint(), &mib.to_string(), "bench/ours.ckpt"])
     else {
         return;
     };

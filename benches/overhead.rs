@@ -3,12 +3,14 @@
 //!
 //! `cargo bench --bench overhead` (under `cargo test` it only checks that both loops run).
 
+use clap::Parser;
 use lightning_core::data::{mix_seed, permutation, DataLoader, DataModule, TensorDataset};
 use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
 use lightning_core::optim::{Adam, AdamConfig, Optimizer};
 use lightning_core::prelude::*;
 use lightning_core::trainer::Trainer;
 use lightning_core::TensorKind;
+use lightning_testkit::bench::CargoArgs;
 use std::time::Instant;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
@@ -181,9 +183,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The command line: cargo's arguments only (`--bench` measures; without it, see above).
+#[derive(Parser, Debug)]
+#[command(about = "Per-step overhead of the Trainer against a hand-written tch loop")]
+struct Cli {
+    #[command(flatten)]
+    cargo: CargoArgs,
+}
+
 fn main() {
     tch::set_num_threads(1);
-    let bench = std::env::args().any(|a| a == "--bench");
+    let bench = Cli::parse().cargo.bench;
     let (epochs, rounds) = if bench { (2, 21) } else { (1, 1) };
     // Same work: both loops end with the same weights.
     let (_, wt) = trainer_loop(1);

@@ -22,6 +22,7 @@
 //! `--dir PATH` (where checkpoints go; default a temp dir). Without
 //! `--bench` (as `cargo test --all-targets` runs it) a tiny smoke configuration runs.
 
+use clap::Parser;
 use lightning_core::callbacks::{Callback, ModelCheckpoint, TrainerContext};
 use lightning_core::checkpoint;
 use lightning_core::data::{DataLoader, DataModule, TensorDataset};
@@ -29,6 +30,7 @@ use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
 use lightning_core::optim::{Adam, AdamConfig};
 use lightning_core::prelude::*;
 use lightning_core::trainer::Trainer;
+use lightning_testkit::bench::{positive, CargoArgs};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -141,57 +143,50 @@ struct Opts {
     full: bool,
 }
 
+/// The command line; sizes default to the measurement's with `--bench`, to the smoke run's
+/// without it.
+#[derive(Parser, Debug)]
+#[command(about = "Training stall per checkpoint save, async vs sync")]
+struct Cli {
+    #[command(flatten)]
+    cargo: CargoArgs,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Hidden width of the model (default 4096; smoke 32).
+    #[arg(long, value_parser = positive::<i64>())]
+    hidden: Option<i64>,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 16, value_parser = positive::<i64>())]
+    batch: i64,
+    /// Save every this many steps (default 4; smoke 2).
+    #[arg(long, value_parser = positive::<i64>())]
+    every: Option<i64>,
+    /// Saves per run (default 3; smoke 2).
+    #[arg(long, value_parser = positive::<i64>())]
+    saves: Option<i64>,
+    /// `save_top_k` of the checkpoint callback (-1 keeps every file).
+    #[arg(long = "top-k", default_value_t = -1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..))]
+    top_k: i64,
+    /// Directory for the checkpoints (default: a temporary one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
 fn parse() -> Result<Opts, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let mut o = Opts {
-        device: Device::Cpu,
-        hidden: if full { 4096 } else { 32 },
-        batch: 16,
-        every: if full { 4 } else { 2 },
-        saves: if full { 3 } else { 2 },
-        top_k: -1,
-        dir: None,
+    let cli = Cli::parse();
+    let full = cli.cargo.bench;
+    Ok(Opts {
+        device: lightning_rs::digits::device(&cli.device).map_err(|e| e.to_string())?,
+        hidden: cli.hidden.unwrap_or(if full { 4096 } else { 32 }),
+        batch: cli.batch,
+        every: cli.every.unwrap_or(if full { 4 } else { 2 }),
+        saves: cli.saves.unwrap_or(if full { 3 } else { 2 }),
+        top_k: cli.top_k,
+        dir: cli.dir,
         full,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        let num = |name: &str, v: String| -> Result<i64, String> {
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{name} {v:?}: expected a positive integer"))
-        };
-        match a.as_str() {
-            "--device" => {
-                o.device =
-                    lightning_rs::digits::device(&val("--device")?).map_err(|e| e.to_string())?
-            }
-            "--hidden" => o.hidden = num(a, val(a)?)?,
-            "--batch" => o.batch = num(a, val(a)?)?,
-            "--every" => o.every = num(a, val(a)?)?,
-            "--saves" => o.saves = num(a, val(a)?)?,
-            "--top-k" => {
-                let v = val(a)?;
-                o.top_k = v
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|k| *k >= -1)
-                    .ok_or_else(|| format!("--top-k {v:?}: expected -1 or more"))?
-            }
-            "--dir" => o.dir = Some(PathBuf::from(val(a)?)),
-            // cargo's own flags for bench binaries.
-            "--bench" | "--nocapture" | "--test" => {}
-            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
-            _ => {} // a benchmark name filter from cargo: ignored
-        }
-    }
-    Ok(o)
+    })
 }
 
 /// Trains `every * saves` steps saving every `every` steps; returns the stall of each save

@@ -51,7 +51,7 @@ build() {
     cargo build --release --locked --example digits -p lightning-rs --message-format=json >"$json"
     cargo build --release --locked -p lightning-ckpt --message-format=json >>"$json"
     cargo test --release --locked --no-run --message-format=json -p lightning-rs \
-        --test cuda_kernels --test precision >>"$json"
+        --test optim >>"$json"
     cargo test --release --locked --no-run --message-format=json -p lightning-dist \
         --test single_process --test multiprocess >>"$json"
     cargo test --release --locked --no-run --message-format=json -p lightning-sys --lib \
@@ -97,7 +97,12 @@ BUDGET=${GPU_CHECK_BUDGET_S:-540}
 # Figures first, then the 18 short digits runs: what a budget cuts short is the cheapest to rerun.
 PARTS_ALL="tests kernels stall load e2e digits"
 # The bundled test binaries (lightning_sys: its unit tests, libtorch's streams and pinned memory).
-TEST_BINS="cuda_kernels precision lightning_sys single_process multiprocess"
+TEST_BINS="optim lightning_sys single_process multiprocess"
+# The tests a bundled binary runs here (libtest name filters; none: all of its tests): of the
+# `optim` binary (tests/optim/), the CUDA kernels and autocast.
+test_filter() {
+    case $1 in optim) echo "cuda_kernels:: precision::" ;; esac
+}
 RESULTS=()   # JSON objects, one per step or figure
 FAILED=0     # steps that failed or timed out
 SKIPPED=()   # parts with a step skipped for lack of time
@@ -182,7 +187,8 @@ digits_pair() {   # precision, extra flag ("" or --async-checkpointing), device 
 part_tests() {
     local t rc
     for t in $TEST_BINS; do
-        step "tests $t (LIGHTNING_RS_EXPECT_GPU=1)" 300 "test-$t.log" "$BUNDLE/$t"
+        # shellcheck disable=SC2046 # the filters are words
+        step "tests $t (LIGHTNING_RS_EXPECT_GPU=1)" 300 "test-$t.log" "$BUNDLE/$t" $(test_filter "$t")
         rc=$?
         # The distributed tests once more (when they failed, not when skipped for time)
         # without NCCL's cuMem allocations, which a sandboxed GPU may not support: saves a
@@ -260,7 +266,8 @@ run() {
         echo "gpu_check: no GPU on this machine: running the CPU parts only (GPU halves skip)"
         PART=tests
         for t in $TEST_BINS; do
-            step "tests $t (CPU parts)" 300 "test-$t.log" "$BUNDLE/$t"
+            # shellcheck disable=SC2046 # the filters are words
+            step "tests $t (CPU parts)" 300 "test-$t.log" "$BUNDLE/$t" $(test_filter "$t")
         done
         # The resume comparison once on the CPU, so the pipeline itself is known to work.
         PART=digits

@@ -16,7 +16,7 @@
 //! The scenarios that kill something run in a child process: this test binary itself, with
 //! [`CHILD`] naming what to do (each child under a watchdog).
 
-mod trainer_util;
+use lightning_testkit::trainer_util;
 
 use lightning_core::callbacks::{Mode, ModelCheckpoint, SaveLast};
 use lightning_core::checkpoint::{self, schema::RESUME_KEY};
@@ -25,8 +25,8 @@ use lightning_core::prelude::*;
 use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
 use lightning_core::trainer::{CkptPath, Trainer, TrainerBuilder};
 use lightning_core::Key;
-use lightning_rs::moto::Moto;
-use lightning_rs::Supervised;
+use lightning_testkit::moto::Moto;
+use lightning_testkit::Supervised;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

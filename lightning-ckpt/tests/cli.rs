@@ -168,7 +168,7 @@ fn bad_files_exit_2_with_the_reason() {
 #[test]
 fn inspect_lists_every_tensor_of_a_python_written_checkpoint() {
     // Skipped (saying why) or failed (LIGHTNING_RS_REQUIRE_PYTHON) without the venv.
-    let Some(py) = lightning_rs::python() else {
+    let Some(py) = lightning_testkit::python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +223,7 @@ print(json.dumps(rows))
 
 #[test]
 fn inspect_diff_and_convert_handle_dtypes_and_layouts_tch_lacks() {
-    let Some(py) = lightning_rs::python() else {
+    let Some(py) = lightning_testkit::python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

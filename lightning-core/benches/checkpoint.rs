@@ -7,6 +7,7 @@
 //! checkpoint`; files go to `CKPT_BENCH_DIR` (default `bench-out/`). `cargo test
 //! --all-targets` runs this binary without `--bench`: it then exits at once.
 
+use clap::Parser;
 use lightning_core::checkpoint::{self, LoadOptions, SaveOptions};
 use lightning_core::{Dict, Value};
 use std::fs::File;
@@ -407,8 +408,7 @@ fn fresh_process_loads(ckpt: &Path) -> (f64, Option<f64>) {
     };
     let exe = std::env::current_exe().unwrap();
     let py = std::env::var_os("LIGHTNING_RS_PYTHON");
-    let script = "import sys, time, torch\nt = time.perf_counter()\n\
-        s = torch.load(sys.argv[1], weights_only=True)\nprint(time.perf_counter() - t)";
+    let script = include_str!("checkpoint_anchor.py");
     let (mut ours, mut theirs) = (f64::INFINITY, None::<f64>);
     for _ in 0..REPS {
         let o = std::process::Command::new(&exe)
@@ -429,14 +429,35 @@ fn fresh_process_loads(ckpt: &Path) -> (f64, Option<f64>) {
     (ours, theirs)
 }
 
+/// The command line: cargo's `--bench` (without it, as under `cargo test`, the bench exits at
+/// once), and `--load-once PATH`, the fresh process whose load the bench times.
+#[derive(Parser, Debug)]
+#[command(about = "Checkpoint save/load throughput against torch.save/torch.load")]
+struct Cli {
+    /// Run the measurement (`cargo bench` passes it).
+    #[arg(long)]
+    bench: bool,
+    /// Load PATH once and print the seconds it took (the bench runs itself with it).
+    #[arg(long, value_name = "PATH")]
+    load_once: Option<PathBuf>,
+    /// Accepted for cargo and libtest compatibility; ignored.
+    #[arg(long, hide = true)]
+    nocapture: bool,
+    /// Accepted for cargo and libtest compatibility; ignored.
+    #[arg(long, hide = true)]
+    test: bool,
+    /// A benchmark name filter from cargo: ignored.
+    #[arg(hide = true)]
+    filter: Vec<String>,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--load-once") {
-        let path = PathBuf::from(args.get(i + 1).expect("--load-once PATH"));
+    let cli = Cli::parse();
+    if let Some(path) = cli.load_once {
         println!("{}", timed_load(&path, &LoadOptions::default()));
         return;
     }
-    if !args.iter().any(|a| a == "--bench") {
+    if !cli.bench {
         println!("checkpoint bench: skipped (run `cargo bench --bench checkpoint`)");
         return;
     }

@@ -9,6 +9,7 @@
 //! (path of `optim_anchor.py` when the binary runs outside the source tree), `OPTIM_BENCH_NUMEL`
 //! (per tensor, default 4Mi), `OPTIM_BENCH_TENSORS` (default 64), `OPTIM_BENCH_REPS` (20).
 
+use clap::Parser;
 use lightning_core::optim::{clip_grad_norm, Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use lightning_core::precision::GradScaler;
 use std::time::Instant;
@@ -69,8 +70,27 @@ fn anchors(per: i64, nt: i64, reps: i64) -> Option<serde_json::Value> {
     }
 }
 
+/// The command line: cargo's `--bench` (without it, as under `cargo test`, the bench only says
+/// how to run it); sizes come from `OPTIM_BENCH_*` variables.
+#[derive(Parser, Debug)]
+#[command(about = "Fused optimizer kernels against torch's fused and foreach ops (CUDA)")]
+struct Cli {
+    /// Run the measurement (`cargo bench` passes it).
+    #[arg(long)]
+    bench: bool,
+    /// Accepted for cargo and libtest compatibility; ignored.
+    #[arg(long, hide = true)]
+    nocapture: bool,
+    /// Accepted for cargo and libtest compatibility; ignored.
+    #[arg(long, hide = true)]
+    test: bool,
+    /// A benchmark name filter from cargo: ignored.
+    #[arg(hide = true)]
+    filter: Vec<String>,
+}
+
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !Cli::parse().bench {
         println!("optim bench: run with `cargo bench -p lightning-core --bench optim` (skipped under cargo test)");
         return;
     }

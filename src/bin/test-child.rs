@@ -1,0 +1,41 @@
+//! The child processes of the integration tests, one binary so that they are not `#[test]`s
+//! (a test that only runs when an env var is set passes, and counts, without testing
+//! anything). `cargo test` builds it with the tests, which run it through
+//! `env!("CARGO_BIN_EXE_test-child")` under a time limit ([`lightning_testkit::Supervised`]).
+//!
+//! `test-child <role>`, parameters in env vars set by the test:
+//! - `crash-harness`: a training run for tests/checkpoint/crash_harness.rs (killed and resumed);
+//! - `preempt`: a long training run for tests/trainer/preempt.rs (stopped with SIGTERM);
+//! - `save-faults`: a training run whose checkpoint saves fail, for tests/checkpoint/save_faults.rs;
+//! - `failing-save`: one checkpoint save under a lowered limit, for
+//!   tests/checkpoint/robustness.rs;
+//! - `ddp ROOT EPOCHS DEVICES RESUME`: a `strategy="ddp"` run (rank 0 launches the other
+//!   ranks) for tests/distributed/trainer_ddp.rs;
+//! - `python-check`: [`lightning_testkit::python`]'s decision, for tests/trainer/python_rule.rs.
+//!
+//! The code each role runs is in `lightning_testkit::roles`, which the test uses too, so both
+//! sides use the same constants and training setup.
+
+use lightning_testkit::roles::{crash_harness, ddp, failing_save, preempt, save_faults};
+
+fn main() {
+    let role = std::env::args().nth(1).unwrap_or_default();
+    match role.as_str() {
+        "crash-harness" => crash_harness::child(),
+        "ddp" => ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "preempt" => preempt::child(),
+        "save-faults" => save_faults::child(),
+        "failing-save" => failing_save::child(),
+        "python-check" => match lightning_testkit::python() {
+            Some(p) => println!("python: {}", p.display()),
+            None => println!("python: none"),
+        },
+        _ => {
+            eprintln!(
+                "usage: test-child crash-harness|ddp|preempt|save-faults|failing-save|python-check \
+                 (run by the integration tests, with their env vars)"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,9 @@
+mod allowlist;
+mod common;
+mod crash_harness;
+mod full_disk;
+mod interop;
+mod legacy_prefix;
+mod modules;
+mod robustness;
+mod save_faults;

@@ -1,0 +1,2 @@
+mod sampler;
+mod trainer_ddp;

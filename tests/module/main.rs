@@ -1,0 +1,4 @@
+mod hparams;
+mod loading_python;
+mod name_parity;
+mod traverse;

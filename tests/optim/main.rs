@@ -1,0 +1,5 @@
+mod cuda_kernels;
+mod parity;
+mod precision;
+mod sched;
+mod support;

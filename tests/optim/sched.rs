@@ -1,0 +1,291 @@
+//! LR schedulers against PyTorch's lr sequences and state dicts, bit for bit (SGD with two
+//! param groups).
+
+use crate::support;
+
+use lightning_core::optim::{
+    LrScheduler, OneCycle, Optimizer, Schedule, Scheduler, Sgd, SgdConfig,
+};
+use lightning_core::value::Value;
+use serde_json::{json, Value as Json};
+use support::{assert_close, from_json, python_json, to_json};
+use tch::{Kind, Tensor};
+
+const SCRIPT: &str = r#"
+from torch.optim import lr_scheduler as L
+inp = json.load(open(sys.argv[1]))
+ps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+opt = torch.optim.SGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.05}], momentum=0.9)
+def build(spec):
+    if spec["cls"] == "SequentialLR":
+        subs = [build(s) for s in spec["schedulers"]]
+        return L.SequentialLR(opt, subs, spec["milestones"])
+    return getattr(L, spec["cls"])(opt, **spec.get("kw", {}))
+s = build(inp["spec"])
+lrs, moms, state = [s.get_last_lr()], [[g["momentum"] for g in opt.param_groups]], None
+for i in range(inp["steps"] + 1):
+    if i == inp["steps"]:
+        state = s.state_dict()
+    opt.step()
+    s.step()
+    lrs.append(s.get_last_lr())
+    moms.append([g["momentum"] for g in opt.param_groups])
+# Python loads our state into a fresh scheduler and steps once.
+ps2 = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+opt = torch.optim.SGD([{"params": [ps2[0]], "lr": 0.1}, {"params": [ps2[1]], "lr": 0.05}], momentum=0.9)
+s2 = build(inp["spec"])
+s2.load_state_dict(dec(inp["ours"]))
+# As on resume, the optimizer's state (its lrs) is restored too.
+for g, lr in zip(opt.param_groups, s2.get_last_lr()):
+    g["lr"] = lr
+opt.step()
+s2.step()
+print(json.dumps({"lrs": lrs, "moms": moms, "state": enc(state), "after_load": s2.get_last_lr()}))
+"#;
+
+const STEPS: usize = 12;
+
+fn opt() -> Sgd {
+    let p = || Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    Sgd::with_groups(vec![
+        (
+            vec![p()],
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                ..Default::default()
+            },
+        ),
+        (
+            vec![p()],
+            SgdConfig {
+                lr: 0.05,
+                momentum: 0.9,
+                ..Default::default()
+            },
+        ),
+    ])
+    .unwrap()
+}
+
+/// Bit-for-bit equal lr (or momentum) lists.
+fn equal(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    for (x, y) in a.iter().zip(b) {
+        assert!(x == y, "{what}: {a:?} vs {b:?}");
+    }
+}
+
+fn floats(j: &Json) -> Vec<f64> {
+    j.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn check(name: &str, schedule: Schedule, spec: Json, compare_state: bool) {
+    // Ours: the sequence, the state after STEPS steps, and one step after loading it.
+    let mut o = opt();
+    let mut s = Scheduler::new(&mut o, schedule.clone()).unwrap();
+    let mut lrs = vec![s.last_lr()];
+    let mut moms = vec![vec![o.momentum(0).unwrap(), o.momentum(1).unwrap()]];
+    let mut state_at = None;
+    for i in 0..=STEPS {
+        if i == STEPS {
+            state_at = Some(s.state_dict());
+        }
+        s.step(&mut o);
+        lrs.push(s.last_lr());
+        moms.push(vec![o.momentum(0).unwrap(), o.momentum(1).unwrap()]);
+    }
+    let ours = state_at.unwrap();
+    let Some(py) = python_json(
+        SCRIPT,
+        &json!({"spec": spec, "steps": STEPS, "ours": to_json(&ours)}),
+    ) else {
+        return;
+    };
+    let py_lrs = py["lrs"].as_array().unwrap();
+    assert_eq!(py_lrs.len(), lrs.len());
+    for (i, (a, b)) in lrs.iter().zip(py_lrs).enumerate() {
+        equal(a, &floats(b), &format!("{name} lr at step {i}"));
+    }
+    for (i, (a, b)) in moms.iter().zip(py["moms"].as_array().unwrap()).enumerate() {
+        equal(a, &floats(b), &format!("{name} momentum at step {i}"));
+    }
+    let py_state = from_json(&py["state"]);
+    if compare_state {
+        // Exact, except SequentialLR's sub-scheduler states: ours are rebuilt from the closed
+        // form (torch keeps each sub's last lr as it left it; they feed no later lr).
+        let tol = if name == "SequentialLR" { 1e-9 } else { 0.0 };
+        assert_close(&ours, &py_state, tol, &format!("{name} state_dict"));
+    }
+    // Python loaded our state and stepped: the same lr as our next step.
+    equal(
+        &floats(&py["after_load"]),
+        &lrs[STEPS + 1],
+        &format!("{name}: python continued from our state"),
+    );
+    // We load Python's state and step: the same lr as Python's next step.
+    let mut o2 = opt();
+    let mut s2 = Scheduler::new(&mut o2, schedule).unwrap();
+    s2.load_state_dict(&py_state).unwrap();
+    for (g, lr) in floats(&py_lrs[STEPS]).into_iter().enumerate() {
+        o2.set_lr(g, lr);
+    }
+    equal(
+        &s2.last_lr(),
+        &floats(&py_lrs[STEPS]),
+        &format!("{name}: loaded last_lr"),
+    );
+    s2.step(&mut o2);
+    equal(
+        &o2.lrs(),
+        &floats(&py_lrs[STEPS + 1]),
+        &format!("{name}: continued from python's state"),
+    );
+}
+
+#[test]
+fn step_lr() {
+    check(
+        "StepLR",
+        Schedule::Step {
+            step_size: 3,
+            gamma: 0.5,
+        },
+        json!({"cls": "StepLR", "kw": {"step_size": 3, "gamma": 0.5}}),
+        true,
+    );
+}
+
+#[test]
+fn multistep_lr() {
+    check(
+        "MultiStepLR",
+        Schedule::MultiStep {
+            milestones: vec![2, 5, 5, 9],
+            gamma: 0.3,
+        },
+        json!({"cls": "MultiStepLR", "kw": {"milestones": [2, 5, 5, 9], "gamma": 0.3}}),
+        true,
+    );
+}
+
+#[test]
+fn exponential_lr() {
+    check(
+        "ExponentialLR",
+        Schedule::Exponential { gamma: 0.8 },
+        json!({"cls": "ExponentialLR", "kw": {"gamma": 0.8}}),
+        true,
+    );
+}
+
+#[test]
+fn cosine_annealing_lr() {
+    check(
+        "CosineAnnealingLR",
+        Schedule::CosineAnnealing {
+            t_max: 5,
+            eta_min: 0.001,
+        },
+        json!({"cls": "CosineAnnealingLR", "kw": {"T_max": 5, "eta_min": 0.001}}),
+        true,
+    );
+}
+
+#[test]
+fn linear_lr() {
+    check(
+        "LinearLR",
+        Schedule::Linear {
+            start_factor: 0.25,
+            end_factor: 0.9,
+            total_iters: 6,
+        },
+        json!({"cls": "LinearLR", "kw": {"start_factor": 0.25, "end_factor": 0.9, "total_iters": 6}}),
+        true,
+    );
+}
+
+#[test]
+fn one_cycle_lr_without_momentum() {
+    let oc = OneCycle {
+        cycle_momentum: false,
+        ..OneCycle::new(1.0, 14)
+    };
+    check(
+        "OneCycleLR",
+        Schedule::OneCycle(oc),
+        json!({"cls": "OneCycleLR", "kw": {"max_lr": 1.0, "total_steps": 14, "cycle_momentum": false}}),
+        true,
+    );
+}
+
+#[test]
+fn one_cycle_lr_cycles_momentum() {
+    let oc = OneCycle {
+        anneal_strategy: lightning_core::optim::Anneal::Linear,
+        three_phase: true,
+        ..OneCycle::new(0.5, 14)
+    };
+    // State not compared: torch keeps max_lr/momenta in the optimizer's groups.
+    check(
+        "OneCycleLR three-phase",
+        Schedule::OneCycle(oc),
+        json!({"cls": "OneCycleLR", "kw": {"max_lr": 0.5, "total_steps": 14, "anneal_strategy": "linear", "three_phase": true}}),
+        false,
+    );
+}
+
+#[test]
+fn warmup_then_cosine_is_sequential_lr() {
+    check(
+        "SequentialLR",
+        Schedule::warmup_then(
+            4,
+            0.1,
+            Schedule::CosineAnnealing {
+                t_max: 6,
+                eta_min: 0.0,
+            },
+        ),
+        json!({"cls": "SequentialLR", "milestones": [4], "schedulers": [
+            {"cls": "LinearLR", "kw": {"start_factor": 0.1, "end_factor": 1.0, "total_iters": 4}},
+            {"cls": "CosineAnnealingLR", "kw": {"T_max": 6, "eta_min": 0.0}}]}),
+        true,
+    );
+}
+
+#[test]
+fn bad_schedules_are_errors() {
+    let mut o = opt();
+    let e = Scheduler::new(
+        &mut o,
+        Schedule::Step {
+            step_size: 0,
+            gamma: 0.1,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("step_size must be > 0"), "{e}");
+    let e = Scheduler::new(
+        &mut o,
+        Schedule::Sequential {
+            schedules: vec![Schedule::Exponential { gamma: 0.9 }],
+            milestones: vec![3],
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("one more than the number of milestone points"),
+        "{e}"
+    );
+    let mut s = Scheduler::new(&mut o, Schedule::Exponential { gamma: 0.9 }).unwrap();
+    let e = s.load_state_dict(&Value::Int(1)).unwrap_err().to_string();
+    assert!(e.contains("expected a dict"), "{e}");
+}

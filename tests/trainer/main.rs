@@ -1,0 +1,13 @@
+mod basic;
+mod callbacks_parity;
+mod hooks_state;
+mod lightning_resumes_ours;
+mod loops_compare;
+mod loops_parity;
+mod lr_monitor_parity;
+mod manual_optim;
+mod preempt;
+mod python_rule;
+mod resume;
+mod resume_from_lightning;
+mod tensorboard;
