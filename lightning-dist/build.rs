@@ -83,6 +83,9 @@ fn main() {
         b.cpp(true)
             .pic(true)
             .warnings(false)
+            // No C++ debug info: the shim is a thin layer of calls, and debug info over
+            // libtorch's headers doubles its compile time (19 s vs 10 s for ops_shim.cpp).
+            .debug(false)
             .include(&include_root)
             .include(include_root.join("torch/csrc/api/include"))
             .include(csrc.join("gloo-stub"))
