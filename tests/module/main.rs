@@ -1,3 +1,4 @@
+mod expansion;
 mod hparams;
 mod loading_python;
 mod name_parity;

@@ -23,12 +23,17 @@ mod model {
 
     impl Net {
         pub fn new(vs: &tch::nn::Path) -> Self {
-            Net { hp: Config { width: 2 }, fc: tch::nn::linear(vs / "fc", 2, 2, Default::default()), private: 0 }
+            Net {
+                hp: Config { width: 2 },
+                fc: tch::nn::linear(vs / "fc", 2, 2, Default::default()),
+                private: 0,
+            }
         }
     }
 }
 
-fn main() {
+#[test]
+fn expands_and_runs() {
     use lightning_core::prelude::*;
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let net = model::Net::new(&vs.root());

@@ -18,11 +18,18 @@ pub struct Pair<A, B: Traverse> {
     right: Vec<B>,
 }
 
-fn main() {
+#[test]
+fn expands_and_runs() {
     let mut v = Value::dict();
     v.insert("main", 3i64);
     let w = <Wrapper<i64> as Hyperparameters>::from_value(&v).unwrap();
-    assert_eq!(w, Wrapper { items: vec![], main: 3 });
+    assert_eq!(
+        w,
+        Wrapper {
+            items: vec![],
+            main: 3
+        }
+    );
 
     let vs = nn::VarStore::new(Device::Cpu);
     let p = vs.root();
@@ -32,6 +39,9 @@ fn main() {
         right: vec![nn::linear(&p / "right" / 0, 2, 1, Default::default())],
     };
     let keys: Vec<String> = m.state_dict().keys().cloned().collect();
-    assert_eq!(keys, ["left.weight", "left.bias", "right.0.weight", "right.0.bias"]);
+    assert_eq!(
+        keys,
+        ["left.weight", "left.bias", "right.0.weight", "right.0.bias"]
+    );
     assert_eq!(m.hparams().main, 3);
 }

@@ -9,7 +9,8 @@ pub struct Config {
     pub width: i64,
 }
 
-fn main() {
+#[test]
+fn expands_and_runs() {
     assert_eq!(Config::default().width, 0);
     let from_defaults = <Config as Hyperparameters>::from_value(&Value::dict()).unwrap();
     assert_eq!(from_defaults.width, 2);

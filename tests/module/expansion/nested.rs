@@ -29,10 +29,13 @@ struct Outer {
     _label: &'static str,
 }
 
-fn main() {
+#[test]
+fn expands_and_runs() {
     let vs = nn::VarStore::new(Device::Cpu);
     let p = vs.root();
-    let inner = |name: &str| Inner { fc: nn::linear(&p / name, 1, 1, Default::default()) };
+    let inner = |name: &str| Inner {
+        fc: nn::linear(&p / name, 1, 1, Default::default()),
+    };
     let m = Outer {
         pair: [inner("a"), inner("b")],
         maybe: Some(Box::new(inner("c"))),
@@ -42,10 +45,20 @@ fn main() {
     let keys: Vec<String> = m.state_dict().keys().cloned().collect();
     assert_eq!(
         keys,
-        ["pair.0.fc.weight", "pair.0.fc.bias", "pair.1.fc.weight", "pair.1.fc.bias", "maybe.fc.weight", "maybe.fc.bias"]
+        [
+            "pair.0.fc.weight",
+            "pair.0.fc.bias",
+            "pair.1.fc.weight",
+            "pair.1.fc.bias",
+            "maybe.fc.weight",
+            "maybe.fc.bias"
+        ]
     );
     let _: &NoHparams = m.hparams();
     let c = <Config as Hyperparameters>::from_value(&Value::dict()).unwrap();
     assert_eq!(c.norm, Norm::Layer);
-    assert_eq!(Hyperparameters::to_value(&c).get("norm"), Some(&Value::Str("Layer".into())));
+    assert_eq!(
+        Hyperparameters::to_value(&c).get("norm"),
+        Some(&Value::Str("Layer".into()))
+    );
 }
