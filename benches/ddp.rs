@@ -592,7 +592,8 @@ fn main() {
     if !rank1 {
         let port = lightning_core::distributed::free_port("127.0.0.1").expect("a free port");
         // Before the first fit launches rank 1, which inherits it (one thread runs so far).
-        std::env::set_var(PLAIN_PORT, port.to_string());
+        // SAFETY: no other thread reads or writes the environment yet (see above).
+        unsafe { std::env::set_var(PLAIN_PORT, port.to_string()) };
         println!(
             "ddp bench: MLP {} -> {} -> {} -> 10 ({:.2} M params), batch {} per rank, Adam, \
              CPU, {WORLD} ranks (Gloo), 1 intra-op thread per rank; {} rounds, each run {} \

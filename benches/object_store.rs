@@ -50,7 +50,8 @@ fn main() {
         return;
     };
     for (k, v) in moto.env() {
-        std::env::set_var(k, v);
+        // SAFETY: the bench's main thread, before it starts any client or other thread.
+        unsafe { std::env::set_var(k, v) };
     }
     moto.create_bucket("bench");
     let mut sd = Dict::new();

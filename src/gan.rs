@@ -141,9 +141,9 @@ impl LightningModule for Gan {
     }
 
     fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
-        let gen = self.adam(linear_params([&self.gen_fc1, &self.gen_fc2]))?;
+        let generator = self.adam(linear_params([&self.gen_fc1, &self.gen_fc2]))?;
         let disc = self.adam(linear_params([&self.disc_fc1, &self.disc_fc2]))?;
-        Ok(OptimizerConfig::new(gen).and(OptimizerConfig::new(disc)))
+        Ok(OptimizerConfig::new(generator).and(OptimizerConfig::new(disc)))
     }
 }
 

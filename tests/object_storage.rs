@@ -47,7 +47,9 @@ fn shared_moto() -> Option<&'static Moto> {
     MOTO.get_or_init(|| {
         let m = Moto::start_for_process(false)?;
         for (k, v) in m.env() {
-            std::env::set_var(k, v);
+            // SAFETY: once per process, inside the OnceLock every test of this binary goes
+            // through before it makes a client that reads these variables.
+            unsafe { std::env::set_var(k, v) };
         }
         Some(m)
     })

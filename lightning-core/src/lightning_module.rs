@@ -261,8 +261,8 @@ pub struct OptimizerEntry {
 /// ```no_run
 /// use lightning_core::lightning_module::OptimizerConfig;
 /// use lightning_core::optim::{Adam, AdamConfig, Schedule, Scheduler};
-/// # fn f(gen: Vec<tch::Tensor>, disc: Vec<tch::Tensor>) -> lightning_core::Result<OptimizerConfig> {
-/// let mut g = Adam::new(gen, AdamConfig { lr: 2e-4, ..Default::default() })?;
+/// # fn f(generator: Vec<tch::Tensor>, disc: Vec<tch::Tensor>) -> lightning_core::Result<OptimizerConfig> {
+/// let mut g = Adam::new(generator, AdamConfig { lr: 2e-4, ..Default::default() })?;
 /// let decay = Scheduler::new(&mut g, Schedule::Step { step_size: 10, gamma: 0.5 })?;
 /// let d = Adam::new(disc, AdamConfig { lr: 2e-4, ..Default::default() })?;
 /// Ok(OptimizerConfig::new(g).scheduler(decay).and(OptimizerConfig::new(d)))

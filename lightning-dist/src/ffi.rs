@@ -20,7 +20,7 @@ pub(crate) struct LdistReducer {
     _private: [u8; 0],
 }
 
-extern "C" {
+unsafe extern "C" {
     pub(crate) fn ldist_free_bytes(p: *mut u8);
 
     pub(crate) fn ldist_store_tcp_new(

@@ -10,7 +10,7 @@ use std::ffi::{c_char, c_int, c_void};
 
 use tch::TchError;
 
-extern "C" {
+unsafe extern "C" {
     fn lsys_current_cuda_stream(device: c_int, out: *mut *mut c_void) -> *mut c_char;
     fn lsys_cuda_pool_stream(device: c_int, out: *mut *mut c_void) -> *mut c_char;
     fn lsys_set_current_cuda_stream(device: c_int, stream: *mut c_void) -> *mut c_char;

@@ -21,7 +21,7 @@ use torch_sys::C_tensor;
 
 use crate::shim::check;
 
-extern "C" {
+unsafe extern "C" {
     fn lsys_addcmul_(
         s: *mut C_tensor,
         t1: *const C_tensor,

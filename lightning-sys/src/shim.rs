@@ -9,7 +9,7 @@ use std::ffi::{c_char, CStr};
 
 use tch::TchError;
 
-extern "C" {
+unsafe extern "C" {
     fn lsys_free_string(s: *mut c_char);
 }
 

@@ -28,11 +28,13 @@ unsafe impl GlobalAlloc for Counting {
             c.set(c.get() + l.size());
             let _ = PEAK.try_with(|p| p.set(p.get().max(c.get())));
         });
-        System.alloc(l)
+        // SAFETY: forwarded as received; the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         let _ = LIVE.try_with(|c| c.set(c.get().saturating_sub(l.size())));
-        System.dealloc(p, l)
+        // SAFETY: `p` came from `alloc` above, i.e. from `System`, with layout `l`.
+        unsafe { System.dealloc(p, l) }
     }
 }
 

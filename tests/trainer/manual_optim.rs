@@ -34,7 +34,7 @@ const BATCHES: i64 = TRAIN_ROWS / BATCH;
 /// gradients are clipped (`self.clip_gradients`) and its StepLR steps at each epoch's end.
 #[lightning_module]
 struct TinyGan {
-    gen: nn::Linear,
+    r#gen: nn::Linear,
     disc: nn::Linear,
 }
 
@@ -55,14 +55,14 @@ impl TinyGan {
         (m, vs)
     }
     fn generate(&self, z: &Tensor) -> Tensor {
-        z.apply(&self.gen).sigmoid()
+        z.apply(&self.r#gen).sigmoid()
     }
 }
 
 impl LightningModule for TinyGan {
     fn build(_: &NoHparams, vs: &nn::Path) -> lightning_core::Result<Self> {
         Ok(TinyGan {
-            gen: nn::linear(vs / "gen", 4, 4, Default::default()),
+            r#gen: nn::linear(vs / "gen", 4, 4, Default::default()),
             disc: nn::linear(vs / "disc", 4, 1, Default::default()),
         })
     }
@@ -118,7 +118,7 @@ impl LightningModule for TinyGan {
         };
         let params =
             |l: &nn::Linear| vec![l.ws.shallow_clone(), l.bs.as_ref().unwrap().shallow_clone()];
-        let mut g = adam(params(&self.gen))?;
+        let mut g = adam(params(&self.r#gen))?;
         let step = Schedule::Step {
             step_size: 1,
             gamma: 0.5,

@@ -122,10 +122,10 @@ impl LearningRateMonitor {
             }
         };
         for (s, names) in o.schedulers.iter().zip(&names.schedulers) {
-            if when.is_none_or(|w| w == s.interval) {
-                if let Some(opt) = o.optimizers.get(s.optimizer) {
-                    add(self, opt, names);
-                }
+            if when.is_none_or(|w| w == s.interval)
+                && let Some(opt) = o.optimizers.get(s.optimizer)
+            {
+                add(self, opt, names);
             }
         }
         for (i, names) in &names.without_scheduler {

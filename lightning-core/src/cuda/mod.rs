@@ -93,21 +93,20 @@ fn nvrtc_candidates() -> Vec<PathBuf> {
         out.push(PathBuf::from(p));
     }
     // Next to the libtorch this process loaded: <site-packages>/torch/lib -> nvidia/cu13/lib.
-    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
-        if let Some(path) = maps
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps")
+        && let Some(path) = maps
             .lines()
             .filter_map(|l| l.split_whitespace().nth(5))
             .find(|p| p.ends_with("/libtorch_cpu.so"))
+    {
+        let lib = PathBuf::from(path);
+        if let Some(site) = lib
+            .parent()
+            .and_then(|l| l.parent())
+            .and_then(|t| t.parent())
         {
-            let lib = PathBuf::from(path);
-            if let Some(site) = lib
-                .parent()
-                .and_then(|l| l.parent())
-                .and_then(|t| t.parent())
-            {
-                for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"] {
-                    out.push(site.join(sub).join("libnvrtc.so.13"));
-                }
+            for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"] {
+                out.push(site.join(sub).join("libnvrtc.so.13"));
             }
         }
     }
@@ -146,14 +145,14 @@ pub fn ensure_nvrtc() -> Result<(), CudaError> {
             }
             // NVRTC dlopens its builtins library by soname at compile time: load the one
             // next to it first so that lookup finds it.
-            if let Some(dir) = path.parent() {
-                if let Ok(entries) = std::fs::read_dir(dir) {
-                    for e in entries.flatten() {
-                        let name = e.file_name();
-                        let name = name.to_string_lossy();
-                        if name.starts_with("libnvrtc-builtins.so.") {
-                            dlopen_global(&e.path());
-                        }
+            if let Some(dir) = path.parent()
+                && let Ok(entries) = std::fs::read_dir(dir)
+            {
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with("libnvrtc-builtins.so.") {
+                        dlopen_global(&e.path());
                     }
                 }
             }
@@ -388,14 +387,18 @@ impl Kernels {
             .get(name)
             .ok_or_else(|| CudaError::Driver(format!("no kernel named {name}")))?;
         self.ctx.bind_to_thread().map_err(driver_err)?;
-        cudarc::driver::result::launch_kernel(
-            f.cu_function(),
-            (blocks, 1, 1),
-            (256, 1, 1),
-            0,
-            stream as cudarc::driver::sys::CUstream,
-            args,
-        )
+        // SAFETY: the caller upholds this function's contract for `args`; `f` is a kernel of
+        // this context, bound to the thread above, and `stream` belongs to the same device.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (blocks, 1, 1),
+                (256, 1, 1),
+                0,
+                stream as cudarc::driver::sys::CUstream,
+                args,
+            )
+        }
         .map_err(driver_err)
     }
 }

@@ -122,11 +122,11 @@ impl LocalLaunch {
     pub fn failed(&mut self) -> Option<LaunchError> {
         let mut failed = None;
         for (local_rank, child) in &mut self.children {
-            if let Ok(Some(status)) = child.try_wait() {
-                if !status.success() {
-                    failed = Some((*local_rank, status));
-                    break;
-                }
+            if let Ok(Some(status)) = child.try_wait()
+                && !status.success()
+            {
+                failed = Some((*local_rank, status));
+                break;
             }
         }
         failed.map(|(local_rank, status)| LaunchError::RankFailed {

@@ -560,14 +560,14 @@ impl Scheduler {
     fn advance(&mut self, opt: &mut dyn Optimizer, initial: bool) {
         self.step_count += 1;
         self.last_epoch += 1;
-        if let Schedule::OneCycle(o) = &self.schedule {
-            if self.last_epoch > o.total_steps {
-                tracing::warn!(
-                    "OneCycleLR stepped {} times; the specified number of total steps is {} (lr held)",
-                    self.last_epoch,
-                    o.total_steps
-                );
-            }
+        if let Schedule::OneCycle(o) = &self.schedule
+            && self.last_epoch > o.total_steps
+        {
+            tracing::warn!(
+                "OneCycleLR stepped {} times; the specified number of total steps is {} (lr held)",
+                self.last_epoch,
+                o.total_steps
+            );
         }
         let current = opt.lrs();
         let lrs: Vec<f64> = self
@@ -579,11 +579,11 @@ impl Scheduler {
         for (g, &lr) in lrs.iter().enumerate() {
             opt.set_lr(g, lr);
         }
-        if let Schedule::OneCycle(o) = &self.schedule {
-            if o.cycle_momentum {
-                for (g, &b) in self.base_lrs.iter().enumerate() {
-                    opt.set_momentum(g, o.at(b, self.last_epoch.min(o.total_steps)).1);
-                }
+        if let Schedule::OneCycle(o) = &self.schedule
+            && o.cycle_momentum
+        {
+            for (g, &b) in self.base_lrs.iter().enumerate() {
+                opt.set_momentum(g, o.at(b, self.last_epoch.min(o.total_steps)).1);
             }
         }
         self.last_lr = lrs;

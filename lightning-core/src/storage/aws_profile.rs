@@ -112,15 +112,17 @@ pub(crate) fn settings(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings,
             }
         }
     }
-    if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
-        if let Some(r) = get("region", &from_config).or_else(|| get("region", &from_credentials)) {
-            out.push(("aws_region", r));
-        }
+    if env("AWS_REGION").is_none()
+        && env("AWS_DEFAULT_REGION").is_none()
+        && let Some(r) = get("region", &from_config).or_else(|| get("region", &from_credentials))
+    {
+        out.push(("aws_region", r));
     }
-    if env("AWS_ENDPOINT").is_none() && env("AWS_ENDPOINT_URL").is_none() {
-        if let Some(e) = get("endpoint_url", &from_config) {
-            out.push(("aws_endpoint", e));
-        }
+    if env("AWS_ENDPOINT").is_none()
+        && env("AWS_ENDPOINT_URL").is_none()
+        && let Some(e) = get("endpoint_url", &from_config)
+    {
+        out.push(("aws_endpoint", e));
     }
     Ok(out)
 }
@@ -159,10 +161,10 @@ fn sections(text: &str) -> HashMap<&str, HashMap<String, String>> {
         }
         if let (Some(section), Some((k, v))) = (current, trimmed.split_once('=')) {
             let v = v.trim();
-            if !v.is_empty() {
-                if let Some(s) = out.get_mut(section) {
-                    s.insert(k.trim().to_ascii_lowercase(), v.to_string());
-                }
+            if !v.is_empty()
+                && let Some(s) = out.get_mut(section)
+            {
+                s.insert(k.trim().to_ascii_lowercase(), v.to_string());
             }
         }
     }
@@ -173,7 +175,7 @@ fn sections(text: &str) -> HashMap<&str, HashMap<String, String>> {
 mod tests {
     use super::*;
 
-    fn env_of(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> {
+    fn env_of(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> + use<> {
         let m: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))

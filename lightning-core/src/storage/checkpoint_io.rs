@@ -51,10 +51,10 @@ pub struct DefaultCheckpointIO;
 
 impl CheckpointIO for DefaultCheckpointIO {
     fn save_checkpoint(&self, checkpoint: &Value, path: &Path) -> Result<(), CheckpointError> {
-        if !is_url(path) {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| CheckpointError::io(parent, e))?;
-            }
+        if !is_url(path)
+            && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| CheckpointError::io(parent, e))?;
         }
         checkpoint::save(path, checkpoint)
     }

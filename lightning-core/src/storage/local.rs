@@ -205,10 +205,10 @@ pub(crate) fn link_or_copy(
         .map_or("last".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(link_temp_name(&name));
     let _ = std::fs::remove_file(&tmp);
-    if let Ok(m) = std::fs::symlink_metadata(&abs_link) {
-        if m.is_dir() {
-            std::fs::remove_dir_all(&abs_link).map_err(|e| CheckpointError::io(&abs_link, e))?;
-        }
+    if let Ok(m) = std::fs::symlink_metadata(&abs_link)
+        && m.is_dir()
+    {
+        std::fs::remove_dir_all(&abs_link).map_err(|e| CheckpointError::io(&abs_link, e))?;
     }
     let rel = relative_path(&abs_target, &dir);
     if let Err(e) = make_link(&rel, &tmp) {
@@ -241,10 +241,11 @@ pub(crate) fn remove_stale_link_temps(dir: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(LINK_TEMP_MARK) {
-            if let Err(err) = std::fs::remove_file(e.path()) {
-                tracing::warn!("could not remove stale {}: {err}", e.path().display());
-            }
+        if name.starts_with('.')
+            && name.contains(LINK_TEMP_MARK)
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!("could not remove stale {}: {err}", e.path().display());
         }
     }
 }

@@ -398,10 +398,12 @@ pub(crate) fn download_version(path: &Path) -> Result<(File, ObjectVersion), Che
         size: meta.size,
     };
     let kept = KEPT.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some((p, v, file)) = kept {
-        if p == path && v == version && version.e_tag.is_some() {
-            return Ok((file, version));
-        }
+    if let Some((p, v, file)) = kept
+        && p == path
+        && v == version
+        && version.e_tag.is_some()
+    {
+        return Ok((file, version));
     }
     DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = memfd(path)?;

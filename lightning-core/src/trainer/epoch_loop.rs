@@ -60,10 +60,12 @@ impl Trainer {
                 let hooked = self.hooks(&*model, |cb, t| cb.on_train_batch_end(t));
                 self.run.progress.point = LoopPoint::AfterBatch { stepped };
                 hooked?;
-                if let (Some(k), Some(val)) = (self.run.setup.val_every, data.val_loader()) {
-                    if (idx + 1).is_multiple_of(k) && idx + 1 < n && self.val_due(data) {
-                        self.fit_validation(model, val)?;
-                    }
+                if let (Some(k), Some(val)) = (self.run.setup.val_every, data.val_loader())
+                    && (idx + 1).is_multiple_of(k)
+                    && idx + 1 < n
+                    && self.val_due(data)
+                {
+                    self.fit_validation(model, val)?;
                 }
                 let last = idx + 1 == n;
                 if !last {

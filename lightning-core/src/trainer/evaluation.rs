@@ -122,13 +122,13 @@ impl Trainer {
         self.logging
             .start(&self.cfg.default_root_dir, rank_zero, false)?;
         self.hooks(&*model, |cb, t| cb.setup(t))?;
-        if let Some(p) = ckpt_path {
-            if let Some(path) = self.resolve_ckpt(&p)? {
-                let loaded = Loaded::read(&*self.cfg.checkpoint_io, path)?;
-                loaded.load_model(model)?;
-                self.restore_datamodule(&loaded)?;
-                self.restore_callbacks(&loaded)?;
-            }
+        if let Some(p) = ckpt_path
+            && let Some(path) = self.resolve_ckpt(&p)?
+        {
+            let loaded = Loaded::read(&*self.cfg.checkpoint_io, path)?;
+            loaded.load_model(model)?;
+            self.restore_datamodule(&loaded)?;
+            self.restore_callbacks(&loaded)?;
         }
         model.move_to(self.cfg.device);
         Ok(())

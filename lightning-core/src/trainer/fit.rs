@@ -95,10 +95,10 @@ impl Trainer {
         let preempt = Preemption::install(self.cfg.handle_signals)?;
         self.saver = Saver::new(self.cfg.async_checkpointing, self.cfg.checkpoint_io.clone());
         let mut result = self.fit_inner(model, data, ckpt_path, &preempt);
-        if result.is_err() {
-            if let Err(e) = self.hooks(&*model, |cb, t| cb.on_exception(t)) {
-                tracing::error!("on_exception: {e}");
-            }
+        if result.is_err()
+            && let Err(e) = self.hooks(&*model, |cb, t| cb.on_exception(t))
+        {
+            tracing::error!("on_exception: {e}");
         }
         self.run.clock.stop();
         let before = self.saver.failures;

@@ -370,10 +370,10 @@ impl Logging {
         };
         let mut first = Ok(());
         let _ = self.each(|l| {
-            if let Err(e) = l.finalize(status) {
-                if first.is_ok() {
-                    first = Err(e);
-                }
+            if let Err(e) = l.finalize(status)
+                && first.is_ok()
+            {
+                first = Err(e);
             }
             Ok(())
         });

@@ -104,10 +104,10 @@ pub fn run_ranks(
     let deadline = started + limit;
     while done.iter().any(Option::is_none) && Instant::now() < deadline {
         for (i, (child, _, _)) in children.iter_mut().enumerate() {
-            if done[i].is_none() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    done[i] = Some((status, started.elapsed()));
-                }
+            if done[i].is_none()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                done[i] = Some((status, started.elapsed()));
             }
         }
         std::thread::sleep(Duration::from_millis(10));

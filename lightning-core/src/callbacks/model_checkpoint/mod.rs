@@ -441,15 +441,16 @@ impl Callback for ModelCheckpoint {
         if let (true, Some(dir)) = (t.run.is_global_zero, &self.dirpath) {
             t.run.checkpoint_io.prepare_dir(dir);
         }
-        if t.run.is_global_zero && t.run.is_fitting && self.save_top_k != 0 {
-            if let Some(dir) = &self.dirpath {
-                if t.run.checkpoint_io.dir_has_files(dir) {
-                    tracing::warn!(
-                        "Checkpoint directory {} exists and is not empty.",
-                        dir.display()
-                    );
-                }
-            }
+        if t.run.is_global_zero
+            && t.run.is_fitting
+            && self.save_top_k != 0
+            && let Some(dir) = &self.dirpath
+            && t.run.checkpoint_io.dir_has_files(dir)
+        {
+            tracing::warn!(
+                "Checkpoint directory {} exists and is not empty.",
+                dir.display()
+            );
         }
         Ok(())
     }

@@ -107,10 +107,10 @@ impl ModelCheckpoint {
             if let Some(p) = get_path("kth_best_model_path")? {
                 book.kth_best_model_path = p;
             }
-            if let Some(v) = state.get("kth_value") {
-                if let Some(x) = score_value(v).map_err(|m| err("kth_value", m))? {
-                    book.kth_value = x;
-                }
+            if let Some(v) = state.get("kth_value")
+                && let Some(x) = score_value(v).map_err(|m| err("kth_value", m))?
+            {
+                book.kth_value = x;
             }
             if let Some(v) = state.get("best_k_models") {
                 let d = v.as_dict().ok_or_else(|| {

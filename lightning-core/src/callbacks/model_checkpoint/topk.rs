@@ -175,11 +175,11 @@ impl ModelCheckpoint {
             let path = me.interpolated_path(cands, t, del.as_deref())?;
             me.book.current_score = Some(current);
             me.book.best_k_models.insert(path.clone(), current);
-            if me.book.best_k_models.len() == k {
-                if let Some((p, v)) = me.extreme(false) {
-                    me.book.kth_best_model_path = Some(p);
-                    me.book.kth_value = v;
-                }
+            if me.book.best_k_models.len() == k
+                && let Some((p, v)) = me.extreme(false)
+            {
+                me.book.kth_best_model_path = Some(p);
+                me.book.kth_value = v;
             }
             if let Some((p, v)) = me.extreme(true) {
                 me.book.best_model_path = Some(p);
@@ -197,10 +197,10 @@ impl ModelCheckpoint {
                 );
             }
             me.save_file(t, &path)?;
-            if let Some(d) = del.take() {
-                if me.should_remove(t, &d, &path) {
-                    me.replaced.push(d);
-                }
+            if let Some(d) = del.take()
+                && me.should_remove(t, &d, &path)
+            {
+                me.replaced.push(d);
             }
             Ok(())
         })
@@ -216,10 +216,11 @@ impl ModelCheckpoint {
             let path = me.interpolated_path(cands, t, me.book.best_model_path.as_deref())?;
             let previous = me.book.best_model_path.replace(path.clone());
             me.save_file(t, &path)?;
-            if let Some(prev) = previous {
-                if top_k == 1 && me.should_remove(t, &prev, &path) {
-                    me.replaced.push(prev);
-                }
+            if let Some(prev) = previous
+                && top_k == 1
+                && me.should_remove(t, &prev, &path)
+            {
+                me.replaced.push(prev);
             }
             Ok(())
         })
@@ -264,10 +265,10 @@ impl ModelCheckpoint {
                 }
                 _ => me.save_file(t, &path)?,
             }
-            if let Some(prev) = previous {
-                if me.should_remove(t, &prev, &path) {
-                    me.replaced.push(prev);
-                }
+            if let Some(prev) = previous
+                && me.should_remove(t, &prev, &path)
+            {
+                me.replaced.push(prev);
             }
             Ok(())
         })
@@ -289,10 +290,10 @@ impl ModelCheckpoint {
             if lexical_absolute(resume) == prev {
                 return false;
             }
-            if let (Ok(a), Ok(b)) = (previous.canonicalize(), resume.canonicalize()) {
-                if a == b {
-                    return false;
-                }
+            if let (Ok(a), Ok(b)) = (previous.canonicalize(), resume.canonicalize())
+                && a == b
+            {
+                return false;
             }
         }
         let Some(dir) = &self.dirpath else {

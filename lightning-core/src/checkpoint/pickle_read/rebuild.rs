@@ -157,10 +157,10 @@ impl Vm<'_, '_> {
                     Node::Str(s) => s.clone(),
                     _ => return Err(self.err("torch.device needs a string")),
                 };
-                if let Some(&i) = a.get(1) {
-                    if let Node::Int(n) = self.arena[i] {
-                        s = format!("{s}:{n}");
-                    }
+                if let Some(&i) = a.get(1)
+                    && let Node::Int(n) = self.arena[i]
+                {
+                    s = format!("{s}:{n}");
                 }
                 Ok(Node::Obj(TorchObject::Device(s)))
             }
