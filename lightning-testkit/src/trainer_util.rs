@@ -412,3 +412,31 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A trainer for the resume tests: seeded, quiet, no logger, under `root`.
+pub fn quiet_builder(root: &Path) -> lightning_core::trainer::TrainerBuilder {
+    lightning_core::trainer::Trainer::builder()
+        .enable_progress_bar(false)
+        .seed(11)
+        .default_root_dir(root)
+        .logger(false)
+}
+
+/// The weights and the optimizer/scheduler state of a finished run, as saved (without
+/// `loops`, our resume entry and the callbacks, which differ between a straight and a
+/// resumed run by design).
+pub fn final_state<M: LightningModule>(
+    m: &M,
+    t: &mut lightning_core::trainer::Trainer,
+    dir: &Path,
+) -> Value {
+    let p = dir.join("final.ckpt");
+    t.save_checkpoint(m, &p, false).unwrap();
+    let mut v = lightning_core::checkpoint::load(&p).unwrap();
+    for k in ["loops", lightning_core::trainer::RESUME_KEY, "callbacks"] {
+        v.as_dict_mut()
+            .unwrap()
+            .shift_remove(&lightning_core::Key::from(k));
+    }
+    v
+}

@@ -11,18 +11,22 @@
 //!   tests/checkpoint/robustness.rs;
 //! - `ddp ROOT EPOCHS DEVICES RESUME`: a `strategy="ddp"` run (rank 0 launches the other
 //!   ranks) for tests/distributed/trainer_ddp.rs;
+//! - `data-ddp ROOT DEVICES MAX_EPOCHS MAX_STEPS RESUME WORKERS LR TAG`: training on a
+//!   dataset that records the samples it loads, DDP or one process, for
+//!   tests/distributed/data_ddp.rs;
 //! - `python-check`: [`lightning_testkit::python`]'s decision, for tests/trainer/python_rule.rs.
 //!
 //! The code each role runs is in `lightning_testkit::roles`, which the test uses too, so both
 //! sides use the same constants and training setup.
 
-use lightning_testkit::roles::{crash_harness, ddp, failing_save, preempt, save_faults};
+use lightning_testkit::roles::{crash_harness, data_ddp, ddp, failing_save, preempt, save_faults};
 
 fn main() {
     let role = std::env::args().nth(1).unwrap_or_default();
     match role.as_str() {
         "crash-harness" => crash_harness::child(),
         "ddp" => ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "data-ddp" => data_ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
         "preempt" => preempt::child(),
         "save-faults" => save_faults::child(),
         "failing-save" => failing_save::child(),
@@ -32,7 +36,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: test-child crash-harness|ddp|preempt|save-faults|failing-save|python-check \
+                "usage: test-child crash-harness|ddp|data-ddp|preempt|save-faults|failing-save|python-check \
                  (run by the integration tests, with their env vars)"
             );
             std::process::exit(2);

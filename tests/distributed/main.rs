@@ -1,2 +1,3 @@
+mod data_ddp;
 mod sampler;
 mod trainer_ddp;

@@ -101,7 +101,13 @@ fn compare(dir: &Path, every: i64) {
     let Some(out) = lightning_testkit::run_python(&script, &args) else {
         return;
     };
-    loops_compare::assert_same_loops(&out.unwrap_or_else(|e| panic!("{e}")));
+    let loader_states = loops_compare::assert_same_loops(&out.unwrap_or_else(|e| panic!("{e}")));
+    // the mid-epoch files (and only they) carry the loader's state
+    assert_eq!(
+        loader_states > 0,
+        every > 0,
+        "{loader_states} files with a loader state"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 mod basic;
 mod callbacks_parity;
+mod data_loading;
 mod hooks_state;
 mod lightning_resumes_ours;
 mod loops_compare;

@@ -5,31 +5,14 @@ use lightning_testkit::trainer_util;
 
 use lightning_core::checkpoint;
 use lightning_core::prelude::*;
-use lightning_core::trainer::{CkptPath, Trainer, TrainerBuilder, RESUME_KEY};
+use lightning_core::trainer::{CkptPath, Trainer, RESUME_KEY};
 use lightning_core::Key;
 use std::path::Path;
 use trainer_util::{data, SaveAt, Tiny, TinyHp};
 
 const EPOCHS: i64 = 4;
 
-fn builder(root: &Path) -> TrainerBuilder {
-    Trainer::builder()
-        .enable_progress_bar(false)
-        .seed(11)
-        .default_root_dir(root)
-        .logger(false)
-}
-
-/// The weights and the optimizer/scheduler state of a finished run, as saved.
-fn final_state(m: &Tiny, t: &mut Trainer, dir: &Path) -> Value {
-    let p = dir.join("final.ckpt");
-    t.save_checkpoint(m, &p, false).unwrap();
-    let mut v = checkpoint::load(&p).unwrap();
-    for k in ["loops", RESUME_KEY, "callbacks"] {
-        v.as_dict_mut().unwrap().shift_remove(&Key::from(k));
-    }
-    v
-}
+use trainer_util::{final_state, quiet_builder as builder};
 
 fn straight(dir: &Path) -> Value {
     let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);

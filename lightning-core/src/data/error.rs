@@ -34,7 +34,7 @@ pub enum DataError {
         rows: i64,
     },
     /// A saved data loader state lacks an entry.
-    #[error("data loader state: missing or non-integer `{key}` in {state}")]
+    #[error("data loader state: missing or malformed `{key}` in {state}")]
     LoaderState {
         /// The entry.
         key: String,
@@ -51,5 +51,84 @@ pub enum DataError {
         rank: usize,
         /// The number of replicas.
         num_replicas: usize,
+    },
+    /// A batch column asked for as a tensor holds strings.
+    #[error("batch column `{column}` holds strings, not a tensor (use Batch::strings)")]
+    NotATensor {
+        /// The column's name (or position).
+        column: String,
+    },
+    /// A batch has no column of that name.
+    #[error("batch has no column named `{name}`; its named columns are {names:?}")]
+    NoColumn {
+        /// The name asked for.
+        name: String,
+        /// The batch's named columns.
+        names: Vec<String>,
+    },
+    /// The default collate found samples that do not stack.
+    #[error("cannot collate field `{field}`: {detail}")]
+    Collate {
+        /// The field (its name, or its position).
+        field: String,
+        /// What differs (kinds, shapes), naming the samples.
+        detail: String,
+    },
+    /// A dataset failed to load a sample.
+    #[error("loading sample {index} failed: {source}")]
+    Sample {
+        /// The sample's index in the dataset.
+        index: usize,
+        /// The dataset's error (naming the file, when it has one).
+        source: crate::data::BoxError,
+    },
+    /// A dataset's batch loading or a user's collate function failed.
+    #[error("loading the batch of samples {indices:?} failed: {source}")]
+    Batch {
+        /// The samples' indices in the dataset.
+        indices: Vec<usize>,
+        /// The error.
+        source: crate::data::BoxError,
+    },
+    /// The dataset, the collate or a worker's init function panicked.
+    #[error("loading batch {batch} (samples {indices:?}) panicked: {message}")]
+    Panicked {
+        /// The batch's index in the epoch.
+        batch: usize,
+        /// The samples' indices in the dataset.
+        indices: Vec<usize>,
+        /// The panic's message.
+        message: String,
+    },
+    /// Every loader worker exited before batch `batch` was loaded.
+    #[error("the data loader's workers exited before batch {batch} was loaded")]
+    WorkersGone {
+        /// The batch waited for.
+        batch: usize,
+    },
+    /// A mid-epoch loader state cannot be continued on another world or batch size.
+    #[error(
+        "this checkpoint stopped mid-epoch with {world} process(es) and batch size {batch_size}; \
+         continuing that epoch with {now_world} process(es) and batch size {now_batch_size} \
+         needs the epoch's order, which a custom sampler or batch sampler does not give: resume \
+         with {world} process(es) and batch size {batch_size}, or from an epoch-end checkpoint"
+    )]
+    NotElastic {
+        /// The saving run's world size.
+        world: usize,
+        /// The saving run's batch size.
+        batch_size: i64,
+        /// This run's world size.
+        now_world: usize,
+        /// This run's batch size.
+        now_batch_size: i64,
+    },
+    /// An image folder cannot be listed, or is not one folder per class of images.
+    #[error("image folder {}: {detail}", path.display())]
+    Folder {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
     },
 }

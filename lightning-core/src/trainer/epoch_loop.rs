@@ -23,8 +23,16 @@ impl Trainer {
         train: &DataLoader,
         preempt: &Preemption,
     ) -> Result<()> {
-        let n = self.cfg.limit_train_batches.apply(train.len());
         let epoch = self.run.progress.epoch;
+        let start = LoaderState {
+            epoch,
+            batches_consumed: self.run.progress.batches_consumed,
+            elastic: self.run.progress.elastic,
+        };
+        let n = self
+            .cfg
+            .limit_train_batches
+            .apply(train.epoch_len(self.run.setup.seed, &start));
         self.run.setup.val_every = super::val_every(&self.cfg, n);
         self.run.progress.begin_epoch();
         let (started, consumed_before) = (
@@ -39,14 +47,9 @@ impl Trainer {
                 n,
                 format!("Epoch {epoch}"),
             );
-            let start = LoaderState {
-                epoch,
-                batches_consumed: self.run.progress.batches_consumed,
-            };
-            for (idx, batch) in train
-                .epoch_iter(self.run.setup.seed, start)
-                .take_while(|(i, _)| *i < n)
-            {
+            let mut batches = train.epoch_iter_until(self.run.setup.seed, start, n);
+            for next in batches.by_ref() {
+                let (idx, batch) = next?;
                 let before = self.saver.failures;
                 let polled = self.saver.poll();
                 self.save_policy(polled, before)?;
@@ -54,6 +57,7 @@ impl Trainer {
                     return Err(e);
                 }
                 self.hooks(&*model, |cb, t| cb.on_train_batch_start(t))?;
+                let batch = batch.to_device_with(self.cfg.device, train.pins_memory());
                 let stepped = self.train_batch(model, batch, idx, n)?;
                 bar.step(&self.run.metrics.prog_bar);
                 self.run.progress.point = LoopPoint::TrainBatchEnd { stepped };
@@ -86,6 +90,7 @@ impl Trainer {
                     break;
                 }
             }
+            self.run.clock.data_wait += batches.waited();
             bar.finish();
         }
         self.end_epoch(model, data, n)?;
@@ -117,7 +122,6 @@ impl Trainer {
         idx: usize,
         n: usize,
     ) -> Result<bool> {
-        let batch = batch.to_device(self.cfg.device);
         let (epoch, step) = (self.run.progress.epoch, self.run.progress.global_step);
         // RNG (dropout etc.) depends only on (seed, epoch, batch): a resume reproduces it.
         tch::manual_seed(mix_seed(self.run.setup.seed, &[epoch as u64, idx as u64]) as i64);

@@ -27,7 +27,7 @@ impl Trainer {
             return Ok(());
         }
         self.run.flags.sanity_checking = true;
-        let r = self.eval_batches(model, val, Stage::Validate, n);
+        let r = self.eval_batches(model, val, Stage::Validate, n, false);
         self.run.metrics.reduce_epoch(Stage::Validate);
         self.run.metrics.callback_metrics.clear();
         self.run.flags.sanity_checking = false;
@@ -35,17 +35,20 @@ impl Trainer {
     }
 
     /// Runs `n` batches of an evaluation loop without gradients, accumulating metrics (and,
-    /// inside `fit`, the validation progress counters).
+    /// inside `fit`, the validation progress counters). A `sharded` run (each rank its own
+    /// share, maybe of another length) syncs nothing per step; its epoch sums are reduced
+    /// once at the end.
     fn eval_batches<M: LightningModule>(
         &mut self,
         model: &mut M,
         loader: &DataLoader,
         stage: Stage,
         n: usize,
+        sharded: bool,
     ) -> Result<()> {
         let device = self.cfg.device;
         let (epoch, step) = (self.run.progress.epoch, self.run.progress.global_step);
-        let world = self.world.clone();
+        let world = self.world.clone().filter(|_| !sharded);
         let run = &mut self.run;
         let precision = self.cfg.precision;
         let in_fit = run.setup.fitting && !run.flags.sanity_checking;
@@ -55,8 +58,9 @@ impl Trainer {
         };
         tch::no_grad(|| {
             let mut logging = logging;
-            for (idx, batch) in loader.epoch_iter(0, LoaderState::default()).take(n) {
-                let batch = batch.to_device(device);
+            for next in loader.epoch_iter_until(0, LoaderState::default(), n) {
+                let (idx, batch) = next?;
+                let batch = batch.to_device_with(device, loader.pins_memory());
                 let mut ctx = StepContext::new(stage, epoch, step);
                 precision.autocast(device, || match stage {
                     Stage::Test => model.test_step(&batch, idx, &mut ctx),
@@ -92,7 +96,23 @@ impl Trainer {
             return Ok(());
         }
         self.run.progress.begin_validation();
-        self.eval_batches(model, val, Stage::Validate, n)?;
+        // Under DDP each rank validates its share (no sample twice, unlike Lightning's padded
+        // sampler), and the epoch means are reduced from every rank's sums and counts: the
+        // monitored values are the single-process ones, and the same on every rank.
+        let world = self.world.clone();
+        match world
+            .as_ref()
+            .and_then(|w| val.eval_shard(w.env.world_size, w.env.rank))
+        {
+            Some(shard) => {
+                let n = self.cfg.limit_val_batches.apply(shard.len());
+                self.eval_batches(model, &shard, Stage::Validate, n, true)?;
+                if let Some(w) = &world {
+                    self.run.metrics.sync_epoch(Stage::Validate, |v| w.sum(v))?;
+                }
+            }
+            None => self.eval_batches(model, val, Stage::Validate, n, false)?,
+        }
         self.run.flags.val_ran = true;
         let row = self.run.metrics.reduce_epoch(Stage::Validate);
         let (epoch, step) = (self.run.progress.epoch, self.run.progress.global_step - 1);
@@ -164,7 +184,7 @@ impl Trainer {
         } else {
             self.cfg.limit_val_batches
         };
-        self.eval_batches(model, loader, stage, limit.apply(loader.len()))?;
+        self.eval_batches(model, loader, stage, limit.apply(loader.len()), false)?;
         let row = self.run.metrics.reduce_epoch(stage);
         self.logging
             .log_row(&row, self.run.progress.epoch, self.run.progress.global_step)?;

@@ -159,6 +159,7 @@ impl Trainer {
                 ),
                 datamodule: data.named_state().cloned(),
                 resumed_from: None,
+                train: Some(train.clone()),
             },
             ..RunState::default()
         };

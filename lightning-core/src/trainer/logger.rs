@@ -69,6 +69,30 @@ impl MetricStore {
         }
     }
 
+    /// The epoch accumulators of `stage` as `[sum, weight]` pairs in name order, handed to
+    /// `reduce` (which sums them over the ranks of a sharded evaluation) and written back, so
+    /// the epoch means become the means over every rank's samples.
+    pub fn sync_epoch(
+        &mut self,
+        stage: Stage,
+        reduce: impl FnOnce(&mut [f64]) -> Result<()>,
+    ) -> Result<()> {
+        let means = &mut self.means[bucket(stage)];
+        let mut names: Vec<String> = means.keys().cloned().collect();
+        names.sort();
+        let mut flat: Vec<f64> = names
+            .iter()
+            .flat_map(|k| means.get(k).map_or([0.0, 0.0], |m| [m.sum, m.weight]))
+            .collect();
+        reduce(&mut flat)?;
+        for (k, pair) in names.iter().zip(flat.chunks(2)) {
+            if let Some(m) = means.get_mut(k) {
+                (m.sum, m.weight) = (pair[0], pair[1]);
+            }
+        }
+        Ok(())
+    }
+
     /// Ends an epoch (or a validation/test run): turns the accumulated means into metrics and
     /// returns the row for the logger.
     pub fn reduce_epoch(&mut self, stage: Stage) -> IndexMap<String, f64> {

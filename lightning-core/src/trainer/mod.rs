@@ -147,6 +147,13 @@ impl Trainer {
         self.run.progress.global_step
     }
 
+    /// How long the training loop of the latest `fit` waited for batches: loading them on
+    /// its own thread (`num_workers(0)`), or for workers that had not loaded them yet. Small
+    /// against the training time when the workers keep up.
+    pub fn data_wait(&self) -> std::time::Duration {
+        self.run.clock.data_wait
+    }
+
     /// The metrics callbacks saw last (`trainer.callback_metrics`).
     pub fn callback_metrics(&self) -> &IndexMap<String, f64> {
         &self.run.metrics.callback_metrics

@@ -25,13 +25,17 @@ impl Trainer {
         let precision = self.cfg.precision;
         tch::no_grad(|| {
             loader
-                .epoch_iter(0, LoaderState::default())
-                .take(n)
-                .map(|(idx, batch)| {
+                .epoch_iter_until(0, LoaderState::default(), n)
+                .map(|next| {
+                    let (idx, batch) = next?;
                     let mut ctx = StepContext::new(Stage::Predict, epoch, step);
                     // Under the precision's autocast, as Lightning's predict loop runs it.
                     precision.autocast(device, || {
-                        model.predict_step(&batch.to_device(device), idx, &mut ctx)
+                        model.predict_step(
+                            &batch.to_device_with(device, loader.pins_memory()),
+                            idx,
+                            &mut ctx,
+                        )
                     })?
                 })
                 .collect()

@@ -6,6 +6,7 @@ use super::logger::MetricStore;
 use crate::checkpoint::schema::{
     Checkpoint, EpochPhase, FitLoop, Loops, Progress, ResumeState, Tracker,
 };
+use crate::data::{DataLoader, LoaderState};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,8 @@ pub(crate) struct RunSetup {
     pub(super) datamodule: Option<crate::data::NamedState>,
     /// The checkpoint this `fit` resumed from.
     pub(super) resumed_from: Option<PathBuf>,
+    /// The training loader (this rank's, under DDP), whose state mid-epoch saves carry.
+    pub(super) train: Option<DataLoader>,
 }
 
 /// Where the loops stand: Lightning's progress counters, what a checkpoint saves and a
@@ -67,6 +70,8 @@ pub(crate) struct LoopProgress {
     pub(super) global_step: i64,
     /// Training batches of `epoch` already run.
     pub(super) batches_consumed: usize,
+    /// How the rest of `epoch` is dealt after an elastic resume (another world size).
+    pub(super) elastic: Option<crate::data::Elastic>,
     /// How far the end-of-epoch sequence of `epoch` got.
     pub(super) phase: EpochPhase,
     /// Training batches run in total.
@@ -112,6 +117,8 @@ pub(crate) struct RunFlags {
 pub(crate) struct TrainClock {
     before: Duration,
     started: Option<Instant>,
+    /// Time training waited for batches in this `fit` (loading them, or for the workers).
+    pub(super) data_wait: Duration,
 }
 
 impl TrainClock {
@@ -193,6 +200,7 @@ impl LoopProgress {
         self.prev_epoch_batches = self.batches_consumed.min(i64::MAX as usize);
         self.epoch += 1;
         self.batches_consumed = 0;
+        self.elastic = None;
         self.phase = EpochPhase::Training;
     }
 }
@@ -250,7 +258,16 @@ impl RunState {
             true => (0, 0, total, p.manual_steps),
             false => (gs, es, gs, (0, 0)),
         };
+        // a mid-epoch save carries the training loader's state, where Lightning keeps a
+        // stateful loader's (an epoch-end one needs none, so Lightning resumes it with any
+        // loader)
+        let mid_epoch = p.in_epoch() && p.batches_consumed > 0 && p.phase == EpochPhase::Training;
+        let combined_loader = match (&self.setup.train, mid_epoch) {
+            (Some(l), true) => Some(vec![l.state_dict(&self.loader_state())]),
+            _ => None,
+        };
         loops.fit = FitLoop {
+            combined_loader,
             epoch_progress: Progress::new(epoch, epoch),
             batches_that_stepped: stepped_batches - i64::from(stepped),
             batch_progress: Progress::batches(
@@ -269,6 +286,15 @@ impl RunState {
             ),
         };
         loops
+    }
+
+    /// Where the run is in its training data.
+    pub fn loader_state(&self) -> LoaderState {
+        LoaderState {
+            epoch: self.progress.epoch,
+            batches_consumed: self.progress.batches_consumed,
+            elastic: self.progress.elastic,
+        }
     }
 
     /// Our resume entry for this point of the run.
@@ -299,7 +325,31 @@ impl RunState {
         p.manual_steps = manual.map_or((0, 0), |m| (m.total.completed, m.current.completed));
         if let Some(r) = &ckpt.resume {
             let mid_epoch = r.batches_consumed > 0 && r.epoch_phase == EpochPhase::Training;
-            if mid_epoch && r.world_size.max(1) != self.setup.world_size.max(1) {
+            // the training loader's saved state (files since loaders became stateful): it
+            // continues the epoch exactly on the same world size, elastically on another
+            let saved_loader = ckpt
+                .loops
+                .as_ref()
+                .and_then(|l| l.fit.combined_loader.as_ref())
+                .and_then(|l| l.first())
+                // ours (a torchdata StatefulDataLoader's state has other keys)
+                .filter(|v| v.get("order").is_some() && v.get("_num_yielded").is_some());
+            p.elastic = None;
+            let mut consumed = r.batches_consumed;
+            if let (true, Some(saved), Some(train)) = (mid_epoch, saved_loader, &self.setup.train) {
+                let at = train
+                    .resume_at(saved)
+                    .map_err(|e| format!("loops.fit_loop.state_dict.combined_loader[0]: {e}"))?;
+                if at.epoch != r.epoch || at.batches_consumed != r.batches_consumed {
+                    return Err(format!(
+                        "the training loader's saved state (epoch {}, {} batches) disagrees with \
+                         the run's position (epoch {}, {} batches)",
+                        at.epoch, at.batches_consumed, r.epoch, r.batches_consumed
+                    ));
+                }
+                consumed = at.batches_consumed;
+                p.elastic = at.elastic;
+            } else if mid_epoch && r.world_size.max(1) != self.setup.world_size.max(1) {
                 return Err(format!(
                     "this checkpoint was saved mid-epoch (epoch {}, after {} batches per process) \
                      by {} process(es); the position inside the epoch depends on how the data \
@@ -309,7 +359,7 @@ impl RunState {
                 ));
             }
             p.epoch = r.epoch;
-            p.batches_consumed = r.batches_consumed;
+            p.batches_consumed = consumed;
             p.phase = r.epoch_phase;
             p.total_batches = r.total_batches;
             self.clock.before = Duration::from_secs_f64(r.train_time_s);
@@ -390,5 +440,68 @@ mod tests {
             r.epoch_phase = EpochPhase::Done;
         }
         assert_eq!(one.restore_position(&ckpt), Ok(Some(3)));
+    }
+
+    #[test]
+    fn a_mid_epoch_position_with_the_loaders_state_continues_on_another_world_size() {
+        use crate::data::{Elastic, TensorDataset};
+        let rows = TensorDataset::new(vec![tch::Tensor::arange(30, tch::kind::INT64_CPU)]).unwrap();
+        let loader = DataLoader::new(rows, 2).shuffle(true);
+        let saving = loader.clone().distributed(2, 1).unwrap();
+        let mut loops = Loops::zero();
+        loops.fit.combined_loader = Some(vec![saving.state_dict(&LoaderState::at(1, 5))]);
+        let ckpt = Checkpoint {
+            global_step: 7,
+            loops: Some(loops),
+            resume: Some(ResumeState {
+                seed: 3,
+                epoch: 1,
+                batches_consumed: 5,
+                world_size: 2,
+                ..ResumeState::default()
+            }),
+            ..Checkpoint::default()
+        };
+        let with = |world_size, train: DataLoader| RunState {
+            setup: RunSetup {
+                world_size,
+                train: Some(train),
+                ..RunSetup::default()
+            },
+            ..RunState::default()
+        };
+        let mut one = with(1, loader.clone());
+        assert_eq!(one.restore_position(&ckpt), Ok(Some(3)));
+        assert_eq!(one.progress.batches_consumed, 5);
+        // 5 batches of 2 on each of 2 ranks: the first 20 samples of the epoch's order
+        let want = Elastic {
+            offset: 20,
+            distributed_order: true,
+            skip: 5,
+        };
+        assert_eq!(one.progress.elastic, Some(want));
+        // the same world continues the same plan
+        let mut two = with(2, saving);
+        assert_eq!(two.restore_position(&ckpt), Ok(Some(3)));
+        assert_eq!(two.progress.elastic, None);
+        // a custom sampler's order cannot be re-dealt: a clear error
+        struct Rev;
+        impl crate::data::Sampler for Rev {
+            fn indices(&self, n: usize, _: u64, _: u64) -> Vec<usize> {
+                (0..n).rev().collect()
+            }
+        }
+        let mut loops = Loops::zero();
+        let custom = loader.clone().sampler(Rev).distributed(2, 0).unwrap();
+        loops.fit.combined_loader = Some(vec![custom.state_dict(&LoaderState::at(1, 5))]);
+        let ckpt = Checkpoint {
+            loops: Some(loops),
+            ..ckpt
+        };
+        let e = with(1, loader).restore_position(&ckpt).unwrap_err();
+        assert!(
+            e.contains("combined_loader") && e.contains("custom sampler"),
+            "{e}"
+        );
     }
 }

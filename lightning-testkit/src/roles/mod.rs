@@ -2,6 +2,7 @@
 //! starts it (constants, env var names, and the training a test also runs in-process).
 
 pub mod crash_harness;
+pub mod data_ddp;
 pub mod ddp;
 pub mod failing_save;
 pub mod preempt;

@@ -143,6 +143,10 @@ pub struct FitLoop {
     pub manual_optim_step: Progress,
     /// `epoch_loop.val_loop.batch_progress`.
     pub val_batch_progress: Progress,
+    /// `state_dict.combined_loader`: the state of each stateful training loader (Lightning
+    /// writes it for loaders with `state_dict`, e.g. torchdata's `StatefulDataLoader`; we
+    /// write our loader's when a checkpoint is saved mid-epoch).
+    pub combined_loader: Option<Vec<Value>>,
 }
 
 const EPOCH_LOOP: &str = "epoch_loop";
@@ -152,7 +156,11 @@ const MANUAL: &str = "epoch_loop.manual_optimization";
 impl FitLoop {
     fn to_value(&self) -> Value {
         let mut fit = Value::dict();
-        fit.insert("state_dict", Value::dict());
+        let mut state = Value::dict();
+        if let Some(loaders) = &self.combined_loader {
+            state.insert("combined_loader", Value::List(loaders.clone()));
+        }
+        fit.insert("state_dict", state);
         let mut stepped = Value::dict();
         stepped.insert("_batches_that_stepped", self.batches_that_stepped);
         fit.insert(format!("{EPOCH_LOOP}.state_dict"), stepped);
@@ -218,7 +226,21 @@ impl FitLoop {
             }
             None => Default::default(),
         };
+        let combined_loader = match f.get("state_dict") {
+            Some(st) => match Fields::of(st, "loops.fit_loop.state_dict")?.get("combined_loader") {
+                Some(Value::List(l)) | Some(Value::Tuple(l)) => Some(l.clone()),
+                Some(_) => {
+                    return Err(SchemaError::new(
+                        format!("{AT}.state_dict.combined_loader"),
+                        "expected a list of loader states",
+                    ));
+                }
+                None => None,
+            },
+            None => None,
+        };
         Ok(FitLoop {
+            combined_loader,
             epoch_progress: progress("epoch_progress")?,
             batches_that_stepped: stepped,
             batch_progress: progress(&format!("{EPOCH_LOOP}.batch_progress"))?,
@@ -254,6 +276,7 @@ impl Loops {
         );
         Loops {
             fit: FitLoop {
+                combined_loader: None,
                 epoch_progress: Progress::new(Tracker::processed(0, 0), Tracker::processed(0, 0)),
                 batches_that_stepped: 0,
                 batch_progress: eval,

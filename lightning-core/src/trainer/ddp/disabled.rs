@@ -52,6 +52,10 @@ impl World {
         self.never()
     }
 
+    pub fn sum(&self, _values: &mut [f64]) -> Result<()> {
+        self.never()
+    }
+
     pub fn any(&self, _flag: bool) -> Result<bool> {
         self.never()
     }

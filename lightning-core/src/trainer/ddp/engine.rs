@@ -103,6 +103,21 @@ impl World {
         Ok(())
     }
 
+    /// Sums `values` over the ranks, in place (every rank gets the same sums).
+    pub fn sum(&self, values: &mut [f64]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let mut t = [Tensor::from_slice(values)];
+        self.pg
+            .all_reduce(&mut t, lightning_dist::ReduceOp::Sum)
+            .map_err(dist_err)?;
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = t[0].double_value(&[i as i64]);
+        }
+        Ok(())
+    }
+
     /// Whether `flag` is true on any rank (every rank gets the same answer).
     pub fn any(&self, flag: bool) -> Result<bool> {
         let mut t = [Tensor::from_slice(&[i64::from(flag)])];
