@@ -52,12 +52,17 @@ fn write_folder(root: &Path, n: usize, side: u32) -> anyhow::Result<()> {
     let labels = Vec::<i64>::try_from(&y)?;
     for i in 0..n {
         let d = i % labels.len();
-        let tint = [(i * 37 % 255) as f32, (i * 91 % 255) as f32, (i * 53 % 255) as f32];
+        let tint = [
+            (i * 37 % 255) as f32,
+            (i * 91 % 255) as f32,
+            (i * 53 % 255) as f32,
+        ];
         let small = image::RgbImage::from_fn(8, 8, |c, r| {
             let v = pixels[d * 64 + (r * 8 + c) as usize];
             image::Rgb(tint.map(|t| (v * 200.0 + t * 0.2) as u8))
         });
-        let big = image::imageops::resize(&small, side, side, image::imageops::FilterType::Triangle);
+        let big =
+            image::imageops::resize(&small, side, side, image::imageops::FilterType::Triangle);
         let dir = root.join(labels[d].to_string());
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{i:05}.jpg"));
@@ -106,7 +111,10 @@ fn main() -> anyhow::Result<()> {
         best = best.max(rate);
     }
     if !a.cargo.bench {
-        println!("dataloader smoke run: {} images through {} workers", a.images, a.workers);
+        println!(
+            "dataloader smoke run: {} images through {} workers",
+            a.images, a.workers
+        );
         return Ok(());
     }
     println!(
