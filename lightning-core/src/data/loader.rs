@@ -520,25 +520,26 @@ impl Job {
     /// A panic in the dataset or the collate is an error naming the batch.
     fn load(&self, i: usize) -> Result<Batch, DataError> {
         let indices = &self.plan[i];
-        let r = catch_unwind(AssertUnwindSafe(|| self.load_unguarded(indices)));
-        let batch = match r {
-            Ok(b) => b?,
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".into());
-                return Err(DataError::Panicked {
-                    batch: i,
-                    indices: indices.clone(),
-                    message,
-                });
-            }
-        };
-        Ok(match self.pin {
-            true => batch.pinned(Device::Cuda(0)),
-            false => batch,
+        // everything a worker does with a batch is guarded: a worker that died silently would
+        // leave its batch missing and the consumer waiting
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let batch = self.load_unguarded(indices)?;
+            Ok(match self.pin {
+                true => batch.pinned(Device::Cuda(0)),
+                false => batch,
+            })
+        }));
+        r.unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            Err(DataError::Panicked {
+                batch: i,
+                indices: indices.clone(),
+                message,
+            })
         })
     }
 
