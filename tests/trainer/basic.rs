@@ -138,7 +138,7 @@ fn epoch_metrics_are_batch_weighted_means() {
         .unwrap();
     let got = t.validate(&mut m, &dm, None).unwrap()["val_loss"];
     let val = dm.val_loader().unwrap();
-    let whole = DataModule::new().val(DataLoader::from_shared(val.dataset().clone(), 100));
+    let whole = DataModule::new().val(DataLoader::from_shared(val.dataset().unwrap().clone(), 100));
     let want = t.validate(&mut m, &whole, None).unwrap()["val_loss"];
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
 }

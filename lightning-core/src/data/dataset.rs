@@ -55,6 +55,66 @@ pub trait Dataset: Send + Sync {
     }
 }
 
+/// Where a stream of an [`IterableDataset`] is: the run's seed, the epoch, and which rank of
+/// how many reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamContext {
+    /// The run's seed.
+    pub seed: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// This process's rank.
+    pub rank: usize,
+    /// The number of processes reading the dataset.
+    pub world: usize,
+}
+
+/// A streaming dataset, as PyTorch's `IterableDataset`: samples come as a stream (token
+/// shards, records, a database cursor) rather than by index. Each rank reads its own share,
+/// which the dataset chooses from `rank` and `world`; its length for an epoch is known ahead
+/// (PyTorch's `__len__`, which the trainer's progress and schedulers need).
+///
+/// Exact resume without replay: [`IterableDataset::stream`] opens the stream `skip` samples in
+/// (a dataset seeks: a file offset, a record number), so a mid-epoch resume reads nothing
+/// twice. Randomness should come from `SampleRng::new(ctx.seed, ctx.epoch, position)`.
+///
+/// ```
+/// use lightning_core::data::{BoxError, IterableDataset, Sample, StreamContext};
+/// use tch::Tensor;
+///
+/// /// The numbers `0..n`, rank `r` of `w` taking every `w`-th from `r`.
+/// struct Counter { n: usize }
+/// impl IterableDataset for Counter {
+///     fn len(&self, _epoch: u64, rank: usize, world: usize) -> usize {
+///         self.n.saturating_sub(rank).div_ceil(world)
+///     }
+///     fn stream(
+///         &self,
+///         ctx: &StreamContext,
+///         skip: usize,
+///     ) -> Result<Box<dyn Iterator<Item = Result<Sample, BoxError>> + Send>, BoxError> {
+///         let first = ctx.rank + skip * ctx.world; // seek, do not replay
+///         let it = (first..self.n).step_by(ctx.world);
+///         Ok(Box::new(it.map(|i| Ok(Sample::new().push(Tensor::from(i as i64))))))
+///     }
+/// }
+/// let ctx = StreamContext { seed: 0, epoch: 0, rank: 1, world: 2 };
+/// assert_eq!(Counter { n: 7 }.len(0, 1, 2), 3);
+/// assert_eq!(Counter { n: 7 }.stream(&ctx, 1)?.count(), 2);
+/// # Ok::<(), BoxError>(())
+/// ```
+pub trait IterableDataset: Send + Sync {
+    /// How many samples rank `rank` of `world` reads in `epoch`.
+    fn len(&self, epoch: u64, rank: usize, world: usize) -> usize;
+    /// This rank's samples of the epoch, from the `skip`-th on.
+    #[allow(clippy::type_complexity)]
+    fn stream(
+        &self,
+        ctx: &StreamContext,
+        skip: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<Sample, BoxError>> + Send>, BoxError>;
+}
+
 /// The random numbers of one sample's transform: a splitmix64 stream seeded from
 /// `(seed, epoch, index)`, so a sample draws the same numbers whichever worker loads it, with
 /// any number of workers, and again after a resume.

@@ -100,6 +100,15 @@ pub enum DataError {
         /// The panic's message.
         message: String,
     },
+    /// A newer epoch of the same loader took its persistent workers while this one was read.
+    #[error(
+        "the loader's persistent workers moved on to a newer epoch before batch {batch} was \
+         loaded; read one epoch of a loader at a time"
+    )]
+    Superseded {
+        /// The batch waited for.
+        batch: usize,
+    },
     /// Every loader worker exited before batch `batch` was loaded.
     #[error("the data loader's workers exited before batch {batch} was loaded")]
     WorkersGone {
@@ -110,7 +119,8 @@ pub enum DataError {
     #[error(
         "this checkpoint stopped mid-epoch with {world} process(es) and batch size {batch_size}; \
          continuing that epoch with {now_world} process(es) and batch size {now_batch_size} \
-         needs the epoch's order, which a custom sampler or batch sampler does not give: resume \
+         needs the epoch's order, which a custom sampler, a batch sampler or an iterable \
+         dataset does not give: resume \
          with {world} process(es) and batch size {batch_size}, or from an epoch-end checkpoint"
     )]
     NotElastic {

@@ -5,7 +5,9 @@
 //! prefetch depth or timing, so a [`LoaderState`] (the epoch and the batches consumed) is all
 //! a mid-epoch resume needs, and it starts without replaying the consumed samples.
 
-use super::dataset::{mix_seed, permutation, BoxError, Dataset, SampleRng};
+use super::dataset::{
+    mix_seed, permutation, BoxError, Dataset, IterableDataset, SampleRng, StreamContext,
+};
 use super::error::DataError;
 use super::sample::{default_collate, Batch, Sample};
 use super::sampler::DistributedSampler;
@@ -61,7 +63,10 @@ pub trait BatchSampler: Send + Sync {
 /// ```
 #[derive(Clone)]
 pub struct DataLoader {
+    /// The map-style dataset (an empty one for an iterable loader).
     dataset: Arc<dyn Dataset>,
+    /// The streaming dataset of [`DataLoader::iterable`].
+    iterable: Option<Arc<dyn IterableDataset>>,
     batch_size: i64,
     shuffle: bool,
     drop_last: bool,
@@ -76,12 +81,26 @@ pub struct DataLoader {
     pin_memory: bool,
     collate: Option<CollateFn>,
     worker_init: Option<WorkerInitFn>,
+    persistent_workers: bool,
+    /// The threads kept across epochs with `persistent_workers` (not shared by clones).
+    persistent: PersistentCache,
+}
+
+/// A loader's persistent worker threads, started at its first epoch; a clone starts its own.
+#[derive(Default)]
+struct PersistentCache(Mutex<Option<Persistent>>);
+
+impl Clone for PersistentCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl std::fmt::Debug for DataLoader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataLoader")
             .field("len(dataset)", &self.dataset.len())
+            .field("iterable", &self.iterable.is_some())
             .field("batch_size", &self.batch_size)
             .field("shuffle", &self.shuffle)
             .field("drop_last", &self.drop_last)
@@ -92,6 +111,7 @@ impl std::fmt::Debug for DataLoader {
             .field("prefetch_factor", &self.prefetch_factor)
             .field("pin_memory", &self.pin_memory)
             .field("collate_fn", &self.collate.is_some())
+            .field("persistent_workers", &self.persistent_workers)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +126,7 @@ impl DataLoader {
     pub fn from_shared(dataset: Arc<dyn Dataset>, batch_size: i64) -> Self {
         DataLoader {
             dataset,
+            iterable: None,
             batch_size: batch_size.max(1),
             shuffle: false,
             drop_last: false,
@@ -118,7 +139,20 @@ impl DataLoader {
             pin_memory: false,
             collate: None,
             worker_init: None,
+            persistent_workers: false,
+            persistent: PersistentCache::default(),
         }
+    }
+    /// Batches of `batch_size` samples of a streaming dataset, in the order it yields them
+    /// (PyTorch's `DataLoader` over an `IterableDataset`). The stream is read on one thread
+    /// (the training thread, or with [`DataLoader::num_workers`] a loader thread reading ahead),
+    /// so its order never depends on the workers; a mid-epoch resume opens the stream at the
+    /// next sample ([`IterableDataset::stream`]'s `skip`). `shuffle`, samplers and elastic
+    /// resume do not apply; under DDP each rank streams its own share.
+    pub fn iterable<D: IterableDataset + 'static>(dataset: D, batch_size: i64) -> Self {
+        let mut l = Self::from_shared(Arc::new(NoSamples), batch_size);
+        l.iterable = Some(Arc::new(dataset));
+        l
     }
     /// Shuffle every epoch (the order depends on the trainer's seed and the epoch).
     pub fn shuffle(mut self, on: bool) -> Self {
@@ -166,6 +200,14 @@ impl DataLoader {
         self.collate = Some(Arc::new(f));
         self
     }
+    /// Keep the worker threads between epochs (PyTorch's `persistent_workers`): they start
+    /// at the loader's first epoch, `worker_init_fn` runs once in each, and they serve every
+    /// later epoch of this loader (a clone starts its own). Without it each epoch starts its
+    /// own threads (cheap, unlike PyTorch's worker processes).
+    pub fn persistent_workers(mut self, on: bool) -> Self {
+        self.persistent_workers = on;
+        self
+    }
     /// Run `f(worker_id)` once in each worker thread before it loads anything.
     pub fn worker_init_fn(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
         self.worker_init = Some(Arc::new(f));
@@ -191,6 +233,7 @@ impl DataLoader {
     /// dataset has fewer samples than ranks, or with a batch sampler.
     pub fn eval_shard(&self, num_replicas: usize, rank: usize) -> Option<Self> {
         if rank >= num_replicas
+            || self.iterable.is_some()
             || self.dataset.len() < num_replicas
             || self.batch_sampler.is_some()
             || self.shard.is_some()
@@ -216,9 +259,13 @@ impl DataLoader {
     pub fn shard(&self) -> Option<(usize, usize)> {
         self.shard
     }
-    /// The dataset.
-    pub fn dataset(&self) -> &Arc<dyn Dataset> {
-        &self.dataset
+    /// The map-style dataset (`None` for an iterable loader).
+    pub fn dataset(&self) -> Option<&Arc<dyn Dataset>> {
+        self.iterable.is_none().then_some(&self.dataset)
+    }
+    /// The streaming dataset of an iterable loader.
+    pub fn iterable_dataset(&self) -> Option<&Arc<dyn IterableDataset>> {
+        self.iterable.as_ref()
     }
     /// The batch size.
     pub fn batch_size(&self) -> i64 {
@@ -234,6 +281,16 @@ impl DataLoader {
     }
     /// Batches per epoch (of this rank's share when distributed).
     pub fn len(&self) -> usize {
+        self.len_in(0)
+    }
+    /// Batches in epoch `epoch` (an iterable dataset's length may change with the epoch).
+    fn len_in(&self, epoch: i64) -> usize {
+        if let Some(it) = &self.iterable {
+            let (world, rank) = self.shard.unwrap_or((1, 0));
+            let n = it.len(epoch as u64, rank, world);
+            let b = self.batch_size as usize;
+            return if self.drop_last { n / b } else { n.div_ceil(b) };
+        }
         if self.batch_sampler.is_some() {
             return self.plan(0, 0).len();
         }
@@ -337,7 +394,7 @@ impl DataLoader {
     /// after an elastic resume the batches of [`DataLoader::plan_at`].
     pub fn epoch_len(&self, seed: u64, state: &LoaderState) -> usize {
         match state.elastic {
-            None => self.len(),
+            None => self.len_in(state.epoch),
             Some(_) => self.plan_at(seed, state).len(),
         }
     }
@@ -345,7 +402,7 @@ impl DataLoader {
     /// `DistributedSampler` order when `distributed`, else this loader's own; `None` with a
     /// custom sampler or batch sampler, whose orders cannot be re-dealt.
     fn epoch_order(&self, seed: u64, epoch: i64, distributed: bool) -> Option<Vec<usize>> {
-        if self.sampler.is_some() || self.batch_sampler.is_some() {
+        if self.sampler.is_some() || self.batch_sampler.is_some() || self.iterable.is_some() {
             return None;
         }
         let len = self.dataset.len();
@@ -365,7 +422,7 @@ impl DataLoader {
     /// How many samples of the epoch's order (all ranks together) the batches before
     /// `state.batches_consumed` took; `None` with a custom sampler or batch sampler.
     pub fn samples_consumed(&self, state: &LoaderState) -> Option<usize> {
-        if self.sampler.is_some() || self.batch_sampler.is_some() {
+        if self.sampler.is_some() || self.batch_sampler.is_some() || self.iterable.is_some() {
             return None;
         }
         let (world, _) = self.shard.unwrap_or((1, 0));
@@ -476,6 +533,41 @@ impl DataLoader {
     /// As [`DataLoader::epoch_iter`], stopping before batch `end` (a `limit_*_batches`):
     /// workers load nothing past it.
     pub fn epoch_iter_until(&self, seed: u64, state: LoaderState, end: usize) -> EpochIter {
+        if let Some(it) = &self.iterable {
+            let end = end.min(self.len_in(state.epoch));
+            let start = state.batches_consumed.min(end);
+            let (world, rank) = self.shard.unwrap_or((1, 0));
+            let ctx = StreamContext {
+                seed,
+                epoch: state.epoch as u64,
+                rank,
+                world,
+            };
+            let skip = start * self.batch_size as usize;
+            let feed = Stream {
+                opened: Some((it.clone(), ctx, skip)),
+                stream: None,
+                batch_size: self.batch_size as usize,
+                drop_last: self.drop_last,
+                collate: self.collate.clone(),
+                position: skip,
+                pin: self.pin_memory && tch::Cuda::is_available(),
+            };
+            let feed = match self.num_workers {
+                0 => Feed::Stream(Box::new(feed)),
+                _ => Feed::Reader(Reader::start(
+                    feed,
+                    self.num_workers * self.prefetch_factor,
+                    end - start,
+                )),
+            };
+            return EpochIter {
+                feed,
+                next: start,
+                end,
+                waited: Duration::ZERO,
+            };
+        }
         let plan = Arc::new(self.plan_at(seed, &state));
         let end = end.min(plan.len());
         let job = Arc::new(Job {
@@ -486,23 +578,176 @@ impl DataLoader {
             pin: self.pin_memory && tch::Cuda::is_available(),
         });
         let start = state.batches_consumed.min(end);
-        let pool = (self.num_workers > 0 && start < end).then(|| {
-            Pool::start(
-                job.clone(),
-                self.num_workers,
-                self.num_workers * self.prefetch_factor,
-                start,
-                end,
-            )
+        let depth = self.num_workers * self.prefetch_factor;
+        let pool = (self.num_workers > 0 && start < end).then(|| match self.persistent_workers {
+            true => {
+                let mut cache = self
+                    .persistent
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let p = match cache.take() {
+                    Some(p) if p.threads.len() == self.num_workers => p,
+                    _ => Persistent::start(self.num_workers, self.worker_init.clone()),
+                };
+                let pool = p.assign(job.clone(), depth, start, end);
+                *cache = Some(p);
+                pool
+            }
+            false => Pool::start(job.clone(), self.num_workers, depth, start, end),
         });
         EpochIter {
-            job,
-            pool,
+            feed: Feed::Map { job, pool },
             next: start,
             end,
             waited: Duration::ZERO,
         }
     }
+}
+
+/// The stand-in map-style dataset of an iterable loader.
+struct NoSamples;
+
+impl Dataset for NoSamples {
+    fn len(&self) -> usize {
+        0
+    }
+    fn get(&self, index: usize, _rng: &mut SampleRng) -> Result<Sample, BoxError> {
+        Err(format!("an iterable loader has no sample {index} by index").into())
+    }
+}
+
+/// One rank's stream of an epoch, batched and collated.
+struct Stream {
+    /// The dataset, where its stream starts and how many samples it skips: opened on the
+    /// first batch (on the reader thread, with workers).
+    opened: Option<(Arc<dyn IterableDataset>, StreamContext, usize)>,
+    stream: Option<Box<dyn Iterator<Item = Result<Sample, BoxError>> + Send>>,
+    batch_size: usize,
+    drop_last: bool,
+    collate: Option<CollateFn>,
+    /// The position (in this rank's epoch) of the stream's next sample.
+    position: usize,
+    pin: bool,
+}
+
+impl Stream {
+    /// The next batch, `None` when the stream ended (or only a partial batch is left with
+    /// `drop_last`). Panics in the dataset or the collate become errors.
+    fn next_batch(&mut self, batch: usize) -> Option<Result<Batch, DataError>> {
+        let r = catch_unwind(AssertUnwindSafe(|| self.next_unguarded()));
+        match r {
+            Ok(b) => b,
+            Err(payload) => Some(Err(DataError::Panicked {
+                batch,
+                indices: Vec::new(),
+                message: payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into()),
+            })),
+        }
+    }
+
+    fn next_unguarded(&mut self) -> Option<Result<Batch, DataError>> {
+        if let Some((ds, ctx, skip)) = self.opened.take() {
+            match ds.stream(&ctx, skip) {
+                Ok(s) => self.stream = Some(s),
+                Err(source) => {
+                    return Some(Err(DataError::Sample {
+                        index: skip,
+                        source,
+                    }));
+                }
+            }
+        }
+        let stream = self.stream.as_mut()?;
+        let (first, mut samples) = (self.position, Vec::with_capacity(self.batch_size));
+        while samples.len() < self.batch_size {
+            match stream.next() {
+                Some(Ok(s)) => samples.push(s),
+                Some(Err(source)) => {
+                    let index = self.position;
+                    self.stream = None;
+                    return Some(Err(DataError::Sample { index, source }));
+                }
+                None => break,
+            }
+            self.position += 1;
+        }
+        if samples.is_empty() || (self.drop_last && samples.len() < self.batch_size) {
+            return None;
+        }
+        let indices: Vec<usize> = (first..self.position).collect();
+        let batch = match &self.collate {
+            Some(f) => f(samples, &indices).map_err(|source| DataError::Batch { indices, source }),
+            None => default_collate(samples, &indices),
+        };
+        Some(batch.map(|b| match self.pin {
+            true => b.pinned(Device::Cuda(0)),
+            false => b,
+        }))
+    }
+}
+
+/// A thread reading a [`Stream`] ahead of the consumer, `depth` batches at most.
+struct Reader {
+    rx: Option<std::sync::mpsc::Receiver<Result<Batch, DataError>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(mut stream: Stream, depth: usize, batches: usize) -> Reader {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        let thread = std::thread::Builder::new()
+            .name("lightning-data-stream".into())
+            .spawn(move || {
+                for b in 0..batches {
+                    let Some(r) = stream.next_batch(b) else {
+                        return;
+                    };
+                    let failed = r.is_err();
+                    // the consumer hung up (dropped the iterator): stop reading
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        match thread {
+            Ok(t) => Reader {
+                rx: Some(rx),
+                thread: Some(t),
+            },
+            Err(e) => {
+                tracing::warn!("could not start the data loader's stream reader: {e}");
+                Reader {
+                    rx: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // dropping the receiver makes the reader's next send fail, so it stops
+        self.rx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where an [`EpochIter`]'s batches come from.
+enum Feed {
+    /// A map-style dataset: batches by index, on this thread or the workers'.
+    Map { job: Arc<Job>, pool: Option<Pool> },
+    /// A stream read on this thread.
+    Stream(Box<Stream>),
+    /// A stream read ahead on a reader thread.
+    Reader(Reader),
 }
 
 /// What loading one epoch needs, shared by its worker threads.
@@ -582,6 +827,8 @@ struct Shared {
     /// Workers still running.
     alive: usize,
     stop: bool,
+    /// A newer epoch took the (persistent) workers.
+    superseded: bool,
 }
 
 /// The worker threads of one epoch: each claims the next unclaimed batch while fewer than
@@ -590,6 +837,124 @@ struct Shared {
 struct Pool {
     state: Arc<(Mutex<Shared>, Condvar)>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// One epoch handed to persistent workers.
+#[derive(Clone)]
+struct Work {
+    job: Arc<Job>,
+    state: Arc<(Mutex<Shared>, Condvar)>,
+    depth: usize,
+    end: usize,
+}
+
+/// What persistent workers wait on: the latest epoch (by generation), or shutdown.
+#[derive(Default)]
+struct Slot {
+    generation: u64,
+    work: Option<Work>,
+    shutdown: bool,
+}
+
+/// Worker threads kept across epochs (`persistent_workers`): each runs `worker_init_fn` once,
+/// then serves every epoch assigned to it; dropped with their loader.
+struct Persistent {
+    slot: Arc<(Mutex<Slot>, Condvar)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn lock_slot(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Persistent {
+    fn start(workers: usize, worker_init: Option<WorkerInitFn>) -> Persistent {
+        let slot = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
+        let threads = (0..workers)
+            .filter_map(|w| {
+                let (slot, worker_init) = (slot.clone(), worker_init.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("lightning-data-{w}"))
+                    .spawn(move || {
+                        let ok = init(w, worker_init.as_ref());
+                        let mut seen = 0;
+                        loop {
+                            let work = {
+                                let mut s = lock_slot(&slot.0);
+                                while !s.shutdown && s.generation == seen {
+                                    s = slot.1.wait(s).unwrap_or_else(PoisonError::into_inner);
+                                }
+                                if s.shutdown {
+                                    return;
+                                }
+                                seen = s.generation;
+                                s.work.clone()
+                            };
+                            let Some(work) = work else { continue };
+                            let _exit = Exit(&work.state);
+                            match ok {
+                                true => serve(&work.job, &work.state, work.depth, work.end),
+                                false => init_failed(w, &work.state, work.end),
+                            }
+                        }
+                    });
+                match spawned {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!("could not start data loader worker {w}: {e}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Persistent { slot, threads }
+    }
+
+    /// Hands the workers an epoch; the returned pool is the consumer's side of it.
+    fn assign(&self, job: Arc<Job>, depth: usize, start: usize, end: usize) -> Pool {
+        let state = Arc::new((
+            Mutex::new(Shared {
+                next_claim: start,
+                next_take: start,
+                ready: BTreeMap::new(),
+                alive: self.threads.len(),
+                stop: false,
+                superseded: false,
+            }),
+            Condvar::new(),
+        ));
+        let mut s = lock_slot(&self.slot.0);
+        // an earlier epoch still being read (two iterators of one loader at once) ends with
+        // an error rather than waiting for workers that moved on
+        if let Some(prev) = &s.work {
+            let mut p = lock(&prev.state.0);
+            p.stop = true;
+            p.superseded = true;
+            prev.state.1.notify_all();
+        }
+        s.generation += 1;
+        s.work = Some(Work {
+            job,
+            state: state.clone(),
+            depth,
+            end,
+        });
+        self.slot.1.notify_all();
+        Pool {
+            state,
+            threads: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Persistent {
+    fn drop(&mut self) {
+        lock_slot(&self.slot.0).shutdown = true;
+        self.slot.1.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -605,6 +970,7 @@ impl Pool {
                 ready: BTreeMap::new(),
                 alive: workers,
                 stop: false,
+                superseded: false,
             }),
             Condvar::new(),
         ));
@@ -628,33 +994,48 @@ impl Pool {
     }
 }
 
+/// Leaving an epoch: one worker fewer (the consumer stops waiting when none is left).
+struct Exit<'a>(&'a (Mutex<Shared>, Condvar));
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        lock(&self.0 .0).alive -= 1;
+        self.0 .1.notify_all();
+    }
+}
+
+/// Runs `worker_init_fn(w)`; `false` when it panicked.
+fn init(w: usize, f: Option<&WorkerInitFn>) -> bool {
+    f.is_none_or(|f| catch_unwind(AssertUnwindSafe(|| f(w))).is_ok())
+}
+
+/// A worker whose init panicked: the epoch ends with that error.
+fn init_failed(w: usize, state: &(Mutex<Shared>, Condvar), end: usize) {
+    let mut s = lock(&state.0);
+    let i = s.next_claim;
+    if i < end {
+        s.next_claim = end;
+        s.ready.insert(
+            i,
+            Err(DataError::Panicked {
+                batch: i,
+                indices: Vec::new(),
+                message: format!("worker_init_fn panicked in worker {w}"),
+            }),
+        );
+    }
+}
+
 fn worker(w: usize, job: &Job, state: &(Mutex<Shared>, Condvar), depth: usize, end: usize) {
-    struct Exit<'a>(&'a (Mutex<Shared>, Condvar));
-    impl Drop for Exit<'_> {
-        fn drop(&mut self) {
-            lock(&self.0 .0).alive -= 1;
-            self.0 .1.notify_all();
-        }
-    }
     let _exit = Exit(state);
-    if let Some(f) = &job.loader.worker_init
-        && catch_unwind(AssertUnwindSafe(|| f(w))).is_err()
-    {
-        let mut s = lock(&state.0);
-        let i = s.next_claim;
-        if i < end {
-            s.next_claim = end;
-            s.ready.insert(
-                i,
-                Err(DataError::Panicked {
-                    batch: i,
-                    indices: Vec::new(),
-                    message: format!("worker_init_fn panicked in worker {w}"),
-                }),
-            );
-        }
-        return;
+    if !init(w, job.loader.worker_init.as_ref()) {
+        return init_failed(w, state, end);
     }
+    serve(job, state, depth, end);
+}
+
+/// Claims, loads and files batches of one epoch until none is left (or the epoch stopped).
+fn serve(job: &Job, state: &(Mutex<Shared>, Condvar), depth: usize, end: usize) {
     loop {
         let i = {
             let mut s = lock(&state.0);
@@ -695,8 +1076,7 @@ impl Drop for Pool {
 /// The batches of one epoch, in order: `(batch_idx, batch)` or the error of the batch that
 /// failed (the iteration ends after it). Dropping it stops the workers.
 pub struct EpochIter {
-    job: Arc<Job>,
-    pool: Option<Pool>,
+    feed: Feed,
     next: usize,
     end: usize,
     waited: Duration,
@@ -718,9 +1098,26 @@ impl Iterator for EpochIter {
         let i = self.next;
         self.next += 1;
         let started = Instant::now();
-        let r = match &self.pool {
-            None => self.job.load(i),
-            Some(pool) => {
+        let r = match &mut self.feed {
+            Feed::Stream(s) => match s.next_batch(i) {
+                Some(r) => r,
+                None => {
+                    self.end = i;
+                    return None;
+                }
+            },
+            Feed::Reader(reader) => match reader.rx.as_ref().map(|rx| rx.recv()) {
+                Some(Ok(r)) => r,
+                // the stream ended early (shorter than its `len`), or the reader is gone
+                Some(Err(_)) | None => {
+                    self.end = i;
+                    return None;
+                }
+            },
+            Feed::Map { job, pool: None } => job.load(i),
+            Feed::Map {
+                pool: Some(pool), ..
+            } => {
                 let (m, cv) = &*pool.state;
                 let mut s = lock(m);
                 loop {
@@ -728,6 +1125,9 @@ impl Iterator for EpochIter {
                         s.next_take = i + 1;
                         cv.notify_all();
                         break r;
+                    }
+                    if s.superseded {
+                        break Err(DataError::Superseded { batch: i });
                     }
                     if s.alive == 0 {
                         break Err(DataError::WorkersGone { batch: i });
@@ -1002,5 +1402,176 @@ mod tests {
         // the next epoch is a fresh run's on the new world size
         let l = base.clone().distributed(3, 1).unwrap();
         assert_eq!(l.plan_at(5, &LoaderState::at(3, 0)), l.plan(5, 3));
+    }
+
+    /// `0..n` as a stream (rank `r` of `w`: every `w`-th from `r`), each value with noise from
+    /// its own RNG; counts what it yields; fails or panics at chosen positions.
+    struct Counter {
+        n: usize,
+        yielded: Arc<AtomicUsize>,
+        fail_at: Option<usize>,
+        panic_at: Option<usize>,
+    }
+    impl Counter {
+        fn new(n: usize) -> Self {
+            Counter {
+                n,
+                yielded: Arc::new(AtomicUsize::new(0)),
+                fail_at: None,
+                panic_at: None,
+            }
+        }
+    }
+    impl IterableDataset for Counter {
+        fn len(&self, _epoch: u64, rank: usize, world: usize) -> usize {
+            self.n.saturating_sub(rank).div_ceil(world)
+        }
+        fn stream(
+            &self,
+            ctx: &StreamContext,
+            skip: usize,
+        ) -> Result<Box<dyn Iterator<Item = Result<Sample, BoxError>> + Send>, BoxError> {
+            let (yielded, fail, panic_at, ctx) =
+                (self.yielded.clone(), self.fail_at, self.panic_at, *ctx);
+            let it = (ctx.rank + skip * ctx.world..self.n)
+                .step_by(ctx.world)
+                .map(move |i| {
+                    yielded.fetch_add(1, Ordering::SeqCst);
+                    if fail == Some(i) {
+                        return Err(format!("record {i} is corrupt").into());
+                    }
+                    if panic_at == Some(i) {
+                        panic!("reader bug at {i}");
+                    }
+                    let noise = SampleRng::new(ctx.seed, ctx.epoch, i as u64).uniform() as f32;
+                    Ok(Sample::new()
+                        .with("x", Tensor::from_slice(&[i as f32, noise]))
+                        .with("y", i as i64))
+                });
+            Ok(Box::new(it))
+        }
+    }
+
+    #[test]
+    fn an_iterable_loader_is_the_same_with_any_workers_and_resumes_without_replay() {
+        let ds = Counter::new(23);
+        let yielded = ds.yielded.clone();
+        let base = DataLoader::iterable(ds, 4);
+        assert_eq!(base.len(), 6);
+        let want = run(&base, 9, LoaderState::at(1, 0));
+        assert_eq!(want.len(), 6);
+        assert_eq!(want[5].2, vec![20, 21, 22]);
+        for w in [1, 3] {
+            let l = base.clone().num_workers(w).prefetch_factor(1);
+            assert_eq!(run(&l, 9, LoaderState::at(1, 0)), want, "{w} workers");
+            yielded.store(0, Ordering::SeqCst);
+            let rest = run(&l, 9, LoaderState::at(1, 2));
+            assert_eq!(rest, want[2..].to_vec());
+            // opened at sample 8: the consumed samples are not read again
+            assert_eq!(yielded.load(Ordering::SeqCst), 23 - 8);
+        }
+        assert_ne!(
+            run(&base, 9, LoaderState::at(2, 0)),
+            want,
+            "another epoch draws anew"
+        );
+        // under DDP each rank streams its share
+        let r1 = base.clone().distributed(2, 1).unwrap();
+        assert_eq!(r1.len(), 3);
+        let ys: Vec<i64> = run(&r1, 9, LoaderState::at(1, 0))
+            .into_iter()
+            .flat_map(|b| b.2)
+            .collect();
+        assert_eq!(ys, (1..23).step_by(2).collect::<Vec<_>>());
+        // with drop_last the partial batch goes
+        assert_eq!(base.clone().drop_last(true).len(), 5);
+        assert_eq!(
+            run(&base.clone().drop_last(true), 9, LoaderState::at(1, 0)).len(),
+            5
+        );
+        // an iterable loader's position cannot be re-dealt to another world size
+        let saved = r1.state_dict(&LoaderState::at(1, 2));
+        assert!(matches!(
+            base.resume_at(&saved),
+            Err(DataError::NotElastic { .. })
+        ));
+        assert_eq!(r1.resume_at(&saved).unwrap(), LoaderState::at(1, 2));
+        assert!(base.dataset().is_none() && base.iterable_dataset().is_some());
+    }
+
+    #[test]
+    fn a_failing_or_panicking_stream_is_an_error_naming_the_sample() {
+        for workers in [0, 2] {
+            let mut ds = Counter::new(20);
+            ds.fail_at = Some(9);
+            let all: Vec<_> = DataLoader::iterable(ds, 4)
+                .num_workers(workers)
+                .epoch_iter(0, LoaderState::default())
+                .collect();
+            assert_eq!(all.len(), 3);
+            let msg = all[2].as_ref().unwrap_err().to_string();
+            assert!(
+                msg.contains("sample 9") && msg.contains("record 9 is corrupt"),
+                "{msg}"
+            );
+            let mut ds = Counter::new(20);
+            ds.panic_at = Some(5);
+            let all: Vec<_> = DataLoader::iterable(ds, 4)
+                .num_workers(workers)
+                .epoch_iter(0, LoaderState::default())
+                .collect();
+            assert_eq!(all.len(), 2);
+            let msg = all[1].as_ref().unwrap_err().to_string();
+            assert!(msg.contains("reader bug at 5"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn persistent_workers_start_once_and_serve_every_epoch_the_same() {
+        let inits = Arc::new(AtomicUsize::new(0));
+        let counted = |persistent: bool| {
+            let seen = inits.clone();
+            DataLoader::new(Slow::new(30), 4)
+                .shuffle(true)
+                .num_workers(3)
+                .persistent_workers(persistent)
+                .worker_init_fn(move |_| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                })
+        };
+        let plain = counted(false);
+        let want: Vec<_> = (0..3)
+            .map(|e| run(&plain, 4, LoaderState::at(e, 0)))
+            .collect();
+        assert_eq!(inits.swap(0, Ordering::SeqCst), 9, "3 threads per epoch");
+        let kept = counted(true);
+        for (e, w) in want.iter().enumerate() {
+            assert_eq!(&run(&kept, 4, LoaderState::at(e as i64, 0)), w);
+        }
+        // a mid-epoch start and an epoch left early work too
+        assert_eq!(run(&kept, 4, LoaderState::at(1, 5)), want[1][5..].to_vec());
+        let mut it = kept.epoch_iter(4, LoaderState::at(2, 0));
+        it.next().unwrap().unwrap();
+        drop(it);
+        assert_eq!(run(&kept, 4, LoaderState::at(2, 0)), want[2]);
+        assert_eq!(
+            inits.load(Ordering::SeqCst),
+            3,
+            "each thread ran worker_init once"
+        );
+        // two epochs of one loader read at once: the older one ends with an error, no hang
+        let mut first = kept.epoch_iter(4, LoaderState::at(0, 0));
+        let second = kept.epoch_iter(4, LoaderState::at(1, 0));
+        let got: Vec<_> = second.map(|r| r.unwrap().0).collect();
+        assert_eq!(got.len(), 8);
+        let stale: Vec<_> = first.by_ref().collect();
+        // what was loaded before the newer epoch came (at most the 6-batch window), then
+        // the error naming why
+        assert!(stale.len() <= 7, "{}", stale.len());
+        let last = stale.last().unwrap().as_ref().unwrap_err().to_string();
+        assert!(last.contains("newer epoch"), "{last}");
+        // a clone starts its own threads
+        let _ = run(&kept.clone(), 4, LoaderState::at(0, 0));
+        assert_eq!(inits.load(Ordering::SeqCst), 6);
     }
 }

@@ -32,7 +32,10 @@ mod sampler;
 #[cfg(feature = "vision")]
 mod vision;
 
-pub use dataset::{mix_seed, permutation, BoxError, Dataset, SampleRng, TensorDataset};
+pub use dataset::{
+    mix_seed, permutation, BoxError, Dataset, IterableDataset, SampleRng, StreamContext,
+    TensorDataset,
+};
 pub use error::DataError;
 pub use loader::{BatchSampler, CollateFn, DataLoader, EpochIter, Sampler, WorkerInitFn};
 pub use sample::{default_collate, Batch, Column, Field, Sample};

@@ -1,10 +1,11 @@
 //! The training process of tests/checkpoint/crash_harness.rs (shared with it: the test uses the
 //! constants): trains with the `Trainer` API (the same `ModelCheckpoint` setup as
 //! `examples/digits.rs`: top-k on a metric, `save_last`, `every_n_train_steps`), printing
-//! `step N` after each step, from scratch or resumed from `last`.
+//! `step N` after each step, from scratch or resumed from `last`, with 0 to 3 loader threads.
 
 use crate::trainer_util::{data, Tiny, TinyHp};
 use lightning_core::callbacks::{Callback, Mode, ModelCheckpoint, SaveLast, TrainerContext};
+use lightning_core::data::DataModule;
 use lightning_core::trainer::{CkptPath, Trainer};
 use std::path::Path;
 
@@ -71,11 +72,20 @@ fn train_child(root: &Path, asynchronous: bool, resume: bool) -> lightning_core:
         .callback(Announce)
         .callback(ckpt)
         .build()?;
-    t.fit(
-        &mut m,
-        &data(160, 8, true),
-        resume.then_some(CkptPath::Last),
-    )?;
+    // Each process loads with its own number of loader threads (0 to 3, from its pid): the
+    // batches, and so a resumed run's weights, must not depend on it.
+    let workers = (std::process::id() % 4) as usize;
+    let dm = data(160, 8, true);
+    let train = dm
+        .train_loader()
+        .cloned()
+        .map(|l| l.num_workers(workers).prefetch_factor(2));
+    let dm = match (train, dm.val_loader().cloned()) {
+        (Some(train), Some(val)) => DataModule::new().train(train).val(val),
+        _ => dm,
+    };
+    println!("loader workers {workers}");
+    t.fit(&mut m, &dm, resume.then_some(CkptPath::Last))?;
     if t.was_preempted() {
         println!("preempted step={}", t.global_step());
     } else {
