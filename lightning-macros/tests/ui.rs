@@ -1,4 +1,5 @@
-//! Compile-time behaviour of the macros: every misuse in `tests/ui/` fails with the reviewed
+//! Compile-time behaviour of the macros (run with `cargo test -p lightning-macros --test ui`;
+//! scripts/test.sh does): every misuse in `tests/ui/` fails with the reviewed
 //! message at the offending token (`*.stderr`). One test function, so trybuild checks the
 //! dependencies once. What correct input expands to is compiled and run with the workspace's
 //! tests (`tests/module/expansion/`), which need no second build of the dependencies.
