@@ -5,6 +5,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 # Tests that compare with Python fail, instead of skipping, when the venv's Python is missing.
 export LIGHTNING_RS_REQUIRE_PYTHON=1
+# The C++ shims (torch-sys's, lightning-sys's, lightning-dist's) are compiled by several of the
+# builds below with the same input: compile each once (scripts/cxx-cache.sh).
+export LIGHTNING_RS_REAL_CXX="${CXX:-c++}"
+export LIGHTNING_RS_CXX_CACHE="$PWD/target/cxx-cache"
+export CXX="$PWD/scripts/cxx-cache.sh"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --test ui --locked -- -D warnings
 # lightning-core without its optional subsystems (distributed, object-storage): it builds,
