@@ -829,6 +829,11 @@ struct Shared {
     stop: bool,
     /// A newer epoch took the (persistent) workers.
     superseded: bool,
+    /// Workers whose `worker_init_fn` has not returned yet: none loads a batch before
+    /// they all did, so a failed init is reported before any batch, whatever the timing.
+    inits_pending: usize,
+    /// A `worker_init_fn` that panicked, reported to the consumer in place of the next batch.
+    init_error: Option<DataError>,
 }
 
 /// The worker threads of one epoch: each claims the next unclaimed batch while fewer than
@@ -894,7 +899,7 @@ impl Persistent {
                             let _exit = Exit(&work.state);
                             match ok {
                                 true => serve(&work.job, &work.state, work.depth, work.end),
-                                false => init_failed(w, &work.state, work.end),
+                                false => init_failed(w, &work.state),
                             }
                         }
                     });
@@ -920,6 +925,8 @@ impl Persistent {
                 alive: self.threads.len(),
                 stop: false,
                 superseded: false,
+                inits_pending: 0,
+                init_error: None,
             }),
             Condvar::new(),
         ));
@@ -971,6 +978,8 @@ impl Pool {
                 alive: workers,
                 stop: false,
                 superseded: false,
+                inits_pending: workers,
+                init_error: None,
             }),
             Condvar::new(),
         ));
@@ -1010,28 +1019,35 @@ fn init(w: usize, f: Option<&WorkerInitFn>) -> bool {
 }
 
 /// A worker whose init panicked: the epoch ends with that error.
-fn init_failed(w: usize, state: &(Mutex<Shared>, Condvar), end: usize) {
+fn init_failed(w: usize, state: &(Mutex<Shared>, Condvar)) {
     let mut s = lock(&state.0);
-    let i = s.next_claim;
-    if i < end {
-        s.next_claim = end;
-        s.ready.insert(
-            i,
-            Err(DataError::Panicked {
-                batch: i,
-                indices: Vec::new(),
-                message: format!("worker_init_fn panicked in worker {w}"),
-            }),
-        );
-    }
+    let batch = s.next_take;
+    s.init_error.get_or_insert(DataError::Panicked {
+        batch,
+        indices: Vec::new(),
+        message: format!("worker_init_fn panicked in worker {w}"),
+    });
+    s.stop = true;
+    state.1.notify_all();
 }
 
 fn worker(w: usize, job: &Job, state: &(Mutex<Shared>, Condvar), depth: usize, end: usize) {
     let _exit = Exit(state);
-    if !init(w, job.loader.worker_init.as_ref()) {
-        return init_failed(w, state, end);
+    let ok = init(w, job.loader.worker_init.as_ref());
+    if !ok {
+        init_failed(w, state);
     }
-    serve(job, state, depth, end);
+    {
+        let mut s = lock(&state.0);
+        s.inits_pending = s.inits_pending.saturating_sub(1);
+        state.1.notify_all();
+        while s.inits_pending > 0 && !s.stop {
+            s = state.1.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+    if ok {
+        serve(job, state, depth, end);
+    }
 }
 
 /// Claims, loads and files batches of one epoch until none is left (or the epoch stopped).
@@ -1121,6 +1137,9 @@ impl Iterator for EpochIter {
                 let (m, cv) = &*pool.state;
                 let mut s = lock(m);
                 loop {
+                    if let Some(e) = s.init_error.take() {
+                        break Err(e);
+                    }
                     if let Some(r) = s.ready.remove(&i) {
                         s.next_take = i + 1;
                         cv.notify_all();
