@@ -2,7 +2,7 @@
 //!
 //! Each step computes the next lr from the group's current lr as torch's chainable `get_lr`
 //! does (`lr * gamma` at a step boundary, cosine's ratio recurrence, ...), so the lrs equal
-//! torch's bit for bit (`tests/optim_sched.rs` compares them exactly); the closed forms
+//! torch's bit for bit (`tests/optim/sched.rs` compares them exactly); the closed forms
 //! (torch's `_get_closed_form_lr`) serve where torch uses them: `OneCycleLR`, and each later
 //! schedule of a `SequentialLR` at its milestone. Construction performs torch's initial step:
 //! after `new`, the optimizer's lrs are the schedule's values at epoch 0 and
