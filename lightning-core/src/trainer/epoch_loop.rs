@@ -94,10 +94,11 @@ impl Trainer {
             bar.finish();
         }
         self.end_epoch(model, data, n)?;
-        // In a log (no terminal, so no bar): one line per epoch, as Lightning's bar leaves.
-        if self.cfg.enable_progress_bar && self.is_global_zero() && !Bar::drawn() {
-            let consumed = self.run.progress.batches_consumed;
-            let batches = (consumed.min(n)).saturating_sub(consumed_before.min(n));
+        // In a log (no terminal, so no bar): one line per epoch, as Lightning's bar leaves;
+        // none for an epoch this process ran no batch of (a resume at the epoch's end).
+        let consumed = self.run.progress.batches_consumed;
+        let batches = (consumed.min(n)).saturating_sub(consumed_before.min(n));
+        if self.cfg.enable_progress_bar && self.is_global_zero() && !Bar::drawn() && batches > 0 {
             let line = super::summary::epoch_line(
                 epoch,
                 batches,
