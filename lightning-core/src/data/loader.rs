@@ -287,9 +287,7 @@ impl DataLoader {
     fn len_in(&self, epoch: i64) -> usize {
         if let Some(it) = &self.iterable {
             let (world, rank) = self.shard.unwrap_or((1, 0));
-            let n = it.len(epoch as u64, rank, world);
-            let b = self.batch_size as usize;
-            return if self.drop_last { n / b } else { n.div_ceil(b) };
+            return self.batches_of(it.len(epoch as u64, rank, world));
         }
         if self.batch_sampler.is_some() {
             return self.plan(0, 0).len();
@@ -299,15 +297,17 @@ impl DataLoader {
             (None, Some(s)) => s.len(),
             (None, None) => self.dataset.len(),
         };
-        let n = match self.eval_shard {
+        self.batches_of(match self.eval_shard {
             Some((w, r)) => n.saturating_sub(r).div_ceil(w),
             None => n,
-        };
+        })
+    }
+    /// Batches of `samples` samples: partial last batch dropped with `drop_last`.
+    fn batches_of(&self, samples: usize) -> usize {
         let b = self.batch_size as usize;
-        if self.drop_last {
-            n / b
-        } else {
-            n.div_ceil(b)
+        match self.drop_last {
+            true => samples / b,
+            false => samples.div_ceil(b),
         }
     }
     /// Whether an epoch has no batches.
@@ -448,7 +448,8 @@ impl DataLoader {
         v.insert("_num_yielded", state.batches_consumed as i64);
         v.insert("batch_size", self.batch_size);
         v.insert("world_size", self.shard.map_or(1, |(w, _)| w) as i64);
-        let order = match (self.samples_consumed(state), state.elastic) {
+        let consumed = self.samples_consumed(state);
+        let order = match (consumed, state.elastic) {
             (None, _) => "custom",
             (Some(_), Some(e)) if e.distributed_order => "distributed",
             (Some(_), Some(_)) => "local",
@@ -459,10 +460,7 @@ impl DataLoader {
         let e = state.elastic.unwrap_or_default();
         v.insert("epoch_offset", e.offset as i64);
         v.insert("skip", e.skip as i64);
-        let consumed = match self.samples_consumed(state) {
-            Some(n) => Value::from(n as i64),
-            None => Value::None,
-        };
+        let consumed = consumed.map_or(Value::None, |n| Value::from(n as i64));
         v.insert("samples_consumed", consumed);
         v
     }
@@ -635,19 +633,13 @@ impl Stream {
     /// The next batch, `None` when the stream ended (or only a partial batch is left with
     /// `drop_last`). Panics in the dataset or the collate become errors.
     fn next_batch(&mut self, batch: usize) -> Option<Result<Batch, DataError>> {
-        let r = catch_unwind(AssertUnwindSafe(|| self.next_unguarded()));
-        match r {
-            Ok(b) => b,
-            Err(payload) => Some(Err(DataError::Panicked {
+        catch_unwind(AssertUnwindSafe(|| self.next_unguarded())).unwrap_or_else(|payload| {
+            Some(Err(DataError::Panicked {
                 batch,
                 indices: Vec::new(),
-                message: payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".into()),
-            })),
-        }
+                message: panic_message(payload.as_ref()),
+            }))
+        })
     }
 
     fn next_unguarded(&mut self) -> Option<Result<Batch, DataError>> {
@@ -680,14 +672,8 @@ impl Stream {
             return None;
         }
         let indices: Vec<usize> = (first..self.position).collect();
-        let batch = match &self.collate {
-            Some(f) => f(samples, &indices).map_err(|source| DataError::Batch { indices, source }),
-            None => default_collate(samples, &indices),
-        };
-        Some(batch.map(|b| match self.pin {
-            true => b.pinned(Device::Cuda(0)),
-            false => b,
-        }))
+        let batch = collate(self.collate.as_ref(), samples, &indices);
+        Some(batch.map(|b| pinned_if(b, self.pin)))
     }
 }
 
@@ -768,22 +754,13 @@ impl Job {
         // everything a worker does with a batch is guarded: a worker that died silently would
         // leave its batch missing and the consumer waiting
         let r = catch_unwind(AssertUnwindSafe(|| {
-            let batch = self.load_unguarded(indices)?;
-            Ok(match self.pin {
-                true => batch.pinned(Device::Cuda(0)),
-                false => batch,
-            })
+            Ok(pinned_if(self.load_unguarded(indices)?, self.pin))
         }));
         r.unwrap_or_else(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
             Err(DataError::Panicked {
                 batch: i,
                 indices: indices.clone(),
-                message,
+                message: panic_message(payload.as_ref()),
             })
         })
     }
@@ -806,14 +783,40 @@ impl Job {
                 .map_err(|source| DataError::Sample { index, source })?;
             samples.push(s);
         }
-        match &self.loader.collate {
-            Some(f) => f(samples, indices).map_err(|source| DataError::Batch {
-                indices: indices.to_vec(),
-                source,
-            }),
-            None => default_collate(samples, indices),
-        }
+        collate(self.loader.collate.as_ref(), samples, indices)
     }
+}
+
+/// Collates a batch's samples with the user's function, or [`default_collate`].
+fn collate(
+    f: Option<&CollateFn>,
+    samples: Vec<Sample>,
+    indices: &[usize],
+) -> Result<Batch, DataError> {
+    match f {
+        Some(f) => f(samples, indices).map_err(|source| DataError::Batch {
+            indices: indices.to_vec(),
+            source,
+        }),
+        None => default_collate(samples, indices),
+    }
+}
+
+/// The batch in page-locked memory when `pin` (a GPU is present and `pin_memory` is on).
+fn pinned_if(batch: Batch, pin: bool) -> Batch {
+    match pin {
+        true => batch.pinned(Device::Cuda(0)),
+        false => batch,
+    }
+}
+
+/// A panic's message (`panic!` with a literal or with formatting), for the error it becomes.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// The state the workers and the consumer share.
@@ -868,48 +871,35 @@ struct Persistent {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn lock_slot(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Persistent {
     fn start(workers: usize, worker_init: Option<WorkerInitFn>) -> Persistent {
         let slot = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
         let threads = (0..workers)
             .filter_map(|w| {
                 let (slot, worker_init) = (slot.clone(), worker_init.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("lightning-data-{w}"))
-                    .spawn(move || {
-                        let ok = init(w, worker_init.as_ref());
-                        let mut seen = 0;
-                        loop {
-                            let work = {
-                                let mut s = lock_slot(&slot.0);
-                                while !s.shutdown && s.generation == seen {
-                                    s = slot.1.wait(s).unwrap_or_else(PoisonError::into_inner);
-                                }
-                                if s.shutdown {
-                                    return;
-                                }
-                                seen = s.generation;
-                                s.work.clone()
-                            };
-                            let Some(work) = work else { continue };
-                            let _exit = Exit(&work.state);
-                            match ok {
-                                true => serve(&work.job, &work.state, work.depth, work.end),
-                                false => init_failed(w, &work.state),
+                spawn_worker(w, move || {
+                    let ok = init(w, worker_init.as_ref());
+                    let mut seen = 0;
+                    loop {
+                        let work = {
+                            let mut s = lock(&slot.0);
+                            while !s.shutdown && s.generation == seen {
+                                s = slot.1.wait(s).unwrap_or_else(PoisonError::into_inner);
                             }
+                            if s.shutdown {
+                                return;
+                            }
+                            seen = s.generation;
+                            s.work.clone()
+                        };
+                        let Some(work) = work else { continue };
+                        let _exit = Exit(&work.state);
+                        match ok {
+                            true => serve(&work.job, &work.state, work.depth, work.end),
+                            false => init_failed(w, &work.state),
                         }
-                    });
-                match spawned {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        tracing::warn!("could not start data loader worker {w}: {e}");
-                        None
                     }
-                }
+                })
             })
             .collect();
         Persistent { slot, threads }
@@ -917,20 +907,8 @@ impl Persistent {
 
     /// Hands the workers an epoch; the returned pool is the consumer's side of it.
     fn assign(&self, job: Arc<Job>, depth: usize, start: usize, end: usize) -> Pool {
-        let state = Arc::new((
-            Mutex::new(Shared {
-                next_claim: start,
-                next_take: start,
-                ready: BTreeMap::new(),
-                alive: self.threads.len(),
-                stop: false,
-                superseded: false,
-                inits_pending: 0,
-                init_error: None,
-            }),
-            Condvar::new(),
-        ));
-        let mut s = lock_slot(&self.slot.0);
+        let state = Shared::new(start, self.threads.len(), 0);
+        let mut s = lock(&self.slot.0);
         // an earlier epoch still being read (two iterators of one loader at once) ends with
         // an error rather than waiting for workers that moved on
         if let Some(prev) = &s.work {
@@ -956,7 +934,7 @@ impl Persistent {
 
 impl Drop for Persistent {
     fn drop(&mut self) {
-        lock_slot(&self.slot.0).shutdown = true;
+        lock(&self.slot.0).shutdown = true;
         self.slot.1.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -964,13 +942,17 @@ impl Drop for Persistent {
     }
 }
 
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+/// Locks `m`, also after a thread panicked holding it (the state stays consistent: every
+/// change under these locks is a single assignment or insert).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Pool {
-    fn start(job: Arc<Job>, workers: usize, depth: usize, start: usize, end: usize) -> Pool {
-        let state = Arc::new((
+impl Shared {
+    /// An epoch from batch `start` served by `workers` workers, `inits_pending` of which
+    /// still have to run `worker_init_fn`.
+    fn new(start: usize, workers: usize, inits_pending: usize) -> Arc<(Mutex<Shared>, Condvar)> {
+        Arc::new((
             Mutex::new(Shared {
                 next_claim: start,
                 next_take: start,
@@ -978,27 +960,45 @@ impl Pool {
                 alive: workers,
                 stop: false,
                 superseded: false,
-                inits_pending: workers,
+                inits_pending,
                 init_error: None,
             }),
             Condvar::new(),
-        ));
-        let threads = (0..workers)
+        ))
+    }
+}
+
+/// Starts loader thread `w` running `f`; `None` (with a warning) when the system refuses.
+fn spawn_worker(w: usize, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>> {
+    match std::thread::Builder::new()
+        .name(format!("lightning-data-{w}"))
+        .spawn(f)
+    {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("could not start data loader worker {w}: {e}");
+            None
+        }
+    }
+}
+
+impl Pool {
+    fn start(job: Arc<Job>, workers: usize, depth: usize, start: usize, end: usize) -> Pool {
+        let state = Shared::new(start, workers, workers);
+        let threads: Vec<JoinHandle<()>> = (0..workers)
             .filter_map(|w| {
                 let (job, shared) = (job.clone(), state.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("lightning-data-{w}"))
-                    .spawn(move || worker(w, &job, &shared, depth, end));
-                match spawned {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        tracing::warn!("could not start data loader worker {w}: {e}");
-                        lock(&state.0).alive -= 1;
-                        None
-                    }
-                }
+                spawn_worker(w, move || worker(w, &job, &shared, depth, end))
             })
             .collect();
+        // threads that did not start neither run nor init: the others must not wait for them
+        let missing = workers - threads.len();
+        if missing > 0 {
+            let mut s = lock(&state.0);
+            s.alive -= missing;
+            s.inits_pending -= missing;
+            state.1.notify_all();
+        }
         Pool { state, threads }
     }
 }
