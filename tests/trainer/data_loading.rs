@@ -35,39 +35,43 @@ impl Dataset for Noisy {
         if self.panic_at == Some(index) {
             panic!("dataset bug at {index}");
         }
-        let row = self.rows.get(index, rng)?;
-        let mut fields = row.into_fields().into_iter().map(|(_, f)| f);
-        let (Some(Field::Tensor(x)), Some(Field::Tensor(y))) = (fields.next(), fields.next())
-        else {
-            return Err("expected (x, y) rows".into());
-        };
-        let noise: Vec<f32> = (0..4).map(|_| rng.range(-0.1, 0.1) as f32).collect();
-        Ok(Sample::from_tensors(vec![
-            x + Tensor::from_slice(&noise),
-            y,
-        ]))
+        noised(self.rows.get(index, rng)?, rng)
     }
+}
+
+/// Adds noise to an `(x, y)` row's `x` from the sample's RNG (an augmentation).
+fn noised(row: Sample, rng: &mut SampleRng) -> Result<Sample, BoxError> {
+    let mut fields = row.into_fields().into_iter().map(|(_, f)| f);
+    let (Some(Field::Tensor(x)), Some(Field::Tensor(y))) = (fields.next(), fields.next()) else {
+        return Err("expected (x, y) rows".into());
+    };
+    let noise: Vec<f32> = (0..4).map(|_| rng.range(-0.1, 0.1) as f32).collect();
+    Ok(Sample::from_tensors(vec![
+        x + Tensor::from_slice(&noise),
+        y,
+    ]))
+}
+
+/// The `(x, y)` rows of one of `trainer_util::data`'s loaders, read back through the Dataset
+/// trait.
+fn rows(l: Option<&DataLoader>) -> TensorDataset {
+    let t = l.and_then(DataLoader::dataset).expect("a map-style loader");
+    let mut rng = SampleRng::new(0, 0, 0);
+    let (xs, ys): (Vec<Tensor>, Vec<Tensor>) = (0..t.len())
+        .map(|i| {
+            let mut f = t.get(i, &mut rng).unwrap().into_fields().into_iter();
+            let mut next = || match f.next() {
+                Some((_, Field::Tensor(t))) => t,
+                _ => unreachable!("tensor rows"),
+            };
+            (next(), next())
+        })
+        .unzip();
+    TensorDataset::new(vec![Tensor::stack(&xs, 0), Tensor::stack(&ys, 0)]).unwrap()
 }
 
 fn noisy(workers: usize, fail_at: Option<usize>, panic_at: Option<usize>) -> DataModule {
     let dm = trainer_util::data(80, 8, true);
-    let rows = |l: Option<&DataLoader>| {
-        let t = l.unwrap().dataset().unwrap();
-        // the tensors of trainer_util::data's split, read back through the Dataset trait
-        let n = t.len();
-        let mut rng = SampleRng::new(0, 0, 0);
-        let (xs, ys): (Vec<Tensor>, Vec<Tensor>) = (0..n)
-            .map(|i| {
-                let s = t.get(i, &mut rng).unwrap();
-                let mut f = s.into_fields().into_iter().map(|(_, f)| match f {
-                    Field::Tensor(t) => t,
-                    _ => unreachable!("tensor rows"),
-                });
-                (f.next().unwrap(), f.next().unwrap())
-            })
-            .unzip();
-        TensorDataset::new(vec![Tensor::stack(&xs, 0), Tensor::stack(&ys, 0)]).unwrap()
-    };
     let train = Noisy {
         rows: rows(dm.train_loader()),
         fail_at,
@@ -82,24 +86,51 @@ fn builder(root: &Path) -> TrainerBuilder {
     trainer_util::quiet_builder(root).enable_model_summary(false)
 }
 
-fn straight(dir: &Path, workers: usize) -> Value {
+/// Three epochs on `data` without a stop: the final state.
+fn straight(dir: &Path, data: &DataModule) -> Value {
     let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
     let mut t = builder(dir)
         .max_epochs(3)
         .enable_checkpointing(false)
         .build()
         .unwrap();
-    t.fit(&mut m, &noisy(workers, None, None), None).unwrap();
+    t.fit(&mut m, data, None).unwrap();
     final_state(&m, &mut t, dir)
+}
+
+/// A run on `first` that saves at step 13 (mid epoch 1) and stops at 15, then a fresh model
+/// resumed from that file on `then` to the end of epoch 3: the saved file, the resumed run's
+/// final state and its global step.
+fn stopped_and_resumed(dir: &Path, first: &DataModule, then: &DataModule) -> (Value, Value, i64) {
+    let ck = dir.join("ck");
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+    let mut t = builder(dir)
+        .max_steps(15)
+        .callback(SaveAt::new(&ck, &[13], "last.ckpt"))
+        .build()
+        .unwrap();
+    t.fit(&mut m, first, None).unwrap();
+    let saved = checkpoint::load(&ck.join("last.ckpt")).unwrap();
+    let (mut m2, _vs2) = Tiny::new(TinyHp::default(), 99);
+    let mut t2 = builder(dir)
+        .max_epochs(3)
+        .callback(SaveAt::new(&ck, &[], "unused.ckpt"))
+        .build()
+        .unwrap();
+    t2.fit(&mut m2, then, Some(CkptPath::Last)).unwrap();
+    (saved, final_state(&m2, &mut t2, dir), t2.global_step())
 }
 
 #[test]
 fn the_number_of_workers_never_changes_the_weights() {
     let _serial = trainer_util::serial();
     let dir = tempfile::tempdir().unwrap();
-    let want = straight(dir.path(), 0);
+    let want = straight(dir.path(), &noisy(0, None, None));
     for workers in [1, 4] {
-        assert!(straight(dir.path(), workers) == want, "{workers} workers");
+        assert!(
+            straight(dir.path(), &noisy(workers, None, None)) == want,
+            "{workers} workers"
+        );
     }
 }
 
@@ -107,16 +138,9 @@ fn the_number_of_workers_never_changes_the_weights() {
 fn a_mid_epoch_resume_with_other_workers_is_bitwise_exact() {
     let _serial = trainer_util::serial();
     let dir = tempfile::tempdir().unwrap();
-    let want = straight(dir.path(), 2);
-    let ck = dir.path().join("ck");
-    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
-    let mut t = builder(dir.path())
-        .max_steps(15)
-        .callback(SaveAt::new(&ck, &[13], "last.ckpt"))
-        .build()
-        .unwrap();
-    t.fit(&mut m, &noisy(3, None, None), None).unwrap();
-    let saved = checkpoint::load(&ck.join("last.ckpt")).unwrap();
+    let want = straight(dir.path(), &noisy(2, None, None));
+    let (saved, got, step) =
+        stopped_and_resumed(dir.path(), &noisy(3, None, None), &noisy(1, None, None));
     let loader = saved
         .get_path("loops.fit_loop.state_dict.combined_loader")
         .and_then(Value::as_seq)
@@ -129,16 +153,7 @@ fn a_mid_epoch_resume_with_other_workers_is_bitwise_exact() {
         loader.get("samples_consumed").and_then(Value::as_i64),
         Some(40)
     );
-    let (mut m2, _vs2) = Tiny::new(TinyHp::default(), 99);
-    let mut t2 = builder(dir.path())
-        .max_epochs(3)
-        .callback(SaveAt::new(&ck, &[], "unused.ckpt"))
-        .build()
-        .unwrap();
-    t2.fit(&mut m2, &noisy(1, None, None), Some(CkptPath::Last))
-        .unwrap();
-    assert_eq!(t2.global_step(), 24);
-    let got = final_state(&m2, &mut t2, dir.path());
+    assert_eq!(step, 24);
     assert!(got == want, "the resumed run differs from the straight one");
 }
 
@@ -229,75 +244,33 @@ impl IterableDataset for Streamed {
             .map(move |k| {
                 let i = (k + 7 * ctx.epoch as usize) % n;
                 let mut rng = SampleRng::new(ctx.seed, ctx.epoch, k as u64);
-                let row = rows.get(i, &mut rng)?;
-                let mut f = row.into_fields().into_iter().map(|(_, f)| f);
-                let (Some(Field::Tensor(x)), Some(Field::Tensor(y))) = (f.next(), f.next()) else {
-                    return Err("expected (x, y) rows".into());
-                };
-                let noise: Vec<f32> = (0..4).map(|_| rng.range(-0.1, 0.1) as f32).collect();
-                Ok(Sample::from_tensors(vec![
-                    x + Tensor::from_slice(&noise),
-                    y,
-                ]))
+                noised(rows.get(i, &mut rng)?, &mut rng)
             });
         Ok(Box::new(it))
     }
 }
 
 fn streamed(workers: usize) -> DataModule {
-    let dm = noisy(0, None, None);
-    let train = dm.train_loader().unwrap().dataset().unwrap().clone();
-    let n = train.len();
-    let mut rng = SampleRng::new(0, 0, 0);
-    let (xs, ys): (Vec<Tensor>, Vec<Tensor>) = (0..n)
-        .map(|i| {
-            let mut f = train.get(i, &mut rng).unwrap().into_fields().into_iter();
-            let mut next = || match f.next() {
-                Some((_, Field::Tensor(t))) => t,
-                _ => unreachable!("tensor rows"),
-            };
-            (next(), next())
-        })
-        .unzip();
-    let rows = TensorDataset::new(vec![Tensor::stack(&xs, 0), Tensor::stack(&ys, 0)]).unwrap();
+    let dm = trainer_util::data(80, 8, true);
     DataModule::new()
-        .train(DataLoader::iterable(Streamed { rows }, 8).num_workers(workers))
-        .val(dm.val_loader().unwrap().clone())
+        .train(
+            DataLoader::iterable(
+                Streamed {
+                    rows: rows(dm.train_loader()),
+                },
+                8,
+            )
+            .num_workers(workers),
+        )
+        .val(DataLoader::new(rows(dm.val_loader()), 8))
 }
 
 #[test]
 fn an_iterable_dataset_trains_the_same_with_workers_and_resumes_mid_epoch_exactly() {
     let _serial = trainer_util::serial();
     let dir = tempfile::tempdir().unwrap();
-    let run = |workers: usize| {
-        let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
-        let mut t = builder(dir.path())
-            .max_epochs(3)
-            .enable_checkpointing(false)
-            .build()
-            .unwrap();
-        t.fit(&mut m, &streamed(workers), None).unwrap();
-        final_state(&m, &mut t, dir.path())
-    };
-    let want = run(0);
-    assert!(run(2) == want, "2 workers");
-    let ck = dir.path().join("ck");
-    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
-    let mut t = builder(dir.path())
-        .max_steps(13)
-        .callback(SaveAt::new(&ck, &[13], "last.ckpt"))
-        .build()
-        .unwrap();
-    t.fit(&mut m, &streamed(1), None).unwrap();
-    let (mut m2, _vs2) = Tiny::new(TinyHp::default(), 99);
-    let mut t2 = builder(dir.path())
-        .max_epochs(3)
-        .callback(SaveAt::new(&ck, &[], "unused.ckpt"))
-        .build()
-        .unwrap();
-    t2.fit(&mut m2, &streamed(3), Some(CkptPath::Last)).unwrap();
-    assert!(
-        final_state(&m2, &mut t2, dir.path()) == want,
-        "the resumed run differs"
-    );
+    let want = straight(dir.path(), &streamed(0));
+    assert!(straight(dir.path(), &streamed(2)) == want, "2 workers");
+    let (_, got, _) = stopped_and_resumed(dir.path(), &streamed(1), &streamed(3));
+    assert!(got == want, "the resumed run differs");
 }
