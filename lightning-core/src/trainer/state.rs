@@ -406,10 +406,11 @@ impl RunState {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_mid_epoch_position_needs_the_same_world_size() {
-        let mut ckpt = Checkpoint {
+    /// A checkpoint saved by 2 processes after 5 batches of epoch 1, with these loops.
+    fn mid_epoch(loops: Option<Loops>) -> Checkpoint {
+        Checkpoint {
             global_step: 7,
+            loops,
             resume: Some(ResumeState {
                 seed: 3,
                 epoch: 1,
@@ -418,21 +419,31 @@ mod tests {
                 ..ResumeState::default()
             }),
             ..Checkpoint::default()
-        };
-        let with_world = |world_size| RunState {
+        }
+    }
+
+    /// A run on `world_size` processes training with `train`.
+    fn run(world_size: usize, train: Option<DataLoader>) -> RunState {
+        RunState {
             setup: RunSetup {
                 world_size,
+                train,
                 ..RunSetup::default()
             },
             ..RunState::default()
-        };
-        let mut one = with_world(1);
+        }
+    }
+
+    #[test]
+    fn a_mid_epoch_position_needs_the_same_world_size() {
+        let mut ckpt = mid_epoch(None);
+        let mut one = run(1, None);
         let e = one.restore_position(&ckpt).unwrap_err();
         assert!(
             e.contains("by 2 process(es)") && e.contains("epoch-end"),
             "{e}"
         );
-        let mut two = with_world(2);
+        let mut two = run(2, None);
         assert_eq!(two.restore_position(&ckpt), Ok(Some(3)));
         assert_eq!((two.progress.epoch, two.progress.batches_consumed), (1, 5));
         // at an epoch's end any world size resumes (the shards are recomputed)
@@ -450,27 +461,8 @@ mod tests {
         let saving = loader.clone().distributed(2, 1).unwrap();
         let mut loops = Loops::zero();
         loops.fit.combined_loader = Some(vec![saving.state_dict(&LoaderState::at(1, 5))]);
-        let ckpt = Checkpoint {
-            global_step: 7,
-            loops: Some(loops),
-            resume: Some(ResumeState {
-                seed: 3,
-                epoch: 1,
-                batches_consumed: 5,
-                world_size: 2,
-                ..ResumeState::default()
-            }),
-            ..Checkpoint::default()
-        };
-        let with = |world_size, train: DataLoader| RunState {
-            setup: RunSetup {
-                world_size,
-                train: Some(train),
-                ..RunSetup::default()
-            },
-            ..RunState::default()
-        };
-        let mut one = with(1, loader.clone());
+        let ckpt = mid_epoch(Some(loops));
+        let mut one = run(1, Some(loader.clone()));
         assert_eq!(one.restore_position(&ckpt), Ok(Some(3)));
         assert_eq!(one.progress.batches_consumed, 5);
         // 5 batches of 2 on each of 2 ranks: the first 20 samples of the epoch's order
@@ -481,7 +473,7 @@ mod tests {
         };
         assert_eq!(one.progress.elastic, Some(want));
         // the same world continues the same plan
-        let mut two = with(2, saving);
+        let mut two = run(2, Some(saving));
         assert_eq!(two.restore_position(&ckpt), Ok(Some(3)));
         assert_eq!(two.progress.elastic, None);
         // a custom sampler's order cannot be re-dealt: a clear error
@@ -494,11 +486,8 @@ mod tests {
         let mut loops = Loops::zero();
         let custom = loader.clone().sampler(Rev).distributed(2, 0).unwrap();
         loops.fit.combined_loader = Some(vec![custom.state_dict(&LoaderState::at(1, 5))]);
-        let ckpt = Checkpoint {
-            loops: Some(loops),
-            ..ckpt
-        };
-        let e = with(1, loader).restore_position(&ckpt).unwrap_err();
+        let ckpt = mid_epoch(Some(loops));
+        let e = run(1, Some(loader)).restore_position(&ckpt).unwrap_err();
         assert!(
             e.contains("combined_loader") && e.contains("custom sampler"),
             "{e}"
