@@ -133,12 +133,7 @@ impl Dataset for ImageFolder {
             .map_err(|e| format!("{}: {e}", path.display()))?
             .to_rgb8();
         let (w, h) = image.dimensions();
-        let pixels = Pixels {
-            width: w as usize,
-            height: h as usize,
-            channels: 3,
-            data: image.as_raw(),
-        };
+        let pixels = Pixels::rgb(w as usize, h as usize, image.as_raw());
         let x = self.transform.apply(&pixels, rng)?;
         Ok(Sample::new().push(x).push(*label))
     }
@@ -155,6 +150,18 @@ pub struct Pixels<'a> {
     pub channels: usize,
     /// `height * width * channels` bytes.
     pub data: &'a [u8],
+}
+
+impl<'a> Pixels<'a> {
+    /// RGB pixels (3 channels), `width * height * 3` bytes.
+    pub fn rgb(width: usize, height: usize, data: &'a [u8]) -> Self {
+        Pixels {
+            width,
+            height,
+            channels: 3,
+            data,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -387,12 +394,7 @@ mod tests {
     #[test]
     fn identity_resize_flip_and_normalize_move_pixels_where_expected() {
         let data = gradient(4, 3);
-        let px = Pixels {
-            width: 4,
-            height: 3,
-            channels: 3,
-            data: &data,
-        };
+        let px = Pixels::rgb(4, 3, &data);
         let mut rng = SampleRng::new(0, 0, 0);
         let t = Transforms::new().apply(&px, &mut rng).unwrap();
         assert_eq!(t.size(), vec![3, 3, 4]);
@@ -434,12 +436,7 @@ mod tests {
     #[test]
     fn random_resized_crop_depends_only_on_the_samples_rng() {
         let data = gradient(20, 16);
-        let px = Pixels {
-            width: 20,
-            height: 16,
-            channels: 3,
-            data: &data,
-        };
+        let px = Pixels::rgb(20, 16, &data);
         let t = Transforms::new()
             .random_resized_crop(8, (0.3, 1.0), (0.75, 1.333))
             .random_horizontal_flip(0.5);
