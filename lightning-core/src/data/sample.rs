@@ -320,71 +320,73 @@ pub fn default_collate(samples: Vec<Sample>, indices: &[usize]) -> Result<Batch,
     };
     let mut out = Vec::with_capacity(width);
     for (i, col) in columns.into_iter().enumerate() {
-        let mismatch = |k: usize, f: &Field, g: &Field| DataError::Collate {
+        let first = col[0].kind_name();
+        let mismatch = |k: usize, f: &Field| DataError::Collate {
             field: label(i),
             detail: format!(
-                "sample {} has a {}, sample {} a {}",
+                "sample {} has a {first}, sample {} a {}",
                 indices.first().copied().unwrap_or(0),
-                g.kind_name(),
                 indices.get(k).copied().unwrap_or(k),
                 f.kind_name()
             ),
         };
-        let column = match &col[0] {
-            Field::Tensor(t0) => {
-                let (shape, kind) = (t0.size(), t0.kind());
-                let mut ts = Vec::with_capacity(col.len());
-                for (k, f) in col.iter().enumerate() {
-                    match f {
-                        Field::Tensor(t) if t.size() == shape && t.kind() == kind => ts.push(t),
-                        other => return Err(mismatch(k, other, &col[0])),
-                    }
+        let column =
+            match &col[0] {
+                Field::Tensor(t0) => {
+                    let (shape, kind) = (t0.size(), t0.kind());
+                    let ts = same_kind(col, &mismatch, |f| match f {
+                        Field::Tensor(t) if t.size() == shape && t.kind() == kind => Ok(t),
+                        other => Err(other),
+                    })?;
+                    Column::Tensor(Tensor::stack(&ts, 0))
                 }
-                Column::Tensor(Tensor::stack(&ts, 0))
-            }
-            Field::Int(_) => {
-                let mut v = Vec::with_capacity(col.len());
-                for (k, f) in col.iter().enumerate() {
-                    match f {
-                        Field::Int(x) => v.push(*x),
-                        other => return Err(mismatch(k, other, &col[0])),
-                    }
+                Field::Int(_) => Column::Tensor(Tensor::from_slice(&same_kind(
+                    col,
+                    &mismatch,
+                    |f| match f {
+                        Field::Int(x) => Ok(x),
+                        other => Err(other),
+                    },
+                )?)),
+                Field::Float(_) => {
+                    let v = same_kind(col, &mismatch, |f| match f {
+                        Field::Float(x) => Ok(x),
+                        other => Err(other),
+                    })?;
+                    Column::Tensor(Tensor::from_slice(&v).to_kind(Kind::Double))
                 }
-                Column::Tensor(Tensor::from_slice(&v))
-            }
-            Field::Float(_) => {
-                let mut v = Vec::with_capacity(col.len());
-                for (k, f) in col.iter().enumerate() {
-                    match f {
-                        Field::Float(x) => v.push(*x),
-                        other => return Err(mismatch(k, other, &col[0])),
-                    }
+                Field::Str(_) => {
+                    let strings = |k: usize, f: &Field| DataError::Collate {
+                        field: label(i),
+                        detail: format!(
+                            "sample {} has a {}, the first a string",
+                            indices.get(k).copied().unwrap_or(k),
+                            f.kind_name()
+                        ),
+                    };
+                    Column::Strings(same_kind(col, &strings, |f| match f {
+                        Field::Str(x) => Ok(x),
+                        other => Err(other),
+                    })?)
                 }
-                Column::Tensor(Tensor::from_slice(&v).to_kind(Kind::Double))
-            }
-            Field::Str(_) => {
-                let mut v = Vec::with_capacity(col.len());
-                for (k, f) in col.into_iter().enumerate() {
-                    match f {
-                        Field::Str(x) => v.push(x),
-                        other => {
-                            return Err(DataError::Collate {
-                                field: label(i),
-                                detail: format!(
-                                    "sample {} has a {}, the first a string",
-                                    indices.get(k).copied().unwrap_or(k),
-                                    other.kind_name()
-                                ),
-                            });
-                        }
-                    }
-                }
-                Column::Strings(v)
-            }
-        };
+            };
         out.push((names[i].clone(), column));
     }
     Ok(Batch::from_columns(out))
+}
+
+/// Every field of a column taken by `take`, or the error `mismatch` makes of the first one
+/// `take` refuses (with its position in the batch).
+fn same_kind<T>(
+    col: Vec<Field>,
+    mismatch: &dyn Fn(usize, &Field) -> DataError,
+    take: impl Fn(Field) -> Result<T, Field>,
+) -> Result<Vec<T>, DataError> {
+    let mut out = Vec::with_capacity(col.len());
+    for (k, f) in col.into_iter().enumerate() {
+        out.push(take(f).map_err(|f| mismatch(k, &f))?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
