@@ -99,17 +99,15 @@ impl Trainer {
         // Under DDP each rank validates its share (no sample twice, unlike Lightning's padded
         // sampler), and the epoch means are reduced from every rank's sums and counts: the
         // monitored values are the single-process ones, and the same on every rank.
-        let world = self.world.clone();
-        match world
-            .as_ref()
-            .and_then(|w| val.eval_shard(w.env.world_size, w.env.rank))
-        {
-            Some(shard) => {
+        let sharded = self.world.clone().and_then(|w| {
+            let shard = val.eval_shard(w.env.world_size, w.env.rank)?;
+            Some((w, shard))
+        });
+        match sharded {
+            Some((w, shard)) => {
                 let n = self.cfg.limit_val_batches.apply(shard.len());
                 self.eval_batches(model, &shard, Stage::Validate, n, true)?;
-                if let Some(w) = &world {
-                    self.run.metrics.sync_epoch(Stage::Validate, |v| w.sum(v))?;
-                }
+                self.run.metrics.sync_epoch(Stage::Validate, |v| w.sum(v))?;
             }
             None => self.eval_batches(model, val, Stage::Validate, n, false)?,
         }

@@ -91,14 +91,11 @@ impl World {
         if idx.is_empty() {
             return Ok(());
         }
-        let values: Vec<f64> = idx.iter().map(|&i| logged[i].value).collect();
-        let mut t = [Tensor::from_slice(&values)];
-        self.pg
-            .all_reduce(&mut t, lightning_dist::ReduceOp::Sum)
-            .map_err(dist_err)?;
+        let mut values: Vec<f64> = idx.iter().map(|&i| logged[i].value).collect();
+        self.sum(&mut values)?;
         let n = self.env.world_size as f64;
-        for (k, &i) in idx.iter().enumerate() {
-            logged[i].value = t[0].double_value(&[k as i64]) / n;
+        for (&i, v) in idx.iter().zip(values) {
+            logged[i].value = v / n;
         }
         Ok(())
     }
