@@ -7,28 +7,12 @@ use lightning_testkit::roles::data_ddp::{self, Args, ROWS};
 
 use lightning_core::checkpoint;
 use lightning_core::Value;
-use lightning_testkit::Supervised;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 fn run(a: &Args) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
-    cmd.arg("data-ddp")
-        .args(a.to_args())
-        .env_remove("LOCAL_RANK")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env_remove("MASTER_PORT")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let out = Supervised::spawn(&mut cmd, Duration::from_secs(120)).wait_with_output();
-    assert!(
-        out.status.success(),
-        "data-ddp run {a:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::run_ok(
+        crate::job("data-ddp").args(a.to_args()),
+        &format!("data-ddp run {a:?}"),
     );
 }
 

@@ -14,38 +14,20 @@ use std::process::Command;
 use std::time::Duration;
 
 fn command(root: &Path, epochs: i64, devices: usize, resume: bool) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
+    let mut cmd = crate::job("ddp");
     cmd.args([
-        "ddp",
         root.to_str().unwrap(),
         &epochs.to_string(),
         &devices.to_string(),
     ])
     .arg(if resume { "1" } else { "0" })
-    .env_remove("LOCAL_RANK")
-    .env_remove("RANK")
-    .env_remove("WORLD_SIZE")
-    .env_remove("MASTER_PORT")
     .env_remove(ddp::DIE_AT)
-    .env_remove(ddp::SLOW)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    .env_remove(ddp::SLOW);
     cmd
 }
 
 fn run(root: &Path, epochs: i64, devices: usize, resume: bool) {
-    let mut cmd = command(root, epochs, devices, resume);
-    let out = Supervised::spawn(&mut cmd, Duration::from_secs(120)).wait_with_output();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "ddp run failed ({}):\n{text}",
-        out.status
-    );
+    crate::run_ok(&mut command(root, epochs, devices, resume), "ddp run");
 }
 
 fn weights(p: &Path) -> Vec<(String, tch::Tensor)> {
