@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lightning_core::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// The MLP's hyperparameters (saved in every checkpoint as `hyper_parameters`).
 #[derive(Hyperparameters, Clone, Debug)]
@@ -65,14 +65,7 @@ impl Mlp {
     }
 
     fn metrics(&self, batch: &Batch, train: bool) -> (Tensor, Tensor) {
-        let logits = self.forward(&batch[0], train);
-        let loss = logits.cross_entropy_for_logits(&batch[1]);
-        let acc = logits
-            .argmax(-1, false)
-            .eq_tensor(&batch[1])
-            .to_kind(Kind::Float)
-            .mean(Kind::Float);
-        (loss, acc)
+        lightning_rs::loss_and_accuracy(&self.forward(&batch[0], train), &batch[1])
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::Context;
 use lightning_core::data::{ImageFolder, Transforms};
 use lightning_core::prelude::*;
 use std::path::Path;
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Tensor};
 
 /// Side of the PNG files `prepare` writes (the 8x8 digits upscaled).
 pub const FILE_SIDE: u32 = 32;
@@ -98,14 +98,7 @@ impl Cnn {
     }
 
     fn metrics(&self, batch: &Batch) -> (Tensor, Tensor) {
-        let logits = self.forward(&batch[0]);
-        let loss = logits.cross_entropy_for_logits(&batch[1]);
-        let acc = logits
-            .argmax(-1, false)
-            .eq_tensor(&batch[1])
-            .to_kind(Kind::Float)
-            .mean(Kind::Float);
-        (loss, acc)
+        crate::loss_and_accuracy(&self.forward(&batch[0]), &batch[1])
     }
 }
 
