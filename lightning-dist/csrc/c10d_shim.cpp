@@ -249,6 +249,41 @@ char* ldist_pg_all_gather(ldist_pg* h, const ldist_tensor* t, ldist_tensor** out
   });
 }
 
+char* ldist_pg_all_gather_into(ldist_pg* h, ldist_tensor* out, const ldist_tensor* in) {
+  return guard([&] {
+    TORCH_CHECK(out != nullptr && in != nullptr, "tensor is null");
+    TORCH_CHECK(out->is_contiguous() && in->is_contiguous(), "tensors must be contiguous");
+    TORCH_CHECK(out->numel() == in->numel() * h->pg->getSize(), "output holds ", out->numel(),
+                " elements, expected world size x ", in->numel());
+    at::NoGradGuard no_grad;
+    at::Tensor o = *out;
+    at::Tensor i = *in;
+    h->pg->_allgather_base(o, i)->wait();
+  });
+}
+
+char* ldist_pg_reduce_scatter_into(ldist_pg* h, ldist_tensor* out, const ldist_tensor* in,
+                                   int op) {
+  return guard([&] {
+    TORCH_CHECK(out != nullptr && in != nullptr, "tensor is null");
+    TORCH_CHECK(op >= c10d::ReduceOp::SUM && op <= c10d::ReduceOp::MAX, "unknown reduce op ",
+                op);
+    TORCH_CHECK(out->is_contiguous() && in->is_contiguous(), "tensors must be contiguous");
+    TORCH_CHECK(in->numel() == out->numel() * h->pg->getSize(), "input holds ", in->numel(),
+                " elements, expected world size x ", out->numel());
+    at::NoGradGuard no_grad;
+    const bool avg_by_division = op == c10d::ReduceOp::AVG && !h->native_avg;
+    c10d::ReduceScatterOptions o;
+    o.reduceOp = avg_by_division
+                     ? c10d::ReduceOp(c10d::ReduceOp::SUM)
+                     : c10d::ReduceOp(static_cast<c10d::ReduceOp::RedOpType>(op));
+    at::Tensor ot = *out;
+    at::Tensor it = *in;
+    h->pg->_reduce_scatter_base(ot, it, o)->wait();
+    if (avg_by_division) ot.div_(h->pg->getSize());
+  });
+}
+
 char* ldist_pg_barrier(ldist_pg* h) {
   return guard([&] { h->pg->barrier()->wait(); });
 }

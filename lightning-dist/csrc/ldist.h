@@ -66,6 +66,11 @@ char* ldist_pg_all_reduce(ldist_pg* pg, ldist_tensor* const* ts, size_t n, int o
 char* ldist_pg_broadcast(ldist_pg* pg, ldist_tensor* const* ts, size_t n, int root);
 // out: an array of size(pg) slots, filled with new tensors.
 char* ldist_pg_all_gather(ldist_pg* pg, const ldist_tensor* t, ldist_tensor** out);
+// FSDP's collectives: `out` holds size(pg) x numel(in) elements (all_gather_into_tensor);
+// `in` holds size(pg) x numel(out) elements, rank r receives block r reduced (op as above).
+char* ldist_pg_all_gather_into(ldist_pg* pg, ldist_tensor* out, const ldist_tensor* in);
+char* ldist_pg_reduce_scatter_into(ldist_pg* pg, ldist_tensor* out, const ldist_tensor* in,
+                                   int op);
 char* ldist_pg_barrier(ldist_pg* pg);
 char* ldist_pg_broadcast_coalesced(ldist_pg* pg, ldist_tensor* const* ts, size_t n,
                                    size_t buffer_bytes, int root);

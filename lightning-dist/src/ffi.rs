@@ -117,6 +117,17 @@ unsafe extern "C" {
         t: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    pub(crate) fn ldist_pg_all_gather_into(
+        pg: *mut LdistPg,
+        out: *mut C_tensor,
+        t: *const C_tensor,
+    ) -> *mut c_char;
+    pub(crate) fn ldist_pg_reduce_scatter_into(
+        pg: *mut LdistPg,
+        out: *mut C_tensor,
+        t: *const C_tensor,
+        op: c_int,
+    ) -> *mut c_char;
     pub(crate) fn ldist_pg_barrier(pg: *mut LdistPg) -> *mut c_char;
     pub(crate) fn ldist_pg_broadcast_coalesced(
         pg: *mut LdistPg,

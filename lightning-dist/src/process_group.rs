@@ -263,6 +263,37 @@ impl ProcessGroup {
         Ok(tensors)
     }
 
+    /// `torch.distributed.all_gather_into_tensor`: every rank's `input` concatenated into
+    /// `output` in rank order (`output` holds world-size times `input`'s elements; both
+    /// contiguous, same dtype). What FSDP gathers a sharded parameter with.
+    pub fn all_gather_into(&self, output: &mut Tensor, input: &Tensor) -> Result<()> {
+        // SAFETY: live tensors borrowed for the call.
+        check("all_gather_into_tensor", unsafe {
+            ffi::ldist_pg_all_gather_into(self.raw(), output.as_mut_ptr(), input.as_ptr())
+        })
+    }
+
+    /// `torch.distributed.reduce_scatter_tensor`: `input` (world-size blocks of `output`'s
+    /// size) reduced element-wise over the ranks; this rank receives block `rank` in
+    /// `output`. `Avg` on Gloo is a sum then a division, as for [`Self::all_reduce`]. What
+    /// FSDP reduces gradients with.
+    pub fn reduce_scatter_into(
+        &self,
+        output: &mut Tensor,
+        input: &Tensor,
+        op: ReduceOp,
+    ) -> Result<()> {
+        // SAFETY: live tensors borrowed for the call.
+        check("reduce_scatter_tensor", unsafe {
+            ffi::ldist_pg_reduce_scatter_into(
+                self.raw(),
+                output.as_mut_ptr(),
+                input.as_ptr(),
+                op.code(),
+            )
+        })
+    }
+
     /// Blocks until every rank has reached the barrier.
     pub fn barrier(&self) -> Result<()> {
         // SAFETY: live handle.

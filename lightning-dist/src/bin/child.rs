@@ -101,6 +101,34 @@ fn collectives(env: &ClusterEnv, store: &Store, pg: &ProcessGroup) -> Res<()> {
         expect("all_gather", t, &[r as f32, r as f32 * 10.0])?;
     }
 
+    // FSDP's pair: gather shards into one flat tensor, reduce-scatter it back.
+    let shard = Tensor::from_slice(&[rank, rank + 0.5]);
+    let mut flat = Tensor::zeros([2 * env.world_size as i64], cpu());
+    pg.all_gather_into(&mut flat, &shard)?;
+    let want: Vec<f32> = (0..env.world_size)
+        .flat_map(|r| [r as f32, r as f32 + 0.5])
+        .collect();
+    expect("all_gather_into_tensor", &flat, &want)?;
+    let full: Vec<f32> = (0..2 * env.world_size).map(|i| i as f32 + rank).collect();
+    let mut mine = Tensor::zeros([2], cpu());
+    pg.reduce_scatter_into(&mut mine, &Tensor::from_slice(&full), ReduceOp::Avg)?;
+    let r0 = 2.0 * rank;
+    let mean_rank = (world - 1.0) / 2.0;
+    expect(
+        "reduce_scatter_tensor avg",
+        &mine,
+        &[r0 + mean_rank, r0 + 1.0 + mean_rank],
+    )?;
+    match pg.reduce_scatter_into(&mut mine, &shard, ReduceOp::Sum) {
+        Err(e) if world > 1.0 && e.to_string().contains("expected world size") => {}
+        Ok(()) if world == 1.0 => {}
+        other => {
+            return Err(
+                format!("a mis-sized reduce_scatter should be refused, got {other:?}").into(),
+            )
+        }
+    }
+
     // Parameters (leaves requiring grad) take rank 0's values, other handles see them.
     tch::manual_seed(1000 + env.rank as i64);
     let params = [
