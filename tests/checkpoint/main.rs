@@ -1,6 +1,7 @@
 mod allowlist;
 mod common;
 mod crash_harness;
+mod dcp;
 mod full_disk;
 mod interop;
 mod legacy_prefix;

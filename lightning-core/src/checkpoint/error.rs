@@ -89,6 +89,15 @@ pub enum CheckpointError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An item of a sharded (DCP) checkpoint could not be read: the error names its key.
+    #[error("item {key:?} of the sharded checkpoint: {source}")]
+    Item {
+        /// The item's flattened key (`model.0.weight`).
+        key: String,
+        /// What went wrong reading it (its file, and where).
+        #[source]
+        source: Box<CheckpointError>,
+    },
     /// A safety limit was reached (nesting depth, shared-reference explosion).
     #[error("{path}: limit exceeded: {what}")]
     Limit {
@@ -119,6 +128,7 @@ impl CheckpointError {
             | CheckpointError::Unsupported { path, .. }
             | CheckpointError::Limit { path, .. }
             | CheckpointError::Remote { path, .. } => path,
+            CheckpointError::Item { source, .. } => source.path(),
         }
     }
 }

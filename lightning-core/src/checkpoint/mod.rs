@@ -29,6 +29,7 @@
 //! # Ok::<(), checkpoint::CheckpointError>(())
 //! ```
 
+pub mod dcp;
 pub(crate) mod error;
 #[doc(hidden)]
 pub mod pickle_read; // internal; public for the allowlist tests
@@ -203,7 +204,8 @@ fn read_tree_located(
 ) -> Result<(Value, Vec<String>), CheckpointError> {
     check_header_records(zip, path)?;
     let pickle = zip.read_record("data.pkl", true)?;
-    let map: Option<&'static [u8]> = if opts.mmap && !skip_data {
+    // A mapping is indexed by the archive's own offsets: only for an archive that is a file.
+    let map: Option<&'static [u8]> = if opts.mmap && !skip_data && zip.base() == 0 {
         // SAFETY: a private (copy-on-write) mapping; it is leaked so tensors built over it stay
         // valid for the life of the process. Truncating the file while mapped is undefined.
         let m = unsafe { memmap2::MmapOptions::new().map_copy(zip.file()) }
@@ -244,6 +246,11 @@ fn read_tree_located(
         }
     }
     Ok((tree, locations))
+}
+
+/// Reads one archive (a DCP item) with CRC checks, tensors on the CPU.
+fn read_archive(zip: &ZipReader, path: &Path) -> Result<Value, CheckpointError> {
+    read_tree_located(zip, path, &LoadOptions::default(), false).map(|(v, _)| v)
 }
 
 /// Opens the file or object at `path` for the zip reader.

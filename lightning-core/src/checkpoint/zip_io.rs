@@ -208,6 +208,8 @@ pub struct Entry {
 pub struct ZipReader {
     path: PathBuf,
     file: File,
+    /// Where the archive starts in `file` (a DCP `.distcp` file holds archives back to back).
+    base: u64,
     len: u64,
     prefix: String,
     entries: Vec<Entry>,
@@ -241,9 +243,21 @@ impl ZipReader {
             .metadata()
             .map_err(|e| CheckpointError::io(path, e))?
             .len();
+        Self::from_range(path, file, 0, len)
+    }
+
+    /// Reads the directory of the archive that fills `len` bytes of `file` from `base`: its
+    /// offsets are relative to `base`, and nothing outside the range is read.
+    pub fn from_range(
+        path: &Path,
+        file: File,
+        base: u64,
+        len: u64,
+    ) -> Result<Self, CheckpointError> {
         let mut r = ZipReader {
             path: path.to_owned(),
             file,
+            base,
             len,
             prefix: String::new(),
             entries: Vec::new(),
@@ -287,13 +301,15 @@ impl ZipReader {
         if offset.saturating_add(buf.len() as u64) > self.len {
             return Err(self.truncated(what, offset.saturating_add(buf.len() as u64)));
         }
-        self.file.read_exact_at(buf, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                self.truncated(what, offset + buf.len() as u64)
-            } else {
-                CheckpointError::io(&self.path, e)
-            }
-        })
+        self.file
+            .read_exact_at(buf, self.base + offset)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    self.truncated(what, offset + buf.len() as u64)
+                } else {
+                    CheckpointError::io(&self.path, e)
+                }
+            })
     }
 
     fn read_directory(&mut self) -> Result<(), CheckpointError> {
@@ -457,7 +473,12 @@ impl ZipReader {
         &self.prefix
     }
 
-    /// The file's length in bytes.
+    /// Where the archive starts in its file (0 for a `.ckpt`).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The archive's length in bytes.
     pub fn file_len(&self) -> u64 {
         self.len
     }

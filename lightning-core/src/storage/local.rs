@@ -95,6 +95,88 @@ pub(crate) fn write_atomically(
     Ok(())
 }
 
+/// A fresh, empty staging directory beside `path` (`.NAME.tmp-PID-N`, the name
+/// [`remove_stale_temp_files`] sweeps once its process is gone), for a directory checkpoint
+/// that [`publish_dir`] moves to `path` once complete.
+pub(crate) fn staging_dir(path: &Path) -> Result<PathBuf, CheckpointError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| CheckpointError::Format {
+            path: path.to_owned(),
+            msg: "not a directory path".into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| CheckpointError::io(&parent, e))?;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let tmp = parent.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir(&tmp).map_err(|e| CheckpointError::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Moves the complete directory `staged` (its files already fsynced) to `path` atomically:
+/// fsyncs `staged`, then renames it to `path`, or, when `path` exists, swaps the two in one
+/// step (`renameat2(RENAME_EXCHANGE)`) and removes the old one; then fsyncs the parent. A
+/// reader sees the old directory or the new one, never a mix or nothing.
+pub(crate) fn publish_dir(staged: &Path, path: &Path) -> Result<(), CheckpointError> {
+    File::open(staged)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CheckpointError::io(staged, e))?;
+    if std::fs::symlink_metadata(path).is_ok() {
+        exchange(staged, path).map_err(|e| CheckpointError::io(path, e))?;
+        // `staged` now holds what `path` held.
+        let old = std::fs::symlink_metadata(staged).map_err(|e| CheckpointError::io(staged, e))?;
+        let removed = if old.is_dir() {
+            std::fs::remove_dir_all(staged)
+        } else {
+            std::fs::remove_file(staged)
+        };
+        if let Err(e) = removed {
+            tracing::warn!("could not remove the replaced {}: {e}", path.display());
+        }
+    } else {
+        std::fs::rename(staged, path).map_err(|e| CheckpointError::io(path, e))?;
+    }
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CheckpointError::io(&parent, e))
+}
+
+/// Swaps two paths atomically (Linux's `renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths relative to the current directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Reserves `len` bytes for `file` without changing its size, so a full disk is reported
 /// before anything is written; file systems without `fallocate` are fine.
 fn reserve(file: &File, len: u64) -> std::io::Result<()> {
@@ -151,7 +233,12 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
         if alive {
             continue;
         }
-        match std::fs::remove_file(e.path()) {
+        let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(e.path()) // a sharded checkpoint's staging directory
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        match gone {
             Ok(()) => removed += 1,
             Err(err) => tracing::warn!("could not remove stale {}: {err}", e.path().display()),
         }

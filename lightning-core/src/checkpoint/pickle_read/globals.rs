@@ -103,6 +103,9 @@ pub(super) enum Glob {
     Dtype(&'static str),
     /// A qscheme, by torch's name.
     QScheme(&'static str),
+    /// One of `torch.distributed.checkpoint`'s metadata classes (`module.name`), allowed only
+    /// when reading a DCP `.metadata` file.
+    Dcp(&'static str),
 }
 
 /// The storage class name (in module `torch`) for a dtype tch has.

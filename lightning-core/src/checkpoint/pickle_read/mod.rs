@@ -17,8 +17,11 @@ pub const MAX_DEPTH: usize = 100;
 /// Most dimensions a tensor may have.
 const MAX_DIMS: usize = 64;
 
+mod dcp;
 mod globals;
 mod rebuild;
+
+pub use dcp::{read_dcp_pickle, PyObj, DCP_GLOBALS};
 
 pub use globals::{
     allowed_globals, is_allowed, qscheme_name, quantized_storage_name, storage_type_name,
@@ -49,6 +52,9 @@ enum Node {
     Storage(&'static StorageClass, Tensor),
     Tensor(Tensor),
     Obj(TorchObject),
+    /// An instance of one of `torch.distributed.checkpoint`'s metadata classes (only in
+    /// [`read_dcp_pickle`]): its class, constructor arguments and `BUILD` state.
+    Instance(&'static str, Vec<Id>, Option<Id>),
 }
 
 impl Node {
@@ -73,6 +79,7 @@ impl Node {
             Node::Global(_) => "global",
             Node::Storage(..) => "storage",
             Node::Tensor(_) => "Tensor",
+            Node::Instance(..) => "object",
         }
     }
 }
@@ -93,6 +100,8 @@ struct Vm<'a, 'b> {
     /// Elements that may still be copied (memo references make copies cheap to request).
     budget: std::cell::Cell<usize>,
     load: &'a mut StorageFn<'b>,
+    /// Whether DCP's metadata classes ([`DCP_GLOBALS`]) are allowed too.
+    dcp: bool,
 }
 
 /// Runs the pickle `data` (from `path`, for error messages) and converts its result to a
@@ -113,6 +122,7 @@ pub fn read_pickle(
         storages: HashMap::new(),
         budget: std::cell::Cell::new(data.len().saturating_mul(4).max(1 << 20)),
         load,
+        dcp: false,
     };
     let root = vm.run()?;
     let mut budget = vm.budget.get();
@@ -269,7 +279,13 @@ impl Vm<'_, '_> {
     }
 
     fn global(&mut self, module: &str, name: &str) -> Result<(), CheckpointError> {
-        match resolve_global(module, name) {
+        let dcp = || {
+            DCP_GLOBALS
+                .iter()
+                .find(|g| g.strip_suffix(name).and_then(|m| m.strip_suffix('.')) == Some(module))
+                .map(|g| Glob::Dcp(g))
+        };
+        match resolve_global(module, name).or_else(|| if self.dcp { dcp() } else { None }) {
             Some(g) => {
                 self.push(Node::Global(g));
                 Ok(())

@@ -18,6 +18,10 @@ const LAYOUTS: [&str; 8] = [
 
 impl Vm<'_, '_> {
     pub(super) fn build(&mut self, obj: Id, state: Id) -> Result<(), CheckpointError> {
+        if let Node::Instance(_, _, s) = &mut self.arena[obj] {
+            *s = Some(state);
+            return Ok(());
+        }
         let empty = match &self.arena[state] {
             Node::None => true,
             Node::Dict(v) | Node::OrderedDict(v) => v.is_empty(),
@@ -54,6 +58,7 @@ impl Vm<'_, '_> {
                 .ok_or_else(|| self.err(format!("{g:?} called with {} arguments", a.len())))
         };
         match g {
+            Glob::Dcp(class) => self.dcp_instance(class, a),
             Glob::OrderedDict => {
                 let mut pairs = vec![];
                 if let Some(&items) = a.first() {
@@ -573,7 +578,7 @@ impl Vm<'_, '_> {
             Node::Global(Glob::LegacyTensorClass(m, n)) => {
                 Value::Torch(Box::new(TorchObject::Global(format!("{m}.{n}"))))
             }
-            n @ (Node::Global(_) | Node::Storage(..)) => {
+            n @ (Node::Global(_) | Node::Storage(..) | Node::Instance(..)) => {
                 return Err(CheckpointError::Unsupported {
                     path: self.path.clone(),
                     what: format!("a {} value in the checkpoint tree", n.type_name()),
