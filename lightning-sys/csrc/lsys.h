@@ -38,6 +38,10 @@ char* lsys_add(const lsys_tensor* self, const lsys_tensor* other, double alpha,
                lsys_tensor** out);
 // param.grad = None.
 char* lsys_grad_set_to_none(lsys_tensor* param);
+// param.grad = grad (same size).
+char* lsys_grad_set(lsys_tensor* param, const lsys_tensor* grad);
+// Whether two handles are the same variable (one TensorImpl).
+int lsys_same_variable(const lsys_tensor* a, const lsys_tensor* b);
 // torch.empty(sizes, dtype=dtype_of.dtype, pin_memory=True) (a new tensor the caller owns).
 char* lsys_empty_pinned(const lsys_tensor* dtype_of, const int64_t* sizes, size_t ndim,
                         lsys_tensor** out);

@@ -50,6 +50,18 @@ char* lsys_grad_set_to_none(lsys_tensor* param) {
   return lsys::guard([&] { param->mutable_grad().reset(); });
 }
 
+char* lsys_grad_set(lsys_tensor* param, const lsys_tensor* grad) {
+  return lsys::guard([&] {
+    TORCH_CHECK(grad->sizes() == param->sizes(), "a gradient of size ", grad->sizes(),
+                " for a parameter of size ", param->sizes());
+    param->mutable_grad() = *grad;
+  });
+}
+
+int lsys_same_variable(const lsys_tensor* a, const lsys_tensor* b) {
+  return a->unsafeGetTensorImpl() == b->unsafeGetTensorImpl() ? 1 : 0;
+}
+
 char* lsys_autocast_enter(int8_t device_type, int8_t dtype, lsys_autocast_prev* prev) {
   return lsys::guard([&] {
     auto dev = static_cast<c10::DeviceType>(device_type);

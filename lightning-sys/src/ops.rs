@@ -42,6 +42,8 @@ unsafe extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn lsys_grad_set_to_none(param: *mut C_tensor) -> *mut c_char;
+    fn lsys_grad_set(param: *mut C_tensor, grad: *const C_tensor) -> *mut c_char;
+    fn lsys_same_variable(a: *const C_tensor, b: *const C_tensor) -> std::ffi::c_int;
     fn lsys_empty_pinned(
         dtype_of: *const C_tensor,
         sizes: *const i64,
@@ -125,6 +127,23 @@ pub fn set_grad_to_none(param: &Tensor) -> Result<(), TchError> {
     check("set_grad_to_none", unsafe {
         lsys_grad_set_to_none(param.as_ptr() as *mut C_tensor)
     })
+}
+
+/// Sets `param.grad` to `grad` (same size), shared by every handle of the variable: how a
+/// sharded strategy hands the optimizer its reduced gradient shard.
+pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<(), TchError> {
+    // SAFETY: live tch tensors; the grad slot is autograd metadata shared by the variable's
+    // handles, as `param.grad = grad` in torch.
+    check("set_grad", unsafe {
+        lsys_grad_set(param.as_ptr() as *mut C_tensor, grad.as_ptr())
+    })
+}
+
+/// Whether `a` and `b` are handles of one variable (the same `TensorImpl`), as an optimizer's
+/// parameter and the module's are.
+pub fn same_variable(a: &Tensor, b: &Tensor) -> bool {
+    // SAFETY: reads two live tensors' impl pointers.
+    unsafe { lsys_same_variable(a.as_ptr(), b.as_ptr()) != 0 }
 }
 
 /// `torch.autocast(device_type, dtype)` for as long as the guard lives: ops on that device

@@ -5,7 +5,7 @@ use super::files::copy;
 use super::local::{self, StoredFile};
 use super::object;
 use super::urls::is_url;
-use crate::checkpoint::{self, CheckpointError};
+use crate::checkpoint::{self, dcp, CheckpointError};
 use crate::value::Value;
 use std::fmt::Debug;
 use std::path::Path;
@@ -60,6 +60,9 @@ impl CheckpointIO for DefaultCheckpointIO {
     }
 
     fn load_checkpoint(&self, path: &Path) -> Result<Value, CheckpointError> {
+        if !is_url(path) && dcp::lightning::is_sharded_checkpoint(path) {
+            return dcp::lightning::load(path);
+        }
         checkpoint::load(path)
     }
 
@@ -97,11 +100,13 @@ impl CheckpointIO for DefaultCheckpointIO {
             let path = entry.path();
             // metadata() follows links: a `last.ckpt` link reports its target's time
             match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => out.push(StoredFile {
-                    modified: m.modified().map_err(|e| CheckpointError::io(&path, e))?,
-                    size: m.len(),
-                    path,
-                }),
+                Ok(m) if m.is_file() || dcp::lightning::is_sharded_checkpoint(&path) => {
+                    out.push(StoredFile {
+                        modified: m.modified().map_err(|e| CheckpointError::io(&path, e))?,
+                        size: m.len(),
+                        path,
+                    })
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("skipping {}: {e}", path.display()),
             }
@@ -125,6 +130,9 @@ impl CheckpointIO for DefaultCheckpointIO {
             checkpoint::verify_file(path, file)?;
             object::keep(path, version, kept);
             return Ok(());
+        }
+        if dcp::lightning::is_sharded_checkpoint(path) {
+            return dcp::lightning::load(path).map(drop);
         }
         checkpoint::verify(path).map(drop)
     }

@@ -31,6 +31,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod lightning;
 mod metadata;
 
 pub use metadata::{Chunk, ItemMeta, Metadata, PathPart, StorageIndex, StorageInfo, TensorMeta};

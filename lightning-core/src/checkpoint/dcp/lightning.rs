@@ -1,0 +1,168 @@
+//! Lightning's sharded checkpoint layout (`FSDPStrategy(state_dict_type="sharded")`): a
+//! directory holding a DCP checkpoint of `{"model": ..., "optimizer_0": ...}` (optimizer
+//! state keyed by parameter name) and `meta.pt`, a `torch.save` of everything else (epoch,
+//! loops, callbacks, schedulers, hyperparameters). `ModelParallelStrategy` names the model's
+//! part `state_dict`.
+
+use super::{DcpReader, METADATA_FILE};
+use crate::checkpoint::CheckpointError;
+use crate::value::{Dict, Key, Value};
+use std::path::Path;
+
+/// The file beside the DCP part that holds the rest of the checkpoint.
+pub const META_FILE: &str = "meta.pt";
+
+/// Whether `dir` is a sharded checkpoint in Lightning's layout (or any DCP directory).
+pub fn is_sharded_checkpoint(dir: &Path) -> bool {
+    dir.is_dir() && dir.join(METADATA_FILE).is_file()
+}
+
+/// An optimizer state keyed by parameter index (torch's `state_dict()`: `state` by index,
+/// each group's `params` a list of indices) re-keyed by the parameter names `names[index]`,
+/// as Lightning's FSDP strategy saves it.
+pub fn optimizer_state_by_name(state: &Value, names: &[String]) -> Result<Value, String> {
+    let name = |v: &Value| -> Result<Value, String> {
+        let i = match v {
+            Value::Int(i) => *i,
+            other => return Err(format!("a parameter index is a {}", other.type_name())),
+        };
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| names.get(i))
+            .map(|n| Value::Str(n.clone()))
+            .ok_or(format!("parameter index {i} of {} parameters", names.len()))
+    };
+    let mut out = state.clone();
+    if let Some(Value::Dict(s) | Value::OrderedDict(s)) = out.get_mut("state") {
+        let mut renamed = Dict::with_capacity(s.len());
+        for (k, v) in std::mem::take(s) {
+            let Value::Str(n) = name(&Value::Int(match k {
+                Key::Int(i) => i,
+                Key::Str(s) => s
+                    .parse()
+                    .map_err(|_| format!("state key {s:?} is not an index"))?,
+            }))?
+            else {
+                unreachable!("name() returns strings")
+            };
+            renamed.insert(Key::Str(n), v);
+        }
+        *s = renamed;
+    }
+    if let Some(Value::List(groups)) = out.get_mut("param_groups") {
+        for g in groups {
+            if let Some(Value::List(ps)) = g.get_mut("params") {
+                for p in ps.iter_mut() {
+                    *p = name(p)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The inverse of [`optimizer_state_by_name`] for a state saved by name: parameters numbered
+/// in the order the groups list them (torch's rule), `state` re-keyed by those numbers.
+pub fn optimizer_state_by_index(state: &Value) -> Result<Value, String> {
+    let mut out = state.clone();
+    let mut index: Vec<String> = Vec::new();
+    if let Some(Value::List(groups)) = out.get_mut("param_groups") {
+        for g in groups {
+            if let Some(Value::List(ps)) = g.get_mut("params") {
+                for p in ps.iter_mut() {
+                    match p {
+                        Value::Str(n) => {
+                            index.push(n.clone());
+                            *p = Value::Int(index.len() as i64 - 1);
+                        }
+                        Value::Int(_) => {}
+                        other => return Err(format!("a group's param is a {}", other.type_name())),
+                    }
+                }
+            }
+        }
+    }
+    if let Some(Value::Dict(s) | Value::OrderedDict(s)) = out.get_mut("state") {
+        let mut renumbered = Dict::with_capacity(s.len());
+        for (k, v) in std::mem::take(s) {
+            let k = match k {
+                Key::Str(n) => match index.iter().position(|x| *x == n) {
+                    Some(i) => Key::Int(i as i64),
+                    None => return Err(format!("state of {n:?}, which no param group lists")),
+                },
+                k => k,
+            };
+            renumbered.insert(k, v);
+        }
+        *s = renumbered;
+    }
+    Ok(out)
+}
+
+/// Reads a sharded checkpoint directory whole, as the single-file checkpoint Lightning's
+/// `consolidate_checkpoint` makes of it: `meta.pt`'s entries, `state_dict` (from `model` or
+/// `state_dict`), and `optimizer_states` (from `optimizer_0`, `optimizer_1`, ..., re-keyed by
+/// index). Without `meta.pt`, just the state.
+pub fn load(dir: &Path) -> Result<Value, CheckpointError> {
+    let r = DcpReader::open(dir)?;
+    let state = r.read_all()?;
+    let meta_path = dir.join(META_FILE);
+    let mut ckpt = if meta_path.is_file() {
+        crate::checkpoint::load(&meta_path)?
+    } else {
+        Value::dict()
+    };
+    let fmt = |msg: String| CheckpointError::Format {
+        path: dir.to_owned(),
+        msg,
+    };
+    let Value::Dict(mut parts) = state else {
+        return Err(fmt("the DCP state is not a dict".into()));
+    };
+    let model = parts
+        .shift_remove(&Key::from("model"))
+        .or_else(|| parts.shift_remove(&Key::from("state_dict")));
+    if let Some(Value::Dict(m) | Value::OrderedDict(m)) = model {
+        ckpt.insert("state_dict", Value::OrderedDict(m));
+    }
+    let mut optimizers = Vec::new();
+    while let Some(o) = parts.shift_remove(&Key::Str(format!("optimizer_{}", optimizers.len()))) {
+        let i = optimizers.len();
+        optimizers
+            .push(optimizer_state_by_index(&o).map_err(|e| fmt(format!("optimizer_{i}: {e}")))?);
+    }
+    if !optimizers.is_empty() {
+        ckpt.insert("optimizer_states", Value::List(optimizers));
+    }
+    for (k, v) in parts {
+        ckpt.insert(k.to_string(), v);
+    }
+    Ok(ckpt)
+}
+
+/// Splits a checkpoint in Lightning's single-file layout into the sharded layout's parts:
+/// the DCP state (`model`, `optimizer_{i}` keyed by the names `names[i]`) and `meta.pt`'s
+/// value (the rest).
+pub fn split(ckpt: &Value, names: &[Vec<String>]) -> Result<(Value, Value), String> {
+    let mut meta = ckpt.clone();
+    let mut state = Value::dict();
+    let Value::Dict(m) = &mut meta else {
+        return Err("the checkpoint is not a dict".into());
+    };
+    match m.shift_remove(&Key::from("state_dict")) {
+        Some(Value::Dict(sd) | Value::OrderedDict(sd)) => {
+            state.insert("model", Value::Dict(sd));
+        }
+        Some(other) => return Err(format!("state_dict is a {}", other.type_name())),
+        None => {}
+    }
+    if let Some(Value::List(opts)) = m.shift_remove(&Key::from("optimizer_states")) {
+        for (i, o) in opts.iter().enumerate() {
+            let n = names
+                .get(i)
+                .ok_or(format!("no parameter names for optimizer {i}"))?;
+            state.insert(format!("optimizer_{i}"), optimizer_state_by_name(o, n)?);
+        }
+    }
+    Ok((state, meta))
+}
