@@ -17,6 +17,7 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use lightning_core::prelude::*;
+use lightning_core::trainer::{FsdpOptions, Strategy};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Tensor};
@@ -164,10 +165,15 @@ struct Args {
     /// Write checkpoints in the background.
     #[arg(long, global = true)]
     async_checkpointing: bool,
-    /// `auto` (one process) or `ddp` (one process per device; this process is rank 0 and
-    /// starts the others, unless torchrun or SLURM started them).
+    /// `auto` (one process), `ddp` or `fsdp` (one process per device; this process is rank 0
+    /// and starts the others, unless torchrun or SLURM started them; `fsdp` shards weights,
+    /// gradients and optimizer state over them).
     #[arg(long, global = true, default_value = "auto")]
     strategy: String,
+    /// With `--strategy fsdp`: `full` (one `.ckpt` file per save, written by rank 0) or
+    /// `sharded` (a directory per save, each rank writing its own file).
+    #[arg(long, global = true, default_value = "full")]
+    state_dict_type: String,
     /// Processes per node with `--strategy ddp`.
     #[arg(long, global = true, default_value_t = 1)]
     devices: usize,
@@ -258,7 +264,13 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .device(lightning_rs::digits::device(&args.device)?)
         .precision(args.precision.as_str())
         .async_checkpointing(args.async_checkpointing)
-        .strategy(args.strategy.as_str())
+        .strategy(match args.strategy.as_str() {
+            "fsdp" => Strategy::Fsdp(FsdpOptions {
+                state_dict_type: args.state_dict_type.parse()?,
+                ..FsdpOptions::default()
+            }),
+            other => other.parse()?,
+        })
         .accelerator(if args.device == "cuda" { "cuda" } else { "cpu" })
         .devices(args.devices)
         .num_nodes(args.num_nodes)

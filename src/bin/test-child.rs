@@ -14,12 +14,16 @@
 //! - `data-ddp ROOT DEVICES MAX_EPOCHS MAX_STEPS RESUME WORKERS LR TAG`: training on a
 //!   dataset that records the samples it loads, DDP or one process, for
 //!   tests/distributed/data_ddp.rs;
+//! - `fsdp ROOT DEVICES MAX_EPOCHS RESUME full|sharded`: a `strategy="fsdp"` run for
+//!   tests/distributed/fsdp.rs;
 //! - `python-check`: [`lightning_testkit::python`]'s decision, for tests/trainer/python_rule.rs.
 //!
 //! The code each role runs is in `lightning_testkit::roles`, which the test uses too, so both
 //! sides use the same constants and training setup.
 
-use lightning_testkit::roles::{crash_harness, data_ddp, ddp, failing_save, preempt, save_faults};
+use lightning_testkit::roles::{
+    crash_harness, data_ddp, ddp, failing_save, fsdp, preempt, save_faults,
+};
 
 fn main() {
     let role = std::env::args().nth(1).unwrap_or_default();
@@ -27,6 +31,7 @@ fn main() {
         "crash-harness" => crash_harness::child(),
         "ddp" => ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
         "data-ddp" => data_ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "fsdp" => fsdp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
         "preempt" => preempt::child(),
         "save-faults" => save_faults::child(),
         "failing-save" => failing_save::child(),
@@ -36,7 +41,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: test-child crash-harness|ddp|data-ddp|preempt|save-faults|failing-save|python-check \
+                "usage: test-child crash-harness|ddp|data-ddp|fsdp|preempt|save-faults|failing-save|python-check \
                  (run by the integration tests, with their env vars)"
             );
             std::process::exit(2);

@@ -1,4 +1,5 @@
 mod data_ddp;
+mod fsdp;
 mod sampler;
 mod trainer_ddp;
 

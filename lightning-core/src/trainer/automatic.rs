@@ -34,6 +34,9 @@ impl Trainer {
         if let Some(d) = &mut self.ddp {
             d.before_forward(stepped)?;
         }
+        if let Some(f) = &mut self.fsdp {
+            f.unshard()?;
+        }
         let loss = self
             .cfg
             .precision
@@ -49,6 +52,9 @@ impl Trainer {
         scaled
             .f_backward()
             .map_err(|e| step_err("backward of training_step's loss")(e.into()))?;
+        if let Some(f) = &mut self.fsdp {
+            f.reduce_grads()?;
+        }
         self.run.progress.batch_done(idx, n);
         if stepped {
             self.optimizer_step().map_err(step_err("optimizer step"))?;
@@ -70,7 +76,15 @@ impl Trainer {
             if let Some(s) = &mut optim.scaler {
                 let _found_inf = s.unscale_(o.optimizer.as_ref())?;
             }
-            clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?;
+            match &self.fsdp {
+                // The norm is over every rank's shards.
+                Some(f)
+                    if self.cfg.gradient_clip_algorithm == crate::optim::ClipAlgorithm::Norm =>
+                {
+                    f.clip_grad_norm(v)?
+                }
+                _ => clip_gradients(&o.optimizer.params(), v, self.cfg.gradient_clip_algorithm)?,
+            }
         }
         match &mut optim.scaler {
             // A step with inf/NaN gradients is skipped; the step still counts (Lightning).

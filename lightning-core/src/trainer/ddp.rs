@@ -7,14 +7,20 @@
 mod disabled;
 #[cfg(feature = "distributed")]
 mod engine;
+#[cfg(feature = "distributed")]
+mod fsdp;
 #[cfg(not(feature = "distributed"))]
 pub use disabled::finish_distributed;
+#[cfg(not(feature = "distributed"))]
+pub(crate) use disabled::Fsdp;
 #[cfg(not(feature = "distributed"))]
 pub(crate) use disabled::{Ddp, World};
 #[cfg(feature = "distributed")]
 pub use engine::finish_distributed;
 #[cfg(feature = "distributed")]
 pub(crate) use engine::{Ddp, World};
+#[cfg(feature = "distributed")]
+pub(crate) use fsdp::Fsdp;
 
 use crate::error::Result;
 
@@ -27,13 +33,23 @@ pub(crate) fn writes_files(world: Option<&World>) -> bool {
 /// A checkpoint save as every save goes under DDP: only the writing rank builds and writes the
 /// file (`wait`: until it is durable; else an async save may still be in flight), then every
 /// rank meets at a barrier. Without DDP, just the save.
+///
+/// Under FSDP every rank builds the checkpoint (its shards) and [`Fsdp::save`] writes it as
+/// its `state_dict_type` says, synchronously.
 pub(crate) fn save_on_rank_zero(
     world: Option<&World>,
+    fsdp: Option<&Fsdp>,
     saver: &mut super::saver::Saver,
     path: &std::path::Path,
     wait: bool,
     ckpt: impl FnOnce() -> crate::value::Value,
 ) -> Result<()> {
+    if let Some(f) = fsdp {
+        return f.save(path, ckpt(), |p, full| {
+            saver.save(p, full)?;
+            saver.wait()
+        });
+    }
     if writes_files(world) {
         saver.save(path, ckpt())?;
         if wait {

@@ -231,9 +231,14 @@ impl Trainer {
         let path = dir.join("last.ckpt");
         let callbacks = self.callbacks.iter().map(|c| c.as_ref());
         let (optim, run) = (self.optim.as_ref(), &self.run);
-        save_on_rank_zero(self.world.as_deref(), &mut self.saver, &path, true, || {
-            checkpoint_of(model, optim, callbacks, run, false)
-        })?;
+        save_on_rank_zero(
+            self.world.as_deref(),
+            self.fsdp.as_ref(),
+            &mut self.saver,
+            &path,
+            true,
+            || checkpoint_of(model, optim, callbacks, run, false),
+        )?;
         warn(&format!(
             "received a preemption signal: saved {} at epoch {} step {}; resume with ckpt_path=last",
             path.display(),

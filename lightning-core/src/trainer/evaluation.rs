@@ -46,6 +46,24 @@ impl Trainer {
         n: usize,
         sharded: bool,
     ) -> Result<()> {
+        if let Some(f) = &mut self.fsdp {
+            f.unshard()?;
+        }
+        let r = self.eval_batches_inner(model, loader, stage, n, sharded);
+        if let Some(f) = &mut self.fsdp {
+            f.reshard();
+        }
+        r
+    }
+
+    fn eval_batches_inner<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        loader: &DataLoader,
+        stage: Stage,
+        n: usize,
+        sharded: bool,
+    ) -> Result<()> {
         let device = self.cfg.device;
         let (epoch, step) = (self.run.progress.epoch, self.run.progress.global_step);
         let world = self.world.clone().filter(|_| !sharded);

@@ -14,11 +14,11 @@
 //! validation, stopping; the schedulers), `automatic.rs` and `manual.rs` (the two kinds of
 //! training step).
 
-use super::ddp::{Ddp, World};
+use super::ddp::{Ddp, Fsdp, World};
 use super::preempt::Preemption;
 use super::saver::Saver;
 use super::state::{RunSetup, RunState};
-use super::strategy::Strategy;
+use super::strategy::{DdpOptions, Strategy};
 use super::{effective_max_epochs, need, CkptPath, Trainer};
 use crate::callbacks::{Callback, ModelCheckpoint};
 use crate::data::{mix_seed, DataModule};
@@ -65,6 +65,13 @@ fn check_optimization(cfg: &super::TrainerConfig, manual: bool, optimizers: usiz
              `accumulate_grad_batches({})` or switch to automatic optimization",
             cfg.accumulate_grad_batches
         )));
+    }
+    if matches!(cfg.strategy, Strategy::Fsdp(_)) {
+        return Err(Error::Config(
+            "manual optimization is not supported with strategy=\"fsdp\" yet: the sharded \
+             parameters are gathered for one forward and backward per step"
+                .into(),
+        ));
     }
     if matches!(cfg.strategy, Strategy::Ddp(_)) && cfg.devices * cfg.num_nodes > 1 {
         return Err(Error::Config(
@@ -131,6 +138,18 @@ impl Trainer {
             Strategy::Ddp(o) if self.cfg.devices * self.cfg.num_nodes > 1 => {
                 Some((World::get(&self.cfg, o)?, o.clone()))
             }
+            // FSDP always joins a job (of one process on one device).
+            Strategy::Fsdp(o) => {
+                let o = DdpOptions {
+                    timeout: o.timeout,
+                    ..DdpOptions::default()
+                };
+                Some((World::get(&self.cfg, &o)?, o))
+            }
+            _ => None,
+        };
+        let fsdp_opts = match &self.cfg.strategy {
+            Strategy::Fsdp(o) => Some(o.clone()),
             _ => None,
         };
         // DDP: each rank trains on its shard of the training set (PyTorch's
@@ -180,9 +199,32 @@ impl Trainer {
             println!("{}", super::summary::model_summary(&*model));
         }
         model.move_to(self.cfg.device);
+        // FSDP shards the module before `configure_optimizers`, as Lightning's FSDP strategy
+        // does: optimizers are built over (and keep state for) this rank's shards.
+        self.fsdp = match (&world, &fsdp_opts) {
+            (Some((w, _)), Some(o)) => {
+                let buffers: Vec<Tensor> =
+                    model.named_buffers().into_iter().map(|(_, b)| b).collect();
+                Some(Fsdp::shard(
+                    w.clone(),
+                    o,
+                    model.named_parameters(),
+                    &buffers,
+                )?)
+            }
+            _ => None,
+        };
         let config = model.configure_optimizers()?;
         check_optimization(&self.cfg, manual, config.len())?;
-        self.ddp = match world {
+        if let Some(f) = &mut self.fsdp {
+            let params: Vec<Vec<Tensor>> = config
+                .entries()
+                .iter()
+                .map(|e| e.optimizer.params())
+                .collect();
+            f.bind(&params)?;
+        }
+        self.ddp = match world.filter(|_| fsdp_opts.is_none()) {
             Some((w, opts)) => {
                 let buffers: Vec<Tensor> =
                     model.named_buffers().into_iter().map(|(_, b)| b).collect();
@@ -195,7 +237,13 @@ impl Trainer {
             scaler: self.cfg.precision.grad_scaler(),
         };
         self.logging.log_hyperparams(&model.hparams().to_value())?;
-        if let Some(r) = resume {
+        if let Some(mut r) = resume {
+            if let Some(f) = &self.fsdp {
+                // A whole checkpoint (any world size wrote it): keep this rank's rows.
+                f.localize(&mut r.value)?;
+                r.ckpt = crate::checkpoint::schema::Checkpoint::from_value(&r.value)
+                    .map_err(|e| Error::Config(format!("{}: {e}", r.path.display())))?;
+            }
             self.restore(model, &mut optim, r)?;
         }
         self.optim = Some(optim);
@@ -215,6 +263,10 @@ impl Trainer {
         if let Some(d) = self.ddp.take() {
             self.saver.wait()?;
             d.world.barrier("end of fit")?;
+        }
+        if let Some(f) = &self.fsdp {
+            self.saver.wait()?;
+            f.world.barrier("end of fit")?;
         }
         Ok(())
     }

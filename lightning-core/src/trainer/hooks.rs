@@ -29,6 +29,7 @@ struct Handle<'a, M: LightningModule> {
     before: &'a [Box<dyn Callback>],
     after: &'a [Box<dyn Callback>],
     world: Option<&'a super::ddp::World>,
+    fsdp: Option<&'a super::ddp::Fsdp>,
     stop_requested: bool,
     /// Metrics the callback logged, for the logger and `callback_metrics` after the hook.
     logged: Vec<(IndexMap<String, f64>, i64)>,
@@ -45,7 +46,7 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
         // by the end of `fit`
         let (before, after, model, optim, run) =
             (self.before, self.after, self.model, self.optim, self.run);
-        save_on_rank_zero(self.world, self.saver, path, false, || {
+        save_on_rank_zero(self.world, self.fsdp, self.saver, path, false, || {
             let callbacks = before
                 .iter()
                 .map(|c| c.as_ref())
@@ -188,6 +189,7 @@ impl Trainer {
                 before,
                 after,
                 world: self.world.as_deref(),
+                fsdp: self.fsdp.as_ref(),
                 stop_requested: false,
                 logged: Vec::new(),
             };

@@ -49,7 +49,9 @@ pub(crate) use crate::optim::clip_gradients;
 pub use crate::optim::ClipAlgorithm;
 pub use config::{Limit, SaveErrorPolicy, TrainerBuilder, TrainerConfig};
 pub use ddp::finish_distributed;
-pub use strategy::{Accelerator, DdpOptions, Strategy, StrategyError};
+pub use strategy::{
+    Accelerator, DdpOptions, FsdpOptions, ShardingStrategy, StateDictType, Strategy, StrategyError,
+};
 pub use summary::model_summary;
 
 use crate::callbacks::Callback;
@@ -107,6 +109,8 @@ pub struct Trainer {
     world: Option<std::sync::Arc<ddp::World>>,
     /// DDP around the module during a `fit`.
     ddp: Option<ddp::Ddp>,
+    /// FSDP around the module during a `fit` (and after it, for `save_checkpoint`).
+    fsdp: Option<ddp::Fsdp>,
 }
 
 impl Trainer {
@@ -124,6 +128,7 @@ impl Trainer {
             logging: logger::Logging::new(loggers),
             world: None,
             ddp: None,
+            fsdp: None,
         }
     }
 
@@ -208,6 +213,7 @@ impl Trainer {
         let (optim, run) = (self.optim.as_ref(), &self.run);
         ddp::save_on_rank_zero(
             self.world.as_deref(),
+            self.fsdp.as_ref(),
             &mut self.saver,
             path.as_ref(),
             true,

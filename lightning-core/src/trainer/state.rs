@@ -358,6 +358,14 @@ impl RunState {
                     r.epoch, r.batches_consumed, r.world_size, r.world_size
                 ));
             }
+            if !mid_epoch
+                && r.batches_consumed > 0
+                && r.world_size.max(1) != self.setup.world_size.max(1)
+            {
+                // The epoch's training ran (saved after it) on another number of processes,
+                // whose epoch had another number of batches: none is left.
+                consumed = usize::MAX;
+            }
             p.epoch = r.epoch;
             p.batches_consumed = consumed;
             p.phase = r.epoch_phase;

@@ -44,6 +44,70 @@ impl Default for DdpOptions {
     }
 }
 
+/// How FSDP shards (Lightning's and torch's `sharding_strategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ShardingStrategy {
+    /// Parameters, gradients and optimizer state sharded; parameters gathered for the forward
+    /// and backward, then freed.
+    #[default]
+    FullShard,
+    /// As `FullShard` here: the whole model is one FSDP unit, so the gathered parameters live
+    /// from the forward through the backward either way.
+    ShardGradOp,
+    /// Nothing sharded: every rank holds everything and gradients are all-reduced (DDP).
+    NoShard,
+}
+
+/// What an FSDP checkpoint holds (Lightning's `state_dict_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StateDictType {
+    /// The whole state gathered, one ordinary `.ckpt` written by global rank 0 (Lightning's
+    /// default).
+    #[default]
+    Full,
+    /// Lightning's sharded layout: a directory with a `torch.distributed.checkpoint` part,
+    /// one file per rank written in parallel, and `meta.pt`.
+    Sharded,
+}
+
+impl FromStr for StateDictType {
+    type Err = StrategyError;
+
+    /// `"full"` or `"sharded"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(StateDictType::Full),
+            "sharded" => Ok(StateDictType::Sharded),
+            other => Err(StrategyError {
+                what: "state_dict_type",
+                given: other.to_owned(),
+                expected: "\"full\", \"sharded\"",
+            }),
+        }
+    }
+}
+
+/// The options of `strategy="fsdp"` (`FSDPStrategy`'s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FsdpOptions {
+    /// What is sharded.
+    pub sharding_strategy: ShardingStrategy,
+    /// What checkpoints hold.
+    pub state_dict_type: StateDictType,
+    /// How long a collective may wait for the other ranks (30 minutes by default).
+    pub timeout: Duration,
+}
+
+impl Default for FsdpOptions {
+    fn default() -> Self {
+        FsdpOptions {
+            sharding_strategy: ShardingStrategy::FullShard,
+            state_dict_type: StateDictType::Full,
+            timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
 /// Lightning's `Trainer(strategy=...)`.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub enum Strategy {
@@ -53,6 +117,9 @@ pub enum Strategy {
     /// Distributed data parallel: one process per device, gradients averaged by c10d's
     /// reducer, one checkpoint written by global rank 0.
     Ddp(DdpOptions),
+    /// Fully sharded data parallel: one process per device, each holding 1/W of the
+    /// parameters, gradients and optimizer state at rest.
+    Fsdp(FsdpOptions),
 }
 
 impl FromStr for Strategy {
@@ -63,6 +130,7 @@ impl FromStr for Strategy {
         match s {
             "auto" | "single_device" => Ok(Strategy::Auto),
             "ddp" => Ok(Strategy::Ddp(DdpOptions::default())),
+            "fsdp" => Ok(Strategy::Fsdp(FsdpOptions::default())),
             "ddp_find_unused_parameters_true" => Ok(Strategy::Ddp(DdpOptions {
                 find_unused_parameters: true,
                 ..DdpOptions::default()
@@ -70,7 +138,7 @@ impl FromStr for Strategy {
             other => Err(StrategyError {
                 what: "strategy",
                 given: other.to_owned(),
-                expected: "\"auto\", \"ddp\", \"ddp_find_unused_parameters_true\"",
+                expected: "\"auto\", \"ddp\", \"ddp_find_unused_parameters_true\", \"fsdp\"",
             }),
         }
     }
@@ -148,11 +216,17 @@ mod tests {
                 ..
             }))
         ));
-        let e = "fsdp".parse::<Strategy>().unwrap_err().to_string();
+        assert_eq!(
+            "fsdp".parse::<Strategy>(),
+            Ok(Strategy::Fsdp(FsdpOptions::default()))
+        );
+        let e = "deepspeed".parse::<Strategy>().unwrap_err().to_string();
         assert!(
-            e.contains("strategy=\"fsdp\"") && e.contains("\"ddp\""),
+            e.contains("strategy=\"deepspeed\"") && e.contains("\"fsdp\""),
             "{e}"
         );
+        assert_eq!("sharded".parse(), Ok(StateDictType::Sharded));
+        assert!("local".parse::<StateDictType>().is_err());
         assert_eq!("gpu".parse::<Accelerator>(), Ok(Accelerator::Cuda));
         assert!("tpu".parse::<Accelerator>().is_err());
     }

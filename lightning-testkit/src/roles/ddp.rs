@@ -55,6 +55,20 @@ pub fn data(batch: i64) -> DataModule {
         .val(DataLoader::new(val, 8))
 }
 
+/// The single-process reference's data: the same sample order (PyTorch's sampler with one
+/// replica), batches of both ranks' samples together.
+pub fn reference_data() -> lightning_core::Result<DataModule> {
+    let d = data(BATCH * 2);
+    let (Some(train), Some(val)) = (d.train_loader(), d.val_loader()) else {
+        return Err(lightning_core::Error::Msg(
+            "the test data has no loaders".into(),
+        ));
+    };
+    Ok(DataModule::new()
+        .train(train.clone().distributed(1, 0)?)
+        .val(val.clone()))
+}
+
 /// With this variable set to a step, every rank but 0 exits with status 3 after that step (a
 /// rank that dies), and the collectives' timeout is 10 s.
 pub const DIE_AT: &str = "DDP_TEST_DIE_AT_STEP";
@@ -154,13 +168,7 @@ pub fn train(a: &Args) -> lightning_core::Result<Outcome> {
             .accelerator("cpu");
         data(BATCH)
     } else {
-        // the reference: one process, the same sample order (PyTorch's sampler with one
-        // replica), batches of both ranks' samples together
-        let d = data(BATCH * 2);
-        let train = d.train_loader().unwrap().clone().distributed(1, 0)?;
-        DataModule::new()
-            .train(train)
-            .val(d.val_loader().unwrap().clone())
+        reference_data()?
     };
     let mut t = b.build()?;
     t.fit(&mut m, &data, a.resume.then_some(CkptPath::Last))?;

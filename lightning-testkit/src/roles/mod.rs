@@ -5,5 +5,6 @@ pub mod crash_harness;
 pub mod data_ddp;
 pub mod ddp;
 pub mod failing_save;
+pub mod fsdp;
 pub mod preempt;
 pub mod save_faults;

@@ -94,6 +94,55 @@ impl Ddp {
     }
 }
 
+/// `strategy="fsdp"` without the `distributed` feature: never built ([`World::get`] fails).
+pub(crate) struct Fsdp {
+    pub world: Arc<World>,
+}
+
+impl Fsdp {
+    pub fn shard(
+        world: Arc<World>,
+        _opts: &crate::trainer::strategy::FsdpOptions,
+        _named: Vec<(String, Tensor)>,
+        _buffers: &[Tensor],
+    ) -> Result<Fsdp> {
+        world.never()
+    }
+
+    pub fn bind(&mut self, _optimizers: &[Vec<Tensor>]) -> Result<()> {
+        self.world.never()
+    }
+
+    pub fn unshard(&mut self) -> Result<()> {
+        self.world.never()
+    }
+
+    pub fn reduce_grads(&mut self) -> Result<()> {
+        self.world.never()
+    }
+
+    pub fn reshard(&mut self) {
+        self.world.never()
+    }
+
+    pub fn clip_grad_norm(&self, _max_norm: f64) -> Result<()> {
+        self.world.never()
+    }
+
+    pub fn localize(&self, _ckpt: &mut crate::value::Value) -> Result<()> {
+        self.world.never()
+    }
+
+    pub fn save(
+        &self,
+        _path: &std::path::Path,
+        _ckpt: crate::value::Value,
+        _write_full: impl FnOnce(&std::path::Path, crate::value::Value) -> Result<()>,
+    ) -> Result<()> {
+        self.world.never()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::trainer::Trainer;

@@ -16,7 +16,8 @@ use tch::{Device, Tensor};
 pub(crate) struct World {
     pub env: ClusterEnv,
     pub pg: ProcessGroup,
-    _store: Store,
+    /// The job's rendezvous store (FSDP's saves exchange what each rank wrote through it).
+    pub store: Store,
     launch: Mutex<Option<LocalLaunch>>,
     timeout: Duration,
 }
@@ -49,9 +50,16 @@ impl World {
         } else {
             None
         };
-        let port = env.master_port.ok_or_else(|| {
-            Error::Config("strategy=\"ddp\": MASTER_PORT is not set for this rank".into())
-        })?;
+        let port = match env.master_port {
+            Some(p) => p,
+            // A job of one process (FSDP on one device): its own store on a free port.
+            None if env.world_size == 1 => 0,
+            None => {
+                return Err(Error::Config(
+                    "strategy=\"ddp\": MASTER_PORT is not set for this rank".into(),
+                ));
+            }
+        };
         let store = env.store(port, opts.timeout).map_err(dist_err)?;
         let pg = match cfg.accelerator.resolve() {
             Accelerator::Cuda => ProcessGroup::nccl(&store, env.rank, env.world_size, opts.timeout),
@@ -61,7 +69,7 @@ impl World {
         let world = Arc::new(World {
             env,
             pg,
-            _store: store,
+            store,
             launch: Mutex::new(launch),
             timeout: opts.timeout,
         });

@@ -1,0 +1,590 @@
+//! `strategy="fsdp"`: fully sharded data parallel on c10d, FSDP2's layout. Every parameter of
+//! one or more dimensions is split on dim 0 as `torch.chunk` splits it (rank r holds rows
+//! `[r*c, (r+1)*c)` clipped to the size, `c = ceil(n / W)`); at rest a rank holds only its
+//! rows of the parameters, their gradients and (so) the optimizer state. The whole model is
+//! one FSDP unit: before a forward the parameters are all-gathered (one collective per
+//! dtype), after the backward the gradients are reduce-scattered (averaged) to the shards and
+//! the full parameters dropped. Between, peak memory is a replica's parameters and gradients.
+//!
+//! Checkpoints: `state_dict_type="full"` gathers the state and global rank 0 writes one
+//! ordinary `.ckpt`; `"sharded"` writes Lightning's sharded layout (a DCP directory plus
+//! `meta.pt`), each rank its own file, in a staging directory that appears complete or not at
+//! all. A resume reads either kind written by any number of ranks and keeps this rank's rows.
+
+use super::World;
+use crate::checkpoint::dcp::{self, LocalItem, PathPart};
+use crate::error::{Error, Result};
+use crate::trainer::strategy::{FsdpOptions, ShardingStrategy, StateDictType};
+use crate::value::{Key, Value};
+use lightning_dist::ReduceOp;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+fn dist_err(what: &str) -> impl Fn(lightning_dist::DistError) -> Error + '_ {
+    move |e| Error::Config(format!("fsdp {what}: {e}"))
+}
+
+/// One parameter under FSDP.
+struct Param {
+    name: String,
+    /// A handle of the module's variable (its data is swapped between shard and full).
+    var: Tensor,
+    /// The whole parameter's size.
+    full: Vec<i64>,
+    /// This rank's rows `[lo, hi)` and the rows per rank `c`; `None`: kept whole (0-dim, or
+    /// `NO_SHARD`).
+    rows: Option<(i64, i64, i64)>,
+    /// The shard while the full parameter is gathered.
+    shard: Option<Tensor>,
+    /// The gradient shard accumulated over micro-batches, while the full one is computed.
+    grad: Option<Tensor>,
+}
+
+/// FSDP around one module for one `fit`.
+pub(crate) struct Fsdp {
+    pub world: Arc<World>,
+    pub opts: FsdpOptions,
+    params: Vec<Param>,
+    /// Per optimizer, the parameter names in its order.
+    names: Vec<Vec<String>>,
+    saves: AtomicU64,
+}
+
+impl Fsdp {
+    /// Broadcasts rank 0's parameters and buffers, then keeps this rank's rows of every
+    /// parameter (the module's variables now hold their shards).
+    pub fn shard(
+        world: Arc<World>,
+        opts: &FsdpOptions,
+        named: Vec<(String, Tensor)>,
+        buffers: &[Tensor],
+    ) -> Result<Fsdp> {
+        let all: Vec<Tensor> = named
+            .iter()
+            .map(|(_, p)| p.shallow_clone())
+            .chain(buffers.iter().map(Tensor::shallow_clone))
+            .collect();
+        if !all.is_empty() {
+            world
+                .pg
+                .broadcast_coalesced(&all, 0)
+                .map_err(dist_err("broadcast of rank 0's weights"))?;
+        }
+        let (rank, w) = (world.env.rank, world.env.world_size);
+        let shard_all = opts.sharding_strategy != ShardingStrategy::NoShard;
+        let _guard = tch::no_grad_guard();
+        let mut params = Vec::with_capacity(named.len());
+        for (name, var) in named {
+            let full = var.size();
+            let rows = (shard_all && !full.is_empty()).then(|| {
+                let (lo, hi) = dcp::shard_rows(full[0], rank, w);
+                (lo, hi, (full[0] + w as i64 - 1) / w as i64)
+            });
+            let mut p = Param {
+                name,
+                var,
+                full,
+                rows,
+                shard: None,
+                grad: None,
+            };
+            if let Some((lo, hi, _)) = p.rows {
+                let local = p.var.narrow(0, lo, hi - lo).contiguous().copy();
+                p.var.set_data(&local);
+            }
+            params.push(p);
+        }
+        Ok(Fsdp {
+            world,
+            opts: opts.clone(),
+            params,
+            names: Vec::new(),
+            saves: AtomicU64::new(0),
+        })
+    }
+
+    /// Records each optimizer's parameter order by name (the same variables as the module's).
+    pub fn bind(&mut self, optimizers: &[Vec<Tensor>]) -> Result<()> {
+        self.names = optimizers
+            .iter()
+            .map(|ps| {
+                ps.iter()
+                    .map(|t| {
+                        self.params
+                            .iter()
+                            .find(|p| lightning_sys::ops::same_variable(&p.var, t))
+                            .map(|p| p.name.clone())
+                            .ok_or_else(|| {
+                                Error::Config(
+                                    "strategy=\"fsdp\": an optimizer holds a tensor that is not \
+                                     one of the module's parameters; build optimizers from \
+                                     `self.parameters()` in `configure_optimizers`"
+                                        .into(),
+                                )
+                            })
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// Gathers every sharded parameter whole (before a forward); the shards and gradient
+    /// shards are kept aside.
+    pub fn unshard(&mut self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let w = self.world.env.world_size as i64;
+        for kind in self.kinds() {
+            let idx: Vec<usize> = self.sharded_of(kind);
+            if idx.is_empty() {
+                continue;
+            }
+            let mut flat_parts = Vec::with_capacity(idx.len());
+            let mut total = 0i64;
+            for &i in &idx {
+                let p = &mut self.params[i];
+                if p.shard.is_some() {
+                    return Ok(()); // already gathered
+                }
+                let (lo, hi, c) = p.rows.unwrap_or((0, 0, 0));
+                let inner: i64 = p.full[1..].iter().product();
+                let padded = Tensor::zeros([c * inner], (kind, p.var.device()));
+                padded
+                    .narrow(0, 0, (hi - lo) * inner)
+                    .copy_(&p.var.detach().reshape([-1]));
+                flat_parts.push(padded);
+                total += c * inner;
+                let g = p.var.grad();
+                if g.defined() {
+                    p.grad = Some(g.detach());
+                    lightning_sys::ops::set_grad_to_none(&p.var)
+                        .map_err(|e| Error::Config(format!("fsdp: {e}")))?;
+                }
+                p.shard = Some(p.var.detach());
+            }
+            let input = Tensor::cat(&flat_parts, 0);
+            let mut out = Tensor::empty([w * total], (kind, input.device()));
+            self.world
+                .pg
+                .all_gather_into(&mut out, &input)
+                .map_err(dist_err("all_gather of parameters"))?;
+            let out = out.reshape([w, total]);
+            let mut at = 0;
+            for &i in &idx {
+                let p = &mut self.params[i];
+                let (_, _, c) = p.rows.unwrap_or((0, 0, 0));
+                let inner: i64 = p.full[1..].iter().product();
+                let mut shape = vec![w * c];
+                shape.extend_from_slice(&p.full[1..]);
+                let full = out
+                    .narrow(1, at, c * inner)
+                    .reshape(shape.as_slice())
+                    .narrow(0, 0, p.full[0])
+                    .contiguous();
+                p.var.set_data(&full);
+                at += c * inner;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a backward: averages the gradients over the ranks into each rank's shard
+    /// (reduce-scatter; a whole parameter's by all-reduce), adds the shard accumulated over
+    /// earlier micro-batches, and puts the shards back in place of the full parameters.
+    pub fn reduce_grads(&mut self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let w = self.world.env.world_size as i64;
+        for kind in self.kinds() {
+            let idx = self.sharded_of(kind);
+            let mut blocks: Vec<Vec<Tensor>> = (0..w).map(|_| Vec::new()).collect();
+            let mut total = 0i64;
+            let mut any = false;
+            for &i in &idx {
+                let p = &self.params[i];
+                let (_, _, c) = p.rows.unwrap_or((0, 0, 0));
+                let inner: i64 = p.full[1..].iter().product();
+                let g = p.var.grad();
+                let g = if g.defined() {
+                    any = true;
+                    g.detach().reshape([-1])
+                } else {
+                    Tensor::zeros([p.full[0] * inner], (kind, p.var.device()))
+                };
+                let padded = Tensor::zeros([w * c * inner], (kind, g.device()));
+                padded.narrow(0, 0, g.numel() as i64).copy_(&g);
+                for (r, b) in blocks.iter_mut().enumerate() {
+                    b.push(padded.narrow(0, r as i64 * c * inner, c * inner));
+                }
+                total += c * inner;
+            }
+            let reduced = if any && total > 0 {
+                let flat: Vec<Tensor> = blocks.into_iter().flatten().collect();
+                let input = Tensor::cat(&flat, 0);
+                let mut out = Tensor::empty([total], (kind, input.device()));
+                self.world
+                    .pg
+                    .reduce_scatter_into(&mut out, &input, ReduceOp::Avg)
+                    .map_err(dist_err("reduce_scatter of gradients"))?;
+                Some(out)
+            } else {
+                None
+            };
+            let mut at = 0;
+            for &i in &idx {
+                let p = &mut self.params[i];
+                let (lo, hi, c) = p.rows.unwrap_or((0, 0, 0));
+                let inner: i64 = p.full[1..].iter().product();
+                let shard = p.shard.take().unwrap_or_else(|| p.var.detach());
+                let had_grad = p.var.grad().defined();
+                lightning_sys::ops::set_grad_to_none(&p.var)
+                    .map_err(|e| Error::Config(format!("fsdp: {e}")))?;
+                p.var.set_data(&shard);
+                let mut shape = vec![hi - lo];
+                shape.extend_from_slice(&p.full[1..]);
+                let new = match (&reduced, had_grad) {
+                    (Some(r), true) => {
+                        Some(r.narrow(0, at, (hi - lo) * inner).reshape(shape.as_slice()))
+                    }
+                    _ => None,
+                };
+                let g = match (new, p.grad.take()) {
+                    (Some(n), Some(old)) => Some(old + n),
+                    (Some(n), None) => Some(n.contiguous()),
+                    (None, old) => old,
+                };
+                if let Some(g) = g {
+                    lightning_sys::ops::set_grad(&p.var, &g)
+                        .map_err(|e| Error::Config(format!("fsdp: {e}")))?;
+                }
+                at += c * inner;
+            }
+        }
+        // Whole parameters: DDP's all-reduce.
+        let mut whole: Vec<Tensor> = self
+            .params
+            .iter()
+            .filter(|p| p.rows.is_none())
+            .map(|p| p.var.grad())
+            .filter(Tensor::defined)
+            .collect();
+        if !whole.is_empty() {
+            self.world
+                .pg
+                .all_reduce(&mut whole, ReduceOp::Avg)
+                .map_err(dist_err("all_reduce of gradients"))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the shards back without touching gradients (after an evaluation forward).
+    pub fn reshard(&mut self) {
+        for p in &mut self.params {
+            if let Some(s) = p.shard.take() {
+                let _ = lightning_sys::ops::set_grad_to_none(&p.var);
+                p.var.set_data(&s);
+                if let Some(g) = p.grad.take() {
+                    // Same size as the shard it was taken from: cannot fail.
+                    let _ = lightning_sys::ops::set_grad(&p.var, &g);
+                }
+            }
+        }
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        let mut kinds: Vec<Kind> = Vec::new();
+        for p in self.params.iter().filter(|p| p.rows.is_some()) {
+            let k = p.var.kind();
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+        kinds
+    }
+
+    fn sharded_of(&self, kind: Kind) -> Vec<usize> {
+        (0..self.params.len())
+            .filter(|&i| self.params[i].rows.is_some() && self.params[i].var.kind() == kind)
+            .collect()
+    }
+
+    /// The 2-norm of all gradients over the ranks, then each scaled by
+    /// `max_norm / (norm + 1e-6)` when that is below 1 (torch's `clip_grad_norm_` on the
+    /// sharded gradients).
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut sq = 0.0;
+        for p in &self.params {
+            let g = p.var.grad();
+            if g.defined() {
+                let s = g
+                    .to_kind(Kind::Double)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+                // A whole parameter's gradient is on every rank: count it once.
+                sq += if p.rows.is_some() || self.world.env.rank == 0 {
+                    s
+                } else {
+                    0.0
+                };
+            }
+        }
+        let mut v = [sq];
+        self.world.sum(&mut v)?;
+        let coef = max_norm / (v[0].sqrt() + 1e-6);
+        if coef < 1.0 {
+            for p in &self.params {
+                let mut g = p.var.grad();
+                if g.defined() {
+                    let _ = g
+                        .f_mul_(&Tensor::from(coef).to_kind(g.kind()))
+                        .map_err(|e| Error::Config(format!("fsdp clip: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn param(&self, name: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    /// A shard `t` of parameter `p`'s size gathered whole (every rank must call this for the
+    /// same tensors in the same order).
+    fn gather(&self, p: &Param, t: &Tensor) -> Result<Tensor> {
+        let Some((lo, hi, c)) = p.rows else {
+            return Ok(t.shallow_clone());
+        };
+        let w = self.world.env.world_size as i64;
+        let inner: i64 = p.full[1..].iter().product();
+        let padded = Tensor::zeros([c * inner], (t.kind(), t.device()));
+        padded
+            .narrow(0, 0, (hi - lo) * inner)
+            .copy_(&t.reshape([-1]));
+        let mut out = Tensor::empty([w * c * inner], (t.kind(), t.device()));
+        self.world
+            .pg
+            .all_gather_into(&mut out, &padded)
+            .map_err(dist_err("all_gather of the state"))?;
+        let mut shape = vec![w * c];
+        shape.extend_from_slice(&p.full[1..]);
+        Ok(out
+            .reshape(shape.as_slice())
+            .narrow(0, 0, p.full[0])
+            .contiguous())
+    }
+
+    /// Whether `t` is this rank's shard of `p` (a state tensor that follows the parameter).
+    fn is_shard_of(p: &Param, t: &Tensor) -> bool {
+        match p.rows {
+            Some((lo, hi, _)) => {
+                let mut s = vec![hi - lo];
+                s.extend_from_slice(&p.full[1..]);
+                t.size() == s
+            }
+            None => false,
+        }
+    }
+
+    /// Applies `f` to every sharded tensor of a checkpoint in Lightning's single-file layout
+    /// (`state_dict` entries of sharded parameters, and the optimizers' per-parameter state
+    /// tensors that follow them), in a fixed order.
+    fn each_sharded(
+        &self,
+        ckpt: &mut Value,
+        mut f: impl FnMut(&Param, &Tensor) -> Result<Option<Tensor>>,
+    ) -> Result<()> {
+        if let Some(Value::Dict(sd) | Value::OrderedDict(sd)) = ckpt.get_mut("state_dict") {
+            for (k, v) in sd.iter_mut() {
+                if let (Some(p), Value::Tensor(t)) = (self.param(&k.to_string()), &*v)
+                    && let Some(new) = f(p, t)?
+                {
+                    *v = Value::Tensor(new);
+                }
+            }
+        }
+        if let Some(Value::List(opts)) = ckpt.get_mut("optimizer_states") {
+            for (i, o) in opts.iter_mut().enumerate() {
+                let Some(names) = self.names.get(i) else {
+                    continue;
+                };
+                let Some(Value::Dict(st) | Value::OrderedDict(st)) = o.get_mut("state") else {
+                    continue;
+                };
+                for (k, s) in st.iter_mut() {
+                    let Key::Int(j) = k else { continue };
+                    let Some(p) = names.get(*j as usize).and_then(|n| self.param(n)) else {
+                        continue;
+                    };
+                    if let Value::Dict(fields) | Value::OrderedDict(fields) = s {
+                        for (_, x) in fields.iter_mut() {
+                            if let Value::Tensor(t) = &*x
+                                && let Some(new) = f(p, t)?
+                            {
+                                *x = Value::Tensor(new);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint with every shard gathered whole (a collective).
+    pub fn gather_checkpoint(&self, mut ckpt: Value) -> Result<Value> {
+        self.each_sharded(&mut ckpt, |p, t| {
+            if Self::is_shard_of(p, t) {
+                self.gather(p, t).map(Some)
+            } else {
+                Ok(None)
+            }
+        })?;
+        Ok(ckpt)
+    }
+
+    /// A whole checkpoint (from a `.ckpt` or a sharded directory of any world size) cut to
+    /// this rank's rows, so the module and optimizers (holding shards) load it.
+    pub fn localize(&self, ckpt: &mut Value) -> Result<()> {
+        self.each_sharded(ckpt, |p, t| match p.rows {
+            Some((lo, hi, _)) if t.size() == p.full => {
+                Ok(Some(t.narrow(0, lo, hi - lo).contiguous()))
+            }
+            _ => Ok(None),
+        })
+    }
+
+    /// Saves the checkpoint of this rank (shards in it) as `opts.state_dict_type` says. Every
+    /// rank calls it; `write` says whether this rank writes single files (global rank 0).
+    pub fn save(
+        &self,
+        path: &Path,
+        ckpt: Value,
+        write_full: impl FnOnce(&Path, Value) -> Result<()>,
+    ) -> Result<()> {
+        match self.opts.state_dict_type {
+            StateDictType::Full => {
+                let full = self.gather_checkpoint(ckpt)?;
+                if self.world.env.is_global_zero() {
+                    write_full(path, full)?;
+                }
+                self.world.barrier("fsdp save_checkpoint")
+            }
+            StateDictType::Sharded => self.save_sharded(path, ckpt),
+        }
+    }
+
+    /// Lightning's sharded layout: every rank writes its rows into its own `.distcp` file of
+    /// a staging directory, rank 0 writes `.metadata` and `meta.pt` and moves the directory
+    /// into place (atomically: the old checkpoint stays until the new one is complete).
+    fn save_sharded(&self, path: &Path, ckpt: Value) -> Result<()> {
+        let n = self.saves.fetch_add(1, Ordering::Relaxed);
+        let rank = self.world.env.rank;
+        let store = &self.world.store;
+        let key = format!("lightning_rs/fsdp_save/{n}");
+        let err = |e: crate::checkpoint::CheckpointError| Error::Save {
+            path: path.to_owned(),
+            source: e,
+        };
+        let staging = if rank == 0 {
+            let s = crate::storage::local::staging_dir(path).map_err(err)?;
+            store
+                .set(&format!("{key}/dir"), s.to_string_lossy().as_bytes())
+                .map_err(dist_err("store"))?;
+            s
+        } else {
+            let b = store
+                .get(&format!("{key}/dir"))
+                .map_err(dist_err("store"))?;
+            std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned())
+        };
+        let (state, meta) = dcp::lightning::split(&ckpt, &self.names)
+            .map_err(|e| Error::Config(format!("fsdp save: {e}")))?;
+        let mut items = Vec::new();
+        for (k, path_parts, v) in dcp::flatten(&state) {
+            let name = match path_parts.as_slice() {
+                [PathPart::Key(m), PathPart::Key(n)] if m == "model" => Some(n.as_str()),
+                [PathPart::Key(_), PathPart::Key(s), PathPart::Key(n), PathPart::Key(_)]
+                    if s == "state" =>
+                {
+                    Some(n.as_str())
+                }
+                _ => None,
+            };
+            let p = name.and_then(|n| self.param(n));
+            let item = match (v, p) {
+                (Value::Tensor(t), Some(p)) if Self::is_shard_of(p, t) => {
+                    let (lo, _, _) = p.rows.unwrap_or((0, 0, 0));
+                    let mut offsets = vec![0; p.full.len()];
+                    offsets[0] = lo;
+                    LocalItem::Block {
+                        global_size: p.full.clone(),
+                        offsets,
+                        tensor: t.shallow_clone(),
+                    }
+                }
+                _ if rank != 0 => continue,
+                (Value::Tensor(t), _) => LocalItem::Block {
+                    global_size: t.size(),
+                    offsets: vec![0; t.dim()],
+                    tensor: t.shallow_clone(),
+                },
+                (other, _) => LocalItem::Bytes(other.clone()),
+            };
+            items.push((k, path_parts, item));
+        }
+        let written = dcp::write_rank_file(&staging, rank, &items, true).map_err(err)?;
+        let json: Vec<serde_json::Value> = written.iter().map(|w| w.to_json()).collect();
+        store
+            .set(
+                &format!("{key}/rank{rank}"),
+                serde_json::Value::Array(json).to_string().as_bytes(),
+            )
+            .map_err(dist_err("store"))?;
+        if rank == 0 {
+            let mut all = Vec::new();
+            for r in 0..self.world.env.world_size {
+                let b = store
+                    .get(&format!("{key}/rank{r}"))
+                    .map_err(dist_err("store"))?;
+                let v: serde_json::Value = serde_json::from_slice(&b)
+                    .map_err(|e| Error::Config(format!("fsdp save: rank {r}'s items: {e}")))?;
+                for x in v.as_array().into_iter().flatten() {
+                    all.push(
+                        dcp::WrittenItem::from_json(x)
+                            .map_err(|e| Error::Config(format!("fsdp save: rank {r}: {e}")))?,
+                    );
+                }
+            }
+            let published = (|| {
+                dcp::write_metadata(&staging, &all, &dcp::new_save_id(), true)?;
+                crate::checkpoint::save(&staging.join(dcp::lightning::META_FILE), &meta)?;
+                crate::storage::local::publish_dir(&staging, path)
+            })();
+            if published.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            // Every rank learns the outcome before returning.
+            store
+                .set(
+                    &format!("{key}/done"),
+                    if published.is_ok() { b"ok" } else { b"failed" },
+                )
+                .map_err(dist_err("store"))?;
+            published.map_err(err)?;
+        } else {
+            let done = store
+                .get(&format!("{key}/done"))
+                .map_err(dist_err("store"))?;
+            if done != b"ok" {
+                return Err(Error::Config(format!(
+                    "fsdp save of {}: rank 0 could not complete the checkpoint",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! `strategy="fsdp"` on the CPU (Gloo): 2 ranks train as one process on both ranks' batches
+//! (within float tolerance: gradients are averaged by reduce-scatter), save sharded
+//! checkpoints in Lightning's layout (a DCP directory + `meta.pt`, one file per rank) or full
+//! `.ckpt` files, resume exactly, and resume on another number of ranks.
+
+use lightning_core::checkpoint::dcp;
+use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
+use lightning_core::Value;
+use std::path::Path;
+
+fn run(root: &Path, devices: usize, epochs: i64, resume: &str, kind: &str) {
+    let mut cmd = crate::job("fsdp");
+    cmd.args([
+        root.to_str().unwrap(),
+        &devices.to_string(),
+        &epochs.to_string(),
+        resume,
+        kind,
+    ]);
+    crate::run_ok(&mut cmd, &format!("fsdp run ({devices} ranks, {kind})"));
+}
+
+/// The `state_dict` of a checkpoint file or sharded directory, read whole.
+fn weights(p: &Path) -> Vec<(String, tch::Tensor)> {
+    let v = DefaultCheckpointIO.load_checkpoint(p).unwrap();
+    match v.get("state_dict") {
+        Some(Value::OrderedDict(d) | Value::Dict(d)) => d
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_tensor().unwrap().shallow_clone()))
+            .collect(),
+        other => panic!("{}: state_dict is {other:?}", p.display()),
+    }
+}
+
+fn assert_bitwise(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb, "{what}");
+        assert!(ta.equal(tb), "{what}: {na} differs");
+    }
+}
+
+#[test]
+fn sharded_checkpoints_resume_exactly_and_on_other_world_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = |n: &str| dir.path().join(n);
+    // Straight: 2 epochs on 2 ranks, sharded saves.
+    run(&root("straight"), 2, 2, "-", "sharded");
+    let last = root("straight").join("ck").join("last.ckpt");
+    let mut files: Vec<String> = std::fs::read_dir(&last)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    );
+    // Each rank wrote its rows of every parameter: the metadata lists both blocks.
+    let r = dcp::DcpReader::open(&last).unwrap();
+    let dcp::ItemMeta::Tensor(t) = &r.metadata().items["model.fc1.weight"] else {
+        panic!("model.fc1.weight is not a tensor");
+    };
+    assert_eq!(t.chunks.len(), 2, "{t:?}");
+    assert!(dcp::lightning::is_sharded_checkpoint(&last));
+    let straight = weights(&last);
+    assert_bitwise(
+        &weights(&root("straight").join("final.ckpt")),
+        &straight,
+        "final vs last",
+    );
+
+    // 1 epoch, then resume from `last` to 2: the same weights, bit for bit.
+    run(&root("resumed"), 2, 1, "-", "sharded");
+    run(&root("resumed"), 2, 2, "last", "sharded");
+    assert_bitwise(
+        &weights(&root("resumed").join("final.ckpt")),
+        &straight,
+        "resumed",
+    );
+
+    // The 2-rank checkpoint resumes on 1 and 3 ranks (rows re-split): nothing left to train,
+    // the weights are the checkpoint's; and 3 ranks train one more epoch from it.
+    let src = last.to_str().unwrap();
+    run(&root("on1"), 1, 2, src, "sharded");
+    assert_bitwise(
+        &weights(&root("on1").join("final.ckpt")),
+        &straight,
+        "resumed on 1 rank",
+    );
+    run(&root("on3"), 3, 3, src, "full");
+    let on3 = weights(&root("on3").join("final.ckpt"));
+    assert!(
+        root("on3").join("final.ckpt").is_file(),
+        "state_dict_type=full writes one file"
+    );
+    assert!(
+        on3.iter()
+            .zip(&straight)
+            .any(|((_, a), (_, b))| !a.equal(b)),
+        "3 ranks trained an epoch"
+    );
+
+    // Lightning's consolidate_checkpoint makes a `.ckpt` of ours that torch reads with
+    // weights_only=True, with our weights.
+    let script = r#"
+import runpy, sys, json, torch
+src = sys.argv[1]
+sys.argv = ["consolidate_checkpoint", src]
+runpy.run_module("lightning.pytorch.utilities.consolidate_checkpoint", run_name="__main__")
+c = torch.load(src + ".consolidated", weights_only=True)
+print(json.dumps({"keys": sorted(c), "sd": {k: v.flatten().tolist() for k, v in c["state_dict"].items()},
+                  "opt": sorted(c["optimizer_states"][0]["state"])}))
+"#;
+    let copy = root("consolidate").join("last.ckpt");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&last).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let Some(out) = lightning_testkit::run_python(script, &[copy.to_str().unwrap()]) else {
+        return;
+    };
+    let out = out.unwrap();
+    let got: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    for k in [
+        "epoch",
+        "global_step",
+        "loops",
+        "optimizer_states",
+        "state_dict",
+        "callbacks",
+    ] {
+        assert!(
+            got["keys"].as_array().unwrap().iter().any(|x| x == k),
+            "{k}: {got}"
+        );
+    }
+    for (name, t) in &straight {
+        let theirs: Vec<f32> = got["sd"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(
+            theirs,
+            Vec::<f32>::try_from(t.reshape([-1])).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        got["opt"],
+        serde_json::json!(["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"])
+    );
+}
+
+#[test]
+fn two_fsdp_ranks_train_as_one_process_and_full_saves_are_single_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = |n: &str| dir.path().join(n);
+    run(&root("fsdp"), 2, 2, "-", "full");
+    run(&root("single"), 0, 2, "-", "full");
+    let last = root("fsdp").join("ck").join("last.ckpt");
+    assert!(
+        last.is_file() || last.is_symlink(),
+        "a full save is one file"
+    );
+    let (a, b) = (
+        weights(&root("fsdp").join("final.ckpt")),
+        weights(&root("single").join("final.ckpt")),
+    );
+    assert_eq!(a.len(), b.len());
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x.size(), y.size(), "{n} is whole");
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{n}: FSDP vs one process differ by {diff}");
+    }
+}
