@@ -35,7 +35,7 @@ pub(crate) fn writes_files(world: Option<&World>) -> bool {
 /// rank meets at a barrier. Without DDP, just the save.
 ///
 /// Under FSDP every rank builds the checkpoint (its shards) and [`Fsdp::save`] writes it as
-/// its `state_dict_type` says, synchronously.
+/// its `state_dict_type` says (async too: each rank's writer thread writes its file).
 pub(crate) fn save_on_rank_zero(
     world: Option<&World>,
     fsdp: Option<&Fsdp>,
@@ -45,10 +45,7 @@ pub(crate) fn save_on_rank_zero(
     ckpt: impl FnOnce() -> crate::value::Value,
 ) -> Result<()> {
     if let Some(f) = fsdp {
-        return f.save(path, ckpt(), |p, full| {
-            saver.save(p, full)?;
-            saver.wait()
-        });
+        return f.save(path, ckpt(), saver, wait);
     }
     if writes_files(world) {
         saver.save(path, ckpt())?;

@@ -59,6 +59,24 @@ impl Saver {
             return r;
         }
         let snap = snapshot(&ckpt);
+        let io = self.io.clone();
+        let owned = path.to_owned();
+        self.run(path, move || io.save_checkpoint(&snap, &owned))
+    }
+
+    /// Runs the write `job` for `path`: now, or (async) on the writer thread once the save
+    /// before it is done. Its inputs must already be a snapshot (host copies). What
+    /// [`Saver::when_durable`] queues after it runs once it succeeded.
+    pub fn run(
+        &mut self,
+        path: &Path,
+        job: impl FnOnce() -> Result<(), checkpoint::CheckpointError> + Send + 'static,
+    ) -> Result<()> {
+        if !self.asynchronous {
+            let r = job().map_err(save_err(path));
+            self.failures += usize::from(r.is_err());
+            return r;
+        }
         if self.pending.is_some() {
             let t = Instant::now();
             self.wait()?;
@@ -68,11 +86,9 @@ impl Saver {
                 path.display()
             );
         }
-        let owned = path.to_owned();
-        let io = self.io.clone();
         let handle = std::thread::Builder::new()
             .name("ckpt-writer".into())
-            .spawn(move || io.save_checkpoint(&snap, &owned))
+            .spawn(job)
             .map_err(|e| Error::Io {
                 context: format!("starting the checkpoint writer for {}", path.display()),
                 source: e,

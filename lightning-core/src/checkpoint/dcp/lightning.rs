@@ -62,23 +62,31 @@ pub fn optimizer_state_by_name(state: &Value, names: &[String]) -> Result<Value,
 }
 
 /// The inverse of [`optimizer_state_by_name`] for a state saved by name: parameters numbered
-/// in the order the groups list them (torch's rule), `state` re-keyed by those numbers.
+/// in the order the groups list them (torch's rule), `state` re-keyed by those numbers, and
+/// the names kept in each group's `param_names` (as torch keeps them for an optimizer built
+/// from named parameters), so a reader can match them to its own order
+/// ([`reorder_optimizer_state`]).
 pub fn optimizer_state_by_index(state: &Value) -> Result<Value, String> {
     let mut out = state.clone();
     let mut index: Vec<String> = Vec::new();
     if let Some(Value::List(groups)) = out.get_mut("param_groups") {
         for g in groups {
+            let mut names = Vec::new();
             if let Some(Value::List(ps)) = g.get_mut("params") {
                 for p in ps.iter_mut() {
                     match p {
                         Value::Str(n) => {
                             index.push(n.clone());
+                            names.push(Value::Str(n.clone()));
                             *p = Value::Int(index.len() as i64 - 1);
                         }
                         Value::Int(_) => {}
                         other => return Err(format!("a group's param is a {}", other.type_name())),
                     }
                 }
+            }
+            if !names.is_empty() {
+                g.insert("param_names", Value::List(names));
             }
         }
     }
@@ -97,6 +105,79 @@ pub fn optimizer_state_by_index(state: &Value) -> Result<Value, String> {
         *s = renumbered;
     }
     Ok(out)
+}
+
+/// Re-keys an optimizer state (torch's layout) whose groups name their parameters
+/// (`param_names`) to the order `ours` of the optimizer that loads it: the state of the
+/// parameter named `ours[k]` under index `k`. A state without names is left as it is.
+pub fn reorder_optimizer_state(state: &mut Value, ours: &[String]) -> Result<(), String> {
+    let mut saved: Vec<String> = Vec::new();
+    if let Some(Value::List(groups)) = state.get("param_groups") {
+        for g in groups {
+            if let Some(Value::List(ns)) = g.get("param_names") {
+                for n in ns {
+                    match n {
+                        Value::Str(s) => saved.push(s.clone()),
+                        other => return Err(format!("a param name is a {}", other.type_name())),
+                    }
+                }
+            }
+        }
+    }
+    if saved.is_empty() || saved == ours {
+        return Ok(());
+    }
+    let perm: Vec<i64> = saved
+        .iter()
+        .map(|n| {
+            ours.iter()
+                .position(|o| o == n)
+                .map(|i| i as i64)
+                .ok_or(format!(
+                "the checkpoint has optimizer state for {n:?}, which this optimizer does not hold"
+            ))
+        })
+        .collect::<Result<_, _>>()?;
+    if let Some(Value::Dict(s) | Value::OrderedDict(s)) = state.get_mut("state") {
+        let mut renumbered = Dict::with_capacity(s.len());
+        for (k, v) in std::mem::take(s) {
+            let k = match k {
+                Key::Int(j) => Key::Int(
+                    *perm
+                        .get(j as usize)
+                        .ok_or(format!("state index {j} of {} parameters", perm.len()))?,
+                ),
+                k => k,
+            };
+            renumbered.insert(k, v);
+        }
+        *s = renumbered;
+    }
+    if let Some(Value::List(groups)) = state.get_mut("param_groups") {
+        for g in groups {
+            if let Some(Value::List(ps)) = g.get_mut("params") {
+                for p in ps.iter_mut() {
+                    if let Value::Int(j) = p {
+                        *j = *perm.get(*j as usize).ok_or(format!("param index {j}"))?;
+                    }
+                }
+            }
+            let names: Option<Vec<Value>> = match g.get("params") {
+                Some(Value::List(ps)) => ps
+                    .iter()
+                    .map(|p| match p {
+                        Value::Int(j) => ours.get(*j as usize).map(|n| Value::Str(n.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => None,
+            };
+            if let Some(n) = names {
+                g.insert("param_names", Value::List(n));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a sharded checkpoint directory whole, as the single-file checkpoint Lightning's

@@ -137,7 +137,8 @@ impl Fsdp {
         &self,
         _path: &std::path::Path,
         _ckpt: crate::value::Value,
-        _write_full: impl FnOnce(&std::path::Path, crate::value::Value) -> Result<()>,
+        _saver: &mut crate::trainer::saver::Saver,
+        _wait: bool,
     ) -> Result<()> {
         self.world.never()
     }

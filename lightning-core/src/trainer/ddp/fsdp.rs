@@ -13,11 +13,13 @@
 
 use super::World;
 use crate::checkpoint::dcp::{self, LocalItem, PathPart};
+use crate::checkpoint::CheckpointError;
 use crate::error::{Error, Result};
+use crate::trainer::saver::{snapshot, Saver};
 use crate::trainer::strategy::{FsdpOptions, ShardingStrategy, StateDictType};
 use crate::value::{Key, Value};
 use lightning_dist::ReduceOp;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -448,6 +450,13 @@ impl Fsdp {
     /// A whole checkpoint (from a `.ckpt` or a sharded directory of any world size) cut to
     /// this rank's rows, so the module and optimizers (holding shards) load it.
     pub fn localize(&self, ckpt: &mut Value) -> Result<()> {
+        // Optimizer state saved by parameter name (a sharded directory) follows our order.
+        if let Some(Value::List(opts)) = ckpt.get_mut("optimizer_states") {
+            for (i, (o, names)) in opts.iter_mut().zip(&self.names).enumerate() {
+                dcp::lightning::reorder_optimizer_state(o, names)
+                    .map_err(|e| Error::Config(format!("optimizer {i}'s saved state: {e}")))?;
+            }
+        }
         self.each_sharded(ckpt, |p, t| match p.rows {
             Some((lo, hi, _)) if t.size() == p.full => {
                 Ok(Some(t.narrow(0, lo, hi - lo).contiguous()))
@@ -456,50 +465,40 @@ impl Fsdp {
         })
     }
 
-    /// Saves the checkpoint of this rank (shards in it) as `opts.state_dict_type` says. Every
-    /// rank calls it; `write` says whether this rank writes single files (global rank 0).
-    pub fn save(
-        &self,
-        path: &Path,
-        ckpt: Value,
-        write_full: impl FnOnce(&Path, Value) -> Result<()>,
-    ) -> Result<()> {
+    /// Saves the checkpoint of this rank (shards in it) as `opts.state_dict_type` says,
+    /// through `saver` (in the background when it is async; `wait`: until durable). Every
+    /// rank calls it.
+    pub fn save(&self, path: &Path, ckpt: Value, saver: &mut Saver, wait: bool) -> Result<()> {
         match self.opts.state_dict_type {
             StateDictType::Full => {
                 let full = self.gather_checkpoint(ckpt)?;
                 if self.world.env.is_global_zero() {
-                    write_full(path, full)?;
+                    saver.save(path, full)?;
+                    if wait {
+                        saver.wait()?;
+                    }
                 }
                 self.world.barrier("fsdp save_checkpoint")
             }
-            StateDictType::Sharded => self.save_sharded(path, ckpt),
+            StateDictType::Sharded => {
+                self.save_sharded(path, ckpt, saver)?;
+                if wait {
+                    saver.wait()?;
+                }
+                Ok(())
+            }
         }
     }
 
     /// Lightning's sharded layout: every rank writes its rows into its own `.distcp` file of
     /// a staging directory, rank 0 writes `.metadata` and `meta.pt` and moves the directory
-    /// into place (atomically: the old checkpoint stays until the new one is complete).
-    fn save_sharded(&self, path: &Path, ckpt: Value) -> Result<()> {
+    /// into place (atomically: the old checkpoint stays until the new one is complete). The
+    /// training thread only cuts and snapshots this rank's items; the files are written by
+    /// the saver (on its thread when async), which meets the other ranks through the store.
+    fn save_sharded(&self, path: &Path, ckpt: Value, saver: &mut Saver) -> Result<()> {
         let n = self.saves.fetch_add(1, Ordering::Relaxed);
         let rank = self.world.env.rank;
-        let store = &self.world.store;
         let key = format!("lightning_rs/fsdp_save/{n}");
-        let err = |e: crate::checkpoint::CheckpointError| Error::Save {
-            path: path.to_owned(),
-            source: e,
-        };
-        let staging = if rank == 0 {
-            let s = crate::storage::local::staging_dir(path).map_err(err)?;
-            store
-                .set(&format!("{key}/dir"), s.to_string_lossy().as_bytes())
-                .map_err(dist_err("store"))?;
-            s
-        } else {
-            let b = store
-                .get(&format!("{key}/dir"))
-                .map_err(dist_err("store"))?;
-            std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned())
-        };
         let (state, meta) = dcp::lightning::split(&ckpt, &self.names)
             .map_err(|e| Error::Config(format!("fsdp save: {e}")))?;
         let mut items = Vec::new();
@@ -522,68 +521,115 @@ impl Fsdp {
                     LocalItem::Block {
                         global_size: p.full.clone(),
                         offsets,
-                        tensor: t.shallow_clone(),
+                        tensor: snapshot_tensor(t),
                     }
                 }
+                // Replicated values and tensors: written once, by rank 0.
                 _ if rank != 0 => continue,
                 (Value::Tensor(t), _) => LocalItem::Block {
                     global_size: t.size(),
                     offsets: vec![0; t.dim()],
-                    tensor: t.shallow_clone(),
+                    tensor: snapshot_tensor(t),
                 },
-                (other, _) => LocalItem::Bytes(other.clone()),
+                (other, _) => LocalItem::Bytes(snapshot(other)),
             };
             items.push((k, path_parts, item));
         }
-        let written = dcp::write_rank_file(&staging, rank, &items, true).map_err(err)?;
-        let json: Vec<serde_json::Value> = written.iter().map(|w| w.to_json()).collect();
+        let meta = snapshot(&meta);
+        let world = self.world.clone();
+        let target = path.to_owned();
+        saver.run(path, move || {
+            write_sharded(&world, &key, &target, items, meta)
+        })
+    }
+}
+
+/// A host copy of `t` for a background write.
+fn snapshot_tensor(t: &Tensor) -> Tensor {
+    match snapshot(&Value::Tensor(t.shallow_clone())) {
+        Value::Tensor(c) => c,
+        _ => t.copy(),
+    }
+}
+
+/// One rank's part of a sharded save (see `Fsdp::save_sharded`); runs on the saver's
+/// thread when saves are async. Rank 0 makes the staging directory and names it to the others
+/// through the store; each rank writes its file and posts what it wrote; rank 0 completes and
+/// publishes the directory and posts the outcome, which every rank waits for.
+fn write_sharded(
+    world: &World,
+    key: &str,
+    path: &Path,
+    items: Vec<(String, Vec<PathPart>, LocalItem)>,
+    meta: Value,
+) -> Result<(), CheckpointError> {
+    let rank = world.env.rank;
+    let store = &world.store;
+    let remote = |e: lightning_dist::DistError| CheckpointError::Remote {
+        path: path.to_owned(),
+        what: "the sharded save's rendezvous".into(),
+        source: Box::new(e),
+    };
+    let staging = if rank == 0 {
+        let s = crate::storage::local::staging_dir(path)?;
         store
-            .set(
-                &format!("{key}/rank{rank}"),
-                serde_json::Value::Array(json).to_string().as_bytes(),
-            )
-            .map_err(dist_err("store"))?;
-        if rank == 0 {
+            .set(&format!("{key}/dir"), s.to_string_lossy().as_bytes())
+            .map_err(remote)?;
+        s
+    } else {
+        let b = store.get(&format!("{key}/dir")).map_err(remote)?;
+        PathBuf::from(String::from_utf8_lossy(&b).into_owned())
+    };
+    let written = dcp::write_rank_file(&staging, rank, &items, true);
+    // Post the outcome either way, so rank 0 never waits for a rank that failed.
+    let posted = match &written {
+        Ok(w) => serde_json::Value::Array(w.iter().map(|x| x.to_json()).collect()).to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    store
+        .set(&format!("{key}/rank{rank}"), posted.as_bytes())
+        .map_err(remote)?;
+    written?;
+    let bad = |msg: String| CheckpointError::Format {
+        path: path.to_owned(),
+        msg,
+    };
+    if rank == 0 {
+        let published = (|| {
             let mut all = Vec::new();
-            for r in 0..self.world.env.world_size {
-                let b = store
-                    .get(&format!("{key}/rank{r}"))
-                    .map_err(dist_err("store"))?;
+            for r in 0..world.env.world_size {
+                let b = store.get(&format!("{key}/rank{r}")).map_err(remote)?;
+                if let Some(e) = b.strip_prefix(b"error: ") {
+                    return Err(bad(format!(
+                        "rank {r} could not write its shard: {}",
+                        String::from_utf8_lossy(e)
+                    )));
+                }
                 let v: serde_json::Value = serde_json::from_slice(&b)
-                    .map_err(|e| Error::Config(format!("fsdp save: rank {r}'s items: {e}")))?;
+                    .map_err(|e| bad(format!("rank {r}'s list of items: {e}")))?;
                 for x in v.as_array().into_iter().flatten() {
                     all.push(
                         dcp::WrittenItem::from_json(x)
-                            .map_err(|e| Error::Config(format!("fsdp save: rank {r}: {e}")))?,
+                            .map_err(|e| bad(format!("rank {r}: {e}")))?,
                     );
                 }
             }
-            let published = (|| {
-                dcp::write_metadata(&staging, &all, &dcp::new_save_id(), true)?;
-                crate::checkpoint::save(&staging.join(dcp::lightning::META_FILE), &meta)?;
-                crate::storage::local::publish_dir(&staging, path)
-            })();
-            if published.is_err() {
-                let _ = std::fs::remove_dir_all(&staging);
-            }
-            // Every rank learns the outcome before returning.
-            store
-                .set(
-                    &format!("{key}/done"),
-                    if published.is_ok() { b"ok" } else { b"failed" },
-                )
-                .map_err(dist_err("store"))?;
-            published.map_err(err)?;
-        } else {
-            let done = store
-                .get(&format!("{key}/done"))
-                .map_err(dist_err("store"))?;
-            if done != b"ok" {
-                return Err(Error::Config(format!(
-                    "fsdp save of {}: rank 0 could not complete the checkpoint",
-                    path.display()
-                )));
-            }
+            dcp::write_metadata(&staging, &all, &dcp::new_save_id(), true)?;
+            crate::checkpoint::save(&staging.join(dcp::lightning::META_FILE), &meta)?;
+            crate::storage::local::publish_dir(&staging, path)
+        })();
+        if published.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        let outcome: &[u8] = if published.is_ok() { b"ok" } else { b"failed" };
+        store.set(&format!("{key}/done"), outcome).map_err(remote)?;
+        published
+    } else {
+        let done = store.get(&format!("{key}/done")).map_err(remote)?;
+        if done != b"ok" {
+            return Err(bad(
+                "rank 0 could not complete the sharded checkpoint".into()
+            ));
         }
         Ok(())
     }
