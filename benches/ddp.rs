@@ -1,4 +1,5 @@
-//! DDP step time on the CPU with 2 ranks (Gloo), against anchors measured in the same run:
+//! DDP (or, with `--strategy fsdp`, FSDP) step time on the CPU with 2 ranks (Gloo), against
+//! anchors measured in the same run:
 //!
 //! 1. ours: the `Trainer` with `strategy("ddp")`, `devices(2)`: this binary is rank 0 and
 //!    the Trainer re-runs it (same arguments) as rank 1;
@@ -8,6 +9,11 @@
 //! 3. PyTorch's own DDP, a plain loop under `torchrun --standalone --nproc-per-node=2`
 //!    (the venv's `python -m torch.distributed.run`), gloo;
 //! 4. Lightning's `Trainer(accelerator="cpu", devices=2, strategy="ddp")`.
+//!
+//! With `--strategy fsdp`, ours is `strategy("fsdp")` and the anchor is PyTorch's FSDP2 in a
+//! plain loop under torchrun (`fully_shard` on the root module: one unit, as ours), and the
+//! tensor bytes each rank holds are measured: parameters and gradients at rest (after `fit`)
+//! and the parameters a `training_step` sees (gathered), against DDP's full replica.
 //!
 //! Same model everywhere (an MLP 512 -> 2048 -> 2048 -> 10, 5.3 M parameters), batch 64 per
 //! rank, Adam, one intra-op thread per rank. Each run takes a time stamp after every step;
@@ -23,6 +29,7 @@
 //! ```text
 //! cargo bench --bench ddp -- --bench                 # the measurement
 //! cargo bench --bench ddp -- --bench --rounds 5      # more windows
+//! cargo bench --bench ddp -- --bench --strategy fsdp # FSDP vs PyTorch FSDP2
 //! ```
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) a smoke run trains a tiny MLP
@@ -37,7 +44,7 @@ use lightning_core::data::{DataLoader, DataModule, TensorDataset};
 use lightning_core::lightning_module::{Batch, OptimizerConfig, StepContext};
 use lightning_core::optim::{Adam, AdamConfig, Optimizer};
 use lightning_core::prelude::*;
-use lightning_core::trainer::{DdpOptions, Strategy, Trainer};
+use lightning_core::trainer::{DdpOptions, FsdpOptions, Strategy, Trainer};
 use lightning_dist::{ProcessGroup, ReduceOp, Store};
 use lightning_testkit::bench::{positive, CargoArgs};
 use lightning_testkit::Supervised;
@@ -62,6 +69,9 @@ pub struct MlpConfig {
     #[hparam(default = 2048)]
     pub hidden: i64,
 }
+
+/// The most parameter bytes a `training_step` of this process saw.
+static STEP_PARAM_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// d_in -> hidden -> hidden -> 10, ReLU, cross-entropy.
 #[lightning_module]
@@ -101,6 +111,13 @@ impl LightningModule for Mlp {
         _: usize,
         _: &mut StepContext,
     ) -> lightning_core::Result<Tensor> {
+        // What the step sees: under FSDP the gathered parameters.
+        let bytes: i64 = self
+            .parameters()
+            .iter()
+            .map(|p| p.numel() as i64 * p.kind().elt_size_in_bytes() as i64)
+            .sum();
+        STEP_PARAM_BYTES.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(self.loss(&b[0], &b[1]))
     }
 
@@ -120,6 +137,8 @@ struct Opts {
     windows: usize,
     rounds: usize,
     timeout: Duration,
+    /// `--strategy fsdp`.
+    fsdp: bool,
 }
 
 impl Opts {
@@ -152,6 +171,9 @@ struct Cli {
     /// Warm-up steps before the first window (default 10; smoke 1).
     #[arg(long, value_parser = positive::<usize>())]
     warmup: Option<usize>,
+    /// `ddp` (anchors: PyTorch DDP, Lightning) or `fsdp` (anchor: PyTorch FSDP2).
+    #[arg(long, default_value = "ddp", value_parser = ["ddp", "fsdp"])]
+    strategy: String,
 }
 
 /// Both ranks parse the same argv (rank 1 is this binary re-run with it), so they agree.
@@ -171,6 +193,7 @@ fn parse() -> Result<Opts, String> {
             windows: 5,
             rounds: 3,
             timeout: Duration::from_secs(300),
+            fsdp: cli.strategy == "fsdp",
         }
     } else {
         Opts {
@@ -185,6 +208,7 @@ fn parse() -> Result<Opts, String> {
             windows: 2,
             rounds: 1,
             timeout: Duration::from_secs(30),
+            fsdp: cli.strategy == "fsdp",
         }
     };
     o.rounds = cli.rounds.unwrap_or(o.rounds);
@@ -236,7 +260,16 @@ impl Callback for Stamps {
 }
 
 /// Ours: `Trainer::fit` with `strategy("ddp")` on 2 CPU ranks; the step stamps.
-fn trainer_run(o: &Opts) -> lightning_core::Result<Vec<f64>> {
+/// Tensor bytes this rank held: parameters and gradients after `fit` (at rest), and the
+/// parameters a step saw.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    params_at_rest: i64,
+    grads_at_rest: i64,
+    params_in_step: i64,
+}
+
+fn trainer_run(o: &Opts) -> lightning_core::Result<(Vec<f64>, Held)> {
     let (mut m, _vs) = model(o);
     let (x, y) = dataset(o);
     let data = DataModule::new().train(DataLoader::new(TensorDataset::new(vec![x, y])?, o.batch));
@@ -253,17 +286,37 @@ fn trainer_run(o: &Opts) -> lightning_core::Result<Vec<f64>> {
         .enable_checkpointing(false)
         .enable_progress_bar(false)
         .num_sanity_val_steps(0)
-        .strategy(Strategy::Ddp(DdpOptions {
-            timeout: o.timeout,
-            ..DdpOptions::default()
-        }))
+        .strategy(if o.fsdp {
+            Strategy::Fsdp(FsdpOptions {
+                timeout: o.timeout,
+                ..FsdpOptions::default()
+            })
+        } else {
+            Strategy::Ddp(DdpOptions {
+                timeout: o.timeout,
+                ..DdpOptions::default()
+            })
+        })
         .devices(WORLD)
         .accelerator("cpu")
         .callback(stamps.clone())
         .build()?;
     t.fit(&mut m, &data, None)?;
     let at = stamps.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok(at)
+    let bytes = |t: &Tensor| {
+        if t.defined() {
+            t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
+        } else {
+            0
+        }
+    };
+    let params = m.parameters();
+    let held = Held {
+        params_at_rest: params.iter().map(bytes).sum(),
+        grads_at_rest: params.iter().map(|p| bytes(&p.grad())).sum(),
+        params_in_step: STEP_PARAM_BYTES.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    Ok((at, held))
 }
 
 /// Milliseconds each step of a plain loop spent in forward + backward, in the gradients'
@@ -377,7 +430,7 @@ fn python_run(py: &Path, mode: &str, o: &Opts, dir: &Path) -> Result<PyResult, S
     std::fs::write(&script, PY).map_err(|e| format!("writing {}: {e}", script.display()))?;
     let out = dir.join(format!("{mode}.json"));
     let mut cmd = Command::new(py);
-    if mode == "ddp" {
+    if mode == "ddp" || mode == "fsdp2" {
         cmd.args([
             "-m",
             "torch.distributed.run",
@@ -476,6 +529,8 @@ struct Figures {
     paired_lightning: Vec<f64>,
     /// Why a Python run gave no figure (the first reason of each kind).
     missing: Vec<String>,
+    /// Tensor bytes our rank 0 held (last round).
+    held: Held,
 }
 
 /// What both ranks do: `rounds` times ours then the plain loop; between them rank 0 runs the
@@ -490,7 +545,8 @@ fn rounds(o: &Opts, rank1: bool, python: Option<&Path>) -> lightning_core::Resul
     let dist = |e: lightning_dist::DistError| lightning_core::Error::Msg(e.to_string());
     let dir = tempfile::tempdir().map_err(|e| lightning_core::Error::Msg(e.to_string()))?;
     for round in 0..o.rounds {
-        let t = trainer_run(o)?;
+        let (t, held) = trainer_run(o)?;
+        f.held = held;
         if t.len() != o.steps() {
             return Err(lightning_core::Error::Msg(format!(
                 "ours: {} stamps for {} steps",
@@ -527,13 +583,18 @@ fn rounds(o: &Opts, rank1: bool, python: Option<&Path>) -> lightning_core::Resul
             median(&f.plain)
         );
         if let Some(py) = python {
-            for mode in ["ddp", "lightning"] {
+            let modes: &[&str] = if o.fsdp {
+                &["fsdp2"]
+            } else {
+                &["ddp", "lightning"]
+            };
+            for &mode in modes {
                 match python_run(py, mode, o, dir.path()) {
                     Ok((w, phases)) => {
-                        let (all, name) = if mode == "ddp" {
+                        let (all, name) = if mode != "lightning" {
                             f.torch_phases.extend(phases);
                             f.paired_torch.push(ours_round / median(&w));
-                            (&mut f.torch, "PyTorch DDP")
+                            (&mut f.torch, anchor_name(o))
                         } else {
                             f.paired_lightning.push(ours_round / median(&w));
                             (&mut f.lightning, "Lightning")
@@ -555,6 +616,15 @@ fn rounds(o: &Opts, rank1: bool, python: Option<&Path>) -> lightning_core::Resul
         );
     }
     Ok(f)
+}
+
+/// The PyTorch anchor's name.
+fn anchor_name(o: &Opts) -> &'static str {
+    if o.fsdp {
+        "PyTorch FSDP2"
+    } else {
+        "PyTorch DDP"
+    }
 }
 
 fn spread(v: &[f64]) -> String {
@@ -595,9 +665,10 @@ fn main() {
         // SAFETY: no other thread reads or writes the environment yet (see above).
         unsafe { std::env::set_var(PLAIN_PORT, port.to_string()) };
         println!(
-            "ddp bench: MLP {} -> {} -> {} -> 10 ({:.2} M params), batch {} per rank, Adam, \
+            "{} bench: MLP {} -> {} -> {} -> 10 ({:.2} M params), batch {} per rank, Adam, \
              CPU, {WORLD} ranks (Gloo), 1 intra-op thread per rank; {} rounds, each run {} \
              warm-up steps then {} windows of {} steps{}",
+            if o.fsdp { "fsdp" } else { "ddp" },
             o.hp.d_in,
             o.hp.hidden,
             o.hp.hidden,
@@ -636,11 +707,16 @@ fn main() {
     let some = |v: &[f64]| (!v.is_empty()).then(|| median(v));
     let (ours_ms, plain_ms) = (median(&f.ours), median(&f.plain));
     let (torch_ms, lightning_ms) = (some(&f.torch), some(&f.lightning));
-    println!("  ours (Trainer, ddp):     {}", spread(&f.ours));
+    let ours_name = if o.fsdp {
+        "ours (Trainer, fsdp)"
+    } else {
+        "ours (Trainer, ddp)"
+    };
+    println!("  {ours_name}: {}", spread(&f.ours));
     println!("  plain all-reduce (ours): {}", spread(&f.plain));
     println!("    per step: {}", f.plain_phases.show());
     if python.is_some() {
-        println!("  PyTorch DDP (torchrun):  {}", spread(&f.torch));
+        println!("  {} (torchrun):  {}", anchor_name(&o), spread(&f.torch));
         if !f.torch_phases.is_empty() {
             let (fb, op): (Vec<f64>, Vec<f64>) = f.torch_phases.iter().copied().unzip();
             println!(
@@ -650,14 +726,17 @@ fn main() {
                 median(&op)
             );
         }
-        println!("  Lightning ddp:           {}", spread(&f.lightning));
+        if !o.fsdp {
+            println!("  Lightning ddp:           {}", spread(&f.lightning));
+        }
         let rounds = |v: &[f64]| {
             let shown: Vec<String> = v.iter().map(|r| format!("{r:.3}")).collect();
             format!("median {:.3} of [{}]", median(v), shown.join(", "))
         };
         if !f.paired_torch.is_empty() {
             println!(
-                "  per round, ours / PyTorch DDP: {}",
+                "  per round, ours / {}: {}",
+                anchor_name(&o),
                 rounds(&f.paired_torch)
             );
         }
@@ -676,6 +755,39 @@ fn main() {
         machine(),
         loadavg()
     );
+    if o.fsdp {
+        let mb = |b: i64| b as f64 / (1 << 20) as f64;
+        let replica = o.params() * 4;
+        let h = f.held;
+        println!(
+            "  tensor bytes on rank 0: parameters at rest {:.2} MiB (DDP's replica: {:.2} MiB; \
+             ratio {:.3}); gradients left after fit {:.2} MiB (zero_grad frees them); \
+             parameters seen by a step (gathered) {:.2} MiB; Adam's state, built over the \
+             shards, follows the parameters",
+            mb(h.params_at_rest),
+            mb(replica),
+            h.params_at_rest as f64 / replica as f64,
+            mb(h.grads_at_rest),
+            mb(h.params_in_step)
+        );
+        println!(
+            "| ours (Trainer, fsdp) | PyTorch FSDP2 | ours / PyTorch FSDP2 | params at rest / replica |"
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| {ours_ms:.2} ms | {} | {} | {:.3} |",
+            fmt_ms(torch_ms),
+            ratio(ours_ms, torch_ms),
+            h.params_at_rest as f64 / replica as f64
+        );
+        if let Some(t) = torch_ms {
+            println!(
+                "goal (no slower than PyTorch FSDP2): {}",
+                if ours_ms <= t { "met" } else { "not met" }
+            );
+        }
+        return;
+    }
     println!(
         "| ours (Trainer, ddp) | plain all-reduce (ours) | PyTorch DDP | Lightning ddp | \
          ours / PyTorch DDP | ours / Lightning | reducer / plain |"

@@ -23,11 +23,17 @@ def write(stamps, world, **phases):
     with open(out, "w") as f:
         json.dump(dict(stamps=stamps, threads=torch.get_num_threads(), world=world, **phases), f)
 
-if mode == "ddp":
+if mode in ("ddp", "fsdp2"):
     import torch.distributed as dist
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    m = torch.nn.parallel.DistributedDataParallel(model())
+    if mode == "ddp":
+        m = torch.nn.parallel.DistributedDataParallel(model())
+    else:
+        # FSDP2 on the root module only: one unit, as ours.
+        from torch.distributed.fsdp import fully_shard
+        m = model()
+        fully_shard(m)
     opt = torch.optim.Adam(m.parameters())
     x, y = data()
     stamps, fwd_bwd, step = [], [], []

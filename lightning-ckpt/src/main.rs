@@ -23,7 +23,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use lightning_core::checkpoint::{self, safetensors};
+use lightning_core::checkpoint::{self, dcp, safetensors};
 use lightning_core::value::{dtype_name as torch_dtype, TorchObject};
 use lightning_core::{Key, Value};
 use serde_json::{json, Value as J};
@@ -45,7 +45,8 @@ struct Cli {
 enum Cmd {
     /// Show format, top-level keys, epoch/step, hyperparameters and every tensor.
     Inspect {
-        /// A `.ckpt` (torch.save zip) or `.safetensors` file.
+        /// A `.ckpt` (torch.save zip) or `.safetensors` file, or a sharded checkpoint
+        /// directory (`torch.distributed.checkpoint`, Lightning's FSDP layout).
         file: PathBuf,
         /// Machine-readable JSON (schema in the crate docs and README).
         #[arg(long)]
@@ -60,6 +61,14 @@ enum Cmd {
         input: PathBuf,
         /// Output file; `.safetensors` exports weights + hparams, anything else writes a `.ckpt`.
         output: PathBuf,
+    },
+    /// A sharded checkpoint directory as one `.ckpt` (Lightning's `consolidate_checkpoint`),
+    /// written to `DIR.consolidated` unless an output is given.
+    Consolidate {
+        /// The directory (a DCP part, and Lightning's `meta.pt` if any).
+        dir: PathBuf,
+        /// Output file.
+        output: Option<PathBuf>,
     },
     /// Compare two files: per-tensor max abs difference, values and keys only in one.
     Diff {
@@ -86,6 +95,8 @@ fn is_safetensors(p: &Path) -> bool {
 fn load_any(p: &Path) -> Result<Value> {
     let v = if is_safetensors(p) {
         safetensors::import(p)?
+    } else if dcp::lightning::is_sharded_checkpoint(p) {
+        dcp::lightning::load(p)?
     } else {
         checkpoint::load(p)?
     };
@@ -295,6 +306,8 @@ fn inspect(file: &Path, as_json: bool, values: bool) -> Result<()> {
     let v = load_any(file)?;
     let format = if is_safetensors(file) {
         "safetensors"
+    } else if dcp::lightning::is_sharded_checkpoint(file) {
+        "sharded"
     } else {
         "ckpt"
     };
@@ -502,6 +515,15 @@ fn main() {
         }
         Cmd::Convert { input, output } => convert(input, output)
             .with_context(|| format!("convert {} -> {}", input.display(), output.display())),
+        Cmd::Consolidate { dir, output } => {
+            let out = output.clone().unwrap_or_else(|| {
+                let mut s = dir.as_os_str().to_owned();
+                s.push(".consolidated");
+                PathBuf::from(s)
+            });
+            convert(dir, &out)
+                .with_context(|| format!("consolidate {} -> {}", dir.display(), out.display()))
+        }
         Cmd::Diff { a, b, atol, ignore } => match diff(a, b, *atol, ignore) {
             Ok(true) => std::process::exit(1),
             Ok(false) => Ok(()),

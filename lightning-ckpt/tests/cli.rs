@@ -1,6 +1,6 @@
 //! Runs the built `lightning-ckpt` binary on files written by the library.
 
-use lightning_core::checkpoint;
+use lightning_core::checkpoint::{self, dcp};
 use lightning_core::{Dict, Key, Value};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -286,4 +286,45 @@ print(json.dumps({
     let o = run(&["diff", p.to_str().unwrap(), &changed]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("c: max abs diff"), "{}", stdout(&o));
+}
+
+#[test]
+fn inspect_diff_and_consolidate_take_sharded_checkpoint_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = sample(1.0);
+    let mut group = Dict::new();
+    group.insert("lr".into(), 0.001.into());
+    group.insert("params".into(), Value::List(vec![0i64.into(), 1i64.into()]));
+    if let Some(Value::List(opts)) = v.get_mut("optimizer_states") {
+        opts[0].insert("param_groups", Value::List(vec![Value::Dict(group)]));
+    }
+    let single = save(dir.path(), "single.ckpt", &v);
+    // Lightning's sharded layout: the DCP part (optimizer state by parameter name) + meta.pt.
+    let names = vec![vec!["net.0.weight".to_owned(), "net.0.bias".to_owned()]];
+    let (state, meta) = dcp::lightning::split(&v, &names).unwrap();
+    let sharded = dir.path().join("sharded.ckpt");
+    dcp::save(&sharded, &state).unwrap();
+    checkpoint::save(&sharded.join(dcp::lightning::META_FILE), &meta).unwrap();
+    let sharded = sharded.display().to_string();
+
+    let j: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["inspect", &sharded, "--json"]))).unwrap();
+    assert_eq!(j["format"], "sharded");
+    assert_eq!(j["epoch"], 3);
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 3, "{j}");
+    // Read back by index, each group also names its parameters (torch's `param_names`).
+    let names = "optimizer_states.0.param_groups.0.param_names";
+    let d = run(&["diff", &single, &sharded]);
+    assert_eq!(d.status.code(), Some(1), "{}", stdout(&d));
+    assert!(stdout(&d).contains(&format!("{names}.1")), "{}", stdout(&d));
+    let same = run(&["diff", &single, &sharded, "--ignore", names]);
+    assert_eq!(same.status.code(), Some(0), "{}", stdout(&same));
+    let c = run(&["consolidate", &sharded]);
+    assert!(c.status.success(), "{c:?}");
+    let out = format!("{sharded}.consolidated");
+    let same = run(&["diff", &single, &out, "--ignore", names]);
+    assert_eq!(same.status.code(), Some(0), "{}", stdout(&same));
+    // A directory that is not a checkpoint is an error naming it.
+    let bad = run(&["consolidate", dir.path().to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
 }

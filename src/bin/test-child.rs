@@ -14,7 +14,7 @@
 //! - `data-ddp ROOT DEVICES MAX_EPOCHS MAX_STEPS RESUME WORKERS LR TAG`: training on a
 //!   dataset that records the samples it loads, DDP or one process, for
 //!   tests/distributed/data_ddp.rs;
-//! - `fsdp ROOT DEVICES MAX_EPOCHS RESUME full|sharded`: a `strategy="fsdp"` run for
+//! - `fsdp ROOT DEVICES MAX_EPOCHS RESUME full|sharded [async]`: a `strategy="fsdp"` run for
 //!   tests/distributed/fsdp.rs;
 //! - `python-check`: [`lightning_testkit::python`]'s decision, for tests/trainer/python_rule.rs.
 //!

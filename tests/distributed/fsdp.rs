@@ -6,6 +6,7 @@
 use lightning_core::checkpoint::dcp;
 use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
 use lightning_core::Value;
+use lightning_testkit::trainer_util;
 use std::path::Path;
 
 fn run(root: &Path, devices: usize, epochs: i64, resume: &str, kind: &str) {
@@ -15,8 +16,12 @@ fn run(root: &Path, devices: usize, epochs: i64, resume: &str, kind: &str) {
         &devices.to_string(),
         &epochs.to_string(),
         resume,
-        kind,
     ]);
+    // `sharded-async`: sharded saves written by each rank's background writer.
+    match kind.strip_suffix("-async") {
+        Some(k) => cmd.args([k, "async"]),
+        None => cmd.arg(kind),
+    };
     crate::run_ok(&mut cmd, &format!("fsdp run ({devices} ranks, {kind})"));
 }
 
@@ -153,7 +158,78 @@ print(json.dumps({"keys": sorted(c), "sd": {k: v.flatten().tolist() for k, v in 
         got["opt"],
         serde_json::json!(["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"])
     );
+
+    // Lightning's FSDP strategy (on the CPU, one process) resumes ours: our weights, epoch,
+    // step and LR at its train start; then it saves its own sharded checkpoint, which our
+    // 2-rank run resumes with exactly its weights and step.
+    let theirs = root("theirs.ckpt");
+    let script = format!("{}\n{PY_LIGHTNING_FSDP}", trainer_util::PY_TINY);
+    let Some(out) = lightning_testkit::run_python(&script, &[src, theirs.to_str().unwrap()]) else {
+        return;
+    };
+    let out = out.unwrap();
+    let got: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (got["epoch"].as_i64(), got["step"].as_i64()),
+        (Some(2), Some(12)),
+        "{got}"
+    );
+    assert_eq!(got["end_step"], 16);
+    for (name, t) in &straight {
+        let at_start: Vec<f32> = got["sd"][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {got}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(
+            at_start,
+            Vec::<f32>::try_from(t.reshape([-1])).unwrap(),
+            "{name}"
+        );
+    }
+    let their_weights = weights(&theirs);
+    let ours_from_theirs = root("from-lightning");
+    run(&ours_from_theirs, 2, 3, theirs.to_str().unwrap(), "full");
+    let fin = DefaultCheckpointIO
+        .load_checkpoint(&ours_from_theirs.join("final.ckpt"))
+        .unwrap();
+    assert_eq!(fin.get("global_step").and_then(Value::as_i64), Some(16));
+    assert_bitwise(
+        &weights(&ours_from_theirs.join("final.ckpt")),
+        &their_weights,
+        "from Lightning's",
+    );
 }
+
+/// After `PY_TINY`: Lightning's `FSDPStrategy` on the CPU (its `_setup_model` with
+/// `device_id=cpu`; the stock class refuses the CPU), one process, resumes `argv[1]`, trains
+/// to epoch 3 on 32 rows (4 steps an epoch) and saves a sharded checkpoint to `argv[2]`.
+const PY_LIGHTNING_FSDP: &str = r#"
+import sys, json, warnings
+warnings.filterwarnings("ignore")
+from torch.utils.data import DataLoader, TensorDataset
+from lightning.pytorch.strategies import FSDPStrategy
+class CPUFSDP(FSDPStrategy):
+    def _setup_model(self, model):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config, sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"), **self.kwargs)
+seen = {}
+class Probe(pl.Callback):
+    def on_train_start(self, trainer, m):
+        seen.update(step=trainer.global_step, epoch=trainer.current_epoch,
+                    sd={k: v.detach().flatten().tolist() for k, v in m.named_parameters()})
+torch.manual_seed(0)
+x = torch.randn(32, 4); y = (x[:, 0] > 0).long()
+t = pl.Trainer(strategy=CPUFSDP(state_dict_type="sharded"), accelerator="cpu", devices=1,
+               max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, callbacks=[Probe()])
+t.fit(Tiny(dropout=0.0), DataLoader(TensorDataset(x, y), batch_size=8), ckpt_path=sys.argv[1])
+t.save_checkpoint(sys.argv[2])
+print(json.dumps(dict(seen, end_step=t.global_step)))
+"#;
 
 #[test]
 fn two_fsdp_ranks_train_as_one_process_and_full_saves_are_single_files() {
@@ -175,5 +251,29 @@ fn two_fsdp_ranks_train_as_one_process_and_full_saves_are_single_files() {
         assert_eq!(x.size(), y.size(), "{n} is whole");
         let diff = (x - y).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{n}: FSDP vs one process differ by {diff}");
+    }
+    // Async sharded saves: every epoch's directory complete, training unchanged.
+    run(&root("async"), 2, 2, "-", "sharded-async");
+    assert_bitwise(
+        &weights(&root("async").join("final.ckpt")),
+        &a,
+        "async sharded",
+    );
+    let ck = root("async").join("ck");
+    let mut dirs: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs,
+        ["epoch=0-step=6.ckpt", "epoch=1-step=12.ckpt", "last.ckpt"]
+    );
+    for d in &dirs {
+        assert_eq!(
+            weights(&ck.join(d)).len(),
+            a.len(),
+            "{d} is a complete checkpoint"
+        );
     }
 }

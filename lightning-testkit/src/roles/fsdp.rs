@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `root`, `devices` (0: the single-process reference), `max_epochs`, `resume` (a path, or
-/// `last`, or `-`), `state_dict_type`.
+/// `last`, or `-`), `state_dict_type`, then optionally `async` (async checkpointing).
 pub struct Args {
     pub root: PathBuf,
     pub devices: usize,
     pub max_epochs: i64,
     pub resume: Option<CkptPath>,
     pub state_dict_type: StateDictType,
+    pub asynchronous: bool,
 }
 
 impl Args {
@@ -32,6 +33,7 @@ impl Args {
                 p => Some(CkptPath::Path(p.into())),
             },
             state_dict_type: get(4).parse().map_err(|e| format!("{e}"))?,
+            asynchronous: get(5) == "async",
         })
     }
 }
@@ -62,6 +64,7 @@ pub fn train(a: &Args) -> lightning_core::Result<()> {
         .default_root_dir(&a.root)
         .max_epochs(a.max_epochs)
         .num_sanity_val_steps(1)
+        .async_checkpointing(a.asynchronous)
         .callback(ckpt);
     let data = if a.devices > 0 {
         b = b
@@ -86,7 +89,7 @@ pub fn child(args: &[String]) {
     let r = Args::parse(args)
         .map_err(|e| {
             lightning_core::Error::Msg(format!(
-                "usage: fsdp ROOT DEVICES MAX_EPOCHS RESUME full|sharded: {e}"
+                "usage: fsdp ROOT DEVICES MAX_EPOCHS RESUME full|sharded [async]: {e}"
             ))
         })
         .and_then(|a| train(&a))
