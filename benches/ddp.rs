@@ -47,9 +47,8 @@ use lightning_core::prelude::*;
 use lightning_core::trainer::{DdpOptions, FsdpOptions, Strategy, Trainer};
 use lightning_dist::{ProcessGroup, ReduceOp, Store};
 use lightning_testkit::bench::{positive, CargoArgs};
-use lightning_testkit::Supervised;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tch::{nn, Device, Kind, Tensor};
@@ -442,30 +441,9 @@ fn python_run(py: &Path, mode: &str, o: &Opts, dir: &Path) -> Result<PyResult, S
     cmd.arg(&script)
         .args([mode, out.to_str().ok_or("temp path is not UTF-8")?])
         .args([o.hp.d_in, o.hp.hidden, o.batch, steps as i64].map(|v| v.to_string()))
-        .env("OMP_NUM_THREADS", "1")
-        .env_remove(PLAIN_PORT)
-        .env_remove("MASTER_PORT")
-        .env_remove("MASTER_ADDR")
-        .env_remove("LOCAL_RANK")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let limit = Duration::from_secs(300);
-    let child = Supervised::spawn(&mut cmd, limit);
-    let output =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child.wait_with_output()))
-            .map_err(|_| format!("{mode}: killed after {limit:?}"))?;
-    if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(15).collect();
-        return Err(format!(
-            "{mode}: python failed ({}):\n{}",
-            output.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
-    }
+        .env_remove(PLAIN_PORT);
+    lightning_testkit::bench::run_anchor(&mut cmd, Duration::from_secs(300))
+        .map_err(|e| format!("{mode}: {e}"))?;
     let text = std::fs::read_to_string(&out).map_err(|e| format!("{mode}: reading JSON: {e}"))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{mode}: bad JSON: {e}"))?;

@@ -194,7 +194,27 @@ impl Trainer {
         self.logging
             .start(&self.cfg.default_root_dir, rank_zero, true)?;
         self.hooks(&*model, |cb, t| cb.setup(t))?;
-        let resume = self.read_resume(ckpt_path.as_ref())?;
+        // FSDP reads its own rows of a sharded directory: of each parameter, and of the
+        // optimizer state that follows it.
+        let full_sizes: Vec<(String, Vec<i64>)> = model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, p)| (n, p.size()))
+            .collect();
+        let place = world
+            .as_ref()
+            .filter(|_| fsdp_opts.is_some())
+            .map(|(w, _)| (w.env.rank, w.env.world_size));
+        let rows = |key: &str, size: &[i64]| -> Option<(i64, i64)> {
+            let (rank, world) = place?;
+            let name = fsdp_param_of(key)?;
+            let (_, full) = full_sizes.iter().find(|(n, _)| n == name)?;
+            (full.as_slice() == size)
+                .then(|| crate::checkpoint::dcp::shard_rows(size[0], rank, world))
+        };
+        let rows: Option<&crate::checkpoint::dcp::lightning::RowsFn<'_>> =
+            place.map(|_| &rows as _);
+        let resume = self.read_resume(ckpt_path.as_ref(), rows)?;
         if self.cfg.enable_model_summary && self.is_global_zero() {
             println!("{}", super::summary::model_summary(&*model));
         }
@@ -270,6 +290,20 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// The parameter a tensor item of a sharded checkpoint belongs to: `model.<name>` (or
+/// `state_dict.<name>`), or `optimizer_<i>.state.<name>.<field>`.
+fn fsdp_param_of(key: &str) -> Option<&str> {
+    if let Some(n) = key
+        .strip_prefix("model.")
+        .or_else(|| key.strip_prefix("state_dict."))
+    {
+        return Some(n);
+    }
+    let rest = key.strip_prefix("optimizer_")?;
+    let (_, rest) = rest.split_once(".state.")?;
+    rest.rsplit_once('.').map(|(n, _)| n)
 }
 
 fn random_seed() -> u64 {

@@ -5,6 +5,7 @@
 
 use super::{warn, CkptPath, Trainer};
 use crate::callbacks::find_last_checkpoint_in;
+use crate::checkpoint::dcp::{self, lightning::RowsFn};
 use crate::checkpoint::schema::Checkpoint;
 use crate::error::{Error, RestoreError, Result};
 use crate::lightning_module::{LightningModule, OptimizerConfig, Optimizers};
@@ -135,7 +136,14 @@ impl Trainer {
 
     /// The checkpoint `fit` resumes from, read: `None` without `ckpt_path` (or `last` with
     /// nothing saved). A weights-only file is refused: it cannot resume a run.
-    pub(super) fn read_resume(&self, ckpt_path: Option<&CkptPath>) -> Result<Option<Loaded>> {
+    ///
+    /// `rows` (a sharded run's own rows of each tensor item) lets a local sharded directory
+    /// be read in part: the tensors it selects hold only those rows.
+    pub(super) fn read_resume(
+        &self,
+        ckpt_path: Option<&CkptPath>,
+        rows: Option<&RowsFn<'_>>,
+    ) -> Result<Option<Loaded>> {
         let Some(path) = ckpt_path
             .map(|p| self.resolve_ckpt(p))
             .transpose()?
@@ -143,7 +151,15 @@ impl Trainer {
         else {
             return Ok(None);
         };
-        let r = Loaded::read(&*self.cfg.checkpoint_io, path)?;
+        let r = match rows {
+            Some(rows) if dcp::lightning::is_sharded_checkpoint(&path) => {
+                let value = dcp::lightning::load_rows(&path, rows).map_err(Error::Load)?;
+                let ckpt =
+                    Checkpoint::from_value(&value).map_err(|e| restore_err(&path, e.into()))?;
+                Loaded { path, value, ckpt }
+            }
+            _ => Loaded::read(&*self.cfg.checkpoint_io, path)?,
+        };
         if r.ckpt.optimizer_states.is_none() {
             return Err(restore_err(&r.path, RestoreError::WeightsOnly));
         }

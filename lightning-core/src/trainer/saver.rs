@@ -50,6 +50,12 @@ impl Saver {
         }
     }
 
+    /// Whether writes run on the writer thread (their inputs must then be snapshots).
+    #[cfg_attr(not(feature = "distributed"), allow(dead_code))]
+    pub fn is_async(&self) -> bool {
+        self.asynchronous
+    }
+
     /// Saves `ckpt` to `path` through the IO (which creates its folder): directly, or (async)
     /// after a consistent snapshot.
     pub fn save(&mut self, path: &Path, ckpt: Value) -> Result<()> {

@@ -185,8 +185,38 @@ pub fn reorder_optimizer_state(state: &mut Value, ours: &[String]) -> Result<(),
 /// `state_dict`), and `optimizer_states` (from `optimizer_0`, `optimizer_1`, ..., re-keyed by
 /// index). Without `meta.pt`, just the state.
 pub fn load(dir: &Path) -> Result<Value, CheckpointError> {
+    load_rows(dir, &|_, _| None)
+}
+
+/// Which rows of a tensor item to read: `(key, whole size)` -> rows `[lo, hi)` of dim 0, or
+/// `None` for all of it.
+pub type RowsFn<'a> = dyn Fn(&str, &[i64]) -> Option<(i64, i64)> + 'a;
+
+/// [`load`], reading of each tensor item only the rows `rows` names (a sharded run's resume
+/// reads its own rows of every parameter and optimizer state, not the whole state).
+pub fn load_rows(dir: &Path, rows: &RowsFn<'_>) -> Result<Value, CheckpointError> {
     let r = DcpReader::open(dir)?;
-    let state = r.read_all()?;
+    let mut items = Vec::with_capacity(r.metadata().items.len());
+    for (key, item) in &r.metadata().items {
+        let v = match item {
+            super::ItemMeta::Tensor(t) if !t.size.is_empty() => match rows(key, &t.size) {
+                Some((lo, hi)) => {
+                    let mut offsets = vec![0; t.size.len()];
+                    offsets[0] = lo;
+                    let mut sizes = t.size.clone();
+                    sizes[0] = hi - lo;
+                    Value::Tensor(r.read_block(key, &offsets, &sizes)?)
+                }
+                None => r.read_value(key)?,
+            },
+            _ => r.read_value(key)?,
+        };
+        items.push((r.path_of(key), v));
+    }
+    let state = super::unflatten(items).map_err(|e| CheckpointError::Format {
+        path: dir.to_owned(),
+        msg: e,
+    })?;
     let meta_path = dir.join(META_FILE);
     let mut ckpt = if meta_path.is_file() {
         crate::checkpoint::load(&meta_path)?

@@ -501,6 +501,15 @@ impl Fsdp {
         let key = format!("lightning_rs/fsdp_save/{n}");
         let (state, meta) = dcp::lightning::split(&ckpt, &self.names)
             .map_err(|e| Error::Config(format!("fsdp save: {e}")))?;
+        // A background write needs host copies; a synchronous one writes the shards as they are.
+        let copy = saver.is_async();
+        let snap = |t: &Tensor| {
+            if copy {
+                snapshot_tensor(t)
+            } else {
+                t.shallow_clone()
+            }
+        };
         let mut items = Vec::new();
         for (k, path_parts, v) in dcp::flatten(&state) {
             let name = match path_parts.as_slice() {
@@ -521,7 +530,7 @@ impl Fsdp {
                     LocalItem::Block {
                         global_size: p.full.clone(),
                         offsets,
-                        tensor: snapshot_tensor(t),
+                        tensor: snap(t),
                     }
                 }
                 // Replicated values and tensors: written once, by rank 0.
@@ -529,9 +538,9 @@ impl Fsdp {
                 (Value::Tensor(t), _) => LocalItem::Block {
                     global_size: t.size(),
                     offsets: vec![0; t.dim()],
-                    tensor: snapshot_tensor(t),
+                    tensor: snap(t),
                 },
-                (other, _) => LocalItem::Bytes(snapshot(other)),
+                (other, _) => LocalItem::Bytes(if copy { snapshot(other) } else { other.clone() }),
             };
             items.push((k, path_parts, item));
         }
