@@ -252,6 +252,35 @@ fn two_fsdp_ranks_train_as_one_process_and_full_saves_are_single_files() {
         let diff = (x - y).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{n}: FSDP vs one process differ by {diff}");
     }
+    // A single-file checkpoint of one process resumes under FSDP, and an FSDP sharded
+    // directory in one process without FSDP: the same weights (nothing left to train).
+    let single_last = root("single").join("ck").join("last.ckpt");
+    run(
+        &root("into-fsdp"),
+        2,
+        2,
+        single_last.to_str().unwrap(),
+        "sharded",
+    );
+    assert_bitwise(
+        &weights(&root("into-fsdp").join("final.ckpt")),
+        &b,
+        "single file into FSDP",
+    );
+    let sharded_last = root("into-fsdp").join("ck").join("last.ckpt");
+    assert!(dcp::lightning::is_sharded_checkpoint(&sharded_last));
+    run(
+        &root("out-of-fsdp"),
+        0,
+        2,
+        sharded_last.to_str().unwrap(),
+        "full",
+    );
+    assert_bitwise(
+        &weights(&root("out-of-fsdp").join("final.ckpt")),
+        &b,
+        "FSDP dir into one process",
+    );
     // Async sharded saves: every epoch's directory complete, training unchanged.
     run(&root("async"), 2, 2, "-", "sharded-async");
     assert_bitwise(
