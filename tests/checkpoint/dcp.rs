@@ -275,3 +275,35 @@ print(json.dumps({"whole": desc(whole), "same": same, "theirs": desc(state)}))
     let read = DcpReader::open(&theirs).unwrap().read_all().unwrap();
     assert_same(&describe(&read), &got["theirs"]);
 }
+
+#[test]
+fn a_sharded_directory_on_object_storage_reads_like_a_local_one() {
+    use lightning_core::storage::{CheckpointIO, DefaultCheckpointIO};
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("last.ckpt");
+    let v = state();
+    save_sharded(&local, &v, 2);
+    let mut meta = Value::dict();
+    meta.insert("epoch", 4i64);
+    meta.insert("global_step", 40i64);
+    lightning_core::checkpoint::save(&local.join(dcp::lightning::META_FILE), &meta).unwrap();
+    let url =
+        std::path::PathBuf::from(format!("memory://dcp-{}/run/last.ckpt", std::process::id()));
+    for e in std::fs::read_dir(&local).unwrap() {
+        let e = e.unwrap();
+        lightning_core::storage::copy(&e.path(), &url.join(e.file_name())).unwrap();
+    }
+    assert!(dcp::lightning::is_sharded_checkpoint(&url));
+    let io = DefaultCheckpointIO;
+    assert!(io.exists(&url).unwrap());
+    io.verify(&url).unwrap();
+    assert_eq!(
+        io.load_checkpoint(&url).unwrap(),
+        io.load_checkpoint(&local).unwrap()
+    );
+    let got = io.load_checkpoint(&url).unwrap();
+    assert_eq!(got.get("global_step").and_then(Value::as_i64), Some(40));
+    let missing = url.with_file_name("nothing.ckpt");
+    assert!(!dcp::lightning::is_sharded_checkpoint(&missing));
+    assert!(!io.exists(&missing).unwrap());
+}

@@ -60,7 +60,7 @@ impl CheckpointIO for DefaultCheckpointIO {
     }
 
     fn load_checkpoint(&self, path: &Path) -> Result<Value, CheckpointError> {
-        if !is_url(path) && dcp::lightning::is_sharded_checkpoint(path) {
+        if dcp::lightning::is_sharded_checkpoint(path) {
             return dcp::lightning::load(path);
         }
         checkpoint::load(path)
@@ -81,7 +81,7 @@ impl CheckpointIO for DefaultCheckpointIO {
 
     fn exists(&self, path: &Path) -> Result<bool, CheckpointError> {
         if is_url(path) {
-            return object::exists(path);
+            return Ok(object::exists(path)? || dcp::lightning::is_sharded_checkpoint(path));
         }
         path.try_exists().map_err(|e| CheckpointError::io(path, e))
     }
@@ -124,6 +124,9 @@ impl CheckpointIO for DefaultCheckpointIO {
     /// Reads the file back completely. An object's bytes are kept for the load that follows
     /// (the resume after `ckpt_path="last"` picks it), so it is downloaded once.
     fn verify(&self, path: &Path) -> Result<(), CheckpointError> {
+        if is_url(path) && dcp::lightning::is_sharded_checkpoint(path) {
+            return dcp::lightning::load(path).map(drop);
+        }
         if is_url(path) {
             let (file, version) = object::download_version(path)?;
             let kept = file.try_clone().map_err(|e| CheckpointError::io(path, e))?;

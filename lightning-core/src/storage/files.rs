@@ -66,6 +66,38 @@ pub(crate) fn open_for_read(path: &Path) -> Result<std::fs::File, CheckpointErro
     std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))
 }
 
+/// Whether `dir` holds a file `name`: a local directory's file, or an object under the
+/// prefix `dir/`.
+pub(crate) fn dir_has(dir: &Path, name: &str) -> bool {
+    if is_url(dir) {
+        return object::exists(&dir.join(name)).unwrap_or(false);
+    }
+    dir.join(name).is_file()
+}
+
+/// The objects directly under the prefix `url` downloaded into a fresh local directory (a
+/// sharded checkpoint on object storage, read like a local one); removed when dropped.
+pub(crate) fn fetch_dir(url: &Path) -> Result<tempfile::TempDir, CheckpointError> {
+    let tmp = tempfile::tempdir().map_err(|e| CheckpointError::io(url, e))?;
+    let objects = object::list(url)?;
+    if objects.is_empty() {
+        return Err(CheckpointError::Format {
+            path: url.to_owned(),
+            msg: "no objects under this prefix".into(),
+        });
+    }
+    for o in objects {
+        let Some(name) = o.path.file_name() else {
+            continue;
+        };
+        let mut src = object::download(&o.path)?;
+        let dst = tmp.path().join(name);
+        let mut f = std::fs::File::create(&dst).map_err(|e| CheckpointError::io(&dst, e))?;
+        std::io::copy(&mut src, &mut f).map_err(|e| CheckpointError::io(&dst, e))?;
+    }
+    Ok(tmp)
+}
+
 /// Copies the file `from` to `to` atomically and durably (temporary file, fsync, rename,
 /// directory fsync), as every checkpoint is written: `to` is either its old self or a
 /// complete copy. Either may be a URL (a download, an upload that appears only when whole);

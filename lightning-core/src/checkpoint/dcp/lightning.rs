@@ -12,9 +12,11 @@ use std::path::Path;
 /// The file beside the DCP part that holds the rest of the checkpoint.
 pub const META_FILE: &str = "meta.pt";
 
-/// Whether `dir` is a sharded checkpoint in Lightning's layout (or any DCP directory).
+/// Whether `dir` is a sharded checkpoint in Lightning's layout (or any DCP directory): a
+/// local directory, or a prefix on object storage (`s3://bucket/run/last.ckpt`), holding a
+/// `.metadata`.
 pub fn is_sharded_checkpoint(dir: &Path) -> bool {
-    dir.is_dir() && dir.join(METADATA_FILE).is_file()
+    crate::storage::files::dir_has(dir, METADATA_FILE)
 }
 
 /// An optimizer state keyed by parameter index (torch's `state_dict()`: `state` by index,
@@ -188,6 +190,18 @@ pub fn load(dir: &Path) -> Result<Value, CheckpointError> {
     load_rows(dir, &|_, _| None)
 }
 
+/// Runs `read` on `dir`, or, for a URL, on a local copy of its objects.
+fn local<T>(
+    dir: &Path,
+    read: impl FnOnce(&Path) -> Result<T, CheckpointError>,
+) -> Result<T, CheckpointError> {
+    if crate::storage::is_url(dir) {
+        let copy = crate::storage::files::fetch_dir(dir)?;
+        return read(copy.path());
+    }
+    read(dir)
+}
+
 /// Which rows of a tensor item to read: `(key, whole size)` -> rows `[lo, hi)` of dim 0, or
 /// `None` for all of it.
 pub type RowsFn<'a> = dyn Fn(&str, &[i64]) -> Option<(i64, i64)> + 'a;
@@ -195,6 +209,10 @@ pub type RowsFn<'a> = dyn Fn(&str, &[i64]) -> Option<(i64, i64)> + 'a;
 /// [`load`], reading of each tensor item only the rows `rows` names (a sharded run's resume
 /// reads its own rows of every parameter and optimizer state, not the whole state).
 pub fn load_rows(dir: &Path, rows: &RowsFn<'_>) -> Result<Value, CheckpointError> {
+    local(dir, |d| load_rows_local(d, dir, rows))
+}
+
+fn load_rows_local(dir: &Path, named: &Path, rows: &RowsFn<'_>) -> Result<Value, CheckpointError> {
     let r = DcpReader::open(dir)?;
     let mut items = Vec::with_capacity(r.metadata().items.len());
     for (key, item) in &r.metadata().items {
@@ -214,7 +232,7 @@ pub fn load_rows(dir: &Path, rows: &RowsFn<'_>) -> Result<Value, CheckpointError
         items.push((r.path_of(key), v));
     }
     let state = super::unflatten(items).map_err(|e| CheckpointError::Format {
-        path: dir.to_owned(),
+        path: named.to_owned(),
         msg: e,
     })?;
     let meta_path = dir.join(META_FILE);
@@ -224,7 +242,7 @@ pub fn load_rows(dir: &Path, rows: &RowsFn<'_>) -> Result<Value, CheckpointError
         Value::dict()
     };
     let fmt = |msg: String| CheckpointError::Format {
-        path: dir.to_owned(),
+        path: named.to_owned(),
         msg,
     };
     let Value::Dict(mut parts) = state else {

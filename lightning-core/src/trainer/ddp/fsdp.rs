@@ -496,6 +496,14 @@ impl Fsdp {
     /// training thread only cuts and snapshots this rank's items; the files are written by
     /// the saver (on its thread when async), which meets the other ranks through the store.
     fn save_sharded(&self, path: &Path, ckpt: Value, saver: &mut Saver) -> Result<()> {
+        if crate::storage::is_url(path) {
+            return Err(Error::Config(format!(
+                "{}: sharded checkpoints are written to local (or shared) file systems only \
+                 for now; with an object-storage path use state_dict_type=\"full\" (sharded \
+                 checkpoints already on object storage can be read)",
+                path.display()
+            )));
+        }
         let n = self.saves.fetch_add(1, Ordering::Relaxed);
         let rank = self.world.env.rank;
         let key = format!("lightning_rs/fsdp_save/{n}");
