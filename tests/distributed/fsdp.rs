@@ -75,6 +75,46 @@ fn sharded_checkpoints_resume_exactly_and_on_other_world_sizes() {
         "final vs last",
     );
 
+    // SIGTERM to rank 0 mid-epoch: every rank stops at one step and the ranks save one
+    // sharded `last.ckpt`; resuming it ends as the straight run, bit for bit.
+    let pre = root("preempted");
+    let mut cmd = crate::job("fsdp");
+    cmd.args([pre.to_str().unwrap(), "2", "2", "-", "sharded"])
+        .env(lightning_testkit::roles::ddp::SLOW, "20");
+    let mut child =
+        lightning_testkit::Supervised::spawn(&mut cmd, std::time::Duration::from_secs(90));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("step 3") {
+            break;
+        }
+    }
+    assert!(child.signal(libc::SIGTERM));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output();
+    assert!(
+        out.status.success(),
+        "{rest:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let step: i64 = rest
+        .iter()
+        .find_map(|l| l.strip_prefix("preempted at step "))
+        .unwrap_or_else(|| panic!("{rest:?}"))
+        .parse()
+        .unwrap();
+    let pre_last = pre.join("ck").join("last.ckpt");
+    assert!(dcp::lightning::is_sharded_checkpoint(&pre_last));
+    let saved = DefaultCheckpointIO.load_checkpoint(&pre_last).unwrap();
+    assert_eq!(saved.get("global_step").and_then(Value::as_i64), Some(step));
+    assert!(step < 6, "stopped mid-epoch 0 (step {step})");
+    run(&pre, 2, 2, "last", "sharded");
+    assert_bitwise(
+        &weights(&pre.join("final.ckpt")),
+        &straight,
+        "resumed after preemption",
+    );
+
     // 1 epoch, then resume from `last` to 2: the same weights, bit for bit.
     run(&root("resumed"), 2, 1, "-", "sharded");
     run(&root("resumed"), 2, 2, "last", "sharded");

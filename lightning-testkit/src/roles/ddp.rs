@@ -104,7 +104,7 @@ pub type Outcome = (Vec<(String, Tensor)>, bool, f64);
 /// prints `step N` (for the preemption test, which signals rank 0 mid-run).
 pub const SLOW: &str = "DDP_TEST_SLOW_MS";
 
-struct Slow(u64);
+pub struct Slow(pub u64);
 impl lightning_core::callbacks::Callback for Slow {
     fn state_key(&self) -> String {
         "Slow".into()

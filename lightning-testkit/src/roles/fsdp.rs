@@ -2,7 +2,7 @@
 //! on the CPU (it launches the other ranks), or the one process of the single-process
 //! reference (`devices` 0: no FSDP, both ranks' batches together).
 
-use crate::roles::ddp::{data, reference_data, BATCH};
+use crate::roles::ddp::{data, reference_data, Slow, BATCH, SLOW};
 use crate::trainer_util::{Tiny, TinyHp};
 use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
 use lightning_core::trainer::{CkptPath, FsdpOptions, StateDictType, Strategy, Trainer};
@@ -66,6 +66,10 @@ pub fn train(a: &Args) -> lightning_core::Result<()> {
         .num_sanity_val_steps(1)
         .async_checkpointing(a.asynchronous)
         .callback(ckpt);
+    // Slow steps, rank 0 printing `step N` (for the preemption test).
+    if let Some(ms) = std::env::var(SLOW).ok().and_then(|s| s.parse::<u64>().ok()) {
+        b = b.callback(Slow(ms));
+    }
     let data = if a.devices > 0 {
         b = b
             .strategy(Strategy::Fsdp(FsdpOptions {
@@ -81,6 +85,9 @@ pub fn train(a: &Args) -> lightning_core::Result<()> {
     };
     let mut t = b.build()?;
     t.fit(&mut m, &data, a.resume.clone())?;
+    if t.was_preempted() && t.is_global_zero() {
+        println!("preempted at step {}", t.global_step());
+    }
     t.save_checkpoint(&m, final_weights_path(&a.root), true)
 }
 
