@@ -16,6 +16,8 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use lightning_core::lightning_module::SchedulerConfig;
+use lightning_core::optim::{PlateauConfig, ReduceLROnPlateau};
 use lightning_core::prelude::*;
 use lightning_core::trainer::{FsdpOptions, Strategy};
 use std::path::{Path, PathBuf};
@@ -43,9 +45,14 @@ pub struct MlpConfig {
     /// StepLR: multiply the lr by `gamma` every `step_size` epochs.
     #[hparam(default = 5)]
     pub step_size: i64,
-    /// StepLR's factor.
+    /// StepLR's factor (ReduceLROnPlateau's too).
     #[hparam(default = 0.5)]
     pub gamma: f64,
+    /// The LR schedule: `step` (StepLR), `plateau` (ReduceLROnPlateau on `val_loss`,
+    /// patience 1, factor `gamma`) or `cosine` (CosineAnnealingLR over `step_size` x 2
+    /// epochs).
+    #[hparam(default = "step")]
+    pub lr_scheduler: String,
 }
 
 /// 64 -> hidden -> hidden -> 10 with ReLU and dropout.
@@ -110,11 +117,32 @@ impl LightningModule for Mlp {
             ..AdamConfig::default()
         };
         let mut opt = Adam::new(self.parameters(), cfg)?;
-        let step = Schedule::Step {
-            step_size: self.hp.step_size,
-            gamma: self.hp.gamma,
+        let schedule = match self.hp.lr_scheduler.as_str() {
+            "step" => Schedule::Step {
+                step_size: self.hp.step_size,
+                gamma: self.hp.gamma,
+            },
+            "cosine" => Schedule::CosineAnnealing {
+                t_max: 2 * self.hp.step_size,
+                eta_min: 0.0,
+            },
+            "plateau" => {
+                let cfg = PlateauConfig {
+                    factor: self.hp.gamma,
+                    patience: 1,
+                    ..PlateauConfig::default()
+                };
+                let plateau = ReduceLROnPlateau::new(&opt, cfg)?;
+                let sched = SchedulerConfig::new(plateau).monitor("val_loss");
+                return Ok(OptimizerConfig::new(opt).scheduler_config(sched));
+            }
+            other => {
+                return Err(lightning_core::Error::Config(format!(
+                    "lr_scheduler={other:?}: expected \"step\", \"plateau\" or \"cosine\""
+                )))
+            }
         };
-        let sched = Scheduler::new(&mut opt, step)?;
+        let sched = Scheduler::new(&mut opt, schedule)?;
         Ok(OptimizerConfig::new(opt).scheduler(sched))
     }
 }

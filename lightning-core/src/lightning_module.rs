@@ -218,6 +218,12 @@ pub struct SchedulerConfig {
     pub interval: Interval,
     /// Every how many intervals it steps (>= 1).
     pub frequency: usize,
+    /// The metric a scheduler that needs one (`ReduceLROnPlateau`) steps on (Lightning's
+    /// `monitor`; required for such a scheduler).
+    pub monitor: Option<String>,
+    /// Whether a missing `monitor` metric is an error (Lightning's default) or skips the
+    /// step with a warning.
+    pub strict: bool,
 }
 
 impl SchedulerConfig {
@@ -227,7 +233,19 @@ impl SchedulerConfig {
             scheduler: Box::new(scheduler),
             interval: Interval::Epoch,
             frequency: 1,
+            monitor: None,
+            strict: true,
         }
+    }
+    /// Sets the monitored metric (for `ReduceLROnPlateau`).
+    pub fn monitor(mut self, metric: impl Into<String>) -> Self {
+        self.monitor = Some(metric.into());
+        self
+    }
+    /// Sets `strict`: whether a missing monitored metric is an error.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
     }
     /// Sets the interval.
     pub fn interval(mut self, interval: Interval) -> Self {

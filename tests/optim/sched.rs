@@ -289,3 +289,136 @@ fn bad_schedules_are_errors() {
     let e = s.load_state_dict(&Value::Int(1)).unwrap_err().to_string();
     assert!(e.contains("expected a dict"), "{e}");
 }
+
+const PLATEAU_SCRIPT: &str = r#"
+from torch.optim import lr_scheduler as L
+inp = json.load(open(sys.argv[1]))
+def fresh():
+    ps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    opt = torch.optim.SGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.05}], momentum=0.9)
+    return opt, L.ReduceLROnPlateau(opt, **inp["kw"])
+opt, s = fresh()
+half = len(inp["metrics"]) // 2
+lrs, state = [], None
+for i, m in enumerate(inp["metrics"]):
+    if i == half:
+        state = s.state_dict()
+    s.step(m)
+    lrs.append([g["lr"] for g in opt.param_groups])
+# Python loads our state taken halfway and continues.
+opt2, s2 = fresh()
+s2.load_state_dict(dec(inp["ours"]))
+for g, lr in zip(opt2.param_groups, s2.get_last_lr()):
+    g["lr"] = lr
+cont = []
+for m in inp["metrics"][half:]:
+    s2.step(m)
+    cont.append([g["lr"] for g in opt2.param_groups])
+# JSON has no infinities: mode_worse (always +-inf, recomputed from mode) goes as a string.
+state["mode_worse"] = repr(state["mode_worse"])
+print(json.dumps({"lrs": lrs, "state": enc(state), "cont": cont}))
+"#;
+
+/// `ReduceLROnPlateau` in each mode against torch: the lr after every step, the state dict,
+/// and both directions of loading it halfway.
+#[test]
+fn reduce_lr_on_plateau() {
+    use lightning_core::optim::{PlateauConfig, PlateauMode, ReduceLROnPlateau, ThresholdMode};
+    let metrics = [
+        1.0, 0.9, 0.9, 0.91, 0.95, 0.8, 0.8, 0.85, 0.7, 0.7, 0.7, 0.71, 0.72, 0.6, 0.6, 0.6,
+    ];
+    let cases = [
+        (
+            PlateauConfig {
+                patience: 1,
+                ..Default::default()
+            },
+            json!({"patience": 1}),
+        ),
+        (
+            PlateauConfig {
+                mode: PlateauMode::Max,
+                threshold_mode: ThresholdMode::Abs,
+                threshold: 0.01,
+                patience: 0,
+                factor: 0.5,
+                ..Default::default()
+            },
+            json!({"mode": "max", "threshold_mode": "abs", "threshold": 0.01, "patience": 0, "factor": 0.5}),
+        ),
+        (
+            PlateauConfig {
+                patience: 0,
+                cooldown: 2,
+                factor: 0.3,
+                min_lrs: vec![0.004, 0.002],
+                ..Default::default()
+            },
+            json!({"patience": 0, "cooldown": 2, "factor": 0.3, "min_lr": [0.004, 0.002]}),
+        ),
+    ];
+    for (cfg, kw) in cases {
+        let mut o = opt();
+        let mut s = ReduceLROnPlateau::new(&o, cfg.clone()).unwrap();
+        let half = metrics.len() / 2;
+        let (mut lrs, mut ours) = (vec![], None);
+        for (i, &m) in metrics.iter().enumerate() {
+            if i == half {
+                ours = Some(s.state_dict());
+            }
+            s.step_with(&mut o, m);
+            lrs.push(o.lrs());
+        }
+        let mut ours = ours.unwrap();
+        assert_eq!(
+            ours.get("mode_worse")
+                .and_then(Value::as_f64)
+                .map(f64::is_infinite),
+            Some(true)
+        );
+        // JSON has no infinities (see the script).
+        let worse = if kw["mode"] == "max" { "-inf" } else { "inf" };
+        ours.insert("mode_worse", worse);
+        let Some(py) = python_json(
+            PLATEAU_SCRIPT,
+            &json!({"kw": kw, "metrics": metrics, "ours": to_json(&ours)}),
+        ) else {
+            return;
+        };
+        for (i, (a, b)) in lrs.iter().zip(py["lrs"].as_array().unwrap()).enumerate() {
+            equal(a, &floats(b), &format!("{kw}: lr after step {i}"));
+        }
+        assert_close(
+            &ours,
+            &from_json(&py["state"]),
+            0.0,
+            &format!("{kw}: state_dict"),
+        );
+        for (i, (a, b)) in lrs[half..]
+            .iter()
+            .zip(py["cont"].as_array().unwrap())
+            .enumerate()
+        {
+            equal(
+                a,
+                &floats(b),
+                &format!("{kw}: python continued from ours, step {i}"),
+            );
+        }
+        // We load torch's halfway state and continue as it did.
+        let mut o2 = opt();
+        let mut s2 = ReduceLROnPlateau::new(&o2, cfg).unwrap();
+        s2.load_state_dict(&from_json(&py["state"])).unwrap();
+        for (g, lr) in s2.last_lr().into_iter().enumerate() {
+            o2.set_lr(g, lr);
+        }
+        for (i, &m) in metrics[half..].iter().enumerate() {
+            s2.step_with(&mut o2, m);
+            equal(
+                &o2.lrs(),
+                &lrs[half + i],
+                &format!("{kw}: ours continued from torch's, step {i}"),
+            );
+        }
+    }
+}

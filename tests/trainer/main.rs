@@ -7,6 +7,7 @@ mod loops_compare;
 mod loops_parity;
 mod lr_monitor_parity;
 mod manual_optim;
+mod plateau;
 mod preempt;
 mod python_rule;
 mod resume;

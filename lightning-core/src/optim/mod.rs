@@ -9,6 +9,7 @@ use tch::Tensor;
 mod adam;
 mod clip;
 pub(crate) mod common;
+mod plateau;
 mod sched;
 mod sgd;
 
@@ -16,6 +17,7 @@ pub(crate) use adam::AdamState;
 pub use adam::{Adam, AdamConfig, AdamWConfig};
 pub(crate) use clip::clip_gradients;
 pub use clip::{clip_grad_norm, clip_grad_value, ClipAlgorithm};
+pub use plateau::{PlateauConfig, PlateauMode, ReduceLROnPlateau, ThresholdMode};
 pub use sched::{Anneal, OneCycle, Schedule, Scheduler};
 pub use sgd::{Sgd, SgdConfig};
 
@@ -77,6 +79,16 @@ pub enum Interval {
 pub trait LrScheduler: Send {
     /// Advances one step (an epoch or a batch, by the trainer's `interval`) and sets the lrs.
     fn step(&mut self, opt: &mut dyn Optimizer);
+    /// Advances one step given the monitored metric (`ReduceLROnPlateau.step(metric)`); a
+    /// scheduler that needs none ignores it.
+    fn step_with(&mut self, opt: &mut dyn Optimizer, _metric: f64) {
+        self.step(opt);
+    }
+    /// Whether it steps on a monitored metric (Lightning's `reduce_on_plateau`): the trainer
+    /// then steps it with the value its config's `monitor` names.
+    fn needs_metric(&self) -> bool {
+        false
+    }
     /// The lrs after the last step (`get_last_lr()`).
     fn last_lr(&self) -> Vec<f64>;
     /// The scheduler's `__dict__` as torch saves it.

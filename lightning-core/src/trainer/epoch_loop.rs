@@ -132,7 +132,7 @@ impl Trainer {
             false => self.automatic_step(model, &batch, idx, n, &mut ctx)?,
         };
         if stepped {
-            self.step_schedulers(Interval::Step);
+            self.step_schedulers(Interval::Step)?;
         }
         if let Some(w) = &self.world {
             w.sync_logged(&mut ctx.logged)?;
@@ -146,7 +146,7 @@ impl Trainer {
                 .log_row(&self.run.metrics.step_row, epoch, step)?;
         }
         if idx + 1 == n {
-            self.epoch_end_schedulers();
+            self.epoch_end_schedulers()?;
         }
         Ok(stepped)
     }
@@ -155,35 +155,81 @@ impl Trainer {
     /// `update_lr_schedulers`): a step-interval scheduler's `frequency` counts batches of the
     /// epoch (`batch_idx + 1`, not global steps, as Lightning), an epoch-interval one's
     /// epochs. In manual optimization the training step steps its schedulers (Lightning).
-    fn step_schedulers(&mut self, interval: Interval) {
+    fn step_schedulers(&mut self, interval: Interval) -> Result<()> {
+        // Step-interval metric-driven schedulers step with the others (Lightning's
+        // `update_lr_schedulers("step", update_plateau_schedulers=True)`); epoch-interval ones
+        // after the epoch-end hooks.
+        self.step_due_schedulers(interval, interval == Interval::Step)
+    }
+
+    /// The metric-driven (`ReduceLROnPlateau`) epoch schedulers due now.
+    fn step_plateau_schedulers(&mut self, interval: Interval) -> Result<()> {
+        self.step_due_schedulers(interval, true)
+    }
+
+    /// Steps the schedulers of `interval` due now: the others always, the metric-driven
+    /// ones only with `plateau`, with the value their `monitor` names in `callback_metrics`
+    /// (missing: an error when `strict`, else a warning and no step).
+    fn step_due_schedulers(&mut self, interval: Interval, plateau: bool) -> Result<()> {
         let Some(optim) = self.optim.as_mut().filter(|_| !self.run.setup.manual) else {
-            return;
+            return Ok(());
         };
         let progress = &mut self.run.progress;
+        let metrics = &self.run.metrics.callback_metrics;
         let count = match interval {
             Interval::Step => progress.batches_consumed,
             Interval::Epoch => (progress.epoch + 1) as usize,
         };
         for e in optim.config.entries_mut() {
             for s in e.schedulers.iter_mut() {
-                if s.interval == interval && count.is_multiple_of(s.frequency) {
-                    s.scheduler.step(e.optimizer.as_mut());
-                    progress.scheduler_stepped();
+                if s.interval != interval || !count.is_multiple_of(s.frequency) {
+                    continue;
+                }
+                if !s.scheduler.needs_metric() {
+                    if !plateau || interval == Interval::Step {
+                        s.scheduler.step(e.optimizer.as_mut());
+                        progress.scheduler_stepped();
+                    }
+                    continue;
+                }
+                if !plateau {
+                    continue;
+                }
+                let key = s.monitor.as_deref().unwrap_or_default();
+                match metrics.get(key) {
+                    Some(&v) => {
+                        s.scheduler.step_with(e.optimizer.as_mut(), v);
+                        progress.scheduler_stepped();
+                    }
+                    None if s.strict => {
+                        let available: Vec<&String> = metrics.keys().collect();
+                        return Err(crate::error::Error::Config(format!(
+                            "ReduceLROnPlateau conditioned on metric {key} which is not available. \
+                             Available metrics are: {available:?}. Condition can be set using \
+                             `monitor` key in lr scheduler dict"
+                        )));
+                    }
+                    None => super::warn(&format!(
+                        "ReduceLROnPlateau conditioned on metric {key} which is not available but \
+                         strict is set to `False`. Skipping learning rate update."
+                    )),
                 }
             }
         }
+        Ok(())
     }
 
     /// The epoch-interval schedulers due this epoch (Lightning: right after the last
     /// batch's training step, before `on_train_batch_end`), recorded as a phase of the
     /// epoch's end so a resume neither repeats nor skips them.
-    fn epoch_end_schedulers(&mut self) {
-        self.step_schedulers(Interval::Epoch);
+    fn epoch_end_schedulers(&mut self) -> Result<()> {
+        self.step_due_schedulers(Interval::Epoch, false)?;
         let phase = &mut self.run.progress.phase;
         *phase = match *phase {
             EpochPhase::LegacyValidated => EpochPhase::Validated,
             _ => EpochPhase::SchedulersStepped,
         };
+        Ok(())
     }
 
     /// The end of an epoch, each phase once even across a resume: the epoch-interval
@@ -198,7 +244,7 @@ impl Trainer {
         if self.run.progress.batches_consumed >= n && !self.run.progress.phase.schedulers_stepped()
         {
             // a file of an earlier version saved before this epoch's schedulers stepped
-            self.epoch_end_schedulers();
+            self.epoch_end_schedulers()?;
         }
         if !self.run.progress.phase.validated() {
             if let (true, Some(val)) = (self.val_due(data), data.val_loader()) {
@@ -213,9 +259,17 @@ impl Trainer {
         let row = self.run.metrics.reduce_epoch(Stage::Train);
         self.logging
             .log_row(&row, epoch, self.run.log_step().max(0))?;
-        if self.run.progress.phase != EpochPhase::Done {
-            self.run.progress.phase = EpochPhase::Done;
+        if !matches!(
+            self.run.progress.phase,
+            EpochPhase::EndHooksRan | EpochPhase::Done
+        ) {
+            self.run.progress.phase = EpochPhase::EndHooksRan;
             self.hooks(&*model, |cb, t| cb.on_train_epoch_end(t))?;
+        }
+        if self.run.progress.phase == EpochPhase::EndHooksRan {
+            // Lightning: metric-driven schedulers step after the epoch-end hooks.
+            self.step_plateau_schedulers(Interval::Epoch)?;
+            self.run.progress.phase = EpochPhase::Done;
         }
         Ok(())
     }

@@ -27,9 +27,11 @@ impl Trainer {
             return Ok(());
         }
         self.run.flags.sanity_checking = true;
+        // What the sanity check logs is discarded; what a resume restored stays.
+        let kept = std::mem::take(&mut self.run.metrics.callback_metrics);
         let r = self.eval_batches(model, val, Stage::Validate, n, false);
         self.run.metrics.reduce_epoch(Stage::Validate);
-        self.run.metrics.callback_metrics.clear();
+        self.run.metrics.callback_metrics = kept;
         self.run.flags.sanity_checking = false;
         r
     }

@@ -236,6 +236,18 @@ impl Trainer {
         };
         let config = model.configure_optimizers()?;
         check_optimization(&self.cfg, manual, config.len())?;
+        if config
+            .schedulers()
+            .any(|(_, s)| s.scheduler.needs_metric() && s.monitor.is_none())
+        {
+            return Err(Error::Config(
+                "`configure_optimizers` must include a monitor when a `ReduceLROnPlateau` \
+                 scheduler is used. For example: `SchedulerConfig::new(scheduler).monitor(\"val_loss\")` \
+                 (Lightning: {\"optimizer\": optimizer, \"lr_scheduler\": {\"scheduler\": \
+                 scheduler, \"monitor\": \"metric_to_track\"}})"
+                    .into(),
+            ));
+        }
         if let Some(f) = &mut self.fsdp {
             let params: Vec<Vec<Tensor>> = config
                 .entries()

@@ -312,6 +312,7 @@ impl RunState {
             val_batches: p.val_batches,
             val_last_batch: p.val_last_batch,
             world_size: self.setup.world_size.max(1),
+            callback_metrics: self.metrics.callback_metrics.clone(),
         }
     }
 
@@ -376,6 +377,7 @@ impl RunState {
             p.val_batches = r.val_batches;
             p.val_last_batch = r.val_last_batch;
             p.is_last_batch = false;
+            self.metrics.callback_metrics = r.callback_metrics.clone();
             return Ok(Some(r.seed));
         }
         let fit = ckpt.loops.as_ref().map(|l| &l.fit);

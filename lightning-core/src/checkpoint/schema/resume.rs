@@ -16,6 +16,9 @@ pub enum EpochPhase {
     SchedulersStepped,
     /// The end-of-epoch validation ran (or was not due).
     Validated,
+    /// `on_train_epoch_end` ran; the metric-driven schedulers (`ReduceLROnPlateau`) did not
+    /// step yet (Lightning steps them after the hooks).
+    EndHooksRan,
     /// `on_train_epoch_end` ran: the next thing is the next epoch.
     Done,
     /// Written before the phases followed Lightning's order: validation ran, the epoch's
@@ -28,7 +31,10 @@ impl EpochPhase {
     pub fn schedulers_stepped(self) -> bool {
         matches!(
             self,
-            EpochPhase::SchedulersStepped | EpochPhase::Validated | EpochPhase::Done
+            EpochPhase::SchedulersStepped
+                | EpochPhase::Validated
+                | EpochPhase::EndHooksRan
+                | EpochPhase::Done
         )
     }
 
@@ -36,7 +42,10 @@ impl EpochPhase {
     pub fn validated(self) -> bool {
         matches!(
             self,
-            EpochPhase::Validated | EpochPhase::Done | EpochPhase::LegacyValidated
+            EpochPhase::Validated
+                | EpochPhase::EndHooksRan
+                | EpochPhase::Done
+                | EpochPhase::LegacyValidated
         )
     }
 
@@ -46,6 +55,7 @@ impl EpochPhase {
             EpochPhase::Training => "training",
             EpochPhase::SchedulersStepped => "schedulers_stepped",
             EpochPhase::Validated => "validated",
+            EpochPhase::EndHooksRan => "end_hooks_ran",
             EpochPhase::Done => "done",
             EpochPhase::LegacyValidated => "legacy_validated",
         }
@@ -56,6 +66,7 @@ impl EpochPhase {
             EpochPhase::Training,
             EpochPhase::SchedulersStepped,
             EpochPhase::Validated,
+            EpochPhase::EndHooksRan,
             EpochPhase::Done,
             EpochPhase::LegacyValidated,
         ]
@@ -107,6 +118,9 @@ pub struct ResumeState {
     /// Processes that trained (`strategy="ddp"`): `batches_consumed` counts each one's batches
     /// of its shard, so a mid-epoch position is only meaningful for the same world size.
     pub world_size: usize,
+    /// `trainer.callback_metrics` when saved: what a metric-driven scheduler stepping after
+    /// the save (and callbacks) read, so a resumed run sees what the straight one saw.
+    pub callback_metrics: indexmap::IndexMap<String, f64>,
 }
 
 impl ResumeState {
@@ -134,6 +148,11 @@ impl ResumeState {
         );
         v.insert("val_last_batch", self.val_last_batch);
         v.insert("world_size", self.world_size as i64);
+        let mut m = crate::value::Dict::new();
+        for (k, x) in &self.callback_metrics {
+            m.insert(crate::value::Key::Str(k.clone()), Value::Float(*x));
+        }
+        v.insert("callback_metrics", Value::Dict(m));
         v
     }
 
@@ -182,6 +201,19 @@ impl ResumeState {
             world_size: usize::try_from(f.int("world_size")?.unwrap_or(1)).map_err(|_| {
                 SchemaError::new(f.path("world_size"), "expected a non-negative int")
             })?,
+            callback_metrics: match v.get("callback_metrics") {
+                None => Default::default(),
+                Some(m) => m
+                    .as_dict()
+                    .and_then(|d| {
+                        d.iter()
+                            .map(|(k, x)| Some((k.to_string(), x.as_f64()?)))
+                            .collect::<Option<_>>()
+                    })
+                    .ok_or_else(|| {
+                        SchemaError::new(f.path("callback_metrics"), "expected a dict of numbers")
+                    })?,
+            },
         })
     }
 }
