@@ -440,3 +440,33 @@ pub fn final_state<M: LightningModule>(
     }
     v
 }
+
+/// Implements `Traverse` and `HasHparams` for a test module wrapping a [`Tiny`] in its field
+/// `$field`, by delegating to it (the wrapper then adds or changes `LightningModule` hooks).
+#[macro_export]
+macro_rules! wraps_tiny {
+    ($ty:ty, $field:ident) => {
+        impl lightning_core::traverse::Traverse for $ty {
+            fn visit(
+                &self,
+                p: &str,
+                f: &mut dyn FnMut(&str, &tch::Tensor, lightning_core::TensorKind),
+            ) {
+                self.$field.visit(p, f)
+            }
+            fn visit_mut(
+                &mut self,
+                p: &str,
+                f: &mut dyn FnMut(&str, &mut tch::Tensor, lightning_core::TensorKind),
+            ) {
+                self.$field.visit_mut(p, f)
+            }
+        }
+        impl lightning_core::HasHparams for $ty {
+            type Hparams = $crate::trainer_util::TinyHp;
+            fn hparams(&self) -> &$crate::trainer_util::TinyHp {
+                &self.$field.hp
+            }
+        }
+    };
+}

@@ -55,25 +55,7 @@ struct Hooked {
     journal: Journal,
 }
 
-impl Traverse for Hooked {
-    fn visit(&self, p: &str, f: &mut dyn FnMut(&str, &Tensor, lightning_core::TensorKind)) {
-        self.inner.visit(p, f)
-    }
-    fn visit_mut(
-        &mut self,
-        p: &str,
-        f: &mut dyn FnMut(&str, &mut Tensor, lightning_core::TensorKind),
-    ) {
-        self.inner.visit_mut(p, f)
-    }
-}
-
-impl HasHparams for Hooked {
-    type Hparams = TinyHp;
-    fn hparams(&self) -> &TinyHp {
-        &self.inner.hp
-    }
-}
+lightning_testkit::wraps_tiny!(Hooked, inner);
 
 impl LightningModule for Hooked {
     fn build(hp: &TinyHp, vs: &nn::Path) -> lightning_core::Result<Self> {

@@ -8,8 +8,6 @@ use lightning_core::lightning_module::{OptimizerConfig, SchedulerConfig, StepCon
 use lightning_core::optim::{Adam, AdamConfig, PlateauConfig, PlateauMode, ReduceLROnPlateau};
 use lightning_core::prelude::*;
 use lightning_core::trainer::{CkptPath, Trainer};
-use lightning_core::traverse::Traverse;
-use lightning_core::HasHparams;
 use trainer_util::{data, Tiny, TinyHp};
 
 /// Tiny with Adam and a `ReduceLROnPlateau` on `monitor` (patience 0, factor 0.5, `Max`
@@ -20,25 +18,7 @@ struct OnPlateau {
     strict: bool,
 }
 
-impl Traverse for OnPlateau {
-    fn visit(&self, p: &str, f: &mut dyn FnMut(&str, &tch::Tensor, lightning_core::TensorKind)) {
-        self.tiny.visit(p, f)
-    }
-    fn visit_mut(
-        &mut self,
-        p: &str,
-        f: &mut dyn FnMut(&str, &mut tch::Tensor, lightning_core::TensorKind),
-    ) {
-        self.tiny.visit_mut(p, f)
-    }
-}
-
-impl HasHparams for OnPlateau {
-    type Hparams = TinyHp;
-    fn hparams(&self) -> &TinyHp {
-        &self.tiny.hp
-    }
-}
+lightning_testkit::wraps_tiny!(OnPlateau, tiny);
 
 impl LightningModule for OnPlateau {
     fn build(hp: &TinyHp, vs: &tch::nn::Path) -> lightning_core::Result<Self> {
