@@ -13,3 +13,4 @@ mod python_rule;
 mod resume;
 mod resume_from_lightning;
 mod tensorboard;
+mod weight_averaging;

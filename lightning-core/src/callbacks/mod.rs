@@ -11,6 +11,7 @@ mod early_stopping;
 pub(crate) mod error;
 mod lr_monitor;
 mod model_checkpoint;
+mod weight_averaging;
 
 pub use early_stopping::{EarlyStopping, EarlyStoppingBuilder, StoppingReason};
 pub use error::CallbackError;
@@ -21,6 +22,7 @@ pub(crate) use model_checkpoint::find_last_checkpoint_in;
 pub use model_checkpoint::{
     find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
 };
+pub use weight_averaging::{Averaging, WeightAveraging};
 
 pub use crate::pyfmt::{MetricValue, Metrics};
 
@@ -163,6 +165,12 @@ pub trait TrainerHandle {
         let _ = weight_decay;
         Optimization::default()
     }
+    /// The module's parameters and buffers by name (handles sharing its storage: writing
+    /// their values under `no_grad` changes the module), for callbacks that keep a copy of
+    /// the weights (weight averaging). Empty where the trainer lends none.
+    fn module_tensors(&self) -> Vec<(String, tch::Tensor)> {
+        Vec::new()
+    }
     /// Sends `metrics` to the logger at `step` as Lightning's `logger.log_metrics(metrics,
     /// step)` (a row without an `epoch` column) and adds them to `callback_metrics`. Fake
     /// handles drop them.
@@ -222,6 +230,11 @@ impl<'a> TrainerContext<'a> {
     pub fn log_metrics(&mut self, metrics: IndexMap<String, f64>, step: i64) {
         self.handle.log_metrics(metrics, step);
     }
+
+    /// The module's parameters and buffers by name (see [`TrainerHandle::module_tensors`]).
+    pub fn module_tensors(&self) -> Vec<(String, tch::Tensor)> {
+        self.handle.module_tensors()
+    }
 }
 
 /// A trainer hook. Every method has a default that does nothing.
@@ -254,7 +267,19 @@ pub trait Callback: Send + Any {
     fn on_train_epoch_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
-    /// Called after every validation run.
+    /// Before a validation run's first batch (also the sanity check's).
+    fn on_validation_epoch_start(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
+        Ok(())
+    }
+    /// After a validation run's last batch, before its epoch metrics are reduced.
+    fn on_validation_epoch_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
+        Ok(())
+    }
+    /// When training ends (before `on_fit_end`; not after a preemption).
+    fn on_train_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
+        Ok(())
+    }
+    /// Called after every validation run (the epoch metrics are in `callback_metrics`).
     fn on_validation_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }

@@ -51,7 +51,19 @@ impl Trainer {
         if let Some(f) = &mut self.fsdp {
             f.unshard()?;
         }
-        let r = self.eval_batches_inner(model, loader, stage, n, sharded);
+        let validate = stage == Stage::Validate;
+        let mut r = Ok(());
+        if validate {
+            r = self.hooks(&*model, |cb, t| cb.on_validation_epoch_start(t));
+        }
+        if r.is_ok() {
+            r = self.eval_batches_inner(model, loader, stage, n, sharded);
+        }
+        if validate {
+            // Even after a failed batch: a callback that swapped weights in swaps them back.
+            let end = self.hooks(&*model, |cb, t| cb.on_validation_epoch_end(t));
+            r = r.and(end);
+        }
         if let Some(f) = &mut self.fsdp {
             f.reshard();
         }

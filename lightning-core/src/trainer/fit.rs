@@ -290,6 +290,7 @@ impl Trainer {
             self.train_epoch(model, data, train, preempt)?;
         }
         if !self.run.flags.preempted {
+            self.hooks(&*model, |cb, t| cb.on_train_end(t))?;
             self.hooks(&*model, |cb, t| cb.on_fit_end(t))?;
         }
         if let Some(d) = self.ddp.take() {

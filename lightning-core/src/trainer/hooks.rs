@@ -77,6 +77,12 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
     fn log_metrics(&mut self, metrics: IndexMap<String, f64>, step: i64) {
         self.logged.push((metrics, step));
     }
+
+    fn module_tensors(&self) -> Vec<(String, tch::Tensor)> {
+        let mut v = self.model.named_parameters();
+        v.extend(self.model.named_buffers());
+        v
+    }
 }
 
 /// What callbacks see of the optimizers and their schedulers.
