@@ -16,8 +16,9 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use lightning_core::callbacks::WeightAveraging;
 use lightning_core::lightning_module::SchedulerConfig;
-use lightning_core::optim::{PlateauConfig, ReduceLROnPlateau};
+use lightning_core::optim::{OneCycle, PlateauConfig, ReduceLROnPlateau};
 use lightning_core::prelude::*;
 use lightning_core::trainer::{FsdpOptions, Strategy};
 use std::path::{Path, PathBuf};
@@ -49,10 +50,13 @@ pub struct MlpConfig {
     #[hparam(default = 0.5)]
     pub gamma: f64,
     /// The LR schedule: `step` (StepLR), `plateau` (ReduceLROnPlateau on `val_loss`,
-    /// patience 1, factor `gamma`) or `cosine` (CosineAnnealingLR over `step_size` x 2
-    /// epochs).
+    /// patience 1, factor `gamma`), `cosine` (CosineAnnealingLR over `step_size` x 2 epochs)
+    /// or `onecycle` (OneCycleLR to `lr` over `onecycle_steps` steps, stepped every batch).
     #[hparam(default = "step")]
     pub lr_scheduler: String,
+    /// OneCycleLR's length in steps (45 batches x 12 epochs: the default run).
+    #[hparam(default = 540)]
+    pub onecycle_steps: i64,
 }
 
 /// 64 -> hidden -> hidden -> 10 with ReLU and dropout.
@@ -136,9 +140,15 @@ impl LightningModule for Mlp {
                 let sched = SchedulerConfig::new(plateau).monitor("val_loss");
                 return Ok(OptimizerConfig::new(opt).scheduler_config(sched));
             }
+            "onecycle" => {
+                let cycle = Schedule::OneCycle(OneCycle::new(self.hp.lr, self.hp.onecycle_steps));
+                let sched = Scheduler::new(&mut opt, cycle)?;
+                let sched = SchedulerConfig::new(sched).interval(Interval::Step);
+                return Ok(OptimizerConfig::new(opt).scheduler_config(sched));
+            }
             other => {
                 return Err(lightning_core::Error::Config(format!(
-                    "lr_scheduler={other:?}: expected \"step\", \"plateau\" or \"cosine\""
+                    "lr_scheduler={other:?}: expected \"step\", \"plateau\", \"cosine\" or \"onecycle\""
                 )))
             }
         };
@@ -174,6 +184,13 @@ struct Args {
     /// Also checkpoint every N optimizer steps (0: at epoch ends only).
     #[arg(long, global = true, default_value_t = 0)]
     every_n_train_steps: i64,
+    /// The LR schedule (sets the `lr_scheduler` hparam): step, plateau, cosine, onecycle.
+    #[arg(long, global = true, value_parser = ["step", "plateau", "cosine", "onecycle"])]
+    lr_scheduler: Option<String>,
+    /// Keep an exponential moving average of the weights with this decay (Lightning's
+    /// `EMAWeightAveraging`): validation and the saved `state_dict` use the average.
+    #[arg(long, global = true)]
+    ema: Option<f64>,
     /// How many best checkpoints (by val_acc) to keep; -1 keeps all.
     #[arg(long, global = true, default_value_t = 2)]
     save_top_k: i64,
@@ -271,7 +288,10 @@ fn config(sets: &[String]) -> anyhow::Result<MlpConfig> {
 
 /// Trains (or resumes) up to `max_epochs`; returns the best checkpoint path and score.
 fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(PathBuf, f64)> {
-    let hp = config(&args.sets)?;
+    let mut hp = config(&args.sets)?;
+    if let Some(s) = &args.lr_scheduler {
+        hp.set_str("lr_scheduler", s)?;
+    }
     tch::manual_seed(args.seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut model = Mlp::build(&hp, &vs.root())?;
@@ -285,7 +305,7 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
     if args.every_n_train_steps > 0 {
         ckpt = ckpt.every_n_train_steps(args.every_n_train_steps);
     }
-    let mut trainer = Trainer::builder()
+    let mut builder = Trainer::builder()
         .max_epochs(max_epochs)
         .default_root_dir(&args.root)
         .seed(args.seed)
@@ -303,8 +323,11 @@ fn train(args: &Args, max_epochs: i64, resume: Option<&str>) -> anyhow::Result<(
         .devices(args.devices)
         .num_nodes(args.num_nodes)
         .logger(args.logger.loggers())
-        .callback(ckpt.build()?)
-        .build()?;
+        .callback(ckpt.build()?);
+    if let Some(decay) = args.ema {
+        builder = builder.callback(WeightAveraging::ema(decay));
+    }
+    let mut trainer = builder.build()?;
     let data = datamodule(args.seed)?;
     let start = Instant::now();
     trainer.fit(&mut model, &data, resume.map(CkptPath::parse))?;
