@@ -224,6 +224,9 @@ pub struct SchedulerConfig {
     /// Whether a missing `monitor` metric is an error (Lightning's default) or skips the
     /// step with a warning.
     pub strict: bool,
+    /// Lightning's `name`: what `LearningRateMonitor` logs this scheduler's lr as (instead of
+    /// `lr-<optimizer class>`).
+    pub name: Option<String>,
 }
 
 impl SchedulerConfig {
@@ -235,7 +238,13 @@ impl SchedulerConfig {
             frequency: 1,
             monitor: None,
             strict: true,
+            name: None,
         }
+    }
+    /// Sets the name `LearningRateMonitor` logs its lr under.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
     /// Sets the monitored metric (for `ReduceLROnPlateau`).
     pub fn monitor(mut self, metric: impl Into<String>) -> Self {

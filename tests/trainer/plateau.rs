@@ -58,7 +58,9 @@ impl LightningModule for OnPlateau {
             factor: 0.5,
             ..Default::default()
         };
-        let mut s = SchedulerConfig::new(ReduceLROnPlateau::new(&opt, cfg)?).strict(self.strict);
+        let mut s = SchedulerConfig::new(ReduceLROnPlateau::new(&opt, cfg)?)
+            .strict(self.strict)
+            .name("plateau-lr");
         if let Some(m) = self.monitor {
             s = s.monitor(m);
         }
@@ -91,11 +93,11 @@ fn trainer(root: &std::path::Path, epochs: i64) -> Trainer {
     Trainer::builder()
         .enable_progress_bar(false)
         .enable_model_summary(false)
-        .logger(false)
         .seed(5)
         .default_root_dir(root)
         .max_epochs(epochs)
         .callback(ckpt)
+        .callback(lightning_core::callbacks::LearningRateMonitor::new())
         .build()
         .unwrap()
 }
@@ -124,6 +126,18 @@ fn plateau_steps_after_the_epoch_end_and_resumes_exactly() {
         .and_then(Value::as_f64)
         .unwrap();
     assert!(lr < 0.05, "the lr dropped on the plateau: {lr}");
+    // LearningRateMonitor logs it under the scheduler config's name (Lightning's `name`).
+    let monitor = t
+        .callback::<lightning_core::callbacks::LearningRateMonitor>()
+        .unwrap();
+    let logged = monitor.lrs();
+    assert_eq!(
+        logged.keys().collect::<Vec<_>>(),
+        ["plateau-lr"],
+        "{logged:?}"
+    );
+    // logged at each epoch's start: the last one before the final epoch's drop (factor 0.5)
+    assert_eq!(logged["plateau-lr"].last().copied(), Some(lr / 0.5));
     let plateau = straight.get_path("lr_schedulers.0").unwrap();
     assert_eq!(
         plateau.get("last_epoch").and_then(Value::as_i64),

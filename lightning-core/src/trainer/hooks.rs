@@ -98,7 +98,7 @@ fn optimization_of(o: &OptimizerConfig, weight_decay: bool) -> Optimization {
             .map(|(i, s)| SchedulerView {
                 optimizer: i,
                 interval: s.interval,
-                name: None,
+                name: s.name.clone(),
             })
             .collect(),
     }
