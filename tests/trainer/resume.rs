@@ -478,3 +478,48 @@ fn a_failed_save_stops_by_default_or_warns_and_continues() {
         assert_eq!(t.global_step(), 16, "async={asynchronous}");
     }
 }
+
+/// `ckpt_path="hpc"`: the highest `hpc_ckpt_<N>.ckpt` in `default_root_dir`, Lightning's error
+/// when there is none.
+#[test]
+fn hpc_resumes_the_highest_hpc_checkpoint() {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 5);
+    let mut t = builder(dir.path())
+        .max_epochs(1)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    let e = t
+        .fit(&mut m, &data(80, 8, true), Some(CkptPath::parse("hpc")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no HPC checkpoint was found"), "{e}");
+    t.fit(&mut m, &data(80, 8, true), None).unwrap();
+    t.save_checkpoint(&m, dir.path().join("hpc_ckpt_2.ckpt"), false)
+        .unwrap();
+    let mut t1 = builder(dir.path())
+        .max_epochs(3)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    t1.fit(
+        &mut m,
+        &data(80, 8, true),
+        Some(CkptPath::Path(dir.path().join("hpc_ckpt_2.ckpt"))),
+    )
+    .unwrap();
+    t1.save_checkpoint(&m, dir.path().join("hpc_ckpt_10.ckpt"), false)
+        .unwrap();
+    let mut t2 = builder(dir.path())
+        .max_epochs(2)
+        .enable_checkpointing(false)
+        .build()
+        .unwrap();
+    t2.fit(&mut m, &data(80, 8, true), Some(CkptPath::Hpc))
+        .unwrap();
+    // hpc_ckpt_10 (numerically highest, not hpc_ckpt_2) is past max_epochs=2: nothing is
+    // trained and the position is its own (from hpc_ckpt_2 it would be epoch 2, step 16)
+    assert_eq!((t2.current_epoch(), t2.global_step()), (3, 24));
+}

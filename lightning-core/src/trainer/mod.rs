@@ -75,14 +75,18 @@ pub enum CkptPath {
     Last,
     /// The checkpoint callback's `best_model_path` (an error when there is none).
     Best,
+    /// The HPC checkpoint: `hpc_ckpt_<N>.ckpt` with the highest `N` in `default_root_dir`
+    /// (what a SLURM requeue resumes; an error when there is none, as Lightning).
+    Hpc,
 }
 
 impl CkptPath {
-    /// `"last"`, `"best"`, or a path (as Lightning's `ckpt_path` strings).
+    /// `"last"`, `"best"`, `"hpc"`, or a path (as Lightning's `ckpt_path` strings).
     pub fn parse(s: &str) -> Self {
         match s {
             "last" => CkptPath::Last,
             "best" => CkptPath::Best,
+            "hpc" => CkptPath::Hpc,
             p => CkptPath::Path(PathBuf::from(p)),
         }
     }

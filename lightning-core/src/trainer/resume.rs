@@ -42,6 +42,24 @@ impl Loaded {
     }
 }
 
+/// Lightning's `_hpc_resume_path`: `dir/hpc_ckpt_<N>.ckpt` with the highest `N`, if any.
+fn hpc_checkpoint(io: &dyn CheckpointIO, dir: &Path) -> Result<Option<PathBuf>> {
+    let files = io.list(dir).map_err(Error::Load)?;
+    Ok(files
+        .into_iter()
+        .filter_map(|f| {
+            let name = f.path.file_name()?.to_str()?.to_owned();
+            let n: u64 = name
+                .strip_prefix("hpc_ckpt_")?
+                .strip_suffix(".ckpt")?
+                .parse()
+                .ok()?;
+            Some((n, f.path))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p))
+}
+
 fn restore_err(path: &Path, source: RestoreError) -> Error {
     Error::Restore {
         path: path.to_owned(),
@@ -116,6 +134,14 @@ impl Trainer {
                     }
                 }
             }
+            CkptPath::Hpc => hpc_checkpoint(&*self.cfg.checkpoint_io, &self.cfg.default_root_dir)?
+                .ok_or_else(|| {
+                    Error::Config(
+                        "`.fit(ckpt_path=\"hpc\")` is set but no HPC checkpoint was found. Please \
+                         pass an exact checkpoint path to `.fit(ckpt_path=...)`"
+                            .into(),
+                    )
+                })?,
             CkptPath::Best => self
                 .callbacks
                 .iter()
