@@ -4,7 +4,7 @@
 use crate::support;
 
 use lightning_core::optim::{
-    LrScheduler, OneCycle, Optimizer, Schedule, Scheduler, Sgd, SgdConfig,
+    LrLambda, LrScheduler, OneCycle, Optimizer, Schedule, Scheduler, Sgd, SgdConfig,
 };
 use lightning_core::value::Value;
 use serde_json::{json, Value as Json};
@@ -20,7 +20,10 @@ def build(spec):
     if spec["cls"] == "SequentialLR":
         subs = [build(s) for s in spec["schedulers"]]
         return L.SequentialLR(opt, subs, spec["milestones"])
-    return getattr(L, spec["cls"])(opt, **spec.get("kw", {}))
+    kw = dict(spec.get("kw", {}))
+    if "lambda" in spec:
+        kw["lr_lambda"] = eval(spec["lambda"])
+    return getattr(L, spec["cls"])(opt, **kw)
 s = build(inp["spec"])
 lrs, moms, state = [s.get_last_lr()], [[g["momentum"] for g in opt.param_groups]], None
 for i in range(inp["steps"] + 1):
@@ -421,4 +424,24 @@ fn reduce_lr_on_plateau() {
             );
         }
     }
+}
+
+#[test]
+fn lambda_lr() {
+    check(
+        "LambdaLR",
+        Schedule::Lambda(LrLambda::new(|e| 0.95f64.powf(e as f64))),
+        json!({"cls": "LambdaLR", "lambda": "lambda e: 0.95 ** e"}),
+        true,
+    );
+}
+
+#[test]
+fn multiplicative_lr() {
+    check(
+        "MultiplicativeLR",
+        Schedule::Multiplicative(LrLambda::new(|e| if e % 3 == 0 { 0.5 } else { 0.9 })),
+        json!({"cls": "MultiplicativeLR", "lambda": "lambda e: 0.5 if e % 3 == 0 else 0.9"}),
+        true,
+    );
 }

@@ -18,7 +18,7 @@ pub use adam::{Adam, AdamConfig, AdamWConfig};
 pub(crate) use clip::clip_gradients;
 pub use clip::{clip_grad_norm, clip_grad_value, ClipAlgorithm};
 pub use plateau::{PlateauConfig, PlateauMode, ReduceLROnPlateau, ThresholdMode};
-pub use sched::{Anneal, OneCycle, Schedule, Scheduler};
+pub use sched::{Anneal, LrLambda, OneCycle, Schedule, Scheduler};
 pub use sgd::{Sgd, SgdConfig};
 
 /// Errors building or restoring optimizers and schedulers.

@@ -110,6 +110,32 @@ impl OneCycle {
     }
 }
 
+/// A function of the epoch (or step) for [`Schedule::Lambda`] and
+/// [`Schedule::Multiplicative`] (torch's `lr_lambda`). Like a Python function, it is not
+/// saved: the state holds `lr_lambdas: [None, ...]`, as torch writes for functions.
+#[derive(Clone)]
+pub struct LrLambda(pub std::sync::Arc<dyn Fn(i64) -> f64 + Send + Sync>);
+
+impl LrLambda {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(i64) -> f64 + Send + Sync + 'static) -> Self {
+        LrLambda(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for LrLambda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LrLambda(..)")
+    }
+}
+
+impl PartialEq for LrLambda {
+    /// The same function object.
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// A learning-rate schedule (torch's scheduler classes).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Schedule {
@@ -151,6 +177,10 @@ pub enum Schedule {
     },
     /// `OneCycleLR`.
     OneCycle(OneCycle),
+    /// `LambdaLR`: `base_lr * f(epoch)`.
+    Lambda(LrLambda),
+    /// `MultiplicativeLR`: each step multiplies the lr by `f(epoch)`.
+    Multiplicative(LrLambda),
     /// `SequentialLR`: `schedules[i]` runs from `milestones[i-1]` (restarting at epoch 0).
     Sequential {
         /// The schedules, in order.
@@ -296,6 +326,11 @@ impl Schedule {
                 }
             }
             Schedule::OneCycle(_) => self.lr(base, epoch),
+            Schedule::Lambda(f) => base * (f.0)(epoch),
+            Schedule::Multiplicative(f) => match initial {
+                true => lr,
+                false => lr * (f.0)(epoch),
+            },
             Schedule::Sequential {
                 schedules,
                 milestones,
@@ -336,6 +371,8 @@ impl Schedule {
                 base * (start_factor + (end_factor - start_factor) * frac)
             }
             Schedule::OneCycle(o) => o.at(base, e.min(o.total_steps)).0,
+            Schedule::Lambda(f) => base * (f.0)(e),
+            Schedule::Multiplicative(f) => (1..=e).fold(base, |lr, k| lr * (f.0)(k)),
             Schedule::Sequential {
                 schedules,
                 milestones,
@@ -376,6 +413,11 @@ impl Schedule {
                 put("gamma", Value::Float(*gamma));
             }
             Schedule::Exponential { gamma } => put("gamma", Value::Float(*gamma)),
+            // A function is not saved (torch writes None for each group's plain function).
+            Schedule::Lambda(_) | Schedule::Multiplicative(_) => put(
+                "lr_lambdas",
+                Value::List(base_lrs.iter().map(|_| Value::None).collect()),
+            ),
             Schedule::CosineAnnealing { t_max, eta_min } => {
                 put("T_max", Value::Int(*t_max));
                 put("eta_min", Value::Float(*eta_min));
