@@ -14,4 +14,5 @@ mod python_rule;
 mod resume;
 mod resume_from_lightning;
 mod tensorboard;
+mod timer;
 mod weight_averaging;

@@ -11,6 +11,7 @@ mod early_stopping;
 pub(crate) mod error;
 mod lr_monitor;
 mod model_checkpoint;
+mod timer;
 mod weight_averaging;
 
 pub use early_stopping::{EarlyStopping, EarlyStoppingBuilder, StoppingReason};
@@ -22,6 +23,7 @@ pub(crate) use model_checkpoint::find_last_checkpoint_in;
 pub use model_checkpoint::{
     find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
 };
+pub use timer::{Timer, TimerInterval};
 pub use weight_averaging::{Averaging, WeightAveraging};
 
 pub use crate::pyfmt::{MetricValue, Metrics};
@@ -273,6 +275,10 @@ pub trait Callback: Send + Any {
     }
     /// After a validation run's last batch, before its epoch metrics are reduced.
     fn on_validation_epoch_end(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
+        Ok(())
+    }
+    /// When training starts: after `on_fit_start` and the sanity check.
+    fn on_train_start(&mut self, _t: &mut TrainerContext<'_>) -> crate::Result<()> {
         Ok(())
     }
     /// When training ends (before `on_fit_end`; not after a preemption).

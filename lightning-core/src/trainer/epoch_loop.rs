@@ -75,10 +75,12 @@ impl Trainer {
                 if !last {
                     self.run.progress.point = LoopPoint::Outside;
                 }
-                // under DDP every rank stops at the same step when any rank was signalled
-                let preempted = match &self.world {
-                    Some(w) => w.any(preempt.requested())?,
-                    None => preempt.requested(),
+                // under DDP every rank stops at the same step when any rank was signalled, or
+                // when a callback on any rank asked to stop (one all-reduce for both)
+                let local = [preempt.requested(), self.run.flags.should_stop];
+                let [preempted, stop] = match &self.world {
+                    Some(w) => w.any_of(local)?,
+                    None => local,
                 };
                 if preempted {
                     bar.finish();
@@ -86,6 +88,12 @@ impl Trainer {
                     return self.save_preempted(model);
                 }
                 if self.cfg.max_steps >= 0 && self.run.progress.global_step >= self.cfg.max_steps {
+                    self.run.flags.should_stop = true;
+                    break;
+                }
+                // A callback asked to stop (Lightning's `trainer.should_stop`: its epoch loop
+                // is done at the end of this batch).
+                if stop && !last {
                     self.run.flags.should_stop = true;
                     break;
                 }

@@ -281,6 +281,7 @@ impl Trainer {
         self.optim = Some(optim);
         self.hooks(&*model, |cb, t| cb.on_fit_start(t))?;
         self.sanity_check(model, data)?;
+        self.hooks(&*model, |cb, t| cb.on_train_start(t))?;
         self.run.clock.start();
         let max_epochs = effective_max_epochs(&self.cfg);
         while !self.run.flags.should_stop

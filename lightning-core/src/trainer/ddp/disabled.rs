@@ -56,7 +56,7 @@ impl World {
         self.never()
     }
 
-    pub fn any(&self, _flag: bool) -> Result<bool> {
+    pub fn any_of<const N: usize>(&self, _flags: [bool; N]) -> Result<[bool; N]> {
         self.never()
     }
 

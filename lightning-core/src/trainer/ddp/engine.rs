@@ -123,13 +123,18 @@ impl World {
         Ok(())
     }
 
-    /// Whether `flag` is true on any rank (every rank gets the same answer).
-    pub fn any(&self, flag: bool) -> Result<bool> {
-        let mut t = [Tensor::from_slice(&[i64::from(flag)])];
+    /// Whether each flag is true on any rank (every rank gets the same answers), in one
+    /// all-reduce.
+    pub fn any_of<const N: usize>(&self, flags: [bool; N]) -> Result<[bool; N]> {
+        let mut t = [Tensor::from_slice(&flags.map(i64::from))];
         self.pg
             .all_reduce(&mut t, lightning_dist::ReduceOp::Max)
             .map_err(dist_err)?;
-        Ok(t[0].int64_value(&[0]) != 0)
+        let mut out = [false; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = t[0].int64_value(&[i as i64]) != 0;
+        }
+        Ok(out)
     }
 
     /// A local rank that already failed, as an error naming it.
