@@ -1,6 +1,7 @@
 mod basic;
 mod callbacks_parity;
 mod data_loading;
+mod debug_flags;
 mod digits_resume;
 mod hooks_state;
 mod lightning_resumes_ours;

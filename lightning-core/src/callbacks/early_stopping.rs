@@ -188,7 +188,7 @@ impl EarlyStopping {
     }
 
     fn skip(t: &TrainerContext<'_>) -> bool {
-        !t.run.is_fitting || t.run.sanity_checking
+        !t.run.is_fitting || t.run.sanity_checking || t.run.fast_dev_run
     }
 
     fn run_check(&mut self, t: &mut TrainerContext<'_>) -> crate::Result<()> {

@@ -79,6 +79,8 @@ pub struct RunInfo<'a> {
     /// step about to run, `global_step + 1`, is a multiple of `log_every_n_steps`, or the
     /// trainer is stopping).
     pub should_update_logs: bool,
+    /// `fast_dev_run` is on: checkpointing and early stopping stand down (Lightning's).
+    pub fast_dev_run: bool,
 }
 
 impl<'a> RunInfo<'a> {
@@ -97,6 +99,7 @@ impl<'a> RunInfo<'a> {
             sanity_checking: false,
             is_last_batch: false,
             is_fitting: true,
+            fast_dev_run: false,
             num_val_batches: 0,
             check_val_every_n_epoch: Some(1),
             val_check_within_epoch: false,

@@ -154,6 +154,11 @@ impl DataLoader {
         l.iterable = Some(Arc::new(dataset));
         l
     }
+    /// Whether each epoch's order is shuffled.
+    pub fn shuffles(&self) -> bool {
+        self.shuffle
+    }
+
     /// Shuffle every epoch (the order depends on the trainer's seed and the epoch).
     pub fn shuffle(mut self, on: bool) -> Self {
         self.shuffle = on;

@@ -64,6 +64,8 @@ pub struct TrainerConfig {
     pub limit_test_batches: Limit,
     pub limit_predict_batches: Limit,
     pub num_sanity_val_steps: usize,
+    pub fast_dev_run: usize,
+    pub overfit_batches: Option<Limit>,
     pub gradient_clip_val: Option<f64>,
     pub gradient_clip_algorithm: ClipAlgorithm,
     pub accumulate_grad_batches: usize,
@@ -111,6 +113,8 @@ impl Default for TrainerConfig {
             limit_test_batches: Limit::All,
             limit_predict_batches: Limit::All,
             num_sanity_val_steps: 2,
+            fast_dev_run: 0,
+            overfit_batches: None,
             gradient_clip_val: None,
             gradient_clip_algorithm: ClipAlgorithm::Norm,
             accumulate_grad_batches: 1,
@@ -291,9 +295,54 @@ impl TrainerBuilder {
     setter!(/// Nodes of a `strategy="ddp"` job (default 1).
         num_nodes: usize => num_nodes = |v| v);
 
+    /// Lightning's `fast_dev_run`: run `n` batches of training, validation (and test,
+    /// predict) once, to check the code: `max_steps = n`, one epoch, no sanity check; logging
+    /// and checkpointing are suppressed (`true` in Lightning is 1; 0: off).
+    pub fn fast_dev_run(mut self, n: usize) -> Self {
+        self.cfg.fast_dev_run = n;
+        self
+    }
+
+    /// Lightning's `overfit_batches`: train and validate on this many (or this fraction of)
+    /// batches, without shuffling, epoch after epoch.
+    pub fn overfit_batches(mut self, limit: impl Into<Limit>) -> Self {
+        let l = limit.into();
+        self.cfg.overfit_batches = match l {
+            Limit::Batches(0) => None,
+            Limit::Fraction(f) if f <= 0.0 => None,
+            l => Some(l),
+        };
+        self
+    }
+
     /// Checks the settings and builds the trainer.
     pub fn build(self) -> Result<Trainer> {
-        let cfg = self.cfg;
+        let mut cfg = self.cfg;
+        let mut loggers = self.loggers;
+        // Lightning's `_init_debugging_flags`.
+        if cfg.fast_dev_run > 0 {
+            let n = cfg.fast_dev_run;
+            if cfg.overfit_batches.is_none() {
+                cfg.limit_train_batches = Limit::Batches(n);
+                cfg.limit_val_batches = Limit::Batches(n);
+            }
+            cfg.limit_test_batches = Limit::Batches(n);
+            cfg.limit_predict_batches = Limit::Batches(n);
+            cfg.max_steps = n as i64;
+            cfg.num_sanity_val_steps = 0;
+            cfg.max_epochs = Some(1);
+            cfg.val_check_interval = None;
+            cfg.check_val_every_n_epoch = 1;
+            loggers = Loggers::from(false);
+            println!(
+                "Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es). \
+                 Logging and checkpointing is suppressed."
+            );
+        }
+        if let Some(l) = cfg.overfit_batches {
+            cfg.limit_train_batches = l;
+            cfg.limit_val_batches = l;
+        }
         if let Some(e) = self.precision_error {
             return Err(e.into());
         }
@@ -323,6 +372,6 @@ impl TrainerBuilder {
                 "max_epochs and max_steps must be >= -1".into(),
             ));
         }
-        Ok(Trainer::new(cfg, self.callbacks, self.loggers))
+        Ok(Trainer::new(cfg, self.callbacks, loggers))
     }
 }

@@ -19,7 +19,7 @@ use super::preempt::Preemption;
 use super::saver::Saver;
 use super::state::{RunSetup, RunState};
 use super::strategy::{DdpOptions, Strategy};
-use super::{effective_max_epochs, need, CkptPath, Trainer};
+use super::{effective_max_epochs, need, warn, CkptPath, Trainer};
 use crate::callbacks::{Callback, ModelCheckpoint};
 use crate::data::{mix_seed, DataModule};
 use crate::error::{Error, Result};
@@ -129,6 +129,15 @@ impl Trainer {
         // hyperparameters' rules before libtorch sees a bad value.
         model.hparams().validate()?;
         let train = need(data.train_loader(), "fit: train")?;
+        // overfit_batches: the same batches every epoch (Lightning turns shuffling off).
+        let unshuffled = (self.cfg.overfit_batches.is_some() && train.shuffles()).then(|| {
+            warn(
+                "You requested to overfit but enabled train dataloader shuffling. We are turning \
+                 off the train dataloader shuffling for you.",
+            );
+            train.clone().shuffle(false)
+        });
+        let train = unshuffled.as_ref().unwrap_or(train);
         let manual = !model.automatic_optimization();
         if manual {
             // before a DDP job is joined: a refused configuration starts no ranks

@@ -164,6 +164,7 @@ fn run_info<'a>(
         val_check_within_epoch: run.setup.val_every.is_some(),
         validation_ran: run.flags.val_ran,
         checkpoint_io: &*cfg.checkpoint_io,
+        fast_dev_run: cfg.fast_dev_run > 0,
         should_update_logs: (run.progress.global_step + 1) % cfg.log_every_n_steps.max(1) as i64
             == 0
             || run.flags.should_stop,

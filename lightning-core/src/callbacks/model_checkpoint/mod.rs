@@ -339,6 +339,7 @@ impl ModelCheckpoint {
     fn should_skip_saving(&self, t: &TrainerContext<'_>) -> bool {
         !t.run.is_fitting
             || t.run.sanity_checking
+            || t.run.fast_dev_run
             || self.last_global_step_saved == t.run.global_step
     }
 
@@ -547,6 +548,7 @@ impl Callback for ModelCheckpoint {
         self.hook(t, |me, t| {
             if !me.save_on_exception
                 || t.run.sanity_checking
+                || t.run.fast_dev_run
                 || me.last_global_step_saved == t.run.global_step
             {
                 return Ok(());
