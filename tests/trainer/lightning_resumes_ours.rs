@@ -202,3 +202,46 @@ fn python_lightning_resumes_our_trainers_checkpoint_with_its_optimizer_and_sched
         [(steps + STEPS_PER_EPOCH) as f64; 4]
     );
 }
+
+/// A datamodule's hyperparameters go into our checkpoints as Lightning writes them, so
+/// `LightningDataModule.load_from_checkpoint` rebuilds the datamodule from our file.
+#[test]
+fn a_datamodule_rebuilds_from_our_checkpoint_in_lightning() {
+    let _serial = trainer_util::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, _vs) = Tiny::new(TinyHp::default(), 2);
+    let mut hp = lightning_core::Dict::new();
+    hp.insert("batch_size".into(), 8i64.into());
+    hp.insert("root".into(), "data/digits".into());
+    let dm = data(64, 8, true).hyper_parameters(hp);
+    let mut t = Trainer::builder()
+        .enable_progress_bar(false)
+        .logger(false)
+        .enable_checkpointing(false)
+        .default_root_dir(dir.path())
+        .max_epochs(1)
+        .build()
+        .unwrap();
+    t.fit(&mut m, &dm, None).unwrap();
+    let p = dir.path().join("dm.ckpt");
+    t.save_checkpoint(&m, &p, false).unwrap();
+    let c = checkpoint::load(&p).unwrap();
+    assert_eq!(
+        c.get("datamodule_hparams_name").and_then(Value::as_str),
+        Some("kwargs")
+    );
+    let script = r#"
+import sys, warnings, lightning.pytorch as pl
+warnings.filterwarnings("ignore")
+class DM(pl.LightningDataModule):
+    def __init__(self, batch_size=1, root="nowhere"):
+        super().__init__()
+        self.save_hyperparameters()
+dm = DM.load_from_checkpoint(sys.argv[1])
+print(dm.hparams.batch_size, dm.hparams.root)
+"#;
+    let Some(out) = lightning_testkit::run_python(script, &[p.to_str().unwrap()]) else {
+        return;
+    };
+    assert_eq!(out.unwrap().lines().last(), Some("8 data/digits"));
+}

@@ -175,6 +175,7 @@ pub struct DataModule {
     test: Option<DataLoader>,
     predict: Option<DataLoader>,
     state: Option<NamedState>,
+    hparams: Option<crate::value::Dict>,
 }
 
 impl DataModule {
@@ -216,6 +217,18 @@ impl DataModule {
             state,
         });
         self
+    }
+    /// The datamodule's hyperparameters (what Lightning's `LightningDataModule` keeps with
+    /// `save_hyperparameters()`): saved in checkpoints as `datamodule_hyper_parameters`
+    /// (`datamodule_hparams_name = "kwargs"`), so `YourDataModule.load_from_checkpoint` in
+    /// Python rebuilds it.
+    pub fn hyper_parameters(mut self, hparams: crate::value::Dict) -> Self {
+        self.hparams = Some(hparams);
+        self
+    }
+    /// The hyperparameters given to [`DataModule::hyper_parameters`].
+    pub fn hparams(&self) -> Option<&crate::value::Dict> {
+        self.hparams.as_ref()
     }
     /// The name the datamodule's state is saved under, when it has one.
     pub fn state_name(&self) -> Option<&str> {

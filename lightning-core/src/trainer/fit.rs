@@ -186,6 +186,7 @@ impl Trainer {
                     self.cfg.limit_train_batches.apply(train.len()),
                 ),
                 datamodule: data.named_state().cloned(),
+                datamodule_hparams: data.hparams().cloned(),
                 resumed_from: None,
                 train: Some(train.clone()),
             },

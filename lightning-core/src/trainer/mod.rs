@@ -287,6 +287,17 @@ pub(crate) fn checkpoint_of<'c, M: LightningModule>(
             .and_then(|o| o.scaler.as_ref())
             .map(|s| s.state_dict());
     }
+    if let Some(hp) = &run.setup.datamodule_hparams {
+        // Lightning's `dump_checkpoint`: after the module's hyperparameters.
+        ckpt.extra.insert(
+            Key::from("datamodule_hparams_name"),
+            crate::value::Value::from("kwargs"),
+        );
+        ckpt.extra.insert(
+            Key::from("datamodule_hyper_parameters"),
+            crate::value::Value::Dict(hp.clone()),
+        );
+    }
     let mut value = ckpt.to_value();
     if !weights_only {
         for c in &callbacks {

@@ -55,6 +55,8 @@ pub(crate) struct RunSetup {
     pub(super) val_every: Option<usize>,
     /// The datamodule's state, saved in checkpoints under its name.
     pub(super) datamodule: Option<crate::data::NamedState>,
+    /// The datamodule's hyperparameters (saved as `datamodule_hyper_parameters`).
+    pub(super) datamodule_hparams: Option<crate::value::Dict>,
     /// The checkpoint this `fit` resumed from.
     pub(super) resumed_from: Option<PathBuf>,
     /// The training loader (this rank's, under DDP), whose state mid-epoch saves carry.
