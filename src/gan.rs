@@ -172,6 +172,13 @@ pub struct Args {
     /// libtorch intra-op threads (0: libtorch's default; 1 keeps CPU runs bitwise repeatable).
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
+    /// `auto`, or `ddp_find_unused_parameters_true` (one process per device: each manual
+    /// backward leaves the other network's parameters unused, as Lightning's GAN needs).
+    #[arg(long, default_value = "auto")]
+    pub strategy: String,
+    /// Processes with a DDP strategy.
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
 }
 
 /// What a run ended with.
@@ -183,6 +190,10 @@ pub struct Outcome {
     pub global_step: i64,
     /// The checkpoint directory (`<root>/checkpoints`).
     pub checkpoints: PathBuf,
+    /// The final weights, by name.
+    pub weights: Vec<(String, Tensor)>,
+    /// Whether this process is global rank 0.
+    pub rank_zero: bool,
 }
 
 /// Trains (or resumes) the GAN up to `--max-epochs`.
@@ -206,6 +217,8 @@ pub fn train(args: &Args) -> anyhow::Result<Outcome> {
         .seed(args.seed)
         .device(crate::digits::device(&args.device)?)
         .precision(args.precision.as_str())
+        .strategy(args.strategy.as_str())
+        .devices(args.devices)
         .enable_progress_bar(false)
         .callback(ckpt)
         .build()?;
@@ -240,5 +253,7 @@ pub fn train(args: &Args) -> anyhow::Result<Outcome> {
         epoch: trainer.current_epoch(),
         global_step: trainer.global_step(),
         checkpoints,
+        weights: model.named_parameters(),
+        rank_zero: trainer.is_global_zero(),
     })
 }

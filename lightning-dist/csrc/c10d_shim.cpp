@@ -7,6 +7,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
+#include <torch/csrc/distributed/c10d/logger.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 
 #include <algorithm>
@@ -19,8 +20,11 @@
 using ldist::guard;
 
 struct ldist_reducer {
-  std::unique_ptr<c10d::Reducer> reducer;
+  std::shared_ptr<c10d::Reducer> reducer;
   bool find_unused_parameters = false;
+  // DDP's logger: the reducer reaches it (through a weak pointer) when the set of unused
+  // parameters changes between iterations (find_unused_parameters), as a GAN's does.
+  std::shared_ptr<c10d::Logger> logger;
 };
 
 namespace {
@@ -329,13 +333,20 @@ char* ldist_reducer_new(ldist_pg* h, ldist_tensor* const* ts, size_t n,
     auto buckets = std::get<0>(assignment);
     // Gradients arrive roughly in reverse definition order (DDP reverses too).
     std::reverse(buckets.begin(), buckets.end());
-    auto reducer = std::make_unique<c10d::Reducer>(
+    auto reducer = std::make_shared<c10d::Reducer>(
         params, std::move(buckets), h->pg, sparse, bucket_bytes_cap,
         find_unused_parameters != 0, gradient_as_bucket_view != 0,
         std::unordered_map<size_t, std::string>{}, first_bucket_bytes_cap,
         /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
         std::vector<int64_t>{});
-    *out = new ldist_reducer{std::move(reducer), find_unused_parameters != 0};
+    auto logger = std::make_shared<c10d::Logger>(reducer);
+    // As DistributedDataParallel's constructor does: the logger's data must exist before the
+    // reducer (or the logger's destructor) logs through it.
+    logger->set_construction_data_and_log("lightning_rs", /*device_ids=*/{}, /*output_device=*/-1,
+                                          /*broadcast_buffers=*/true, /*has_sync_bn=*/false,
+                                          /*static_graph=*/false);
+    reducer->set_logger(logger);
+    *out = new ldist_reducer{std::move(reducer), find_unused_parameters != 0, std::move(logger)};
   });
 }
 

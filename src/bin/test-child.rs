@@ -16,6 +16,8 @@
 //!   tests/distributed/data_ddp.rs;
 //! - `fsdp ROOT DEVICES MAX_EPOCHS RESUME full|sharded [async]`: a `strategy="fsdp"` run for
 //!   tests/distributed/fsdp.rs;
+//! - `gan-ddp ROOT`: one epoch of the GAN (manual optimization, two optimizers) on 2 DDP
+//!   ranks, each writing its final weights, for tests/distributed/gan_ddp.rs;
 //! - `python-check`: [`lightning_testkit::python`]'s decision, for tests/trainer/python_rule.rs.
 //!
 //! The code each role runs is in `lightning_testkit::roles`, which the test uses too, so both
@@ -32,6 +34,7 @@ fn main() {
         "ddp" => ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
         "data-ddp" => data_ddp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fsdp" => fsdp::child(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "gan-ddp" => gan_ddp(&std::env::args().skip(2).collect::<Vec<_>>()),
         "preempt" => preempt::child(),
         "save-faults" => save_faults::child(),
         "failing-save" => failing_save::child(),
@@ -41,10 +44,45 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: test-child crash-harness|ddp|data-ddp|fsdp|preempt|save-faults|failing-save|python-check \
+                "usage: test-child crash-harness|ddp|data-ddp|fsdp|gan-ddp|preempt|save-faults|failing-save|python-check \
                  (run by the integration tests, with their env vars)"
             );
             std::process::exit(2);
         }
+    }
+}
+
+/// The GAN example on 2 DDP ranks for one epoch; each rank writes
+/// `weights-<rank0|other>-<pid>.ckpt` with its final weights.
+fn gan_ddp(args: &[String]) {
+    use clap::Parser;
+    let root = args.first().cloned().unwrap_or_default();
+    let a = lightning_rs::gan::Args::parse_from([
+        "gan",
+        "--root",
+        &root,
+        "--max-epochs",
+        "1",
+        "--strategy",
+        "ddp_find_unused_parameters_true",
+        "--devices",
+        "2",
+    ]);
+    let r = lightning_rs::gan::train(&a).and_then(|o| {
+        let mut sd = lightning_core::Dict::new();
+        for (k, v) in o.weights {
+            sd.insert(k.into(), lightning_core::Value::Tensor(v));
+        }
+        let tag = if o.rank_zero { "rank0" } else { "other" };
+        let p =
+            std::path::Path::new(&root).join(format!("weights-{tag}-{}.ckpt", std::process::id()));
+        lightning_core::checkpoint::save(&p, &lightning_core::Value::OrderedDict(sd))?;
+        std::fs::write(p.with_extension("steps"), o.global_step.to_string())?;
+        lightning_core::trainer::finish_distributed()?;
+        Ok(())
+    });
+    if let Err(e) = r {
+        eprintln!("gan-ddp child failed: {e:#}");
+        std::process::exit(1);
     }
 }

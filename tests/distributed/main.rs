@@ -1,5 +1,6 @@
 mod data_ddp;
 mod fsdp;
+mod gan_ddp;
 mod sampler;
 mod trainer_ddp;
 

@@ -35,6 +35,16 @@ impl Optimizers {
     }
 }
 
+/// What a distributed strategy does before each backward of a manual step (DDP: re-arm its
+/// reducer, as Lightning's `DDPStrategy.pre_backward` calls `prepare_for_backward` for every
+/// `manual_backward`).
+pub(crate) trait BackwardSync: Send {
+    /// Before `loss.backward()`.
+    fn before_backward(&mut self, loss: &Tensor) -> Result<()>;
+    /// The strategy object back, for the trainer to take it back after the step.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
 /// What the trainer lends a manual-optimization step.
 pub(crate) struct ManualOptim {
     /// The trainer's optimizers and scaler, for this `training_step`.
@@ -44,6 +54,8 @@ pub(crate) struct ManualOptim {
     /// `requires_grad` of every optimizer's parameters before `toggle` (Lightning's
     /// `_param_requires_grad_state`), keyed by the tensor's data pointer.
     toggled: Vec<(usize, Tensor, bool)>,
+    /// The distributed strategy's gradient sync (DDP), lent for this step.
+    pub sync: Option<Box<dyn BackwardSync>>,
 }
 
 impl std::fmt::Debug for ManualOptim {
@@ -61,6 +73,7 @@ impl ManualOptim {
             lent,
             steps: 0,
             toggled: Vec::new(),
+            sync: None,
         }
     }
 
@@ -75,10 +88,14 @@ impl ManualOptim {
         Ok((e.optimizer.as_mut(), scaler))
     }
 
-    /// `loss` scaled by the grad scaler (16-mixed), back-propagated.
-    pub fn backward(&self, loss: &Tensor) -> Result<()> {
-        self.lent
-            .scale(loss.shallow_clone())
+    /// `loss` scaled by the grad scaler (16-mixed), back-propagated (under DDP, the gradients
+    /// averaged over the ranks by the reducer during the backward).
+    pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        let scaled = self.lent.scale(loss.shallow_clone());
+        if let Some(s) = &mut self.sync {
+            s.before_backward(&scaled)?;
+        }
+        scaled
             .f_backward()
             .map_err(|e| ModuleError::Backward(e).into())
     }

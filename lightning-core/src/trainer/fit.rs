@@ -73,14 +73,6 @@ fn check_optimization(cfg: &super::TrainerConfig, manual: bool, optimizers: usiz
                 .into(),
         ));
     }
-    if matches!(cfg.strategy, Strategy::Ddp(_)) && cfg.devices * cfg.num_nodes > 1 {
-        return Err(Error::Config(
-            "manual optimization is not supported with strategy=\"ddp\" yet: the DDP reducer \
-             is driven for one backward per forward, and a manual step may run several (with \
-             parameters toggled off); train on one process or use automatic optimization"
-                .into(),
-        ));
-    }
     Ok(())
 }
 
@@ -356,8 +348,19 @@ mod tests {
             two.contains("only supported with manual optimization"),
             "{two}"
         );
-        let ddp = refused(Trainer::builder().strategy("ddp").devices(2), true, 2);
-        assert!(ddp.contains("not supported with strategy=\"ddp\""), "{ddp}");
+        // manual optimization trains under DDP (tests/distributed/gan_ddp.rs), not under FSDP
+        let cfg = Trainer::builder()
+            .strategy("ddp")
+            .devices(2)
+            .build()
+            .unwrap()
+            .cfg;
+        assert!(check_optimization(&cfg, true, 2).is_ok());
+        let fsdp = refused(Trainer::builder().strategy("fsdp").devices(2), true, 2);
+        assert!(
+            fsdp.contains("not supported with strategy=\"fsdp\""),
+            "{fsdp}"
+        );
         let clip = refused(Trainer::builder().gradient_clip_val(0.5), true, 1);
         assert!(clip.contains("gradient_clip_val(0.5)"), "{clip}");
         let cfg = Trainer::builder().build().unwrap().cfg;

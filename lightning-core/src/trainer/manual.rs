@@ -23,7 +23,18 @@ impl Trainer {
         ctx: &mut StepContext,
     ) -> Result<bool> {
         let lent = self.optim.take().ok_or_else(no_optimizer)?;
-        ctx.manual = Some(ManualOptim::new(lent));
+        let mut manual = ManualOptim::new(lent);
+        // Under DDP the reducer is lent too: armed for this forward, re-armed before every
+        // `manual_backward` (Lightning's `pre_backward`).
+        if let Some(mut d) = self.ddp.take() {
+            let armed = d.before_forward(true);
+            manual.sync = Some(Box::new(d));
+            if let Err(e) = armed {
+                self.take_back(manual);
+                return Err(e);
+            }
+        }
+        ctx.manual = Some(manual);
         let out = self
             .cfg
             .precision
@@ -32,7 +43,7 @@ impl Trainer {
             .and_then(|r| r);
         if let Some(m) = ctx.manual.take() {
             self.run.progress.manual_stepped(m.steps);
-            self.optim = Some(m.lent);
+            self.take_back(m);
         }
         // the returned loss is not back-propagated (Lightning detaches it)
         let _loss = out.map_err(|e| Error::Step {
@@ -43,5 +54,13 @@ impl Trainer {
         })?;
         self.run.progress.batch_done(idx, n);
         Ok(true)
+    }
+
+    /// The optimizers (and the DDP reducer) lent to a manual step, back with the trainer.
+    fn take_back(&mut self, mut m: ManualOptim) {
+        if let Some(sync) = m.sync.take() {
+            self.ddp = sync.into_any().downcast().ok().map(|d| *d);
+        }
+        self.optim = Some(m.lent);
     }
 }

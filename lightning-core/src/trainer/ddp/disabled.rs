@@ -144,6 +144,16 @@ impl Fsdp {
     }
 }
 
+impl crate::lightning_module::BackwardSync for Ddp {
+    fn before_backward(&mut self, _loss: &Tensor) -> Result<()> {
+        self.world.never()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::trainer::Trainer;

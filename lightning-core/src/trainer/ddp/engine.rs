@@ -212,6 +212,11 @@ impl Ddp {
         Ok(())
     }
 
+    /// Before every backward of a manual-optimization step (several per forward).
+    pub fn before_manual_backward(&mut self, loss: &Tensor) -> Result<()> {
+        self.before_backward(loss, true)
+    }
+
     /// After the forward, before `backward()` of `loss`.
     pub fn before_backward(&mut self, loss: &Tensor, sync: bool) -> Result<()> {
         if !sync {
@@ -221,5 +226,15 @@ impl Ddp {
         self.reducer
             .prepare_for_backward(&outputs)
             .map_err(dist_err)
+    }
+}
+
+impl crate::lightning_module::BackwardSync for Ddp {
+    fn before_backward(&mut self, loss: &Tensor) -> Result<()> {
+        self.before_manual_backward(loss)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 }
