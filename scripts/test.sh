@@ -16,6 +16,9 @@ cargo clippy --workspace --all-targets --test ui --locked -- -D warnings
 # lints clean and passes its unit tests and doctests (rebuilds lightning-core only).
 cargo clippy -p lightning-core --no-default-features --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked --no-run
+# The example binaries tests/trainer/digits_resume.rs runs (`cargo test --all-targets` builds
+# examples only as test harnesses).
+cargo build --example digits --locked
 # The macros' trybuild cases (`test = false`: not part of --all-targets) build their binary
 # here, then check their cases in trybuild's own target directory beside the other tests.
 cargo test -p lightning-macros --test ui --locked --no-run

@@ -296,30 +296,32 @@ fn bad_schedules_are_errors() {
 const PLATEAU_SCRIPT: &str = r#"
 from torch.optim import lr_scheduler as L
 inp = json.load(open(sys.argv[1]))
-def fresh():
-    ps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
-    opt = torch.optim.SGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.05}], momentum=0.9)
-    return opt, L.ReduceLROnPlateau(opt, **inp["kw"])
-opt, s = fresh()
-half = len(inp["metrics"]) // 2
-lrs, state = [], None
-for i, m in enumerate(inp["metrics"]):
-    if i == half:
-        state = s.state_dict()
-    s.step(m)
-    lrs.append([g["lr"] for g in opt.param_groups])
-# Python loads our state taken halfway and continues.
-opt2, s2 = fresh()
-s2.load_state_dict(dec(inp["ours"]))
-for g, lr in zip(opt2.param_groups, s2.get_last_lr()):
-    g["lr"] = lr
-cont = []
-for m in inp["metrics"][half:]:
-    s2.step(m)
-    cont.append([g["lr"] for g in opt2.param_groups])
-# JSON has no infinities: mode_worse (always +-inf, recomputed from mode) goes as a string.
-state["mode_worse"] = repr(state["mode_worse"])
-print(json.dumps({"lrs": lrs, "state": enc(state), "cont": cont}))
+def run(kw, ours):
+    def fresh():
+        ps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+        opt = torch.optim.SGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.05}], momentum=0.9)
+        return opt, L.ReduceLROnPlateau(opt, **kw)
+    opt, s = fresh()
+    half = len(inp["metrics"]) // 2
+    lrs, state = [], None
+    for i, m in enumerate(inp["metrics"]):
+        if i == half:
+            state = s.state_dict()
+        s.step(m)
+        lrs.append([g["lr"] for g in opt.param_groups])
+    # Python loads our state taken halfway and continues.
+    opt2, s2 = fresh()
+    s2.load_state_dict(dec(ours))
+    for g, lr in zip(opt2.param_groups, s2.get_last_lr()):
+        g["lr"] = lr
+    cont = []
+    for m in inp["metrics"][half:]:
+        s2.step(m)
+        cont.append([g["lr"] for g in opt2.param_groups])
+    # JSON has no infinities: mode_worse (always +-inf, recomputed from mode) goes as a string.
+    state["mode_worse"] = repr(state["mode_worse"])
+    return {"lrs": lrs, "state": enc(state), "cont": cont}
+print(json.dumps([run(kw, ours) for kw, ours in inp["cases"]]))
 "#;
 
 /// `ReduceLROnPlateau` in each mode against torch: the lr after every step, the state dict,
@@ -360,10 +362,12 @@ fn reduce_lr_on_plateau() {
             json!({"patience": 0, "cooldown": 2, "factor": 0.3, "min_lr": [0.004, 0.002]}),
         ),
     ];
-    for (cfg, kw) in cases {
+    // Ours first, every case; then one Python run for all of them.
+    let half = metrics.len() / 2;
+    let mut runs = Vec::new();
+    for (cfg, kw) in &cases {
         let mut o = opt();
         let mut s = ReduceLROnPlateau::new(&o, cfg.clone()).unwrap();
-        let half = metrics.len() / 2;
         let (mut lrs, mut ours) = (vec![], None);
         for (i, &m) in metrics.iter().enumerate() {
             if i == half {
@@ -382,17 +386,22 @@ fn reduce_lr_on_plateau() {
         // JSON has no infinities (see the script).
         let worse = if kw["mode"] == "max" { "-inf" } else { "inf" };
         ours.insert("mode_worse", worse);
-        let Some(py) = python_json(
-            PLATEAU_SCRIPT,
-            &json!({"kw": kw, "metrics": metrics, "ours": to_json(&ours)}),
-        ) else {
-            return;
-        };
+        runs.push((lrs, ours));
+    }
+    let input: Vec<Json> = cases
+        .iter()
+        .zip(&runs)
+        .map(|((_, kw), (_, ours))| json!([kw, to_json(ours)]))
+        .collect();
+    let Some(py) = python_json(PLATEAU_SCRIPT, &json!({"metrics": metrics, "cases": input})) else {
+        return;
+    };
+    for (((cfg, kw), (lrs, ours)), py) in cases.into_iter().zip(&runs).zip(py.as_array().unwrap()) {
         for (i, (a, b)) in lrs.iter().zip(py["lrs"].as_array().unwrap()).enumerate() {
             equal(a, &floats(b), &format!("{kw}: lr after step {i}"));
         }
         assert_close(
-            &ours,
+            ours,
             &from_json(&py["state"]),
             0.0,
             &format!("{kw}: state_dict"),

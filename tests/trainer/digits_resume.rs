@@ -1,4 +1,5 @@
-//! The digits example (`examples/digits.rs`, built by `cargo test --all-targets`) with each LR
+//! The digits example (`examples/digits.rs`: `cargo build --example digits`, which
+//! `scripts/test.sh` runs before the tests) with each LR
 //! schedule and with EMA weight averaging: 2 epochs, then `--resume last` to 4, ends with the
 //! checkpoint of 4 straight epochs, bit for bit (weights, averaged weights, optimizer,
 //! scheduler, loops; not the ModelCheckpoint paths or the wall time).
@@ -19,7 +20,7 @@ fn digits() -> PathBuf {
         .unwrap();
     assert!(
         p.is_file(),
-        "{} is missing: build the examples (cargo test --all-targets builds them)",
+        "{} is missing: run `cargo build --example digits` first (scripts/test.sh does)",
         p.display()
     );
     p
