@@ -14,36 +14,39 @@ use tch::{Kind, Tensor};
 const SCRIPT: &str = r#"
 from torch.optim import lr_scheduler as L
 inp = json.load(open(sys.argv[1]))
-ps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
-opt = torch.optim.SGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.05}], momentum=0.9)
-def build(spec):
+def fresh():
+    ps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    return torch.optim.SGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.05}], momentum=0.9)
+def build(opt, spec):
     if spec["cls"] == "SequentialLR":
-        subs = [build(s) for s in spec["schedulers"]]
+        subs = [build(opt, s) for s in spec["schedulers"]]
         return L.SequentialLR(opt, subs, spec["milestones"])
     kw = dict(spec.get("kw", {}))
     if "lambda" in spec:
         kw["lr_lambda"] = eval(spec["lambda"])
     return getattr(L, spec["cls"])(opt, **kw)
-s = build(inp["spec"])
-lrs, moms, state = [s.get_last_lr()], [[g["momentum"] for g in opt.param_groups]], None
-for i in range(inp["steps"] + 1):
-    if i == inp["steps"]:
-        state = s.state_dict()
+def run(spec, steps, ours):
+    opt = fresh()
+    s = build(opt, spec)
+    lrs, moms, state = [s.get_last_lr()], [[g["momentum"] for g in opt.param_groups]], None
+    for i in range(steps + 1):
+        if i == steps:
+            state = s.state_dict()
+        opt.step()
+        s.step()
+        lrs.append(s.get_last_lr())
+        moms.append([g["momentum"] for g in opt.param_groups])
+    # Python loads our state into a fresh scheduler and steps once.
+    opt = fresh()
+    s2 = build(opt, spec)
+    s2.load_state_dict(dec(ours))
+    # As on resume, the optimizer's state (its lrs) is restored too.
+    for g, lr in zip(opt.param_groups, s2.get_last_lr()):
+        g["lr"] = lr
     opt.step()
-    s.step()
-    lrs.append(s.get_last_lr())
-    moms.append([g["momentum"] for g in opt.param_groups])
-# Python loads our state into a fresh scheduler and steps once.
-ps2 = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
-opt = torch.optim.SGD([{"params": [ps2[0]], "lr": 0.1}, {"params": [ps2[1]], "lr": 0.05}], momentum=0.9)
-s2 = build(inp["spec"])
-s2.load_state_dict(dec(inp["ours"]))
-# As on resume, the optimizer's state (its lrs) is restored too.
-for g, lr in zip(opt.param_groups, s2.get_last_lr()):
-    g["lr"] = lr
-opt.step()
-s2.step()
-print(json.dumps({"lrs": lrs, "moms": moms, "state": enc(state), "after_load": s2.get_last_lr()}))
+    s2.step()
+    return {"lrs": lrs, "moms": moms, "state": enc(state), "after_load": s2.get_last_lr()}
+print(json.dumps([run(c["spec"], inp["steps"], c["ours"]) for c in inp["cases"]]))
 "#;
 
 const STEPS: usize = 12;
@@ -87,8 +90,27 @@ fn floats(j: &Json) -> Vec<f64> {
         .collect()
 }
 
-fn check(name: &str, schedule: Schedule, spec: Json, compare_state: bool) {
-    // Ours: the sequence, the state after STEPS steps, and one step after loading it.
+/// One schedule's parity case: its name, ours, torch's spec, whether states are compared.
+struct Case {
+    name: &'static str,
+    schedule: Schedule,
+    spec: Json,
+    compare_state: bool,
+}
+
+fn case(name: &'static str, schedule: Schedule, spec: Json, compare_state: bool) -> Case {
+    Case {
+        name,
+        schedule,
+        spec,
+        compare_state,
+    }
+}
+
+/// Ours: the lr and momentum sequences, and the state after STEPS steps.
+type Ours = (Vec<Vec<f64>>, Vec<Vec<f64>>, Value);
+
+fn ours(schedule: &Schedule) -> Ours {
     let mut o = opt();
     let mut s = Scheduler::new(&mut o, schedule.clone()).unwrap();
     let mut lrs = vec![s.last_lr()];
@@ -102,13 +124,12 @@ fn check(name: &str, schedule: Schedule, spec: Json, compare_state: bool) {
         lrs.push(s.last_lr());
         moms.push(vec![o.momentum(0).unwrap(), o.momentum(1).unwrap()]);
     }
-    let ours = state_at.unwrap();
-    let Some(py) = python_json(
-        SCRIPT,
-        &json!({"spec": spec, "steps": STEPS, "ours": to_json(&ours)}),
-    ) else {
-        return;
-    };
+    (lrs, moms, state_at.unwrap())
+}
+
+/// Ours against torch's run of the same case (one Python run serves every case).
+fn compare(c: Case, (lrs, moms, ours): &Ours, py: &Json) {
+    let name = c.name;
     let py_lrs = py["lrs"].as_array().unwrap();
     assert_eq!(py_lrs.len(), lrs.len());
     for (i, (a, b)) in lrs.iter().zip(py_lrs).enumerate() {
@@ -118,11 +139,11 @@ fn check(name: &str, schedule: Schedule, spec: Json, compare_state: bool) {
         equal(a, &floats(b), &format!("{name} momentum at step {i}"));
     }
     let py_state = from_json(&py["state"]);
-    if compare_state {
+    if c.compare_state {
         // Exact, except SequentialLR's sub-scheduler states: ours are rebuilt from the closed
         // form (torch keeps each sub's last lr as it left it; they feed no later lr).
         let tol = if name == "SequentialLR" { 1e-9 } else { 0.0 };
-        assert_close(&ours, &py_state, tol, &format!("{name} state_dict"));
+        assert_close(ours, &py_state, tol, &format!("{name} state_dict"));
     }
     // Python loaded our state and stepped: the same lr as our next step.
     equal(
@@ -132,7 +153,7 @@ fn check(name: &str, schedule: Schedule, spec: Json, compare_state: bool) {
     );
     // We load Python's state and step: the same lr as Python's next step.
     let mut o2 = opt();
-    let mut s2 = Scheduler::new(&mut o2, schedule).unwrap();
+    let mut s2 = Scheduler::new(&mut o2, c.schedule).unwrap();
     s2.load_state_dict(&py_state).unwrap();
     for (g, lr) in floats(&py_lrs[STEPS]).into_iter().enumerate() {
         o2.set_lr(g, lr);
@@ -150,58 +171,73 @@ fn check(name: &str, schedule: Schedule, spec: Json, compare_state: bool) {
     );
 }
 
+/// Every schedule against torch 2.11: the lr (and momentum) after every step and the state
+/// dict bit for bit, and each side continuing from the other's state. One Python run.
 #[test]
-fn step_lr() {
-    check(
-        "StepLR",
-        Schedule::Step {
-            step_size: 3,
-            gamma: 0.5,
-        },
-        json!({"cls": "StepLR", "kw": {"step_size": 3, "gamma": 0.5}}),
-        true,
-    );
+fn schedules_equal_torchs() {
+    let cases = cases();
+    let runs: Vec<Ours> = cases.iter().map(|c| ours(&c.schedule)).collect();
+    let input: Vec<Json> = cases
+        .iter()
+        .zip(&runs)
+        .map(|(c, (_, _, state))| json!({"spec": c.spec, "ours": to_json(state)}))
+        .collect();
+    let Some(py) = python_json(SCRIPT, &json!({"steps": STEPS, "cases": input})) else {
+        return;
+    };
+    let py = py.as_array().unwrap();
+    assert_eq!(py.len(), cases.len());
+    for ((c, run), p) in cases.into_iter().zip(&runs).zip(py) {
+        compare(c, run, p);
+    }
 }
 
-#[test]
-fn multistep_lr() {
-    check(
-        "MultiStepLR",
-        Schedule::MultiStep {
-            milestones: vec![2, 5, 5, 9],
-            gamma: 0.3,
-        },
-        json!({"cls": "MultiStepLR", "kw": {"milestones": [2, 5, 5, 9], "gamma": 0.3}}),
-        true,
-    );
-}
-
-#[test]
-fn exponential_lr() {
-    check(
-        "ExponentialLR",
-        Schedule::Exponential { gamma: 0.8 },
-        json!({"cls": "ExponentialLR", "kw": {"gamma": 0.8}}),
-        true,
-    );
-}
-
-#[test]
-fn cosine_annealing_lr() {
-    check(
-        "CosineAnnealingLR",
-        Schedule::CosineAnnealing {
-            t_max: 5,
-            eta_min: 0.001,
-        },
-        json!({"cls": "CosineAnnealingLR", "kw": {"T_max": 5, "eta_min": 0.001}}),
-        true,
-    );
-}
-
-#[test]
-fn linear_lr() {
-    check(
+/// The parity cases, one per schedule.
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    {
+        v.push(case(
+            "StepLR",
+            Schedule::Step {
+                step_size: 3,
+                gamma: 0.5,
+            },
+            json!({"cls": "StepLR", "kw": {"step_size": 3, "gamma": 0.5}}),
+            true,
+        ));
+    }
+    {
+        v.push(case(
+            "MultiStepLR",
+            Schedule::MultiStep {
+                milestones: vec![2, 5, 5, 9],
+                gamma: 0.3,
+            },
+            json!({"cls": "MultiStepLR", "kw": {"milestones": [2, 5, 5, 9], "gamma": 0.3}}),
+            true,
+        ));
+    }
+    {
+        v.push(case(
+            "ExponentialLR",
+            Schedule::Exponential { gamma: 0.8 },
+            json!({"cls": "ExponentialLR", "kw": {"gamma": 0.8}}),
+            true,
+        ));
+    }
+    {
+        v.push(case(
+            "CosineAnnealingLR",
+            Schedule::CosineAnnealing {
+                t_max: 5,
+                eta_min: 0.001,
+            },
+            json!({"cls": "CosineAnnealingLR", "kw": {"T_max": 5, "eta_min": 0.001}}),
+            true,
+        ));
+    }
+    {
+        v.push(case(
         "LinearLR",
         Schedule::Linear {
             start_factor: 0.25,
@@ -210,56 +246,68 @@ fn linear_lr() {
         },
         json!({"cls": "LinearLR", "kw": {"start_factor": 0.25, "end_factor": 0.9, "total_iters": 6}}),
         true,
-    );
-}
-
-#[test]
-fn one_cycle_lr_without_momentum() {
-    let oc = OneCycle {
-        cycle_momentum: false,
-        ..OneCycle::new(1.0, 14)
-    };
-    check(
+    ));
+    }
+    {
+        let oc = OneCycle {
+            cycle_momentum: false,
+            ..OneCycle::new(1.0, 14)
+        };
+        v.push(case(
         "OneCycleLR",
         Schedule::OneCycle(oc),
         json!({"cls": "OneCycleLR", "kw": {"max_lr": 1.0, "total_steps": 14, "cycle_momentum": false}}),
         true,
-    );
-}
-
-#[test]
-fn one_cycle_lr_cycles_momentum() {
-    let oc = OneCycle {
-        anneal_strategy: lightning_core::optim::Anneal::Linear,
-        three_phase: true,
-        ..OneCycle::new(0.5, 14)
-    };
-    // State not compared: torch keeps max_lr/momenta in the optimizer's groups.
-    check(
+    ));
+    }
+    {
+        let oc = OneCycle {
+            anneal_strategy: lightning_core::optim::Anneal::Linear,
+            three_phase: true,
+            ..OneCycle::new(0.5, 14)
+        };
+        // State not compared: torch keeps max_lr/momenta in the optimizer's groups.
+        v.push(case(
         "OneCycleLR three-phase",
         Schedule::OneCycle(oc),
         json!({"cls": "OneCycleLR", "kw": {"max_lr": 0.5, "total_steps": 14, "anneal_strategy": "linear", "three_phase": true}}),
         false,
-    );
-}
-
-#[test]
-fn warmup_then_cosine_is_sequential_lr() {
-    check(
-        "SequentialLR",
-        Schedule::warmup_then(
-            4,
-            0.1,
-            Schedule::CosineAnnealing {
-                t_max: 6,
-                eta_min: 0.0,
-            },
-        ),
-        json!({"cls": "SequentialLR", "milestones": [4], "schedulers": [
+    ));
+    }
+    {
+        v.push(case(
+            "SequentialLR",
+            Schedule::warmup_then(
+                4,
+                0.1,
+                Schedule::CosineAnnealing {
+                    t_max: 6,
+                    eta_min: 0.0,
+                },
+            ),
+            json!({"cls": "SequentialLR", "milestones": [4], "schedulers": [
             {"cls": "LinearLR", "kw": {"start_factor": 0.1, "end_factor": 1.0, "total_iters": 4}},
             {"cls": "CosineAnnealingLR", "kw": {"T_max": 6, "eta_min": 0.0}}]}),
-        true,
-    );
+            true,
+        ));
+    }
+    {
+        v.push(case(
+            "LambdaLR",
+            Schedule::Lambda(LrLambda::new(|e| 0.95f64.powf(e as f64))),
+            json!({"cls": "LambdaLR", "lambda": "lambda e: 0.95 ** e"}),
+            true,
+        ));
+    }
+    {
+        v.push(case(
+            "MultiplicativeLR",
+            Schedule::Multiplicative(LrLambda::new(|e| if e % 3 == 0 { 0.5 } else { 0.9 })),
+            json!({"cls": "MultiplicativeLR", "lambda": "lambda e: 0.5 if e % 3 == 0 else 0.9"}),
+            true,
+        ));
+    }
+    v
 }
 
 #[test]
@@ -433,24 +481,4 @@ fn reduce_lr_on_plateau() {
             );
         }
     }
-}
-
-#[test]
-fn lambda_lr() {
-    check(
-        "LambdaLR",
-        Schedule::Lambda(LrLambda::new(|e| 0.95f64.powf(e as f64))),
-        json!({"cls": "LambdaLR", "lambda": "lambda e: 0.95 ** e"}),
-        true,
-    );
-}
-
-#[test]
-fn multiplicative_lr() {
-    check(
-        "MultiplicativeLR",
-        Schedule::Multiplicative(LrLambda::new(|e| if e % 3 == 0 { 0.5 } else { 0.9 })),
-        json!({"cls": "MultiplicativeLR", "lambda": "lambda e: 0.5 if e % 3 == 0 else 0.9"}),
-        true,
-    );
 }
