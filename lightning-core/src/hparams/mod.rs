@@ -447,10 +447,7 @@ pub struct TorchDtype(pub tch::Kind);
 impl TorchDtype {
     fn from_name(name: &str) -> Option<TorchDtype> {
         let n = name.trim().strip_prefix("torch.").unwrap_or(name.trim());
-        crate::value::DTYPES
-            .iter()
-            .find(|(d, _, _)| *d == n)
-            .and_then(|(_, _, k)| k.map(TorchDtype))
+        crate::value::dtype_entry(n).and_then(|(_, _, k)| k.map(TorchDtype))
     }
 }
 

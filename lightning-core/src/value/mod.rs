@@ -15,5 +15,5 @@ mod serde;
 mod torch;
 mod tree;
 
-pub use torch::{dtype_name, BigInt, RawTensor, DTYPES};
+pub use torch::{dtype_entry, dtype_name, BigInt, RawTensor, DTYPES};
 pub use tree::{tensor_placeholder, tensors_equal, Dict, Key, QTensor, TorchObject, Value};

@@ -231,6 +231,12 @@ pub const DTYPES: [(&str, usize, Option<Kind>); 46] = [
     ("int7", 1, None),
 ];
 
+/// The [`DTYPES`] entry of the dtype torch names `name` (`float32`): its static name, bytes per
+/// element and tch `Kind`.
+pub fn dtype_entry(name: &str) -> Option<&'static (&'static str, usize, Option<Kind>)> {
+    DTYPES.iter().find(|(d, _, _)| *d == name)
+}
+
 /// torch's name for a tch `Kind` (`float32`, `complex64`, `float8_e4m3fn`).
 pub fn dtype_name(k: Kind) -> &'static str {
     DTYPES.iter().find(|(_, _, kind)| *kind == Some(k)).map_or(

@@ -53,11 +53,6 @@ pub fn rank_file_name(rank: usize) -> String {
     format!("__{rank}_0.distcp")
 }
 
-/// Whether `dir` is a DCP checkpoint directory (it has a `.metadata`).
-pub fn is_dcp_dir(dir: &Path) -> bool {
-    dir.join(METADATA_FILE).is_file()
-}
-
 // ---- flattening ---------------------------------------------------------------------------
 
 /// A flattened item: its dotted key, its path in the nested state, and the value.
@@ -243,9 +238,7 @@ impl WrittenItem {
             serde_json::Value::Null => None,
             t => {
                 let dtype = t["dtype"].as_str().ok_or("no dtype")?;
-                let dtype = crate::value::DTYPES
-                    .iter()
-                    .find(|(d, _, _)| *d == dtype)
+                let dtype = crate::value::dtype_entry(dtype)
                     .map(|(d, _, _)| *d)
                     .ok_or(format!("unknown dtype {dtype}"))?;
                 Some((
@@ -603,9 +596,7 @@ impl DcpReader {
         let t = self.tensor_meta(key)?;
         metadata::check_chunk(&t.size, offsets, sizes)
             .map_err(|e| self.err(format!("{key}: {e}")))?;
-        let kind = crate::value::DTYPES
-            .iter()
-            .find(|(d, _, _)| *d == t.dtype)
+        let kind = crate::value::dtype_entry(t.dtype)
             .and_then(|(_, _, k)| *k)
             .ok_or_else(|| self.err(format!("{key}: dtype {} is not supported", t.dtype)))?;
         // The usual resume on the same world size: one saved block is exactly the one asked
@@ -708,11 +699,6 @@ impl DcpReader {
         }
         unflatten(items).map_err(|e| self.err(e))
     }
-
-    /// Every item's key, in save order.
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.meta.items.keys()
-    }
 }
 
 /// The intersection of two blocks, as (start, end) per dimension, if not empty.
@@ -744,14 +730,4 @@ pub fn shard_rows(n: i64, rank: usize, world: usize) -> (i64, i64) {
     let c = (n + w - 1) / w;
     let r = rank as i64;
     ((r * c).min(n), ((r + 1) * c).min(n))
-}
-
-/// Keys of the items under `prefix.` (`model` → `model.fc.weight`, ...), in save order.
-pub fn keys_under<'a>(
-    meta: &'a Metadata,
-    prefix: &'a str,
-) -> impl Iterator<Item = &'a String> + 'a {
-    meta.items
-        .keys()
-        .filter(move |k| k.strip_prefix(prefix).is_some_and(|r| r.starts_with('.')))
 }

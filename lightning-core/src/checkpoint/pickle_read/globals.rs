@@ -3,7 +3,7 @@
 //! refused by name. Protocol-2 pickles name builtins with Python 2's module `__builtin__`,
 //! which is read as `builtins` (torch's `IMPORT_MAPPING` does the same).
 
-use crate::value::DTYPES;
+use crate::value::{dtype_entry, DTYPES};
 use tch::Kind;
 
 /// A storage class named in a persistent id: how its record is read.
@@ -193,7 +193,7 @@ pub(super) fn resolve_global(module: &str, name: &str) -> Option<Glob> {
         ("torch", n) => {
             if let Some(s) = STORAGES.iter().find(|s| s.name == n) {
                 Glob::Storage(s)
-            } else if let Some((d, _, _)) = DTYPES.iter().find(|(d, _, _)| *d == n) {
+            } else if let Some((d, _, _)) = dtype_entry(n) {
                 Glob::Dtype(d)
             } else if let Some(q) = QSCHEMES.iter().find(|q| **q == n) {
                 Glob::QScheme(q)

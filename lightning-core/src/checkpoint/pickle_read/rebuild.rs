@@ -2,7 +2,7 @@
 //! persistent storage ids, tensor views), and converting the result to a [`Value`].
 
 use super::*;
-use crate::value::{QTensor, RawTensor, DTYPES};
+use crate::value::{QTensor, RawTensor};
 
 /// The layouts `torch.serialization._get_layout` names.
 const LAYOUTS: [&str; 8] = [
@@ -370,9 +370,7 @@ impl Vm<'_, '_> {
         } else {
             st.f_view_dtype(Kind::Uint8).map_err(|e| self.err(e))?
         };
-        let (_, itemsize, kind) = DTYPES
-            .iter()
-            .find(|(d, _, _)| *d == dtype)
+        let (_, itemsize, kind) = crate::value::dtype_entry(dtype)
             .copied()
             .ok_or_else(|| self.err(format!("dtype {dtype} in _rebuild_tensor_v3")))?;
         let nbytes = bytes.numel() as i64;
