@@ -89,19 +89,7 @@ pub fn read_dcp_pickle(data: &[u8], path: &Path) -> Result<PyObj, CheckpointErro
             msg: format!("a DCP metadata pickle names storage {key:?}"),
         })
     };
-    let mut vm = Vm {
-        data,
-        pos: 0,
-        path: path.to_owned(),
-        arena: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-        storages: HashMap::new(),
-        budget: std::cell::Cell::new(data.len().saturating_mul(4).max(1 << 20)),
-        load: &mut no_storage,
-        dcp: true,
-    };
+    let mut vm = Vm::new(data, path, &mut no_storage, true);
     let root = vm.run()?;
     let mut budget = vm.budget.get();
     vm.to_pyobj(root, 0, &mut budget)

@@ -111,25 +111,31 @@ pub fn read_pickle(
     path: &Path,
     load: &mut StorageFn<'_>,
 ) -> Result<Value, CheckpointError> {
-    let mut vm = Vm {
-        data,
-        pos: 0,
-        path: path.to_owned(),
-        arena: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-        storages: HashMap::new(),
-        budget: std::cell::Cell::new(data.len().saturating_mul(4).max(1 << 20)),
-        load,
-        dcp: false,
-    };
+    let mut vm = Vm::new(data, path, load, false);
     let root = vm.run()?;
     let mut budget = vm.budget.get();
     vm.convert(root, 0, &mut budget)
 }
 
-impl Vm<'_, '_> {
+impl<'a, 'b> Vm<'a, 'b> {
+    /// A VM over `data` (from `path`), reading storages with `load`; `dcp` also allows DCP's
+    /// metadata classes.
+    fn new(data: &'a [u8], path: &Path, load: &'a mut StorageFn<'b>, dcp: bool) -> Self {
+        Vm {
+            data,
+            pos: 0,
+            path: path.to_owned(),
+            arena: Vec::new(),
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            storages: HashMap::new(),
+            budget: std::cell::Cell::new(data.len().saturating_mul(4).max(1 << 20)),
+            load,
+            dcp,
+        }
+    }
+
     fn err(&self, msg: impl std::fmt::Display) -> CheckpointError {
         CheckpointError::Format {
             path: self.path.clone(),
