@@ -32,24 +32,8 @@ pub(crate) fn write_atomically(
     durable: bool,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
 ) -> Result<(), CheckpointError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| CheckpointError::Format {
-            path: path.to_owned(),
-            msg: "not a file path".into(),
-        })?
-        .to_string_lossy()
-        .into_owned();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = parent_dir(path);
+    let tmp = temp_sibling(path, "not a file path")?;
     let map_err = |e: std::io::Error| {
         if is_no_space(&e) {
             CheckpointError::NoSpace {
@@ -99,25 +83,9 @@ pub(crate) fn write_atomically(
 /// [`remove_stale_temp_files`] sweeps once its process is gone), for a directory checkpoint
 /// that [`publish_dir`] moves to `path` once complete.
 pub(crate) fn staging_dir(path: &Path) -> Result<PathBuf, CheckpointError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| CheckpointError::Format {
-            path: path.to_owned(),
-            msg: "not a directory path".into(),
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_dir(path);
+    let tmp = temp_sibling(path, "not a directory path")?;
     std::fs::create_dir_all(&parent).map_err(|e| CheckpointError::io(&parent, e))?;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = parent.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
     std::fs::create_dir(&tmp).map_err(|e| CheckpointError::io(&tmp, e))?;
     Ok(tmp)
 }
@@ -145,13 +113,37 @@ pub(crate) fn publish_dir(staged: &Path, path: &Path) -> Result<(), CheckpointEr
     } else {
         std::fs::rename(staged, path).map_err(|e| CheckpointError::io(path, e))?;
     }
-    let parent = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_dir(path);
     File::open(&parent)
         .and_then(|d| d.sync_all())
         .map_err(|e| CheckpointError::io(&parent, e))
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A fresh temporary name beside `path`, `.NAME.tmp-PID-N` (what [`remove_stale_temp_files`]
+/// sweeps once PID is gone); `not_a` says what `path` should have been when it has no name.
+fn temp_sibling(path: &Path, not_a: &str) -> Result<PathBuf, CheckpointError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| CheckpointError::Format {
+            path: path.to_owned(),
+            msg: not_a.into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    Ok(parent_dir(path).join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )))
 }
 
 /// Swaps two paths atomically (Linux's `renameat2` with `RENAME_EXCHANGE`).
