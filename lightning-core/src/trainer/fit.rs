@@ -209,7 +209,7 @@ impl Trainer {
             .map(|(w, _)| (w.env.rank, w.env.world_size));
         let rows = |key: &str, size: &[i64]| -> Option<(i64, i64)> {
             let (rank, world) = place?;
-            let name = fsdp_param_of(key)?;
+            let name = crate::checkpoint::dcp::lightning::param_of_key(key)?;
             let (_, full) = full_sizes.iter().find(|(n, _)| n == name)?;
             (full.as_slice() == size)
                 .then(|| crate::checkpoint::dcp::shard_rows(size[0], rank, world))
@@ -274,9 +274,9 @@ impl Trainer {
         if let Some(mut r) = resume {
             if let Some(f) = &self.fsdp {
                 // A whole checkpoint (any world size wrote it): keep this rank's rows.
-                f.localize(&mut r.value)?;
-                r.ckpt = crate::checkpoint::schema::Checkpoint::from_value(&r.value)
-                    .map_err(|e| Error::Config(format!("{}: {e}", r.path.display())))?;
+                let mut value = r.value;
+                f.localize(&mut value)?;
+                r = super::resume::Loaded::new(r.path, value)?;
             }
             self.restore(model, &mut optim, r)?;
         }
@@ -306,20 +306,6 @@ impl Trainer {
         }
         Ok(())
     }
-}
-
-/// The parameter a tensor item of a sharded checkpoint belongs to: `model.<name>` (or
-/// `state_dict.<name>`), or `optimizer_<i>.state.<name>.<field>`.
-fn fsdp_param_of(key: &str) -> Option<&str> {
-    if let Some(n) = key
-        .strip_prefix("model.")
-        .or_else(|| key.strip_prefix("state_dict."))
-    {
-        return Some(n);
-    }
-    let rest = key.strip_prefix("optimizer_")?;
-    let (_, rest) = rest.split_once(".state.")?;
-    rest.rsplit_once('.').map(|(n, _)| n)
 }
 
 fn random_seed() -> u64 {

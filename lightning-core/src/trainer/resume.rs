@@ -25,6 +25,11 @@ impl Loaded {
     /// Reads `path` (CPU tensors) through `io` and checks it has Lightning's shape.
     pub fn read(io: &dyn CheckpointIO, path: PathBuf) -> Result<Self> {
         let value = io.load_checkpoint(&path).map_err(Error::Load)?;
+        Self::new(path, value)
+    }
+
+    /// `value`, read from `path`, checked to have Lightning's shape.
+    pub fn new(path: PathBuf, value: Value) -> Result<Self> {
         let ckpt = Checkpoint::from_value(&value).map_err(|e| restore_err(&path, e.into()))?;
         Ok(Loaded { path, value, ckpt })
     }
@@ -180,9 +185,7 @@ impl Trainer {
         let r = match rows {
             Some(rows) if dcp::lightning::is_sharded_checkpoint(&path) => {
                 let value = dcp::lightning::load_rows(&path, rows).map_err(Error::Load)?;
-                let ckpt =
-                    Checkpoint::from_value(&value).map_err(|e| restore_err(&path, e.into()))?;
-                Loaded { path, value, ckpt }
+                Loaded::new(path, value)?
             }
             _ => Loaded::read(&*self.cfg.checkpoint_io, path)?,
         };

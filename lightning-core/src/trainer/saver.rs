@@ -199,7 +199,7 @@ pub(crate) fn snapshot(v: &Value) -> Value {
     }
 }
 
-fn host_copy(t: &Tensor) -> Tensor {
+pub(crate) fn host_copy(t: &Tensor) -> Tensor {
     let t = t.detach();
     if t.device() == Device::Cpu {
         return t.copy();

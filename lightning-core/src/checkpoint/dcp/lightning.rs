@@ -19,6 +19,20 @@ pub fn is_sharded_checkpoint(dir: &Path) -> bool {
     crate::storage::files::dir_has(dir, METADATA_FILE)
 }
 
+/// The parameter a tensor item of the sharded layout belongs to, by its dotted key:
+/// `model.<name>` (or `state_dict.<name>`), or `optimizer_<i>.state.<name>.<field>`.
+pub fn param_of_key(key: &str) -> Option<&str> {
+    if let Some(n) = key
+        .strip_prefix("model.")
+        .or_else(|| key.strip_prefix("state_dict."))
+    {
+        return Some(n);
+    }
+    let rest = key.strip_prefix("optimizer_")?;
+    let (_, rest) = rest.split_once(".state.")?;
+    rest.rsplit_once('.').map(|(n, _)| n)
+}
+
 /// An optimizer state keyed by parameter index (torch's `state_dict()`: `state` by index,
 /// each group's `params` a list of indices) re-keyed by the parameter names `names[index]`,
 /// as Lightning's FSDP strategy saves it.

@@ -15,7 +15,7 @@ use super::World;
 use crate::checkpoint::dcp::{self, LocalItem, PathPart};
 use crate::checkpoint::CheckpointError;
 use crate::error::{Error, Result};
-use crate::trainer::saver::{snapshot, Saver};
+use crate::trainer::saver::{host_copy, snapshot, Saver};
 use crate::trainer::strategy::{FsdpOptions, ShardingStrategy, StateDictType};
 use crate::value::{Key, Value};
 use lightning_dist::ReduceOp;
@@ -42,6 +42,41 @@ struct Param {
     shard: Option<Tensor>,
     /// The gradient shard accumulated over micro-batches, while the full one is computed.
     grad: Option<Tensor>,
+}
+
+impl Param {
+    /// Elements in one row.
+    fn inner(&self) -> i64 {
+        self.full[1..].iter().product()
+    }
+
+    /// The shape of `rows` rows.
+    fn shape_of_rows(&self, rows: i64) -> Vec<i64> {
+        let mut s = vec![rows];
+        s.extend_from_slice(&self.full[1..]);
+        s
+    }
+
+    /// `shard` (this rank's rows) flattened and zero-padded to `c` rows: the block this rank
+    /// sends to an all-gather.
+    fn padded(&self, shard: &Tensor) -> Tensor {
+        let (lo, hi, c) = self.rows.unwrap_or((0, 0, 0));
+        let inner = self.inner();
+        let padded = Tensor::zeros([c * inner], (shard.kind(), shard.device()));
+        padded
+            .narrow(0, 0, (hi - lo) * inner)
+            .copy_(&shard.reshape([-1]));
+        padded
+    }
+
+    /// The whole tensor from every rank's padded block (`blocks`: `[world, c * inner]`).
+    fn whole_of_blocks(&self, blocks: &Tensor, world: i64) -> Tensor {
+        let (_, _, c) = self.rows.unwrap_or((0, 0, 0));
+        blocks
+            .reshape(self.shape_of_rows(world * c).as_slice())
+            .narrow(0, 0, self.full[0])
+            .contiguous()
+    }
 }
 
 /// FSDP around one module for one `fit`.
@@ -150,14 +185,9 @@ impl Fsdp {
                 if p.shard.is_some() {
                     return Ok(()); // already gathered
                 }
-                let (lo, hi, c) = p.rows.unwrap_or((0, 0, 0));
-                let inner: i64 = p.full[1..].iter().product();
-                let padded = Tensor::zeros([c * inner], (kind, p.var.device()));
-                padded
-                    .narrow(0, 0, (hi - lo) * inner)
-                    .copy_(&p.var.detach().reshape([-1]));
+                let padded = p.padded(&p.var.detach());
+                total += padded.numel() as i64;
                 flat_parts.push(padded);
-                total += c * inner;
                 let g = p.var.grad();
                 if g.defined() {
                     p.grad = Some(g.detach());
@@ -174,19 +204,12 @@ impl Fsdp {
                 .map_err(dist_err("all_gather of parameters"))?;
             let out = out.reshape([w, total]);
             let mut at = 0;
-            for &i in &idx {
+            for (&i, part) in idx.iter().zip(&flat_parts) {
+                let n = part.numel() as i64;
                 let p = &mut self.params[i];
-                let (_, _, c) = p.rows.unwrap_or((0, 0, 0));
-                let inner: i64 = p.full[1..].iter().product();
-                let mut shape = vec![w * c];
-                shape.extend_from_slice(&p.full[1..]);
-                let full = out
-                    .narrow(1, at, c * inner)
-                    .reshape(shape.as_slice())
-                    .narrow(0, 0, p.full[0])
-                    .contiguous();
+                let full = p.whole_of_blocks(&out.narrow(1, at, n), w);
                 p.var.set_data(&full);
-                at += c * inner;
+                at += n;
             }
         }
         Ok(())
@@ -206,7 +229,7 @@ impl Fsdp {
             for &i in &idx {
                 let p = &self.params[i];
                 let (_, _, c) = p.rows.unwrap_or((0, 0, 0));
-                let inner: i64 = p.full[1..].iter().product();
+                let inner = p.inner();
                 let g = p.var.grad();
                 let g = if g.defined() {
                     any = true;
@@ -237,18 +260,17 @@ impl Fsdp {
             for &i in &idx {
                 let p = &mut self.params[i];
                 let (lo, hi, c) = p.rows.unwrap_or((0, 0, 0));
-                let inner: i64 = p.full[1..].iter().product();
+                let inner = p.inner();
                 let shard = p.shard.take().unwrap_or_else(|| p.var.detach());
                 let had_grad = p.var.grad().defined();
                 lightning_sys::ops::set_grad_to_none(&p.var)
                     .map_err(|e| Error::Config(format!("fsdp: {e}")))?;
                 p.var.set_data(&shard);
-                let mut shape = vec![hi - lo];
-                shape.extend_from_slice(&p.full[1..]);
                 let new = match (&reduced, had_grad) {
-                    (Some(r), true) => {
-                        Some(r.narrow(0, at, (hi - lo) * inner).reshape(shape.as_slice()))
-                    }
+                    (Some(r), true) => Some(
+                        r.narrow(0, at, (hi - lo) * inner)
+                            .reshape(p.shape_of_rows(hi - lo).as_slice()),
+                    ),
                     _ => None,
                 };
                 let g = match (new, p.grad.take()) {
@@ -356,36 +378,23 @@ impl Fsdp {
     /// A shard `t` of parameter `p`'s size gathered whole (every rank must call this for the
     /// same tensors in the same order).
     fn gather(&self, p: &Param, t: &Tensor) -> Result<Tensor> {
-        let Some((lo, hi, c)) = p.rows else {
+        if p.rows.is_none() {
             return Ok(t.shallow_clone());
-        };
+        }
         let w = self.world.env.world_size as i64;
-        let inner: i64 = p.full[1..].iter().product();
-        let padded = Tensor::zeros([c * inner], (t.kind(), t.device()));
-        padded
-            .narrow(0, 0, (hi - lo) * inner)
-            .copy_(&t.reshape([-1]));
-        let mut out = Tensor::empty([w * c * inner], (t.kind(), t.device()));
+        let padded = p.padded(t);
+        let mut out = Tensor::empty([w * padded.numel() as i64], (t.kind(), t.device()));
         self.world
             .pg
             .all_gather_into(&mut out, &padded)
             .map_err(dist_err("all_gather of the state"))?;
-        let mut shape = vec![w * c];
-        shape.extend_from_slice(&p.full[1..]);
-        Ok(out
-            .reshape(shape.as_slice())
-            .narrow(0, 0, p.full[0])
-            .contiguous())
+        Ok(p.whole_of_blocks(&out, w))
     }
 
     /// Whether `t` is this rank's shard of `p` (a state tensor that follows the parameter).
     fn is_shard_of(p: &Param, t: &Tensor) -> bool {
         match p.rows {
-            Some((lo, hi, _)) => {
-                let mut s = vec![hi - lo];
-                s.extend_from_slice(&p.full[1..]);
-                t.size() == s
-            }
+            Some((lo, hi, _)) => t.size() == p.shape_of_rows(hi - lo),
             None => false,
         }
     }
@@ -513,22 +522,14 @@ impl Fsdp {
         let copy = saver.is_async();
         let snap = |t: &Tensor| {
             if copy {
-                snapshot_tensor(t)
+                host_copy(t)
             } else {
                 t.shallow_clone()
             }
         };
         let mut items = Vec::new();
         for (k, path_parts, v) in dcp::flatten(&state) {
-            let name = match path_parts.as_slice() {
-                [PathPart::Key(m), PathPart::Key(n)] if m == "model" => Some(n.as_str()),
-                [PathPart::Key(_), PathPart::Key(s), PathPart::Key(n), PathPart::Key(_)]
-                    if s == "state" =>
-                {
-                    Some(n.as_str())
-                }
-                _ => None,
-            };
+            let name = dcp::lightning::param_of_key(&k);
             let p = name.and_then(|n| self.param(n));
             let item = match (v, p) {
                 (Value::Tensor(t), Some(p)) if Self::is_shard_of(p, t) => {
@@ -558,14 +559,6 @@ impl Fsdp {
         saver.run(path, move || {
             write_sharded(&world, &key, &target, items, meta)
         })
-    }
-}
-
-/// A host copy of `t` for a background write.
-fn snapshot_tensor(t: &Tensor) -> Tensor {
-    match snapshot(&Value::Tensor(t.shallow_clone())) {
-        Value::Tensor(c) => c,
-        _ => t.copy(),
     }
 }
 
