@@ -201,21 +201,9 @@ impl Callback for WeightAveraging {
     /// puts a resumed checkpoint's live weights into the module.
     fn on_fit_start(&mut self, t: &mut TrainerContext<'_>) -> crate::Result<()> {
         let module = t.module_tensors();
-        let n_params = module.len();
         let _guard = tch::no_grad_guard();
         let loaded = self.loaded.take();
-        let mut average = Vec::with_capacity(n_params);
-        let params: std::collections::HashSet<String> = {
-            // buffers follow the parameters in module_tensors; a name seen first is a param
-            let mut seen = std::collections::HashSet::new();
-            let mut params = std::collections::HashSet::new();
-            for (n, t) in &module {
-                if seen.insert(n.clone()) && t.requires_grad() {
-                    params.insert(n.clone());
-                }
-            }
-            params
-        };
+        let mut average = Vec::with_capacity(module.len());
         for (name, cur) in &module {
             let saved = loaded
                 .as_ref()
@@ -226,7 +214,8 @@ impl Callback for WeightAveraging {
                 }
                 _ => cur.detach().copy(),
             };
-            average.push((name.clone(), avg, !params.contains(name)));
+            // A buffer (or a frozen parameter) follows `use_buffers`.
+            average.push((name.clone(), avg, !cur.requires_grad()));
         }
         if let Some((_, n, current)) = &loaded {
             self.n_averaged = *n;
