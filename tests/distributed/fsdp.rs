@@ -81,28 +81,7 @@ fn sharded_checkpoints_resume_exactly_and_on_other_world_sizes() {
     let mut cmd = crate::job("fsdp");
     cmd.args([pre.to_str().unwrap(), "2", "2", "-", "sharded"])
         .env(lightning_testkit::roles::ddp::SLOW, "20");
-    let mut child =
-        lightning_testkit::Supervised::spawn(&mut cmd, std::time::Duration::from_secs(90));
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    for line in lines.by_ref() {
-        if line.unwrap().starts_with("step 3") {
-            break;
-        }
-    }
-    assert!(child.signal(libc::SIGTERM));
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let out = child.wait_with_output();
-    assert!(
-        out.status.success(),
-        "{rest:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let step: i64 = rest
-        .iter()
-        .find_map(|l| l.strip_prefix("preempted at step "))
-        .unwrap_or_else(|| panic!("{rest:?}"))
-        .parse()
-        .unwrap();
+    let step = crate::preempt_after_step_3(&mut cmd);
     let pre_last = pre.join("ck").join("last.ckpt");
     assert!(dcp::lightning::is_sharded_checkpoint(&pre_last));
     let saved = DefaultCheckpointIO.load_checkpoint(&pre_last).unwrap();

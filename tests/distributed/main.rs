@@ -34,3 +34,34 @@ pub(crate) fn run_ok(cmd: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `cmd` (a job whose rank 0 prints `step N` after each step, slowed by
+/// `roles::ddp::SLOW`), sends it SIGTERM once it printed `step 3`, waits (at most 90 s) and
+/// returns the step it reports stopping at (`preempted at step N`); fails unless it exits
+/// cleanly.
+pub(crate) fn preempt_after_step_3(cmd: &mut Command) -> i64 {
+    use std::io::{BufRead, BufReader};
+    let mut child = Supervised::spawn(cmd, Duration::from_secs(90));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    // wait until training runs
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("step 3") {
+            break;
+        }
+    }
+    assert!(child.signal(libc::SIGTERM));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        rest.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rest.iter()
+        .find_map(|l| l.strip_prefix("preempted at step "))
+        .unwrap_or_else(|| panic!("{rest:?}"))
+        .parse()
+        .unwrap()
+}

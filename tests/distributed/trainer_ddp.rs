@@ -238,34 +238,11 @@ fn torchrun_single_and_two_node_runs_match_our_launcher() {
 /// `last.ckpt` (complete), and the job exits cleanly.
 #[test]
 fn sigterm_stops_every_rank_at_one_step_with_one_last_checkpoint() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pre");
     let mut cmd = command(&root, 1000, 2, false);
     cmd.env(ddp::SLOW, "20");
-    let mut child = Supervised::spawn(&mut cmd, Duration::from_secs(90));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    // wait until training runs
-    for line in lines.by_ref() {
-        if line.unwrap().starts_with("step 3") {
-            break;
-        }
-    }
-    assert!(child.signal(libc::SIGTERM));
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let out = child.wait_with_output();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        rest.join("\n"),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pre = rest
-        .iter()
-        .find(|l| l.starts_with("preempted at step"))
-        .unwrap_or_else(|| panic!("{rest:?}"));
-    let step: i64 = pre.rsplit(' ').next().unwrap().parse().unwrap();
+    let step = crate::preempt_after_step_3(&mut cmd);
     let last = checkpoint::load(&root.join("ck/last.ckpt")).unwrap();
     assert_eq!(last.get("global_step"), Some(&Value::Int(step)));
     // both ranks stopped with the same weights
