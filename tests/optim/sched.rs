@@ -4,7 +4,7 @@
 use crate::support;
 
 use lightning_core::optim::{
-    LrLambda, LrScheduler, OneCycle, Optimizer, Schedule, Scheduler, Sgd, SgdConfig,
+    Anneal, LrLambda, LrScheduler, OneCycle, Optimizer, Schedule, Scheduler, Sgd, SgdConfig,
 };
 use lightning_core::value::Value;
 use serde_json::{json, Value as Json};
@@ -18,6 +18,8 @@ def fresh():
     ps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
     return torch.optim.SGD([{"params": [ps[0]], "lr": 0.1}, {"params": [ps[1]], "lr": 0.05}], momentum=0.9)
 def build(opt, spec):
+    if spec["cls"] == "SWALR":
+        return torch.optim.swa_utils.SWALR(opt, **spec["kw"])
     if spec["cls"] == "SequentialLR":
         subs = [build(opt, s) for s in spec["schedulers"]]
         return L.SequentialLR(opt, subs, spec["milestones"])
@@ -304,6 +306,27 @@ fn cases() -> Vec<Case> {
             "MultiplicativeLR",
             Schedule::Multiplicative(LrLambda::new(|e| if e % 3 == 0 { 0.5 } else { 0.9 })),
             json!({"cls": "MultiplicativeLR", "lambda": "lambda e: 0.5 if e % 3 == 0 else 0.9"}),
+            true,
+        ));
+    }
+    for (name, swa_lrs, anneal_epochs, anneal) in [
+        ("SWALR cos", vec![0.02, 0.01], 5, Anneal::Cos),
+        ("SWALR linear", vec![0.3], 4, Anneal::Linear),
+        ("SWALR no annealing", vec![0.02], 0, Anneal::Cos),
+    ] {
+        let swa_lr = match swa_lrs.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        v.push(case(
+            name,
+            Schedule::Swa {
+                swa_lrs,
+                anneal_epochs,
+                anneal,
+            },
+            json!({"cls": "SWALR", "kw": {"swa_lr": swa_lr, "anneal_epochs": anneal_epochs,
+                   "anneal_strategy": anneal.name()}}),
             true,
         ));
     }

@@ -21,6 +21,42 @@ pub enum Anneal {
     Linear,
 }
 
+impl Anneal {
+    /// torch's name of the strategy (`"cos"`, `"linear"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Anneal::Cos => "cos",
+            Anneal::Linear => "linear",
+        }
+    }
+
+    /// The interpolation weight at progress `t` in [0, 1] (SWALR's `anneal_func`).
+    fn weight(self, t: f64) -> f64 {
+        match self {
+            Anneal::Cos => (1.0 - (PI * t).cos()) / 2.0,
+            Anneal::Linear => t,
+        }
+    }
+}
+
+/// SWALR's `get_lr` for one group: from its current `lr` towards `swa_lr`, at step
+/// `step_count - 1` of the annealing.
+fn swa_next(lr: f64, swa_lr: f64, step_count: i64, anneal_epochs: i64, anneal: Anneal) -> f64 {
+    let mut step = step_count - 1;
+    if anneal_epochs == 0 {
+        step = step.max(1);
+    }
+    let span = anneal_epochs.max(1) as f64;
+    let prev_alpha = anneal.weight(((step - 1) as f64 / span).clamp(0.0, 1.0));
+    let prev_lr = if prev_alpha == 1.0 {
+        swa_lr
+    } else {
+        (lr - prev_alpha * swa_lr) / (1.0 - prev_alpha)
+    };
+    let alpha = anneal.weight((step as f64 / span).clamp(0.0, 1.0));
+    swa_lr * alpha + prev_lr * (1.0 - alpha)
+}
+
 /// `OneCycleLR`'s settings (torch's defaults via [`OneCycle::new`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OneCycle {
@@ -181,6 +217,17 @@ pub enum Schedule {
     Lambda(LrLambda),
     /// `MultiplicativeLR`: each step multiplies the lr by `f(epoch)`.
     Multiplicative(LrLambda),
+    /// `torch.optim.swa_utils.SWALR`: anneals each group's lr to its `swa_lr` over
+    /// `anneal_epochs` steps (cosine or linear), then holds it. Stochastic weight averaging's
+    /// schedule.
+    Swa {
+        /// The lr to anneal to: one value for every group, or one per group.
+        swa_lrs: Vec<f64>,
+        /// Steps of the annealing phase (torch's default 10).
+        anneal_epochs: i64,
+        /// Cosine (torch's default) or linear annealing.
+        anneal: Anneal,
+    },
     /// `SequentialLR`: `schedules[i]` runs from `milestones[i-1]` (restarting at epoch 0).
     Sequential {
         /// The schedules, in order.
@@ -250,10 +297,28 @@ impl Schedule {
                     Ok(())
                 }
             }
+            Schedule::Swa {
+                swa_lrs,
+                anneal_epochs,
+                ..
+            } => {
+                if *anneal_epochs < 0 {
+                    bad(format!(
+                        "anneal_epochs must be equal or greater than 0, got {anneal_epochs}"
+                    ))
+                } else if swa_lrs.is_empty() {
+                    bad("SWALR needs at least one swa_lr".into())
+                } else {
+                    Ok(())
+                }
+            }
             Schedule::Sequential {
                 schedules,
                 milestones,
             } => {
+                if schedules.iter().any(|s| matches!(s, Schedule::Swa { .. })) {
+                    return bad("SWALR cannot be part of a SequentialLR here".into());
+                }
                 if schedules.is_empty() {
                     return bad(
                         "SequentialLR expects at least one scheduler, but got no scheduler.".into(),
@@ -326,6 +391,8 @@ impl Schedule {
                 }
             }
             Schedule::OneCycle(_) => self.lr(base, epoch),
+            // computed by `Scheduler::advance` from the step count and the group's swa_lr
+            Schedule::Swa { .. } => lr,
             Schedule::Lambda(f) => base * (f.0)(epoch),
             Schedule::Multiplicative(f) => match initial {
                 true => lr,
@@ -371,6 +438,9 @@ impl Schedule {
                 base * (start_factor + (end_factor - start_factor) * frac)
             }
             Schedule::OneCycle(o) => o.at(base, e.min(o.total_steps)).0,
+            // SWALR has no closed form in torch: its target (the state's `_last_lr` is used
+            // whenever a file has one)
+            Schedule::Swa { .. } => base,
             Schedule::Lambda(f) => base * (f.0)(e),
             Schedule::Multiplicative(f) => (1..=e).fold(base, |lr, k| lr * (f.0)(k)),
             Schedule::Sequential {
@@ -413,6 +483,14 @@ impl Schedule {
                 put("gamma", Value::Float(*gamma));
             }
             Schedule::Exponential { gamma } => put("gamma", Value::Float(*gamma)),
+            Schedule::Swa {
+                anneal_epochs,
+                anneal,
+                ..
+            } => {
+                put("_anneal_strategy", Value::Str(anneal.name().into()));
+                put("anneal_epochs", Value::Int(*anneal_epochs));
+            }
             // A function is not saved (torch writes None for each group's plain function).
             Schedule::Lambda(_) | Schedule::Multiplicative(_) => put(
                 "lr_lambdas",
@@ -458,11 +536,10 @@ impl Schedule {
                     })
                     .collect();
                 put("_schedule_phases", Value::List(phases));
-                let f = match o.anneal_strategy {
-                    Anneal::Cos => "cos",
-                    Anneal::Linear => "linear",
-                };
-                put("_anneal_func_type", Value::Str(f.into()));
+                put(
+                    "_anneal_func_type",
+                    Value::Str(o.anneal_strategy.name().into()),
+                );
                 put("cycle_momentum", Value::Bool(o.cycle_momentum));
             }
             Schedule::Sequential {
@@ -555,9 +632,15 @@ impl Scheduler {
     /// Attaches `schedule` to `opt` (its current lrs become `base_lrs`, as torch's
     /// `initial_lr`) and performs torch's initial step.
     pub fn new(opt: &mut dyn Optimizer, schedule: Schedule) -> Result<Self, OptimError> {
+        let base_lrs = Scheduler::checked_base_lrs(opt, &schedule)?;
+        Ok(Scheduler::start(opt, schedule, base_lrs, -1))
+    }
+
+    /// Checks `schedule` against `opt` and returns torch's `base_lrs` for a new scheduler.
+    fn checked_base_lrs(opt: &dyn Optimizer, schedule: &Schedule) -> Result<Vec<f64>, OptimError> {
         schedule.check()?;
         let n = opt.lrs().len();
-        let base_lrs = match &schedule {
+        Ok(match schedule {
             Schedule::OneCycle(o) => {
                 if o.max_lrs.len() != 1 && o.max_lrs.len() != n {
                     return Err(OptimError::Config(format!(
@@ -574,17 +657,53 @@ impl Scheduler {
                     .map(|g| o.max_lrs[g.min(o.max_lrs.len() - 1)] / o.div_factor)
                     .collect()
             }
+            Schedule::Swa { swa_lrs, .. } if swa_lrs.len() != 1 && swa_lrs.len() != n => {
+                return Err(OptimError::Config(format!(
+                    "swa_lr must have the same length as optimizer.param_groups: swa_lr has {}, \
+                     optimizer.param_groups has {n}",
+                    swa_lrs.len()
+                )));
+            }
             _ => opt.lrs(),
-        };
+        })
+    }
+
+    /// torch's constructor with `last_epoch >= 0` (a scheduler taking over mid-run): the
+    /// groups' `initial_lr` are `initial_lrs` (the `base_lrs`), the counter starts at
+    /// `last_epoch`, and the initial step follows. Stochastic weight averaging starts its
+    /// SWALR this way, as Lightning's callback does.
+    pub fn starting_at(
+        opt: &mut dyn Optimizer,
+        schedule: Schedule,
+        initial_lrs: Vec<f64>,
+        last_epoch: i64,
+    ) -> Result<Self, OptimError> {
+        let n = Scheduler::checked_base_lrs(opt, &schedule)?.len();
+        if initial_lrs.len() != n {
+            return Err(OptimError::Config(format!(
+                "{} initial lrs given for {n} param groups",
+                initial_lrs.len()
+            )));
+        }
+        Ok(Scheduler::start(opt, schedule, initial_lrs, last_epoch))
+    }
+
+    /// The scheduler at `last_epoch` after torch's initial step.
+    fn start(
+        opt: &mut dyn Optimizer,
+        schedule: Schedule,
+        base_lrs: Vec<f64>,
+        last_epoch: i64,
+    ) -> Self {
         let mut s = Scheduler {
             schedule,
             base_lrs,
-            last_epoch: -1,
+            last_epoch,
             step_count: 0,
             last_lr: Vec::new(),
         };
         s.advance(opt, true);
-        Ok(s)
+        s
     }
 
     /// The schedule.
@@ -612,12 +731,26 @@ impl Scheduler {
             );
         }
         let current = opt.lrs();
-        let lrs: Vec<f64> = self
-            .base_lrs
-            .iter()
-            .zip(&current)
-            .map(|(&b, &lr)| self.schedule.next_lr(lr, b, self.last_epoch, initial))
-            .collect();
+        let lrs: Vec<f64> = match &self.schedule {
+            Schedule::Swa {
+                swa_lrs,
+                anneal_epochs,
+                anneal,
+            } => current
+                .iter()
+                .enumerate()
+                .map(|(g, &lr)| {
+                    let swa_lr = swa_lrs[g.min(swa_lrs.len() - 1)];
+                    swa_next(lr, swa_lr, self.step_count, *anneal_epochs, *anneal)
+                })
+                .collect(),
+            _ => self
+                .base_lrs
+                .iter()
+                .zip(&current)
+                .map(|(&b, &lr)| self.schedule.next_lr(lr, b, self.last_epoch, initial))
+                .collect(),
+        };
         for (g, &lr) in lrs.iter().enumerate() {
             opt.set_lr(g, lr);
         }
