@@ -13,8 +13,29 @@
 //! | `nn::Sequential`, `nn::SequentialT` | layers private | use [`Sequential`] |
 
 use crate::traverse::{join_name, TensorKind, Traverse};
+use std::cell::Cell;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
+
+thread_local! {
+    /// Whether [`BatchNorm`]s on this thread average their running statistics cumulatively
+    /// (PyTorch's `momentum=None`).
+    static CUMULATIVE_BATCH_NORM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes every [`BatchNorm`] on this thread update its running statistics as PyTorch's
+/// `momentum=None` does (a cumulative average: factor `1 / num_batches_tracked`) while `on`,
+/// and with its configured momentum again once `off`. Stochastic weight averaging turns it on
+/// for its epoch that re-estimates the statistics of the averaged weights. tch's bare
+/// `nn::BatchNorm` has no batch counter and keeps its momentum.
+pub fn set_cumulative_batch_norm(on: bool) {
+    CUMULATIVE_BATCH_NORM.with(|c| c.set(on));
+}
+
+/// Whether [`set_cumulative_batch_norm`] is on for this thread.
+pub fn cumulative_batch_norm() -> bool {
+    CUMULATIVE_BATCH_NORM.with(Cell::get)
+}
 
 /// A tensor field is a parameter when it requires grad, else a persistent buffer
 /// (mark non-persistent buffers with `#[state(buffer, persistent = false)]`).
@@ -185,6 +206,10 @@ pub struct BatchNorm {
     pub inner: nn::BatchNorm,
     /// Number of training batches seen (int64, shape `[]`).
     pub num_batches_tracked: Tensor,
+    /// `eps` and `cudnn_enabled` of the layer's config (tch keeps its config private), for
+    /// the cumulative updates of [`set_cumulative_batch_norm`].
+    eps: f64,
+    cudnn_enabled: bool,
 }
 
 impl BatchNorm {
@@ -201,6 +226,8 @@ impl BatchNorm {
         BatchNorm {
             inner,
             num_batches_tracked,
+            eps: config.eps,
+            cudnn_enabled: config.cudnn_enabled,
         }
     }
 }
@@ -226,6 +253,22 @@ impl ModuleT for BatchNorm {
             tch::no_grad(|| {
                 let _ = counter.g_add_scalar_(1);
             });
+            if cumulative_batch_norm() {
+                // PyTorch's momentum=None: exponential_average_factor = 1 / num_batches_tracked
+                let n = self.num_batches_tracked.int64_value(&[]).max(1);
+                let bn = &self.inner;
+                return Tensor::batch_norm(
+                    xs,
+                    bn.ws.as_ref(),
+                    bn.bs.as_ref(),
+                    Some(&bn.running_mean),
+                    Some(&bn.running_var),
+                    true,
+                    1.0 / n as f64,
+                    self.eps,
+                    self.cudnn_enabled,
+                );
+            }
         }
         self.inner.forward_t(xs, train)
     }

@@ -14,6 +14,7 @@ mod preempt;
 mod python_rule;
 mod resume;
 mod resume_from_lightning;
+mod swa;
 mod tensorboard;
 mod timer;
 mod weight_averaging;

@@ -11,6 +11,7 @@ mod early_stopping;
 pub(crate) mod error;
 mod lr_monitor;
 mod model_checkpoint;
+mod swa;
 mod timer;
 mod weight_averaging;
 
@@ -23,12 +24,15 @@ pub(crate) use model_checkpoint::find_last_checkpoint_in;
 pub use model_checkpoint::{
     find_last_checkpoint, Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast,
 };
+pub use swa::{StochasticWeightAveraging, SwaStart};
 pub use timer::{Timer, TimerInterval};
 pub use weight_averaging::{Averaging, WeightAveraging};
 
 pub use crate::pyfmt::{MetricValue, Metrics};
 
+use crate::lightning_module::OptimizerConfig;
 use crate::storage::CheckpointIO;
+use crate::traverse::TensorKind;
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::any::Any;
@@ -81,6 +85,12 @@ pub struct RunInfo<'a> {
     pub should_update_logs: bool,
     /// `fast_dev_run` is on: checkpointing and early stopping stand down (Lightning's).
     pub fast_dev_run: bool,
+    /// The epoch limit of this `fit` (Lightning's `trainer.max_epochs`, including epochs a
+    /// callback added with [`TrainerHandle::extend_max_epochs`]; -1: unlimited).
+    pub max_epochs: i64,
+    /// Whether the strategy shards the module (`strategy="fsdp"`): each rank's parameters
+    /// are its shards.
+    pub sharded: bool,
 }
 
 impl<'a> RunInfo<'a> {
@@ -106,6 +116,8 @@ impl<'a> RunInfo<'a> {
             validation_ran: true,
             should_update_logs: true,
             checkpoint_io: &crate::storage::DefaultCheckpointIO,
+            max_epochs: 1000,
+            sharded: false,
         }
     }
 }
@@ -176,6 +188,31 @@ pub trait TrainerHandle {
     fn module_tensors(&self) -> Vec<(String, tch::Tensor)> {
         Vec::new()
     }
+    /// The module's persistent tensors in `state_dict` order (PyTorch's), each with its kind
+    /// (parameter or buffer), sharing storage with the module. Empty where the trainer lends
+    /// none.
+    fn module_state(&self) -> Vec<(String, tch::Tensor, TensorKind)> {
+        Vec::new()
+    }
+    /// The running `fit`'s optimizers and their LR schedulers, to change (Lightning's
+    /// `trainer.optimizers` / `trainer.lr_scheduler_configs`: stochastic weight averaging
+    /// swaps in its scheduler). `None` outside `fit` and in fake handles.
+    fn optimizer_config(&mut self) -> Option<&mut OptimizerConfig> {
+        None
+    }
+    /// Adds `epochs` to this `fit`'s epoch limit (when it has one) after the hook returns
+    /// (Lightning's `trainer.fit_loop.max_epochs += epochs`).
+    fn extend_max_epochs(&mut self, epochs: i64) {
+        let _ = epochs;
+    }
+    /// The epoch starting now runs its training steps forward only: no backward, no
+    /// optimizer step (Lightning's `fit_loop._skip_backward`, with gradient accumulation over
+    /// the whole epoch; stochastic weight averaging's epoch that re-estimates batch-norm
+    /// statistics). As in Lightning the epoch's last batch still counts an optimizer step
+    /// that changes nothing (no parameter has a gradient; a grad scaler is not involved):
+    /// `global_step` advances by one, and schedulers, validation and checkpoints follow as
+    /// usual.
+    fn skip_optimization_this_epoch(&mut self) {}
     /// Sends `metrics` to the logger at `step` as Lightning's `logger.log_metrics(metrics,
     /// step)` (a row without an `epoch` column) and adds them to `callback_metrics`. Fake
     /// handles drop them.
@@ -239,6 +276,29 @@ impl<'a> TrainerContext<'a> {
     /// The module's parameters and buffers by name (see [`TrainerHandle::module_tensors`]).
     pub fn module_tensors(&self) -> Vec<(String, tch::Tensor)> {
         self.handle.module_tensors()
+    }
+
+    /// The module's persistent tensors in `state_dict` order, with their kinds (see
+    /// [`TrainerHandle::module_state`]).
+    pub fn module_state(&self) -> Vec<(String, tch::Tensor, TensorKind)> {
+        self.handle.module_state()
+    }
+
+    /// The running `fit`'s optimizers and schedulers, to change (see
+    /// [`TrainerHandle::optimizer_config`]).
+    pub fn optimizer_config(&mut self) -> Option<&mut OptimizerConfig> {
+        self.handle.optimizer_config()
+    }
+
+    /// Adds epochs to the epoch limit (see [`TrainerHandle::extend_max_epochs`]).
+    pub fn extend_max_epochs(&mut self, epochs: i64) {
+        self.handle.extend_max_epochs(epochs)
+    }
+
+    /// Runs the epoch starting now without optimization (see
+    /// [`TrainerHandle::skip_optimization_this_epoch`]).
+    pub fn skip_optimization_this_epoch(&mut self) {
+        self.handle.skip_optimization_this_epoch()
     }
 }
 
@@ -318,6 +378,14 @@ pub trait Callback: Send + Any {
     /// [`Callback::load_state_dict`].
     fn on_load_checkpoint(&mut self, _checkpoint: &Value) -> crate::Result<()> {
         Ok(())
+    }
+
+    /// Whether the trainer, resuming, should drop the configured LR schedulers instead of
+    /// restoring their saved states, because this callback installs (and restores) its own
+    /// (asked after [`Callback::load_state_dict`]; Lightning's stochastic weight averaging
+    /// clears `trainer.lr_scheduler_configs` in `on_fit_start` for this).
+    fn replaces_lr_schedulers(&self) -> bool {
+        false
     }
     /// Where this callback writes checkpoints (set for `ModelCheckpoint` once its directory
     /// is known); the trainer searches these for `ckpt_path = Last` and writes its

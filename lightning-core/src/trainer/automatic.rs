@@ -29,6 +29,17 @@ impl Trainer {
                 source: Box::new(e),
             }
         };
+        if self.run.flags.skip_optimization {
+            self.forward_only_step(model, batch, idx, n, ctx)?;
+            // Lightning accumulates over the whole epoch but its last batch still ends in an
+            // optimizer step: no parameter has a gradient, so nothing changes but the step
+            // count (and what follows a step: step schedulers, checkpoints).
+            if idx + 1 == n {
+                self.gradless_step().map_err(step_err("optimizer step"))?;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
         let acc = self.cfg.accumulate_grad_batches;
         let stepped = (idx + 1).is_multiple_of(acc) || idx + 1 == n;
         if let Some(d) = &mut self.ddp {
@@ -60,6 +71,44 @@ impl Trainer {
             self.optimizer_step().map_err(step_err("optimizer step"))?;
         }
         Ok(stepped)
+    }
+
+    /// A training step without backward or optimizer step (an epoch a callback asked to run
+    /// without optimization): `training_step` runs in training mode (batch-norm statistics
+    /// update), its loss is dropped.
+    fn forward_only_step<M: LightningModule>(
+        &mut self,
+        model: &mut M,
+        batch: &Batch,
+        idx: usize,
+        n: usize,
+        ctx: &mut StepContext,
+    ) -> Result<()> {
+        if let Some(f) = &mut self.fsdp {
+            f.unshard()?;
+        }
+        let step = self
+            .cfg
+            .precision
+            .autocast(self.cfg.device, || model.training_step(batch, idx, ctx));
+        if let Some(f) = &mut self.fsdp {
+            f.reshard();
+        }
+        let _loss = step??;
+        self.run.progress.batch_done(idx, n);
+        Ok(())
+    }
+
+    /// The optimizer step of an epoch without backward: parameters without gradients are
+    /// left alone by the optimizers (torch's too), so only the step is counted.
+    fn gradless_step(&mut self) -> Result<()> {
+        let o = (self.optim.as_mut())
+            .and_then(|o| o.config.entries_mut().first_mut())
+            .ok_or_else(no_optimizer)?;
+        o.optimizer.step()?;
+        o.optimizer.zero_grad();
+        self.run.progress.optimizer_stepped();
+        Ok(())
     }
 
     /// Clipping (on unscaled gradients), the optimizer step through the grad scaler, and

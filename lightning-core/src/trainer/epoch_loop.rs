@@ -117,6 +117,7 @@ impl Trainer {
         }
         self.logging.save()?;
         self.run.progress.end_epoch();
+        self.run.flags.skip_optimization = false;
         Ok(())
     }
 

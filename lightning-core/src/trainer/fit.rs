@@ -19,7 +19,7 @@ use super::preempt::Preemption;
 use super::saver::Saver;
 use super::state::{RunSetup, RunState};
 use super::strategy::{DdpOptions, Strategy};
-use super::{effective_max_epochs, need, warn, CkptPath, Trainer};
+use super::{need, warn, CkptPath, Trainer};
 use crate::callbacks::{Callback, ModelCheckpoint};
 use crate::data::{mix_seed, DataModule};
 use crate::error::{Error, Result};
@@ -181,6 +181,7 @@ impl Trainer {
                 datamodule_hparams: data.hparams().cloned(),
                 resumed_from: None,
                 train: Some(train.clone()),
+                extra_epochs: 0,
             },
             ..RunState::default()
         };
@@ -285,9 +286,9 @@ impl Trainer {
         self.sanity_check(model, data)?;
         self.hooks(&*model, |cb, t| cb.on_train_start(t))?;
         self.run.clock.start();
-        let max_epochs = effective_max_epochs(&self.cfg);
         while !self.run.flags.should_stop
-            && (max_epochs < 0 || self.run.progress.epoch < max_epochs)
+            && (super::max_epochs_of(&self.cfg, &self.run) < 0
+                || self.run.progress.epoch < super::max_epochs_of(&self.cfg, &self.run))
             && (self.cfg.max_steps < 0 || self.run.progress.global_step < self.cfg.max_steps)
         {
             self.train_epoch(model, data, train, preempt)?;

@@ -12,6 +12,7 @@ use crate::callbacks::{
 };
 use crate::error::Result;
 use crate::lightning_module::{LightningModule, OptimizerConfig, Optimizers};
+use crate::traverse::TensorKind;
 use crate::value::Value;
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ pub(crate) type Hook = fn(&mut dyn Callback, &mut TrainerContext<'_>) -> Result<
 /// and the other callbacks (whose states go into a checkpoint next to the caller's).
 struct Handle<'a, M: LightningModule> {
     model: &'a M,
-    optim: Option<&'a Optimizers>,
+    optim: Option<&'a mut Optimizers>,
     run: &'a RunState,
     saver: &'a mut Saver,
     before: &'a [Box<dyn Callback>],
@@ -31,6 +32,10 @@ struct Handle<'a, M: LightningModule> {
     world: Option<&'a super::ddp::World>,
     fsdp: Option<&'a super::ddp::Fsdp>,
     stop_requested: bool,
+    /// Epochs the callback added to the limit, applied after the hook.
+    extra_epochs: i64,
+    /// The callback asked for an epoch without optimization.
+    skip_optimization: bool,
     /// Metrics the callback logged, for the logger and `callback_metrics` after the hook.
     logged: Vec<(IndexMap<String, f64>, i64)>,
 }
@@ -44,8 +49,13 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
     ) -> Result<()> {
         // with async checkpointing the barrier follows the snapshot: the write is durable
         // by the end of `fit`
-        let (before, after, model, optim, run) =
-            (self.before, self.after, self.model, self.optim, self.run);
+        let (before, after, model, optim, run) = (
+            self.before,
+            self.after,
+            self.model,
+            self.optim.as_deref(),
+            self.run,
+        );
         save_on_rank_zero(self.world, self.fsdp, self.saver, path, false, || {
             let callbacks = before
                 .iter()
@@ -70,8 +80,31 @@ impl<M: LightningModule> TrainerHandle for Handle<'_, M> {
 
     fn optimization(&self, weight_decay: bool) -> Optimization {
         self.optim
+            .as_deref()
             .map(|o| optimization_of(&o.config, weight_decay))
             .unwrap_or_default()
+    }
+
+    fn optimizer_config(&mut self) -> Option<&mut OptimizerConfig> {
+        self.optim.as_deref_mut().map(|o| &mut o.config)
+    }
+
+    fn extend_max_epochs(&mut self, epochs: i64) {
+        self.extra_epochs += epochs;
+    }
+
+    fn skip_optimization_this_epoch(&mut self) {
+        self.skip_optimization = true;
+    }
+
+    fn module_state(&self) -> Vec<(String, tch::Tensor, TensorKind)> {
+        let mut v = Vec::new();
+        self.model.visit("", &mut |name, t, kind| {
+            if kind.is_persistent() {
+                v.push((name.to_owned(), t.shallow_clone(), kind));
+            }
+        });
+        v
     }
 
     fn log_metrics(&mut self, metrics: IndexMap<String, f64>, step: i64) {
@@ -165,6 +198,8 @@ fn run_info<'a>(
         validation_ran: run.flags.val_ran,
         checkpoint_io: &*cfg.checkpoint_io,
         fast_dev_run: cfg.fast_dev_run > 0,
+        max_epochs: super::max_epochs_of(cfg, run),
+        sharded: matches!(cfg.strategy, super::strategy::Strategy::Fsdp(_)),
         should_update_logs: (run.progress.global_step + 1) % cfg.log_every_n_steps.max(1) as i64
             == 0
             || run.flags.should_stop,
@@ -190,7 +225,7 @@ impl Trainer {
             };
             let mut handle = Handle {
                 model,
-                optim: self.optim.as_ref(),
+                optim: self.optim.as_mut(),
                 run: &self.run,
                 saver: &mut self.saver,
                 before,
@@ -198,13 +233,21 @@ impl Trainer {
                 world: self.world.as_deref(),
                 fsdp: self.fsdp.as_ref(),
                 stop_requested: false,
+                extra_epochs: 0,
+                skip_optimization: false,
                 logged: Vec::new(),
             };
             let info = run_info(&self.run, &self.cfg, log_dir.as_deref(), rank_zero);
             let mut ctx = TrainerContext::new(info, &mut handle);
             result = hook(cb.as_mut(), &mut ctx);
             stop |= handle.stop_requested;
-            for (metrics, step) in std::mem::take(&mut handle.logged) {
+            let (extra_epochs, skip) = (handle.extra_epochs, handle.skip_optimization);
+            let logged_now = std::mem::take(&mut handle.logged);
+            if super::max_epochs_of(&self.cfg, &self.run) >= 0 {
+                self.run.setup.extra_epochs += extra_epochs;
+            }
+            self.run.flags.skip_optimization |= skip;
+            for (metrics, step) in logged_now {
                 let logged = self.logging.log_metrics_at(&metrics, step);
                 if result.is_ok() {
                     result = logged;

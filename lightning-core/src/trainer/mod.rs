@@ -308,7 +308,7 @@ pub(crate) fn checkpoint_of<'c, M: LightningModule>(
     value
 }
 
-fn warn(msg: &str) {
+pub(crate) fn warn(msg: &str) {
     tracing::warn!("{msg}");
     eprintln!("warning: {msg}");
 }
@@ -326,6 +326,15 @@ pub(crate) fn effective_max_epochs(cfg: &TrainerConfig) -> i64 {
         Some(e) => e,
         None if cfg.max_steps == -1 => 1000,
         None => -1,
+    }
+}
+
+/// This `fit`'s epoch limit: the configured one plus the epochs callbacks added (-1:
+/// unlimited).
+pub(crate) fn max_epochs_of(cfg: &TrainerConfig, run: &state::RunState) -> i64 {
+    match effective_max_epochs(cfg) {
+        e if e < 0 => e,
+        e => e + run.setup.extra_epochs,
     }
 }
 

@@ -74,7 +74,19 @@ fn restore_err(path: &Path, source: RestoreError) -> Error {
 
 /// Restores the optimizers and schedulers (after model and loops, as Lightning): the file's
 /// `optimizer_states` and `lr_schedulers` in `configure_optimizers`'s order.
-fn restore_optim(ckpt: &Checkpoint, optim: &mut OptimizerConfig) -> Result<(), RestoreError> {
+///
+/// With `replaced`, a callback installs its own schedulers (stochastic weight averaging):
+/// the configured ones are dropped and the saved scheduler states left to it.
+fn restore_optim(
+    ckpt: &Checkpoint,
+    optim: &mut OptimizerConfig,
+    replaced: bool,
+) -> Result<(), RestoreError> {
+    if replaced {
+        for e in optim.entries_mut() {
+            e.schedulers.clear();
+        }
+    }
     let states = ckpt.optimizer_states.as_deref().unwrap_or(&[]);
     if states.len() != optim.len() {
         return Err(RestoreError::Count {
@@ -83,7 +95,10 @@ fn restore_optim(ckpt: &Checkpoint, optim: &mut OptimizerConfig) -> Result<(), R
             configured: optim.len(),
         });
     }
-    let scheds = ckpt.lr_schedulers.as_deref().unwrap_or(&[]);
+    let scheds = match replaced {
+        true => &[],
+        false => ckpt.lr_schedulers.as_deref().unwrap_or(&[]),
+    };
     let configured = optim.schedulers().count();
     if scheds.len() != configured {
         return Err(RestoreError::Count {
@@ -229,7 +244,8 @@ impl Trainer {
             }
             self.run.setup.seed = saved;
         }
-        restore_optim(&r.ckpt, &mut optim.config).map_err(|e| restore_err(&r.path, e))?;
+        let replaced = self.callbacks.iter().any(|c| c.replaces_lr_schedulers());
+        restore_optim(&r.ckpt, &mut optim.config, replaced).map_err(|e| restore_err(&r.path, e))?;
         self.run.setup.resumed_from = Some(r.path);
         Ok(())
     }

@@ -61,6 +61,8 @@ pub(crate) struct RunSetup {
     pub(super) resumed_from: Option<PathBuf>,
     /// The training loader (this rank's, under DDP), whose state mid-epoch saves carry.
     pub(super) train: Option<DataLoader>,
+    /// Epochs callbacks added to the epoch limit (`TrainerHandle::extend_max_epochs`).
+    pub(super) extra_epochs: i64,
 }
 
 /// Where the loops stand: Lightning's progress counters, what a checkpoint saves and a
@@ -112,6 +114,9 @@ pub(crate) struct RunFlags {
     pub(super) should_stop: bool,
     /// The run stopped on SIGTERM/SIGUSR1.
     pub(super) preempted: bool,
+    /// This epoch's training steps run forward only (a callback asked, e.g. stochastic
+    /// weight averaging's batch-norm epoch); cleared when the epoch ends.
+    pub(super) skip_optimization: bool,
 }
 
 /// Training time across resumes: the time saved in the checkpoint plus this `fit`'s.
