@@ -75,6 +75,33 @@ fn sharded_checkpoints_resume_exactly_and_on_other_world_sizes() {
         "final vs last",
     );
 
+    // The same job under the venv's `torchrun --standalone` (every rank a client of the
+    // agent's store): the same sharded checkpoint, bit for bit.
+    if let Some(py) = lightning_testkit::python() {
+        let tr = root("torchrun");
+        let mut cmd = std::process::Command::new(py);
+        cmd.args([
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+        ])
+        .args(["--no-python", env!("CARGO_BIN_EXE_test-child"), "fsdp"])
+        .args([tr.to_str().unwrap(), "2", "2", "-", "sharded"])
+        .env_remove("LOCAL_RANK")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("MASTER_PORT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        crate::run_ok(&mut cmd, "fsdp under torchrun");
+        assert_bitwise(
+            &weights(&tr.join("ck").join("last.ckpt")),
+            &straight,
+            "torchrun vs our launcher",
+        );
+    }
+
     // SIGTERM to rank 0 mid-epoch: every rank stops at one step and the ranks save one
     // sharded `last.ckpt`; resuming it ends as the straight run, bit for bit.
     let pre = root("preempted");
