@@ -221,6 +221,14 @@ pub trait TrainerHandle {
     }
 }
 
+/// Shallow handles of named tensors kept with some tag (the averaging callbacks' copies).
+fn named_handles<T>(tensors: &[(String, tch::Tensor, T)]) -> Vec<(String, tch::Tensor)> {
+    tensors
+        .iter()
+        .map(|(n, t, _)| (n.clone(), t.shallow_clone()))
+        .collect()
+}
+
 /// What every hook receives: the run as of now, and a handle on the trainer.
 pub struct TrainerContext<'a> {
     /// What the callback can see of the run.

@@ -125,11 +125,7 @@ impl StochasticWeightAveraging {
 
     /// The averaged weights by name (after `fit` started).
     pub fn averaged(&self) -> Option<Vec<(String, Tensor)>> {
-        self.average.as_ref().map(|a| {
-            a.iter()
-                .map(|(n, t, _)| (n.clone(), t.shallow_clone()))
-                .collect()
-        })
+        self.average.as_deref().map(super::named_handles)
     }
 
     /// How many models the average holds.

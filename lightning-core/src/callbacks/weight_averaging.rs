@@ -98,11 +98,7 @@ impl WeightAveraging {
 
     /// The averaged weights (after `fit` started), by name.
     pub fn averaged(&self) -> Option<Vec<(String, Tensor)>> {
-        self.average.as_ref().map(|a| {
-            a.iter()
-                .map(|(n, t, _)| (n.clone(), t.shallow_clone()))
-                .collect()
-        })
+        self.average.as_deref().map(super::named_handles)
     }
 
     /// Lightning's `should_update`.
