@@ -662,3 +662,63 @@ fn a_custom_checkpoint_io_handles_every_file_the_trainer_touches() {
         io.calls.lock().unwrap()
     );
 }
+
+/// Lightning's sharded FSDP layout on `s3://` (the moto server), written by 2 ranks (the
+/// `fsdp` role of the test-child binary): every rank uploads its shard file, rank 0 `meta.pt`
+/// then `.metadata`; top-k replaces prefixes, `last.ckpt` is rewritten in place without
+/// leaving the older save's shards behind, and 1 epoch + `ckpt_path=last` from the bucket
+/// ends bit for bit where 2 straight epochs end.
+#[test]
+fn s3_fsdp_sharded_checkpoints_are_written_by_every_rank_and_resume_exactly() {
+    let Some(moto) = shared_moto() else { return };
+    moto.create_bucket("fsdp");
+    let run = |root: &str, epochs: &str, resume: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
+        cmd.args(["fsdp", root, "2", epochs, resume, "sharded"])
+            .envs(moto.env());
+        lightning_testkit::fresh_job(&mut cmd);
+        let out = Supervised::spawn(&mut cmd, Duration::from_secs(120)).wait_with_output();
+        assert!(
+            out.status.success(),
+            "fsdp on {root} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let weights = |url: &str| {
+        let v = DefaultCheckpointIO.load_checkpoint(Path::new(url)).unwrap();
+        v.get("state_dict").cloned().unwrap()
+    };
+    run("s3://fsdp/straight", "2", "-");
+    let ck = "s3://fsdp/straight/ck";
+    let files = names(ck);
+    assert_eq!(
+        files.len(),
+        3,
+        "top-2 and last, each a sharded prefix: {files:?}"
+    );
+    for f in &files {
+        let url = PathBuf::from(format!("{ck}/{f}"));
+        assert!(
+            lightning_core::checkpoint::dcp::lightning::is_sharded_checkpoint(&url),
+            "{f}"
+        );
+        DefaultCheckpointIO.verify(&url).unwrap();
+    }
+    // last.ckpt was written twice: only the second save's two shard files remain
+    let mut objects = names(&format!("{ck}/last.ckpt"));
+    objects.retain(|n| n.ends_with(".distcp"));
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    let straight = weights("s3://fsdp/straight/final.ckpt");
+    assert_eq!(straight, weights(&format!("{ck}/last.ckpt")));
+
+    run("s3://fsdp/resumed", "1", "-");
+    run("s3://fsdp/resumed", "2", "last");
+    assert_eq!(
+        weights("s3://fsdp/resumed/final.ckpt"),
+        straight,
+        "1 epoch + resume from the bucket's last.ckpt == 2 straight"
+    );
+    assert_eq!(moto.uploads_in_progress("fsdp"), 0);
+}

@@ -22,3 +22,15 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Makes `cmd` the first process of a fresh job: no rank or rendezvous variables from this
+/// process's environment (so it becomes rank 0 and launches the other ranks, or a launcher
+/// such as torchrun sets them), and its output captured.
+pub fn fresh_job(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    cmd.env_remove("LOCAL_RANK")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("MASTER_PORT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+}

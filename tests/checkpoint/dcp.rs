@@ -227,6 +227,43 @@ fn saving_a_directory_replaces_the_old_one_whole() {
     );
 }
 
+/// A `meta.pt` stamped with another save's id than `.metadata`'s (a save to object storage
+/// cut between its last two writes) is an error naming both; the matching id reads.
+#[test]
+fn a_meta_pt_of_another_save_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("last.ckpt");
+    let mut model = Value::dict();
+    model.insert(
+        "w",
+        Value::Tensor(Tensor::ones([3], (Kind::Float, Device::Cpu))),
+    );
+    let mut state = Value::dict();
+    state.insert("model", model);
+    dcp::save(&dir, &state).unwrap();
+    let save_id = DcpReader::open(&dir)
+        .unwrap()
+        .metadata()
+        .save_id
+        .clone()
+        .unwrap();
+    let meta_at = |id: &str| {
+        let mut meta = Value::dict();
+        meta.insert("epoch", 3i64);
+        dcp::lightning::stamp_save_id(&mut meta, id);
+        lightning_core::checkpoint::save(&dir.join(dcp::lightning::META_FILE), &meta).unwrap();
+    };
+    meta_at(&save_id);
+    let v = dcp::lightning::load(&dir).unwrap();
+    assert_eq!(v.get("epoch").and_then(Value::as_i64), Some(3));
+    meta_at("another-save");
+    let e = dcp::lightning::load(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("another-save") && e.contains(&save_id) && e.contains("interrupted"),
+        "{e}"
+    );
+}
+
 #[test]
 fn torch_dcp_reads_ours_and_we_read_torch_dcp() {
     let root = tempfile::tempdir().unwrap();

@@ -87,13 +87,8 @@ fn sharded_checkpoints_resume_exactly_and_on_other_world_sizes() {
             "--nproc-per-node=2",
         ])
         .args(["--no-python", env!("CARGO_BIN_EXE_test-child"), "fsdp"])
-        .args([tr.to_str().unwrap(), "2", "2", "-", "sharded"])
-        .env_remove("LOCAL_RANK")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env_remove("MASTER_PORT")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .args([tr.to_str().unwrap(), "2", "2", "-", "sharded"]);
+        lightning_testkit::fresh_job(&mut cmd);
         crate::run_ok(&mut cmd, "fsdp under torchrun");
         assert_bitwise(
             &weights(&tr.join("ck").join("last.ckpt")),

@@ -5,7 +5,7 @@ mod sampler;
 mod trainer_ddp;
 
 use lightning_testkit::Supervised;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// `test-child <role>` as the first process of a job: no rank or rendezvous variables of this
@@ -13,13 +13,7 @@ use std::time::Duration;
 /// output is captured.
 pub(crate) fn job(role: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-child"));
-    cmd.arg(role)
-        .env_remove("LOCAL_RANK")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env_remove("MASTER_PORT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    lightning_testkit::fresh_job(cmd.arg(role));
     cmd
 }
 

@@ -175,11 +175,8 @@ fn torchrun_single_and_two_node_runs_match_our_launcher() {
             .args(extra)
             .args(["--no-python", child, "ddp", root.to_str().unwrap(), "2"])
             .args([devices, "0", nodes])
-            .env_remove("LOCAL_RANK")
-            .env_remove("RANK")
-            .env_remove(ddp::DIE_AT)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .env_remove(ddp::DIE_AT);
+        lightning_testkit::fresh_job(&mut cmd);
         Supervised::spawn(&mut cmd, Duration::from_secs(120))
     };
     let check = |root: &Path, outs: Vec<std::process::Output>| {

@@ -67,6 +67,9 @@ impl CheckpointIO for DefaultCheckpointIO {
     }
 
     fn remove_checkpoint(&self, path: &Path) -> Result<(), CheckpointError> {
+        if is_url(path) && dcp::lightning::is_sharded_checkpoint(path) {
+            return remove_prefix(path);
+        }
         if is_url(path) {
             return object::remove(path);
         }
@@ -88,7 +91,9 @@ impl CheckpointIO for DefaultCheckpointIO {
 
     fn list(&self, dir: &Path) -> Result<Vec<StoredFile>, CheckpointError> {
         if is_url(dir) {
-            return object::list(dir);
+            let mut files = object::list(dir)?;
+            files.extend(sharded_prefixes(dir)?);
+            return Ok(files);
         }
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -115,6 +120,9 @@ impl CheckpointIO for DefaultCheckpointIO {
     }
 
     fn link(&self, target: &Path, link: &Path) -> Result<(), CheckpointError> {
+        if is_url(target) && is_url(link) && dcp::lightning::is_sharded_checkpoint(target) {
+            return copy_prefix(target, link);
+        }
         if is_url(target) || is_url(link) {
             return copy(target, link);
         }
@@ -146,4 +154,60 @@ impl CheckpointIO for DefaultCheckpointIO {
             local::remove_stale_temp_files(dir);
         }
     }
+}
+
+/// The sharded checkpoints (prefixes holding `.metadata`) directly under the object-storage
+/// "folder" `dir`, each dated by its `.metadata` (written last).
+fn sharded_prefixes(dir: &Path) -> Result<Vec<StoredFile>, CheckpointError> {
+    let mut out = Vec::new();
+    for name in object::list_dirs(dir)? {
+        let prefix = dir.join(&name);
+        let objects = object::list(&prefix)?;
+        let Some(meta) = objects
+            .iter()
+            .find(|o| o.path.file_name() == Some(dcp::METADATA_FILE.as_ref()))
+        else {
+            continue;
+        };
+        out.push(StoredFile {
+            path: prefix,
+            modified: meta.modified,
+            size: objects.iter().map(|o| o.size).sum(),
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes a sharded checkpoint on object storage: its `.metadata` first (from then on the
+/// prefix is no checkpoint), then every other object under it.
+fn remove_prefix(prefix: &Path) -> Result<(), CheckpointError> {
+    object::remove(&prefix.join(dcp::METADATA_FILE))?;
+    for o in object::list(prefix)? {
+        object::remove(&o.path)?;
+    }
+    Ok(())
+}
+
+/// Copies the sharded checkpoint `from` to the prefix `to` on object storage: every object
+/// but `.metadata`, then `.metadata` (so `to` is a checkpoint only once complete), then
+/// removes what `to` held that `from` does not (an older save's shard files). `meta.pt`
+/// and `.metadata` carry one save id, so a copy cut between them is an error on reading.
+fn copy_prefix(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    let objects = object::list(from)?;
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut names = Vec::new();
+    for o in &objects {
+        let Some(n) = name(&o.path) else { continue };
+        if n != dcp::METADATA_FILE {
+            copy(&o.path, &to.join(&n))?;
+        }
+        names.push(n);
+    }
+    copy(&from.join(dcp::METADATA_FILE), &to.join(dcp::METADATA_FILE))?;
+    for o in object::list(to)? {
+        if name(&o.path).is_some_and(|n| !names.contains(&n)) {
+            object::remove(&o.path)?;
+        }
+    }
+    Ok(())
 }

@@ -204,6 +204,46 @@ pub fn load(dir: &Path) -> Result<Value, CheckpointError> {
     load_rows(dir, &|_, _| None)
 }
 
+/// Where our `meta.pt` names the DCP save it belongs to (under `lightning_rs`).
+const SAVE_ID_KEY: &str = "dcp_save_id";
+
+/// Writes `save_id` (the `.metadata`'s `storage_meta.save_id`) into `meta.pt`'s value, so a
+/// reader can tell a `meta.pt` and a `.metadata` of different saves apart (object storage
+/// writes them as two objects, with no rename to make them appear together).
+pub fn stamp_save_id(meta: &mut Value, save_id: &str) {
+    if !matches!(meta.get("lightning_rs"), Some(Value::Dict(_))) {
+        meta.insert("lightning_rs", Value::dict());
+    }
+    if let Some(own) = meta.get_mut("lightning_rs") {
+        own.insert(SAVE_ID_KEY, save_id);
+    }
+}
+
+/// After a save under the object-storage prefix `prefix` completed (its `.metadata` names
+/// only files of save `token`): removes the shard files earlier saves left there. Best
+/// effort: a file left behind is only unused space (warned).
+pub fn remove_other_saves_files(prefix: &Path, token: &str) {
+    let ours = format!("-{token}.distcp");
+    let objects = match crate::storage::object::list(prefix) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(
+                "could not list {} to remove old shard files: {e}",
+                prefix.display()
+            );
+            return;
+        }
+    };
+    for o in objects {
+        let name = o.path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some(name) = name.filter(|n| n.ends_with(".distcp") && !n.ends_with(&ours))
+            && let Err(e) = crate::storage::object::remove(&o.path)
+        {
+            tracing::warn!("could not remove the old shard file {name}: {e}");
+        }
+    }
+}
+
 /// Runs `read` on `dir`, or, for a URL, on a local copy of its objects.
 fn local<T>(
     dir: &Path,
@@ -259,6 +299,19 @@ fn load_rows_local(dir: &Path, named: &Path, rows: &RowsFn<'_>) -> Result<Value,
         path: named.to_owned(),
         msg,
     };
+    let stamped = ckpt
+        .get("lightning_rs")
+        .and_then(|o| o.get(SAVE_ID_KEY))
+        .and_then(Value::as_str);
+    if let (Some(meta_id), Some(dcp_id)) = (stamped, r.metadata().save_id.as_deref())
+        && meta_id != dcp_id
+    {
+        return Err(fmt(format!(
+            "meta.pt belongs to save {meta_id}, .metadata to save {dcp_id}: a save was \
+             interrupted between writing the two (object storage writes them one after \
+             the other); the shards are .metadata's, the training state meta.pt's"
+        )));
+    }
     let Value::Dict(mut parts) = state else {
         return Err(fmt("the DCP state is not a dict".into()));
     };

@@ -276,7 +276,19 @@ pub fn write_rank_file(
     items: &[(String, Vec<PathPart>, LocalItem)],
     durable: bool,
 ) -> Result<Vec<WrittenItem>, CheckpointError> {
-    let name = rank_file_name(rank);
+    write_items_file(dir, &rank_file_name(rank), items, durable)
+}
+
+/// [`write_rank_file`] under the file name `name` (readers find each item's file through
+/// `.metadata`), into a local directory or, uploaded as it is written, under an
+/// object-storage prefix.
+pub fn write_items_file(
+    dir: &Path,
+    name: &str,
+    items: &[(String, Vec<PathPart>, LocalItem)],
+    durable: bool,
+) -> Result<Vec<WrittenItem>, CheckpointError> {
+    let name = name.to_owned();
     let path = dir.join(&name);
     let mut prepared = Vec::with_capacity(items.len());
     let mut needed = 0;
@@ -303,7 +315,7 @@ pub fn write_rank_file(
         prepared.push(p);
     }
     let mut lengths = Vec::with_capacity(items.len());
-    local::write_atomically(&path, needed, durable, |w| {
+    crate::storage::files::write_atomically(&path, needed, durable, |w| {
         let mut total = 0;
         for p in &prepared {
             let (_, len) = super::write_archive(&mut *w, p)?;
@@ -363,8 +375,12 @@ pub fn write_metadata(
     durable: bool,
 ) -> Result<Metadata, CheckpointError> {
     let path = dir.join(METADATA_FILE);
+    let id = match crate::storage::is_url(dir) {
+        true => dir.to_path_buf(),
+        false => local::absolute(dir),
+    };
     let mut m = Metadata {
-        checkpoint_id: Some(local::absolute(dir).to_string_lossy().into_owned()),
+        checkpoint_id: Some(id.to_string_lossy().into_owned()),
         save_id: Some(save_id.to_owned()),
         version: Some("1.0.0".into()),
         ..Metadata::default()
@@ -412,7 +428,7 @@ pub fn write_metadata(
         ));
     }
     let bytes = m.to_pickle();
-    local::write_atomically(&path, bytes.len() as u64, durable, |w| {
+    crate::storage::files::write_atomically(&path, bytes.len() as u64, durable, |w| {
         std::io::Write::write_all(w, &bytes)?;
         Ok(bytes.len() as u64)
     })?;

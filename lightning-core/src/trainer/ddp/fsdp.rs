@@ -505,14 +505,6 @@ impl Fsdp {
     /// training thread only cuts and snapshots this rank's items; the files are written by
     /// the saver (on its thread when async), which meets the other ranks through the store.
     fn save_sharded(&self, path: &Path, ckpt: Value, saver: &mut Saver) -> Result<()> {
-        if crate::storage::is_url(path) {
-            return Err(Error::Config(format!(
-                "{}: sharded checkpoints are written to local (or shared) file systems only \
-                 for now; with an object-storage path use state_dict_type=\"full\" (sharded \
-                 checkpoints already on object storage can be read)",
-                path.display()
-            )));
-        }
         let n = self.saves.fetch_add(1, Ordering::Relaxed);
         let rank = self.world.env.rank;
         let key = format!("lightning_rs/fsdp_save/{n}");
@@ -562,16 +554,64 @@ impl Fsdp {
     }
 }
 
+/// Where a sharded save's files go: a staging directory published as a whole (a local or
+/// shared file system), or straight under an object-storage prefix, each rank's file under
+/// a name of this save (`__{rank}_0-{token}.distcp`) with `.metadata` written last.
+enum ShardTarget {
+    Staging(PathBuf),
+    Prefix { token: String },
+}
+
+impl ShardTarget {
+    /// What rank 0 tells the others through the store.
+    fn encode(&self) -> String {
+        match self {
+            ShardTarget::Staging(p) => format!("dir:{}", p.to_string_lossy()),
+            ShardTarget::Prefix { token } => format!("url:{token}"),
+        }
+    }
+
+    fn decode(b: &[u8]) -> Result<ShardTarget, String> {
+        let s = String::from_utf8_lossy(b);
+        if let Some(p) = s.strip_prefix("dir:") {
+            return Ok(ShardTarget::Staging(PathBuf::from(p)));
+        }
+        if let Some(t) = s.strip_prefix("url:") {
+            return Ok(ShardTarget::Prefix {
+                token: t.to_owned(),
+            });
+        }
+        Err(s.strip_prefix("error: ").unwrap_or(&s).to_owned())
+    }
+
+    /// The folder the rank files and `.metadata` are written into.
+    fn dir<'a>(&'a self, path: &'a Path) -> &'a Path {
+        match self {
+            ShardTarget::Staging(p) => p,
+            ShardTarget::Prefix { .. } => path,
+        }
+    }
+
+    fn file_name(&self, rank: usize) -> String {
+        match self {
+            ShardTarget::Staging(_) => dcp::rank_file_name(rank),
+            ShardTarget::Prefix { token } => format!("__{rank}_0-{token}.distcp"),
+        }
+    }
+}
+
 /// One rank's part of a sharded save (see `Fsdp::save_sharded`); runs on the saver's
-/// thread when saves are async. Rank 0 makes the staging directory and names it to the others
-/// through the store; each rank writes its file and posts what it wrote; rank 0 completes and
-/// publishes the directory and posts the outcome, which every rank waits for.
+/// thread when saves are async. Rank 0 makes the staging directory (or picks this save's
+/// file names on object storage) and names it to the others through the store (or the
+/// error that stopped it, so nobody waits); each rank writes its file and posts what it
+/// wrote; rank 0 completes the checkpoint (`meta.pt`, then `.metadata`), publishes the
+/// directory, and posts the outcome, which every rank waits for.
 fn write_sharded(
     world: &World,
     key: &str,
     path: &Path,
     items: Vec<(String, Vec<PathPart>, LocalItem)>,
-    meta: Value,
+    mut meta: Value,
 ) -> Result<(), CheckpointError> {
     let rank = world.env.rank;
     let store = &world.store;
@@ -580,17 +620,31 @@ fn write_sharded(
         what: "the sharded save's rendezvous".into(),
         source: Box::new(e),
     };
-    let staging = if rank == 0 {
-        let s = crate::storage::local::staging_dir(path)?;
+    let bad = |msg: String| CheckpointError::Format {
+        path: path.to_owned(),
+        msg,
+    };
+    let target = if rank == 0 {
+        let t = match crate::storage::is_url(path) {
+            true => Ok(ShardTarget::Prefix {
+                token: dcp::new_save_id()[..8].to_owned(),
+            }),
+            false => crate::storage::local::staging_dir(path).map(ShardTarget::Staging),
+        };
+        let posted = match &t {
+            Ok(t) => t.encode(),
+            Err(e) => format!("error: {e}"),
+        };
         store
-            .set(&format!("{key}/dir"), s.to_string_lossy().as_bytes())
+            .set(&format!("{key}/dir"), posted.as_bytes())
             .map_err(remote)?;
-        s
+        t?
     } else {
         let b = store.get(&format!("{key}/dir")).map_err(remote)?;
-        PathBuf::from(String::from_utf8_lossy(&b).into_owned())
+        ShardTarget::decode(&b).map_err(|e| bad(format!("rank 0 could not start the save: {e}")))?
     };
-    let written = dcp::write_rank_file(&staging, rank, &items, true);
+    let dir = target.dir(path);
+    let written = dcp::write_items_file(dir, &target.file_name(rank), &items, true);
     // Post the outcome either way, so rank 0 never waits for a rank that failed.
     let posted = match &written {
         Ok(w) => serde_json::Value::Array(w.iter().map(|x| x.to_json()).collect()).to_string(),
@@ -600,10 +654,6 @@ fn write_sharded(
         .set(&format!("{key}/rank{rank}"), posted.as_bytes())
         .map_err(remote)?;
     written?;
-    let bad = |msg: String| CheckpointError::Format {
-        path: path.to_owned(),
-        msg,
-    };
     if rank == 0 {
         let published = (|| {
             let mut all = Vec::new();
@@ -624,12 +674,20 @@ fn write_sharded(
                     );
                 }
             }
-            dcp::write_metadata(&staging, &all, &dcp::new_save_id(), true)?;
-            crate::checkpoint::save(&staging.join(dcp::lightning::META_FILE), &meta)?;
-            crate::storage::local::publish_dir(&staging, path)
+            let save_id = dcp::new_save_id();
+            dcp::lightning::stamp_save_id(&mut meta, &save_id);
+            crate::checkpoint::save(&dir.join(dcp::lightning::META_FILE), &meta)?;
+            dcp::write_metadata(dir, &all, &save_id, true)?;
+            match &target {
+                ShardTarget::Staging(staging) => crate::storage::local::publish_dir(staging, path),
+                ShardTarget::Prefix { token } => {
+                    dcp::lightning::remove_other_saves_files(path, token);
+                    Ok(())
+                }
+            }
         })();
-        if published.is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
+        if let (Err(_), ShardTarget::Staging(staging)) = (&published, &target) {
+            let _ = std::fs::remove_dir_all(staging);
         }
         let outcome: &[u8] = if published.is_ok() { b"ok" } else { b"failed" };
         store.set(&format!("{key}/done"), outcome).map_err(remote)?;
