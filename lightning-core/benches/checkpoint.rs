@@ -435,7 +435,8 @@ fn fresh_process_loads(ckpt: &Path) -> (f64, Option<f64>) {
 #[command(about = "Checkpoint save/load throughput against torch.save/torch.load")]
 struct Cli {
     /// Run the measurement (`cargo bench` passes it).
-    #[arg(long)]
+    /// (Given twice by `cargo bench -- --bench`: accepted.)
+    #[arg(long, overrides_with = "bench")]
     bench: bool,
     /// Load PATH once and print the seconds it took (the bench runs itself with it).
     #[arg(long, value_name = "PATH")]

@@ -76,7 +76,8 @@ fn anchors(per: i64, nt: i64, reps: i64) -> Option<serde_json::Value> {
 #[command(about = "Fused optimizer kernels against torch's fused and foreach ops (CUDA)")]
 struct Cli {
     /// Run the measurement (`cargo bench` passes it).
-    #[arg(long)]
+    /// (Given twice by `cargo bench -- --bench`: accepted.)
+    #[arg(long, overrides_with = "bench")]
     bench: bool,
     /// Accepted for cargo and libtest compatibility; ignored.
     #[arg(long, hide = true)]

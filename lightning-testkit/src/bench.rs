@@ -6,7 +6,8 @@
 #[derive(clap::Args, Debug, Clone)]
 pub struct CargoArgs {
     /// Run the full measurement (`cargo bench` passes it); without it, a quick smoke run.
-    #[arg(long)]
+    /// (Given twice by `cargo bench -- --bench`, as the README's commands do: accepted.)
+    #[arg(long, overrides_with = "bench")]
     pub bench: bool,
     /// Accepted for cargo and libtest compatibility; ignored.
     #[arg(long, hide = true)]
