@@ -42,6 +42,14 @@ char* lsys_grad_set_to_none(lsys_tensor* param);
 char* lsys_grad_set(lsys_tensor* param, const lsys_tensor* grad);
 // Whether two handles are the same variable (one TensorImpl).
 int lsys_same_variable(const lsys_tensor* a, const lsys_tensor* b);
+// Autograd hooks calling back into Rust: `fn(tag)` runs on the thread driving the backward.
+typedef void (*lsys_hook_fn)(uint64_t tag);
+// A gradient hook on `t` (a non-leaf output): `fn(tag)` when its gradient is computed, before
+// it flows into the ops that made `t` (the gradient is left unchanged).
+char* lsys_register_grad_hook(lsys_tensor* t, lsys_hook_fn fn, uint64_t tag);
+// The post-accumulate-grad hook of the leaf `t` (one per tensor, replacing any other; `fn`
+// NULL removes it): `fn(tag)` after a backward accumulated into `t.grad`.
+char* lsys_set_post_accumulate_grad_hook(lsys_tensor* t, lsys_hook_fn fn, uint64_t tag);
 // torch.empty(sizes, dtype=dtype_of.dtype, pin_memory=True) (a new tensor the caller owns).
 char* lsys_empty_pinned(const lsys_tensor* dtype_of, const int64_t* sizes, size_t ndim,
                         lsys_tensor** out);

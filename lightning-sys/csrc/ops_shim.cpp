@@ -6,6 +6,8 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include "lsys.h"
 #include "lsys_common.h"
@@ -60,6 +62,30 @@ char* lsys_grad_set(lsys_tensor* param, const lsys_tensor* grad) {
 
 int lsys_same_variable(const lsys_tensor* a, const lsys_tensor* b) {
   return a->unsafeGetTensorImpl() == b->unsafeGetTensorImpl() ? 1 : 0;
+}
+
+char* lsys_register_grad_hook(lsys_tensor* t, lsys_hook_fn fn, uint64_t tag) {
+  return lsys::guard([&] {
+    t->register_hook([fn, tag](const at::TensorBase&) { fn(tag); });
+  });
+}
+
+namespace {
+struct PostAccHook : torch::autograd::PostAccumulateGradHook {
+  lsys_hook_fn fn;
+  uint64_t tag;
+  PostAccHook(lsys_hook_fn f, uint64_t t) : fn(f), tag(t) {}
+  void operator()(const torch::autograd::Variable&) override { fn(tag); }
+};
+}  // namespace
+
+char* lsys_set_post_accumulate_grad_hook(lsys_tensor* t, lsys_hook_fn fn, uint64_t tag) {
+  return lsys::guard([&] {
+    TORCH_CHECK(t->is_leaf(), "a post-accumulate-grad hook needs a leaf tensor");
+    std::unique_ptr<torch::autograd::PostAccumulateGradHook> hook;
+    if (fn != nullptr) hook = std::make_unique<PostAccHook>(fn, tag);
+    torch::autograd::impl::set_post_acc_grad_hooks(*t, std::move(hook));
+  });
 }
 
 char* lsys_autocast_enter(int8_t device_type, int8_t dtype, lsys_autocast_prev* prev) {

@@ -44,6 +44,12 @@ unsafe extern "C" {
     fn lsys_grad_set_to_none(param: *mut C_tensor) -> *mut c_char;
     fn lsys_grad_set(param: *mut C_tensor, grad: *const C_tensor) -> *mut c_char;
     fn lsys_same_variable(a: *const C_tensor, b: *const C_tensor) -> std::ffi::c_int;
+    fn lsys_register_grad_hook(t: *mut C_tensor, f: HookFn, tag: u64) -> *mut c_char;
+    fn lsys_set_post_accumulate_grad_hook(
+        t: *mut C_tensor,
+        f: Option<HookFn>,
+        tag: u64,
+    ) -> *mut c_char;
     fn lsys_empty_pinned(
         dtype_of: *const C_tensor,
         sizes: *const i64,
@@ -144,6 +150,33 @@ pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<(), TchError> {
 pub fn same_variable(a: &Tensor, b: &Tensor) -> bool {
     // SAFETY: reads two live tensors' impl pointers.
     unsafe { lsys_same_variable(a.as_ptr(), b.as_ptr()) != 0 }
+}
+
+/// An autograd hook: called with the tag it was registered with, on the thread driving the
+/// backward. It must not unwind (catch panics inside).
+pub type HookFn = extern "C" fn(tag: u64);
+
+/// `t.register_hook(...)` on a tensor that requires grad: `f(tag)` runs when `t`'s gradient
+/// has been computed, before the ops that made `t` run their backward (the gradient is not
+/// changed). The hook lives as long as `t`'s autograd node.
+pub fn register_grad_hook(t: &Tensor, f: HookFn, tag: u64) -> Result<(), TchError> {
+    // SAFETY: `t` is a live tch tensor; the hook keeps only `f` (a plain function) and `tag`.
+    check("register_grad_hook", unsafe {
+        lsys_register_grad_hook(t.as_ptr() as *mut C_tensor, f, tag)
+    })
+}
+
+/// `t.register_post_accumulate_grad_hook(...)` on a leaf (one per tensor; `None` removes
+/// it): `f(tag)` runs after a backward has accumulated into `t.grad`.
+pub fn set_post_accumulate_grad_hook(
+    t: &Tensor,
+    f: Option<HookFn>,
+    tag: u64,
+) -> Result<(), TchError> {
+    // SAFETY: as `register_grad_hook`; the hook is stored in the variable's autograd meta.
+    check("set_post_accumulate_grad_hook", unsafe {
+        lsys_set_post_accumulate_grad_hook(t.as_ptr() as *mut C_tensor, f, tag)
+    })
 }
 
 /// `torch.autocast(device_type, dtype)` for as long as the guard lives: ops on that device
@@ -294,6 +327,31 @@ mod tests {
         let y = Tensor::zeros([4], (Kind::Float, Device::Cpu));
         let err = addcmul_(&mut x, &y, &y, 1.0).expect_err("mismatched shapes");
         assert!(err.to_string().contains("addcmul_"), "{err}");
+    }
+
+    #[test]
+    fn hooks_fire_on_the_output_gradient_then_after_accumulation() {
+        static SEEN: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+        extern "C" fn record(tag: u64) {
+            SEEN.lock().unwrap_or_else(|e| e.into_inner()).push(tag);
+        }
+        let w = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = &w * 3.0;
+        register_grad_hook(&y, record, 1).unwrap();
+        set_post_accumulate_grad_hook(&w, Some(record), 2).unwrap();
+        y.sum(Kind::Float).backward();
+        assert_eq!(
+            *SEEN.lock().unwrap(),
+            [1, 2],
+            "output hook, then post-accumulate"
+        );
+        assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), [3.0, 3.0]);
+        // removed: a second backward records nothing more
+        set_post_accumulate_grad_hook(&w, None, 0).unwrap();
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert_eq!(*SEEN.lock().unwrap(), [1, 2]);
+        let e = set_post_accumulate_grad_hook(&y, Some(record), 3).unwrap_err();
+        assert!(e.to_string().contains("leaf"), "{e}");
     }
 
     #[test]
