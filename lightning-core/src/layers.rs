@@ -32,6 +32,98 @@ pub fn set_cumulative_batch_norm(on: bool) {
     CUMULATIVE_BATCH_NORM.with(|c| c.set(on));
 }
 
+thread_local! {
+    /// The [`FsdpUnit`]s a traversal on this thread is inside (innermost last).
+    static UNIT_STACK: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static NEXT_UNIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A unit of `strategy="fsdp"` (FSDP2's `fully_shard(layer)` on a submodule, Lightning's wrap
+/// policy): under FSDP the layer's parameters are gathered only around its own forward (and,
+/// with `FULL_SHARD`, again just before its backward), then sharded again, and its
+/// gradients are reduce-scattered as soon as its backward is done. A step then holds one
+/// unit's whole parameters at a time besides the module's other (root) parameters, instead
+/// of the whole model. Outside FSDP it is the layer itself. Names are unchanged (the wrapper
+/// adds no name component), so checkpoints are the same with or without units.
+///
+/// ```
+/// use lightning_core::layers::FsdpUnit;
+/// use tch::nn::{self, ModuleT};
+/// let vs = nn::VarStore::new(tch::Device::Cpu);
+/// let block = FsdpUnit::new(nn::linear(vs.root() / "block", 4, 4, Default::default()));
+/// let y = block.forward_t(&tch::Tensor::ones([2, 4], (tch::Kind::Float, tch::Device::Cpu)), true);
+/// assert_eq!(y.size(), [2, 4]);
+/// ```
+#[derive(Debug)]
+pub struct FsdpUnit<L> {
+    /// The wrapped layer.
+    pub inner: L,
+    id: u64,
+}
+
+impl<L> FsdpUnit<L> {
+    /// Makes `inner` one FSDP unit.
+    pub fn new(inner: L) -> Self {
+        FsdpUnit {
+            inner,
+            id: NEXT_UNIT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Runs any forward of the layer as the unit's (`block.call(|b| b.forward(&x, &mask))`):
+    /// under FSDP its parameters are gathered around it, and the tensor it returns carries
+    /// the hook that gathers them again for the backward.
+    pub fn call(&self, forward: impl FnOnce(&L) -> Tensor) -> Tensor {
+        crate::trainer::around_fsdp_unit(self.id, || forward(&self.inner))
+    }
+
+    /// `forward` of a [`nn::Module`] layer, as a unit.
+    pub fn forward(&self, xs: &Tensor) -> Tensor
+    where
+        L: nn::Module,
+    {
+        crate::trainer::around_fsdp_unit(self.id, || self.inner.forward(xs))
+    }
+}
+
+impl<L: Traverse> Traverse for FsdpUnit<L> {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
+        UNIT_STACK.with(|s| s.borrow_mut().push(self.id));
+        self.inner.visit(prefix, f);
+        UNIT_STACK.with(|s| s.borrow_mut().pop());
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind)) {
+        UNIT_STACK.with(|s| s.borrow_mut().push(self.id));
+        self.inner.visit_mut(prefix, f);
+        UNIT_STACK.with(|s| s.borrow_mut().pop());
+    }
+}
+
+impl<L: ModuleT> ModuleT for FsdpUnit<L> {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        crate::trainer::around_fsdp_unit(self.id, || self.inner.forward_t(xs, train))
+    }
+}
+
+/// Each parameter's name (in `named_parameters` order) with the [`FsdpUnit`] holding it
+/// (`None`: the root), and whether any unit is inside another.
+pub(crate) fn fsdp_units_of<T: Traverse + ?Sized>(m: &T) -> (Vec<(String, Option<u64>)>, bool) {
+    let mut out = Vec::new();
+    let mut nested = false;
+    m.visit("", &mut |name, _, kind| {
+        if kind == TensorKind::Parameter {
+            let (top, depth) = UNIT_STACK.with(|s| {
+                let s = s.borrow();
+                (s.last().copied(), s.len())
+            });
+            nested |= depth > 1;
+            out.push((name.to_owned(), top));
+        }
+    });
+    (out, nested)
+}
+
 /// Whether [`set_cumulative_batch_norm`] is on for this thread.
 pub fn cumulative_batch_norm() -> bool {
     CUMULATIVE_BATCH_NORM.with(Cell::get)

@@ -347,3 +347,57 @@ fn two_fsdp_ranks_train_as_one_process_and_full_saves_are_single_files() {
         );
     }
 }
+
+/// `FsdpUnit`s (FSDP2's per-layer `fully_shard`, Lightning's wrap policy): a step gathers one
+/// unit's parameters at a time (around its forward, again before its backward) and
+/// reduce-scatters its gradients as its backward ends; the training is the same as with the
+/// model as one unit, bit for bit, while the bytes of gathered parameters peak lower.
+#[test]
+fn fsdp_units_train_as_one_unit_with_a_lower_peak_of_gathered_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_to = |name: &str, model: &str, epochs: &str, resume: &str| {
+        let root = dir.path().join(name);
+        let mut cmd = crate::job("fsdp");
+        cmd.args([
+            root.to_str().unwrap(),
+            "2",
+            epochs,
+            resume,
+            "sharded",
+            model,
+        ]);
+        let out =
+            lightning_testkit::Supervised::spawn(&mut cmd, std::time::Duration::from_secs(120))
+                .wait_with_output();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "fsdp {model} failed ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let peak: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("peak_gathered_bytes "))
+            .unwrap_or_else(|| panic!("no peak in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap();
+        (weights(&root.join("final.ckpt")), peak)
+    };
+    let run = |name: &str, model: &str| run_to(name, model, "2", "-");
+    let (one, one_peak) = run("one-unit", "stack");
+    let (units, units_peak) = run("units", "units");
+    assert_bitwise(&units, &one, "three FsdpUnits vs the model as one unit");
+    // One unit: every layer's whole weights at once (about half of them beyond the shards on
+    // 2 ranks: 4.7 KB); with units, the root (the head) and one 32x32 layer at most (2.2 KB).
+    assert!(
+        (units_peak as f64) < 0.6 * one_peak as f64,
+        "peak gathered bytes: {units_peak} with units vs {one_peak} without"
+    );
+    // Units resume exactly from their sharded checkpoint (names are the same as without).
+    run_to("units-resumed", "units", "1", "-");
+    let (resumed, _) = run_to("units-resumed", "units", "2", "last");
+    assert_bitwise(&resumed, &one, "units: 1 epoch + resume to 2");
+    eprintln!("peak gathered bytes beyond the shards: one unit {one_peak}, units {units_peak}");
+}

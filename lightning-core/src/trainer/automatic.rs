@@ -3,6 +3,7 @@
 //! back-propagated; every `accumulate_grad_batches` batches (and at the epoch's end) the
 //! optimizer step: unscale and clip, step through the grad scaler, `zero_grad`.
 
+use super::ddp::Fsdp;
 use super::fit::no_optimizer;
 use super::{clip_gradients, Trainer};
 use crate::data::Batch;
@@ -48,6 +49,8 @@ impl Trainer {
         if let Some(f) = &mut self.fsdp {
             f.unshard()?;
         }
+        // FSDP units gather around their forward and backward (hooks), until `reduce_grads`
+        let active = self.fsdp.as_mut().map(Fsdp::activate);
         let loss = self
             .cfg
             .precision
@@ -63,6 +66,7 @@ impl Trainer {
         scaled
             .f_backward()
             .map_err(|e| step_err("backward of training_step's loss")(e.into()))?;
+        drop(active);
         if let Some(f) = &mut self.fsdp {
             f.reduce_grads()?;
         }
@@ -87,12 +91,15 @@ impl Trainer {
         if let Some(f) = &mut self.fsdp {
             f.unshard()?;
         }
+        let active = self.fsdp.as_mut().map(Fsdp::activate);
         let step = self
             .cfg
             .precision
             .autocast(self.cfg.device, || model.training_step(batch, idx, ctx));
+        drop(active);
         if let Some(f) = &mut self.fsdp {
             f.reshard();
+            f.take_unit_error()?;
         }
         let _loss = step??;
         self.run.progress.batch_done(idx, n);

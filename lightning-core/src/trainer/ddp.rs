@@ -24,6 +24,20 @@ pub(crate) use fsdp::Fsdp;
 
 use crate::error::Result;
 
+/// Runs an [`crate::layers::FsdpUnit`]'s `forward` under this thread's FSDP step, if one is
+/// running (gathering the unit's parameters around it); else just `forward`.
+pub(crate) fn around_fsdp_unit(id: u64, forward: impl FnOnce() -> tch::Tensor) -> tch::Tensor {
+    #[cfg(feature = "distributed")]
+    {
+        fsdp::around_unit(id, forward)
+    }
+    #[cfg(not(feature = "distributed"))]
+    {
+        let _ = id;
+        forward()
+    }
+}
+
 /// Whether this process writes files (checkpoints, logs): global rank 0 of a DDP job, or the
 /// only process.
 pub(crate) fn writes_files(world: Option<&World>) -> bool {

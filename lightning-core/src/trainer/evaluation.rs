@@ -1,6 +1,7 @@
 //! Evaluation loops: validation (the sanity check and the runs inside `fit`, and
 //! `Trainer::validate`) and `Trainer::test`.
 
+use super::ddp::Fsdp;
 use super::resume::Loaded;
 use super::{need, CkptPath, Trainer};
 use crate::data::{DataLoader, DataModule, LoaderState};
@@ -83,6 +84,7 @@ impl Trainer {
         let world = self.world.clone().filter(|_| !sharded);
         let run = &mut self.run;
         let precision = self.cfg.precision;
+        let mut fsdp = self.fsdp.as_mut();
         let in_fit = run.setup.fitting && !run.flags.sanity_checking;
         let logging = match run.flags.sanity_checking {
             true => None,
@@ -94,10 +96,16 @@ impl Trainer {
                 let (idx, batch) = next?;
                 let batch = batch.to_device_with(device, loader.pins_memory());
                 let mut ctx = StepContext::new(stage, epoch, step);
+                // FSDP units gather around their own forward
+                let active = fsdp.as_deref_mut().map(Fsdp::activate);
                 precision.autocast(device, || match stage {
                     Stage::Test => model.test_step(&batch, idx, &mut ctx),
                     _ => model.validation_step(&batch, idx, &mut ctx),
                 })??;
+                drop(active);
+                if let Some(f) = fsdp.as_deref_mut() {
+                    f.take_unit_error()?;
+                }
                 if let Some(w) = &world {
                     w.sync_logged(&mut ctx.logged)?;
                 }

@@ -228,11 +228,21 @@ impl Trainer {
             (Some((w, _)), Some(o)) => {
                 let buffers: Vec<Tensor> =
                     model.named_buffers().into_iter().map(|(_, b)| b).collect();
+                let (units, nested) = crate::layers::fsdp_units_of(&*model);
+                if nested {
+                    return Err(Error::Config(
+                        "strategy=\"fsdp\": an FsdpUnit inside another FsdpUnit; units must \
+                         not nest"
+                            .into(),
+                    ));
+                }
+                let units: Vec<Option<u64>> = units.into_iter().map(|(_, u)| u).collect();
                 Some(Fsdp::shard(
                     w.clone(),
                     o,
                     model.named_parameters(),
                     &buffers,
+                    &units,
                 )?)
             }
             _ => None,

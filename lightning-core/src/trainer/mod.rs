@@ -48,6 +48,7 @@ pub use crate::checkpoint::schema::{LIGHTNING_VERSION, RESUME_KEY};
 pub(crate) use crate::optim::clip_gradients;
 pub use crate::optim::ClipAlgorithm;
 pub use config::{Limit, SaveErrorPolicy, TrainerBuilder, TrainerConfig};
+pub(crate) use ddp::around_fsdp_unit;
 pub use ddp::finish_distributed;
 pub use strategy::{
     Accelerator, DdpOptions, FsdpOptions, ShardingStrategy, StateDictType, Strategy, StrategyError,
@@ -178,6 +179,13 @@ impl Trainer {
     /// The checkpoint the last `fit` resumed from (a path or URL), if it resumed.
     pub fn resumed_from(&self) -> Option<&Path> {
         self.run.setup.resumed_from.as_deref()
+    }
+
+    /// Under `strategy="fsdp"`, the most bytes of whole (gathered) parameters this rank held
+    /// at once beyond its shards during the last `fit`: the whole model's without
+    /// [`crate::layers::FsdpUnit`]s, about the root's plus one unit's with them.
+    pub fn fsdp_peak_gathered_bytes(&self) -> Option<i64> {
+        self.fsdp.as_ref().map(|f| f.peak_gathered_bytes())
     }
 
     /// Whether the last `fit` stopped because of SIGTERM/SIGUSR1.

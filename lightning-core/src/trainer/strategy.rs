@@ -88,9 +88,16 @@ impl FromStr for StateDictType {
 }
 
 /// The options of `strategy="fsdp"` (`FSDPStrategy`'s).
+///
+/// The wrap policy (`FSDPStrategy(auto_wrap_policy=...)`, FSDP2's `fully_shard` per
+/// submodule) is where the module puts [`crate::layers::FsdpUnit`]s: each one is gathered
+/// only around its own forward and backward, the rest (the root) for the whole step. A module
+/// without units is one unit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FsdpOptions {
-    /// What is sharded.
+    /// What is sharded (`ShardGradOp` keeps a unit gathered from its forward to the end of
+    /// its backward; `FullShard` shards it again after its forward and gathers it again
+    /// before its backward).
     pub sharding_strategy: ShardingStrategy,
     /// What checkpoints hold.
     pub state_dict_type: StateDictType,

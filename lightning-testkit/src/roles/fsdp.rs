@@ -5,12 +5,19 @@
 use crate::roles::ddp::{data, reference_data, Slow, BATCH, SLOW};
 use crate::trainer_util::{Tiny, TinyHp};
 use lightning_core::callbacks::{ModelCheckpoint, SaveLast};
+use lightning_core::layers::FsdpUnit;
+use lightning_core::prelude::*;
 use lightning_core::trainer::{CkptPath, FsdpOptions, StateDictType, Strategy, Trainer};
+use lightning_core::traverse::join_name;
+use lightning_core::TensorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
 
 /// `root`, `devices` (0: the single-process reference), `max_epochs`, `resume` (a path, or
-/// `last`, or `-`), `state_dict_type`, then optionally `async` (async checkpointing).
+/// `last`, or `-`), `state_dict_type`, then optionally `async` (async checkpointing) or a
+/// [`Stack`] model: `stack` (plain layers) or `units` (its hidden layers `FsdpUnit`s).
 pub struct Args {
     pub root: PathBuf,
     pub devices: usize,
@@ -18,6 +25,122 @@ pub struct Args {
     pub resume: Option<CkptPath>,
     pub state_dict_type: StateDictType,
     pub asynchronous: bool,
+    /// Train a [`Stack`] (with `FsdpUnit`s when `Some(true)`) instead of `Tiny`.
+    pub stack: Option<bool>,
+}
+
+/// Linear 4 -> 32 -> 32 -> 32 -> 3 with ReLUs; the three hidden layers are `FsdpUnit`s or
+/// plain layers, the same computation either way.
+pub struct Stack {
+    hp: TinyHp,
+    layers: Vec<StackLayer>,
+    head: nn::Linear,
+}
+
+enum StackLayer {
+    Unit(FsdpUnit<nn::Linear>),
+    Plain(nn::Linear),
+}
+
+impl Stack {
+    pub fn new(units: bool) -> (Stack, nn::VarStore) {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let root = vs.root();
+        let dims = [(4, 32), (32, 32), (32, 32)];
+        let layers = dims
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, b))| {
+                let l = nn::linear(&root / "layers" / i, a, b, Default::default());
+                match units {
+                    true => StackLayer::Unit(FsdpUnit::new(l)),
+                    false => StackLayer::Plain(l),
+                }
+            })
+            .collect();
+        let head = nn::linear(&root / "head", 32, 3, Default::default());
+        let hp = TinyHp {
+            dropout: 0.0,
+            ..TinyHp::default()
+        };
+        (Stack { hp, layers, head }, vs)
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = x.shallow_clone();
+        for l in &self.layers {
+            h = match l {
+                StackLayer::Unit(u) => u.forward_t(&h, true),
+                StackLayer::Plain(p) => p.forward(&h),
+            }
+            .relu();
+        }
+        self.head.forward(&h)
+    }
+}
+
+impl Traverse for Stack {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = join_name(prefix, &format!("layers.{i}"));
+            match l {
+                StackLayer::Unit(u) => u.visit(&p, f),
+                StackLayer::Plain(l) => l.visit(&p, f),
+            }
+        }
+        self.head.visit(&join_name(prefix, "head"), f);
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor, TensorKind)) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = join_name(prefix, &format!("layers.{i}"));
+            match l {
+                StackLayer::Unit(u) => u.visit_mut(&p, f),
+                StackLayer::Plain(l) => l.visit_mut(&p, f),
+            }
+        }
+        self.head.visit_mut(&join_name(prefix, "head"), f);
+    }
+}
+
+impl HasHparams for Stack {
+    type Hparams = TinyHp;
+    fn hparams(&self) -> &TinyHp {
+        &self.hp
+    }
+}
+
+impl LightningModule for Stack {
+    fn build(_hp: &TinyHp, _vs: &nn::Path) -> lightning_core::Result<Self> {
+        Err(lightning_core::Error::Msg("Stack::new builds it".into()))
+    }
+    fn training_step(
+        &mut self,
+        b: &Batch,
+        _i: usize,
+        ctx: &mut StepContext,
+    ) -> lightning_core::Result<Tensor> {
+        let loss = self.forward(&b[0]).cross_entropy_for_logits(&b[1]);
+        ctx.log("train_loss", &loss).sync_dist(true);
+        Ok(loss)
+    }
+    fn validation_step(
+        &mut self,
+        b: &Batch,
+        _i: usize,
+        ctx: &mut StepContext,
+    ) -> lightning_core::Result<()> {
+        let loss = self.forward(&b[0]).cross_entropy_for_logits(&b[1]);
+        ctx.log("val_loss", loss).sync_dist(true);
+        Ok(())
+    }
+    fn configure_optimizers(&self) -> lightning_core::Result<OptimizerConfig> {
+        let cfg = AdamConfig {
+            lr: 0.01,
+            ..Default::default()
+        };
+        Ok(OptimizerConfig::new(Adam::new(self.parameters(), cfg)?))
+    }
 }
 
 impl Args {
@@ -34,6 +157,11 @@ impl Args {
             },
             state_dict_type: get(4).parse().map_err(|e| format!("{e}"))?,
             asynchronous: get(5) == "async",
+            stack: match get(5).as_str() {
+                "stack" => Some(false),
+                "units" => Some(true),
+                _ => None,
+            },
         })
     }
 }
@@ -84,6 +212,15 @@ pub fn train(a: &Args) -> lightning_core::Result<()> {
         reference_data()?
     };
     let mut t = b.build()?;
+    if let Some(units) = a.stack {
+        let (mut s, _vs) = Stack::new(units);
+        t.fit(&mut s, &data, a.resume.clone())?;
+        if t.is_global_zero() {
+            let peak = t.fsdp_peak_gathered_bytes().unwrap_or(0);
+            println!("peak_gathered_bytes {peak}");
+        }
+        return t.save_checkpoint(&s, final_weights_path(&a.root), true);
+    }
     t.fit(&mut m, &data, a.resume.clone())?;
     if t.was_preempted() && t.is_global_zero() {
         println!("preempted at step {}", t.global_step());

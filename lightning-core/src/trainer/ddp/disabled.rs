@@ -105,8 +105,21 @@ impl Fsdp {
         _opts: &crate::trainer::strategy::FsdpOptions,
         _named: Vec<(String, Tensor)>,
         _buffers: &[Tensor],
+        _units: &[Option<u64>],
     ) -> Result<Fsdp> {
         world.never()
+    }
+
+    pub fn activate(&mut self) -> NotActive {
+        NotActive
+    }
+
+    pub fn take_unit_error(&mut self) -> Result<()> {
+        self.world.never()
+    }
+
+    pub fn peak_gathered_bytes(&self) -> i64 {
+        0
     }
 
     pub fn bind(&mut self, _optimizers: &[Vec<Tensor>]) -> Result<()> {
@@ -152,6 +165,13 @@ impl crate::lightning_module::BackwardSync for Ddp {
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
         self
     }
+}
+
+/// `Fsdp::activate`'s guard without the `distributed` feature (never made: no `Fsdp` is).
+pub(crate) struct NotActive;
+
+impl Drop for NotActive {
+    fn drop(&mut self) {}
 }
 
 #[cfg(test)]

@@ -24,6 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
+/// Bytes of a tensor's elements.
+fn bytes(t: &Tensor) -> i64 {
+    t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
+}
+
 fn dist_err(what: &str) -> impl Fn(lightning_dist::DistError) -> Error + '_ {
     move |e| Error::Config(format!("fsdp {what}: {e}"))
 }
@@ -87,6 +92,86 @@ pub(crate) struct Fsdp {
     /// Per optimizer, the parameter names in its order.
     names: Vec<Vec<String>>,
     saves: AtomicU64,
+    /// The parameters outside every `FsdpUnit` (all of them without units): gathered for the
+    /// whole step.
+    root: Vec<usize>,
+    /// Per `FsdpUnit` (its id), its parameters.
+    units: Vec<(u64, Vec<usize>)>,
+    /// Each parameter's unit (index into `units`).
+    unit_of: Vec<Option<usize>>,
+    /// Per unit, the gradients its backward has still to accumulate before its reduce-scatter.
+    remaining: Vec<usize>,
+    /// Parameters whose gradients this step already reduced (in a unit's backward).
+    reduced: Vec<bool>,
+    /// Bytes of whole (gathered) parameters held now beyond their shards, and the most held
+    /// at once so far.
+    gathered: i64,
+    peak_gathered: i64,
+    /// The first error of an `FsdpUnit` forward or of a backward hook, for the step to return.
+    unit_error: Option<Error>,
+}
+
+thread_local! {
+    /// The FSDP of the step running on this thread (while a forward or backward runs).
+    static ACTIVE: std::cell::Cell<*mut Fsdp> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// While alive, `FsdpUnit` forwards and the autograd hooks on this thread act on this FSDP.
+pub(crate) struct ActiveFsdp<'a> {
+    prev: *mut Fsdp,
+    _fsdp: std::marker::PhantomData<&'a mut Fsdp>,
+}
+
+impl Drop for ActiveFsdp<'_> {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(self.prev));
+    }
+}
+
+/// Runs `act` on this thread's active FSDP, if any, recording its error and catching a
+/// panic (the hooks are called from C++).
+fn with_active(act: impl FnOnce(&mut Fsdp) -> Result<()>) {
+    let ptr = ACTIVE.with(std::cell::Cell::get);
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: `ptr` was set by `Fsdp::activate` from a `&mut Fsdp` that the guard keeps
+    // borrowed; the trainer does not touch that FSDP while the forward and backward run, and
+    // everything here runs on this thread, one call at a time.
+    let f = unsafe { &mut *ptr };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| act(&mut *f)));
+    let e = match r {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(_) => Error::Config("fsdp: a unit's hook panicked".into()),
+    };
+    f.unit_error.get_or_insert(e);
+}
+
+/// `FsdpUnit::forward_t` under FSDP (see `super::around_fsdp_unit`).
+pub(crate) fn around_unit(id: u64, forward: impl FnOnce() -> Tensor) -> Tensor {
+    let mut unit = None;
+    with_active(|f| {
+        unit = f.units.iter().position(|(u, _)| *u == id);
+        match unit {
+            Some(u) => f.gather_unit(u),
+            None => Ok(()),
+        }
+    });
+    let out = forward();
+    if let Some(u) = unit {
+        let training = out.requires_grad();
+        with_active(|f| f.after_unit_forward(u, &out, training));
+    }
+    out
+}
+
+extern "C" fn unit_before_backward(tag: u64) {
+    with_active(|f| f.gather_unit(tag as usize));
+}
+
+extern "C" fn param_after_accumulate(tag: u64) {
+    with_active(|f| f.param_grad_ready(tag as usize));
 }
 
 impl Fsdp {
@@ -97,6 +182,7 @@ impl Fsdp {
         opts: &FsdpOptions,
         named: Vec<(String, Tensor)>,
         buffers: &[Tensor],
+        unit_ids: &[Option<u64>],
     ) -> Result<Fsdp> {
         let all: Vec<Tensor> = named
             .iter()
@@ -133,13 +219,138 @@ impl Fsdp {
             }
             params.push(p);
         }
+        let mut units: Vec<(u64, Vec<usize>)> = Vec::new();
+        let mut unit_of = vec![None; params.len()];
+        let mut root = Vec::new();
+        for (i, id) in unit_ids.iter().enumerate().take(params.len()) {
+            match id {
+                Some(id) => {
+                    let u = match units.iter().position(|(x, _)| x == id) {
+                        Some(u) => u,
+                        None => {
+                            units.push((*id, Vec::new()));
+                            units.len() - 1
+                        }
+                    };
+                    units[u].1.push(i);
+                    unit_of[i] = Some(u);
+                }
+                None => root.push(i),
+            }
+        }
+        root.extend(unit_ids.len()..params.len());
+        // A unit's parameters tell it (from the backward) that their gradients are in.
+        for (i, p) in params.iter().enumerate() {
+            if unit_of[i].is_some() && p.rows.is_some() && p.var.requires_grad() {
+                lightning_sys::ops::set_post_accumulate_grad_hook(
+                    &p.var,
+                    Some(param_after_accumulate),
+                    i as u64,
+                )
+                .map_err(|e| Error::Config(format!("fsdp: {e}")))?;
+            }
+        }
+        let n = params.len();
         Ok(Fsdp {
             world,
             opts: opts.clone(),
+            remaining: vec![0; units.len()],
+            root,
+            units,
+            unit_of,
+            reduced: vec![false; n],
+            gathered: 0,
+            peak_gathered: 0,
+            unit_error: None,
             params,
             names: Vec::new(),
             saves: AtomicU64::new(0),
         })
+    }
+
+    /// Makes this FSDP the one `FsdpUnit` forwards and the backward's hooks on this thread
+    /// act on, until the guard drops.
+    pub fn activate(&mut self) -> ActiveFsdp<'_> {
+        let ptr: *mut Fsdp = self;
+        let prev = ACTIVE.with(|a| a.replace(ptr));
+        ActiveFsdp {
+            prev,
+            _fsdp: std::marker::PhantomData,
+        }
+    }
+
+    /// The error an `FsdpUnit` forward or a hook met, if any.
+    pub fn take_unit_error(&mut self) -> Result<()> {
+        match self.unit_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The most bytes of whole parameters held at once (beyond their shards) so far.
+    pub fn peak_gathered_bytes(&self) -> i64 {
+        self.peak_gathered
+    }
+
+    /// Gathers unit `u` (before its forward, or before its backward).
+    fn gather_unit(&mut self, u: usize) -> Result<()> {
+        let idx = self.units[u].1.clone();
+        self.gather_params(&idx)
+    }
+
+    /// After unit `u`'s forward: in training, FULL_SHARD shards it again at once and gathers
+    /// it back just before its backward (a hook on its output's gradient); its gradients
+    /// are counted in by their hooks. In evaluation it is sharded again, gradients restored.
+    fn after_unit_forward(&mut self, u: usize, out: &Tensor, training: bool) -> Result<()> {
+        let idx = self.units[u].1.clone();
+        if !training {
+            self.release(&idx, true);
+            return Ok(());
+        }
+        self.remaining[u] = idx
+            .iter()
+            .filter(|&&i| self.params[i].rows.is_some() && self.params[i].var.requires_grad())
+            .count();
+        if self.opts.sharding_strategy == ShardingStrategy::FullShard {
+            self.release(&idx, false);
+            lightning_sys::ops::register_grad_hook(out, unit_before_backward, u as u64)
+                .map_err(|e| Error::Config(format!("fsdp: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// A gradient of parameter `i` is in; the last one of its unit reduce-scatters the
+    /// unit's gradients and shards it again.
+    fn param_grad_ready(&mut self, i: usize) -> Result<()> {
+        let Some(u) = self.unit_of[i] else {
+            return Ok(());
+        };
+        if self.remaining[u] == 0 {
+            return Ok(());
+        }
+        self.remaining[u] -= 1;
+        if self.remaining[u] == 0 {
+            let idx = self.units[u].1.clone();
+            self.reduce(&idx)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the shards of `idx` back in place of their gathered parameters (`restore_grads`:
+    /// their gradient shards too, as after an evaluation forward; else those stay aside for
+    /// the step's reduce).
+    fn release(&mut self, idx: &[usize], restore_grads: bool) {
+        for &i in idx {
+            let p = &mut self.params[i];
+            if let Some(s) = p.shard.take() {
+                self.gathered -= bytes(&p.var) - bytes(&s);
+                p.var.set_data(&s);
+                if restore_grads && let Some(g) = p.grad.take() {
+                    // Same size as the shard it was taken from: cannot fail.
+                    let _ = lightning_sys::ops::set_grad(&p.var, &g);
+                }
+            }
+        }
     }
 
     /// Records each optimizer's parameter order by name (the same variables as the module's).
@@ -168,13 +379,29 @@ impl Fsdp {
         Ok(())
     }
 
-    /// Gathers every sharded parameter whole (before a forward); the shards and gradient
-    /// shards are kept aside.
+    /// Before a step's (or an evaluation's) forward: gathers the root's sharded parameters
+    /// whole (every parameter when the module has no `FsdpUnit`); the shards and gradient
+    /// shards are kept aside. Units gather around their own forward.
     pub fn unshard(&mut self) -> Result<()> {
+        if let Some(e) = self.unit_error.take() {
+            return Err(e);
+        }
+        self.reduced.iter_mut().for_each(|r| *r = false);
+        let root = self.root.clone();
+        self.gather_params(&root)
+    }
+
+    /// Gathers the sharded parameters of `idx` that are not gathered yet (one all-gather per
+    /// dtype).
+    fn gather_params(&mut self, idx: &[usize]) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let w = self.world.env.world_size as i64;
         for kind in self.kinds() {
-            let idx: Vec<usize> = self.sharded_of(kind);
+            let idx: Vec<usize> = self
+                .sharded_of(kind)
+                .into_iter()
+                .filter(|i| idx.contains(i) && self.params[*i].shard.is_none())
+                .collect();
             if idx.is_empty() {
                 continue;
             }
@@ -182,9 +409,6 @@ impl Fsdp {
             let mut total = 0i64;
             for &i in &idx {
                 let p = &mut self.params[i];
-                if p.shard.is_some() {
-                    return Ok(()); // already gathered
-                }
                 let padded = p.padded(&p.var.detach());
                 total += padded.numel() as i64;
                 flat_parts.push(padded);
@@ -208,9 +432,11 @@ impl Fsdp {
                 let n = part.numel() as i64;
                 let p = &mut self.params[i];
                 let full = p.whole_of_blocks(&out.narrow(1, at, n), w);
+                self.gathered += bytes(&full) - bytes(&p.var);
                 p.var.set_data(&full);
                 at += n;
             }
+            self.peak_gathered = self.peak_gathered.max(self.gathered);
         }
         Ok(())
     }
@@ -219,10 +445,46 @@ impl Fsdp {
     /// (reduce-scatter; a whole parameter's by all-reduce), adds the shard accumulated over
     /// earlier micro-batches, and puts the shards back in place of the full parameters.
     pub fn reduce_grads(&mut self) -> Result<()> {
+        if let Some(e) = self.unit_error.take() {
+            return Err(e);
+        }
+        // what the units' backward hooks did not reduce already
+        let idx: Vec<usize> = (0..self.params.len())
+            .filter(|&i| !self.reduced[i])
+            .collect();
+        self.reduce(&idx)?;
+        // Whole parameters: DDP's all-reduce.
+        let mut whole: Vec<Tensor> = self
+            .params
+            .iter()
+            .filter(|p| p.rows.is_none())
+            .map(|p| p.var.grad())
+            .filter(Tensor::defined)
+            .collect();
+        if !whole.is_empty() {
+            self.world
+                .pg
+                .all_reduce(&mut whole, ReduceOp::Avg)
+                .map_err(dist_err("all_reduce of gradients"))?;
+        }
+        Ok(())
+    }
+
+    /// Reduce-scatters the gradients of the sharded parameters of `idx` (one collective per
+    /// dtype), adds the shards accumulated over earlier micro-batches, and puts the shards
+    /// back in place of the full parameters.
+    fn reduce(&mut self, idx: &[usize]) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let w = self.world.env.world_size as i64;
         for kind in self.kinds() {
-            let idx = self.sharded_of(kind);
+            let idx: Vec<usize> = self
+                .sharded_of(kind)
+                .into_iter()
+                .filter(|i| idx.contains(i))
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
             let mut blocks: Vec<Vec<Tensor>> = (0..w).map(|_| Vec::new()).collect();
             let mut total = 0i64;
             let mut any = false;
@@ -261,7 +523,14 @@ impl Fsdp {
                 let p = &mut self.params[i];
                 let (lo, hi, c) = p.rows.unwrap_or((0, 0, 0));
                 let inner = p.inner();
-                let shard = p.shard.take().unwrap_or_else(|| p.var.detach());
+                let shard = match p.shard.take() {
+                    Some(s) => {
+                        self.gathered -= bytes(&p.var) - bytes(&s);
+                        s
+                    }
+                    None => p.var.detach(),
+                };
+                self.reduced[i] = true;
                 let had_grad = p.var.grad().defined();
                 lightning_sys::ops::set_grad_to_none(&p.var)
                     .map_err(|e| Error::Config(format!("fsdp: {e}")))?;
@@ -285,20 +554,6 @@ impl Fsdp {
                 at += c * inner;
             }
         }
-        // Whole parameters: DDP's all-reduce.
-        let mut whole: Vec<Tensor> = self
-            .params
-            .iter()
-            .filter(|p| p.rows.is_none())
-            .map(|p| p.var.grad())
-            .filter(Tensor::defined)
-            .collect();
-        if !whole.is_empty() {
-            self.world
-                .pg
-                .all_reduce(&mut whole, ReduceOp::Avg)
-                .map_err(dist_err("all_reduce of gradients"))?;
-        }
         Ok(())
     }
 
@@ -306,6 +561,7 @@ impl Fsdp {
     pub fn reshard(&mut self) {
         for p in &mut self.params {
             if let Some(s) = p.shard.take() {
+                self.gathered -= bytes(&p.var) - bytes(&s);
                 let _ = lightning_sys::ops::set_grad_to_none(&p.var);
                 p.var.set_data(&s);
                 if let Some(g) = p.grad.take() {
