@@ -398,9 +398,9 @@ impl Fsdp {
         let w = self.world.env.world_size as i64;
         for kind in self.kinds() {
             let idx: Vec<usize> = self
-                .sharded_of(kind)
+                .sharded_in(idx, kind)
                 .into_iter()
-                .filter(|i| idx.contains(i) && self.params[*i].shard.is_none())
+                .filter(|&i| self.params[i].shard.is_none())
                 .collect();
             if idx.is_empty() {
                 continue;
@@ -477,11 +477,7 @@ impl Fsdp {
         let _guard = tch::no_grad_guard();
         let w = self.world.env.world_size as i64;
         for kind in self.kinds() {
-            let idx: Vec<usize> = self
-                .sharded_of(kind)
-                .into_iter()
-                .filter(|i| idx.contains(i))
-                .collect();
+            let idx = self.sharded_in(idx, kind);
             if idx.is_empty() {
                 continue;
             }
@@ -583,8 +579,11 @@ impl Fsdp {
         kinds
     }
 
-    fn sharded_of(&self, kind: Kind) -> Vec<usize> {
-        (0..self.params.len())
+    /// The sharded parameters of `kind` among `idx` (in `idx`'s order: ascending, as every
+    /// caller's, so the flat buffers of a collective list parameters in the module's order).
+    fn sharded_in(&self, idx: &[usize], kind: Kind) -> Vec<usize> {
+        idx.iter()
+            .copied()
             .filter(|&i| self.params[i].rows.is_some() && self.params[i].var.kind() == kind)
             .collect()
     }
