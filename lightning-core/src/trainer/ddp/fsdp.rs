@@ -553,17 +553,20 @@ impl Fsdp {
         Ok(())
     }
 
-    /// Puts the shards back without touching gradients (after an evaluation forward).
+    /// Puts the shards back, and the gradient shards set aside, after a forward that no
+    /// backward follows (evaluation, or an epoch without optimization).
     pub fn reshard(&mut self) {
         for p in &mut self.params {
             if let Some(s) = p.shard.take() {
                 self.gathered -= bytes(&p.var) - bytes(&s);
                 let _ = lightning_sys::ops::set_grad_to_none(&p.var);
                 p.var.set_data(&s);
-                if let Some(g) = p.grad.take() {
-                    // Same size as the shard it was taken from: cannot fail.
-                    let _ = lightning_sys::ops::set_grad(&p.var, &g);
-                }
+            }
+            // also a unit's, released after a training forward no backward followed (an
+            // epoch without optimization)
+            if let Some(g) = p.grad.take() {
+                // Same size as the shard it was taken from: cannot fail.
+                let _ = lightning_sys::ops::set_grad(&p.var, &g);
             }
         }
     }
